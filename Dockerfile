@@ -1,0 +1,26 @@
+# slimserve image. Multi-stage: the builder installs the project and builds the default
+# model repository (no network is needed for that step beyond the package index); the
+# runtime stage carries the virtual environment and the repository, and runs as non-root.
+# The gRPC server, its health check and its ports arrive with the server issue; until then
+# the image prints the variant table of the repository it carries.
+FROM python:3.11-slim AS builder
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1
+COPY pyproject.toml README.md ./
+COPY variants ./variants
+COPY server ./server
+COPY router ./router
+COPY protos ./protos
+COPY loadtest ./loadtest
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/slimserve build --repository /opt/model_repository
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 slimserve
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/model_repository /opt/model_repository
+ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1
+USER slimserve
+ENTRYPOINT ["slimserve"]
+CMD ["variants", "show", "/opt/model_repository"]

@@ -1,0 +1,42 @@
+# slimserve — the two commands are `make run` and `make test`; both set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REPOSITORY ?= model_repository
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run build test lint typecheck unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## run: set up, build the default model repository if missing (reused afterwards), show it
+run: $(VENV)/.installed
+	$(BIN)/slimserve build --repository $(REPOSITORY) --skip-existing
+
+## build: rebuild the default model repository from scratch
+build: $(VENV)/.installed
+	$(BIN)/slimserve build --repository $(REPOSITORY)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy variants server router tests
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+## test: set up, lint, type-check, run the test suite
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

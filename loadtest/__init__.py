@@ -1,0 +1,1 @@
+"""Locust users and benchmark drivers (land with the load-test issue)."""

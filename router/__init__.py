@@ -1,0 +1,1 @@
+"""Per-request variant routing: latency model, policies, explain (lands with the router issue)."""

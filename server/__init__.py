@@ -1,0 +1,1 @@
+"""The serving side: settings, gRPC servicers, batching, runtime sessions, metrics, CLI."""

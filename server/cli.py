@@ -1,0 +1,140 @@
+"""The `slimserve` command line: build variants, show them, profile them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_REPOSITORY = Path("model_repository")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimserve", description="Compression-aware model server.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build compressed variants into a model repository")
+    build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="output repository folder")
+    build.add_argument("--recipe", type=Path, action="append", default=[], help="recipe YAML (repeatable)")
+    build.add_argument("--models", nargs="*", help="only these built-in models (digits, minilm)")
+    build.add_argument("--entry-point", help="a torch classifier: module:function returning a ClassifierSpec")
+    build.add_argument("--onnx", type=Path, help="a user ONNX model (builds fp32 + int8)")
+    build.add_argument("--calibration", type=Path, help="with --onnx: calibration rows, .npy or .npz")
+    build.add_argument("--task", choices=["classifier", "encoder"], default="classifier", help="with --onnx")
+    build.add_argument("--name", help="model name, with --entry-point or --onnx")
+    build.add_argument("--skip-existing", action="store_true", help="keep models already in the repository")
+    build.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    variants = commands.add_parser("variants", help="inspect a model repository")
+    variants_commands = variants.add_subparsers(dest="variants_command", required=True)
+    show = variants_commands.add_parser("show", help="print the variant table of every model")
+    show.add_argument("repository", type=Path)
+    show.add_argument("--json", action="store_true")
+
+    profile = commands.add_parser("profile", help="add this machine's latency profile to a repository")
+    profile.add_argument("repository", type=Path)
+    profile.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], default="cloud-cpu")
+    profile.add_argument("--seconds-per-batch-size", type=float, default=3.0)
+    return parser
+
+
+def _recipes(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+    from variants.recipes import ClassifierRecipe, OnnxRecipe, default_recipes, load_recipes
+
+    recipes = [r for path in args.recipe for r in load_recipes(path)]
+    if args.entry_point or args.onnx:
+        if not args.name:
+            raise SystemExit("slimserve build: --name is required with --entry-point or --onnx")
+        if args.onnx:
+            if not args.calibration:
+                raise SystemExit("slimserve build: --calibration is required with --onnx")
+            recipes.append(
+                OnnxRecipe(
+                    name=args.name,
+                    path=args.onnx,
+                    calibration=args.calibration,
+                    task=args.task,
+                    quantization="static" if args.task == "classifier" else "dynamic",
+                )
+            )
+        else:
+            recipes.append(ClassifierRecipe(name=args.name, entry_point=args.entry_point))
+    if not recipes:
+        recipes = default_recipes()
+        if args.models:
+            unknown = set(args.models) - {r.name for r in recipes}
+            if unknown:
+                raise SystemExit(f"slimserve build: unknown built-in model(s): {', '.join(sorted(unknown))}")
+            recipes = [r for r in recipes if r.name in args.models]
+    return recipes
+
+
+def _build(args: argparse.Namespace) -> int:
+    from variants.build import build_model
+    from variants.hardware import fingerprint, threads_for
+    from variants.report import render_json, render_table
+    from variants.repository import load_model
+
+    args.repository.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for recipe in _recipes(args):
+        existing = args.repository / recipe.name
+        if args.skip_existing and existing.is_dir():
+            logging.getLogger("slimserve").info("%s: already built, reusing %s", recipe.name, existing)
+            entries[recipe.name] = load_model(existing)
+            continue
+        entries[recipe.name] = build_model(recipe, args.repository)
+    key = fingerprint(threads_for("cloud-cpu")).key
+    if args.json:
+        print(render_json(entries, key))
+    else:
+        print("\n\n".join(render_table(entry, key) for entry in entries.values()))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from variants.hardware import fingerprint, threads_for
+    from variants.report import render_json, render_table
+    from variants.repository import load_repository
+
+    models = load_repository(args.repository)
+    key = fingerprint(threads_for("cloud-cpu")).key
+    print(render_json(models, key) if args.json else "\n\n".join(render_table(m, key) for m in models.values()))
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from variants.build import reprofile
+    from variants.hardware import fingerprint, threads_for
+    from variants.recipes import ProfileSettings
+    from variants.report import render_table
+    from variants.repository import load_repository
+
+    settings = ProfileSettings(seconds_per_batch_size=args.seconds_per_batch_size)
+    for model in load_repository(args.repository).values():
+        entry = reprofile(model, settings, args.hardware_profile)
+        print(render_table(entry, fingerprint(threads_for(args.hardware_profile)).key), end="\n\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+    from variants.repository import RepositoryError
+
+    handlers = {"build": _build, "variants": _show, "profile": _profile}
+    try:
+        return handlers[args.command](args)
+    except RepositoryError as exc:
+        print(f"slimserve: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

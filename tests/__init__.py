@@ -1,0 +1,1 @@
+"""slimserve tests; they mirror the packages."""

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny but real builds of the built-in models, made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from variants.build import build_model
+from variants.recipes import (
+    ClassifierDistill,
+    ClassifierPrune,
+    ClassifierRecipe,
+    EncoderDistill,
+    EncoderPrune,
+    EncoderPruneStep,
+    EncoderRecipe,
+    ProfileSettings,
+)
+from variants.repository import ModelEntry
+
+QUICK_PROFILE = ProfileSettings(batch_sizes=[1, 4], seconds_per_batch_size=0.1, seq_len=16)
+
+
+def tiny_digits_recipe(name: str = "digits", entry_point: str = "variants.models.digits:spec") -> ClassifierRecipe:
+    return ClassifierRecipe(
+        name=name,
+        entry_point=entry_point,
+        teacher_epochs=4,
+        max_train_rows=600,
+        calibration_rows=32,
+        selection_rows=64,
+        prune=ClassifierPrune(keep_fractions=[0.75, 0.5], finetune_epochs=1),
+        distill=ClassifierDistill(epochs=3),
+        profile=QUICK_PROFILE,
+    )
+
+
+def tiny_minilm_recipe() -> EncoderRecipe:
+    return EncoderRecipe(
+        train_sentences=64,
+        eval_sentences=48,
+        selection_sentences=16,
+        max_tokens=32,
+        prune=EncoderPrune(
+            steps=[EncoderPruneStep(heads=8, ffn=1024), EncoderPruneStep(heads=6, ffn=768)], finetune_epochs=1
+        ),
+        distill=EncoderDistill(keep_layers=[1, 3, 5], epochs=1),
+        profile=QUICK_PROFILE,
+    )
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding tiny builds of both built-in models."""
+    repo = tmp_path_factory.mktemp("repo")
+    build_model(tiny_digits_recipe(), repo)
+    build_model(tiny_minilm_recipe(), repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def digits(repository: Path) -> ModelEntry:
+    from variants.repository import load_model
+
+    return load_model(repository / "digits")
+
+
+@pytest.fixture(scope="session")
+def minilm(repository: Path) -> ModelEntry:
+    from variants.repository import load_model
+
+    return load_model(repository / "minilm")

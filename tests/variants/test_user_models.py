@@ -1,0 +1,56 @@
+"""A user's own models: a torch entry point (all four variants) and an ONNX file (fp32 + int8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
+from tests.variants.user_model import spec
+from variants.build import build_model
+from variants.onnx_io import export_onnx
+from variants.recipes import OnnxRecipe
+from variants.repository import RepositoryError
+
+
+def test_torch_entry_point_builds_all_four_variants(tmp_path: Path) -> None:
+    recipe = tiny_digits_recipe(name="blobs", entry_point="tests.variants.user_model:spec")
+    entry = build_model(recipe, tmp_path)
+    assert set(entry.variants) == {"fp32", "int8", "pruned", "distilled"}
+    assert entry.config.inputs[0].name == "features"
+    assert entry.config.outputs[0].shape == [-1, 3]
+    assert entry.variants["fp32"].manifest.measurements.quality["accuracy"] > 0.9
+    assert entry.variants["pruned"].manifest.measurements.params < entry.variants["fp32"].manifest.measurements.params
+
+
+def test_entry_point_returning_the_wrong_type_is_reported(tmp_path: Path) -> None:
+    recipe = tiny_digits_recipe(name="bad", entry_point="tests.variants.user_model:not_a_spec")
+    with pytest.raises(RepositoryError, match="not a ClassifierSpec"):
+        build_model(recipe, tmp_path)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_onnx_file_builds_fp32_and_int8(tmp_path: Path) -> None:
+    user = spec()
+    user.teacher.eval()
+    graph = export_onnx(user.teacher, user.held_out.take(2).inputs, "scores", {"features": {0: "batch"}})
+    (tmp_path / "user.onnx").write_bytes(graph)
+    np.save(tmp_path / "calibration.npy", user.train.inputs["features"][:200])
+    recipe = OnnxRecipe(
+        name="usermodel", path=tmp_path / "user.onnx", calibration=tmp_path / "calibration.npy", profile=QUICK_PROFILE
+    )
+    entry = build_model(recipe, tmp_path / "repo")
+    assert set(entry.variants) == {"fp32", "int8"}
+    assert entry.config.quality_metric.name == "top1_agreement"
+    assert entry.variants["int8"].manifest.measurements.quality["top1_agreement"] > 0.9
+    assert entry.variants["int8"].manifest.measurements.eval_items == 40
+
+
+def test_onnx_file_that_is_not_onnx_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "broken.onnx").write_bytes(b"not a graph")
+    np.save(tmp_path / "calibration.npy", np.zeros((10, 8), dtype=np.float32))
+    recipe = OnnxRecipe(name="broken", path=tmp_path / "broken.onnx", calibration=tmp_path / "calibration.npy")
+    with pytest.raises(RepositoryError, match="not a valid ONNX model"):
+        build_model(recipe, tmp_path / "repo")

@@ -1,0 +1,117 @@
+"""`slimserve build`: run a recipe's pipeline, measure every variant, publish the model.
+
+The steps, each with a progress bar: the pipeline trains and compresses (fp32, int8,
+pruned, distilled); every variant's ONNX graph is evaluated on the held-out set with ONNX
+Runtime (what is served is what is measured); all variants are profiled side by side; the
+model is written into a staging folder and renamed into the repository in one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from variants.classifier_pipeline import classifier_pipeline
+from variants.encoder_pipeline import encoder_pipeline
+from variants.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
+from variants.onnx_io import make_session, run_batched
+from variants.onnx_pipeline import onnx_pipeline
+from variants.pipeline import PipelineResult
+from variants.profile import build_profiles, profile_sessions, synthetic_batch
+from variants.recipes import ClassifierRecipe, EncoderRecipe, OnnxRecipe, ProfileSettings
+from variants.repository import (
+    Measurements,
+    ModelConfig,
+    ModelEntry,
+    Profile,
+    SeedFormulas,
+    VariantManifest,
+    load_model,
+    now,
+    publish_model,
+    sha256_of,
+    staging_dir,
+    update_manifest,
+    write_model_config,
+    write_variant,
+)
+
+log = logging.getLogger(__name__)
+AnyRecipe = ClassifierRecipe | EncoderRecipe | OnnxRecipe
+
+
+def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
+    if isinstance(recipe, ClassifierRecipe):
+        return classifier_pipeline(recipe)
+    if isinstance(recipe, EncoderRecipe):
+        return encoder_pipeline(recipe)
+    return onnx_pipeline(recipe)
+
+
+def profile_variants(
+    graphs: dict[str, bytes], config: ModelConfig, settings: ProfileSettings, target: HardwareTarget
+) -> dict[str, Profile]:
+    """Profile every graph on this machine as `target`, all side by side."""
+    threads = threads_for(target)
+    sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
+    latencies = profile_sessions(
+        sessions,
+        lambda n: synthetic_batch(config.inputs, n, settings.seq_len),
+        settings.batch_sizes,
+        settings.seconds_per_batch_size,
+    )
+    note = f"{settings.seq_len} tokens per item" if any(-1 in t.shape[1:] for t in config.inputs) else ""
+    return build_profiles(latencies, config.reference_variant, target, fingerprint(threads), note)
+
+
+def build_model(recipe: AnyRecipe, repo: Path, target: HardwareTarget = "cloud-cpu") -> ModelEntry:
+    """Build, measure and publish one model; returns it as loaded back from disk."""
+    started = time.monotonic()
+    result = run_pipeline(recipe)
+    reference = result.variants[0]
+    outputs = {v.name: run_batched(make_session(v.onnx, threads_for(target)), result.held_out) for v in result.variants}
+    profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, recipe.profile, target)
+    staged = staging_dir(repo, recipe.name)
+    built_at = now()
+    for variant in result.variants:
+        quality, agreement = result.score(outputs[variant.name], outputs[reference.name])
+        profile = profiles[variant.name]
+        manifest = VariantManifest(
+            name=variant.name,
+            kind=variant.kind,
+            source=variant.source,
+            recipe=variant.recipe,
+            architecture=variant.architecture,
+            measurements=Measurements(
+                params=variant.params,
+                macs=variant.macs,
+                size_bytes=len(variant.onnx),
+                quality=quality,
+                agreement=agreement,
+                export_max_abs_diff=variant.export_max_abs_diff,
+                eval_items=len(outputs[variant.name]),
+            ),
+            seed_formulas=SeedFormulas.of(reference.params, variant.params, len(reference.onnx), len(variant.onnx)),
+            profiles={profile.hardware.key: profile},
+            onnx_sha256=sha256_of(variant.onnx),
+            built_at=built_at,
+        )
+        write_variant(staged, manifest, variant.onnx)
+    write_model_config(staged, result.config)
+    publish_model(staged, repo, recipe.name)
+    log.info("built %s in %.0f s", recipe.name, time.monotonic() - started)
+    return load_model(repo / recipe.name)
+
+
+def reprofile(entry: ModelEntry, settings: ProfileSettings, target: HardwareTarget) -> ModelEntry:
+    """Add (or replace) this machine's profile for `target` in every variant of a built model."""
+    if target == "edge":
+        pin_to_one_core()
+    graphs = {name: v.onnx_path.read_bytes() for name, v in entry.variants.items()}
+    profiles = profile_variants(graphs, entry.config, settings, target)
+    for name, variant in entry.variants.items():
+        manifest = variant.manifest
+        manifest.profiles[profiles[name].hardware.key] = profiles[name]
+        update_manifest(variant.onnx_path.parent, manifest)
+    return load_model(entry.path)

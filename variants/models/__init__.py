@@ -1,0 +1,1 @@
+"""Built-in model definitions: the digits CNN and the MiniLM sentence encoder."""

@@ -1,0 +1,74 @@
+"""What every model pipeline hands to the build: graphs, how to score them, how to time them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from variants.repository import Datatype, ModelConfig, VariantKind
+
+Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], dict[str, float]]]
+
+
+@dataclass
+class BuiltVariant:
+    """A variant's graph and what is known about it before evaluation."""
+
+    name: str
+    kind: VariantKind
+    onnx: bytes
+    params: int
+    macs: int | None
+    source: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    export_max_abs_diff: float | None = None
+
+
+@dataclass
+class PipelineResult:
+    """A model's config and variants (reference first), its held-out set and scorer."""
+
+    config: ModelConfig
+    variants: list[BuiltVariant]
+    held_out: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    score: Scorer
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_weighted_layers(model: nn.Module) -> int:
+    """Layers that carry weights and do the multiply-adds (Conv2d, Linear)."""
+    return sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example: dict[str, np.ndarray]) -> int:
+    """Multiply-accumulates of one forward pass per item of `example`'s batch."""
+    batch = len(next(iter(example.values())))
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(*(torch.from_numpy(v) for v in example.values()))
+    return counter.get_total_flops() // 2 // batch
+
+
+def datatype_of(array: np.ndarray) -> Datatype:
+    """Triton/KServe datatype name of a numpy dtype."""
+    names: dict[str, Datatype] = {
+        "float32": "FP32",
+        "float16": "FP16",
+        "int64": "INT64",
+        "int32": "INT32",
+        "int8": "INT8",
+        "uint8": "UINT8",
+        "bool": "BOOL",
+    }
+    return names[str(array.dtype)]

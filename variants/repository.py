@@ -1,0 +1,333 @@
+"""The model repository format: schemas, validated loading, and atomic writes.
+
+Layout::
+
+    <repo>/<model>/model.yaml                 ModelConfig
+    <repo>/<model>/<variant>/model.onnx       the variant's graph
+    <repo>/<model>/<variant>/variant.json     VariantManifest (recipe, measurements, profiles)
+
+Folders whose names start with a dot are work in progress (a build stages a whole model
+in `<repo>/.building-<model>`, a variant in `<model>/.tmp-<variant>-<pid>`) and are never
+loaded. Every write goes to a temporary name first and is renamed into place, so a crash
+mid-build never leaves a half-written variant that loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Datatype = Literal["FP32", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL"]
+VariantKind = Literal["fp32", "int8", "pruned", "distilled", "lowrank", "fp16"]
+MODEL_FILE = "model.yaml"
+ONNX_FILE = "model.onnx"
+MANIFEST_FILE = "variant.json"
+# The order in which tables list variants: the reference first, cheaper ones after.
+KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8", "pruned", "lowrank", "distilled")
+
+
+class RepositoryError(Exception):
+    """The repository on disk is missing something or does not validate."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TensorSpec(_Strict):
+    """One input or output tensor. Dimension -1 is variable; the first is the batch."""
+
+    name: str = Field(min_length=1)
+    datatype: Datatype
+    shape: list[int] = Field(min_length=1)
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        if any(d == 0 or d < -1 for d in shape):
+            raise ValueError("dimensions must be positive or -1 (variable)")
+        return shape
+
+
+class QualityMetric(_Strict):
+    """The model's headline quality number; always a fraction in [0, 1]."""
+
+    name: str
+    higher_is_better: bool = True
+    description: str = ""
+
+
+class ModelConfig(_Strict):
+    """`model.yaml`: what the model takes and returns and how it is served."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["classifier", "encoder"]
+    description: str = ""
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    quality_metric: QualityMetric
+    reference_variant: str = "fp32"
+    default_variant: str = "fp32"
+    default_slo_ms: float = Field(gt=0)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    labels: list[str] | None = None
+
+
+class LatencyStats(_Strict):
+    """Latency of one session call at one batch size, over `samples` timed calls."""
+
+    p50_ms: float = Field(ge=0)
+    p95_ms: float = Field(ge=0)
+    samples: int = Field(ge=1)
+
+
+class HardwareFingerprint(_Strict):
+    """What makes a latency profile valid: the chip, the cores used, the runtime, threads."""
+
+    cpu_model: str
+    cores: int = Field(ge=1)
+    isa: list[str]
+    onnxruntime: str
+    threads: int = Field(ge=1)
+    device: str = "cpu"
+
+    @property
+    def key(self) -> str:
+        """Stable short id under which profiles are stored."""
+        blob = json.dumps(self.model_dump(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class Profile(_Strict):
+    """Latency of a variant on one hardware fingerprint, measured beside its reference."""
+
+    label: str
+    hardware: HardwareFingerprint
+    measured_at: datetime
+    input_note: str = ""
+    latency: dict[int, LatencyStats]
+    speedup: dict[int, float] = Field(default_factory=dict, description="δ = s/s* per batch size")
+
+
+class SeedFormulas(_Strict):
+    """Compression against the reference: α = a/a*, β = (a − a*)/a* (a = reference size)."""
+
+    alpha_params: float
+    beta_params: float
+    alpha_bytes: float
+    beta_bytes: float
+
+    @classmethod
+    def of(cls, ref_params: int, params: int, ref_bytes: int, size_bytes: int) -> SeedFormulas:
+        return cls(
+            alpha_params=ref_params / params,
+            beta_params=(ref_params - params) / params,
+            alpha_bytes=ref_bytes / size_bytes,
+            beta_bytes=(ref_bytes - size_bytes) / size_bytes,
+        )
+
+
+class Measurements(_Strict):
+    """Everything measured about a variant, except latency (see Profile)."""
+
+    params: int = Field(ge=0)
+    macs: int | None = Field(default=None, ge=0, description="multiply-accumulates per item")
+    size_bytes: int = Field(ge=1)
+    quality: dict[str, float]
+    agreement: dict[str, float] = Field(description="vs the reference variant")
+    export_max_abs_diff: float | None = None
+    eval_items: int = Field(ge=1)
+
+
+class VariantManifest(_Strict):
+    """`variant.json`: how a variant was made and what it measured."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    kind: VariantKind
+    source: str | None = None
+    device: str = "cpu"
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    architecture: dict[str, Any] = Field(default_factory=dict)
+    measurements: Measurements
+    seed_formulas: SeedFormulas
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+    onnx_sha256: str
+    built_at: datetime
+
+    @model_validator(mode="after")
+    def _profile_keys(self) -> VariantManifest:
+        for key, profile in self.profiles.items():
+            if key != profile.hardware.key:
+                raise ValueError(f"profile key {key!r} does not match its hardware fingerprint")
+        return self
+
+
+class VariantEntry(BaseModel):
+    """A loaded variant: its manifest and where its graph lies."""
+
+    manifest: VariantManifest
+    onnx_path: Path
+
+
+class ModelEntry(BaseModel):
+    """A loaded model: its config and its variants by name."""
+
+    config: ModelConfig
+    variants: dict[str, VariantEntry]
+    path: Path
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        parts.append(f"field '{where}': {item['msg']}")
+    return "; ".join(parts)
+
+
+_Schema = TypeVar("_Schema", bound=BaseModel)
+
+
+def _parse(path: Path, schema: type[_Schema], read: Callable[[str], Any]) -> _Schema:
+    try:
+        raw = read(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise RepositoryError(f"{path}: {_describe(exc)}") from exc
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Parse and validate one `model.yaml`."""
+    return _parse(path, ModelConfig, yaml.safe_load)
+
+
+def load_manifest(path: Path) -> VariantManifest:
+    """Parse and validate one `variant.json`."""
+    return _parse(path, VariantManifest, json.loads)
+
+
+def load_model(model_dir: Path) -> ModelEntry:
+    """Load one model folder; every problem names the file and the field."""
+    config = load_model_config(model_dir / MODEL_FILE)
+    if config.name != model_dir.name:
+        raise RepositoryError(
+            f"{model_dir / MODEL_FILE}: field 'name': {config.name!r} differs from folder {model_dir.name!r}"
+        )
+    variants: dict[str, VariantEntry] = {}
+    for folder in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        manifest = load_manifest(folder / MANIFEST_FILE)
+        if manifest.name != folder.name:
+            raise RepositoryError(
+                f"{folder / MANIFEST_FILE}: field 'name': {manifest.name!r} differs from folder {folder.name!r}"
+            )
+        onnx_path = folder / ONNX_FILE
+        if not onnx_path.is_file():
+            raise RepositoryError(f"{onnx_path}: missing")
+        variants[manifest.name] = VariantEntry(manifest=manifest, onnx_path=onnx_path)
+    for role in ("reference_variant", "default_variant"):
+        if getattr(config, role) not in variants:
+            raise RepositoryError(
+                f"{model_dir / MODEL_FILE}: field '{role}': no variant {getattr(config, role)!r} "
+                f"(found: {', '.join(variants) or 'none'})"
+            )
+    ordered = sorted(
+        variants.values(),
+        key=lambda v: (v.manifest.name != config.reference_variant, KIND_ORDER.index(v.manifest.kind), v.manifest.name),
+    )
+    return ModelEntry(config=config, variants={v.manifest.name: v for v in ordered}, path=model_dir)
+
+
+def load_repository(repo: Path) -> dict[str, ModelEntry]:
+    """Every model under `repo`, by name. Raises RepositoryError on the first problem."""
+    if not repo.is_dir():
+        raise RepositoryError(f"{repo}: not a directory")
+    models = {
+        folder.name: load_model(folder)
+        for folder in sorted(repo.iterdir())
+        if folder.is_dir() and not folder.name.startswith(".")
+    }
+    if not models:
+        raise RepositoryError(f"{repo}: no models (expected <repo>/<model>/{MODEL_FILE})")
+    return models
+
+
+def _write_file_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _replace_directory(staged: Path, target: Path) -> None:
+    """Swap `staged` into `target`'s place; the old one stays whole until the swap."""
+    old = target.with_name(f".old-{target.name}-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_model_config(model_dir: Path, config: ModelConfig) -> None:
+    """Write `model.yaml` atomically."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    _write_file_atomically(model_dir / MODEL_FILE, text.encode())
+
+
+def write_variant(model_dir: Path, manifest: VariantManifest, onnx_bytes: bytes) -> Path:
+    """Write a variant folder atomically and return its path."""
+    staged = model_dir / f".tmp-{manifest.name}-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    _write_file_atomically(staged / ONNX_FILE, onnx_bytes)
+    _write_file_atomically(staged / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+    target = model_dir / manifest.name
+    _replace_directory(staged, target)
+    return target
+
+
+def update_manifest(variant_dir: Path, manifest: VariantManifest) -> None:
+    """Rewrite one `variant.json` in place (atomically), e.g. to add a profile."""
+    _write_file_atomically(variant_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+
+
+def staging_dir(repo: Path, model: str) -> Path:
+    """A fresh folder in which a whole model is built before it is published."""
+    staged = repo / f".building-{model}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def publish_model(staged: Path, repo: Path, model: str) -> Path:
+    """Move a fully built model from its staging folder into the repository."""
+    target = repo / model
+    _replace_directory(staged, target)
+    return target
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
