@@ -46,9 +46,7 @@ def tiny_minilm_recipe() -> EncoderRecipe:
         eval_sentences=48,
         selection_sentences=16,
         max_tokens=32,
-        prune=EncoderPrune(
-            steps=[EncoderPruneStep(heads=8, ffn=1024), EncoderPruneStep(heads=6, ffn=768)], finetune_epochs=1
-        ),
+        prune=EncoderPrune(steps=[EncoderPruneStep(heads=8, ffn=1024), EncoderPruneStep(heads=6, ffn=768)]),
         distill=EncoderDistill(keep_layers=[1, 3, 5], epochs=1),
         profile=QUICK_PROFILE,
     )

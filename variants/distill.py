@@ -99,6 +99,39 @@ def fit_classifier(
     return model.eval()
 
 
+class TeacherStates:
+    """Every teacher layer's token states for a training set, computed once, kept as float16.
+
+    Pruning fine-tunes several times and distillation runs several epochs against the same
+    teacher; computing its forward pass once instead of every step saves about a third of
+    the training time. Memory: tokens × layers × hidden × 2 bytes (about 1 GB for the
+    default minilm recipe).
+    """
+
+    def __init__(self, teacher: SentenceEncoder, inputs: dict[str, np.ndarray], batch_size: int = 64) -> None:
+        self._states: list[np.ndarray] = []
+        lengths = inputs["attention_mask"].sum(axis=1)
+        teacher.eval()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(lengths), batch_size), desc="teacher states", unit="batch", leave=False):
+                rows = slice(start, start + batch_size)
+                length = int(lengths[rows].max())
+                ids = torch.from_numpy(inputs["input_ids"][rows, :length])
+                mask = torch.from_numpy(inputs["attention_mask"][rows, :length])
+                stacked = torch.stack(teacher.hidden_states(ids, mask), dim=1).to(torch.float16).numpy()
+                self._states += [stacked[i, :, : lengths[start + i]] for i in range(len(stacked))]
+        self.num_layers = len(teacher.layers)
+
+    def batch(self, rows: np.ndarray, length: int) -> torch.Tensor:
+        """[layers, B, length, hidden] float32, zero-padded."""
+        first = self._states[rows[0]]
+        out = np.zeros((first.shape[0], len(rows), length, first.shape[2]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            states = self._states[row]
+            out[:, i, : states.shape[1]] = states
+        return torch.from_numpy(out)
+
+
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Which teacher layer each student layer imitates: evenly spaced, last to last."""
     return [(k + 1) * teacher_layers // student_layers - 1 for k in range(student_layers)]
@@ -106,7 +139,7 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 def fit_encoder(
     model: SentenceEncoder,
-    teacher: SentenceEncoder,
+    teacher: TeacherStates,
     inputs: dict[str, np.ndarray],
     *,
     epochs: int,
@@ -114,12 +147,12 @@ def fit_encoder(
     batch_size: int = 32,
     seed: int = 0,
     desc: str = "distil",
-) -> nn.Module:
+) -> SentenceEncoder:
     """Distil an encoder: match the teacher's per-layer token states and its embedding.
 
     Student layer k imitates teacher layer `layer_map(...)[k]` token by token (as in
     TinyBERT / MiniLM): one target per token and layer instead of one per sentence, which
-    is what lets a few thousand sentences and a minute or two of CPU recover most of the
+    is what lets a few thousand sentences and a few minutes of CPU recover most of the
     teacher. Token tensors are cut to the longest real sequence of each batch, so the
     short sentences that dominate the corpus do not pay for the long ones' padding.
     """
@@ -130,7 +163,7 @@ def fit_encoder(
     count = len(mask_all)
     steps = max(1, epochs * -(-count // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    teacher.eval()
+    targets_of = layer_map(len(model.layers), teacher.num_layers)
     model.train()
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
         for _ in range(epochs):
@@ -138,16 +171,18 @@ def fit_encoder(
                 length = int(mask_all[rows].sum(axis=1).max())
                 ids = torch.from_numpy(inputs["input_ids"][rows, :length])
                 mask = torch.from_numpy(mask_all[rows, :length])
-                with torch.no_grad():
-                    targets = teacher.hidden_states(ids, mask)
+                targets = teacher.batch(rows, length)
                 states = model.hidden_states(ids, mask)
                 real = mask.unsqueeze(-1).to(states[-1].dtype)
                 scale = real.sum() * states[-1].shape[-1]
                 token_term = sum(
-                    ((state - targets[t]) ** 2 * real).sum() / scale
-                    for state, t in zip(states, layer_map(len(states), len(targets)), strict=True)
+                    (
+                        ((state - targets[t]) ** 2 * real).sum() / scale
+                        for state, t in zip(states, targets_of, strict=True)
+                    ),
+                    torch.zeros(()),
                 )
-                pooled, target = model.pool(states[-1], mask), teacher.pool(targets[-1], mask)
+                pooled, target = model.pool(states[-1], mask), model.pool(targets[-1], mask)
                 loss = token_term / len(states) + embedding_loss(pooled, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

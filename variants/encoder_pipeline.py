@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from variants.data import documentation_sentences, minilm_tokenizer, split_sentences
-from variants.distill import fit_encoder
+from variants.distill import TeacherStates, fit_encoder
 from variants.evaluate import encoder_scores
 from variants.models.encoder import SentenceEncoder, load_minilm
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
@@ -76,6 +76,8 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
                 recipe={"method": "dynamic", "settings": chosen.label, "selection_scores": scores},
             )
         )
+    if {"pruned", "distilled"} & set(recipe.variants):
+        teacher_states = TeacherStates(teacher, train)
     if "pruned" in recipe.variants:
         pruned = copy.deepcopy(teacher)
         calibration = [
@@ -84,12 +86,12 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
         ]
         for number, step in enumerate(recipe.prune.steps, start=1):
             prune_encoder(pruned, calibration, step.heads, step.ffn)
-            if recipe.prune.finetune_epochs:
+            if step.epochs:
                 fit_encoder(
                     pruned,
-                    teacher,
+                    teacher_states,
                     train,
-                    epochs=recipe.prune.finetune_epochs,
+                    epochs=step.epochs,
                     lr=recipe.prune.lr,
                     desc=f"{recipe.name}: prune step {number}",
                 )
@@ -103,7 +105,7 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
         student.shape.ffn = [teacher.shape.ffn[i] for i in recipe.distill.keep_layers]
         fit_encoder(
             student,
-            teacher,
+            teacher_states,
             train,
             epochs=recipe.distill.epochs,
             lr=recipe.distill.lr,

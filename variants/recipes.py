@@ -73,18 +73,21 @@ class ClassifierRecipe(_Strict):
 
 
 class EncoderPruneStep(_Strict):
+    """Prune every layer down to `heads` heads and `ffn` neurons, then fine-tune `epochs`."""
+
     heads: int = Field(ge=1)
     ffn: int = Field(ge=1)
+    epochs: int = Field(default=1, ge=0)
 
 
 class EncoderPrune(_Strict):
     """Iterative head + FFN-neuron pruning with distillation fine-tuning between steps."""
 
     steps: list[EncoderPruneStep] = Field(
-        default=[EncoderPruneStep(heads=9, ffn=1152), EncoderPruneStep(heads=6, ffn=768)], min_length=1
+        default=[EncoderPruneStep(heads=10, ffn=1024, epochs=1), EncoderPruneStep(heads=8, ffn=768, epochs=2)],
+        min_length=1,
     )
-    finetune_epochs: int = Field(default=1, ge=0)
-    lr: float = Field(default=1e-4, gt=0)
+    lr: float = Field(default=3e-4, gt=0)
 
 
 class EncoderDistill(_Strict):
