@@ -122,9 +122,11 @@ def _profile(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # Libraries (ONNX Runtime's quantizer among them) log chatter to the root logger at
+    # INFO; keep the root at WARNING and only our own packages at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("variants", "server", "router", "slimserve"):
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     from variants.repository import RepositoryError
 

@@ -12,6 +12,7 @@ from torch import nn
 from variants.data import Split
 from variants.distill import fit_classifier
 from variants.evaluate import classifier_scores
+from variants.hardware import threads_for
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
 from variants.pipeline import (
     BuiltVariant,
@@ -83,7 +84,13 @@ def _int8(fp32: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> BuiltVa
         _, agreement = classifier_scores(run_batched(make_session(graph, 1), selection), reference.argmax(1), reference)
         return agreement["top1"] - 0.1 * agreement["kl"]  # KL breaks the ties top-1 leaves
 
-    graph, chosen, scores = quantize_best(fp32.onnx, score, train.take(recipe.calibration_rows).inputs)
+    graph, chosen, scores = quantize_best(
+        fp32.onnx,
+        score,
+        train.take(recipe.calibration_rows).inputs,
+        timing_item=train.take(1).inputs,
+        threads=threads_for("cloud-cpu"),
+    )
     return BuiltVariant(
         name="int8",
         kind="int8",

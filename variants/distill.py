@@ -50,6 +50,18 @@ def _batches(count: int, batch_size: int, rng: np.random.Generator) -> Iterator[
         yield order[start : start + batch_size]
 
 
+def _length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of similar-length rows, in random order.
+
+    Sentences vary from 8 to 64 tokens; a random batch is padded to its longest member, so
+    about half of the work would be padding. Sorting by length (with random tie order) and
+    shuffling whole batches keeps the stochasticity that matters and drops most padding.
+    """
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _as_tensors(inputs: dict[str, np.ndarray], rows: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(np.ascontiguousarray(array[rows])) for array in inputs.values()]
 
@@ -153,8 +165,8 @@ def fit_encoder(
     Student layer k imitates teacher layer `layer_map(...)[k]` token by token (as in
     TinyBERT / MiniLM): one target per token and layer instead of one per sentence, which
     is what lets a few thousand sentences and a few minutes of CPU recover most of the
-    teacher. Token tensors are cut to the longest real sequence of each batch, so the
-    short sentences that dominate the corpus do not pay for the long ones' padding.
+    teacher. Batches hold sentences of similar length and are cut to their longest real
+    sequence, so the short sentences that dominate the corpus do not pay for padding.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -164,10 +176,11 @@ def fit_encoder(
     steps = max(1, epochs * -(-count // batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     targets_of = layer_map(len(model.layers), teacher.num_layers)
+    lengths = mask_all.sum(axis=1)
     model.train()
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
         for _ in range(epochs):
-            for rows in _batches(count, batch_size, rng):
+            for rows in _length_buckets(lengths, batch_size, rng):
                 length = int(mask_all[rows].sum(axis=1).max())
                 ids = torch.from_numpy(inputs["input_ids"][rows, :length])
                 mask = torch.from_numpy(mask_all[rows, :length])

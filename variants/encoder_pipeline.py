@@ -11,6 +11,7 @@ import torch
 from variants.data import documentation_sentences, minilm_tokenizer, split_sentences
 from variants.distill import TeacherStates, fit_encoder
 from variants.evaluate import encoder_scores
+from variants.hardware import threads_for
 from variants.models.encoder import SentenceEncoder, load_minilm
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
 from variants.pipeline import BuiltVariant, PipelineResult, count_macs, count_params
@@ -63,7 +64,9 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
         def score(graph: bytes) -> float:
             return encoder_scores(run_batched(make_session(graph, 1), selection), reference)[0]["cosine"]
 
-        graph, chosen, scores = quantize_best(fp32.onnx, score, calibration=None)
+        graph, chosen, scores = quantize_best(
+            fp32.onnx, score, calibration=None, timing_item=profile_item, threads=threads_for("cloud-cpu")
+        )
         built.append(
             BuiltVariant(
                 name="int8",

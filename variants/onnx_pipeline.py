@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from variants.evaluate import classifier_scores, encoder_scores
+from variants.hardware import threads_for
 from variants.onnx_io import make_session, run_batched
 from variants.pipeline import BuiltVariant, PipelineResult, datatype_of
 from variants.quantize import quantize_best
@@ -73,7 +74,11 @@ def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
         name="fp32", kind="fp32", onnx=graph, params=params, macs=None, recipe={"source": str(recipe.path)}
     )
     int8_graph, chosen, scores = quantize_best(
-        graph, selection_score, calibration if recipe.quantization == "static" else None
+        graph,
+        selection_score,
+        calibration if recipe.quantization == "static" else None,
+        timing_item={k: v[:1] for k, v in held_out.items()},
+        threads=threads_for("cloud-cpu"),
     )
     int8 = BuiltVariant(
         name="int8",

@@ -6,7 +6,8 @@ choice when activations vary a lot from input to input. Which settings preserve 
 depends on the chip: without VNNI, unsigned 8-bit weights can saturate in VPMADDUBSW, and
 per-channel scales help most where weight ranges differ between channels. So each
 candidate is built and scored against the fp32 outputs on a *selection* slice of the
-training data (never the held-out set), and the best-scoring one is kept.
+training data (never the held-out set); among those that preserve quality, the fastest
+on this machine is kept.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 Scorer = Callable[[bytes], float]
+# Selection scores this close to the best count as equal quality; speed decides among them.
+QUALITY_TIE = 0.002
+TIMING_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -114,16 +118,24 @@ def quantize_best(
     fp32_onnx: bytes,
     score: Scorer,
     calibration: dict[str, np.ndarray] | None,
+    timing_item: dict[str, np.ndarray],
+    threads: int,
     candidates: tuple[QuantCandidate, ...] | None = None,
-) -> tuple[bytes, QuantCandidate, dict[str, float]]:
-    """Quantize with every candidate, score each, return (best graph, its settings, all scores).
+) -> tuple[bytes, QuantCandidate, dict[str, dict[str, float]]]:
+    """Quantize with every candidate; keep the fastest of those that preserve quality.
 
     `calibration` given → static QDQ; None → dynamic. `score` compares a graph's outputs
-    with fp32's on the selection slice; higher is better.
+    with fp32's on the selection slice (higher is better). Candidates within
+    QUALITY_TIE of the best score are timed side by side at batch 1 on `timing_item`, and
+    the fastest wins: which settings are fast depends on the chip (VNNI, AMX), so this is
+    measured, not assumed. Returns (graph, settings, {label: {score, p50_ms?}}).
     """
+    from variants.onnx_io import make_session
+    from variants.profile import profile_sessions
+
     chosen = candidates or (DYNAMIC_CANDIDATES if calibration is None else STATIC_CANDIDATES)
-    scores: dict[str, float] = {}
-    best: tuple[float, bytes, QuantCandidate] | None = None
+    graphs: dict[str, tuple[bytes, QuantCandidate]] = {}
+    report: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="slimserve-quant-") as tmp:
         work = Path(tmp)
         source = work / "fp32.onnx"
@@ -131,9 +143,17 @@ def quantize_best(
         quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=calibration is None)
         for candidate in chosen:
             graph = _quantize(source, candidate, calibration, work)
-            scores[candidate.label] = score(graph)
-            log.info("int8 %s: selection score %.4f", candidate.label, scores[candidate.label])
-            if best is None or scores[candidate.label] > best[0]:
-                best = (scores[candidate.label], graph, candidate)
-    assert best is not None
-    return best[1], best[2], scores
+            graphs[candidate.label] = (graph, candidate)
+            report[candidate.label] = {"score": score(graph)}
+            log.info("int8 %s: selection score %.4f", candidate.label, report[candidate.label]["score"])
+    best_score = max(r["score"] for r in report.values())
+    finalists = [label for label, r in report.items() if r["score"] >= best_score - QUALITY_TIE]
+    if len(finalists) == 1:
+        return graphs[finalists[0]][0], graphs[finalists[0]][1], report
+    sessions = {label: make_session(graphs[label][0], threads) for label in finalists}
+    latency = profile_sessions(sessions, lambda _n: timing_item, [1], TIMING_SECONDS)
+    for label in finalists:
+        report[label]["p50_ms"] = latency[label][1].p50_ms
+        log.info("int8 %s: batch-1 p50 %.3f ms", label, report[label]["p50_ms"])
+    fastest = min(finalists, key=lambda label: report[label]["p50_ms"])
+    return graphs[fastest][0], graphs[fastest][1], report

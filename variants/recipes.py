@@ -40,7 +40,7 @@ class ServingSettings(_Strict):
 class ClassifierPrune(_Strict):
     """Iterative channel pruning: widths after each step, fine-tuning between steps."""
 
-    keep_fractions: list[float] = Field(default=[0.75, 0.5, 0.35], min_length=1)
+    keep_fractions: list[float] = Field(default=[0.75, 0.5], min_length=1)
     finetune_epochs: int = Field(default=4, ge=0)
     lr: float = Field(default=2e-3, gt=0)
 
@@ -84,7 +84,11 @@ class EncoderPrune(_Strict):
     """Iterative head + FFN-neuron pruning with distillation fine-tuning between steps."""
 
     steps: list[EncoderPruneStep] = Field(
-        default=[EncoderPruneStep(heads=10, ffn=1024, epochs=1), EncoderPruneStep(heads=8, ffn=768, epochs=2)],
+        default=[
+            EncoderPruneStep(heads=10, ffn=1152, epochs=1),
+            EncoderPruneStep(heads=9, ffn=960, epochs=1),
+            EncoderPruneStep(heads=8, ffn=768, epochs=2),
+        ],
         min_length=1,
     )
     lr: float = Field(default=3e-4, gt=0)

@@ -17,7 +17,7 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def teacher(width: int = 32) -> nn.Sequential:
+def teacher(width: int = 48) -> nn.Sequential:
     """Five 3×3 conv layers (w, w, 2w, 2w, 4w channels), global average pool, linear head."""
     return nn.Sequential(
         *_block(1, width),
