@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 Scorer = Callable[[bytes], float]
 # Selection scores this close to the best count as equal quality; speed decides among them.
 QUALITY_TIE = 0.002
+SPEED_TIE = 0.05
 TIMING_SECONDS = 2.0
 
 
@@ -126,9 +127,10 @@ def quantize_best(
 
     `calibration` given → static QDQ; None → dynamic. `score` compares a graph's outputs
     with fp32's on the selection slice (higher is better). Candidates within
-    QUALITY_TIE of the best score are timed side by side at batch 1 on `timing_item`, and
-    the fastest wins: which settings are fast depends on the chip (VNNI, AMX), so this is
-    measured, not assumed. Returns (graph, settings, {label: {score, p50_ms?}}).
+    QUALITY_TIE of the best score are timed side by side at batch 1 on `timing_item`; the
+    best-scoring of those within SPEED_TIE of the fastest wins. Which settings are fast
+    depends on the chip (VNNI, AMX), so this is measured, not assumed.
+    Returns (graph, settings, {label: {score, p50_ms (finalists only)}}).
     """
     from variants.onnx_io import make_session
     from variants.profile import profile_sessions
@@ -155,5 +157,8 @@ def quantize_best(
     for label in finalists:
         report[label]["p50_ms"] = latency[label][1].p50_ms
         log.info("int8 %s: batch-1 p50 %.3f ms", label, report[label]["p50_ms"])
-    fastest = min(finalists, key=lambda label: report[label]["p50_ms"])
-    return graphs[fastest][0], graphs[fastest][1], report
+    fastest_ms = min(report[label]["p50_ms"] for label in finalists)
+    # Within SPEED_TIE of the fastest counts as equally fast: then quality decides.
+    quick = [label for label in finalists if report[label]["p50_ms"] <= fastest_ms * (1 + SPEED_TIE)]
+    best = max(quick, key=lambda label: report[label]["score"])
+    return graphs[best][0], graphs[best][1], report
