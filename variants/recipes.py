@@ -87,7 +87,7 @@ class EncoderPrune(_Strict):
         default=[
             EncoderPruneStep(heads=10, ffn=1152, epochs=1),
             EncoderPruneStep(heads=9, ffn=960, epochs=1),
-            EncoderPruneStep(heads=8, ffn=768, epochs=2),
+            EncoderPruneStep(heads=8, ffn=768, epochs=3),
         ],
         min_length=1,
     )
