@@ -65,13 +65,18 @@ def profile_variants(
     return build_profiles(latencies, config.reference_variant, target, fingerprint(threads), note)
 
 
-def build_model(recipe: AnyRecipe, repo: Path, target: HardwareTarget = "cloud-cpu") -> ModelEntry:
-    """Build, measure and publish one model; returns it as loaded back from disk."""
+def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:
+    """Build, measure and publish one model; returns it as loaded back from disk.
+
+    Profiles are taken as `cloud-cpu` (every usable core); `slimserve profile
+    --hardware-profile edge` adds the one-core profile afterwards.
+    """
     started = time.monotonic()
     result = run_pipeline(recipe)
     reference = result.variants[0]
-    outputs = {v.name: run_batched(make_session(v.onnx, threads_for(target)), result.held_out) for v in result.variants}
-    profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, recipe.profile, target)
+    threads = threads_for("cloud-cpu")
+    outputs = {v.name: run_batched(make_session(v.onnx, threads), result.held_out) for v in result.variants}
+    profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, recipe.profile, "cloud-cpu")
     staged = staging_dir(repo, recipe.name)
     built_at = now()
     for variant in result.variants:
