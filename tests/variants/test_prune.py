@@ -26,11 +26,10 @@ def test_sequential_pruning_shrinks_every_hidden_layer_and_keeps_the_output() ->
 
 
 def test_flatten_between_conv_and_linear_prunes_whole_feature_blocks() -> None:
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)
-    ).eval()
+    norm = nn.BatchNorm2d(4)
     with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([1.0, 0.0, 1.0, 1.0]))  # channel 1 is silenced
+        norm.weight.copy_(torch.tensor([1.0, 0.0, 1.0, 1.0]))  # channel 1 is silenced
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), norm, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)).eval()
     x = torch.rand(5, 1, 2, 2)
     expected = model(x)
     pruned = prune_to_fraction(copy.deepcopy(model), widths(model), 0.75)
