@@ -98,6 +98,7 @@ def _int8(fp32: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> BuiltVa
         params=fp32.params,
         macs=fp32.macs,
         source="fp32",
+        architecture=fp32.architecture,
         recipe={
             "method": "static QDQ",
             "calibration_rows": recipe.calibration_rows,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from variants.evaluate import classifier_scores, encoder_scores
@@ -50,7 +51,7 @@ def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
         graph = recipe.path.read_bytes()
         model = onnx.load_from_string(graph)
         onnx.checker.check_model(model)
-    except (OSError, onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:  # type: ignore[attr-defined]
+    except (OSError, DecodeError, onnx.checker.ValidationError) as exc:
         raise RepositoryError(f"{recipe.path}: not a valid ONNX model: {exc}") from exc
     session = make_session(graph, threads=1)
     input_names = [i.name for i in session.get_inputs()]
