@@ -30,8 +30,7 @@ def tiny_digits_recipe(name: str = "digits", entry_point: str = "variants.models
     return ClassifierRecipe(
         name=name,
         entry_point=entry_point,
-        teacher_epochs=4,
-        max_train_rows=600,
+        teacher_epochs=6,
         calibration_rows=32,
         selection_rows=64,
         prune=ClassifierPrune(keep_fractions=[0.75, 0.5], finetune_epochs=1),
