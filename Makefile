@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build test lint typecheck unit clean
+.PHONY: run build serve protos test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-## run: set up, build the default model repository if missing (reused afterwards), show it
+## run: set up, build the default model repository if missing (reused afterwards), serve it
 run: $(VENV)/.installed
 	$(BIN)/slimserve build --repository $(REPOSITORY) --skip-existing
+	$(BIN)/slimserve serve --repository $(REPOSITORY)
+
+## protos: regenerate the committed gRPC stubs from protos/*.proto
+protos: $(VENV)/.installed
+	$(BIN)/python protos/generate.py
 
 ## build: rebuild the default model repository from scratch
 build: $(VENV)/.installed

@@ -34,6 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("repository", type=Path)
     show.add_argument("--json", action="store_true")
 
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--repository", type=Path, help="model repository (SLIMSERVE_REPOSITORY)")
+    serve.add_argument("--host", help="bind address (SLIMSERVE_HOST, default 0.0.0.0)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (SLIMSERVE_GRPC_PORT, default 8001; 0 = any)")
+    serve.add_argument("--metrics-port", type=int, help="metrics port (SLIMSERVE_METRICS_PORT, default 8002)")
+    serve.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], help="SLIMSERVE_HARDWARE_PROFILE")
+    serve.add_argument("--shutdown-grace-s", type=float, help="SLIMSERVE_SHUTDOWN_GRACE_S, default 10")
+    serve.add_argument("--port-file", type=Path, help="write the bound gRPC port here once serving")
+
     profile = commands.add_parser("profile", help="add this machine's latency profile to a repository")
     profile.add_argument("repository", type=Path)
     profile.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], default="cloud-cpu")
@@ -120,6 +129,26 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from server.serve import serve
+    from server.settings import Settings
+
+    flags = {"repository": args.repository, "host": args.host, "grpc_port": args.grpc_port,
+             "metrics_port": args.metrics_port, "hardware_profile": args.hardware_profile,
+             "shutdown_grace_s": args.shutdown_grace_s}  # fmt: skip
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"slimserve serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings, args.port_file))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Libraries (ONNX Runtime's quantizer among them) log chatter to the root logger at
@@ -130,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     from variants.repository import RepositoryError
 
-    handlers = {"build": _build, "variants": _show, "profile": _profile}
+    handlers = {"build": _build, "variants": _show, "profile": _profile, "serve": _serve}
     try:
         return handlers[args.command](args)
     except RepositoryError as exc:

@@ -1,0 +1,136 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListVariantsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class LatencyPoint(_message.Message):
+    __slots__ = ("batch_size", "p50_ms", "p95_ms")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    def __init__(self, batch_size: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ...) -> None: ...
+
+class VariantProfile(_message.Message):
+    __slots__ = ("label", "hardware_key", "this_machine", "latency", "speedup")
+    class SpeedupEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    THIS_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    hardware_key: str
+    this_machine: bool
+    latency: _containers.RepeatedCompositeFieldContainer[LatencyPoint]
+    speedup: _containers.ScalarMap[int, float]
+    def __init__(self, label: _Optional[str] = ..., hardware_key: _Optional[str] = ..., this_machine: _Optional[bool] = ..., latency: _Optional[_Iterable[_Union[LatencyPoint, _Mapping]]] = ..., speedup: _Optional[_Mapping[int, float]] = ...) -> None: ...
+
+class Variant(_message.Message):
+    __slots__ = ("model", "name", "kind", "device", "params", "macs", "size_bytes", "quality", "agreement", "alpha_params", "alpha_bytes", "beta_params", "beta_bytes", "profiles", "ready")
+    class QualityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class AgreementEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BETA_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    BETA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    name: str
+    kind: str
+    device: str
+    params: int
+    macs: int
+    size_bytes: int
+    quality: _containers.ScalarMap[str, float]
+    agreement: _containers.ScalarMap[str, float]
+    alpha_params: float
+    alpha_bytes: float
+    beta_params: float
+    beta_bytes: float
+    profiles: _containers.RepeatedCompositeFieldContainer[VariantProfile]
+    ready: bool
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., params: _Optional[int] = ..., macs: _Optional[int] = ..., size_bytes: _Optional[int] = ..., quality: _Optional[_Mapping[str, float]] = ..., agreement: _Optional[_Mapping[str, float]] = ..., alpha_params: _Optional[float] = ..., alpha_bytes: _Optional[float] = ..., beta_params: _Optional[float] = ..., beta_bytes: _Optional[float] = ..., profiles: _Optional[_Iterable[_Union[VariantProfile, _Mapping]]] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class ListVariantsResponse(_message.Message):
+    __slots__ = ("variants",)
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    variants: _containers.RepeatedCompositeFieldContainer[Variant]
+    def __init__(self, variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "slo_ms", "min_quality", "policy")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    slo_ms: float
+    min_quality: float
+    policy: str
+    def __init__(self, model: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    predicted_ms: float
+    quality: float
+    chosen: bool
+    reason: str
+    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "chosen", "reason", "candidates")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    chosen: str
+    reason: str
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...

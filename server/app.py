@@ -1,0 +1,77 @@
+"""Builds and runs the server: settings → repository → sessions → servicers → gRPC server.
+
+This is the one place that constructs those objects; there is no module-level state, so
+tests start as many servers as they like, each on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
+from server.host import ModelHost
+from server.management import ManagementServicer
+from server.servicer import InferenceServicer
+from server.settings import Settings
+from variants.hardware import fingerprint, pin_to_one_core, threads_for
+from variants.repository import load_repository
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    slimserve_pb2.DESCRIPTOR.services_by_name["Management"].full_name,
+)
+
+
+class App:
+    """A running slimserve: gRPC server, health, models. `start()`, then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.hardware_profile == "edge":
+            pin_to_one_core()
+        threads = settings.session_threads or threads_for(settings.hardware_profile)
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
+        self.host = ModelHost(load_repository(settings.repository), self._executor, threads, settings.max_queue_size)
+        self.inference = InferenceServicer(self.host)
+        self.health = health.aio.HealthServicer()
+        limits = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        self.server = grpc.aio.server(options=limits)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
+        management = ManagementServicer(self.host, fingerprint(threads).key)
+        slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for service in ("", *SERVICE_NAMES):
+            await self.health.set(service, status)
+
+    async def start(self) -> None:
+        """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
+        self.host.start_batchers()
+        self.inference.accepting = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on port %d", ", ".join(self.host.models), self.port)
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.inference.accepting = False
+        await self.server.stop(self.settings.shutdown_grace_s)
+        await self.host.close()
+        self._executor.shutdown(wait=True)
+        log.info("stopped")

@@ -1,0 +1,58 @@
+"""Domain errors of the serving path and the one table that maps them to gRPC status codes.
+
+Nothing below the servicer knows about gRPC: the batcher, the codec and the sessions raise
+these, and `status_for` turns them into a status code at the edge. Anything else becomes
+INTERNAL with a generic message; the details go to the log.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base class: the message is safe to show to the caller."""
+
+
+class NotFoundError(ServingError):
+    """Unknown model or variant."""
+
+
+class InvalidInputError(ServingError):
+    """A tensor's name, datatype, shape or contents do not match the model."""
+
+
+class QueueFullError(ServingError):
+    """The variant's queue is full; retry later or elsewhere."""
+
+
+class DeadlineExceededError(ServingError):
+    """The request's deadline passed before compute."""
+
+
+class QualityUnreachableError(ServingError):
+    """No variant reaches the requested min_quality."""
+
+
+class ShuttingDownError(ServingError):
+    """The server is draining and takes no new requests."""
+
+
+STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    QueueFullError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    QualityUnreachableError: grpc.StatusCode.FAILED_PRECONDITION,
+    ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+}
+
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(code, message) for any exception raised while serving a call."""
+    for kind in type(error).__mro__:
+        if kind in STATUS_CODES:
+            return STATUS_CODES[kind], str(error)  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

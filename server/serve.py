@@ -1,0 +1,28 @@
+"""Run the server until SIGTERM or SIGINT, then shut down gracefully and return 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from server.app import App
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, port_file: Path | None = None) -> int:
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await app.start()
+    if port_file is not None:
+        port_file.write_text(str(app.port))
+    await stop.wait()
+    log.info("signal received; draining for up to %.1f s", settings.shutdown_grace_s)
+    await app.stop()
+    return 0

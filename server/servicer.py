@@ -1,0 +1,147 @@
+"""gRPC servicers: convert, call the host, convert back. Errors map to codes in one place."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc
+from server.codec import decode_request, encode_response
+from server.errors import ShuttingDownError, status_for
+from server.host import ModelHost
+
+log = logging.getLogger(__name__)
+SERVER_NAME = "slimserve"
+SERVER_VERSION = "0.1.0"
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def maps_errors(handler: Handler) -> Handler:
+    """Turn domain errors into status codes; anything unexpected into a generic INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            code, message = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("unexpected error in %s", handler.__name__)
+            await context.abort(code, message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """Open Inference Protocol v2 over the hosted models."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self._host = host
+        self.accepting = False  # set once warmed up; cleared when draining
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.accepting)
+
+    @maps_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        if request.version:
+            self._host.resolve(request.name, request.version)
+        else:
+            self._host.model(request.name)
+        return pb.ModelReadyResponse(ready=self.accepting)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["statistics"])
+
+    @maps_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        hosted = self._host.model(request.name)
+        if request.version:
+            self._host.resolve(request.name, request.version)
+        config = hosted.entry.config
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=config.name,
+            versions=list(hosted.batchers),
+            platform="onnxruntime_onnx",
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in config.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in config.outputs],
+        )
+
+    @maps_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        if not self.accepting:
+            raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
+        hosted = self._host.model(request.model_name)
+        decoded = decode_request(request, hosted.entry.config)
+        remaining = context.time_remaining()
+        deadline_s = None if remaining is None else time.monotonic() + remaining
+        result = await self._host.infer(decoded, deadline_s)
+        return encode_response(decoded, result, hosted.entry.config)
+
+    @maps_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        names = [request.name] if request.name else list(self._host.models)
+        response = pb.ModelStatisticsResponse()
+        for name in names:
+            hosted = self._host.model(name)
+            variants = [self._host.resolve(name, request.version)[1]] if request.version else list(hosted.batchers)
+            for variant in variants:
+                stats = hosted.stats[variant]
+                executions = hosted.batchers[variant].executions
+                duration = pb.StatisticDuration
+                response.model_stats.add(
+                    name=name,
+                    version=variant,
+                    last_inference=stats.last_inference_ms,
+                    inference_count=stats.inference_count,
+                    execution_count=sum(executions.values()),
+                    inference_stats=pb.InferStatistics(
+                        success=duration(count=stats.success_count, ns=stats.success_ns),
+                        fail=duration(count=stats.fail_count, ns=stats.fail_ns),
+                        queue=duration(count=stats.success_count, ns=stats.queue_ns),
+                        compute_infer=duration(count=stats.success_count, ns=stats.compute_ns),
+                    ),
+                    batch_stats=[
+                        pb.InferBatchStatistics(batch_size=size, compute_infer=duration(count=count))
+                        for size, count in sorted(executions.items())
+                    ],
+                )
+        return response
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        state = "READY" if self.accepting else "UNAVAILABLE"
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=name, version=variant, state=state)
+                for name, hosted in self._host.models.items()
+                for variant in hosted.batchers
+            ]
+        )

@@ -1,0 +1,28 @@
+"""Server settings: one pydantic model, from flags or `SLIMSERVE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything `slimserve serve` can be told; validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIMSERVE_", extra="forbid")
+
+    repository: Path = Field(default=Path("model_repository"), description="model repository folder")
+    host: str = Field(default="0.0.0.0", description="address to bind the gRPC and metrics ports to")
+    grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int = Field(default=8002, ge=0, le=65535, description="Prometheus port (observability issue)")
+    hardware_profile: Literal["cloud-cpu", "edge"] = Field(
+        default="cloud-cpu", description="edge pins the process to one core and one thread"
+    )
+    session_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per session; 0 = usable cores")
+    max_queue_size: int = Field(default=256, ge=1, description="requests waiting per variant before UNAVAILABLE")
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC message limit")
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="time in-flight calls get to finish on SIGTERM")
+    warmup_calls: int = Field(default=2, ge=0, description="session calls per variant before reporting ready")

@@ -1,0 +1,50 @@
+"""A real `slimserve serve` subprocess on port 0, for tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+START_TIMEOUT_S = 120.0
+
+
+class RunningServer:
+    """Starts the server, waits for SERVING, and stops it (SIGTERM) when done."""
+
+    def __init__(self, repository: Path, workdir: Path, *extra: str) -> None:
+        port_file = workdir / f"port-{time.monotonic_ns()}"
+        self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
+        env = {**os.environ, "SLIMSERVE_SHUTDOWN_GRACE_S": "20"}
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+             "--grpc-port", "0", "--port-file", str(port_file), *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not port_file.exists() or not port_file.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+        self.port = int(port_file.read_text())
+        self.address = f"127.0.0.1:{self.port}"
+        self.wait_serving()
+
+    def wait_serving(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        code = self.process.wait(timeout=timeout_s)
+        self._log.close()
+        return code

@@ -1,0 +1,68 @@
+"""SIGTERM under load: in-flight requests finish, new ones are refused, the process exits 0."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from tests.server.running import RunningServer
+
+CALLERS = 8
+
+
+def _request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="minilm", model_version="fp32")
+    request.inputs.add(name="input_ids", datatype="INT64", shape=[4, 24])
+    request.inputs.add(name="attention_mask", datatype="INT64", shape=[4, 24])
+    request.raw_input_contents.append(np.full((4, 24), 1500, dtype=np.int64).tobytes())
+    request.raw_input_contents.append(np.ones((4, 24), dtype=np.int64).tobytes())
+    return request
+
+
+def test_sigterm_under_load_loses_no_admitted_request(repository: Path, tmp_path: Path) -> None:
+    server = RunningServer(repository, tmp_path)
+    outcomes: Counter[str] = Counter()
+    lost: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def caller() -> None:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    stub.ModelInfer(_request(), timeout=60)
+                    outcome = "ok"
+                except grpc.RpcError as error:
+                    details = error.details() or ""
+                    refused = error.code() == grpc.StatusCode.UNAVAILABLE and (
+                        "not accepting" in details or "connect" in details.lower()
+                    )
+                    outcome = "refused" if refused else f"{error.code().name}: {details}"
+                with lock:
+                    outcomes["ok" if outcome == "ok" else "refused" if outcome == "refused" else "lost"] += 1
+                    if outcome not in ("ok", "refused"):
+                        lost.append(outcome)
+                if outcome != "ok":
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3.0)  # load is running
+    served_before = outcomes["ok"]
+    exit_code = server.stop(timeout_s=60)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert served_before > 0
+    assert exit_code == 0, server.log_path.read_text()
+    assert lost == [], lost
+    assert outcomes["ok"] >= served_before
