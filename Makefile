@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos test lint typecheck unit clean
+.PHONY: run build serve protos bench-server test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,17 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed
-	$(BIN)/mypy variants server router tests
+	$(BIN)/mypy variants server router tests loadtest
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q
 
 ## test: set up, lint, type-check, run the test suite
 test: lint typecheck unit
+
+## bench-server: server vs in-process ONNX Runtime, side by side (needs `make run`'s repository)
+bench-server: $(VENV)/.installed
+	$(BIN)/python -m loadtest.bench_server --repository $(REPOSITORY)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

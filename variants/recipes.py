@@ -34,7 +34,11 @@ class ServingSettings(_Strict):
 
     default_slo_ms: float = Field(default=50.0, gt=0)
     max_batch_size: int = Field(default=32, ge=1)
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    max_queue_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="extra wait for more requests; 0 batches whatever queued while the session was busy",
+    )
 
 
 class ClassifierPrune(_Strict):

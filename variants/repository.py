@@ -79,7 +79,7 @@ class ModelConfig(_Strict):
     default_variant: str = "fp32"
     default_slo_ms: float = Field(gt=0)
     max_batch_size: int = Field(default=32, ge=1)
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
     labels: list[str] | None = None
 
 
