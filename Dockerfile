@@ -1,8 +1,7 @@
 # slimserve image. Multi-stage: the builder installs the project and builds the default
 # model repository (no network is needed for that step beyond the package index); the
 # runtime stage carries the virtual environment and the repository, and runs as non-root.
-# The gRPC server, its health check and its ports arrive with the server issue; until then
-# the image prints the variant table of the repository it carries.
+# Its HEALTHCHECK, compose and Kubernetes files arrive with the load-test/deployment issue.
 FROM python:3.11-slim AS builder
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1
@@ -22,5 +21,7 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/model_repository /opt/model_repository
 ENV PATH=/opt/venv/bin:$PATH HF_HUB_OFFLINE=1
 USER slimserve
+EXPOSE 8001 8002
+# exec form: the server is PID 1 and receives SIGTERM itself, then drains gracefully.
 ENTRYPOINT ["slimserve"]
-CMD ["variants", "show", "/opt/model_repository"]
+CMD ["serve", "--repository", "/opt/model_repository"]

@@ -62,6 +62,7 @@ def test_sigterm_under_load_loses_no_admitted_request(repository: Path, tmp_path
     stop.set()
     for thread in threads:
         thread.join(timeout=60)
+    print(f"SIGTERM under load: {dict(outcomes)} (served before the signal: {served_before})")
     assert served_before > 0
     assert exit_code == 0, server.log_path.read_text()
     assert lost == [], lost
