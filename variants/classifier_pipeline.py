@@ -21,6 +21,7 @@ from variants.pipeline import (
     count_params,
     count_weighted_layers,
     datatype_of,
+    quantized_variant,
 )
 from variants.prune_sequential import prune_to_fraction, widths
 from variants.quantize import quantize_best
@@ -91,15 +92,10 @@ def _int8(fp32: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> BuiltVa
         timing_item=train.take(1).inputs,
         threads=threads_for("cloud-cpu"),
     )
-    return BuiltVariant(
-        name="int8",
-        kind="int8",
-        onnx=graph,
-        params=fp32.params,
-        macs=fp32.macs,
-        source="fp32",
-        architecture=fp32.architecture,
-        recipe={
+    return quantized_variant(
+        fp32,
+        graph,
+        {
             "method": "static QDQ",
             "calibration_rows": recipe.calibration_rows,
             "settings": chosen.label,

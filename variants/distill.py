@@ -62,6 +62,20 @@ def _length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _step(
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+    bar: tqdm,  # type: ignore[type-arg]
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.update()
+
+
 def _as_tensors(inputs: dict[str, np.ndarray], rows: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(np.ascontiguousarray(array[rows])) for array in inputs.values()]
 
@@ -102,12 +116,7 @@ def fit_classifier(
                     with torch.no_grad():
                         target = teacher(*x)
                     loss = hinton_loss(logits, target, y, temperature, alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update()
+                _step(optimizer, schedule, loss, bar)
     return model.eval()
 
 
@@ -197,12 +206,7 @@ def fit_encoder(
                 )
                 pooled, target = model.pool(states[-1], mask), model.pool(targets[-1], mask)
                 loss = token_term / len(states) + embedding_loss(pooled, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                bar.update()
+                _step(optimizer, schedule, loss, bar)
     return model.eval()
 
 

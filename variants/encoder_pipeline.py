@@ -14,7 +14,7 @@ from variants.evaluate import encoder_scores
 from variants.hardware import threads_for
 from variants.models.encoder import SentenceEncoder, load_minilm
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
-from variants.pipeline import BuiltVariant, PipelineResult, count_macs, count_params
+from variants.pipeline import BuiltVariant, PipelineResult, count_macs, count_params, quantized_variant
 from variants.prune_encoder import prune_encoder
 from variants.quantize import quantize_best
 from variants.recipes import EncoderRecipe
@@ -67,18 +67,8 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
         graph, chosen, scores = quantize_best(
             fp32.onnx, score, calibration=None, timing_item=profile_item, threads=threads_for("cloud-cpu")
         )
-        built.append(
-            BuiltVariant(
-                name="int8",
-                kind="int8",
-                onnx=graph,
-                params=fp32.params,
-                macs=fp32.macs,
-                source="fp32",
-                architecture=fp32.architecture,
-                recipe={"method": "dynamic", "settings": chosen.label, "selection_scores": scores},
-            )
-        )
+        recipe_info = {"method": "dynamic", "settings": chosen.label, "selection_scores": scores}
+        built.append(quantized_variant(fp32, graph, recipe_info))
     if {"pruned", "distilled"} & set(recipe.variants):
         teacher_states = TeacherStates(teacher, train)
     if "pruned" in recipe.variants:

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from variants.evaluate import classifier_scores, encoder_scores
 from variants.hardware import threads_for
 from variants.onnx_io import make_session, run_batched
-from variants.pipeline import BuiltVariant, PipelineResult, datatype_of
+from variants.pipeline import BuiltVariant, PipelineResult, datatype_of, quantized_variant
 from variants.quantize import quantize_best
 from variants.recipes import OnnxRecipe
 from variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
@@ -81,14 +81,8 @@ def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
         timing_item={k: v[:1] for k, v in held_out.items()},
         threads=threads_for("cloud-cpu"),
     )
-    int8 = BuiltVariant(
-        name="int8",
-        kind="int8",
-        onnx=int8_graph,
-        params=params,
-        macs=None,
-        source="fp32",
-        recipe={"method": recipe.quantization, "settings": chosen.label, "selection_scores": scores},
+    int8 = quantized_variant(
+        fp32, int8_graph, {"method": recipe.quantization, "settings": chosen.label, "selection_scores": scores}
     )
     output = session.get_outputs()[0]
     sample_out = run_batched(session, {k: v[:1] for k, v in held_out.items()})

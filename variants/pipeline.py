@@ -31,6 +31,20 @@ class BuiltVariant:
     export_max_abs_diff: float | None = None
 
 
+def quantized_variant(fp32: BuiltVariant, graph: bytes, recipe: dict[str, Any]) -> BuiltVariant:
+    """The int8 variant of `fp32`: same architecture, parameters and MACs, another graph."""
+    return BuiltVariant(
+        name="int8",
+        kind="int8",
+        onnx=graph,
+        params=fp32.params,
+        macs=fp32.macs,
+        source=fp32.name,
+        architecture=fp32.architecture,
+        recipe=recipe,
+    )
+
+
 @dataclass
 class PipelineResult:
     """A model's config and variants (reference first), its held-out set and scorer."""
