@@ -1,4 +1,4 @@
-"""The `slimserve` command line: build variants, show them, profile them."""
+"""The `slimserve` command line: build variants, show and profile them, serve them."""
 
 from __future__ import annotations
 

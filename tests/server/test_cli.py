@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,19 @@ def test_invalid_recipe_file_names_the_field(tmp_path: Path) -> None:
     result = _slimserve("build", "--repository", str(tmp_path / "out"), "--recipe", str(recipe))
     assert result.returncode == 2
     assert "prune.finetune_epochs" in result.stderr
+
+
+def test_serve_with_an_invalid_setting_names_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--repository", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "SLIMSERVE_MAX_QUEUE_SIZE": "0"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "max_queue_size" in result.stderr
+
+
+def test_serve_without_a_repository_says_so(tmp_path: Path) -> None:
+    result = _slimserve("serve", "--repository", str(tmp_path / "missing"), "--grpc-port", "0")
+    assert result.returncode == 2
+    assert "not a directory" in result.stderr and "Traceback" not in result.stderr
