@@ -186,3 +186,11 @@ def test_tritonclient_sees_not_found_for_unknown_variant(server: RunningServer) 
     with triton.InferenceServerClient(server.address) as client, pytest.raises(InferenceServerException) as error:
         _infer_digits(client, _digits_inputs(1), "fp8")
     assert "StatusCode.NOT_FOUND" in str(error.value.status())
+
+
+def test_reflection_lists_the_services(server: RunningServer) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(server.address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"inference.GRPCInferenceService", "slimserve.v1.Management", "grpc.health.v1.Health"} <= services
