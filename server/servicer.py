@@ -94,7 +94,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         if not self.accepting:
             raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
-        hosted = self._host.model(request.model_name)
+        # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
+        hosted, _ = self._host.resolve(request.model_name, request.model_version)
         decoded = decode_request(request, hosted.entry.config)
         remaining = context.time_remaining()
         deadline_s = None if remaining is None else time.monotonic() + remaining

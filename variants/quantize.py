@@ -30,6 +30,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from variants.onnx_io import make_session
+from variants.profile import profile_sessions
+
 log = logging.getLogger(__name__)
 
 Scorer = Callable[[bytes], float]
@@ -132,9 +135,6 @@ def quantize_best(
     depends on the chip (VNNI, AMX), so this is measured, not assumed.
     Returns (graph, settings, {label: {score, p50_ms (finalists only)}}).
     """
-    from variants.onnx_io import make_session
-    from variants.profile import profile_sessions
-
     chosen = candidates or (DYNAMIC_CANDIDATES if calibration is None else STATIC_CANDIDATES)
     graphs: dict[str, tuple[bytes, QuantCandidate]] = {}
     report: dict[str, dict[str, float]] = {}
