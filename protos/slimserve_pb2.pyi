@@ -98,39 +98,73 @@ class ListVariantsResponse(_message.Message):
     def __init__(self, variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "slo_ms", "min_quality", "policy")
+    __slots__ = ("model", "slo_ms", "min_quality", "policy", "batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SLO_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     slo_ms: float
     min_quality: float
     policy: str
-    def __init__(self, model: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., policy: _Optional[str] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, model: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., policy: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason")
+    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason", "device", "capacity_rows_s")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_ROWS_S_FIELD_NUMBER: _ClassVar[int]
     variant: str
     predicted_ms: float
     quality: float
     chosen: bool
     reason: str
-    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    device: str
+    capacity_rows_s: float
+    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., capacity_rows_s: _Optional[float] = ...) -> None: ...
+
+class ThroughputStatus(_message.Message):
+    __slots__ = ("declared_rps", "arrival_rps", "completion_rps", "mix_capacity_rps", "guard_active", "sustained")
+    DECLARED_RPS_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_RPS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_RPS_FIELD_NUMBER: _ClassVar[int]
+    MIX_CAPACITY_RPS_FIELD_NUMBER: _ClassVar[int]
+    GUARD_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SUSTAINED_FIELD_NUMBER: _ClassVar[int]
+    declared_rps: float
+    arrival_rps: float
+    completion_rps: float
+    mix_capacity_rps: float
+    guard_active: bool
+    sustained: bool
+    def __init__(self, declared_rps: _Optional[float] = ..., arrival_rps: _Optional[float] = ..., completion_rps: _Optional[float] = ..., mix_capacity_rps: _Optional[float] = ..., guard_active: _Optional[bool] = ..., sustained: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "chosen", "reason", "candidates")
+    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    SLO_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     chosen: str
     reason: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    slo_ms: float
+    slo_source: str
+    policy: str
+    predicted_ms: float
+    overhead_ms: float
+    throughput: ThroughputStatus
+    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ...) -> None: ...

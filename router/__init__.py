@@ -1,1 +1,5 @@
-"""Per-request variant routing: latency model, policies, explain (lands with the router issue)."""
+"""Per-request variant routing: request hints, latency model, load, policies, explain.
+
+Nothing here imports gRPC or generated protobuf code: `server/` converts requests into
+`RequestHints` and queue state into `QueueView`s, and turns `Decision`s into responses.
+"""

@@ -1,4 +1,4 @@
-"""Builds and runs the server: settings → repository → sessions → servicers → gRPC server.
+"""Builds and runs the server: settings → repository → sessions → routers → servicers → gRPC.
 
 This is the one place that constructs those objects; there is no module-level state, so
 tests start as many servers as they like, each on port 0.
@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
 from server.host import ModelHost
 from server.management import ManagementServicer
+from server.profiles import ensure_profiles
 from server.servicer import InferenceServicer
 from server.settings import Settings
 from variants.hardware import fingerprint, pin_to_one_core, threads_for
@@ -37,8 +38,11 @@ class App:
         if settings.hardware_profile == "edge":
             pin_to_one_core()
         threads = settings.session_threads or threads_for(settings.hardware_profile)
+        self.hardware_key = fingerprint(threads).key
+        models = load_repository(settings.repository)
+        ensure_profiles(models, self.hardware_key, settings.hardware_profile, threads)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
-        self.host = ModelHost(load_repository(settings.repository), self._executor, threads, settings.max_queue_size)
+        self.host = ModelHost(models, self._executor, threads, settings.max_queue_size, self.hardware_key)
         self.inference = InferenceServicer(self.host)
         self.health = health.aio.HealthServicer()
         limits = [
@@ -47,7 +51,7 @@ class App:
         ]
         self.server = grpc.aio.server(options=limits)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
-        management = ManagementServicer(self.host, fingerprint(threads).key)
+        management = ManagementServicer(self.host, self.hardware_key)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

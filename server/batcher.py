@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from server.request import InferenceRequest, InferenceResult
 from server.runtime import VariantSession
 
 log = logging.getLogger(__name__)
+BatchListener = Callable[[int, float], None]  # (rows, compute_ms), once per session call
 
 
 @dataclass
@@ -39,7 +41,11 @@ class _Pending:
 
 
 class DynamicBatcher:
-    """Bounded queue + batching loop for one variant's session."""
+    """Bounded queue + batching loop for one variant's session.
+
+    Exposes its queue state (`queued_rows`, `running_rows`, `running_since_s`) for the
+    router's latency model, and calls `on_batch(rows, compute_ms)` after every session call.
+    """
 
     def __init__(
         self,
@@ -59,10 +65,26 @@ class DynamicBatcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.executions: Counter[int] = Counter()  # session calls by rows, for statistics
+        self.on_batch: BatchListener | None = None
+        self._queued_rows = 0
+        self._running_rows = 0
+        self._running_since_s = 0.0
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def running_rows(self) -> int:
+        return self._running_rows
+
+    @property
+    def running_since_s(self) -> float:
+        return self._running_since_s
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.session.name}")
@@ -86,12 +108,14 @@ class DynamicBatcher:
             raise DeadlineExceededError("deadline passed before the request was queued")
         pending = _Pending(request, asyncio.get_running_loop().create_future(), now, deadline_s)
         self._queue.append(pending)
+        self._queued_rows += request.batch_size
         self._arrived.set()
         try:
             return await pending.future
         except asyncio.CancelledError:
             if pending in self._queue:  # a cancelled call frees its slot at once
                 self._queue.remove(pending)
+                self._queued_rows -= request.batch_size
             raise
 
     async def _loop(self) -> None:
@@ -143,23 +167,35 @@ class DynamicBatcher:
                 if not fits:
                     break
         self._queue.extendleft(reversed(kept))
+        self._queued_rows = sum(p.request.batch_size for p in self._queue)
         return batch
+
+    def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+        """In the worker thread: the outputs and when compute really started and ended."""
+        started = time.monotonic()
+        outputs = self.session.run(inputs)
+        return outputs, started, time.monotonic()
 
     async def _run(self, batch: list[_Pending]) -> None:
         names = list(batch[0].request.inputs)
         merged = {name: np.concatenate([p.request.inputs[name] for p in batch]) for name in names}
         rows = int(next(iter(merged.values())).shape[0])
-        started = time.monotonic()
+        self._running_rows, self._running_since_s = rows, time.monotonic()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.session.run, merged)
+            outputs, started, finished = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed_run, merged
+            )
         except Exception as exc:  # one bad batch must not stop the loop
             log.exception("variant %s failed on a batch of %d rows", self.session.name, rows)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        finished = time.monotonic()
+        finally:
+            self._running_rows = 0
         self.executions[rows] += 1
+        if self.on_batch is not None:
+            self.on_batch(rows, (finished - started) * 1e3)
         offset = 0
         for pending in batch:
             count = pending.request.batch_size

@@ -1,13 +1,15 @@
 """Domain errors of the serving path and the one table that maps them to gRPC status codes.
 
-Nothing below the servicer knows about gRPC: the batcher, the codec and the sessions raise
-these, and `status_for` turns them into a status code at the edge. Anything else becomes
+Nothing below the servicer knows about gRPC: the batcher, the codec, the sessions and the
+router raise these, and `status_for` turns them into a status code at the edge. Anything else becomes
 INTERNAL with a generic message; the details go to the log.
 """
 
 from __future__ import annotations
 
 import grpc
+
+from router.errors import InvalidHintError, QualityUnreachableError
 
 
 class ServingError(Exception):
@@ -30,19 +32,17 @@ class DeadlineExceededError(ServingError):
     """The request's deadline passed before compute."""
 
 
-class QualityUnreachableError(ServingError):
-    """No variant reaches the requested min_quality."""
-
-
 class ShuttingDownError(ServingError):
     """The server is draining and takes no new requests."""
 
 
-STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
+# Router errors are domain errors too; they live in router/ because the router raises them.
+STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     QueueFullError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    InvalidHintError: grpc.StatusCode.INVALID_ARGUMENT,
     QualityUnreachableError: grpc.StatusCode.FAILED_PRECONDITION,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
 }
@@ -54,5 +54,5 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, message) for any exception raised while serving a call."""
     for kind in type(error).__mro__:
         if kind in STATUS_CODES:
-            return STATUS_CODES[kind], str(error)  # type: ignore[index]
+            return STATUS_CODES[kind], str(error)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -1,11 +1,15 @@
-"""The loaded models: a session and a batcher per variant, and per-variant statistics."""
+"""The loaded models: a session, a batcher and a router per model, and per-variant statistics."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from router.build import build_model_router
+from router.hints import parse_hints
+from router.model_router import ModelRouter
+from router.policy import Decision
 from server.batcher import DynamicBatcher
 from server.errors import NotFoundError
 from server.request import InferenceRequest, InferenceResult
@@ -33,13 +37,24 @@ class HostedModel:
 
     entry: ModelEntry
     batchers: dict[str, DynamicBatcher]
-    stats: dict[str, VariantStats]
+    router: ModelRouter
+    stats: dict[str, VariantStats] = field(default_factory=dict)
 
 
 class ModelHost:
-    """Resolves (model, variant) and runs requests through the variant's batcher."""
+    """Resolves (model, variant), routes requests without a variant, runs them through batchers.
 
-    def __init__(self, models: dict[str, ModelEntry], executor: Executor, threads: int, max_queue_size: int) -> None:
+    Every model's variants must have a profile for `hardware_key` (see server.profiles).
+    """
+
+    def __init__(
+        self,
+        models: dict[str, ModelEntry],
+        executor: Executor,
+        threads: int,
+        max_queue_size: int,
+        hardware_key: str,
+    ) -> None:
         self.models: dict[str, HostedModel] = {}
         for name, entry in models.items():
             config = entry.config
@@ -53,7 +68,10 @@ class ModelHost:
                 )
                 for variant, loaded in entry.variants.items()
             }
-            self.models[name] = HostedModel(entry, batchers, {v: VariantStats() for v in batchers})
+            router = build_model_router(entry, hardware_key, batchers)
+            for variant, batcher in batchers.items():
+                batcher.on_batch = lambda rows, ms, r=router, v=variant: r.observe_batch(v, rows, ms)
+            self.models[name] = HostedModel(entry, batchers, router, {v: VariantStats() for v in batchers})
 
     def model(self, name: str) -> HostedModel:
         if name not in self.models:
@@ -68,16 +86,34 @@ class ModelHost:
             raise NotFoundError(f"model '{model}' has no variant '{chosen}'; it has {list(hosted.batchers)}")
         return hosted, chosen
 
-    async def infer(self, request: InferenceRequest, deadline_s: float | None) -> InferenceResult:
-        hosted, variant = self.resolve(request.model, request.variant)
-        stats = hosted.stats[variant]
+    def decide(self, hosted: HostedModel, request: InferenceRequest, deadline_s: float | None) -> Decision:
+        """The named variant, or the router's choice from the request's hints."""
+        if request.variant:
+            self.resolve(request.model, request.variant)
+            return hosted.router.pinned(request.variant, request.batch_size)
+        remaining_ms = None if deadline_s is None else (deadline_s - time.monotonic()) * 1e3
+        hints = parse_hints(request.parameters, remaining_ms, hosted.entry.config.default_slo_ms)
+        return hosted.router.route(hints, request.batch_size)
+
+    async def infer(
+        self, request: InferenceRequest, deadline_s: float | None, received_s: float | None = None
+    ) -> InferenceResult:
+        """Route and run one request; `received_s` (monotonic) is when the call arrived."""
+        hosted = self.model(request.model)
+        received_s = time.monotonic() if received_s is None else received_s
+        decision = self.decide(hosted, request, deadline_s)
+        stats = hosted.stats[decision.variant]
         started = time.monotonic_ns()
         try:
-            result = await hosted.batchers[variant].submit(request, deadline_s)
+            result = await hosted.batchers[decision.variant].submit(request, deadline_s)
         except Exception:
             stats.fail_count += 1
             stats.fail_ns += time.monotonic_ns() - started
+            hosted.router.observe_request(0.0, succeeded=False)
             raise
+        elapsed_ms = (time.monotonic() - received_s) * 1e3
+        hosted.router.observe_request(elapsed_ms - result.queue_ms - result.compute_ms, succeeded=True)
+        result.device, result.predicted_ms, result.reason = decision.device, decision.predicted_ms, decision.reason
         stats.success_count += 1
         stats.success_ns += time.monotonic_ns() - started
         stats.queue_ns += int(result.queue_ms * 1e6)

@@ -1,4 +1,4 @@
-"""`slimserve.v1.Management`: ListVariants and Explain."""
+"""`slimserve.v1.Management`: ListVariants, and Explain (a dry run of the router)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import grpc
 
 from protos import slimserve_pb2 as pb
 from protos import slimserve_pb2_grpc
+from router.hints import parse_hints
 from server.host import ModelHost
 from server.servicer import maps_errors
-from variants.report import pick_profile
 
 
 class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
-    """Variants with their measurements; Explain says which variant a request would get."""
+    """Variants with their measurements; Explain says which variant a request would get, and why."""
 
     def __init__(self, host: ModelHost, hardware_key: str) -> None:
         self._host = host
@@ -63,20 +63,41 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         hosted = self._host.model(request.model)
         config = hosted.entry.config
-        chosen = config.default_variant
-        # Until the router lands, every request without model_version gets the default variant.
-        reason = "no router yet: requests without model_version get the model's default variant"
-        candidates = []
-        for variant, entry in hosted.entry.variants.items():
-            profile = pick_profile(entry.manifest.profiles, self._hardware_key)
-            batch1 = profile.latency.get(1) if profile else None
-            candidates.append(
+        parameters: dict[str, bool | int | float | str] = {"min_quality": request.min_quality}
+        if request.slo_ms:
+            parameters["slo_ms"] = request.slo_ms
+        if request.policy:
+            parameters["policy"] = request.policy
+        hints = parse_hints(parameters, None, config.default_slo_ms)
+        decision = hosted.router.explain(hints, max(request.batch_size, 1))
+        status = hosted.router.throughput()
+        return pb.ExplainResponse(
+            model=config.name,
+            chosen=decision.variant,
+            reason=decision.reason,
+            candidates=[
                 pb.Candidate(
-                    variant=variant,
-                    predicted_ms=batch1.p50_ms if batch1 else 0.0,
-                    quality=entry.manifest.measurements.quality.get(config.quality_metric.name, 0.0),
-                    chosen=variant == chosen,
-                    reason="default variant" if variant == chosen else "not the default variant",
+                    variant=v.candidate.variant,
+                    predicted_ms=v.candidate.predicted_ms,
+                    quality=v.candidate.quality,
+                    chosen=v.chosen,
+                    reason=v.why,
+                    device=v.candidate.device,
+                    capacity_rows_s=v.candidate.capacity_rows_s,
                 )
-            )
-        return pb.ExplainResponse(model=config.name, chosen=chosen, reason=reason, candidates=candidates)
+                for v in decision.verdicts
+            ],
+            slo_ms=hints.slo_ms,
+            slo_source=hints.slo_source,
+            policy=hints.policy,
+            predicted_ms=decision.predicted_ms,
+            overhead_ms=hosted.router.overhead_ms,
+            throughput=pb.ThroughputStatus(
+                declared_rps=status.declared_rps or 0.0,
+                arrival_rps=status.arrival_rps,
+                completion_rps=status.completion_rps,
+                mix_capacity_rps=status.mix_capacity_rps,
+                guard_active=status.guard_active,
+                sustained=status.sustained,
+            ),
+        )

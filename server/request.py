@@ -32,3 +32,6 @@ class InferenceResult:
     queue_ms: float
     compute_ms: float
     batch_size: int  # rows in the session call this request was part of
+    device: str = "cpu"
+    predicted_ms: float = 0.0  # the router's prediction when it chose the variant
+    reason: str = ""  # why this variant (router.policy.REASONS)

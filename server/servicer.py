@@ -92,6 +92,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        received_s = time.monotonic()
         if not self.accepting:
             raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
         # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
@@ -99,7 +100,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         decoded = decode_request(request, hosted.entry.config)
         remaining = context.time_remaining()
         deadline_s = None if remaining is None else time.monotonic() + remaining
-        result = await self._host.infer(decoded, deadline_s)
+        result = await self._host.infer(decoded, deadline_s, received_s)
         return encode_response(decoded, result, hosted.entry.config)
 
     @maps_errors

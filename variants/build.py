@@ -50,10 +50,17 @@ def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
 
 
 def profile_variants(
-    graphs: dict[str, bytes], config: ModelConfig, settings: ProfileSettings, target: HardwareTarget
+    graphs: dict[str, bytes],
+    config: ModelConfig,
+    settings: ProfileSettings,
+    target: HardwareTarget,
+    threads: int | None = None,
 ) -> dict[str, Profile]:
-    """Profile every graph on this machine as `target`, all side by side."""
-    threads = threads_for(target)
+    """Profile every graph on this machine as `target`, all side by side.
+
+    `threads` overrides the target's thread count (a server run with --session-threads).
+    """
+    threads = threads or threads_for(target)
     sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
     latencies = profile_sessions(
         sessions,

@@ -39,6 +39,9 @@ class ServingSettings(_Strict):
         ge=0,
         description="extra wait for more requests; 0 batches whatever queued while the session was busy",
     )
+    throughput_slo_rps: float | None = Field(
+        default=None, gt=0, description="requests/s the router must sustain, moving loose-SLO traffic if needed"
+    )
 
 
 class ClassifierPrune(_Strict):

@@ -80,6 +80,7 @@ class ModelConfig(_Strict):
     default_slo_ms: float = Field(gt=0)
     max_batch_size: int = Field(default=32, ge=1)
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
+    throughput_slo_rps: float | None = Field(default=None, gt=0, description="requests/s the router must sustain")
     labels: list[str] | None = None
 
 

@@ -1,0 +1,156 @@
+"""The router of one model: latency predictions, load, throughput SLO, then the policy.
+
+Mechanics live here (clock, queues, rates, online corrections); the decision itself is
+`router.policy.choose`, a pure function.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from router.hints import RequestHints
+from router.latency import LatencyModel, QueueView, predict_ms
+from router.load import Clock, RateMeter
+from router.policy import PINNED, Candidate, Decision, Verdict, choose
+
+OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overhead
+# The throughput guard engages when demand reaches this fraction of the mix's capacity,
+# and then asks for variants with demand / PRESSURE of capacity, so that it never runs hot.
+PRESSURE = 0.8
+SUSTAINED_FRACTION = 0.95
+
+
+@dataclass
+class VariantRoute:
+    """One variant as the router knows it."""
+
+    name: str
+    device: str
+    quality: float
+    latency: LatencyModel
+    queue: QueueView
+
+
+@dataclass(frozen=True)
+class ThroughputStatus:
+    """The throughput SLO of a model and whether it is being met right now."""
+
+    declared_rps: float | None
+    arrival_rps: float
+    completion_rps: float
+    mix_capacity_rps: float
+    guard_active: bool
+
+    @property
+    def sustained(self) -> bool:
+        """Served at least the declared rate, or everything that arrived if less came."""
+        if self.declared_rps is None:
+            return True
+        return self.completion_rps >= SUSTAINED_FRACTION * min(self.declared_rps, self.arrival_rps)
+
+
+class ModelRouter:
+    """Chooses a variant per request for one model."""
+
+    def __init__(
+        self,
+        model: str,
+        variants: list[VariantRoute],
+        default_slo_ms: float,
+        throughput_slo_rps: float | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not variants:
+            raise ValueError(f"model '{model}' has no variants to route between")
+        self.model = model
+        self.variants = {v.name: v for v in variants}
+        self.default_slo_ms = default_slo_ms
+        self.throughput_slo_rps = throughput_slo_rps
+        self.overhead_ms = 0.0
+        self._clock = clock
+        self._arrivals = RateMeter(clock=clock)
+        self._completions = RateMeter(clock=clock)
+        self._shares = {name: RateMeter(clock=clock) for name in self.variants}
+        self._guard_active = False
+
+    def candidates(self, rows: float) -> list[Candidate]:
+        """Every variant with its predicted latency for a request of `rows` rows, now."""
+        now = self._clock()
+        in_flight = {name: v.latency.in_flight_ms(v.queue, now) for name, v in self.variants.items()}
+        total = sum(in_flight.values())
+        return [
+            Candidate(
+                variant=name,
+                device=v.device,
+                quality=v.quality,
+                predicted_ms=predict_ms(v.latency, v.queue, rows, total - in_flight[name], self.overhead_ms, now),
+                capacity_rows_s=v.latency.capacity_rows_s(),
+            )
+            for name, v in self.variants.items()
+        ]
+
+    def _mix_capacity_rows_s(self) -> float:
+        """Rows/s the current traffic mix sustains: 1 / Σ share_v / capacity_v."""
+        rates = {name: meter.rows_per_second() for name, meter in self._shares.items()}
+        total = sum(rates.values())
+        if total <= 0:
+            best = max(self.variants.values(), key=lambda v: v.quality)
+            return best.latency.capacity_rows_s()
+        return 1.0 / sum(r / total / self.variants[n].latency.capacity_rows_s() for n, r in rates.items() if r > 0)
+
+    def _required_rows_s(self) -> float | None:
+        """Capacity loose requests should go to, when the throughput SLO is at risk.
+
+        At risk: the measured arrival rate has reached PRESSURE of what the current mix of
+        variants can serve. Then loose requests go to variants that could carry the larger
+        of the declared rate and the arrivals, with headroom.
+        """
+        if self.throughput_slo_rps is None:
+            return None
+        requests = self._arrivals.per_second()
+        arriving = self._arrivals.rows_per_second()
+        rows_per_request = arriving / requests if requests > 0 else 1.0
+        self._guard_active = arriving >= PRESSURE * self._mix_capacity_rows_s()
+        if not self._guard_active:
+            return None
+        return max(self.throughput_slo_rps * rows_per_request, arriving) / PRESSURE
+
+    def route(self, hints: RequestHints, rows: int) -> Decision:
+        """Choose a variant for a request and count it as arrived."""
+        self._arrivals.add(rows)
+        decision = choose(self.candidates(rows), hints, self.default_slo_ms, self._required_rows_s())
+        self._shares[decision.variant].add(rows)
+        return decision
+
+    def pinned(self, variant: str, rows: int) -> Decision:
+        """The caller named the variant: no choice, but the prediction is still useful."""
+        self._arrivals.add(rows)
+        self._shares[variant].add(rows)
+        candidate = next(c for c in self.candidates(rows) if c.variant == variant)
+        return Decision(variant, PINNED, candidate.predicted_ms, candidate.device, (Verdict(candidate, True, PINNED),))
+
+    def explain(self, hints: RequestHints, rows: int) -> Decision:
+        """What `route` would decide now, without counting an arrival."""
+        return choose(self.candidates(rows), hints, self.default_slo_ms, self._required_rows_s())
+
+    def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
+        self.variants[variant].latency.observe(rows, compute_ms)
+
+    def observe_request(self, overhead_ms: float, succeeded: bool) -> None:
+        """Fold one finished request's overhead (time outside queue and compute) in."""
+        if succeeded:
+            self._completions.add()
+            if overhead_ms >= 0:
+                self.overhead_ms += OVERHEAD_WEIGHT * (overhead_ms - self.overhead_ms)
+
+    def throughput(self) -> ThroughputStatus:
+        requests = self._arrivals.per_second()
+        rows_per_request = self._arrivals.rows_per_second() / requests if requests > 0 else 1.0
+        return ThroughputStatus(
+            declared_rps=self.throughput_slo_rps,
+            arrival_rps=requests,
+            completion_rps=self._completions.per_second(),
+            mix_capacity_rps=self._mix_capacity_rows_s() / rows_per_request,
+            guard_active=self._guard_active,
+        )

@@ -1,0 +1,123 @@
+"""Routing policies: one pure function from candidates and hints to a decision.
+
+No clocks, queues or I/O here: `router.model_router` predicts each candidate's latency and
+capacity, then asks `choose`. That keeps the policy small enough to test exhaustively.
+
+Rules, in order:
+1. Variants below `min_quality` are rejected; if none is left → QualityUnreachableError.
+2. Throughput guard: when `required_rows_s` is set (the model's throughput SLO is at risk)
+   and the request is loose (its SLO is at least the model's default), variants whose
+   capacity is below it are set aside, if any variant has enough capacity.
+3. `slo`: the most accurate variant predicted to finish within the SLO (ties → faster);
+   none can → best effort: the fastest qualifying variant, reason `best_effort`.
+   `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from router.errors import QualityUnreachableError
+from router.hints import RequestHints
+
+# Reasons, as they appear in responses, Explain and the routing-decision metric.
+WITHIN_SLO = "most_accurate_within_slo"
+BEST_EFFORT = "best_effort"
+FASTEST = "fastest"
+MOST_ACCURATE = "most_accurate"
+THROUGHPUT_SLO = "throughput_slo"
+PINNED = "pinned"
+REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, PINNED)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A variant as the policy sees it: quality, predicted latency, capacity."""
+
+    variant: str
+    device: str
+    quality: float
+    predicted_ms: float  # queue wait + service time for this request, now
+    capacity_rows_s: float  # rows per second at the largest batch
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why one candidate was taken or not (for Explain)."""
+
+    candidate: Candidate
+    chosen: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen variant, the reason, and a verdict on every candidate."""
+
+    variant: str
+    reason: str
+    predicted_ms: float
+    device: str
+    verdicts: tuple[Verdict, ...]
+
+
+def _rank_quality(c: Candidate) -> tuple[float, float]:
+    return (-c.quality, c.predicted_ms)
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    hints: RequestHints,
+    default_slo_ms: float,
+    required_rows_s: float | None = None,
+) -> Decision:
+    """Pick a variant for one request (see the module docstring for the rules)."""
+    why: dict[str, str] = {}
+    qualifying = []
+    for c in candidates:
+        if c.quality < hints.min_quality:
+            why[c.variant] = f"quality {c.quality:.4f} < min_quality {hints.min_quality:.4f}"
+        else:
+            qualifying.append(c)
+    if not qualifying:
+        best = max(candidates, key=lambda c: c.quality)
+        raise QualityUnreachableError(
+            f"no variant reaches min_quality {hints.min_quality:.4f}; "
+            f"the best is '{best.variant}' at {best.quality:.4f}"
+        )
+    pool, guarded = qualifying, False
+    if required_rows_s is not None and hints.slo_ms >= default_slo_ms:
+        roomy = [c for c in qualifying if c.capacity_rows_s >= required_rows_s]
+        if roomy and len(roomy) < len(qualifying):
+            for c in qualifying:
+                if c not in roomy:
+                    why[c.variant] = (
+                        f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required_rows_s:.0f} needed"
+                    )
+            pool, guarded = roomy, True
+    fastest = min(pool, key=lambda c: c.predicted_ms)
+    if hints.policy == "fastest":
+        chosen, reason = fastest, FASTEST
+    elif hints.policy == "most_accurate":
+        chosen, reason = min(pool, key=_rank_quality), MOST_ACCURATE
+    else:
+        in_time = [c for c in pool if c.predicted_ms <= hints.slo_ms]
+        if in_time:
+            chosen, reason = min(in_time, key=_rank_quality), WITHIN_SLO
+        else:
+            chosen, reason = fastest, BEST_EFFORT
+        for c in pool:
+            if c.predicted_ms > hints.slo_ms:
+                why.setdefault(c.variant, f"predicted {c.predicted_ms:.2f} ms > SLO {hints.slo_ms:.2f} ms")
+    if guarded and reason in (WITHIN_SLO, MOST_ACCURATE):
+        reason = THROUGHPUT_SLO
+    for c in pool:
+        if c is not chosen and c.variant not in why:
+            if reason == FASTEST or c.quality == chosen.quality:
+                why[c.variant] = f"slower than '{chosen.variant}'"
+            else:
+                why[c.variant] = f"less accurate than '{chosen.variant}'"
+    why[chosen.variant] = reason
+    verdicts = tuple(Verdict(c, c is chosen, why[c.variant]) for c in candidates)
+    return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, verdicts)

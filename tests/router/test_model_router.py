@@ -1,0 +1,120 @@
+"""The router of one model with a fake clock and fake queues: load, throughput SLO, corrections."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.hints import RequestHints
+from router.latency import LatencyModel, ServiceCurve
+from router.model_router import ModelRouter, VariantRoute
+from router.policy import BEST_EFFORT, PINNED, THROUGHPUT_SLO, WITHIN_SLO
+from tests.router.fakes import FakeClock, FakeQueue
+
+SLO = RequestHints(slo_ms=10.0, slo_source="parameter")
+LOOSE = RequestHints(slo_ms=50.0, slo_source="parameter")
+
+
+def make_router(clock: FakeClock, throughput_slo_rps: float | None = None) -> tuple[ModelRouter, dict[str, FakeQueue]]:
+    curves = {  # ms per batch of 1, 8, 32: fp32 the slowest, distilled the fastest
+        "fp32": ServiceCurve.of({1: 1.0, 8: 5.0, 32: 18.0}),
+        "int8": ServiceCurve.of({1: 0.4, 8: 2.0, 32: 7.0}),
+        "distilled": ServiceCurve.of({1: 0.1, 8: 0.3, 32: 1.0}),
+    }
+    quality = {"fp32": 1.0, "int8": 0.998, "distilled": 0.995}
+    queues = {name: FakeQueue() for name in curves}
+    routes = [VariantRoute(n, "cpu", quality[n], LatencyModel(c, 32), queues[n]) for n, c in curves.items()]
+    return ModelRouter("digits", routes, 20.0, throughput_slo_rps, clock=clock), queues
+
+
+def test_traffic_shifts_to_cheaper_variants_as_the_queue_grows_and_back_as_it_drains() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    chosen = []
+    for fp32_rows, int8_rows in ((0, 0), (8, 0), (24, 0), (64, 8), (200, 64), (64, 8), (8, 0), (0, 0)):
+        queues["fp32"].queued_rows, queues["int8"].queued_rows = fp32_rows, int8_rows
+        chosen.append(router.route(SLO, 1).variant)
+    assert chosen == ["fp32", "fp32", "int8", "int8", "distilled", "int8", "fp32", "fp32"]
+
+
+def test_a_batch_in_flight_on_another_variant_delays_every_variant() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    idle = {c.variant: c.predicted_ms for c in router.candidates(1)}
+    queues["int8"].running_rows, queues["int8"].running_since_s = 64, clock()  # 14 ms of the cores
+    queues["int8"].queued_rows = 64  # int8's own queue delays only int8
+    busy = {c.variant: c.predicted_ms for c in router.candidates(1)}
+    assert busy["fp32"] - idle["fp32"] == pytest.approx(14.0)
+    assert busy["distilled"] - idle["distilled"] == pytest.approx(14.0)
+    assert busy["int8"] - idle["int8"] == pytest.approx(14.0 + 14.0)
+    assert router.route(SLO, 1).reason == BEST_EFFORT
+
+
+def test_batch_in_flight_is_counted_until_it_should_have_finished() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    queues["fp32"].running_rows, queues["fp32"].running_since_s = 32, clock()
+    assert router.candidates(1)[0].predicted_ms == pytest.approx(18.0 + 1.0)
+    clock.advance(0.010)
+    assert router.candidates(1)[0].predicted_ms == pytest.approx(8.0 + 1.0)
+    clock.advance(0.010)
+    assert router.candidates(1)[0].predicted_ms == pytest.approx(1.0)
+
+
+def test_observed_compute_corrects_the_profile() -> None:
+    router, _ = make_router(FakeClock())
+    tight = RequestHints(slo_ms=2.5, slo_source="parameter")
+    assert router.route(tight, 1).variant == "fp32"
+    for _ in range(60):
+        router.observe_batch("fp32", 8, 15.0)  # fp32 turned out 3× slower than profiled
+    assert router.variants["fp32"].latency.correction == pytest.approx(3.0, rel=0.01)
+    assert router.route(tight, 1).variant == "int8"
+
+
+def test_overhead_outside_queue_and_compute_is_learned_and_added() -> None:
+    router, _ = make_router(FakeClock())
+    for _ in range(200):
+        router.observe_request(2.0, succeeded=True)
+    assert abs(router.overhead_ms - 2.0) < 0.01
+    assert abs(router.candidates(1)[0].predicted_ms - 3.0) < 0.01
+
+
+def test_pinned_requests_are_not_routed_but_predicted() -> None:
+    router, queues = make_router(FakeClock())
+    queues["fp32"].queued_rows = 200
+    decision = router.pinned("fp32", 1)
+    assert (decision.variant, decision.reason) == ("fp32", PINNED)
+    assert decision.predicted_ms > SLO.slo_ms
+
+
+def test_throughput_slo_moves_loose_requests_to_variants_with_capacity() -> None:
+    clock = FakeClock()
+    router, _ = make_router(clock, throughput_slo_rps=2_000)  # fp32 alone carries ~1,800 rows/s
+    for _ in range(100):  # a quiet start: everything stays on fp32
+        clock.advance(0.01)
+        router.observe_request(0.0, succeeded=True)
+        assert router.route(LOOSE, 1).variant == "fp32"
+    assert not router.throughput().guard_active
+    decisions = []
+    for _ in range(4_000):  # 2,000 requests/s
+        clock.advance(0.0005)
+        decisions.append(router.route(LOOSE, 1))
+        router.observe_request(0.0, succeeded=True)
+    late = decisions[-500:]
+    assert all(d.reason == THROUGHPUT_SLO and d.variant != "fp32" for d in late)
+    status = router.throughput()
+    assert status.guard_active and status.sustained
+    assert status.mix_capacity_rps > 2_000
+    # Tight requests are not moved by the guard: they still get the best variant in time.
+    tight = router.route(RequestHints(slo_ms=5.0, slo_source="parameter"), 1)
+    assert (tight.variant, tight.reason) == ("fp32", WITHIN_SLO)
+
+
+def test_throughput_is_not_sustained_when_completions_fall_behind() -> None:
+    clock = FakeClock()
+    router, _ = make_router(clock, throughput_slo_rps=800)
+    for i in range(2_000):  # 1,000 arrivals/s, half of them served
+        clock.advance(0.001)
+        router.route(SLO, 1)
+        if i % 2:
+            router.observe_request(0.0, succeeded=True)
+    assert not router.throughput().sustained
