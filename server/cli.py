@@ -1,4 +1,4 @@
-"""The `slimserve` command line: build variants, show and profile them, serve them."""
+"""The `slimserve` command line: build variants, show and profile them, serve them, explain routing."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], help="SLIMSERVE_HARDWARE_PROFILE")
     serve.add_argument("--shutdown-grace-s", type=float, help="SLIMSERVE_SHUTDOWN_GRACE_S, default 10")
     serve.add_argument("--port-file", type=Path, help="write the bound gRPC port here once serving")
+
+    explain = commands.add_parser("explain", help="ask a running server which variant a request would get")
+    explain.add_argument("model")
+    explain.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
+    explain.add_argument("--slo-ms", type=float, default=0.0, help="latency budget; default: the model's")
+    explain.add_argument("--min-quality", type=float, default=0.0, help="a fraction in [0, 1]")
+    explain.add_argument("--policy", default="", help="slo (default), fastest or most_accurate")
+    explain.add_argument("--batch-size", type=int, default=1, help="rows in the request")
+    explain.add_argument("--json", action="store_true")
 
     profile = commands.add_parser("profile", help="add this machine's latency profile to a repository")
     profile.add_argument("repository", type=Path)
@@ -129,6 +138,40 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToJson
+
+    from protos import slimserve_pb2, slimserve_pb2_grpc
+
+    request = slimserve_pb2.ExplainRequest(
+        model=args.model, slo_ms=args.slo_ms, min_quality=args.min_quality, policy=args.policy,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            answer = slimserve_pb2_grpc.ManagementStub(channel).Explain(request, timeout=10)
+        except grpc.RpcError as exc:
+            print(f"slimserve explain: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    if args.json:
+        print(MessageToJson(answer, preserving_proto_field_name=True))
+        return 0
+    print(f"{answer.model}: SLO {answer.slo_ms:.2f} ms ({answer.slo_source}), policy {answer.policy}")
+    print(f"→ {answer.chosen} ({answer.reason}), predicted {answer.predicted_ms:.2f} ms")
+    print(f"{'variant':<12} {'device':<6} {'quality':>8} {'predicted ms':>13} {'capacity rows/s':>16}  verdict")
+    for c in answer.candidates:
+        mark = "*" if c.chosen else " "
+        print(f"{mark}{c.variant:<11} {c.device:<6} {c.quality:>8.4f} {c.predicted_ms:>13.2f} "
+              f"{c.capacity_rows_s:>16.0f}  {c.reason}")  # fmt: skip
+    t = answer.throughput
+    declared = f"{t.declared_rps:.0f} rps declared, " if t.declared_rps else ""
+    print(f"load: {declared}{t.arrival_rps:.1f} arriving, {t.completion_rps:.1f} served, "
+          f"mix capacity {t.mix_capacity_rps:.0f} rps, guard {'on' if t.guard_active else 'off'}, "
+          f"per-request overhead {answer.overhead_ms:.2f} ms")  # fmt: skip
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -159,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     from variants.repository import RepositoryError
 
-    handlers = {"build": _build, "variants": _show, "profile": _profile, "serve": _serve}
+    handlers = {"build": _build, "variants": _show, "profile": _profile, "serve": _serve, "explain": _explain}
     try:
         return handlers[args.command](args)
     except RepositoryError as exc:

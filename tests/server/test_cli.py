@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.server.running import RunningServer
+
 
 def _slimserve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -62,3 +64,19 @@ def test_serve_without_a_repository_says_so(tmp_path: Path) -> None:
     result = _slimserve("serve", "--repository", str(tmp_path / "missing"), "--grpc-port", "0")
     assert result.returncode == 2
     assert "not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_explain_prints_every_candidate_and_the_choice(server: RunningServer) -> None:
+    result = _slimserve("explain", "digits", "--address", server.address, "--slo-ms", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "digits: SLO 1000.00 ms (parameter), policy slo" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line[1:].startswith(("fp32", "int8", "pruned", "distil"))]
+    assert len(rows) == 4 and sum(line.startswith("*") for line in rows) == 1
+    as_json = json.loads(_slimserve("explain", "digits", "--address", server.address, "--json").stdout)
+    assert as_json["slo_source"] == "model_default" and len(as_json["candidates"]) == 4
+
+
+def test_explain_of_an_unknown_model_exits_1_with_the_status(server: RunningServer) -> None:
+    result = _slimserve("explain", "nope", "--address", server.address)
+    assert result.returncode == 1
+    assert "NOT_FOUND: unknown model 'nope'" in result.stderr
