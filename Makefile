@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-router test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test: lint typecheck unit
 ## bench-server: server vs in-process ONNX Runtime, side by side (needs `make run`'s repository)
 bench-server: $(VENV)/.installed
 	$(BIN)/python -m loadtest.bench_server --repository $(REPOSITORY)
+
+## bench-router: the router vs pinned variants on an open-loop load ramp (needs `make run`'s repository)
+bench-router: $(VENV)/.installed
+	$(BIN)/python -m loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
+
+from loadtest.serving import running_server
 
 SEQ_LEN = 32
 
@@ -115,27 +115,12 @@ def run_layout(args: argparse.Namespace, cores: list[int], pinned: bool, max_bat
     """One server start, in-process and server measured back to back; a Markdown table."""
     threads = 1 if pinned else len(cores)
     os.sched_setaffinity(0, {cores[0]} if pinned else set(cores))
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--repository", str(args.repository),
-             "--host", "127.0.0.1", "--grpc-port", "0", "--port-file", str(port_file),
-             *(["--hardware-profile", "edge"] if pinned else [])],
-        )  # fmt: skip
-        try:
-            while not port_file.exists() or not port_file.read_text():
-                if server.poll() is not None:
-                    raise SystemExit("server failed to start")
-                time.sleep(0.2)
-            address = f"127.0.0.1:{port_file.read_text()}"
-            path = args.repository / args.model / args.variant / "model.onnx"
-            local = in_process(path, threads, args.calls, max_batch, args.seconds)
-            if pinned:
-                os.sched_setaffinity(0, set(cores[1:]))
-            remote = through_server(address, args.model, args.variant, args.calls, args.callers, args.seconds)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with running_server(args.repository, *(["--hardware-profile", "edge"] if pinned else [])) as address:
+        path = args.repository / args.model / args.variant / "model.onnx"
+        local = in_process(path, threads, args.calls, max_batch, args.seconds)
+        if pinned:
+            os.sched_setaffinity(0, set(cores[1:]))
+        remote = through_server(address, args.model, args.variant, args.calls, args.callers, args.seconds)
     placement = f"server and in-process on core {cores[0]}, client on {cores[1:]}" if pinned else "all cores shared"
     return "\n".join([
         f"\n{args.model}/{args.variant}, {SEQ_LEN} tokens, {threads} ONNX Runtime thread(s), {placement}\n",

@@ -23,8 +23,17 @@ def profile_for(entry: ModelEntry, variant: str, hardware_key: str) -> Profile:
     return profiles[hardware_key]
 
 
-def build_model_router(entry: ModelEntry, hardware_key: str, queues: Mapping[str, QueueView]) -> ModelRouter:
-    """A router over every variant of `entry`, from its profile for `hardware_key`."""
+def build_model_router(
+    entry: ModelEntry,
+    hardware_key: str,
+    queues: Mapping[str, QueueView],
+    rpc_allowance_ms: float = 0.0,
+    workers: int | None = None,
+) -> ModelRouter:
+    """A router over every variant of `entry`, from its profile for `hardware_key`.
+
+    `workers`: threads that run sessions (None: one per variant).
+    """
     config = entry.config
     routes = []
     for name, variant in entry.variants.items():
@@ -39,4 +48,7 @@ def build_model_router(entry: ModelEntry, hardware_key: str, queues: Mapping[str
                 queue=queues[name],
             )
         )
-    return ModelRouter(config.name, routes, config.default_slo_ms, config.throughput_slo_rps)
+    side_by_side = workers is None or workers >= len(routes)
+    return ModelRouter(
+        config.name, routes, config.default_slo_ms, config.throughput_slo_rps, rpc_allowance_ms, side_by_side
+    )

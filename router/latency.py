@@ -9,22 +9,29 @@ It absorbs what the profile could not see: other variants sharing the cores, a b
 machine, and the typical input length of the traffic (text is profiled at one length;
 lengths are not modelled per request).
 
+A learned stretch factor (see `Stretch`) covers what the snapshots cannot see.
+
 Queue wait: a request joins the variant's queue behind `queued_rows` and waits for the
-batch in flight. Every session uses all the cores, so the batches the *other* variants have
-in flight delay it about as much again. Their queued rows do not: each batcher hands one
-batch at a time to the worker threads, so variants take turns rather than queueing behind
-each other's backlog.
+batch in flight. The batches the *other* variants have in flight delay it too, since every
+session uses all the cores (see `predict_ms`). Their queued rows do not: each batcher hands
+one batch at a time to the worker threads, so variants take turns rather than queueing
+behind each other's backlog.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 CORRECTION_WEIGHT = 0.1  # weight of one observed batch in the running correction
 CORRECTION_BOUNDS = (0.25, 4.0)
+STRETCH_QUANTILE = 0.9  # the stretch is tracked at this quantile of observed / modelled
+STRETCH_STEP = 0.05  # step of the streaming quantile, in log units
+STRETCH_MAX = 20.0
+STRETCH_HALF_LIFE_S = 1.0  # how fast an unobserved stretch relaxes to 1
 
 
 class QueueView(Protocol):
@@ -37,7 +44,7 @@ class QueueView(Protocol):
     def running_rows(self) -> int: ...  # 0 when idle
 
     @property
-    def running_since_s(self) -> float: ...  # time.monotonic() the batch in flight started
+    def running_started_s(self) -> float | None: ...  # monotonic start of the batch in flight; None: not started
 
 
 @dataclass(frozen=True)
@@ -99,25 +106,74 @@ class LatencyModel:
         self.observed_batches += 1
 
     def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
+        """What is left of the batch handed to the workers: all of it until it starts."""
         if queue.running_rows <= 0:
             return 0.0
-        return max(self.service_ms(queue.running_rows) - (now_s - queue.running_since_s) * 1e3, 0.0)
+        service = self.service_ms(queue.running_rows)
+        started = queue.running_started_s
+        return service if started is None else max(service - (now_s - started) * 1e3, 0.0)
+
+
+class Stretch:
+    """How much longer requests take than modelled, at a high quantile, for a whole model.
+
+    Queue snapshots cannot see everything: the event loop and the sessions share the cores,
+    so under load every batch and every handler runs slower than profiled, whichever variant
+    it belongs to. The router therefore tracks the ratio observed / modelled latency of
+    finished requests — one factor for the model, since the cause is shared — and at the
+    STRETCH_QUANTILE rather than the mean, because an SLO is about the tail.
+
+    Streaming quantile (Robbins–Monro on the log): each observation moves log(q) up by
+    STRETCH_STEP·p when the ratio is above q and down by STRETCH_STEP·(1 − p) when below,
+    which settles where a fraction 1 − p of ratios exceeds q. Without observations the
+    factor relaxes towards 1 with a half-life, so that a quiet model is not kept pessimistic.
+    """
+
+    def __init__(self) -> None:
+        self.log_factor = 0.0
+        self.updated_s = 0.0
+
+    def observe(self, modelled_ms: float, observed_ms: float, now_s: float) -> None:
+        if modelled_ms <= 0 or not math.isfinite(observed_ms) or observed_ms <= 0:
+            return
+        current = self._relaxed(now_s)
+        above = math.log(observed_ms / modelled_ms) > current
+        step = STRETCH_STEP * (STRETCH_QUANTILE if above else -(1.0 - STRETCH_QUANTILE))
+        self.log_factor = min(max(current + step, 0.0), math.log(STRETCH_MAX))
+        self.updated_s = now_s
+
+    def _relaxed(self, now_s: float) -> float:
+        return self.log_factor * 0.5 ** (max(now_s - self.updated_s, 0.0) / STRETCH_HALF_LIFE_S)
+
+    def factor(self, now_s: float) -> float:
+        return math.exp(self._relaxed(now_s))
 
 
 def predict_ms(
     model: LatencyModel,
     queue: QueueView,
     rows: float,
-    others_in_flight_ms: float,
+    others_in_flight_ms: Sequence[float],
     overhead_ms: float,
     now_s: float,
+    side_by_side: bool = True,
+    arrival_rows_per_s: float = 0.0,
 ) -> float:
     """Expected latency of a request of `rows` rows sent to this variant now.
 
     = per-request overhead (decode, encode, RPC in the server)
-    + what is left of the other variants' batches in flight (they share the cores)
     + this variant's batch in flight
-    + the batches that drain its queue, the last of which carries this request.
+    + the batches that drain its queue, the last of which carries this request; rows that
+      arrive while the batch in flight finishes (at `arrival_rows_per_s`) join that batch
+      too and make it longer, so they are counted in
+    + the delay from other variants' batches in flight. When every variant has its own
+      worker thread (`side_by_side`) they run at the same time and share the cores, so a
+      batch with r ms left slows our w ms of work by min(r, w) (processor sharing: a short
+      batch is not stuck behind a long one). With fewer workers they run one after the
+      other, and the delay is r.
     """
-    own = model.in_flight_ms(queue, now_s) + model.drain_ms(queue.queued_rows + rows)
-    return overhead_ms + others_in_flight_ms + own
+    waiting_ms = model.in_flight_ms(queue, now_s)
+    joining = queue.queued_rows + rows + arrival_rows_per_s * waiting_ms / 1e3
+    own = waiting_ms + model.drain_ms(joining)
+    others = (min(left, own) for left in others_in_flight_ms) if side_by_side else others_in_flight_ms
+    return overhead_ms + own + sum(others)

@@ -7,10 +7,11 @@ Mechanics live here (clock, queues, rates, online corrections); the decision its
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from router.hints import RequestHints
-from router.latency import LatencyModel, QueueView, predict_ms
+from router.latency import LatencyModel, QueueView, Stretch, predict_ms
 from router.load import Clock, RateMeter
 from router.policy import PINNED, Candidate, Decision, Verdict, choose
 
@@ -59,6 +60,8 @@ class ModelRouter:
         variants: list[VariantRoute],
         default_slo_ms: float,
         throughput_slo_rps: float | None = None,
+        rpc_allowance_ms: float = 0.0,
+        side_by_side: bool = True,
         clock: Clock = time.monotonic,
     ) -> None:
         if not variants:
@@ -67,7 +70,13 @@ class ModelRouter:
         self.variants = {v.name: v for v in variants}
         self.default_slo_ms = default_slo_ms
         self.throughput_slo_rps = throughput_slo_rps
+        # Time a call spends outside the server (network, gRPC transport, the client): the
+        # server cannot measure it, so it is configured, and added to every prediction.
+        self.rpc_allowance_ms = rpc_allowance_ms
+        self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
+        self.side_by_side = side_by_side  # every variant has a worker thread of its own
         self.overhead_ms = 0.0
+        self.stretch = Stretch()
         self._clock = clock
         self._arrivals = RateMeter(clock=clock)
         self._completions = RateMeter(clock=clock)
@@ -78,17 +87,25 @@ class ModelRouter:
         """Every variant with its predicted latency for a request of `rows` rows, now."""
         now = self._clock()
         in_flight = {name: v.latency.in_flight_ms(v.queue, now) for name, v in self.variants.items()}
-        total = sum(in_flight.values())
-        return [
-            Candidate(
-                variant=name,
-                device=v.device,
-                quality=v.quality,
-                predicted_ms=predict_ms(v.latency, v.queue, rows, total - in_flight[name], self.overhead_ms, now),
-                capacity_rows_s=v.latency.capacity_rows_s(),
+        candidates = []
+        stretch = self.stretch.factor(now)
+        # The loop is late once before the handler runs and once after it returns.
+        outside_ms = self.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
+        for name, v in self.variants.items():
+            others = [left for other, left in in_flight.items() if other != name and left > 0]
+            arriving = self._shares[name].rows_per_second()
+            modelled = predict_ms(v.latency, v.queue, rows, others, self.overhead_ms, now, self.side_by_side, arriving)
+            candidates.append(
+                Candidate(
+                    variant=name,
+                    device=v.device,
+                    quality=v.quality,
+                    predicted_ms=modelled * stretch + outside_ms,
+                    capacity_rows_s=v.latency.capacity_rows_s(),
+                    modelled_ms=modelled,
+                )
             )
-            for name, v in self.variants.items()
-        ]
+        return candidates
 
     def _mix_capacity_rows_s(self) -> float:
         """Rows/s the current traffic mix sustains: 1 / Σ share_v / capacity_v."""
@@ -137,12 +154,21 @@ class ModelRouter:
     def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
         self.variants[variant].latency.observe(rows, compute_ms)
 
-    def observe_request(self, overhead_ms: float, succeeded: bool) -> None:
-        """Fold one finished request's overhead (time outside queue and compute) in."""
-        if succeeded:
-            self._completions.add()
-            if overhead_ms >= 0:
-                self.overhead_ms += OVERHEAD_WEIGHT * (overhead_ms - self.overhead_ms)
+    def observe_request(
+        self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
+    ) -> None:
+        """Fold one finished request in; `decision` None means it failed.
+
+        `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
+        compute is per-request overhead, and elapsed / modelled feeds the stretch.
+        """
+        if decision is None:
+            return
+        self._completions.add()
+        overhead = elapsed_ms - queue_ms - compute_ms
+        if overhead >= 0:
+            self.overhead_ms += OVERHEAD_WEIGHT * (overhead - self.overhead_ms)
+        self.stretch.observe(decision.chosen.modelled_ms, elapsed_ms, self._clock())
 
     def throughput(self) -> ThroughputStatus:
         requests = self._arrivals.per_second()

@@ -40,6 +40,7 @@ class Candidate:
     quality: float
     predicted_ms: float  # queue wait + service time for this request, now
     capacity_rows_s: float  # rows per second at the largest batch
+    modelled_ms: float = 0.0  # predicted_ms before the learned stretch and the RPC allowance
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class Decision:
     predicted_ms: float
     device: str
     verdicts: tuple[Verdict, ...]
+
+    @property
+    def chosen(self) -> Candidate:
+        return next(v.candidate for v in self.verdicts if v.chosen)
 
 
 def _rank_quality(c: Candidate) -> tuple[float, float]:

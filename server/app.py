@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
 from server.host import ModelHost
+from server.loop_lag import LoopLag
 from server.management import ManagementServicer
 from server.profiles import ensure_profiles
 from server.servicer import InferenceServicer
@@ -41,8 +42,17 @@ class App:
         self.hardware_key = fingerprint(threads).key
         models = load_repository(settings.repository)
         ensure_profiles(models, self.hardware_key, settings.hardware_profile, threads)
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
-        self.host = ModelHost(models, self._executor, threads, settings.max_queue_size, self.hardware_key)
+        # One worker per variant by default: a short batch of a cheap variant then runs beside a
+        # long one instead of waiting for it (the cores are shared either way).
+        workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
+        self.host = ModelHost(
+            models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
+            settings.rpc_allowance_ms,
+        )  # fmt: skip
+        self.loop_lag = LoopLag()
+        for hosted in self.host.models.values():
+            hosted.router.loop_lag_ms = lambda: self.loop_lag.lag_ms
         self.inference = InferenceServicer(self.host)
         self.health = health.aio.HealthServicer()
         limits = [
@@ -67,6 +77,7 @@ class App:
         await self.server.start()
         await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
         self.host.start_batchers()
+        self.loop_lag.start()
         self.inference.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on port %d", ", ".join(self.host.models), self.port)
@@ -77,5 +88,6 @@ class App:
         self.inference.accepting = False
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.host.close()
+        await self.loop_lag.stop()
         self._executor.shutdown(wait=True)
         log.info("stopped")

@@ -43,7 +43,7 @@ class _Pending:
 class DynamicBatcher:
     """Bounded queue + batching loop for one variant's session.
 
-    Exposes its queue state (`queued_rows`, `running_rows`, `running_since_s`) for the
+    Exposes its queue state (`queued_rows`, `running_rows`, `running_started_s`) for the
     router's latency model, and calls `on_batch(rows, compute_ms)` after every session call.
     """
 
@@ -68,7 +68,7 @@ class DynamicBatcher:
         self.on_batch: BatchListener | None = None
         self._queued_rows = 0
         self._running_rows = 0
-        self._running_since_s = 0.0
+        self._running_started_s: float | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -83,8 +83,9 @@ class DynamicBatcher:
         return self._running_rows
 
     @property
-    def running_since_s(self) -> float:
-        return self._running_since_s
+    def running_started_s(self) -> float | None:
+        """When the batch in flight started computing; None while it waits for a worker."""
+        return self._running_started_s
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.session.name}")
@@ -173,6 +174,7 @@ class DynamicBatcher:
     def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
         """In the worker thread: the outputs and when compute really started and ended."""
         started = time.monotonic()
+        self._running_started_s = started  # a float store is atomic under the GIL
         outputs = self.session.run(inputs)
         return outputs, started, time.monotonic()
 
@@ -180,7 +182,7 @@ class DynamicBatcher:
         names = list(batch[0].request.inputs)
         merged = {name: np.concatenate([p.request.inputs[name] for p in batch]) for name in names}
         rows = int(next(iter(merged.values())).shape[0])
-        self._running_rows, self._running_since_s = rows, time.monotonic()
+        self._running_rows, self._running_started_s = rows, None
         try:
             outputs, started, finished = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._timed_run, merged

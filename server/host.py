@@ -51,9 +51,11 @@ class ModelHost:
         self,
         models: dict[str, ModelEntry],
         executor: Executor,
+        workers: int,
         threads: int,
         max_queue_size: int,
         hardware_key: str,
+        rpc_allowance_ms: float = 0.0,
     ) -> None:
         self.models: dict[str, HostedModel] = {}
         for name, entry in models.items():
@@ -68,7 +70,7 @@ class ModelHost:
                 )
                 for variant, loaded in entry.variants.items()
             }
-            router = build_model_router(entry, hardware_key, batchers)
+            router = build_model_router(entry, hardware_key, batchers, rpc_allowance_ms, workers)
             for variant, batcher in batchers.items():
                 batcher.on_batch = lambda rows, ms, r=router, v=variant: r.observe_batch(v, rows, ms)
             self.models[name] = HostedModel(entry, batchers, router, {v: VariantStats() for v in batchers})
@@ -109,10 +111,10 @@ class ModelHost:
         except Exception:
             stats.fail_count += 1
             stats.fail_ns += time.monotonic_ns() - started
-            hosted.router.observe_request(0.0, succeeded=False)
+            hosted.router.observe_request(None)
             raise
         elapsed_ms = (time.monotonic() - received_s) * 1e3
-        hosted.router.observe_request(elapsed_ms - result.queue_ms - result.compute_ms, succeeded=True)
+        hosted.router.observe_request(decision, elapsed_ms, result.queue_ms, result.compute_ms)
         result.device, result.predicted_ms, result.reason = decision.device, decision.predicted_ms, decision.reason
         stats.success_count += 1
         stats.success_ns += time.monotonic_ns() - started

@@ -22,7 +22,15 @@ class Settings(BaseSettings):
         default="cloud-cpu", description="edge pins the process to one core and one thread"
     )
     session_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per session; 0 = usable cores")
+    compute_workers: int = Field(
+        default=0, ge=0, description="threads that run sessions; 0 = one per variant of the largest model"
+    )
     max_queue_size: int = Field(default=256, ge=1, description="requests waiting per variant before UNAVAILABLE")
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC message limit")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="time in-flight calls get to finish on SIGTERM")
+    rpc_allowance_ms: float = Field(
+        default=1.5,
+        ge=0,
+        description="time a call spends outside the server (network, gRPC, client); the router adds it to predictions",
+    )
     warmup_calls: int = Field(default=2, ge=0, description="session calls per variant before reporting ready")

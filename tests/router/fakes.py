@@ -24,4 +24,4 @@ class FakeQueue:
 
     queued_rows: int = 0
     running_rows: int = 0
-    running_since_s: float = 0.0
+    running_started_s: float | None = None

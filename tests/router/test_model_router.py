@@ -7,7 +7,7 @@ import pytest
 from router.hints import RequestHints
 from router.latency import LatencyModel, ServiceCurve
 from router.model_router import ModelRouter, VariantRoute
-from router.policy import BEST_EFFORT, PINNED, THROUGHPUT_SLO, WITHIN_SLO
+from router.policy import BEST_EFFORT, PINNED, THROUGHPUT_SLO, WITHIN_SLO, Decision
 from tests.router.fakes import FakeClock, FakeQueue
 
 SLO = RequestHints(slo_ms=10.0, slo_source="parameter")
@@ -26,6 +26,12 @@ def make_router(clock: FakeClock, throughput_slo_rps: float | None = None) -> tu
     return ModelRouter("digits", routes, 20.0, throughput_slo_rps, clock=clock), queues
 
 
+def answer_as_modelled(router: ModelRouter, decision: Decision) -> None:
+    """Report a request that took exactly the modelled time, all of it compute."""
+    modelled = decision.chosen.modelled_ms
+    router.observe_request(decision, modelled, queue_ms=0.0, compute_ms=modelled - router.overhead_ms)
+
+
 def test_traffic_shifts_to_cheaper_variants_as_the_queue_grows_and_back_as_it_drains() -> None:
     clock = FakeClock()
     router, queues = make_router(clock)
@@ -40,19 +46,24 @@ def test_a_batch_in_flight_on_another_variant_delays_every_variant() -> None:
     clock = FakeClock()
     router, queues = make_router(clock)
     idle = {c.variant: c.predicted_ms for c in router.candidates(1)}
-    queues["int8"].running_rows, queues["int8"].running_since_s = 64, clock()  # 14 ms of the cores
+    queues["int8"].running_rows, queues["int8"].running_started_s = 64, clock()  # 14 ms of the cores
     queues["int8"].queued_rows = 64  # int8's own queue delays only int8
     busy = {c.variant: c.predicted_ms for c in router.candidates(1)}
-    assert busy["fp32"] - idle["fp32"] == pytest.approx(14.0)
-    assert busy["distilled"] - idle["distilled"] == pytest.approx(14.0)
+    # Side by side (a worker per variant), the cores are shared: fp32's 1 ms takes 2 ms.
+    assert busy["fp32"] - idle["fp32"] == pytest.approx(1.0)
+    assert busy["distilled"] - idle["distilled"] == pytest.approx(0.1)
     assert busy["int8"] - idle["int8"] == pytest.approx(14.0 + 14.0)
+    router.side_by_side = False  # one worker: everyone waits for the batch in flight
+    serial = {c.variant: c.predicted_ms for c in router.candidates(1)}
+    assert serial["fp32"] - idle["fp32"] == pytest.approx(14.0)
+    queues["fp32"].queued_rows = 200
     assert router.route(SLO, 1).reason == BEST_EFFORT
 
 
 def test_batch_in_flight_is_counted_until_it_should_have_finished() -> None:
     clock = FakeClock()
     router, queues = make_router(clock)
-    queues["fp32"].running_rows, queues["fp32"].running_since_s = 32, clock()
+    queues["fp32"].running_rows, queues["fp32"].running_started_s = 32, clock()
     assert router.candidates(1)[0].predicted_ms == pytest.approx(18.0 + 1.0)
     clock.advance(0.010)
     assert router.candidates(1)[0].predicted_ms == pytest.approx(8.0 + 1.0)
@@ -73,9 +84,26 @@ def test_observed_compute_corrects_the_profile() -> None:
 def test_overhead_outside_queue_and_compute_is_learned_and_added() -> None:
     router, _ = make_router(FakeClock())
     for _ in range(200):
-        router.observe_request(2.0, succeeded=True)
-    assert abs(router.overhead_ms - 2.0) < 0.01
-    assert abs(router.candidates(1)[0].predicted_ms - 3.0) < 0.01
+        decision = router.pinned("fp32", 1)
+        router.observe_request(decision, elapsed_ms=3.0, queue_ms=0.0, compute_ms=1.0)
+    assert router.overhead_ms == pytest.approx(2.0, abs=0.01)
+    assert router.candidates(1)[0].predicted_ms == pytest.approx(3.0, abs=0.01)
+
+
+def test_a_stretch_the_model_cannot_see_is_learned_at_the_tail_then_forgotten() -> None:
+    clock = FakeClock()
+    router, _ = make_router(clock)
+    tight = RequestHints(slo_ms=2.5, slo_source="parameter")
+    ratios = [1.0] * 8 + [4.0] * 2  # a fifth of the requests take 4× as long as modelled
+    for i in range(400):
+        decision = router.pinned("fp32", 1)
+        modelled = decision.chosen.modelled_ms
+        router.observe_request(decision, modelled * ratios[i % 10], queue_ms=0.0, compute_ms=modelled * ratios[i % 10])
+    assert router.stretch.factor(clock()) > 3.0  # the 90th percentile is in the slow fifth
+    assert router.route(tight, 1).variant == "int8"
+    clock.advance(10.0)  # ten half-lives without news
+    assert router.stretch.factor(clock()) < 1.01
+    assert router.route(tight, 1).variant == "fp32"
 
 
 def test_pinned_requests_are_not_routed_but_predicted() -> None:
@@ -91,14 +119,15 @@ def test_throughput_slo_moves_loose_requests_to_variants_with_capacity() -> None
     router, _ = make_router(clock, throughput_slo_rps=2_000)  # fp32 alone carries ~1,800 rows/s
     for _ in range(100):  # a quiet start: everything stays on fp32
         clock.advance(0.01)
-        router.observe_request(0.0, succeeded=True)
-        assert router.route(LOOSE, 1).variant == "fp32"
+        decision = router.route(LOOSE, 1)
+        answer_as_modelled(router, decision)
+        assert decision.variant == "fp32"
     assert not router.throughput().guard_active
     decisions = []
     for _ in range(4_000):  # 2,000 requests/s
         clock.advance(0.0005)
         decisions.append(router.route(LOOSE, 1))
-        router.observe_request(0.0, succeeded=True)
+        answer_as_modelled(router, decisions[-1])
     late = decisions[-500:]
     assert all(d.reason == THROUGHPUT_SLO and d.variant != "fp32" for d in late)
     status = router.throughput()
@@ -114,7 +143,9 @@ def test_throughput_is_not_sustained_when_completions_fall_behind() -> None:
     router, _ = make_router(clock, throughput_slo_rps=800)
     for i in range(2_000):  # 1,000 arrivals/s, half of them served
         clock.advance(0.001)
-        router.route(SLO, 1)
+        decision = router.route(SLO, 1)
         if i % 2:
-            router.observe_request(0.0, succeeded=True)
+            answer_as_modelled(router, decision)
+        else:
+            router.observe_request(None)
     assert not router.throughput().sustained

@@ -1,0 +1,38 @@
+"""Start a real `slimserve serve` subprocess on a free port for a benchmark, and stop it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+START_TIMEOUT_S = 300.0
+
+
+@contextmanager
+def running_server(repository: Path, *extra: str, log: Path | None = None) -> Iterator[str]:
+    """Yields the server's address once it is serving; SIGTERM and wait on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        output = open(log, "w") if log else None  # noqa: SIM115 - closed below
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository),
+             "--host", "127.0.0.1", "--grpc-port", "0", "--port-file", str(port_file), *extra],
+            stdout=output, stderr=subprocess.STDOUT if output else None,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not port_file.exists() or not port_file.read_text():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"server failed to start (exit code {server.poll()})")
+                time.sleep(0.2)
+            yield f"127.0.0.1:{port_file.read_text()}"
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+            if output:
+                output.close()

@@ -1,0 +1,157 @@
+"""slimserve's Prometheus metrics, on a registry the app creates and passes in.
+
+Every series carries `model` and `variant` (and `device` where compute happens); label
+values come from the repository, never from the caller (an unknown model is counted as
+"unknown"), so cardinality stays bounded. Durations are histograms in seconds, so that
+latency aggregates across replicas. Things that are cheap to read and costly to keep up
+to date per request (queue depth, router state) are read at scrape time by a collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from variants.repository import ModelEntry
+
+if TYPE_CHECKING:
+    from server.host import ModelHost
+
+UNKNOWN = "unknown"
+# 0.25 ms … 10 s: digits answers in well under a millisecond, minilm batches take tens.
+LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MV = ("model", "variant")
+
+
+class ServingMetrics:
+    """Request, batching, SLO, routing, fidelity and feedback metrics, plus static facts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "slimserve_requests", "Inference requests by outcome (gRPC status code name)",
+            [*MV, "code"], registry=registry,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "slimserve_request_duration_seconds", "Time from the call reaching its handler to its answer",
+            MV, buckets=LATENCY_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "slimserve_queue_duration_seconds", "Time waiting in the variant's queue (and for a worker)",
+            MV, buckets=LATENCY_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        self.compute_seconds = Histogram(
+            "slimserve_compute_duration_seconds", "Session call time of the batch the request was in",
+            [*MV, "device"], buckets=LATENCY_BUCKETS_S, registry=registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "slimserve_batch_size", "Rows in the session call a request was part of",
+            MV, buckets=BATCH_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.in_flight = Gauge("slimserve_inflight_requests", "Requests routed and not answered yet", MV,
+                               registry=registry)  # fmt: skip
+        self.slo = Counter(
+            "slimserve_slo_requests", "Answered requests by whether they met their latency SLO (server side)",
+            [*MV, "outcome"], registry=registry,
+        )  # fmt: skip
+        self.routing = Counter(
+            "slimserve_routing_decisions", "Variant choices by reason (pinned = the caller named it)",
+            [*MV, "reason"], registry=registry,
+        )  # fmt: skip
+        self.shadow_comparisons = Counter(
+            "slimserve_shadow_comparisons", "Requests also run on the reference variant in the background", MV,
+            registry=registry,
+        )  # fmt: skip
+        self.shadow_agreement = Counter(
+            "slimserve_shadow_agreement",
+            "Sum of agreement with the reference (top-1 match or cosine, per request); divide by comparisons",
+            MV, registry=registry,
+        )  # fmt: skip
+        self.shadow_skipped = Counter(
+            "slimserve_shadow_skipped", "Sampled requests not shadowed, by reason", ["model", "reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.feedback = Counter(
+            "slimserve_feedback", "True labels reported through Feedback, by whether the answer was right",
+            [*MV, "outcome"], registry=registry,
+        )  # fmt: skip
+        self._quality = Gauge("slimserve_variant_quality", "Offline quality on the held-out set", [*MV, "metric"],
+                              registry=registry)  # fmt: skip
+        self._size = Gauge("slimserve_variant_size_bytes", "ONNX file size", MV, registry=registry)
+        self._params = Gauge("slimserve_variant_parameters", "Parameter count", MV, registry=registry)
+        self._alpha = Gauge(
+            "slimserve_variant_compression_rate", "α = a/a* against the reference, in bytes", MV, registry=registry
+        )
+        self._speedup = Gauge(
+            "slimserve_variant_speedup", "δ = s/s* at batch 1 against the reference, per hardware profile",
+            [*MV, "hardware"], registry=registry,
+        )  # fmt: skip
+        self._latency = Gauge(
+            "slimserve_variant_profile_latency_seconds", "Profiled latency per hardware profile and batch size",
+            [*MV, "hardware", "batch_size", "quantile"], registry=registry,
+        )  # fmt: skip
+
+    def describe_repository(self, models: dict[str, ModelEntry]) -> None:
+        """Static facts of every variant, set once at start-up."""
+        for name, entry in models.items():
+            for variant, loaded in entry.variants.items():
+                manifest = loaded.manifest
+                m = manifest.measurements
+                for metric, value in m.quality.items():
+                    self._quality.labels(name, variant, metric).set(value)
+                self._size.labels(name, variant).set(m.size_bytes)
+                self._params.labels(name, variant).set(m.params)
+                self._alpha.labels(name, variant).set(manifest.seed_formulas.alpha_bytes)
+                for profile in manifest.profiles.values():
+                    if 1 in profile.speedup:
+                        self._speedup.labels(name, variant, profile.label).set(profile.speedup[1])
+                    for batch, stats in profile.latency.items():
+                        self._latency.labels(name, variant, profile.label, str(batch), "0.5").set(stats.p50_ms / 1e3)
+                        self._latency.labels(name, variant, profile.label, str(batch), "0.95").set(stats.p95_ms / 1e3)
+
+    def watch(self, host: ModelHost) -> None:
+        """Read queue depths and router state from `host` at every scrape."""
+        self.registry.register(_LiveStateCollector(host))
+
+
+class _LiveStateCollector(Collector):
+    """Queue depths and router state, read when Prometheus scrapes."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self._host = host
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("slimserve_queue_depth", "Requests waiting in the variant's queue", labels=MV)
+        predicted = GaugeMetricFamily(
+            "slimserve_router_predicted_latency_seconds",
+            "The router's current prediction for a one-row request", labels=MV,
+        )  # fmt: skip
+        stretch = GaugeMetricFamily("slimserve_router_stretch", "Learned observed / modelled latency", labels=["model"])
+        arrival = GaugeMetricFamily("slimserve_arrival_rate", "Requests/s arriving (last seconds)", labels=["model"])
+        capacity = GaugeMetricFamily(
+            "slimserve_mix_capacity_rps", "Requests/s the current variant mix can serve", labels=["model"]
+        )
+        declared = GaugeMetricFamily(
+            "slimserve_throughput_slo_rps", "Declared throughput SLO (model.yaml)", labels=["model"]
+        )
+        sustained = GaugeMetricFamily(
+            "slimserve_throughput_slo_sustained", "1 when the declared throughput SLO is met", labels=["model"]
+        )
+        for name, hosted in self._host.models.items():
+            for variant, batcher in hosted.batchers.items():
+                depth.add_metric([name, variant], batcher.queue_depth)
+            for candidate in hosted.router.candidates(1):
+                predicted.add_metric([name, candidate.variant], candidate.predicted_ms / 1e3)
+            status = hosted.router.throughput()
+            stretch.add_metric([name], hosted.router.stretch.factor(hosted.router.now()))
+            arrival.add_metric([name], status.arrival_rps)
+            capacity.add_metric([name], status.mix_capacity_rps)
+            sustained.add_metric([name], 1.0 if status.sustained else 0.0)
+            if status.declared_rps is not None:
+                declared.add_metric([name], status.declared_rps)
+        yield from (depth, predicted, stretch, arrival, capacity, declared, sustained)
