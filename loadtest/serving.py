@@ -21,7 +21,8 @@ def running_server(repository: Path, *extra: str, log: Path | None = None) -> It
         output = open(log, "w") if log else None  # noqa: SIM115 - closed below
         server = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository),
-             "--host", "127.0.0.1", "--grpc-port", "0", "--port-file", str(port_file), *extra],
+             "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
+             *extra],
             stdout=output, stderr=subprocess.STDOUT if output else None,
         )  # fmt: skip
         try:
@@ -30,7 +31,7 @@ def running_server(repository: Path, *extra: str, log: Path | None = None) -> It
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server failed to start (exit code {server.poll()})")
                 time.sleep(0.2)
-            yield f"127.0.0.1:{port_file.read_text()}"
+            yield f"127.0.0.1:{port_file.read_text().split()[0]}"
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -168,3 +168,23 @@ class ExplainResponse(_message.Message):
     overhead_ms: float
     throughput: ThroughputStatus
     def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("model", "request_id", "labels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    request_id: str
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("variant", "predicted", "correct")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    predicted: _containers.RepeatedScalarFieldContainer[int]
+    correct: int
+    def __init__(self, variant: _Optional[str] = ..., predicted: _Optional[_Iterable[int]] = ..., correct: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,11 @@ class ManagementStub:
                 request_serializer=protos_dot_slimserve__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=protos_dot_slimserve__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/slimserve.v1.Management/Feedback',
+                request_serializer=protos_dot_slimserve__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=protos_dot_slimserve__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class ManagementServicer:
@@ -63,6 +68,14 @@ class ManagementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """The true labels of an earlier classifier request (by its id), for online accuracy.
+        Unknown, already scored or forgotten ids → NOT_FOUND; a wrong label count → INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_ManagementServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=protos_dot_slimserve__pb2.ExplainRequest.FromString,
                     response_serializer=protos_dot_slimserve__pb2.ExplainResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=protos_dot_slimserve__pb2.FeedbackRequest.FromString,
+                    response_serializer=protos_dot_slimserve__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +149,33 @@ class Management:
             '/slimserve.v1.Management/Explain',
             protos_dot_slimserve__pb2.ExplainRequest.SerializeToString,
             protos_dot_slimserve__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slimserve.v1.Management/Feedback',
+            protos_dot_slimserve__pb2.FeedbackRequest.SerializeToString,
+            protos_dot_slimserve__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,9 @@ class ModelRouter:
         self._shares = {name: RateMeter(clock=clock) for name in self.variants}
         self._guard_active = False
 
+    def now(self) -> float:
+        return self._clock()
+
     def candidates(self, rows: float) -> list[Candidate]:
         """Every variant with its predicted latency for a request of `rows` rows, now."""
         now = self._clock()

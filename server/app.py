@@ -9,18 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
+from server.feedback import RecentAnswers
 from server.host import ModelHost
 from server.loop_lag import LoopLag
 from server.management import ManagementServicer
+from server.metrics import ServingMetrics
 from server.profiles import ensure_profiles
 from server.servicer import InferenceServicer
 from server.settings import Settings
+from server.shadow import ShadowSampler
 from variants.hardware import fingerprint, pin_to_one_core, threads_for
 from variants.repository import load_repository
 
@@ -32,7 +37,7 @@ SERVICE_NAMES = (
 
 
 class App:
-    """A running slimserve: gRPC server, health, models. `start()`, then `stop()`."""
+    """A running slimserve: gRPC server, health, models, metrics. `start()`, then `stop()`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -53,7 +58,18 @@ class App:
         self.loop_lag = LoopLag()
         for hosted in self.host.models.values():
             hosted.router.loop_lag_ms = lambda: self.loop_lag.lag_ms
-        self.inference = InferenceServicer(self.host)
+        self.host.answers = RecentAnswers(settings.feedback_capacity)
+        self.metrics: ServingMetrics | None = None
+        self.metrics_port: int | None = None
+        self._metrics_http: WSGIServer | None = None
+        if settings.metrics:
+            self.metrics = ServingMetrics(CollectorRegistry())
+            self.metrics.describe_repository(models)
+            self.metrics.watch(self.host)
+            self.host.metrics = self.metrics
+            if settings.shadow_fraction > 0:
+                self.host.shadow = ShadowSampler(settings.shadow_fraction, self.metrics)
+        self.inference = InferenceServicer(self.host, self.metrics)
         self.health = health.aio.HealthServicer()
         limits = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -61,7 +77,7 @@ class App:
         ]
         self.server = grpc.aio.server(options=limits)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
-        management = ManagementServicer(self.host, self.hardware_key)
+        management = ManagementServicer(self.host, self.hardware_key, self.metrics)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -75,19 +91,31 @@ class App:
         """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.metrics is not None:
+            self._metrics_http, _ = start_http_server(
+                self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
+            )
+            self.metrics_port = self._metrics_http.server_port
         await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
         self.host.start_batchers()
         self.loop_lag.start()
         self.inference.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on port %d", ", ".join(self.host.models), self.port)
+        log.info(
+            "serving %s on port %d (metrics: %s)", ", ".join(self.host.models), self.port,
+            f"port {self.metrics_port}" if self.metrics_port else "off",
+        )  # fmt: skip
 
     async def stop(self) -> None:
         """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.inference.accepting = False
         await self.server.stop(self.settings.shutdown_grace_s)
+        if self.host.shadow is not None:
+            await self.host.shadow.close()
         await self.host.close()
         await self.loop_lag.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
         self._executor.shutdown(wait=True)
         log.info("stopped")

@@ -5,16 +5,22 @@ from __future__ import annotations
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from router.build import build_model_router
-from router.hints import parse_hints
+from router.hints import RequestHints, parse_hints
 from router.model_router import ModelRouter
 from router.policy import Decision
 from server.batcher import DynamicBatcher
 from server.errors import NotFoundError
+from server.feedback import Answer, RecentAnswers
+from server.metrics import ServingMetrics
 from server.request import InferenceRequest, InferenceResult
 from server.runtime import VariantSession
 from variants.repository import ModelEntry
+
+if TYPE_CHECKING:
+    from server.shadow import ShadowSampler
 
 
 @dataclass
@@ -45,7 +51,12 @@ class ModelHost:
     """Resolves (model, variant), routes requests without a variant, runs them through batchers.
 
     Every model's variants must have a profile for `hardware_key` (see server.profiles).
+    With `metrics`, it records routing, in-flight, queue, compute, batch and SLO series;
+    `shadow` and `answers` (set by the app) get every answer for live fidelity and feedback.
     """
+
+    metrics: ServingMetrics | None = None
+    shadow: ShadowSampler | None = None
 
     def __init__(
         self,
@@ -58,6 +69,7 @@ class ModelHost:
         rpc_allowance_ms: float = 0.0,
     ) -> None:
         self.models: dict[str, HostedModel] = {}
+        self.answers = RecentAnswers(0)
         for name, entry in models.items():
             config = entry.config
             batchers = {
@@ -88,14 +100,16 @@ class ModelHost:
             raise NotFoundError(f"model '{model}' has no variant '{chosen}'; it has {list(hosted.batchers)}")
         return hosted, chosen
 
-    def decide(self, hosted: HostedModel, request: InferenceRequest, deadline_s: float | None) -> Decision:
+    def decide(
+        self, hosted: HostedModel, request: InferenceRequest, deadline_s: float | None
+    ) -> tuple[Decision, RequestHints]:
         """The named variant, or the router's choice from the request's hints."""
-        if request.variant:
-            self.resolve(request.model, request.variant)
-            return hosted.router.pinned(request.variant, request.batch_size)
         remaining_ms = None if deadline_s is None else (deadline_s - time.monotonic()) * 1e3
         hints = parse_hints(request.parameters, remaining_ms, hosted.entry.config.default_slo_ms)
-        return hosted.router.route(hints, request.batch_size)
+        if request.variant:
+            self.resolve(request.model, request.variant)
+            return hosted.router.pinned(request.variant, request.batch_size), hints
+        return hosted.router.route(hints, request.batch_size), hints
 
     async def infer(
         self, request: InferenceRequest, deadline_s: float | None, received_s: float | None = None
@@ -103,8 +117,13 @@ class ModelHost:
         """Route and run one request; `received_s` (monotonic) is when the call arrived."""
         hosted = self.model(request.model)
         received_s = time.monotonic() if received_s is None else received_s
-        decision = self.decide(hosted, request, deadline_s)
+        decision, hints = self.decide(hosted, request, deadline_s)
+        request.served_by = decision.variant
         stats = hosted.stats[decision.variant]
+        metrics = self.metrics
+        if metrics:
+            metrics.routing.labels(request.model, decision.variant, decision.reason).inc()
+            metrics.in_flight.labels(request.model, decision.variant).inc()
         started = time.monotonic_ns()
         try:
             result = await hosted.batchers[decision.variant].submit(request, deadline_s)
@@ -113,8 +132,18 @@ class ModelHost:
             stats.fail_ns += time.monotonic_ns() - started
             hosted.router.observe_request(None)
             raise
+        finally:
+            if metrics:
+                metrics.in_flight.labels(request.model, decision.variant).dec()
         elapsed_ms = (time.monotonic() - received_s) * 1e3
         hosted.router.observe_request(decision, elapsed_ms, result.queue_ms, result.compute_ms)
+        if metrics:
+            self._record(metrics, hosted, request, result, elapsed_ms <= hints.slo_ms)
+        if self.shadow:
+            self.shadow.after_answer(hosted, request, result)
+        if request.id and hosted.entry.config.task == "classifier":
+            top1 = result.outputs[hosted.entry.config.outputs[0].name].argmax(axis=-1)
+            self.answers.remember(request.id, Answer(request.model, result.variant, tuple(int(c) for c in top1)))
         result.device, result.predicted_ms, result.reason = decision.device, decision.predicted_ms, decision.reason
         stats.success_count += 1
         stats.success_ns += time.monotonic_ns() - started
@@ -123,6 +152,16 @@ class ModelHost:
         stats.inference_count += request.batch_size
         stats.last_inference_ms = int(time.time() * 1000)
         return result
+
+    @staticmethod
+    def _record(
+        metrics: ServingMetrics, hosted: HostedModel, request: InferenceRequest, result: InferenceResult, met: bool
+    ) -> None:
+        labels = (request.model, result.variant)
+        metrics.queue_seconds.labels(*labels).observe(result.queue_ms / 1e3)
+        metrics.compute_seconds.labels(*labels, result.device).observe(result.compute_ms / 1e3)
+        metrics.batch_size.labels(*labels).observe(result.batch_size)
+        metrics.slo.labels(*labels, "met" if met else "missed").inc()
 
     def warm_up(self, calls: int) -> None:
         """Blocking: run every session a few times so the first request is not the slow one."""

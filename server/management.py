@@ -1,4 +1,4 @@
-"""`slimserve.v1.Management`: ListVariants, and Explain (a dry run of the router)."""
+"""`slimserve.v1.Management`: ListVariants, Explain (a dry run of the router) and Feedback."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import grpc
 from protos import slimserve_pb2 as pb
 from protos import slimserve_pb2_grpc
 from router.hints import parse_hints
+from server.errors import InvalidInputError
 from server.host import ModelHost
+from server.metrics import ServingMetrics
 from server.servicer import maps_errors
 
 
 class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     """Variants with their measurements; Explain says which variant a request would get, and why."""
 
-    def __init__(self, host: ModelHost, hardware_key: str) -> None:
+    def __init__(self, host: ModelHost, hardware_key: str, metrics: ServingMetrics | None = None) -> None:
         self._host = host
         self._hardware_key = hardware_key
+        self._metrics = metrics
 
     @maps_errors
     async def ListVariants(
@@ -101,3 +104,15 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
                 sustained=status.sustained,
             ),
         )
+
+    @maps_errors
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
+        hosted = self._host.model(request.model)
+        if hosted.entry.config.task != "classifier":
+            raise InvalidInputError(f"model '{request.model}' is an encoder; feedback takes class labels")
+        answer, correct = self._host.answers.score(request.model, request.request_id, list(request.labels))
+        if self._metrics is not None:
+            wrong = len(answer.predicted) - correct
+            self._metrics.feedback.labels(answer.model, answer.variant, "correct").inc(correct)
+            self._metrics.feedback.labels(answer.model, answer.variant, "incorrect").inc(wrong)
+        return pb.FeedbackResponse(variant=answer.variant, predicted=list(answer.predicted), correct=correct)

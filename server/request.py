@@ -17,6 +17,7 @@ class InferenceRequest:
     parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
     id: str = ""
     outputs: list[str] = field(default_factory=list)  # empty: every output
+    served_by: str = ""  # the variant chosen for it, once the host has decided
 
     @property
     def batch_size(self) -> int:

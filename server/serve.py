@@ -21,7 +21,11 @@ async def serve(settings: Settings, port_file: Path | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     await app.start()
     if port_file is not None:
-        port_file.write_text(str(app.port))
+        # Line 1: the gRPC port; line 2: the metrics port (or "off"). Renamed into place,
+        # so a reader never sees half of it.
+        partial = port_file.with_name(port_file.name + ".partial")
+        partial.write_text(f"{app.port}\n{app.metrics_port or 'off'}\n")
+        partial.replace(port_file)
     await stop.wait()
     log.info("signal received; draining for up to %.1f s", settings.shutdown_grace_s)
     await app.stop()

@@ -15,6 +15,8 @@ from protos import inference_pb2_grpc
 from server.codec import decode_request, encode_response
 from server.errors import ShuttingDownError, status_for
 from server.host import ModelHost
+from server.metrics import UNKNOWN, ServingMetrics
+from server.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "slimserve"
@@ -42,8 +44,9 @@ def maps_errors(handler: Handler) -> Handler:
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol v2 over the hosted models."""
 
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, metrics: ServingMetrics | None = None) -> None:
         self._host = host
+        self._metrics = metrics
         self.accepting = False  # set once warmed up; cleared when draining
 
     async def ServerLive(
@@ -93,15 +96,42 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         received_s = time.monotonic()
-        if not self.accepting:
-            raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
-        # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
-        hosted, _ = self._host.resolve(request.model_name, request.model_version)
-        decoded = decode_request(request, hosted.entry.config)
-        remaining = context.time_remaining()
-        deadline_s = None if remaining is None else time.monotonic() + remaining
-        result = await self._host.infer(decoded, deadline_s, received_s)
-        return encode_response(decoded, result, hosted.entry.config)
+        decoded: InferenceRequest | None = None
+        code = "OK"
+        try:
+            if not self.accepting:
+                raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
+            # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
+            hosted, _ = self._host.resolve(request.model_name, request.model_version)
+            decoded = decode_request(request, hosted.entry.config)
+            remaining = context.time_remaining()
+            deadline_s = None if remaining is None else time.monotonic() + remaining
+            result = await self._host.infer(decoded, deadline_s, received_s)
+            return encode_response(decoded, result, hosted.entry.config)
+        except Exception as exc:
+            code = status_for(exc)[0].name
+            raise
+        finally:
+            if self._metrics is not None:
+                self._count(self._metrics, request, decoded, code, received_s)
+
+    def _count(
+        self,
+        metrics: ServingMetrics,
+        request: pb.ModelInferRequest,
+        decoded: InferenceRequest | None,
+        code: str,
+        received_s: float,
+    ) -> None:
+        """One request, counted once. Label values come from the repository, never the caller."""
+        hosted = self._host.models.get(request.model_name)
+        model = request.model_name if hosted else UNKNOWN
+        variant = decoded.served_by if decoded and decoded.served_by else UNKNOWN
+        if variant == UNKNOWN and hosted and request.model_version in hosted.batchers:
+            variant = request.model_version
+        metrics.requests.labels(model, variant, code).inc()
+        if code == "OK":
+            metrics.request_seconds.labels(model, variant).observe(time.monotonic() - received_s)
 
     @maps_errors
     async def ModelStatistics(

@@ -17,7 +17,12 @@ class Settings(BaseSettings):
     repository: Path = Field(default=Path("model_repository"), description="model repository folder")
     host: str = Field(default="0.0.0.0", description="address to bind the gRPC and metrics ports to")
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    metrics_port: int = Field(default=8002, ge=0, le=65535, description="Prometheus port (observability issue)")
+    metrics_port: int = Field(default=8002, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one")
+    metrics: bool = Field(default=True, description="export Prometheus metrics (off: no endpoint, nothing recorded)")
+    shadow_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="share of compressed-variant answers also run on the reference, when idle"
+    )
+    feedback_capacity: int = Field(default=10000, ge=0, description="classifier answers remembered for Feedback")
     hardware_profile: Literal["cloud-cpu", "edge"] = Field(
         default="cloud-cpu", description="edge pins the process to one core and one thread"
     )

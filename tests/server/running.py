@@ -24,7 +24,7 @@ class RunningServer:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-             "--grpc-port", "0", "--port-file", str(port_file), *extra],
+             "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -32,8 +32,10 @@ class RunningServer:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
             time.sleep(0.1)
-        self.port = int(port_file.read_text())
+        grpc_port, metrics_port = port_file.read_text().split()
+        self.port = int(grpc_port)
         self.address = f"127.0.0.1:{self.port}"
+        self.metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
         self.wait_serving()
 
     def wait_serving(self) -> None:
