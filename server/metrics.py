@@ -26,6 +26,7 @@ UNKNOWN = "unknown"
 LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MV = ("model", "variant")
+SHADOW_SKIP_REASONS = ("shadow_running", "no_spare_capacity")
 
 
 class ServingMetrics:
@@ -97,9 +98,24 @@ class ServingMetrics:
         )  # fmt: skip
 
     def describe_repository(self, models: dict[str, ModelEntry]) -> None:
-        """Static facts of every variant, set once at start-up."""
+        """Static facts of every variant, set once at start-up; counters start at 0.
+
+        Starting every counter of a known label set at 0 means a rate() over it has a series
+        (of zeros) from the first scrape instead of none until the first event.
+        """
         for name, entry in models.items():
+            for reason in SHADOW_SKIP_REASONS:
+                self.shadow_skipped.labels(name, reason)
             for variant, loaded in entry.variants.items():
+                self.requests.labels(name, variant, "OK")
+                for outcome in ("met", "missed"):
+                    self.slo.labels(name, variant, outcome)
+                if variant != entry.config.reference_variant:
+                    self.shadow_comparisons.labels(name, variant)
+                    self.shadow_agreement.labels(name, variant)
+                if entry.config.task == "classifier":
+                    for outcome in ("correct", "incorrect"):
+                        self.feedback.labels(name, variant, outcome)
                 manifest = loaded.manifest
                 m = manifest.measurements
                 for metric, value in m.quality.items():

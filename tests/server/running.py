@@ -17,10 +17,10 @@ START_TIMEOUT_S = 120.0
 class RunningServer:
     """Starts the server, waits for SERVING, and stops it (SIGTERM) when done."""
 
-    def __init__(self, repository: Path, workdir: Path, *extra: str) -> None:
+    def __init__(self, repository: Path, workdir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         port_file = workdir / f"port-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
-        env = {**os.environ, "SLIMSERVE_SHUTDOWN_GRACE_S": "20"}
+        env = {**os.environ, "SLIMSERVE_SHUTDOWN_GRACE_S": "20", **(env or {})}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",

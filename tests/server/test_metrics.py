@@ -1,0 +1,171 @@
+"""Metrics after real requests: names, labels, buckets; shadow sampling; the Feedback RPC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from protos import slimserve_pb2, slimserve_pb2_grpc
+from server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
+from tests.server.running import RunningServer
+from tests.server.scrape import scrape, value
+from variants.data import load_digits_split, minilm_tokenizer
+
+
+@pytest.fixture(scope="module")
+def shadowing_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Every answer of a compressed variant is shadowed (when the server is idle)."""
+    running = RunningServer(repository, tmp_path_factory.mktemp("metrics"), env={"SLIMSERVE_SHADOW_FRACTION": "1"})
+    yield running
+    assert running.stop() == 0
+
+
+def _digits(client: triton.InferenceServerClient, rows: int, variant: str = "", request_id: str = "") -> np.ndarray:
+    images = load_digits_split()[1].inputs["images"][:rows]
+    tensor = triton.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    result = client.infer("digits", [tensor], model_version=variant, request_id=request_id)
+    return result.as_numpy("logits")
+
+
+def _wait_for(predicate: object, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_request_metrics_have_model_variant_labels_and_second_buckets(shadowing_server: RunningServer) -> None:
+    assert shadowing_server.metrics_url
+    with triton.InferenceServerClient(shadowing_server.address) as client:
+        for _ in range(3):
+            _digits(client, 2, "int8")
+        with pytest.raises(InferenceServerException):
+            client.infer("no-such-model", [])
+    samples = scrape(shadowing_server.metrics_url)
+    ok = dict(model="digits", variant="int8")
+    assert value(samples, "slimserve_requests", "slimserve_requests_total", **ok, code="OK") == 3
+    # A caller cannot grow the label set: an unknown model is counted as "unknown".
+    assert value(samples, "slimserve_requests", "slimserve_requests_total", model="unknown", code="NOT_FOUND") == 1
+    for family in ("slimserve_request_duration_seconds", "slimserve_queue_duration_seconds"):
+        buckets = [s for s in samples[family] if s.name.endswith("_bucket") and s.labels["variant"] == "int8"]
+        assert [float(s.labels["le"]) for s in buckets] == [*LATENCY_BUCKETS_S, float("inf")]
+        assert value(samples, family, f"{family}_count", **ok) == 3
+    assert value(samples, "slimserve_compute_duration_seconds", "slimserve_compute_duration_seconds_count",
+                 **ok, device="cpu") == 3  # fmt: skip
+    batch = [s for s in samples["slimserve_batch_size"] if s.name.endswith("_bucket") and s.labels["variant"] == "int8"]
+    assert [float(s.labels["le"]) for s in batch] == [*map(float, BATCH_BUCKETS), float("inf")]
+    assert value(samples, "slimserve_batch_size", "slimserve_batch_size_sum", **ok) == 6  # 3 calls of 2 rows
+    decisions = "slimserve_routing_decisions"
+    assert value(samples, decisions, f"{decisions}_total", **ok, reason="pinned") == 3
+    assert value(samples, "slimserve_slo_requests", "slimserve_slo_requests_total", **ok) == 3
+    assert value(samples, "slimserve_inflight_requests", **ok) == 0
+    assert "slimserve_queue_depth" in samples and "slimserve_router_predicted_latency_seconds" in samples
+
+
+def test_static_facts_of_every_variant_are_exported(shadowing_server: RunningServer) -> None:
+    assert shadowing_server.metrics_url
+    samples = scrape(shadowing_server.metrics_url)
+    for model, metric in (("digits", "accuracy"), ("minilm", "cosine")):
+        for variant in ("fp32", "int8", "pruned", "distilled"):
+            labels = dict(model=model, variant=variant)
+            assert 0 < value(samples, "slimserve_variant_quality", **labels, metric=metric) <= 1.0 + 1e-9
+            assert value(samples, "slimserve_variant_size_bytes", **labels) > 0
+            assert value(samples, "slimserve_variant_parameters", **labels) > 0
+            assert value(samples, "slimserve_variant_compression_rate", **labels) >= 1.0 or variant == "pruned"
+            assert value(samples, "slimserve_variant_speedup", **labels, hardware="cloud-cpu") > 0
+
+
+def test_shadow_comparison_runs_after_the_answer_and_exports_fidelity(shadowing_server: RunningServer) -> None:
+    assert shadowing_server.metrics_url
+    url = shadowing_server.metrics_url
+    labels = dict(model="minilm", variant="distilled")
+    # A long batch makes the fp32 shadow take far longer than the distilled answer.
+    tokens = minilm_tokenizer()(["A sentence to embed, padded to a long length."] * 16, pad_to=256)
+    inputs = []
+    for name in ("input_ids", "attention_mask"):
+        tensor = triton.InferInput(name, list(tokens[name].shape), "INT64")
+        tensor.set_data_from_numpy(tokens[name])
+        inputs.append(tensor)
+    start = scrape(url)
+    before = value(start, "slimserve_shadow_comparisons", "slimserve_shadow_comparisons_total", **labels)
+    agreement_before = value(start, "slimserve_shadow_agreement", "slimserve_shadow_agreement_total", **labels)
+    with triton.InferenceServerClient(shadowing_server.address) as client:
+        client.infer("minilm", inputs, model_version="distilled")
+    # The caller has its answer before the comparison is counted: it did not wait for it.
+    at_answer = value(scrape(url), "slimserve_shadow_comparisons", "slimserve_shadow_comparisons_total", **labels)
+    assert at_answer == before
+
+    def compared() -> bool:
+        count = value(scrape(url), "slimserve_shadow_comparisons", "slimserve_shadow_comparisons_total", **labels)
+        return count == before + 1
+
+    _wait_for(compared)
+    agreement = value(scrape(url), "slimserve_shadow_agreement", "slimserve_shadow_agreement_total", **labels)
+    assert agreement_before < agreement <= agreement_before + 1.0  # a cosine in (0, 1]
+
+
+def test_shadow_sampling_stops_when_the_model_is_busy(shadowing_server: RunningServer) -> None:
+    assert shadowing_server.metrics_url
+    images = load_digits_split()[1].inputs["images"][:1]
+
+    def one(_: int) -> None:
+        with triton.InferenceServerClient(shadowing_server.address) as client:
+            tensor = triton.InferInput("images", list(images.shape), "FP32")
+            tensor.set_data_from_numpy(images)
+            client.infer("digits", [tensor], model_version="pruned")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        list(pool.map(one, range(200)))
+    samples = scrape(shadowing_server.metrics_url)
+    skipped = value(samples, "slimserve_shadow_skipped", "slimserve_shadow_skipped_total", model="digits")
+    compared = value(samples, "slimserve_shadow_comparisons", "slimserve_shadow_comparisons_total",
+                     model="digits", variant="pruned")  # fmt: skip
+    assert skipped > 0 and compared < 200
+
+
+def test_feedback_scores_an_answer_once_and_rejects_unknown_ids(shadowing_server: RunningServer) -> None:
+    assert shadowing_server.metrics_url
+    split = load_digits_split()[1]
+    assert split.labels is not None
+    with triton.InferenceServerClient(shadowing_server.address) as client:
+        logits = _digits(client, 3, "distilled", request_id="req-42")
+    with grpc.insecure_channel(shadowing_server.address) as channel:
+        management = slimserve_pb2_grpc.ManagementStub(channel)
+        labels = [int(x) for x in split.labels[:3]]
+        answer = management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", request_id="req-42", labels=labels))
+        assert answer.variant == "distilled"
+        assert list(answer.predicted) == [int(c) for c in logits.argmax(axis=1)]
+        assert answer.correct == sum(p == t for p, t in zip(answer.predicted, labels, strict=True))
+        for request_id, labels_sent, code, message in (
+            ("req-42", labels, grpc.StatusCode.NOT_FOUND, "already scored"),
+            ("never-sent", [1], grpc.StatusCode.NOT_FOUND, "request id 'never-sent'"),
+            ("", [1], grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty"),
+        ):
+            with pytest.raises(grpc.RpcError) as error:
+                management.Feedback(
+                    slimserve_pb2.FeedbackRequest(model="digits", request_id=request_id, labels=labels_sent)
+                )
+            assert error.value.code() == code and message in error.value.details()  # type: ignore[attr-defined]
+    samples = scrape(shadowing_server.metrics_url)
+    scored = value(samples, "slimserve_feedback", "slimserve_feedback_total", model="digits", variant="distilled")
+    assert scored == 3
+
+
+def test_metrics_can_be_turned_off(repository: Path, tmp_path: Path) -> None:
+    running = RunningServer(repository, tmp_path, env={"SLIMSERVE_METRICS": "false"})
+    try:
+        assert running.metrics_url is None
+        with triton.InferenceServerClient(running.address) as client:
+            assert _digits(client, 1, "fp32").shape == (1, 10)
+    finally:
+        assert running.stop() == 0
