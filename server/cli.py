@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace-s", type=float, help="SLIMSERVE_SHUTDOWN_GRACE_S, default 10")
     serve.add_argument("--port-file", type=Path, help="write the bound gRPC port here once serving")
 
+    tradeoff = commands.add_parser("tradeoff", help="write the cloud-vs-edge trade-off report (Markdown + PNG)")
+    tradeoff.add_argument("repository", type=Path)
+    tradeoff.add_argument("--out", type=Path, default=Path("docs"), help="folder for tradeoff.md and tradeoff.png")
+    tradeoff.add_argument("--slo-ms", type=float, action="append", default=[],
+                          help="p95 latency SLO to recommend for (repeatable); default: each model's "
+                               "default_slo_ms and the SLOs at which the recommendation changes")  # fmt: skip
+    tradeoff.add_argument("--batch-size", type=int, default=1, help="profiled batch size to compare at")
+
     explain = commands.add_parser("explain", help="ask a running server which variant a request would get")
     explain.add_argument("model")
     explain.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
@@ -138,6 +146,21 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tradeoff(args: argparse.Namespace) -> int:
+    from variants.repository import load_repository
+    from variants.tradeoff import default_slos, plot, render_markdown
+
+    models = load_repository(args.repository)
+    slos = {name: sorted(args.slo_ms, reverse=True) or default_slos(m, args.batch_size) for name, m in models.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = render_markdown(models, slos, args.batch_size)
+    (args.out / "tradeoff.md").write_text(report)
+    plot(models, {name: args.slo_ms for name in models}, args.batch_size, args.out / "tradeoff.png")
+    print(report)
+    print(f"wrote {args.out / 'tradeoff.md'} and {args.out / 'tradeoff.png'}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToJson
@@ -202,7 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
     from variants.repository import RepositoryError
 
-    handlers = {"build": _build, "variants": _show, "profile": _profile, "serve": _serve, "explain": _explain}
+    handlers = {
+        "build": _build,
+        "variants": _show,
+        "profile": _profile,
+        "serve": _serve,
+        "explain": _explain,
+        "tradeoff": _tradeoff,
+    }
     try:
         return handlers[args.command](args)
     except RepositoryError as exc:
