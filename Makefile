@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-router test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-router bench-observability test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-server: $(VENV)/.installed
 ## bench-router: the router vs pinned variants on an open-loop load ramp (needs `make run`'s repository)
 bench-router: $(VENV)/.installed
 	$(BIN)/python -m loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
+
+## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
+bench-observability: $(VENV)/.installed
+	$(BIN)/python -m loadtest.bench_observability --repository $(REPOSITORY)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -35,6 +35,7 @@ class VariantStats:
     compute_ns: int = 0
     inference_count: int = 0
     last_inference_ms: int = 0
+    in_flight: int = 0  # routed here and not answered yet
 
 
 @dataclass
@@ -84,7 +85,7 @@ class ModelHost:
             }
             router = build_model_router(entry, hardware_key, batchers, rpc_allowance_ms, workers)
             for variant, batcher in batchers.items():
-                batcher.on_batch = lambda rows, ms, r=router, v=variant: r.observe_batch(v, rows, ms)
+                batcher.on_batch = lambda rows, ms, m=name, v=variant: self._batch_done(m, v, rows, ms)
             self.models[name] = HostedModel(entry, batchers, router, {v: VariantStats() for v in batchers})
 
     def model(self, name: str) -> HostedModel:
@@ -120,11 +121,11 @@ class ModelHost:
         decision, hints = self.decide(hosted, request, deadline_s)
         request.served_by = decision.variant
         stats = hosted.stats[decision.variant]
-        metrics = self.metrics
-        if metrics:
-            metrics.routing.labels(request.model, decision.variant, decision.reason).inc()
-            metrics.in_flight.labels(request.model, decision.variant).inc()
+        series = self.metrics.series(request.model, decision.variant) if self.metrics else None
+        if series:
+            series.routed(decision.reason)
         started = time.monotonic_ns()
+        stats.in_flight += 1
         try:
             result = await hosted.batchers[decision.variant].submit(request, deadline_s)
         except Exception:
@@ -133,12 +134,12 @@ class ModelHost:
             hosted.router.observe_request(None)
             raise
         finally:
-            if metrics:
-                metrics.in_flight.labels(request.model, decision.variant).dec()
+            stats.in_flight -= 1
         elapsed_ms = (time.monotonic() - received_s) * 1e3
         hosted.router.observe_request(decision, elapsed_ms, result.queue_ms, result.compute_ms)
-        if metrics:
-            self._record(metrics, hosted, request, result, elapsed_ms <= hints.slo_ms)
+        if series:
+            series.queue_seconds.observe(result.queue_ms / 1e3)
+            (series.slo_met if elapsed_ms <= hints.slo_ms else series.slo_missed).inc()
         if self.shadow:
             self.shadow.after_answer(hosted, request, result)
         if request.id and hosted.entry.config.task == "classifier":
@@ -153,15 +154,13 @@ class ModelHost:
         stats.last_inference_ms = int(time.time() * 1000)
         return result
 
-    @staticmethod
-    def _record(
-        metrics: ServingMetrics, hosted: HostedModel, request: InferenceRequest, result: InferenceResult, met: bool
-    ) -> None:
-        labels = (request.model, result.variant)
-        metrics.queue_seconds.labels(*labels).observe(result.queue_ms / 1e3)
-        metrics.compute_seconds.labels(*labels, result.device).observe(result.compute_ms / 1e3)
-        metrics.batch_size.labels(*labels).observe(result.batch_size)
-        metrics.slo.labels(*labels, "met" if met else "missed").inc()
+    def _batch_done(self, model: str, variant: str, rows: int, compute_ms: float) -> None:
+        """After every session call: correct the router, and record compute and batch size once."""
+        self.models[model].router.observe_batch(variant, rows, compute_ms)
+        if self.metrics:
+            series = self.metrics.series(model, variant)
+            series.compute_seconds.observe(compute_ms / 1e3)
+            series.batch_size.observe(rows)
 
     def warm_up(self, calls: int) -> None:
         """Blocking: run every session a few times so the first request is not the slow one."""

@@ -129,9 +129,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         variant = decoded.served_by if decoded and decoded.served_by else UNKNOWN
         if variant == UNKNOWN and hosted and request.model_version in hosted.batchers:
             variant = request.model_version
-        metrics.requests.labels(model, variant, code).inc()
         if code == "OK":
-            metrics.request_seconds.labels(model, variant).observe(time.monotonic() - received_s)
+            series = metrics.series(model, variant)
+            series.requests_ok.inc()
+            series.request_seconds.observe(time.monotonic() - received_s)
+        else:
+            metrics.requests.labels(model, variant, code).inc()
 
     @maps_errors
     async def ModelStatistics(
