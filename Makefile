@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-router bench-observability test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-router bench-observability loadtest test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,19 @@ bench-router: $(VENV)/.installed
 ## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
 bench-observability: $(VENV)/.installed
 	$(BIN)/python -m loadtest.bench_observability --repository $(REPOSITORY)
+
+## loadtest: Locust, headless, against a running server (make run in another shell); CSV + summary
+LOADTEST_HOST ?= 127.0.0.1:8001
+LOADTEST_USERS ?= 20
+LOADTEST_SECONDS ?= 60
+LOADTEST_CLASSES ?= MixedUser
+LOADTEST_OUT ?= loadtest-results
+loadtest: $(VENV)/.installed
+	mkdir -p $(LOADTEST_OUT)
+	$(BIN)/locust -f loadtest/locustfile.py --headless --host $(LOADTEST_HOST) \
+		-u $(LOADTEST_USERS) -r $(LOADTEST_USERS) -t $(LOADTEST_SECONDS)s --stop-timeout 10 \
+		--csv $(LOADTEST_OUT)/slimserve --only-summary $(LOADTEST_CLASSES)
+	@echo "CSV files and slimserve_summary.json are in $(LOADTEST_OUT)/"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.server.running import RunningServer
 from variants.build import build_model
 from variants.recipes import (
     ClassifierDistill,
@@ -72,3 +74,11 @@ def minilm(repository: Path) -> ModelEntry:
     from variants.repository import load_model
 
     return load_model(repository / "minilm")
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real `slimserve serve` subprocess over the tiny repository, shared by the session."""
+    running = RunningServer(repository, tmp_path_factory.mktemp("server"))
+    yield running
+    assert running.stop() == 0
