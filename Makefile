@@ -33,6 +33,8 @@ build: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy variants server router tests loadtest

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace-s", type=float, help="SLIMSERVE_SHUTDOWN_GRACE_S, default 10")
     serve.add_argument("--port-file", type=Path, help="write the bound gRPC port here once serving")
 
+    health = commands.add_parser("health", help="exit 0 if a server reports SERVING (container health checks)")
+    health.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
+    health.add_argument("--service", default="", help="service name to check; empty = the whole server")
+    health.add_argument("--timeout-s", type=float, default=3.0)
+
     tradeoff = commands.add_parser("tradeoff", help="write the cloud-vs-edge trade-off report (Markdown + PNG)")
     tradeoff.add_argument("repository", type=Path)
     tradeoff.add_argument("--out", type=Path, default=Path("docs"), help="folder for tradeoff.md and tradeoff.png")
@@ -144,6 +149,23 @@ def _profile(args: argparse.Namespace) -> int:
         entry = reprofile(model, settings, args.hardware_profile)
         print(render_table(entry, fingerprint(threads_for(args.hardware_profile)).key), end="\n\n")
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s
+            )
+        except grpc.RpcError as exc:
+            print(f"slimserve health: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(status)
+    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _tradeoff(args: argparse.Namespace) -> int:

@@ -80,3 +80,10 @@ def test_explain_of_an_unknown_model_exits_1_with_the_status(server: RunningServ
     result = _slimserve("explain", "nope", "--address", server.address)
     assert result.returncode == 1
     assert "NOT_FOUND: unknown model 'nope'" in result.stderr
+
+
+def test_health_exits_0_when_serving_and_1_when_nothing_listens(server: RunningServer) -> None:
+    serving = _slimserve("health", "--address", server.address)
+    assert (serving.returncode, serving.stdout.strip()) == (0, "SERVING"), serving.stderr
+    nobody = _slimserve("health", "--address", "127.0.0.1:1", "--timeout-s", "1")
+    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr

@@ -1,0 +1,109 @@
+"""The container and deployment files: linted, schema-checked, and consistent with each other.
+
+Docker cannot build here and there is no cluster, so this checks what can be checked
+offline: hadolint on the Dockerfile, the Kubernetes manifests against the API schemas
+(`kubernetes-validate`), Prometheus's config with `promtool`, and that names, ports and
+labels agree across the Dockerfile, compose, Kubernetes, Prometheus and Grafana files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[1]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+
+
+def _k8s(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if doc]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run(str(BIN / "hadolint"), "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_non_root_with_a_grpc_health_check_and_exec_form_entrypoint() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM ") == 2 and "USER 10001" in text and "EXPOSE 8001 8002" in text
+    assert 'CMD ["slimserve", "health"' in text and 'ENTRYPOINT ["slimserve"]' in text
+
+
+def test_kubernetes_manifests_match_the_api_schemas() -> None:
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
+    result = _run(str(BIN / "kubernetes-validate"), "--strict", *manifests)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The only resource without a schema is the Prometheus Operator's PodMonitor (a CRD).
+    unchecked = [line for line in (result.stdout + result.stderr).splitlines() if "Couldn't find schema" in line]
+    assert all("kind PodMonitor" in line for line in unchecked), unchecked
+
+
+def test_kubernetes_objects_agree_with_each_other() -> None:
+    (deployment,) = _k8s("deployment.yaml")
+    services = _k8s("service.yaml")
+    (hpa,) = _k8s("hpa.yaml")
+    (monitor,) = _k8s("podmonitor.yaml")
+    (adapter,) = _k8s("prometheus-adapter-rules.yaml")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 8001, "metrics": 8002}
+    for service in services:
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    assert any(s["spec"].get("clusterIP") == "None" for s in services), "a headless Service for client-side LB"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["grpc"]["port"] == ports["grpc"]
+    grace_s = float(next(e["value"] for e in container["env"] if e["name"] == "SLIMSERVE_SHUTDOWN_GRACE_S"))
+    pre_stop_s = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["spec"]["terminationGracePeriodSeconds"] > grace_s + pre_stop_s
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    exposed = {rule["name"].get("as", rule["name"]["matches"]) for rule in rules}
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] in exposed
+
+
+def test_compose_prometheus_and_grafana_files_agree() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"slimserve", "prometheus", "grafana"}
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (DEPLOY / source).exists(), f"compose mounts {source}, which does not exist"
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == ["slimserve:8002"] and "8002:8002" in services["slimserve"]["ports"]
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    (source,) = datasource["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/slimserve.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("SLIMSERVE_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail("promtool is missing; .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    result = _run(promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
