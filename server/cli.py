@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve,
         "explain": _explain,
         "tradeoff": _tradeoff,
+        "health": _health,
     }
     try:
         return handlers[args.command](args)
