@@ -9,7 +9,8 @@ It absorbs what the profile could not see: other variants sharing the cores, a b
 machine, and the typical input length of the traffic (text is profiled at one length;
 lengths are not modelled per request).
 
-A learned stretch factor (see `Stretch`) covers what the snapshots cannot see.
+What the snapshots cannot see is learned as a distribution of observed / modelled latency
+(`router.ratios`), from which the router takes the probability of meeting an SLO.
 
 Queue wait: a request joins the variant's queue behind `queued_rows` and waits for the
 batch in flight. The batches the *other* variants have in flight delay it too, since every
@@ -28,10 +29,6 @@ from typing import Protocol
 
 CORRECTION_WEIGHT = 0.1  # weight of one observed batch in the running correction
 CORRECTION_BOUNDS = (0.25, 4.0)
-STRETCH_QUANTILE = 0.9  # the stretch is tracked at this quantile of observed / modelled
-STRETCH_STEP = 0.05  # step of the streaming quantile, in log units
-STRETCH_MAX = 20.0
-STRETCH_HALF_LIFE_S = 1.0  # how fast an unobserved stretch relaxes to 1
 
 
 class QueueView(Protocol):
@@ -112,41 +109,6 @@ class LatencyModel:
         service = self.service_ms(queue.running_rows)
         started = queue.running_started_s
         return service if started is None else max(service - (now_s - started) * 1e3, 0.0)
-
-
-class Stretch:
-    """How much longer requests take than modelled, at a high quantile, for a whole model.
-
-    Queue snapshots cannot see everything: the event loop and the sessions share the cores,
-    so under load every batch and every handler runs slower than profiled, whichever variant
-    it belongs to. The router therefore tracks the ratio observed / modelled latency of
-    finished requests — one factor for the model, since the cause is shared — and at the
-    STRETCH_QUANTILE rather than the mean, because an SLO is about the tail.
-
-    Streaming quantile (Robbins–Monro on the log): each observation moves log(q) up by
-    STRETCH_STEP·p when the ratio is above q and down by STRETCH_STEP·(1 − p) when below,
-    which settles where a fraction 1 − p of ratios exceeds q. Without observations the
-    factor relaxes towards 1 with a half-life, so that a quiet model is not kept pessimistic.
-    """
-
-    def __init__(self) -> None:
-        self.log_factor = 0.0
-        self.updated_s = 0.0
-
-    def observe(self, modelled_ms: float, observed_ms: float, now_s: float) -> None:
-        if modelled_ms <= 0 or not math.isfinite(observed_ms) or observed_ms <= 0:
-            return
-        current = self._relaxed(now_s)
-        above = math.log(observed_ms / modelled_ms) > current
-        step = STRETCH_STEP * (STRETCH_QUANTILE if above else -(1.0 - STRETCH_QUANTILE))
-        self.log_factor = min(max(current + step, 0.0), math.log(STRETCH_MAX))
-        self.updated_s = now_s
-
-    def _relaxed(self, now_s: float) -> float:
-        return self.log_factor * 0.5 ** (max(now_s - self.updated_s, 0.0) / STRETCH_HALF_LIFE_S)
-
-    def factor(self, now_s: float) -> float:
-        return math.exp(self._relaxed(now_s))
 
 
 def predict_ms(

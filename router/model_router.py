@@ -11,15 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from router.hints import RequestHints
-from router.latency import LatencyModel, QueueView, Stretch, predict_ms
+from router.latency import LatencyModel, QueueView, predict_ms
 from router.load import Clock, RateMeter
 from router.policy import PINNED, Candidate, Decision, Verdict, choose
+from router.ratios import RatioDistribution
 
 OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overhead
 # The throughput guard engages when demand reaches this fraction of the mix's capacity,
 # and then asks for variants with demand / PRESSURE of capacity, so that it never runs hot.
 PRESSURE = 0.8
 SUSTAINED_FRACTION = 0.95
+STRETCH_QUANTILE = 0.9  # predicted_ms is the modelled latency stretched to this quantile
 
 
 @dataclass
@@ -76,7 +78,7 @@ class ModelRouter:
         self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
         self.side_by_side = side_by_side  # every variant has a worker thread of its own
         self.overhead_ms = 0.0
-        self.stretch = Stretch()
+        self.ratios = RatioDistribution()
         self._clock = clock
         self._arrivals = RateMeter(clock=clock)
         self._completions = RateMeter(clock=clock)
@@ -86,18 +88,31 @@ class ModelRouter:
     def now(self) -> float:
         return self._clock()
 
-    def candidates(self, rows: float) -> list[Candidate]:
-        """Every variant with its predicted latency for a request of `rows` rows, now."""
+    def stretch(self) -> float:
+        """The 90th percentile of observed / modelled latency (1 while there is too little data)."""
+        snapshot = self.ratios.snapshot(self._clock())
+        return snapshot.quantile(STRETCH_QUANTILE) if snapshot else 1.0
+
+    def candidates(self, rows: float, slo_ms: float | None = None) -> list[Candidate]:
+        """Every variant with its predicted latency for a request of `rows` rows, now, and
+        (given an SLO) the probability that it answers within it."""
         now = self._clock()
         in_flight = {name: v.latency.in_flight_ms(v.queue, now) for name, v in self.variants.items()}
         candidates = []
-        stretch = self.stretch.factor(now)
+        snapshot = self.ratios.snapshot(now)
+        stretch = snapshot.quantile(STRETCH_QUANTILE) if snapshot else 1.0
         # The loop is late once before the handler runs and once after it returns.
         outside_ms = self.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
         for name, v in self.variants.items():
             others = [left for other, left in in_flight.items() if other != name and left > 0]
             arriving = self._shares[name].rows_per_second()
             modelled = predict_ms(v.latency, v.queue, rows, others, self.overhead_ms, now, self.side_by_side, arriving)
+            if slo_ms is None:
+                p_in_time = 1.0
+            elif snapshot is None:  # not enough data yet: trust the model as it is
+                p_in_time = 1.0 if modelled + outside_ms <= slo_ms else 0.0
+            else:
+                p_in_time = snapshot.probability_at_most((slo_ms - outside_ms) / modelled)
             candidates.append(
                 Candidate(
                     variant=name,
@@ -106,6 +121,7 @@ class ModelRouter:
                     predicted_ms=modelled * stretch + outside_ms,
                     capacity_rows_s=v.latency.capacity_rows_s(),
                     modelled_ms=modelled,
+                    p_in_time=p_in_time,
                 )
             )
         return candidates
@@ -139,7 +155,7 @@ class ModelRouter:
     def route(self, hints: RequestHints, rows: int) -> Decision:
         """Choose a variant for a request and count it as arrived."""
         self._arrivals.add(rows)
-        decision = choose(self.candidates(rows), hints, self.default_slo_ms, self._required_rows_s())
+        decision = choose(self.candidates(rows, hints.slo_ms), hints, self.default_slo_ms, self._required_rows_s())
         self._shares[decision.variant].add(rows)
         return decision
 
@@ -152,7 +168,7 @@ class ModelRouter:
 
     def explain(self, hints: RequestHints, rows: int) -> Decision:
         """What `route` would decide now, without counting an arrival."""
-        return choose(self.candidates(rows), hints, self.default_slo_ms, self._required_rows_s())
+        return choose(self.candidates(rows, hints.slo_ms), hints, self.default_slo_ms, self._required_rows_s())
 
     def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
         self.variants[variant].latency.observe(rows, compute_ms)
@@ -163,7 +179,7 @@ class ModelRouter:
         """Fold one finished request in; `decision` None means it failed.
 
         `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
-        compute is per-request overhead, and elapsed / modelled feeds the stretch.
+        compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
         """
         if decision is None:
             return
@@ -171,7 +187,7 @@ class ModelRouter:
         overhead = elapsed_ms - queue_ms - compute_ms
         if overhead >= 0:
             self.overhead_ms += OVERHEAD_WEIGHT * (overhead - self.overhead_ms)
-        self.stretch.observe(decision.chosen.modelled_ms, elapsed_ms, self._clock())
+        self.ratios.observe(decision.chosen.modelled_ms, elapsed_ms, self._clock())
 
     def throughput(self) -> ThroughputStatus:
         requests = self._arrivals.per_second()

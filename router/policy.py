@@ -8,8 +8,12 @@ Rules, in order:
 2. Throughput guard: when `required_rows_s` is set (the model's throughput SLO is at risk)
    and the request is loose (its SLO is at least the model's default), variants whose
    capacity is below it are set aside, if any variant has enough capacity.
-3. `slo`: the most accurate variant predicted to finish within the SLO (ties → faster);
-   none can → best effort: the fastest qualifying variant, reason `best_effort`.
+3. `slo`: the variant with the highest *expected effective quality* — quality ×
+   P(answer within the SLO) — among those at least CONFIDENT to make it. A 0.2-point
+   quality gain is not worth a 1 % risk of missing the deadline, and this weighs exactly
+   that. Scores within SCORE_TIE of the best count as equal and go to the variant with the
+   most capacity, so traffic stays on few variants (batches stay large). No variant is
+   CONFIDENT → best effort: the fastest qualifying variant, reason `best_effort`.
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 """
 
@@ -29,6 +33,8 @@ MOST_ACCURATE = "most_accurate"
 THROUGHPUT_SLO = "throughput_slo"
 PINNED = "pinned"
 REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, PINNED)
+CONFIDENT = 0.5  # least P(within SLO) for a variant to be chosen under the `slo` policy
+SCORE_TIE = 0.0005  # expected qualities closer than this are treated as equal
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,11 @@ class Candidate:
     predicted_ms: float  # queue wait + service time for this request, now
     capacity_rows_s: float  # rows per second at the largest batch
     modelled_ms: float = 0.0  # predicted_ms before the learned stretch and the RPC allowance
+    p_in_time: float = 1.0  # probability of answering within the request's SLO
+
+    @property
+    def expected_quality(self) -> float:
+        return self.quality * self.p_in_time
 
 
 @dataclass(frozen=True)
@@ -107,14 +118,27 @@ def choose(
     elif hints.policy == "most_accurate":
         chosen, reason = min(pool, key=_rank_quality), MOST_ACCURATE
     else:
-        in_time = [c for c in pool if c.predicted_ms <= hints.slo_ms]
-        if in_time:
-            chosen, reason = min(in_time, key=_rank_quality), WITHIN_SLO
+        confident = [c for c in pool if c.p_in_time >= CONFIDENT]
+        if confident:
+            top = max(c.expected_quality for c in confident)
+            tied = [c for c in confident if c.expected_quality >= top - SCORE_TIE]
+            chosen, reason = max(tied, key=lambda c: (c.capacity_rows_s, -c.predicted_ms)), WITHIN_SLO
         else:
             chosen, reason = fastest, BEST_EFFORT
         for c in pool:
-            if c.predicted_ms > hints.slo_ms:
-                why.setdefault(c.variant, f"predicted {c.predicted_ms:.2f} ms > SLO {hints.slo_ms:.2f} ms")
+            if c.p_in_time < CONFIDENT:
+                why.setdefault(
+                    c.variant,
+                    f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms",
+                )
+            elif c is not chosen and c.expected_quality < chosen.expected_quality - SCORE_TIE:
+                why.setdefault(
+                    c.variant,
+                    f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}) "
+                    f"< {chosen.expected_quality:.4f} of '{chosen.variant}'",
+                )
+            elif c is not chosen:
+                why.setdefault(c.variant, f"as good as '{chosen.variant}', which has more capacity")
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE):
         reason = THROUGHPUT_SLO
     for c in pool:

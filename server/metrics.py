@@ -177,7 +177,9 @@ class _LiveStateCollector(Collector):
             "slimserve_router_predicted_latency_seconds",
             "The router's current prediction for a one-row request", labels=MV,
         )  # fmt: skip
-        stretch = GaugeMetricFamily("slimserve_router_stretch", "Learned observed / modelled latency", labels=["model"])
+        stretch = GaugeMetricFamily(
+            "slimserve_router_stretch", "90th percentile of observed / modelled latency", labels=["model"]
+        )
         arrival = GaugeMetricFamily("slimserve_arrival_rate", "Requests/s arriving (last seconds)", labels=["model"])
         capacity = GaugeMetricFamily(
             "slimserve_mix_capacity_rps", "Requests/s the current variant mix can serve", labels=["model"]
@@ -195,7 +197,7 @@ class _LiveStateCollector(Collector):
             for candidate in hosted.router.candidates(1):
                 predicted.add_metric([name, candidate.variant], candidate.predicted_ms / 1e3)
             status = hosted.router.throughput()
-            stretch.add_metric([name], hosted.router.stretch.factor(hosted.router.now()))
+            stretch.add_metric([name], hosted.router.stretch())
             arrival.add_metric([name], status.arrival_rps)
             capacity.add_metric([name], status.mix_capacity_rps)
             sustained.add_metric([name], 1.0 if status.sustained else 0.0)

@@ -87,22 +87,26 @@ def test_overhead_outside_queue_and_compute_is_learned_and_added() -> None:
         decision = router.pinned("fp32", 1)
         router.observe_request(decision, elapsed_ms=3.0, queue_ms=0.0, compute_ms=1.0)
     assert router.overhead_ms == pytest.approx(2.0, abs=0.01)
-    assert router.candidates(1)[0].predicted_ms == pytest.approx(3.0, abs=0.01)
+    assert router.candidates(1)[0].modelled_ms == pytest.approx(3.0, abs=0.01)
 
 
-def test_a_stretch_the_model_cannot_see_is_learned_at_the_tail_then_forgotten() -> None:
+def test_what_the_model_cannot_see_is_learned_as_a_distribution_then_forgotten() -> None:
     clock = FakeClock()
     router, _ = make_router(clock)
     tight = RequestHints(slo_ms=2.5, slo_source="parameter")
+    assert router.route(tight, 1).variant == "fp32"  # modelled 1 ms: in time, before any data
     ratios = [1.0] * 8 + [4.0] * 2  # a fifth of the requests take 4× as long as modelled
     for i in range(400):
+        clock.advance(0.001)
         decision = router.pinned("fp32", 1)
         modelled = decision.chosen.modelled_ms
         router.observe_request(decision, modelled * ratios[i % 10], queue_ms=0.0, compute_ms=modelled * ratios[i % 10])
-    assert router.stretch.factor(clock()) > 3.0  # the 90th percentile is in the slow fifth
-    assert router.route(tight, 1).variant == "int8"
-    clock.advance(10.0)  # ten half-lives without news
-    assert router.stretch.factor(clock()) < 1.01
+    assert 3.5 < router.stretch() < 4.5  # the 90th percentile is in the slow fifth
+    fp32, int8, _ = router.candidates(1, tight.slo_ms)
+    assert fp32.p_in_time == pytest.approx(0.8, abs=0.01) and int8.p_in_time == 1.0
+    assert router.route(tight, 1).variant == "int8"  # 0.8 × 1.0 < 1.0 × 0.998
+    clock.advance(20.0)  # ten half-lives without news: too little recent data to trust
+    assert router.ratios.snapshot(clock()) is None and router.stretch() == 1.0
     assert router.route(tight, 1).variant == "fp32"
 
 

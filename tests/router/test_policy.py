@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from router.errors import QualityUnreachableError
 from router.hints import RequestHints
-from router.policy import BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, WITHIN_SLO, Candidate, choose
+from router.policy import (
+    BEST_EFFORT,
+    FASTEST,
+    MOST_ACCURATE,
+    THROUGHPUT_SLO,
+    WITHIN_SLO,
+    Candidate,
+    Decision,
+    choose,
+)
 
 DEFAULT_SLO_MS = 20.0
+
+
+def decide(
+    candidates: list[Candidate], hints: RequestHints, default_slo_ms: float, required_rows_s: float | None = None
+) -> Decision:
+    """`choose`, with each candidate certain to make the SLO exactly when predicted within it
+    (what the router assumes before it has learned its latency distribution)."""
+    timed = [replace(c, p_in_time=1.0 if c.predicted_ms <= hints.slo_ms else 0.0) for c in candidates]
+    return choose(timed, hints, default_slo_ms, required_rows_s)
 
 
 def candidates(fp32_ms: float = 5.0, int8_ms: float = 2.0, distilled_ms: float = 0.5) -> list[Candidate]:
@@ -24,19 +44,19 @@ def hints(slo_ms: float = DEFAULT_SLO_MS, min_quality: float = 0.0, policy: str 
 
 
 def test_most_accurate_variant_that_meets_the_slo() -> None:
-    assert choose(candidates(), hints(slo_ms=10), DEFAULT_SLO_MS).variant == "fp32"
-    decision = choose(candidates(), hints(slo_ms=3), DEFAULT_SLO_MS)
+    assert decide(candidates(), hints(slo_ms=10), DEFAULT_SLO_MS).variant == "fp32"
+    decision = decide(candidates(), hints(slo_ms=3), DEFAULT_SLO_MS)
     assert (decision.variant, decision.reason, decision.predicted_ms) == ("int8", WITHIN_SLO, 2.0)
-    assert choose(candidates(), hints(slo_ms=1), DEFAULT_SLO_MS).variant == "distilled"
+    assert decide(candidates(), hints(slo_ms=1), DEFAULT_SLO_MS).variant == "distilled"
 
 
 def test_no_variant_in_time_is_best_effort_with_the_fastest() -> None:
-    decision = choose(candidates(), hints(slo_ms=0.1), DEFAULT_SLO_MS)
+    decision = decide(candidates(), hints(slo_ms=0.1), DEFAULT_SLO_MS)
     assert (decision.variant, decision.reason) == ("distilled", BEST_EFFORT)
 
 
 def test_min_quality_is_never_violated_even_when_late() -> None:
-    decision = choose(candidates(), hints(slo_ms=0.1, min_quality=0.99), DEFAULT_SLO_MS)
+    decision = decide(candidates(), hints(slo_ms=0.1, min_quality=0.99), DEFAULT_SLO_MS)
     assert (decision.variant, decision.reason) == ("int8", BEST_EFFORT)
     rejected = {v.candidate.variant: v.why for v in decision.verdicts}
     assert "min_quality" in rejected["distilled"]
@@ -44,38 +64,60 @@ def test_min_quality_is_never_violated_even_when_late() -> None:
 
 def test_unreachable_quality_is_an_error_naming_the_best() -> None:
     with pytest.raises(QualityUnreachableError, match=r"min_quality 0\.9990; the best is 'int8' at 0\.9900"):
-        choose(candidates()[1:], hints(min_quality=0.999), DEFAULT_SLO_MS)
+        decide(candidates()[1:], hints(min_quality=0.999), DEFAULT_SLO_MS)
 
 
 def test_fastest_and_most_accurate_policies() -> None:
-    assert choose(candidates(), hints(policy="fastest"), DEFAULT_SLO_MS).reason == FASTEST
-    assert choose(candidates(), hints(policy="fastest"), DEFAULT_SLO_MS).variant == "distilled"
-    decision = choose(candidates(), hints(slo_ms=0.1, policy="most_accurate"), DEFAULT_SLO_MS)
+    assert decide(candidates(), hints(policy="fastest"), DEFAULT_SLO_MS).reason == FASTEST
+    assert decide(candidates(), hints(policy="fastest"), DEFAULT_SLO_MS).variant == "distilled"
+    decision = decide(candidates(), hints(slo_ms=0.1, policy="most_accurate"), DEFAULT_SLO_MS)
     assert (decision.variant, decision.reason) == ("fp32", MOST_ACCURATE)
 
 
-def test_equal_quality_prefers_the_faster() -> None:
-    tied = [Candidate("int8", "cpu", 0.99, 2.0, 1), Candidate("pruned", "cpu", 0.99, 1.5, 1)]
-    decision = choose(tied, hints(), DEFAULT_SLO_MS)
-    assert decision.variant == "pruned"
-    assert decision.verdicts[0].why == "slower than 'pruned'"
+def test_equal_expected_quality_goes_to_the_variant_with_more_capacity() -> None:
+    tied = [Candidate("int8", "cpu", 0.99, 1.5, 3_000), Candidate("pruned", "cpu", 0.99, 1.0, 2_000)]
+    decision = decide(tied, hints(), DEFAULT_SLO_MS)
+    assert decision.variant == "int8"  # though pruned is predicted faster right now
+    assert decision.verdicts[1].why == "as good as 'int8', which has more capacity"
+
+
+def test_a_small_quality_gain_is_not_worth_a_deadline_risk() -> None:
+    risky = [
+        Candidate("fp32", "cpu", 1.000, 8.0, 1_000, p_in_time=0.99),  # 1 % risk for +0.2 points
+        Candidate("int8", "cpu", 0.998, 3.0, 3_000, p_in_time=1.0),
+    ]
+    decision = choose(risky, hints(slo_ms=10), DEFAULT_SLO_MS)
+    assert (decision.variant, decision.reason) == ("int8", WITHIN_SLO)
+    assert "expected quality 0.9900 (P(within SLO) 0.990) < 0.9980 of 'int8'" in decision.verdicts[0].why
+    safe = [replace(risky[0], p_in_time=0.9995), risky[1]]
+    assert choose(safe, hints(slo_ms=10), DEFAULT_SLO_MS).variant == "fp32"
+
+
+def test_unlikely_to_make_it_anywhere_is_best_effort_with_the_fastest() -> None:
+    hopeless = [
+        Candidate("fp32", "cpu", 1.0, 30.0, 1_000, p_in_time=0.2),
+        Candidate("int8", "cpu", 0.99, 12.0, 3_000, p_in_time=0.45),
+    ]
+    decision = choose(hopeless, hints(slo_ms=10), DEFAULT_SLO_MS)
+    assert (decision.variant, decision.reason) == ("int8", BEST_EFFORT)
+    assert decision.verdicts[0].why.startswith("P(within SLO 10.00 ms) = 0.200")
 
 
 def test_every_candidate_gets_a_verdict_and_exactly_one_is_chosen() -> None:
-    decision = choose(candidates(), hints(slo_ms=3), DEFAULT_SLO_MS)
+    decision = decide(candidates(), hints(slo_ms=3), DEFAULT_SLO_MS)
     assert [v.candidate.variant for v in decision.verdicts] == ["fp32", "int8", "distilled"]
     assert [v.chosen for v in decision.verdicts] == [False, True, False]
-    assert "> SLO" in decision.verdicts[0].why
-    assert decision.verdicts[2].why == "less accurate than 'int8'"
+    assert decision.verdicts[0].why.startswith("P(within SLO 3.00 ms) = 0.000")
+    assert decision.verdicts[2].why.startswith("expected quality 0.9700")
 
 
 def test_throughput_guard_moves_loose_requests_only() -> None:
-    loose = choose(candidates(), hints(slo_ms=DEFAULT_SLO_MS), DEFAULT_SLO_MS, required_rows_s=2_000)
+    loose = decide(candidates(), hints(slo_ms=DEFAULT_SLO_MS), DEFAULT_SLO_MS, required_rows_s=2_000)
     assert (loose.variant, loose.reason) == ("int8", THROUGHPUT_SLO)
-    tight = choose(candidates(), hints(slo_ms=10), DEFAULT_SLO_MS, required_rows_s=2_000)
+    tight = decide(candidates(), hints(slo_ms=10), DEFAULT_SLO_MS, required_rows_s=2_000)
     assert tight.variant == "fp32"
 
 
 def test_throughput_guard_keeps_everything_when_nothing_has_the_capacity() -> None:
-    decision = choose(candidates(), hints(), DEFAULT_SLO_MS, required_rows_s=1e9)
+    decision = decide(candidates(), hints(), DEFAULT_SLO_MS, required_rows_s=1e9)
     assert (decision.variant, decision.reason) == ("fp32", WITHIN_SLO)

@@ -1,0 +1,91 @@
+"""The learned distribution of observed / modelled latency, for P(a request meets its SLO).
+
+Queue snapshots cannot see everything: the event loop and the sessions share the cores, so
+under load every batch and every handler runs slower than profiled, whichever variant it
+belongs to. The router therefore keeps, per model, the distribution of the ratio
+r = observed / modelled latency of finished requests, and asks it: given a variant's
+modelled latency m and a budget b, how likely is r ≤ b / m?
+
+Histogram over log-spaced bins (BINS_PER_DOUBLING per doubling of r between RATIO_LOW and
+RATIO_HIGH, plus one bin below and one above). Recent requests count more: an observation's
+weight doubles every HALF_LIFE_S (then everything is renormalised), which is the same as
+older ones halving — an exponentially decaying histogram with O(1) updates. With fewer than
+MIN_EFFECTIVE_SAMPLES of recent weight (start-up, or a model that went quiet) it says
+nothing, and the router falls back to the modelled latency alone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from itertools import accumulate
+
+BINS_PER_DOUBLING = 6
+RATIO_LOW, RATIO_HIGH = 0.25, 64.0
+HALF_LIFE_S = 2.0
+MIN_EFFECTIVE_SAMPLES = 30.0
+_BINS = round(math.log2(RATIO_HIGH / RATIO_LOW) * BINS_PER_DOUBLING)
+# Upper edge of every bin: the underflow bin, the log-spaced ones, the overflow bin.
+UPPER_EDGES: tuple[float, ...] = (
+    RATIO_LOW,
+    *(RATIO_LOW * 2.0 ** ((i + 1) / BINS_PER_DOUBLING) for i in range(_BINS)),
+    math.inf,
+)
+
+
+class RatioSnapshot:
+    """The distribution at one instant: cumulative weights over UPPER_EDGES."""
+
+    def __init__(self, cumulative: list[float]) -> None:
+        self._cumulative = cumulative
+        self._total = cumulative[-1]
+
+    def probability_at_most(self, ratio: float) -> float:
+        """P(r ≤ ratio), counting only bins that lie wholly below it (a cautious estimate)."""
+        if ratio < RATIO_LOW:
+            return 0.0
+        full_bins = bisect.bisect_right(UPPER_EDGES, ratio)
+        return self._cumulative[full_bins - 1] / self._total if full_bins else 0.0
+
+    def quantile(self, p: float) -> float:
+        """The upper edge of the bin in which the p-quantile falls."""
+        index = bisect.bisect_left(self._cumulative, p * self._total)
+        edge = UPPER_EDGES[min(index, len(UPPER_EDGES) - 1)]
+        return RATIO_HIGH if math.isinf(edge) else edge
+
+
+class RatioDistribution:
+    """Exponentially decaying histogram of observed / modelled latency (module docstring)."""
+
+    def __init__(self) -> None:
+        self._weights = [0.0] * len(UPPER_EDGES)
+        self._total = 0.0
+        self._origin_s: float | None = None
+
+    def _scale(self, now_s: float) -> float:
+        assert self._origin_s is not None
+        return 2.0 ** ((now_s - self._origin_s) / HALF_LIFE_S)
+
+    def observe(self, modelled_ms: float, observed_ms: float, now_s: float) -> None:
+        if not (modelled_ms > 0 and observed_ms > 0 and math.isfinite(observed_ms)):
+            return
+        if self._origin_s is None:
+            self._origin_s = now_s
+        weight = self._scale(now_s)
+        if weight > 1e9:  # renormalise before the weights overflow: same shape, origin now
+            self._weights = [w / weight for w in self._weights]
+            self._total /= weight
+            self._origin_s, weight = now_s, 1.0
+        index = min(bisect.bisect_left(UPPER_EDGES, observed_ms / modelled_ms), len(UPPER_EDGES) - 1)
+        self._weights[index] += weight
+        self._total += weight
+
+    def effective_samples(self, now_s: float) -> float:
+        """Observations in the last HALF_LIFE_S or so (older ones count for less)."""
+        return 0.0 if self._origin_s is None else self._total / self._scale(now_s)
+
+    def snapshot(self, now_s: float) -> RatioSnapshot | None:
+        """The current distribution, or None while it rests on too few recent requests."""
+        if self.effective_samples(now_s) < MIN_EFFECTIVE_SAMPLES:
+            return None
+        return RatioSnapshot(list(accumulate(self._weights)))
