@@ -304,7 +304,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="where the table, CSV and PNG go")
-    parser.add_argument("--loads", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    parser.add_argument("--loads", type=float, nargs="+", default=[0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--pause-seconds", type=float, default=1.5)
     parser.add_argument("--capacity-seconds", type=float, default=5.0)

@@ -112,7 +112,7 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., policy: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason", "device", "capacity_rows_s")
+    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason", "device", "capacity_rows_s", "p_in_time")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class Candidate(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_ROWS_S_FIELD_NUMBER: _ClassVar[int]
+    P_IN_TIME_FIELD_NUMBER: _ClassVar[int]
     variant: str
     predicted_ms: float
     quality: float
@@ -127,7 +128,8 @@ class Candidate(_message.Message):
     reason: str
     device: str
     capacity_rows_s: float
-    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., capacity_rows_s: _Optional[float] = ...) -> None: ...
+    p_in_time: float
+    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., capacity_rows_s: _Optional[float] = ..., p_in_time: _Optional[float] = ...) -> None: ...
 
 class ThroughputStatus(_message.Message):
     __slots__ = ("declared_rps", "arrival_rps", "completion_rps", "mix_capacity_rps", "guard_active", "sustained")
@@ -146,7 +148,7 @@ class ThroughputStatus(_message.Message):
     def __init__(self, declared_rps: _Optional[float] = ..., arrival_rps: _Optional[float] = ..., completion_rps: _Optional[float] = ..., mix_capacity_rps: _Optional[float] = ..., guard_active: _Optional[bool] = ..., sustained: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput")
+    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput", "cpu_utilization", "loop_lag_ms", "tie_band", "ties_to_capacity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +159,10 @@ class ExplainResponse(_message.Message):
     PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
     OVERHEAD_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    CPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    LOOP_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    TIE_BAND_FIELD_NUMBER: _ClassVar[int]
+    TIES_TO_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     chosen: str
     reason: str
@@ -167,7 +173,11 @@ class ExplainResponse(_message.Message):
     predicted_ms: float
     overhead_ms: float
     throughput: ThroughputStatus
-    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ...) -> None: ...
+    cpu_utilization: float
+    loop_lag_ms: float
+    tie_band: float
+    ties_to_capacity: bool
+    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ..., cpu_utilization: _Optional[float] = ..., loop_lag_ms: _Optional[float] = ..., tie_band: _Optional[float] = ..., ties_to_capacity: _Optional[bool] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("model", "request_id", "labels")

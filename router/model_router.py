@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from router.hints import RequestHints
 from router.latency import LatencyModel, QueueView, predict_ms
 from router.load import Clock, RateMeter
-from router.policy import PINNED, Candidate, Decision, Verdict, choose
+from router.policy import PINNED, SCORE_TIE, Candidate, Decision, Verdict, choose
 from router.ratios import RatioDistribution
 
 OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overhead
@@ -21,6 +21,11 @@ OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overh
 # and then asks for variants with demand / PRESSURE of capacity, so that it never runs hot.
 PRESSURE = 0.8
 SUSTAINED_FRACTION = 0.95
+# Above LOAD_KNEE of CPU utilization the policy's tie band widens linearly, up to LOAD_TIE
+# more at full load: nearly-as-good cheaper variants win, which relieves everyone.
+LOAD_KNEE = 0.7
+LOAD_TIE = 0.005
+MAX_RESOLUTION_TIE = 0.01  # with very few samples, the tie band stops widening here
 STRETCH_QUANTILE = 0.9  # predicted_ms is the modelled latency stretched to this quantile
 
 
@@ -76,6 +81,7 @@ class ModelRouter:
         # server cannot measure it, so it is configured, and added to every prediction.
         self.rpc_allowance_ms = rpc_allowance_ms
         self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
+        self.machine_load: Callable[[], float] = lambda: 0.0  # and its CPU utilization, 0..1
         self.side_by_side = side_by_side  # every variant has a worker thread of its own
         self.overhead_ms = 0.0
         self.ratios = RatioDistribution()
@@ -89,7 +95,7 @@ class ModelRouter:
         return self._clock()
 
     def stretch(self) -> float:
-        """The 90th percentile of observed / modelled latency (1 while there is too little data)."""
+        """The 90th percentile of the latency ratio (1 while there is too little data)."""
         snapshot = self.ratios.snapshot(self._clock())
         return snapshot.quantile(STRETCH_QUANTILE) if snapshot else 1.0
 
@@ -100,7 +106,6 @@ class ModelRouter:
         in_flight = {name: v.latency.in_flight_ms(v.queue, now) for name, v in self.variants.items()}
         candidates = []
         snapshot = self.ratios.snapshot(now)
-        stretch = snapshot.quantile(STRETCH_QUANTILE) if snapshot else 1.0
         # The loop is late once before the handler runs and once after it returns.
         outside_ms = self.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
         for name, v in self.variants.items():
@@ -112,13 +117,14 @@ class ModelRouter:
             elif snapshot is None:  # not enough data yet: trust the model as it is
                 p_in_time = 1.0 if modelled + outside_ms <= slo_ms else 0.0
             else:
-                p_in_time = snapshot.probability_at_most((slo_ms - outside_ms) / modelled)
+                p_in_time = snapshot.probability_within(modelled, slo_ms - outside_ms)
+            stretched = snapshot.stretched(modelled, STRETCH_QUANTILE) if snapshot else modelled
             candidates.append(
                 Candidate(
                     variant=name,
                     device=v.device,
                     quality=v.quality,
-                    predicted_ms=modelled * stretch + outside_ms,
+                    predicted_ms=stretched + outside_ms,
                     capacity_rows_s=v.latency.capacity_rows_s(),
                     modelled_ms=modelled,
                     p_in_time=p_in_time,
@@ -152,10 +158,25 @@ class ModelRouter:
             return None
         return max(self.throughput_slo_rps * rows_per_request, arriving) / PRESSURE
 
+    def tie_band(self) -> tuple[float, bool]:
+        """The policy's tie band, and whether ties go to capacity, for the current state.
+
+        No finer than one recent sample's worth of probability (P is estimated from them),
+        wider as CPU utilization passes LOAD_KNEE; ties go to capacity past the knee.
+        """
+        pressure = min(max((self.machine_load() - LOAD_KNEE) / (1.0 - LOAD_KNEE), 0.0), 1.0)
+        resolution = 1.0 / max(self.ratios.effective_samples(self._clock()), 1.0)
+        return max(SCORE_TIE, min(resolution, MAX_RESOLUTION_TIE)) + LOAD_TIE * pressure, pressure > 0
+
+    def _choose(self, hints: RequestHints, rows: int) -> Decision:
+        candidates = self.candidates(rows, hints.slo_ms)
+        tie, prefer_capacity = self.tie_band()
+        return choose(candidates, hints, self.default_slo_ms, self._required_rows_s(), tie, prefer_capacity)
+
     def route(self, hints: RequestHints, rows: int) -> Decision:
         """Choose a variant for a request and count it as arrived."""
         self._arrivals.add(rows)
-        decision = choose(self.candidates(rows, hints.slo_ms), hints, self.default_slo_ms, self._required_rows_s())
+        decision = self._choose(hints, rows)
         self._shares[decision.variant].add(rows)
         return decision
 
@@ -168,7 +189,7 @@ class ModelRouter:
 
     def explain(self, hints: RequestHints, rows: int) -> Decision:
         """What `route` would decide now, without counting an arrival."""
-        return choose(self.candidates(rows, hints.slo_ms), hints, self.default_slo_ms, self._required_rows_s())
+        return self._choose(hints, rows)
 
     def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
         self.variants[variant].latency.observe(rows, compute_ms)

@@ -11,9 +11,13 @@ Rules, in order:
 3. `slo`: the variant with the highest *expected effective quality* — quality ×
    P(answer within the SLO) — among those at least CONFIDENT to make it. A 0.2-point
    quality gain is not worth a 1 % risk of missing the deadline, and this weighs exactly
-   that. Scores within SCORE_TIE of the best count as equal and go to the variant with the
-   most capacity, so traffic stays on few variants (batches stay large). No variant is
-   CONFIDENT → best effort: the fastest qualifying variant, reason `best_effort`.
+   that. Scores within `tie` of the best count as equal — the caller sets `tie` no finer
+   than its estimate of P can resolve — and go to the most accurate of them, or, when
+   `prefer_capacity` (the machine is busy), to the one with the most capacity: then every
+   request sent to an expensive variant delays the others, traffic on fewer variants keeps
+   batches large, and the cheaper of two nearly-as-good variants is the better choice for
+   everyone. No variant is CONFIDENT → best effort: the fastest qualifying variant, reason
+   `best_effort`.
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 """
 
@@ -87,6 +91,8 @@ def choose(
     hints: RequestHints,
     default_slo_ms: float,
     required_rows_s: float | None = None,
+    tie: float = SCORE_TIE,
+    prefer_capacity: bool = False,
 ) -> Decision:
     """Pick a variant for one request (see the module docstring for the rules)."""
     why: dict[str, str] = {}
@@ -121,8 +127,12 @@ def choose(
         confident = [c for c in pool if c.p_in_time >= CONFIDENT]
         if confident:
             top = max(c.expected_quality for c in confident)
-            tied = [c for c in confident if c.expected_quality >= top - SCORE_TIE]
-            chosen, reason = max(tied, key=lambda c: (c.capacity_rows_s, -c.predicted_ms)), WITHIN_SLO
+            tied = [c for c in confident if c.expected_quality >= top - tie]
+            if prefer_capacity:
+                chosen = max(tied, key=lambda c: (c.capacity_rows_s, -c.predicted_ms))
+            else:
+                chosen = max(tied, key=lambda c: (c.quality, c.expected_quality, c.capacity_rows_s))
+            reason = WITHIN_SLO
         else:
             chosen, reason = fastest, BEST_EFFORT
         for c in pool:
@@ -131,14 +141,15 @@ def choose(
                     c.variant,
                     f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms",
                 )
-            elif c is not chosen and c.expected_quality < chosen.expected_quality - SCORE_TIE:
+            elif c is not chosen and c.expected_quality < top - tie:
                 why.setdefault(
                     c.variant,
                     f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}) "
-                    f"< {chosen.expected_quality:.4f} of '{chosen.variant}'",
+                    f"< {top:.4f} - {tie:.4f}",
                 )
             elif c is not chosen:
-                why.setdefault(c.variant, f"as good as '{chosen.variant}', which has more capacity")
+                better = "has more capacity" if prefer_capacity else "is at least as accurate"
+                why.setdefault(c.variant, f"within {tie:.4f} of the best; '{chosen.variant}' {better}")
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE):
         reason = THROUGHPUT_SLO
     for c in pool:

@@ -3,8 +3,11 @@
 Queue snapshots cannot see everything: the event loop and the sessions share the cores, so
 under load every batch and every handler runs slower than profiled, whichever variant it
 belongs to. The router therefore keeps, per model, the distribution of the ratio
-r = observed / modelled latency of finished requests, and asks it: given a variant's
-modelled latency m and a budget b, how likely is r ≤ b / m?
+r = (observed + F) / (modelled + F) of finished requests, and asks it: given a variant's
+modelled latency m and a budget b, how likely is r ≤ (b + F) / (m + F)? The floor F
+(FLOOR_MS) is there because part of the noise does not scale with the work (a request
+that lands behind another variant's batch, a scheduling hiccup): without it, a 0.3 ms
+request that took 3 ms would count as "10× slower" and make every cheap request look risky.
 
 Histogram over log-spaced bins (BINS_PER_DOUBLING per doubling of r between RATIO_LOW and
 RATIO_HIGH, plus one bin below and one above). Recent requests count more: an observation's
@@ -24,6 +27,7 @@ BINS_PER_DOUBLING = 6
 RATIO_LOW, RATIO_HIGH = 0.25, 64.0
 HALF_LIFE_S = 2.0
 MIN_EFFECTIVE_SAMPLES = 30.0
+FLOOR_MS = 2.0
 _BINS = round(math.log2(RATIO_HIGH / RATIO_LOW) * BINS_PER_DOUBLING)
 # Upper edge of every bin: the underflow bin, the log-spaced ones, the overflow bin.
 UPPER_EDGES: tuple[float, ...] = (
@@ -39,6 +43,14 @@ class RatioSnapshot:
     def __init__(self, cumulative: list[float]) -> None:
         self._cumulative = cumulative
         self._total = cumulative[-1]
+
+    def probability_within(self, modelled_ms: float, budget_ms: float) -> float:
+        """P(a request modelled at `modelled_ms` takes at most `budget_ms`)."""
+        return self.probability_at_most((budget_ms + FLOOR_MS) / (modelled_ms + FLOOR_MS))
+
+    def stretched(self, modelled_ms: float, p: float) -> float:
+        """The latency a request modelled at `modelled_ms` stays under with probability p."""
+        return (modelled_ms + FLOOR_MS) * self.quantile(p) - FLOOR_MS
 
     def probability_at_most(self, ratio: float) -> float:
         """P(r ≤ ratio), counting only bins that lie wholly below it (a cautious estimate)."""
@@ -76,7 +88,8 @@ class RatioDistribution:
             self._weights = [w / weight for w in self._weights]
             self._total /= weight
             self._origin_s, weight = now_s, 1.0
-        index = min(bisect.bisect_left(UPPER_EDGES, observed_ms / modelled_ms), len(UPPER_EDGES) - 1)
+        ratio = (observed_ms + FLOOR_MS) / (modelled_ms + FLOOR_MS)
+        index = min(bisect.bisect_left(UPPER_EDGES, ratio), len(UPPER_EDGES) - 1)
         self._weights[index] += weight
         self._total += weight
 

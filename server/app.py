@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
 from server.feedback import RecentAnswers
 from server.host import ModelHost
-from server.loop_lag import LoopLag
+from server.load_monitor import LoadMonitor
 from server.management import ManagementServicer
 from server.metrics import ServingMetrics
 from server.profiles import ensure_profiles
@@ -55,9 +55,10 @@ class App:
             models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
             settings.rpc_allowance_ms,
         )  # fmt: skip
-        self.loop_lag = LoopLag()
+        self.load = LoadMonitor()
         for hosted in self.host.models.values():
-            hosted.router.loop_lag_ms = lambda: self.loop_lag.lag_ms
+            hosted.router.loop_lag_ms = lambda: self.load.lag_ms
+            hosted.router.machine_load = lambda: self.load.cpu_utilization
         self.host.answers = RecentAnswers(settings.feedback_capacity)
         self.metrics: ServingMetrics | None = None
         self.metrics_port: int | None = None
@@ -65,7 +66,7 @@ class App:
         if settings.metrics:
             self.metrics = ServingMetrics(CollectorRegistry())
             self.metrics.describe_repository(models)
-            self.metrics.watch(self.host)
+            self.metrics.watch(self.host, self.load)
             self.host.metrics = self.metrics
             if settings.shadow_fraction > 0:
                 self.host.shadow = ShadowSampler(settings.shadow_fraction, self.metrics)
@@ -98,7 +99,7 @@ class App:
             self.metrics_port = self._metrics_http.server_port
         await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
         self.host.start_batchers()
-        self.loop_lag.start()
+        self.load.start()
         self.inference.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -114,7 +115,7 @@ class App:
         if self.host.shadow is not None:
             await self.host.shadow.close()
         await self.host.close()
-        await self.loop_lag.stop()
+        await self.load.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._executor.shutdown(wait=True)

@@ -204,16 +204,20 @@ def _explain(args: argparse.Namespace) -> int:
         return 0
     print(f"{answer.model}: SLO {answer.slo_ms:.2f} ms ({answer.slo_source}), policy {answer.policy}")
     print(f"→ {answer.chosen} ({answer.reason}), predicted {answer.predicted_ms:.2f} ms")
-    print(f"{'variant':<12} {'device':<6} {'quality':>8} {'predicted ms':>13} {'capacity rows/s':>16}  verdict")
+    print(f"{'variant':<12} {'device':<6} {'quality':>8} {'P(in time)':>10} {'predicted ms':>13} "
+          f"{'capacity rows/s':>16}  verdict")  # fmt: skip
     for c in answer.candidates:
         mark = "*" if c.chosen else " "
-        print(f"{mark}{c.variant:<11} {c.device:<6} {c.quality:>8.4f} {c.predicted_ms:>13.2f} "
+        print(f"{mark}{c.variant:<11} {c.device:<6} {c.quality:>8.4f} {c.p_in_time:>10.3f} {c.predicted_ms:>13.2f} "
               f"{c.capacity_rows_s:>16.0f}  {c.reason}")  # fmt: skip
     t = answer.throughput
     declared = f"{t.declared_rps:.0f} rps declared, " if t.declared_rps else ""
     print(f"load: {declared}{t.arrival_rps:.1f} arriving, {t.completion_rps:.1f} served, "
           f"mix capacity {t.mix_capacity_rps:.0f} rps, guard {'on' if t.guard_active else 'off'}, "
           f"per-request overhead {answer.overhead_ms:.2f} ms")  # fmt: skip
+    ties = "ties to capacity" if answer.ties_to_capacity else "ties to quality"
+    print(f"server: CPU {answer.cpu_utilization:.0%}, event-loop lag {answer.loop_lag_ms:.2f} ms, "
+          f"tie band {answer.tie_band:.4f} ({ties})")  # fmt: skip
     return 0
 
 

@@ -74,6 +74,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
         hints = parse_hints(parameters, None, config.default_slo_ms)
         decision = hosted.router.explain(hints, max(request.batch_size, 1))
         status = hosted.router.throughput()
+        tie, ties_to_capacity = hosted.router.tie_band()
         return pb.ExplainResponse(
             model=config.name,
             chosen=decision.variant,
@@ -87,6 +88,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
                     reason=v.why,
                     device=v.candidate.device,
                     capacity_rows_s=v.candidate.capacity_rows_s,
+                    p_in_time=v.candidate.p_in_time,
                 )
                 for v in decision.verdicts
             ],
@@ -103,6 +105,10 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
                 guard_active=status.guard_active,
                 sustained=status.sustained,
             ),
+            cpu_utilization=hosted.router.machine_load(),
+            loop_lag_ms=hosted.router.loop_lag_ms(),
+            tie_band=tie,
+            ties_to_capacity=ties_to_capacity,
         )
 
     @maps_errors

@@ -20,6 +20,7 @@ from variants.repository import ModelEntry
 
 if TYPE_CHECKING:
     from server.host import ModelHost
+    from server.load_monitor import LoadMonitor
 
 UNKNOWN = "unknown"
 # 0.25 ms … 10 s: digits answers in well under a millisecond, minilm batches take tens.
@@ -157,16 +158,17 @@ class ServingMetrics:
         """The resolved per-request series of a variant of the repository."""
         return self._series[model, variant]
 
-    def watch(self, host: ModelHost) -> None:
-        """Read queue depths and router state from `host` at every scrape."""
-        self.registry.register(_LiveStateCollector(host))
+    def watch(self, host: ModelHost, load: LoadMonitor) -> None:
+        """Read queue depths, router state and the server's load at every scrape."""
+        self.registry.register(_LiveStateCollector(host, load))
 
 
 class _LiveStateCollector(Collector):
     """Queue depths and router state, read when Prometheus scrapes."""
 
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, load: LoadMonitor) -> None:
         self._host = host
+        self._load = load
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("slimserve_queue_depth", "Requests waiting in the variant's queue", labels=MV)
@@ -203,4 +205,8 @@ class _LiveStateCollector(Collector):
             sustained.add_metric([name], 1.0 if status.sustained else 0.0)
             if status.declared_rps is not None:
                 declared.add_metric([name], status.declared_rps)
-        yield from (depth, in_flight, predicted, stretch, arrival, capacity, declared, sustained)
+        cpu = GaugeMetricFamily("slimserve_cpu_utilization", "Process CPU time / (wall time × usable cores)")
+        cpu.add_metric([], self._load.cpu_utilization)
+        lag = GaugeMetricFamily("slimserve_event_loop_lag_seconds", "How late the event loop runs its timers")
+        lag.add_metric([], self._load.lag_ms / 1e3)
+        yield from (depth, in_flight, predicted, stretch, arrival, capacity, declared, sustained, cpu, lag)

@@ -8,6 +8,7 @@ from router.hints import RequestHints
 from router.latency import LatencyModel, ServiceCurve
 from router.model_router import ModelRouter, VariantRoute
 from router.policy import BEST_EFFORT, PINNED, THROUGHPUT_SLO, WITHIN_SLO, Decision
+from router.ratios import FLOOR_MS
 from tests.router.fakes import FakeClock, FakeQueue
 
 SLO = RequestHints(slo_ms=10.0, slo_source="parameter")
@@ -93,16 +94,17 @@ def test_overhead_outside_queue_and_compute_is_learned_and_added() -> None:
 def test_what_the_model_cannot_see_is_learned_as_a_distribution_then_forgotten() -> None:
     clock = FakeClock()
     router, _ = make_router(clock)
-    tight = RequestHints(slo_ms=2.5, slo_source="parameter")
+    tight = RequestHints(slo_ms=4.0, slo_source="parameter")
     assert router.route(tight, 1).variant == "fp32"  # modelled 1 ms: in time, before any data
-    ratios = [1.0] * 8 + [4.0] * 2  # a fifth of the requests take 4× as long as modelled
+    ratios = [1.0] * 8 + [2.2] * 2  # a fifth of the requests take 2.2× as long (floor included)
     for i in range(400):
         clock.advance(0.001)
         decision = router.pinned("fp32", 1)
-        modelled = decision.chosen.modelled_ms
-        router.observe_request(decision, modelled * ratios[i % 10], queue_ms=0.0, compute_ms=modelled * ratios[i % 10])
-    assert 3.5 < router.stretch() < 4.5  # the 90th percentile is in the slow fifth
+        observed = (decision.chosen.modelled_ms + FLOOR_MS) * ratios[i % 10] - FLOOR_MS
+        router.observe_request(decision, observed, queue_ms=0.0, compute_ms=observed)
+    assert 2.2 <= router.stretch() < 2.5  # the 90th percentile is in the slow fifth
     fp32, int8, _ = router.candidates(1, tight.slo_ms)
+    # fp32 needs a ratio ≤ (4 + 2) / (1 + 2) = 2, int8 only ≤ (4 + 2) / (0.4 + 2) = 2.5.
     assert fp32.p_in_time == pytest.approx(0.8, abs=0.01) and int8.p_in_time == 1.0
     assert router.route(tight, 1).variant == "int8"  # 0.8 × 1.0 < 1.0 × 0.998
     clock.advance(20.0)  # ten half-lives without news: too little recent data to trust

@@ -74,11 +74,17 @@ def test_fastest_and_most_accurate_policies() -> None:
     assert (decision.variant, decision.reason) == ("fp32", MOST_ACCURATE)
 
 
-def test_equal_expected_quality_goes_to_the_variant_with_more_capacity() -> None:
-    tied = [Candidate("int8", "cpu", 0.99, 1.5, 3_000), Candidate("pruned", "cpu", 0.99, 1.0, 2_000)]
-    decision = decide(tied, hints(), DEFAULT_SLO_MS)
-    assert decision.variant == "int8"  # though pruned is predicted faster right now
-    assert decision.verdicts[1].why == "as good as 'int8', which has more capacity"
+def test_near_ties_go_to_the_more_accurate_or_when_busy_to_the_roomier_variant() -> None:
+    tied = [
+        Candidate("fp32", "cpu", 1.0, 1.5, 1_000, p_in_time=0.997),
+        Candidate("int8", "cpu", 0.998, 1.0, 3_000, p_in_time=1.0),
+    ]
+    quiet = choose(tied, hints(), DEFAULT_SLO_MS, tie=0.003)
+    assert quiet.variant == "fp32"  # P cannot be told apart at this resolution: keep quality
+    assert quiet.verdicts[1].why == "within 0.0030 of the best; 'fp32' is at least as accurate"
+    busy = choose(tied, hints(), DEFAULT_SLO_MS, tie=0.003, prefer_capacity=True)
+    assert busy.variant == "int8"  # though fp32 is as good: traffic consolidates on capacity
+    assert busy.verdicts[0].why == "within 0.0030 of the best; 'int8' has more capacity"
 
 
 def test_a_small_quality_gain_is_not_worth_a_deadline_risk() -> None:
@@ -88,9 +94,11 @@ def test_a_small_quality_gain_is_not_worth_a_deadline_risk() -> None:
     ]
     decision = choose(risky, hints(slo_ms=10), DEFAULT_SLO_MS)
     assert (decision.variant, decision.reason) == ("int8", WITHIN_SLO)
-    assert "expected quality 0.9900 (P(within SLO) 0.990) < 0.9980 of 'int8'" in decision.verdicts[0].why
+    assert decision.verdicts[0].why == "expected quality 0.9900 (P(within SLO) 0.990) < 0.9980 - 0.0005"
     safe = [replace(risky[0], p_in_time=0.9995), risky[1]]
     assert choose(safe, hints(slo_ms=10), DEFAULT_SLO_MS).variant == "fp32"
+    # A saturated machine widens the tie band: the cheaper, nearly-as-good variant wins.
+    assert choose(safe, hints(slo_ms=10), DEFAULT_SLO_MS, tie=0.005, prefer_capacity=True).variant == "int8"
 
 
 def test_unlikely_to_make_it_anywhere_is_best_effort_with_the_fastest() -> None:

@@ -16,7 +16,11 @@ def test_probabilities_and_quantiles_follow_the_observations() -> None:
     assert snapshot.probability_at_most(1.5) == pytest.approx(0.75)
     assert snapshot.probability_at_most(3.5) == pytest.approx(1.0)
     assert snapshot.probability_at_most(0.1) == 0.0
-    assert 1.0 <= snapshot.quantile(0.5) < 1.13 and 3.0 <= snapshot.quantile(0.9) < 3.4
+    # Ratios are (observed + 2 ms) / (modelled + 2 ms): 1 and 32 / 12 ≈ 2.67.
+    assert 1.0 <= snapshot.quantile(0.5) < 1.13 and 2.67 <= snapshot.quantile(0.9) < 3.0
+    assert snapshot.probability_within(10.0, 15.0) == pytest.approx(0.75)
+    assert snapshot.probability_within(10.0, 40.0) == pytest.approx(1.0)
+    assert 30.0 <= snapshot.stretched(10.0, 0.9) < 34.0
 
 
 def test_recent_requests_outweigh_old_ones_and_too_little_data_says_nothing() -> None:

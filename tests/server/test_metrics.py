@@ -70,6 +70,8 @@ def test_request_metrics_have_model_variant_labels_and_second_buckets(shadowing_
     assert value(samples, "slimserve_slo_requests", "slimserve_slo_requests_total", **ok) == 3
     assert value(samples, "slimserve_inflight_requests", **ok) == 0
     assert "slimserve_queue_depth" in samples and "slimserve_router_predicted_latency_seconds" in samples
+    assert 0.0 <= value(samples, "slimserve_cpu_utilization") <= 1.0
+    assert value(samples, "slimserve_event_loop_lag_seconds") >= 0.0
 
 
 def test_static_facts_of_every_variant_are_exported(shadowing_server: RunningServer) -> None:

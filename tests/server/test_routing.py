@@ -117,6 +117,8 @@ def test_explain_gives_a_verdict_per_variant(server: RunningServer, digits: Mode
     chosen = next(c for c in explained.candidates if c.chosen)
     assert chosen.variant == explained.chosen and chosen.reason == explained.reason
     assert all(c.predicted_ms > 0 and c.capacity_rows_s > 0 and c.reason for c in explained.candidates)
+    assert all(0.0 <= c.p_in_time <= 1.0 for c in explained.candidates)
+    assert 0.0 <= explained.cpu_utilization <= 1.0 and explained.tie_band > 0
     assert explained.throughput.declared_rps == 0 and explained.throughput.sustained
     default = _explain(server.address)
     assert (default.slo_ms, default.slo_source) == (digits.config.default_slo_ms, "model_default")
