@@ -69,7 +69,9 @@ class App:
             self.metrics.watch(self.host, self.load)
             self.host.metrics = self.metrics
             if settings.shadow_fraction > 0:
-                self.host.shadow = ShadowSampler(settings.shadow_fraction, self.metrics)
+                self.host.shadow = ShadowSampler(
+                    settings.shadow_fraction, self.metrics, lambda: self.load.cpu_utilization
+                )
         self.inference = InferenceServicer(self.host, self.metrics)
         self.health = health.aio.HealthServicer()
         limits = [

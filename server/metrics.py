@@ -27,7 +27,7 @@ UNKNOWN = "unknown"
 LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MV = ("model", "variant")
-SHADOW_SKIP_REASONS = ("shadow_running", "no_spare_capacity")
+SHADOW_SKIP_REASONS = ("shadow_running", "cpu_busy", "no_spare_capacity")
 
 
 class VariantSeries:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from server.metrics import ServingMetrics
 from server.request import InferenceRequest, InferenceResult
 
 log = logging.getLogger(__name__)
+MAX_CPU_UTILIZATION = 0.6
 
 
 def agreement(task: str, served: np.ndarray, reference: np.ndarray) -> float:
@@ -36,9 +38,12 @@ def agreement(task: str, served: np.ndarray, reference: np.ndarray) -> float:
 class ShadowSampler:
     """Starts background comparisons against the reference variant (see module docstring)."""
 
-    def __init__(self, fraction: float, metrics: ServingMetrics, seed: int | None = None) -> None:
+    def __init__(
+        self, fraction: float, metrics: ServingMetrics, cpu_load: Callable[[], float], seed: int | None = None
+    ) -> None:
         self.fraction = fraction
         self._metrics = metrics
+        self._cpu_load = cpu_load
         self._random = random.Random(seed)
         self._running: dict[str, asyncio.Task[None]] = {}
 
@@ -57,6 +62,8 @@ class ShadowSampler:
     def _busy(self, hosted: HostedModel) -> str:
         if hosted.entry.config.name in self._running:
             return "shadow_running"
+        if self._cpu_load() >= MAX_CPU_UTILIZATION:
+            return "cpu_busy"
         if any(b.queued_rows or b.running_rows for b in hosted.batchers.values()):
             return "no_spare_capacity"
         return ""
