@@ -22,8 +22,12 @@ OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overh
 PRESSURE = 0.8
 SUSTAINED_FRACTION = 0.95
 # Above LOAD_KNEE of CPU utilization the policy's tie band widens linearly, up to LOAD_TIE
-# more at full load: nearly-as-good cheaper variants win, which relieves everyone.
-LOAD_KNEE = 0.7
+# more at LOAD_FULL: nearly-as-good cheaper variants win, which relieves everyone. LOAD_FULL
+# is below 1 because a single-core server is already overloaded (latency past its SLOs)
+# at about 0.7–0.8 of measured CPU time: the event loop and the workers hand work to each
+# other and leave the core idle in between (measured with bench-router's traffic).
+LOAD_KNEE = 0.5
+LOAD_FULL = 0.8
 LOAD_TIE = 0.005
 MAX_RESOLUTION_TIE = 0.01  # with very few samples, the tie band stops widening here
 STRETCH_QUANTILE = 0.9  # predicted_ms is the modelled latency stretched to this quantile
@@ -164,7 +168,7 @@ class ModelRouter:
         No finer than one recent sample's worth of probability (P is estimated from them),
         wider as CPU utilization passes LOAD_KNEE; ties go to capacity past the knee.
         """
-        pressure = min(max((self.machine_load() - LOAD_KNEE) / (1.0 - LOAD_KNEE), 0.0), 1.0)
+        pressure = min(max((self.machine_load() - LOAD_KNEE) / (LOAD_FULL - LOAD_KNEE), 0.0), 1.0)
         resolution = 1.0 / max(self.ratios.effective_samples(self._clock()), 1.0)
         return max(SCORE_TIE, min(resolution, MAX_RESOLUTION_TIE)) + LOAD_TIE * pressure, pressure > 0
 
