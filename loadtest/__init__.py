@@ -1,1 +1,1 @@
-"""Locust users and benchmark drivers (land with the load-test issue)."""
+"""Locust users (locustfile, stepped shape) and the benchmark drivers (bench_*), which start real servers."""

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, help="metrics port (SLIMSERVE_METRICS_PORT, default 8002)")
     serve.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], help="SLIMSERVE_HARDWARE_PROFILE")
     serve.add_argument("--shutdown-grace-s", type=float, help="SLIMSERVE_SHUTDOWN_GRACE_S, default 10")
-    serve.add_argument("--port-file", type=Path, help="write the bound gRPC port here once serving")
+    serve.add_argument("--port-file", type=Path, help="once serving: gRPC port (line 1), metrics port (line 2)")
 
     health = commands.add_parser("health", help="exit 0 if a server reports SERVING (container health checks)")
     health.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
