@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from router.build import build_model_router
@@ -45,7 +45,7 @@ class HostedModel:
     entry: ModelEntry
     batchers: dict[str, DynamicBatcher]
     router: ModelRouter
-    stats: dict[str, VariantStats] = field(default_factory=dict)
+    stats: dict[str, VariantStats]
 
 
 class ModelHost:
