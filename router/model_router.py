@@ -154,13 +154,16 @@ class ModelRouter:
         """
         if self.throughput_slo_rps is None:
             return None
-        requests = self._arrivals.per_second()
         arriving = self._arrivals.rows_per_second()
-        rows_per_request = arriving / requests if requests > 0 else 1.0
         self._guard_active = arriving >= PRESSURE * self._mix_capacity_rows_s()
         if not self._guard_active:
             return None
-        return max(self.throughput_slo_rps * rows_per_request, arriving) / PRESSURE
+        return max(self.throughput_slo_rps * self._rows_per_request(), arriving) / PRESSURE
+
+    def _rows_per_request(self) -> float:
+        """Mean rows per arriving request (1 while nothing has arrived)."""
+        requests = self._arrivals.per_second()
+        return self._arrivals.rows_per_second() / requests if requests > 0 else 1.0
 
     def tie_band(self) -> tuple[float, bool]:
         """The policy's tie band, and whether ties go to capacity, for the current state.
@@ -215,12 +218,10 @@ class ModelRouter:
         self.ratios.observe(decision.chosen.modelled_ms, elapsed_ms, self._clock())
 
     def throughput(self) -> ThroughputStatus:
-        requests = self._arrivals.per_second()
-        rows_per_request = self._arrivals.rows_per_second() / requests if requests > 0 else 1.0
         return ThroughputStatus(
             declared_rps=self.throughput_slo_rps,
-            arrival_rps=requests,
+            arrival_rps=self._arrivals.per_second(),
             completion_rps=self._completions.per_second(),
-            mix_capacity_rps=self._mix_capacity_rows_s() / rows_per_request,
+            mix_capacity_rps=self._mix_capacity_rows_s() / self._rows_per_request(),
             guard_active=self._guard_active,
         )
