@@ -112,7 +112,7 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., policy: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason", "device", "capacity_rows_s", "p_in_time")
+    __slots__ = ("variant", "predicted_ms", "quality", "chosen", "reason", "device", "capacity_rows_s", "p_in_time", "cost_per_row_ms")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class Candidate(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_ROWS_S_FIELD_NUMBER: _ClassVar[int]
     P_IN_TIME_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_ROW_MS_FIELD_NUMBER: _ClassVar[int]
     variant: str
     predicted_ms: float
     quality: float
@@ -129,7 +130,8 @@ class Candidate(_message.Message):
     device: str
     capacity_rows_s: float
     p_in_time: float
-    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., capacity_rows_s: _Optional[float] = ..., p_in_time: _Optional[float] = ...) -> None: ...
+    cost_per_row_ms: float
+    def __init__(self, variant: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., quality: _Optional[float] = ..., chosen: _Optional[bool] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., capacity_rows_s: _Optional[float] = ..., p_in_time: _Optional[float] = ..., cost_per_row_ms: _Optional[float] = ...) -> None: ...
 
 class ThroughputStatus(_message.Message):
     __slots__ = ("declared_rps", "arrival_rps", "completion_rps", "mix_capacity_rps", "guard_active", "sustained")
@@ -148,7 +150,7 @@ class ThroughputStatus(_message.Message):
     def __init__(self, declared_rps: _Optional[float] = ..., arrival_rps: _Optional[float] = ..., completion_rps: _Optional[float] = ..., mix_capacity_rps: _Optional[float] = ..., guard_active: _Optional[bool] = ..., sustained: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput", "cpu_utilization", "loop_lag_ms", "tie_band", "ties_to_capacity")
+    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput", "cpu_utilization", "loop_lag_ms", "tie_band", "ties_to_capacity", "cpu_price", "cpu_target", "cpu_overhead_ms")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +165,9 @@ class ExplainResponse(_message.Message):
     LOOP_LAG_MS_FIELD_NUMBER: _ClassVar[int]
     TIE_BAND_FIELD_NUMBER: _ClassVar[int]
     TIES_TO_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    CPU_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CPU_TARGET_FIELD_NUMBER: _ClassVar[int]
+    CPU_OVERHEAD_MS_FIELD_NUMBER: _ClassVar[int]
     model: str
     chosen: str
     reason: str
@@ -177,7 +182,10 @@ class ExplainResponse(_message.Message):
     loop_lag_ms: float
     tie_band: float
     ties_to_capacity: bool
-    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ..., cpu_utilization: _Optional[float] = ..., loop_lag_ms: _Optional[float] = ..., tie_band: _Optional[float] = ..., ties_to_capacity: _Optional[bool] = ...) -> None: ...
+    cpu_price: float
+    cpu_target: float
+    cpu_overhead_ms: float
+    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ..., cpu_utilization: _Optional[float] = ..., loop_lag_ms: _Optional[float] = ..., tie_band: _Optional[float] = ..., ties_to_capacity: _Optional[bool] = ..., cpu_price: _Optional[float] = ..., cpu_target: _Optional[float] = ..., cpu_overhead_ms: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("model", "request_id", "labels")

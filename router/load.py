@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 Clock = Callable[[], float]
 WINDOW_S = 2.0
+RECENT_MIN_EVENTS = 8  # fewer events than this give no rate of their own
 
 
 class RateMeter:
@@ -43,6 +44,15 @@ class RateMeter:
         now = self._clock()
         self._prune(now)
         return len(self._events) / self._span_s(now)
+
+    def recent_per_second(self) -> float:
+        """Events per second since the oldest event in the window: after a quiet spell, the
+        new rate at once rather than averaged with the quiet (`per_second` is, for a window)."""
+        now = self._clock()
+        self._prune(now)
+        if len(self._events) < RECENT_MIN_EVENTS:
+            return len(self._events) / self._span_s(now)
+        return (len(self._events) - 1) / max(now - self._events[0][0], 1e-3)
 
     def rows_per_second(self) -> float:
         now = self._clock()

@@ -1,7 +1,7 @@
-"""The router of one model: latency predictions, load, throughput SLO, then the policy.
+"""The router of one model: latency predictions, load, CPU price, throughput SLO, then the policy.
 
-Mechanics live here (clock, queues, rates, online corrections); the decision itself is
-`router.policy.choose`, a pure function.
+Mechanics live here (clock, queues, rates, online corrections, the CPU account); the
+decision itself is `router.policy.choose` and the price `router.price.cpu_price`, both pure.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router.cpu import CpuAccount
 from router.hints import RequestHints
-from router.latency import LatencyModel, QueueView, predict_ms
+from router.latency import LatencyModel, QueueView, ServiceCurve, predict_ms
 from router.load import Clock, RateMeter
 from router.policy import PINNED, SCORE_TIE, Candidate, Decision, Verdict, choose
+from router.price import FREE, Budget, Offer, Price, cpu_price
 from router.ratios import RatioDistribution
 
 OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overhead
@@ -21,16 +23,18 @@ OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overh
 # and then asks for variants with demand / PRESSURE of capacity, so that it never runs hot.
 PRESSURE = 0.8
 SUSTAINED_FRACTION = 0.95
-# Above LOAD_KNEE of CPU utilization the policy's tie band widens linearly, up to LOAD_TIE
-# more at LOAD_FULL: nearly-as-good cheaper variants win, which relieves everyone. LOAD_FULL
-# is below 1 because a single-core server is already overloaded (latency past its SLOs)
-# at about 0.7–0.8 of measured CPU time: the event loop and the workers hand work to each
-# other and leave the core idle in between (measured with bench-router's traffic).
-LOAD_KNEE = 0.5
-LOAD_FULL = 0.8
-LOAD_TIE = 0.005
+REPRICE_S = 0.05  # the CPU price is recomputed at most this often
+# Mean queueing delay the CPU price allows, as a share of the model's default SLO: the
+# typical request should not spend a noticeable part of its budget waiting for the CPU.
+WAIT_SHARE = 0.1
+SIZE_WINDOW_S = 1.0  # arrival rates per request size, for the price, over this window
 MAX_RESOLUTION_TIE = 0.01  # with very few samples, the tie band stops widening here
 STRETCH_QUANTILE = 0.9  # predicted_ms is the modelled latency stretched to this quantile
+
+
+def _cpu_cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[int], float]:
+    """Machine-ms one request of n rows costs: the overhead plus the profiled session call."""
+    return lambda rows: overhead_ms + curve.ms(rows)
 
 
 @dataclass
@@ -85,7 +89,7 @@ class ModelRouter:
         # server cannot measure it, so it is configured, and added to every prediction.
         self.rpc_allowance_ms = rpc_allowance_ms
         self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
-        self.machine_load: Callable[[], float] = lambda: 0.0  # and its CPU utilization, 0..1
+        self.cpu = CpuAccount()  # and its CPU account, shared by every model's router
         self.side_by_side = side_by_side  # every variant has a worker thread of its own
         self.overhead_ms = 0.0
         self.ratios = RatioDistribution()
@@ -93,7 +97,12 @@ class ModelRouter:
         self._arrivals = RateMeter(clock=clock)
         self._completions = RateMeter(clock=clock)
         self._shares = {name: RateMeter(clock=clock) for name in self.variants}
+        self._sizes: dict[int, RateMeter] = {}  # requests per second, per request size
+        self._compute = RateMeter(clock=clock)  # machine-ms per second of this model's session calls
         self._guard_active = False
+        self._price = FREE
+        self._priced_at_s = float("-inf")
+        self._lower_credit = 0.0  # how the share of requests charged the lower price is dealt out
 
     def now(self) -> float:
         return self._clock()
@@ -123,6 +132,7 @@ class ModelRouter:
             else:
                 p_in_time = snapshot.probability_within(modelled, slo_ms - outside_ms)
             stretched = snapshot.stretched(modelled, STRETCH_QUANTILE) if snapshot else modelled
+            cost_ms = self.cpu.overhead_ms + v.latency.curve.ms(rows)
             candidates.append(
                 Candidate(
                     variant=name,
@@ -132,6 +142,7 @@ class ModelRouter:
                     capacity_rows_s=v.latency.capacity_rows_s(),
                     modelled_ms=modelled,
                     p_in_time=p_in_time,
+                    cost_per_row_ms=cost_ms / max(rows, 1),
                 )
             )
         return candidates
@@ -165,41 +176,86 @@ class ModelRouter:
         requests = self._arrivals.per_second()
         return self._arrivals.rows_per_second() / requests if requests > 0 else 1.0
 
-    def tie_band(self) -> tuple[float, bool]:
-        """The policy's tie band, and whether ties go to capacity, for the current state.
-
-        No finer than one recent sample's worth of probability (P is estimated from them),
-        wider as CPU utilization passes LOAD_KNEE; ties go to capacity past the knee.
-        """
-        pressure = min(max((self.machine_load() - LOAD_KNEE) / (LOAD_FULL - LOAD_KNEE), 0.0), 1.0)
+    def tie_band(self) -> float:
+        """The policy's tie band: no finer than one recent sample's worth of probability
+        (P(within SLO) is estimated from them)."""
         resolution = 1.0 / max(self.ratios.effective_samples(self._clock()), 1.0)
-        return max(SCORE_TIE, min(resolution, MAX_RESOLUTION_TIE)) + LOAD_TIE * pressure, pressure > 0
+        return max(SCORE_TIE, min(resolution, MAX_RESOLUTION_TIE))
 
-    def _choose(self, hints: RequestHints, rows: int) -> Decision:
+    def price(self) -> Price:
+        """What one machine-millisecond per row costs in quality now (`router.price`).
+
+        The budget is the CPU account's target utilization and a mean queueing delay of
+        WAIT_SHARE of the default SLO, with what the rest of the process uses (other models,
+        background work) taken off; the demand is this model's arrivals per request size,
+        each at the overhead plus the profiled service time of a variant.
+        """
+        now = self._clock()
+        if now - self._priced_at_s < REPRICE_S:
+            return self._price
+        self._priced_at_s = now
+        if not self.cpu.sampled:
+            self._price = FREE
+            return self._price
+        overhead = self.cpu.overhead_ms
+        own_ms_s = self._compute.rows_per_second() + overhead * self._completions.per_second()
+        budget = Budget(
+            target_utilization=self.cpu.target,
+            rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
+            max_wait_ms=WAIT_SHARE * self.default_slo_ms,
+        )
+        offers = [Offer(name, v.quality, _cpu_cost(v.latency.curve, overhead)) for name, v in self.variants.items()]
+        rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
+        self._price = cpu_price(offers, rates, budget)
+        return self._price
+
+    def _request_price(self) -> float:
+        """The price for this request: `lower` for Price.lower_share of requests, dealt out evenly."""
+        price = self.price()
+        self._lower_credit += price.lower_share
+        if self._lower_credit >= 1.0:
+            self._lower_credit -= 1.0
+            return price.lower
+        return price.price
+
+    def _choose(self, hints: RequestHints, rows: int, price: float) -> Decision:
         candidates = self.candidates(rows, hints.slo_ms)
-        tie, prefer_capacity = self.tie_band()
-        return choose(candidates, hints, self.default_slo_ms, self._required_rows_s(), tie, prefer_capacity)
+        # While CPU has a price, it tells nearly-equal variants apart: a wide tie band would
+        # undo it (the breakpoints it is set at are exact ties).
+        tie = self.tie_band() if price == 0 else SCORE_TIE
+        return choose(candidates, hints, self.default_slo_ms, self._required_rows_s(), tie, price)
+
+    def _arrive(self, rows: int) -> None:
+        self._arrivals.add(rows)
+        size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
+        if size not in self._sizes:
+            self._sizes[size] = RateMeter(SIZE_WINDOW_S, self._clock)
+        self._sizes[size].add()
 
     def route(self, hints: RequestHints, rows: int) -> Decision:
         """Choose a variant for a request and count it as arrived."""
-        self._arrivals.add(rows)
-        decision = self._choose(hints, rows)
+        self._arrive(rows)
+        decision = self._choose(hints, rows, self._request_price())
         self._shares[decision.variant].add(rows)
         return decision
 
     def pinned(self, variant: str, rows: int) -> Decision:
         """The caller named the variant: no choice, but the prediction is still useful."""
-        self._arrivals.add(rows)
+        self._arrive(rows)
         self._shares[variant].add(rows)
         candidate = next(c for c in self.candidates(rows) if c.variant == variant)
         return Decision(variant, PINNED, candidate.predicted_ms, candidate.device, (Verdict(candidate, True, PINNED),))
 
     def explain(self, hints: RequestHints, rows: int) -> Decision:
         """What `route` would decide now, without counting an arrival."""
-        return self._choose(hints, rows)
+        return self._choose(hints, rows, self.price().price)
 
     def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
-        self.variants[variant].latency.observe(rows, compute_ms)
+        latency = self.variants[variant].latency
+        latency.observe(rows, compute_ms)
+        # The CPU it took: the profile's time (observed times include waiting for the core).
+        self.cpu.record_compute(latency.curve.ms(rows))
+        self._compute.add(latency.curve.ms(rows))
 
     def observe_request(
         self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
@@ -209,6 +265,7 @@ class ModelRouter:
         `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
         compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
         """
+        self.cpu.record_request()
         if decision is None:
             return
         self._completions.add()

@@ -8,16 +8,16 @@ Rules, in order:
 2. Throughput guard: when `required_rows_s` is set (the model's throughput SLO is at risk)
    and the request is loose (its SLO is at least the model's default), variants whose
    capacity is below it are set aside, if any variant has enough capacity.
-3. `slo`: the variant with the highest *expected effective quality* — quality ×
-   P(answer within the SLO) — among those at least CONFIDENT to make it. A 0.2-point
-   quality gain is not worth a 1 % risk of missing the deadline, and this weighs exactly
-   that. Scores within `tie` of the best count as equal — the caller sets `tie` no finer
-   than its estimate of P can resolve — and go to the most accurate of them, or, when
-   `prefer_capacity` (the machine is busy), to the one with the most capacity: then every
-   request sent to an expensive variant delays the others, traffic on fewer variants keeps
-   batches large, and the cheaper of two nearly-as-good variants is the better choice for
-   everyone. No variant is CONFIDENT → best effort: the fastest qualifying variant, reason
-   `best_effort`.
+3. `slo`: the variant with the highest score among those at least CONFIDENT to answer
+   within the SLO. The score is the *expected effective quality* — quality × P(answer
+   within the SLO) — less the CPU the request would take at the current `price` (quality
+   per machine-millisecond per row, `router.price`; 0 while the machine has room). A
+   0.2-point quality gain is not worth a 1 % risk of missing the deadline, nor the CPU that
+   the requests behind it need, and this weighs exactly that. Scores within `tie` of the
+   best count as equal — the caller sets `tie` no finer than its estimate of P can resolve —
+   and go to the most accurate of them, or, while CPU has a price, to the one with the most
+   capacity. Reason `cpu_budget` when the price changed the choice. No variant is
+   CONFIDENT → best effort: the fastest qualifying variant, reason `best_effort`.
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 """
 
@@ -35,8 +35,9 @@ BEST_EFFORT = "best_effort"
 FASTEST = "fastest"
 MOST_ACCURATE = "most_accurate"
 THROUGHPUT_SLO = "throughput_slo"
+CPU_BUDGET = "cpu_budget"
 PINNED = "pinned"
-REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, PINNED)
+REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED)
 CONFIDENT = 0.5  # least P(within SLO) for a variant to be chosen under the `slo` policy
 SCORE_TIE = 0.0005  # expected qualities closer than this are treated as equal
 
@@ -52,10 +53,15 @@ class Candidate:
     capacity_rows_s: float  # rows per second at the largest batch
     modelled_ms: float = 0.0  # predicted_ms before the learned stretch and the RPC allowance
     p_in_time: float = 1.0  # probability of answering within the request's SLO
+    cost_per_row_ms: float = 0.0  # machine-milliseconds of CPU per row of this request
 
     @property
     def expected_quality(self) -> float:
         return self.quality * self.p_in_time
+
+    def score(self, price: float) -> float:
+        """Expected quality less the CPU it takes at `price` (quality per machine-ms per row)."""
+        return self.expected_quality - price * self.cost_per_row_ms
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ def choose(
     default_slo_ms: float,
     required_rows_s: float | None = None,
     tie: float = SCORE_TIE,
-    prefer_capacity: bool = False,
+    price: float = 0.0,
 ) -> Decision:
     """Pick a variant for one request (see the module docstring for the rules)."""
     why: dict[str, str] = {}
@@ -126,13 +132,14 @@ def choose(
     else:
         confident = [c for c in pool if c.p_in_time >= CONFIDENT]
         if confident:
-            top = max(c.expected_quality for c in confident)
-            tied = [c for c in confident if c.expected_quality >= top - tie]
-            if prefer_capacity:
+            top = max(c.score(price) for c in confident)
+            tied = [c for c in confident if c.score(price) >= top - tie]
+            if price > 0:
                 chosen = max(tied, key=lambda c: (c.capacity_rows_s, -c.predicted_ms))
             else:
                 chosen = max(tied, key=lambda c: (c.quality, c.expected_quality, c.capacity_rows_s))
-            reason = WITHIN_SLO
+            unpriced = max(c.expected_quality for c in confident)
+            reason = CPU_BUDGET if chosen.expected_quality < unpriced - tie else WITHIN_SLO
         else:
             chosen, reason = fastest, BEST_EFFORT
         for c in pool:
@@ -141,16 +148,17 @@ def choose(
                     c.variant,
                     f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms",
                 )
-            elif c is not chosen and c.expected_quality < top - tie:
+            elif c is not chosen and c.score(price) < top - tie:
+                cpu = f" less CPU {price * c.cost_per_row_ms:.4f}" if price > 0 else ""
                 why.setdefault(
                     c.variant,
-                    f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}) "
+                    f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}){cpu} "
                     f"< {top:.4f} - {tie:.4f}",
                 )
             elif c is not chosen:
-                better = "has more capacity" if prefer_capacity else "is at least as accurate"
+                better = "has more capacity" if price > 0 else "is at least as accurate"
                 why.setdefault(c.variant, f"within {tie:.4f} of the best; '{chosen.variant}' {better}")
-    if guarded and reason in (WITHIN_SLO, MOST_ACCURATE):
+    if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
     for c in pool:
         if c is not chosen and c.variant not in why:

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
+from router.cpu import CpuAccount
 from server.feedback import RecentAnswers
 from server.host import ModelHost
 from server.load_monitor import LoadMonitor
@@ -55,10 +56,10 @@ class App:
             models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
             settings.rpc_allowance_ms,
         )  # fmt: skip
-        self.load = LoadMonitor()
+        self.load = LoadMonitor(CpuAccount(settings.cpu_target))
         for hosted in self.host.models.values():
             hosted.router.loop_lag_ms = lambda: self.load.lag_ms
-            hosted.router.machine_load = lambda: self.load.cpu_utilization
+            hosted.router.cpu = self.load.cpu
         self.host.answers = RecentAnswers(settings.feedback_capacity)
         self.metrics: ServingMetrics | None = None
         self.metrics_port: int | None = None

@@ -205,19 +205,21 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"{answer.model}: SLO {answer.slo_ms:.2f} ms ({answer.slo_source}), policy {answer.policy}")
     print(f"→ {answer.chosen} ({answer.reason}), predicted {answer.predicted_ms:.2f} ms")
     print(f"{'variant':<12} {'device':<6} {'quality':>8} {'P(in time)':>10} {'predicted ms':>13} "
-          f"{'capacity rows/s':>16}  verdict")  # fmt: skip
+          f"{'capacity rows/s':>16} {'CPU ms/row':>10}  verdict")  # fmt: skip
     for c in answer.candidates:
         mark = "*" if c.chosen else " "
         print(f"{mark}{c.variant:<11} {c.device:<6} {c.quality:>8.4f} {c.p_in_time:>10.3f} {c.predicted_ms:>13.2f} "
-              f"{c.capacity_rows_s:>16.0f}  {c.reason}")  # fmt: skip
+              f"{c.capacity_rows_s:>16.0f} {c.cost_per_row_ms:>10.3f}  {c.reason}")  # fmt: skip
     t = answer.throughput
     declared = f"{t.declared_rps:.0f} rps declared, " if t.declared_rps else ""
     print(f"load: {declared}{t.arrival_rps:.1f} arriving, {t.completion_rps:.1f} served, "
           f"mix capacity {t.mix_capacity_rps:.0f} rps, guard {'on' if t.guard_active else 'off'}, "
           f"per-request overhead {answer.overhead_ms:.2f} ms")  # fmt: skip
     ties = "ties to capacity" if answer.ties_to_capacity else "ties to quality"
-    print(f"server: CPU {answer.cpu_utilization:.0%}, event-loop lag {answer.loop_lag_ms:.2f} ms, "
-          f"tie band {answer.tie_band:.4f} ({ties})")  # fmt: skip
+    print(f"server: CPU {answer.cpu_utilization:.0%} (target {answer.cpu_target:.0%}), "
+          f"CPU per request beyond the model {answer.cpu_overhead_ms:.2f} machine-ms, "
+          f"CPU price {answer.cpu_price:.2e} quality per machine-ms per row")  # fmt: skip
+    print(f"event-loop lag {answer.loop_lag_ms:.2f} ms, tie band {answer.tie_band:.4f} ({ties})")
     return 0
 
 

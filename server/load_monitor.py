@@ -5,9 +5,8 @@ is serialised and sent by it too; when the loop is busy (or shares a core with O
 Runtime) both wait. The handler cannot time that wait, but a timer that asks to wake every
 PERIOD_S and notes how late it woke measures the same delay. The router adds it.
 
-CPU utilization is the process's CPU time over wall time and usable cores, sampled every
-CPU_SAMPLE_S: near 1, every request sent to an expensive variant delays all the others,
-and the router leans towards cheaper variants.
+Every CPU_SAMPLE_S it reads the process's CPU time into the CPU account (`router.cpu`),
+which the routers price CPU time from.
 """
 
 from __future__ import annotations
@@ -16,21 +15,25 @@ import asyncio
 import contextlib
 import time
 
+from router.cpu import CpuAccount
 from variants.hardware import usable_cores
 
 PERIOD_S = 0.005
 LAG_WEIGHT = 0.2  # weight of one lateness sample in the running mean
 CPU_SAMPLE_S = 0.25
-CPU_WEIGHT = 0.3  # weight of one utilization sample in the running mean
 
 
 class LoadMonitor:
-    """Running means of the event loop's lateness (ms) and CPU utilization (0..1)."""
+    """The running mean of the event loop's lateness (ms), and the CPU account it feeds."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: CpuAccount) -> None:
         self.lag_ms = 0.0
-        self.cpu_utilization = 0.0
+        self.cpu = cpu
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def cpu_utilization(self) -> float:
+        return self.cpu.utilization
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="load-monitor")
@@ -43,14 +46,13 @@ class LoadMonitor:
 
     async def _watch(self) -> None:
         cores = usable_cores()  # read after any pinning: the edge profile has one
-        wall, cpu = time.monotonic(), time.process_time()
+        wall = time.monotonic()
+        self.cpu.sample(time.process_time(), wall, cores)
         while True:
             asked = time.monotonic()
             await asyncio.sleep(PERIOD_S)
             now = time.monotonic()
             self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
             if now - wall >= CPU_SAMPLE_S:
-                used = time.process_time()
-                sample = min((used - cpu) / ((now - wall) * cores), 1.0)
-                self.cpu_utilization += CPU_WEIGHT * (sample - self.cpu_utilization)
-                wall, cpu = now, used
+                self.cpu.sample(time.process_time(), now, cores)
+                wall = now

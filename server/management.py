@@ -74,7 +74,8 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
         hints = parse_hints(parameters, None, config.default_slo_ms)
         decision = hosted.router.explain(hints, max(request.batch_size, 1))
         status = hosted.router.throughput()
-        tie, ties_to_capacity = hosted.router.tie_band()
+        router = hosted.router
+        price = router.price().price
         return pb.ExplainResponse(
             model=config.name,
             chosen=decision.variant,
@@ -89,6 +90,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
                     device=v.candidate.device,
                     capacity_rows_s=v.candidate.capacity_rows_s,
                     p_in_time=v.candidate.p_in_time,
+                    cost_per_row_ms=v.candidate.cost_per_row_ms,
                 )
                 for v in decision.verdicts
             ],
@@ -96,7 +98,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
             slo_source=hints.slo_source,
             policy=hints.policy,
             predicted_ms=decision.predicted_ms,
-            overhead_ms=hosted.router.overhead_ms,
+            overhead_ms=router.overhead_ms,
             throughput=pb.ThroughputStatus(
                 declared_rps=status.declared_rps or 0.0,
                 arrival_rps=status.arrival_rps,
@@ -105,10 +107,13 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
                 guard_active=status.guard_active,
                 sustained=status.sustained,
             ),
-            cpu_utilization=hosted.router.machine_load(),
-            loop_lag_ms=hosted.router.loop_lag_ms(),
-            tie_band=tie,
-            ties_to_capacity=ties_to_capacity,
+            cpu_utilization=router.cpu.utilization,
+            loop_lag_ms=router.loop_lag_ms(),
+            tie_band=router.tie_band(),
+            ties_to_capacity=price > 0,
+            cpu_price=price,
+            cpu_target=router.cpu.target,
+            cpu_overhead_ms=router.cpu.overhead_ms,
         )
 
     @maps_errors

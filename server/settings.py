@@ -38,4 +38,10 @@ class Settings(BaseSettings):
         ge=0,
         description="time a call spends outside the server (network, gRPC, client); the router adds it to predictions",
     )
+    cpu_target: float = Field(
+        default=0.75,
+        gt=0,
+        le=1,
+        description="share of the CPU routed traffic may plan to use; past it CPU has a price and cheaper variants win",
+    )
     warmup_calls: int = Field(default=2, ge=0, description="session calls per variant before reporting ready")

@@ -10,6 +10,7 @@ from router.errors import QualityUnreachableError
 from router.hints import RequestHints
 from router.policy import (
     BEST_EFFORT,
+    CPU_BUDGET,
     FASTEST,
     MOST_ACCURATE,
     THROUGHPUT_SLO,
@@ -76,13 +77,13 @@ def test_fastest_and_most_accurate_policies() -> None:
 
 def test_near_ties_go_to_the_more_accurate_or_when_busy_to_the_roomier_variant() -> None:
     tied = [
-        Candidate("fp32", "cpu", 1.0, 1.5, 1_000, p_in_time=0.997),
-        Candidate("int8", "cpu", 0.998, 1.0, 3_000, p_in_time=1.0),
+        Candidate("fp32", "cpu", 1.0, 1.5, 1_000, p_in_time=0.997, cost_per_row_ms=1.0),
+        Candidate("int8", "cpu", 0.998, 1.0, 3_000, p_in_time=1.0, cost_per_row_ms=0.5),
     ]
     quiet = choose(tied, hints(), DEFAULT_SLO_MS, tie=0.003)
     assert quiet.variant == "fp32"  # P cannot be told apart at this resolution: keep quality
     assert quiet.verdicts[1].why == "within 0.0030 of the best; 'fp32' is at least as accurate"
-    busy = choose(tied, hints(), DEFAULT_SLO_MS, tie=0.003, prefer_capacity=True)
+    busy = choose(tied, hints(), DEFAULT_SLO_MS, tie=0.003, price=1e-4)  # CPU has a price, however small
     assert busy.variant == "int8"  # though fp32 is as good: traffic consolidates on capacity
     assert busy.verdicts[0].why == "within 0.0030 of the best; 'int8' has more capacity"
 
@@ -97,8 +98,24 @@ def test_a_small_quality_gain_is_not_worth_a_deadline_risk() -> None:
     assert decision.verdicts[0].why == "expected quality 0.9900 (P(within SLO) 0.990) < 0.9980 - 0.0005"
     safe = [replace(risky[0], p_in_time=0.9995), risky[1]]
     assert choose(safe, hints(slo_ms=10), DEFAULT_SLO_MS).variant == "fp32"
-    # A saturated machine widens the tie band: the cheaper, nearly-as-good variant wins.
-    assert choose(safe, hints(slo_ms=10), DEFAULT_SLO_MS, tie=0.005, prefer_capacity=True).variant == "int8"
+
+
+def test_a_cpu_price_moves_requests_to_variants_that_buy_more_quality_per_millisecond() -> None:
+    costly = [
+        Candidate("fp32", "cpu", 1.000, 3.0, 1_000, p_in_time=1.0, cost_per_row_ms=0.6),
+        Candidate("int8", "cpu", 0.998, 2.0, 3_000, p_in_time=1.0, cost_per_row_ms=0.25),
+        Candidate("distilled", "cpu", 0.995, 1.0, 9_000, p_in_time=1.0, cost_per_row_ms=0.1),
+    ]
+    assert choose(costly, hints(slo_ms=10), DEFAULT_SLO_MS).variant == "fp32"  # free CPU: the best
+    # fp32 → int8 buys 0.002 for 0.35 ms/row (0.0057 per ms); int8 → distilled 0.003 for 0.15 (0.02 per ms).
+    decision = choose(costly, hints(slo_ms=10), DEFAULT_SLO_MS, price=0.01)
+    assert (decision.variant, decision.reason) == ("int8", CPU_BUDGET)
+    assert decision.verdicts[0].why == "expected quality 1.0000 (P(within SLO) 1.000) less CPU 0.0060 < 0.9955 - 0.0005"
+    assert choose(costly, hints(slo_ms=10), DEFAULT_SLO_MS, price=0.03).variant == "distilled"
+    # The price never overrides min_quality or the deadline.
+    assert choose(costly, hints(slo_ms=10, min_quality=0.999), DEFAULT_SLO_MS, price=1.0).variant == "fp32"
+    late = [replace(costly[0], p_in_time=0.0), costly[1], replace(costly[2], p_in_time=0.3)]
+    assert choose(late, hints(slo_ms=10), DEFAULT_SLO_MS, price=1.0).variant == "int8"
 
 
 def test_unlikely_to_make_it_anywhere_is_best_effort_with_the_fastest() -> None:

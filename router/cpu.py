@@ -1,0 +1,64 @@
+"""The server's CPU account: how busy the process is, and what a request costs beyond its model.
+
+All figures are in machine-milliseconds: CPU milliseconds over the usable cores, so that
+1,000 per second is a fully busy machine, and a session call that keeps every core busy
+for w ms costs w (a profiled service time is in these units).
+
+A request costs its share of a session call (the profile says how much) plus everything
+around it — decoding, the event loop, gRPC, encoding. That second part cannot be timed per
+request, so it is derived: (CPU used − session work) / requests, over windows of at least
+MIN_REQUESTS requests. It is large (0.7–2 ms per request on a 2-core Xeon, more than a
+small model's compute) and it falls as load rises and batches and wake-ups amortise.
+
+The server feeds the account (`sample` from its load monitor, `record_*` as batches and
+requests complete); routers read it.
+"""
+
+from __future__ import annotations
+
+TARGET_UTILIZATION = 0.75  # the share of the machine that routed traffic may plan to use
+WEIGHT = 0.3  # weight of one sample in the running means
+MIN_REQUESTS = 20  # fewer requests in a window say too little about the overhead
+
+
+class CpuAccount:
+    """Running means of CPU utilization (0..1) and per-request overhead (machine-ms)."""
+
+    def __init__(self, target: float = TARGET_UTILIZATION) -> None:
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"CPU target utilization must be in (0, 1], got {target}")
+        self.target = target
+        self.utilization = 0.0
+        self.overhead_ms = 0.0
+        self.sampled = False  # whether a utilization sample has come in
+        self._requests = 0
+        self._compute_ms = 0.0
+        self._last: tuple[float, float] | None = None  # (cpu seconds, wall seconds) at the last sample
+        self._window: tuple[float, float] | None = None  # where the overhead window started
+
+    def record_compute(self, machine_ms: float) -> None:
+        """A session call finished; `machine_ms` is what its profile says it costs."""
+        self._compute_ms += machine_ms
+
+    def record_request(self) -> None:
+        self._requests += 1
+
+    def sample(self, cpu_s: float, wall_s: float, cores: int) -> None:
+        """The process's cumulative CPU seconds at monotonic time `wall_s`."""
+        if self._last is None:
+            self._last = self._window = (cpu_s, wall_s)
+            return
+        last_cpu, last_wall = self._last
+        if wall_s <= last_wall:
+            return
+        used = (cpu_s - last_cpu) / ((wall_s - last_wall) * cores)
+        self.utilization += WEIGHT * (min(used, 1.0) - self.utilization)
+        self.sampled = True
+        self._last = (cpu_s, wall_s)
+        if self._requests < MIN_REQUESTS:
+            return
+        assert self._window is not None
+        machine_ms = (cpu_s - self._window[0]) * 1e3 / cores
+        overhead = max((machine_ms - self._compute_ms) / self._requests, 0.0)
+        self.overhead_ms += WEIGHT * (overhead - self.overhead_ms) if self.overhead_ms else overhead
+        self._window, self._requests, self._compute_ms = (cpu_s, wall_s), 0, 0.0
