@@ -16,7 +16,7 @@ requests complete); routers read it.
 
 from __future__ import annotations
 
-TARGET_UTILIZATION = 0.75  # the share of the machine that routed traffic may plan to use
+TARGET_UTILIZATION = 0.6  # the share of the machine that routed traffic may plan to use
 WEIGHT = 0.3  # weight of one sample in the running means
 MIN_REQUESTS = 20  # fewer requests in a window say too little about the overhead
 

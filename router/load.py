@@ -51,7 +51,7 @@ class RateMeter:
         now = self._clock()
         self._prune(now)
         if len(self._events) < RECENT_MIN_EVENTS:
-            return len(self._events) / self._span_s(now)
+            return len(self._events) / self.window_s  # a handful of events: too few to call it a burst
         return (len(self._events) - 1) / max(now - self._events[0][0], 1e-3)
 
     def rows_per_second(self) -> float:

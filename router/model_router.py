@@ -23,7 +23,9 @@ OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overh
 # and then asks for variants with demand / PRESSURE of capacity, so that it never runs hot.
 PRESSURE = 0.8
 SUSTAINED_FRACTION = 0.95
-REPRICE_S = 0.05  # the CPU price is recomputed at most this often
+# The CPU price is recomputed at most this often (it takes ~0.1 ms): a burst after a quiet
+# spell is priced within a few requests, before it has queued up on the expensive variants.
+REPRICE_S = 0.01
 # Mean queueing delay the CPU price allows, as a share of the model's default SLO: the
 # typical request should not spend a noticeable part of its budget waiting for the CPU.
 WAIT_SHARE = 0.1
@@ -209,6 +211,11 @@ class ModelRouter:
         self._price = cpu_price(offers, rates, budget)
         return self._price
 
+    @property
+    def last_price(self) -> float:
+        """The price last computed (for metrics: reading it changes nothing)."""
+        return self._price.price
+
     def _request_price(self) -> float:
         """The price for this request: `lower` for Price.lower_share of requests, dealt out evenly."""
         price = self.price()
@@ -220,9 +227,9 @@ class ModelRouter:
 
     def _choose(self, hints: RequestHints, rows: int, price: float) -> Decision:
         candidates = self.candidates(rows, hints.slo_ms)
-        # While CPU has a price, it tells nearly-equal variants apart: a wide tie band would
-        # undo it (the breakpoints it is set at are exact ties).
-        tie = self.tie_band() if price == 0 else SCORE_TIE
+        # While CPU has a price, the price tells nearly-equal variants apart: any tie band
+        # would undo it, since it is set just past a point where two variants score the same.
+        tie = self.tie_band() if price == 0 else 0.0
         return choose(candidates, hints, self.default_slo_ms, self._required_rows_s(), tie, price)
 
     def _arrive(self, rows: int) -> None:

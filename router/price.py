@@ -28,7 +28,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-PAST_BREAKPOINT = 1.01  # a price just past a breakpoint, so that the cheaper variant wins outright
+# A price just past a breakpoint: the cheaper variant wins, by a margin the caller must not
+# treat as a tie (the router charges it with no tie band).
+PAST_BREAKPOINT = 1.0 + 1e-6
 SPLIT_STEPS = 20  # bisection steps for the share kept at the lower price
 
 

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router.cpu import TARGET_UTILIZATION
+
 
 class Settings(BaseSettings):
     """Everything `slimserve serve` can be told; validated at start-up."""
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
         description="time a call spends outside the server (network, gRPC, client); the router adds it to predictions",
     )
     cpu_target: float = Field(
-        default=0.75,
+        default=TARGET_UTILIZATION,
         gt=0,
         le=1,
         description="share of the CPU routed traffic may plan to use; past it CPU has a price and cheaper variants win",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from router.cpu import MIN_REQUESTS, CpuAccount
 from router.hints import RequestHints
 from router.latency import LatencyModel, ServiceCurve
 from router.model_router import ModelRouter, VariantRoute
-from router.policy import BEST_EFFORT, PINNED, THROUGHPUT_SLO, WITHIN_SLO, Decision
+from router.policy import BEST_EFFORT, CPU_BUDGET, PINNED, THROUGHPUT_SLO, WITHIN_SLO, Decision
 from router.ratios import FLOOR_MS
 from tests.router.fakes import FakeClock, FakeQueue
 
@@ -155,3 +158,34 @@ def test_throughput_is_not_sustained_when_completions_fall_behind() -> None:
         else:
             router.observe_request(None)
     assert not router.throughput().sustained
+
+
+def _route_at(router: ModelRouter, clock: FakeClock, rate_rps: float, seconds: float) -> Counter[str]:
+    """Route 1-row requests arriving evenly at `rate_rps`; the variants they got."""
+    chosen = Counter[str]()
+    for _ in range(int(rate_rps * seconds)):
+        clock.advance(1.0 / rate_rps)
+        chosen[router.route(SLO, 1).variant] += 1
+    return chosen
+
+
+def test_a_cpu_price_spreads_heavy_traffic_over_cheaper_variants_and_lifts_when_it_eases() -> None:
+    clock = FakeClock()
+    router, _ = make_router(clock)  # queues stay empty: every variant is in time
+    router.cpu = account = CpuAccount(target=0.6)
+    account.sample(cpu_s=0.0, wall_s=0.0, cores=1)
+    for _ in range(MIN_REQUESTS):
+        account.record_request()
+        account.record_compute(1.0)
+    account.sample(cpu_s=MIN_REQUESTS * 2.0 / 1e3, wall_s=1.0, cores=1)
+    assert account.overhead_ms == pytest.approx(1.0)  # 2 ms of CPU per request, 1 of them the session's
+
+    assert _route_at(router, clock, 50.0, 1.0) == Counter(fp32=50)  # 50 × 2 ms: 10 % of the machine
+    _route_at(router, clock, 500.0, 1.0)  # the rates catch up
+    heavy = _route_at(router, clock, 500.0, 1.0)
+    # All fp32 would take the whole machine, all int8 70 % of it; all distilled 55 % fits the
+    # 60 % target, and the rest of the budget keeps some requests on int8.
+    assert heavy["fp32"] == 0 and 0 < heavy["int8"] < heavy["distilled"]
+    assert router.explain(SLO, 1).reason == CPU_BUDGET
+    _route_at(router, clock, 50.0, 1.0)
+    assert _route_at(router, clock, 50.0, 1.0) == Counter(fp32=50)  # the price is gone with the load

@@ -30,7 +30,7 @@ def test_the_price_is_the_smallest_that_fits_and_moves_the_cheapest_quality_firs
     # fp32 → int8 costs 0.002 quality for 0.35 ms/row: the first step down, for both sizes.
     assert {pick(OFFERS, rows, price.price).variant for rows in RATES} == {"int8"}
     # Just below it, nothing has moved yet, and that did not fit.
-    assert not fits(demand(OFFERS, RATES, price.price / 1.02), budget)
+    assert not fits(demand(OFFERS, RATES, price.price / 1.001), budget)
 
 
 def test_the_split_keeps_as_much_traffic_on_the_better_choice_as_fits() -> None:
