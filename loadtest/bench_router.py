@@ -9,7 +9,9 @@ Traffic is `digits` with a mix of SLOs: interactive requests (1 image, tight SLO
 requests (8 images, loose SLO); every answer is scored against the image's true label.
 The ramp goes from well below to about 2x the capacity of fp32, measured first with the
 same mix. Steps are interleaved: at each load level every policy runs in turn, so that a
-noisy neighbour hurts all of them alike.
+noisy neighbour hurts all of them alike, and every policy at a level gets the same arrival
+times, request kinds and images (common random numbers): their differences are then the
+policies', not the draw's. The generator's own garbage collector is off during a step.
 
 Per step and policy: SLO attainment (requests answered within their SLO), mean quality
 (accuracy of the answered images), effective accuracy (images answered correctly *and*
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import os
 import sys
 import tempfile
@@ -113,6 +116,12 @@ class Traffic:
         self.kinds = kinds
         self.rng = np.random.default_rng(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Start the same sequence again: every policy at a load step gets the same arrival
+        times, kinds and images (common random numbers), so that their differences are the
+        policies', not the draw's."""
+        self.rng = np.random.default_rng(seed)
+
     def pick(self) -> RequestKind:
         return self.kinds[int(self.rng.choice(len(self.kinds), p=[k.share for k in self.kinds]))]
 
@@ -128,13 +137,12 @@ class Traffic:
 
 async def _send(
     stub: service_pb2_grpc.GRPCInferenceServiceStub,
-    traffic: Traffic,
     kind: RequestKind,
-    policy: str,
+    request: pb.ModelInferRequest,
+    labels: np.ndarray,
     scheduled_s: float,
     timeout_s: float,
 ) -> Outcome:
-    request, labels = traffic.request(kind, policy)
     try:
         response = await stub.ModelInfer(request, timeout=timeout_s)
     except grpc.aio.AioRpcError:
@@ -153,7 +161,28 @@ async def open_loop(
     seconds: float,
     timeout_s: float,
 ) -> tuple[list[Outcome], float]:
-    """Poisson arrivals at `rate_rps` for `seconds`; returns outcomes and the rate really sent."""
+    """Poisson arrivals at `rate_rps` for `seconds`; returns outcomes and the rate really sent.
+
+    The load generator's own garbage collector is off during a step: a full collection of
+    its heap of pending calls takes ~0.1 s on this machine, and every call in flight then
+    looks 0.1 s late, whichever policy happens to be running (collected between steps).
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        return await _open_loop(stub, traffic, policy, rate_rps, seconds, timeout_s)
+    finally:
+        gc.enable()
+
+
+async def _open_loop(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    traffic: Traffic,
+    policy: str,
+    rate_rps: float,
+    seconds: float,
+    timeout_s: float,
+) -> tuple[list[Outcome], float]:
     tasks = []
     start = time.perf_counter()
     scheduled = start
@@ -164,7 +193,9 @@ async def open_loop(
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_send(stub, traffic, traffic.pick(), policy, scheduled, timeout_s)))
+        kind = traffic.pick()
+        request, labels = traffic.request(kind, policy)  # drawn here, in order: the same for every policy
+        tasks.append(asyncio.create_task(_send(stub, kind, request, labels, scheduled, timeout_s)))
     sent_rps = len(tasks) / (time.perf_counter() - start)
     return list(await asyncio.gather(*tasks)), sent_rps
 
@@ -283,8 +314,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, float | str]]:
         await capacity_rps(stub, traffic, "router", 2.0)  # warm-up: sessions and the router's corrections
         fp32_capacity = await capacity_rps(stub, traffic, "fp32", args.capacity_seconds)
         print(f"fp32 capacity with this mix: {fp32_capacity:.0f} requests/s", flush=True)
-        for load in args.loads:
+        for step, load in enumerate(args.loads):
             for policy in POLICIES:
+                traffic.reseed(1000 + step)
                 outcomes, sent = await open_loop(
                     stub, traffic, policy, load * fp32_capacity, args.step_seconds, args.timeout_s
                 )
