@@ -192,7 +192,12 @@ class _LiveStateCollector(Collector):
         sustained = GaugeMetricFamily(
             "slimserve_throughput_slo_sustained", "1 when the declared throughput SLO is met", labels=["model"]
         )
+        price = GaugeMetricFamily(
+            "slimserve_router_cpu_price", "Quality one machine-ms per row costs now; 0 while the CPU has room",
+            labels=["model"],
+        )  # fmt: skip
         for name, hosted in self._host.models.items():
+            price.add_metric([name], hosted.router.last_price)
             for variant, batcher in hosted.batchers.items():
                 depth.add_metric([name, variant], batcher.queue_depth)
                 in_flight.add_metric([name, variant], hosted.stats[variant].in_flight)
@@ -209,4 +214,11 @@ class _LiveStateCollector(Collector):
         cpu.add_metric([], self._load.cpu_utilization)
         lag = GaugeMetricFamily("slimserve_event_loop_lag_seconds", "How late the event loop runs its timers")
         lag.add_metric([], self._load.lag_ms / 1e3)
-        yield from (depth, in_flight, predicted, stretch, arrival, capacity, declared, sustained, cpu, lag)
+        target = GaugeMetricFamily("slimserve_cpu_target", "CPU utilization routed traffic may plan to use")
+        target.add_metric([], self._load.cpu.target)
+        overhead = GaugeMetricFamily(
+            "slimserve_cpu_overhead_seconds", "CPU per request beyond its session call (machine-seconds)"
+        )
+        overhead.add_metric([], self._load.cpu.overhead_ms / 1e3)
+        yield from (depth, in_flight, predicted, stretch, arrival, capacity, declared, sustained, price)
+        yield from (cpu, target, overhead, lag)

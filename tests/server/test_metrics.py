@@ -13,6 +13,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from protos import slimserve_pb2, slimserve_pb2_grpc
+from router.cpu import TARGET_UTILIZATION
 from server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
@@ -72,6 +73,9 @@ def test_request_metrics_have_model_variant_labels_and_second_buckets(shadowing_
     assert "slimserve_queue_depth" in samples and "slimserve_router_predicted_latency_seconds" in samples
     assert 0.0 <= value(samples, "slimserve_cpu_utilization") <= 1.0
     assert value(samples, "slimserve_event_loop_lag_seconds") >= 0.0
+    assert value(samples, "slimserve_cpu_target") == TARGET_UTILIZATION
+    assert value(samples, "slimserve_cpu_overhead_seconds") >= 0.0
+    assert value(samples, "slimserve_router_cpu_price", model="digits") == 0.0  # three calls: the CPU has room
 
 
 def test_static_facts_of_every_variant_are_exported(shadowing_server: RunningServer) -> None:
