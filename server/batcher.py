@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 BatchListener = Callable[[int, float], None]  # (rows, compute_ms), once per session call
 
 
-@dataclass
+@dataclass(eq=False)  # identity: finding a call in the queue must not compare its tensors
 class _Pending:
     request: InferenceRequest
     future: asyncio.Future[InferenceResult]

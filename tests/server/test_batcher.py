@@ -61,17 +61,19 @@ def test_expired_deadline_is_not_computed(digits: ModelEntry) -> None:
 def test_cancelled_call_frees_its_slot(digits: ModelEntry) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor, queue=1)
-            task = asyncio.create_task(batcher.submit(_request(), None))
+            batcher = _batcher(digits, executor, queue=2)
+            ahead = asyncio.create_task(batcher.submit(_request(), None))
+            task = asyncio.create_task(batcher.submit(_request(3), None))  # behind another call
             await asyncio.sleep(0)
-            assert batcher.queue_depth == 1
+            assert (batcher.queue_depth, batcher.queued_rows) == (2, 4)
             task.cancel()
-            with pytest.raises(asyncio.CancelledError):
+            with pytest.raises(asyncio.CancelledError):  # not an error from finding it in the queue
                 await task
-            assert batcher.queue_depth == 0
+            assert (batcher.queue_depth, batcher.queued_rows) == (1, 1)
             batcher.start()
             result = await batcher.submit(_request(), None)  # the slot is free again
             assert result.outputs["logits"].shape == (1, 10)
+            assert (await ahead).outputs["logits"].shape == (1, 10)
             await batcher.close()
 
     asyncio.run(scenario())
