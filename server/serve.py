@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -20,6 +21,11 @@ async def serve(settings: Settings, port_file: Path | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await app.start()
+    # Everything loaded so far (ONNX Runtime, numpy, gRPC, the sessions: ~190k objects) lives
+    # as long as the process. A full collection would traverse all of it, stalling every
+    # request for 65 ms on a 2-core Xeon — four times a 15-ms SLO; frozen, it is skipped.
+    gc.collect()
+    gc.freeze()
     if port_file is not None:
         # Line 1: the gRPC port; line 2: the metrics port (or "off"). Renamed into place,
         # so a reader never sees half of it.
