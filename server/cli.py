@@ -216,9 +216,9 @@ def _explain(args: argparse.Namespace) -> int:
           f"mix capacity {t.mix_capacity_rps:.0f} rps, guard {'on' if t.guard_active else 'off'}, "
           f"per-request overhead {answer.overhead_ms:.2f} ms")  # fmt: skip
     ties = "ties to capacity" if answer.ties_to_capacity else "ties to quality"
+    price = f"{answer.cpu_price:.4f} quality per machine-ms per row" if answer.cpu_price else "0 (room to spare)"
     print(f"server: CPU {answer.cpu_utilization:.0%} (target {answer.cpu_target:.0%}), "
-          f"CPU per request beyond the model {answer.cpu_overhead_ms:.2f} machine-ms, "
-          f"CPU price {answer.cpu_price:.2e} quality per machine-ms per row")  # fmt: skip
+          f"CPU per request beyond the model {answer.cpu_overhead_ms:.2f} machine-ms, CPU price {price}")  # fmt: skip
     print(f"event-loop lag {answer.loop_lag_ms:.2f} ms, tie band {answer.tie_band:.4f} ({ties})")
     return 0
 

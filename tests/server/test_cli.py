@@ -72,6 +72,7 @@ def test_explain_prints_every_candidate_and_the_choice(server: RunningServer) ->
     assert "digits: SLO 1000.00 ms (parameter), policy slo" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line[1:].startswith(("fp32", "int8", "pruned", "distil"))]
     assert len(rows) == 4 and sum(line.startswith("*") for line in rows) == 1
+    assert "CPU price 0 (room to spare)" in result.stdout  # one request at a time: nothing to price
     as_json = json.loads(_slimserve("explain", "digits", "--address", server.address, "--json").stdout)
     assert as_json["slo_source"] == "model_default" and len(as_json["candidates"]) == 4
 
