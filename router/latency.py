@@ -89,9 +89,11 @@ class LatencyModel:
         full, rest = divmod(rows, self.max_batch_size)
         return full * self.service_ms(self.max_batch_size) + (self.service_ms(rest) if rest > 0 else 0.0)
 
-    def capacity_rows_s(self) -> float:
-        """Rows per second this variant sustains alone, at its largest batch."""
-        return self.max_batch_size / self.service_ms(self.max_batch_size) * 1e3
+    def capacity_rows_s(self, overhead_ms_per_row: float = 0.0) -> float:
+        """Rows per second this variant sustains alone, at its largest batch, when every row
+        also costs `overhead_ms_per_row` of the machine outside the session call."""
+        busy_ms = self.service_ms(self.max_batch_size) + overhead_ms_per_row * self.max_batch_size
+        return self.max_batch_size / busy_ms * 1e3
 
     def observe(self, rows: float, compute_ms: float) -> None:
         """Fold one completed batch into the correction."""

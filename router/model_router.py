@@ -123,6 +123,7 @@ class ModelRouter:
         snapshot = self.ratios.snapshot(now)
         # The loop is late once before the handler runs and once after it returns.
         outside_ms = self.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
+        overhead_per_row = self._overhead_ms_per_row()
         for name, v in self.variants.items():
             others = [left for other, left in in_flight.items() if other != name and left > 0]
             arriving = self._shares[name].rows_per_second()
@@ -141,7 +142,7 @@ class ModelRouter:
                     device=v.device,
                     quality=v.quality,
                     predicted_ms=stretched + outside_ms,
-                    capacity_rows_s=v.latency.capacity_rows_s(),
+                    capacity_rows_s=v.latency.capacity_rows_s(overhead_per_row),
                     modelled_ms=modelled,
                     p_in_time=p_in_time,
                     cost_per_row_ms=cost_ms / max(rows, 1),
@@ -149,14 +150,21 @@ class ModelRouter:
             )
         return candidates
 
+    def _overhead_ms_per_row(self) -> float:
+        """The CPU every request costs around its session call (`router.cpu`; 0 until it is
+        learned), per row of the typical request."""
+        return self.cpu.overhead_ms / self._rows_per_request() if self.cpu.overhead_ms else 0.0
+
     def _mix_capacity_rows_s(self) -> float:
         """Rows/s the current traffic mix sustains: 1 / Σ share_v / capacity_v."""
         rates = {name: meter.rows_per_second() for name, meter in self._shares.items()}
         total = sum(rates.values())
+        per_row = self._overhead_ms_per_row()
         if total <= 0:
             best = max(self.variants.values(), key=lambda v: v.quality)
-            return best.latency.capacity_rows_s()
-        return 1.0 / sum(r / total / self.variants[n].latency.capacity_rows_s() for n, r in rates.items() if r > 0)
+            return best.latency.capacity_rows_s(per_row)
+        capacity = {n: v.latency.capacity_rows_s(per_row) for n, v in self.variants.items()}
+        return 1.0 / sum(r / total / capacity[n] for n, r in rates.items() if r > 0)
 
     def _required_rows_s(self) -> float | None:
         """Capacity loose requests should go to, when the throughput SLO is at risk.

@@ -189,3 +189,17 @@ def test_a_cpu_price_spreads_heavy_traffic_over_cheaper_variants_and_lifts_when_
     assert router.explain(SLO, 1).reason == CPU_BUDGET
     _route_at(router, clock, 50.0, 1.0)
     assert _route_at(router, clock, 50.0, 1.0) == Counter(fp32=50)  # the price is gone with the load
+
+
+def test_capacity_counts_the_cpu_each_request_costs_around_its_session_call() -> None:
+    clock = FakeClock()
+    router, _ = make_router(clock)
+    profiled = {c.variant: c.capacity_rows_s for c in router.candidates(1)}
+    assert profiled["fp32"] == pytest.approx(32 / 18.0 * 1e3)  # 32 rows per 18-ms call
+    router.cpu.overhead_ms = 1.0  # learned: 1 ms of CPU per request beyond the session call
+    with_overhead = {c.variant: c.capacity_rows_s for c in router.candidates(1)}
+    # One-row requests: a batch of 32 costs 18 ms of session plus 32 ms around it.
+    assert with_overhead["fp32"] == pytest.approx(32 / (18.0 + 32.0) * 1e3)
+    # The overhead is the same for every variant, so it shrinks the cheap ones' lead most.
+    assert with_overhead["distilled"] / with_overhead["fp32"] < profiled["distilled"] / profiled["fp32"]
+    assert router.throughput().mix_capacity_rps == pytest.approx(with_overhead["fp32"])
