@@ -109,7 +109,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
             ),
             cpu_utilization=router.cpu.utilization,
             loop_lag_ms=router.loop_lag_ms(),
-            tie_band=router.tie_band(),
+            tie_band=router.tie_band() if price == 0 else 0.0,  # priced: no band (router._choose)
             ties_to_capacity=price > 0,
             cpu_price=price,
             cpu_target=router.cpu.target,
