@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +155,19 @@ async def _send(
     return Outcome(kind, latency_ms, True, correct, response.parameters["variant"].string_param)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The load generator's own garbage collector, off (collected first, on again after): a
+    full collection of its heap of pending calls takes ~0.1 s on this machine, and every call
+    in flight then looks 0.1 s late, whichever policy happens to be running."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def open_loop(
     stub: service_pb2_grpc.GRPCInferenceServiceStub,
     traffic: Traffic,
@@ -161,43 +176,23 @@ async def open_loop(
     seconds: float,
     timeout_s: float,
 ) -> tuple[list[Outcome], float]:
-    """Poisson arrivals at `rate_rps` for `seconds`; returns outcomes and the rate really sent.
-
-    The load generator's own garbage collector is off during a step: a full collection of
-    its heap of pending calls takes ~0.1 s on this machine, and every call in flight then
-    looks 0.1 s late, whichever policy happens to be running (collected between steps).
-    """
-    gc.collect()
-    gc.disable()
-    try:
-        return await _open_loop(stub, traffic, policy, rate_rps, seconds, timeout_s)
-    finally:
-        gc.enable()
-
-
-async def _open_loop(
-    stub: service_pb2_grpc.GRPCInferenceServiceStub,
-    traffic: Traffic,
-    policy: str,
-    rate_rps: float,
-    seconds: float,
-    timeout_s: float,
-) -> tuple[list[Outcome], float]:
-    tasks = []
-    start = time.perf_counter()
-    scheduled = start
-    while True:
-        scheduled += traffic.rng.exponential(1.0 / rate_rps)
-        if scheduled - start > seconds:
-            break
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        kind = traffic.pick()
-        request, labels = traffic.request(kind, policy)  # drawn here, in order: the same for every policy
-        tasks.append(asyncio.create_task(_send(stub, kind, request, labels, scheduled, timeout_s)))
-    sent_rps = len(tasks) / (time.perf_counter() - start)
-    return list(await asyncio.gather(*tasks)), sent_rps
+    """Poisson arrivals at `rate_rps` for `seconds`; returns outcomes and the rate really sent."""
+    with _collector_paused():
+        tasks = []
+        start = time.perf_counter()
+        scheduled = start
+        while True:
+            scheduled += traffic.rng.exponential(1.0 / rate_rps)
+            if scheduled - start > seconds:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            kind = traffic.pick()
+            request, labels = traffic.request(kind, policy)  # drawn here, in order: the same for every policy
+            tasks.append(asyncio.create_task(_send(stub, kind, request, labels, scheduled, timeout_s)))
+        sent_rps = len(tasks) / (time.perf_counter() - start)
+        return list(await asyncio.gather(*tasks)), sent_rps
 
 
 async def capacity_rps(
