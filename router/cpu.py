@@ -60,5 +60,8 @@ class CpuAccount:
         assert self._window is not None
         machine_ms = (cpu_s - self._window[0]) * 1e3 / cores
         overhead = max((machine_ms - self._compute_ms) / self._requests, 0.0)
-        self.overhead_ms += WEIGHT * (overhead - self.overhead_ms) if self.overhead_ms else overhead
+        if self.overhead_ms == 0.0:  # the first window: nothing to average with yet
+            self.overhead_ms = overhead
+        else:
+            self.overhead_ms += WEIGHT * (overhead - self.overhead_ms)
         self._window, self._requests, self._compute_ms = (cpu_s, wall_s), 0, 0.0
