@@ -34,8 +34,9 @@ MAX_RESOLUTION_TIE = 0.01  # with very few samples, the tie band stops widening 
 STRETCH_QUANTILE = 0.9  # predicted_ms is the modelled latency stretched to this quantile
 
 
-def _cpu_cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[int], float]:
-    """Machine-ms one request of n rows costs: the overhead plus the profiled session call."""
+def _cpu_cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[float], float]:
+    """Machine-ms one request of n rows costs: the overhead plus the profiled session call
+    (the profile, not observed times: those include waiting for the core)."""
     return lambda rows: overhead_ms + curve.ms(rows)
 
 
@@ -135,7 +136,7 @@ class ModelRouter:
             else:
                 p_in_time = snapshot.probability_within(modelled, slo_ms - outside_ms)
             stretched = snapshot.stretched(modelled, STRETCH_QUANTILE) if snapshot else modelled
-            cost_ms = self.cpu.overhead_ms + v.latency.curve.ms(rows)
+            cost_ms = _cpu_cost(v.latency.curve, self.cpu.overhead_ms)(rows)
             candidates.append(
                 Candidate(
                     variant=name,
@@ -268,9 +269,9 @@ class ModelRouter:
     def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
         latency = self.variants[variant].latency
         latency.observe(rows, compute_ms)
-        # The CPU it took: the profile's time (observed times include waiting for the core).
-        self.cpu.record_compute(latency.curve.ms(rows))
-        self._compute.add(latency.curve.ms(rows))
+        session_ms = _cpu_cost(latency.curve, 0.0)(rows)  # the CPU it took
+        self.cpu.record_compute(session_ms)
+        self._compute.add(session_ms)
 
     def observe_request(
         self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
