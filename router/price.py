@@ -12,8 +12,8 @@ little quality for much CPU drop out first.
 - the mean queueing delay stays below `max_wait_ms`. The delay is the M/G/1 one,
   λ·E[S²] / 2(1 − ρ) (Pollaczek–Khinchine): it grows with the *square* of service times,
   so a variant with long calls (fp32 on 8 images) makes everyone wait long before the
-  machine is busy. On a 2-core Xeon fp32 misses 6 % of 15-ms SLOs at ρ ≈ 0.57 while
-  int8 misses none at the same ρ: utilization alone cannot tell them apart.
+  machine is busy. On a 2-core Xeon fp32 missed 7 % of its SLOs at ρ ≈ 0.57 and int8
+  0.4 % at ρ ≈ 0.54: utilization alone cannot tell them apart.
 Raising μ only ever moves a request size to a cheaper variant, so demand falls with μ, and
 the answer is one of the breakpoints where some request size switches variant. Switching
 a whole request size at once overshoots (both sizes of a two-size mix often switch at
