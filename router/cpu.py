@@ -10,8 +10,12 @@ request, so it is derived: (CPU used − session work) / requests, over windows 
 MIN_REQUESTS requests. It is large (0.7–2 ms per request on a 2-core Xeon, more than a
 small model's compute) and it falls as load rises and batches and wake-ups amortise.
 
-The server feeds the account (`sample` from its load monitor, `record_*` as batches and
-requests complete); routers read it.
+An overhead window closes after MIN_REQUESTS requests, or is dropped unused once it is
+older than MAX_WINDOW_S: a trickle of requests over an idle hour would otherwise charge the
+hour's background CPU (timers, scrapes) to a handful of requests.
+
+Thread: owned by the event loop — the load monitor samples it and the routers read it there;
+other threads read the snapshot the host publishes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 TARGET_UTILIZATION = 0.6  # the share of the machine that routed traffic may plan to use
 WEIGHT = 0.3  # weight of one sample in the running means
 MIN_REQUESTS = 20  # fewer requests in a window say too little about the overhead
+MAX_WINDOW_S = 10.0  # an overhead window older than this with too few requests is dropped
 
 
 class CpuAccount:
@@ -55,9 +60,11 @@ class CpuAccount:
         self.utilization += WEIGHT * (min(used, 1.0) - self.utilization)
         self.sampled = True
         self._last = (cpu_s, wall_s)
-        if self._requests < MIN_REQUESTS:
-            return
         assert self._window is not None
+        if self._requests < MIN_REQUESTS:
+            if wall_s - self._window[1] > MAX_WINDOW_S:  # a trickle: say nothing, start afresh
+                self._window, self._requests, self._compute_ms = (cpu_s, wall_s), 0, 0.0
+            return
         machine_ms = (cpu_s - self._window[0]) * 1e3 / cores
         overhead = max((machine_ms - self._compute_ms) / self._requests, 0.0)
         if self.overhead_ms == 0.0:  # the first window: nothing to average with yet

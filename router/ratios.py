@@ -11,10 +11,15 @@ request that took 3 ms would count as "10× slower" and make every cheap request
 
 Histogram over log-spaced bins (BINS_PER_DOUBLING per doubling of r between RATIO_LOW and
 RATIO_HIGH, plus one bin below and one above). Recent requests count more: an observation's
-weight doubles every HALF_LIFE_S (then everything is renormalised), which is the same as
-older ones halving — an exponentially decaying histogram with O(1) updates. With fewer than
+weight doubles every HALF_LIFE_S after an origin, which is the same as older ones halving —
+an exponentially decaying histogram with O(1) updates. Before a new weight could grow past
+MAX_WEIGHT the histogram is rescaled to an origin of now (old weights × 2^−elapsed, which
+may underflow to 0 but never overflows), and reads compute the decay as 2^−elapsed; so any
+gap in traffic — a second or a week — leaves every number finite. With fewer than
 MIN_EFFECTIVE_SAMPLES of recent weight (start-up, or a model that went quiet) it says
 nothing, and the router falls back to the modelled latency alone.
+
+Thread: owned by the event loop (the router's owner); other threads read published snapshots.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ RATIO_LOW, RATIO_HIGH = 0.25, 64.0
 HALF_LIFE_S = 2.0
 MIN_EFFECTIVE_SAMPLES = 30.0
 FLOOR_MS = 2.0
+MAX_WEIGHT_DOUBLINGS = 30.0  # rescale before a new weight exceeds 2**30 of the origin's
 _BINS = round(math.log2(RATIO_HIGH / RATIO_LOW) * BINS_PER_DOUBLING)
 # Upper edge of every bin: the underflow bin, the log-spaced ones, the overflow bin.
 UPPER_EDGES: tuple[float, ...] = (
@@ -74,20 +80,23 @@ class RatioDistribution:
         self._total = 0.0
         self._origin_s: float | None = None
 
-    def _scale(self, now_s: float) -> float:
+    def _doublings(self, now_s: float) -> float:
+        """Half-lives from the origin to `now_s` (negative if the clock reads earlier)."""
         assert self._origin_s is not None
-        return 2.0 ** ((now_s - self._origin_s) / HALF_LIFE_S)
+        return (now_s - self._origin_s) / HALF_LIFE_S
 
     def observe(self, modelled_ms: float, observed_ms: float, now_s: float) -> None:
-        if not (modelled_ms > 0 and observed_ms > 0 and math.isfinite(observed_ms)):
+        if not (modelled_ms > 0 and observed_ms > 0 and math.isfinite(observed_ms) and math.isfinite(modelled_ms)):
             return
         if self._origin_s is None:
             self._origin_s = now_s
-        weight = self._scale(now_s)
-        if weight > 1e9:  # renormalise before the weights overflow: same shape, origin now
-            self._weights = [w / weight for w in self._weights]
-            self._total /= weight
-            self._origin_s, weight = now_s, 1.0
+        doublings = self._doublings(now_s)
+        if doublings > MAX_WEIGHT_DOUBLINGS:  # rescale first: same shape, origin now, no overflow
+            decay = 2.0**-doublings  # underflows to 0 after a long gap, as it should
+            self._weights = [w * decay for w in self._weights]
+            self._total *= decay
+            self._origin_s, doublings = now_s, 0.0
+        weight = 2.0**doublings
         ratio = (observed_ms + FLOOR_MS) / (modelled_ms + FLOOR_MS)
         index = min(bisect.bisect_left(UPPER_EDGES, ratio), len(UPPER_EDGES) - 1)
         self._weights[index] += weight
@@ -95,7 +104,11 @@ class RatioDistribution:
 
     def effective_samples(self, now_s: float) -> float:
         """Observations in the last HALF_LIFE_S or so (older ones count for less)."""
-        return 0.0 if self._origin_s is None else self._total / self._scale(now_s)
+        if self._origin_s is None:
+            return 0.0
+        # 2^-d underflows to 0 after a long gap (never overflows); a clock read before the
+        # origin decays nothing.
+        return self._total * 2.0 ** -max(self._doublings(now_s), 0.0)
 
     def snapshot(self, now_s: float) -> RatioSnapshot | None:
         """The current distribution, or None while it rests on too few recent requests."""
