@@ -8,8 +8,10 @@ core this process may use) and `edge` (pinned to one core, one thread).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+from pathlib import Path
 from typing import Literal
 
 from variants.repository import HardwareFingerprint
@@ -51,12 +53,38 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota in cores (quota / period) of this container's cgroup, or None if unlimited.
+
+    cgroup v2 keeps "<quota> <period>" (quota "max" = none) in cpu.max; v1 keeps them in
+    cpu.cfs_quota_us (-1 = none) and cpu.cfs_period_us. A pod with `limits.cpu: 2` on a
+    64-core node has affinity for 64 cores but only 2 cores' worth of time.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: the affinity mask, capped by the cgroup's CPU quota
+    (rounded up: 1.5 cores of quota still runs two threads usefully)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def pin_to_one_core() -> None:
