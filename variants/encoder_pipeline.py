@@ -113,9 +113,25 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
             name=recipe.name,
             task="encoder",
             description="all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised); tokenize client-side",
+            # Token ids index the vocabulary and positions the position table: the session
+            # cannot run anything outside them, so the server refuses it up front.
             inputs=[
-                TensorSpec(name="input_ids", datatype="INT64", shape=[-1, -1]),
-                TensorSpec(name="attention_mask", datatype="INT64", shape=[-1, -1]),
+                TensorSpec(
+                    name="input_ids",
+                    datatype="INT64",
+                    shape=[-1, -1],
+                    max_shape=[-1, teacher.shape.max_positions],
+                    min_value=0,
+                    max_value=teacher.shape.vocab_size - 1,
+                ),
+                TensorSpec(
+                    name="attention_mask",
+                    datatype="INT64",
+                    shape=[-1, -1],
+                    max_shape=[-1, teacher.shape.max_positions],
+                    min_value=0,
+                    max_value=1,
+                ),
             ],
             outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
             quality_metric=QualityMetric(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "variant.json"
 # The order in which tables list variants: the reference first, cheaper ones after.
 KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8", "pruned", "lowrank", "distilled")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_NAME_CHARS = 128
 
 
 class RepositoryError(Exception):
@@ -44,11 +47,22 @@ class _Strict(BaseModel):
 
 
 class TensorSpec(_Strict):
-    """One input or output tensor. Dimension -1 is variable; the first is the batch."""
+    """One input or output tensor. Dimension -1 is variable; the first is the batch.
+
+    What the model accepts beyond its shape is declared here and checked on every request,
+    so that a value the model cannot run (a token id outside the vocabulary, a sequence
+    longer than the position table) is refused with INVALID_ARGUMENT naming the tensor
+    instead of failing inside the session.
+    """
 
     name: str = Field(min_length=1)
     datatype: Datatype
     shape: list[int] = Field(min_length=1)
+    max_shape: list[int] | None = Field(
+        default=None, description="largest size of each variable dimension (-1: no limit); the batch is max_batch_size"
+    )
+    min_value: float | None = Field(default=None, description="smallest value an element may take (inputs)")
+    max_value: float | None = Field(default=None, description="largest value an element may take (inputs)")
 
     @field_validator("shape")
     @classmethod
@@ -56,6 +70,28 @@ class TensorSpec(_Strict):
         if any(d == 0 or d < -1 for d in shape):
             raise ValueError("dimensions must be positive or -1 (variable)")
         return shape
+
+    @model_validator(mode="after")
+    def _limits(self) -> TensorSpec:
+        if self.max_shape is not None and (
+            len(self.max_shape) != len(self.shape) or any(d == 0 or d < -1 for d in self.max_shape)
+        ):
+            raise ValueError(f"max_shape {self.max_shape} must have {len(self.shape)} dimensions, each > 0 or -1")
+        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
+            raise ValueError(f"min_value {self.min_value} is above max_value {self.max_value}")
+        return self
+
+
+def check_name(name: str, what: str) -> str:
+    """The one rule for model and variant names: letters, digits, '_', '-' and '.', not
+    starting with '.' (so never '.', '..' or a hidden folder), at most 128 characters.
+    Names become folder names, so nothing else may reach a path."""
+    if not NAME_PATTERN.fullmatch(name) or name.startswith(".") or len(name) > MAX_NAME_CHARS:
+        raise ValueError(
+            f"{what} name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
+            f"not starting with '.', at most {MAX_NAME_CHARS} characters"
+        )
+    return name
 
 
 class QualityMetric(_Strict):
@@ -69,7 +105,7 @@ class QualityMetric(_Strict):
 class ModelConfig(_Strict):
     """`model.yaml`: what the model takes and returns and how it is served."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1)
     task: Literal["classifier", "encoder"]
     description: str = ""
     inputs: list[TensorSpec] = Field(min_length=1)
@@ -82,6 +118,11 @@ class ModelConfig(_Strict):
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     throughput_slo_rps: float | None = Field(default=None, gt=0, description="requests/s the router must sustain")
     labels: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_name(name, "model")
 
 
 class LatencyStats(_Strict):
