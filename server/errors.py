@@ -36,6 +36,18 @@ class ShuttingDownError(ServingError):
     """The server is draining and takes no new requests."""
 
 
+class OverloadedError(ServingError):
+    """Admitting the request would make it (and those behind it) miss its SLO: shed now."""
+
+
+class VariantUnavailableError(ServingError):
+    """The variant's batcher has failed and is not serving; another variant or replica can."""
+
+
+class ModelExecutionError(ServingError):
+    """The variant's session failed on this request alone (its batch-mates were answered)."""
+
+
 # Router errors are domain errors too; they live in router/ because the router raises them.
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -45,6 +57,9 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidHintError: grpc.StatusCode.INVALID_ARGUMENT,
     QualityUnreachableError: grpc.StatusCode.FAILED_PRECONDITION,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    OverloadedError: grpc.StatusCode.UNAVAILABLE,
+    VariantUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    ModelExecutionError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 INTERNAL_MESSAGE = "internal error; see the server log"

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from server.batcher import DynamicBatcher
-from server.errors import DeadlineExceededError, QueueFullError, ShuttingDownError
+from server.errors import (
+    DeadlineExceededError,
+    ModelExecutionError,
+    QueueFullError,
+    ShuttingDownError,
+    VariantUnavailableError,
+)
 from server.request import InferenceRequest
 from server.runtime import VariantSession
 from variants.repository import ModelEntry
@@ -97,6 +103,101 @@ def test_requests_merge_by_shape_and_split_back(digits: ModelEntry) -> None:
             assert batcher.executions == {6: 1}
             await batcher.close()
             with pytest.raises(ShuttingDownError):
+                await batcher.submit(_request(), None)
+
+    asyncio.run(scenario())
+
+
+def _tokens(rows: int, first_id: int, length: int = 8) -> InferenceRequest:
+    ids = np.full((rows, length), 101, dtype=np.int64)
+    ids[:, 1] = first_id
+    mask = np.ones((rows, length), dtype=np.int64)
+    return InferenceRequest("minilm", "fp32", {"input_ids": ids, "attention_mask": mask})
+
+
+def test_a_request_the_session_cannot_run_fails_alone_not_its_batch_mates(minilm: ModelEntry) -> None:
+    """A token id outside the vocabulary makes ONNX Runtime's Gather raise for the whole merged call."""
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            session = VariantSession(minilm.config, minilm.variants["fp32"], threads=1)
+            batcher = DynamicBatcher(session, executor, max_batch_size=32, max_queue_delay_ms=0, max_queue_size=64)
+            good = [_tokens(2, 2000 + i) for i in range(6)]
+            bad = _tokens(1, 10_000_000)
+            calls = [asyncio.create_task(batcher.submit(r, None)) for r in (*good[:3], bad, *good[3:])]
+            await asyncio.sleep(0)
+            batcher.start()  # all seven queued: they are merged into one call, which fails
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert isinstance(results[3], ModelExecutionError)
+            assert "could not run this input" in str(results[3]) and "fp32" in str(results[3])
+            answered = [r for i, r in enumerate(results) if i != 3]
+            for request, result in zip(good, answered, strict=True):
+                assert not isinstance(result, BaseException), result
+                expected = session.run(request.inputs)["embedding"]
+                np.testing.assert_allclose(result.outputs["embedding"], expected, atol=1e-5)
+            assert batcher.executions[13] == 0 and batcher.executions[2] == 6  # merged call failed, then one by one
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_queue_is_bounded_in_bytes(digits: ModelEntry) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            session = VariantSession(digits.config, digits.variants["fp32"], threads=1)
+            one_image = 28 * 28 * 4
+            batcher = DynamicBatcher(session, executor, 8, 0, max_queue_size=100, max_queue_bytes=3 * one_image)
+            waiting = [asyncio.create_task(batcher.submit(_request(), None)) for _ in range(3)]
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFullError, match="byte limit"):
+                await batcher.submit(_request(), None)
+            batcher.start()
+            await asyncio.gather(*waiting)
+            assert (await batcher.submit(_request(8), None)).outputs["logits"].shape == (8, 10)  # alone: taken
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_listener_does_not_fail_answered_calls(digits: ModelEntry) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor)
+
+            def broken(rows: int, compute_ms: float) -> None:
+                raise RuntimeError("listener bug")
+
+            batcher.on_batch = broken
+            batcher.start()
+            for _ in range(3):
+                assert (await batcher.submit(_request(), None)).outputs["logits"].shape == (1, 10)
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_that_dies_is_restarted_then_failed_and_no_call_hangs(digits: ModelEntry) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor)
+            failures: list[bool] = []
+            batcher.on_failure = lambda: failures.append(True)
+            batcher.start()
+            for restart in range(1, 4):  # killed from outside: restarted, and still answers
+                assert batcher._task is not None
+                batcher._task.cancel()
+                await asyncio.sleep(0.01)
+                assert batcher.restarts == restart and not batcher.failed
+                assert (await batcher.submit(_request(), None)).outputs["logits"].shape == (1, 10)
+            # A call waiting while the loop dies for the last time is answered, not left hanging.
+            waiting = asyncio.create_task(batcher.submit(_request(), time.monotonic() + 60))
+            assert batcher._task is not None
+            batcher._task.cancel()
+            await asyncio.sleep(0)
+            with pytest.raises(VariantUnavailableError):
+                await asyncio.wait_for(waiting, timeout=30)
+            assert batcher.failed and failures == [True]
+            with pytest.raises(VariantUnavailableError, match="not serving"):
                 await batcher.submit(_request(), None)
 
     asyncio.run(scenario())
