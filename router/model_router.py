@@ -276,7 +276,7 @@ class ModelRouter:
     def observe_request(
         self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
     ) -> None:
-        """Fold one finished request in; `decision` None means it failed.
+        """Fold one answered request in (`decision` None: it failed and nothing is learned).
 
         `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
         compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
@@ -289,6 +289,14 @@ class ModelRouter:
         if overhead >= 0:
             self.overhead_ms += OVERHEAD_WEIGHT * (overhead - self.overhead_ms)
         self.ratios.observe(decision.chosen.modelled_ms, elapsed_ms, self._clock())
+
+    def observe_timeout(self, decision: Decision, waited_ms: float) -> None:
+        """A request that ran out of time (deadline passed, or the caller gave up) after
+        `waited_ms`: it would have taken at least that long, so the ratio distribution learns
+        it too. Learning from answers alone would make P(in time) optimistic exactly under
+        overload, when the slowest requests are the ones that never finish."""
+        self.cpu.record_request()
+        self.ratios.observe(decision.chosen.modelled_ms, waited_ms, self._clock())
 
     def throughput(self) -> ThroughputStatus:
         return ThroughputStatus(

@@ -2,12 +2,22 @@
 
 This is the one place that constructs those objects; there is no module-level state, so
 tests start as many servers as they like, each on port 0.
+
+Threads: the event loop owns the host (models, routers, batchers) and the health servicer.
+ONNX Runtime runs in the executor's worker threads; the Prometheus HTTP server runs in its
+own thread and reads only `App.live`, the `LiveState` the loop publishes every
+PUBLISH_PERIOD_S (one reference, swapped whole).
+
+Health: SERVING while accepting and at least one model can serve; a model with a failed
+batcher reports ModelReady false and `slimserve_model_ready` 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from wsgiref.simple_server import WSGIServer
 
@@ -16,15 +26,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from protos import inference_pb2, inference_pb2_grpc, slimserve_pb2, slimserve_pb2_grpc
+from protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
 from router.cpu import CpuAccount
 from server.feedback import RecentAnswers
 from server.host import ModelHost
+from server.live_state import PUBLISH_PERIOD_S, LiveState
 from server.load_monitor import LoadMonitor
 from server.management import ManagementServicer
 from server.metrics import ServingMetrics
 from server.profiles import ensure_profiles
-from server.servicer import InferenceServicer
+from server.servicer import InferenceServicer, add_inference_service
 from server.settings import Settings
 from server.shadow import ShadowSampler
 from variants.hardware import fingerprint, pin_to_one_core, threads_for
@@ -54,8 +65,9 @@ class App:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
         self.host = ModelHost(
             models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
-            settings.rpc_allowance_ms,
+            settings.rpc_allowance_ms, settings.max_queue_bytes, settings.shed_late,
         )  # fmt: skip
+        self.host.on_readiness_change = self._readiness_changed
         self.load = LoadMonitor(CpuAccount(settings.cpu_target))
         for hosted in self.host.models.values():
             hosted.router.loop_lag_ms = lambda: self.load.lag_ms
@@ -64,10 +76,14 @@ class App:
         self.metrics: ServingMetrics | None = None
         self.metrics_port: int | None = None
         self._metrics_http: WSGIServer | None = None
+        self._metrics_thread: threading.Thread | None = None
+        self.live: LiveState | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
         if settings.metrics:
             self.metrics = ServingMetrics(CollectorRegistry())
             self.metrics.describe_repository(models)
-            self.metrics.watch(self.host, self.load)
+            self.metrics.watch(lambda: self.live)
             self.host.metrics = self.metrics
             if settings.shadow_fraction > 0:
                 self.host.shadow = ShadowSampler(
@@ -75,12 +91,8 @@ class App:
                 )
         self.inference = InferenceServicer(self.host, self.metrics)
         self.health = health.aio.HealthServicer()
-        limits = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-        ]
-        self.server = grpc.aio.server(options=limits)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self.server)
+        self.server = grpc.aio.server(options=grpc_options(settings))
+        add_inference_service(self.inference, self.server)
         management = ManagementServicer(self.host, self.hardware_key, self.metrics)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -91,35 +103,101 @@ class App:
         for service in ("", *SERVICE_NAMES):
             await self.health.set(service, status)
 
+    def _serving_status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        can_serve = self.inference.accepting and any(m.ready for m in self.host.models.values())
+        return health_pb2.HealthCheckResponse.SERVING if can_serve else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    def _readiness_changed(self) -> None:
+        """A batcher failed for good (on the loop): tell the probes."""
+        log.error("model readiness: %s", {name: m.ready for name, m in self.host.models.items()})
+        task = asyncio.get_running_loop().create_task(self._set_health(self._serving_status()))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    def _start_metrics_http(self) -> None:
+        assert self.metrics is not None
+        port = self.metrics_port if self.metrics_port is not None else self.settings.metrics_port
+        self._metrics_http, self._metrics_thread = start_http_server(
+            port, self.settings.host, registry=self.metrics.registry
+        )
+        self.metrics_port = self._metrics_http.server_port
+
+    async def _publish(self) -> None:
+        """Every PUBLISH_PERIOD_S: a fresh LiveState for other threads; revive a dead exporter."""
+        while True:
+            try:
+                self.live = self.host.live_state(self.load.lag_ms)
+                if self._metrics_thread is not None and not self._metrics_thread.is_alive():
+                    log.error("the metrics exporter thread died; restarting it on port %s", self.metrics_port)
+                    self._start_metrics_http()
+            except Exception:  # publishing must outlive any one bad tick
+                log.exception("publishing the live state failed; trying again in %.2f s", PUBLISH_PERIOD_S)
+            await asyncio.sleep(PUBLISH_PERIOD_S)
+
     async def start(self) -> None:
         """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.metrics is not None:
-            self._metrics_http, _ = start_http_server(
-                self.settings.metrics_port, self.settings.host, registry=self.metrics.registry
-            )
-            self.metrics_port = self._metrics_http.server_port
+            self._start_metrics_http()
         await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
         self.host.start_batchers()
         self.load.start()
+        self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
         self.inference.accepting = True
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(self._serving_status())
         log.info(
             "serving %s on port %d (metrics: %s)", ", ".join(self.host.models), self.port,
             f"port {self.metrics_port}" if self.metrics_port else "off",
         )  # fmt: skip
 
     async def stop(self) -> None:
-        """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace."""
+        """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace.
+
+        For `drain_s` new calls are answered UNAVAILABLE while connections stay open: gRPC's
+        shutdown drops the calls it holds that no handler has taken yet (the client sees
+        CANCELLED), so they are taken and refused first."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.inference.accepting = False
+        await asyncio.sleep(self.settings.drain_s)
         await self.server.stop(self.settings.shutdown_grace_s)
+        if self.inference.cut_off:
+            log.error("%d admitted calls were cut off when the %.1f-s grace ran out",
+                      self.inference.cut_off, self.settings.shutdown_grace_s)  # fmt: skip
+        else:
+            log.info("drained: every admitted call was answered")
         if self.host.shadow is not None:
             await self.host.shadow.close()
         await self.host.close()
         await self.load.stop()
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._executor.shutdown(wait=True)
         log.info("stopped")
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC core's channel arguments for the server's limits (README: Failure modes)."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Under overload, calls wait in gRPC's queue until the event loop takes them, which the
+        # handler cannot see; a short queue refuses the excess in C, before any Python work.
+        ("grpc.server.max_pending_requests", settings.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+        # The soft limit refuses metadata between it and the hard limit only at random: set both.
+        ("grpc.max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_s * 1000)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.keepalive_min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", settings.keepalive_max_ping_strikes),
+    ]
+    if settings.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)))
+    return options

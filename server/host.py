@@ -1,10 +1,18 @@
-"""The loaded models: a session, a batcher and a router per model, and per-variant statistics."""
+"""The loaded models: a session, a batcher and a router per model, and per-variant statistics.
+
+Thread: the event loop owns every object here (routers, batchers, statistics). Other
+threads — the Prometheus scrape thread — read only the `LiveState` that `live_state()`
+builds on the loop and the app publishes (`server.live_state`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from router.build import build_model_router
@@ -12,10 +20,11 @@ from router.hints import RequestHints, parse_hints
 from router.model_router import ModelRouter
 from router.policy import Decision
 from server.batcher import DynamicBatcher
-from server.errors import NotFoundError
+from server.errors import DeadlineExceededError, NotFoundError, OverloadedError
 from server.feedback import Answer, RecentAnswers
+from server.live_state import LiveState, ModelLive, VariantLive
 from server.metrics import ServingMetrics
-from server.request import InferenceRequest, InferenceResult
+from server.request import CallRecord, InferenceRequest, InferenceResult
 from server.runtime import VariantSession
 from variants.repository import ModelEntry
 
@@ -47,6 +56,11 @@ class HostedModel:
     router: ModelRouter
     stats: dict[str, VariantStats]
 
+    @property
+    def ready(self) -> bool:
+        """Every variant can serve (a failed batcher makes the model not ready)."""
+        return not any(b.failed for b in self.batchers.values())
+
 
 class ModelHost:
     """Resolves (model, variant), routes requests without a variant, runs them through batchers.
@@ -54,6 +68,13 @@ class ModelHost:
     Every model's variants must have a profile for `hardware_key` (see server.profiles).
     With `metrics`, it records routing, in-flight, queue, compute, batch and SLO series;
     `shadow` and `answers` (set by the app) get every answer for live fidelity and feedback.
+
+    Load shedding (`shed_late`): a request that states its own SLO (`slo_ms`, or a gRPC
+    deadline) and whose chosen variant already has work ahead of it and is predicted to
+    answer after that SLO is refused at once with UNAVAILABLE, before it takes a queue slot:
+    under overload the core then serves requests that can still make it instead of ones
+    that will time out. An idle variant never sheds, and a caller that set neither (and so
+    gets the model's default SLO) waits its turn.
     """
 
     metrics: ServingMetrics | None = None
@@ -68,8 +89,12 @@ class ModelHost:
         max_queue_size: int,
         hardware_key: str,
         rpc_allowance_ms: float = 0.0,
+        max_queue_bytes: int = 1 << 62,
+        shed_late: bool = True,
     ) -> None:
         self.models: dict[str, HostedModel] = {}
+        self.shed_late = shed_late
+        self.on_readiness_change: Callable[[], None] | None = None
         self.answers = RecentAnswers(0)
         for name, entry in models.items():
             config = entry.config
@@ -80,12 +105,14 @@ class ModelHost:
                     config.max_batch_size,
                     config.max_queue_delay_ms,
                     max_queue_size,
+                    max_queue_bytes,
                 )
                 for variant, loaded in entry.variants.items()
             }
             router = build_model_router(entry, hardware_key, batchers, rpc_allowance_ms, workers)
             for variant, batcher in batchers.items():
                 batcher.on_batch = lambda rows, ms, m=name, v=variant: self._batch_done(m, v, rows, ms)
+                batcher.on_failure = self._readiness_changed
             self.models[name] = HostedModel(entry, batchers, router, {v: VariantStats() for v in batchers})
 
     def model(self, name: str) -> HostedModel:
@@ -112,14 +139,11 @@ class ModelHost:
             return hosted.router.pinned(request.variant, request.batch_size), hints
         return hosted.router.route(hints, request.batch_size), hints
 
-    async def infer(
-        self, request: InferenceRequest, deadline_s: float | None, received_s: float | None = None
-    ) -> InferenceResult:
-        """Route and run one request; `received_s` (monotonic) is when the call arrived."""
+    async def infer(self, request: InferenceRequest, deadline_s: float | None, call: CallRecord) -> InferenceResult:
+        """Route and run one request; `call` says when it arrived and learns the variant."""
         hosted = self.model(request.model)
-        received_s = time.monotonic() if received_s is None else received_s
         decision, hints = self.decide(hosted, request, deadline_s)
-        request.served_by = decision.variant
+        call.variant = decision.variant
         stats = hosted.stats[decision.variant]
         series = self.metrics.series(request.model, decision.variant) if self.metrics else None
         if series:
@@ -127,15 +151,28 @@ class ModelHost:
         started = time.monotonic_ns()
         stats.in_flight += 1
         try:
-            result = await hosted.batchers[decision.variant].submit(request, deadline_s)
-        except Exception:
+            batcher = hosted.batchers[decision.variant]
+            busy = batcher.queued_rows or batcher.running_rows
+            stated = hints.slo_source != "model_default"
+            if self.shed_late and stated and busy and decision.predicted_ms > hints.slo_ms:
+                raise OverloadedError(
+                    f"overloaded: variant '{decision.variant}' is predicted to answer in "
+                    f"{decision.predicted_ms:.1f} ms, past the {hints.slo_ms:g} ms SLO; retry later or elsewhere"
+                )
+            result = await batcher.submit(request, deadline_s)
+        except BaseException as exc:  # CancelledError too: every call ends in one outcome
             stats.fail_count += 1
             stats.fail_ns += time.monotonic_ns() - started
-            hosted.router.observe_request(None)
+            if isinstance(exc, asyncio.CancelledError | DeadlineExceededError):
+                hosted.router.observe_timeout(decision, (time.monotonic() - call.received_s) * 1e3)
+            else:
+                hosted.router.observe_request(None)
+            if series:
+                series.slo_missed.inc()  # no answer within the SLO, whatever the reason
             raise
         finally:
             stats.in_flight -= 1
-        elapsed_ms = (time.monotonic() - received_s) * 1e3
+        elapsed_ms = (time.monotonic() - call.received_s) * 1e3
         hosted.router.observe_request(decision, elapsed_ms, result.queue_ms, result.compute_ms)
         if series:
             series.queue_seconds.observe(result.queue_ms / 1e3)
@@ -153,6 +190,34 @@ class ModelHost:
         stats.inference_count += request.batch_size
         stats.last_inference_ms = int(time.time() * 1000)
         return result
+
+    def _readiness_changed(self) -> None:
+        if self.on_readiness_change is not None:
+            self.on_readiness_change()
+
+    def live_state(self, load_lag_ms: float) -> LiveState:
+        """On the event loop: everything other threads may read, copied into immutable values."""
+        models = {}
+        for name, hosted in self.models.items():
+            router = hosted.router
+            predicted = {c.variant: c.predicted_ms / 1e3 for c in router.candidates(1)}
+            variants = {
+                variant: VariantLive(
+                    batcher.queue_depth, hosted.stats[variant].in_flight, predicted[variant], not batcher.failed
+                )
+                for variant, batcher in hosted.batchers.items()
+            }
+            models[name] = ModelLive(
+                MappingProxyType(variants), router.last_price, router.stretch(), router.throughput(), hosted.ready
+            )
+        cpu = next(iter(self.models.values())).router.cpu if self.models else None
+        return LiveState(
+            models=MappingProxyType(models),
+            cpu_utilization=cpu.utilization if cpu else 0.0,
+            cpu_target=cpu.target if cpu else 0.0,
+            cpu_overhead_s=cpu.overhead_ms / 1e3 if cpu else 0.0,
+            loop_lag_s=load_lag_ms / 1e3,
+        )
 
     def _batch_done(self, model: str, variant: str, rows: int, compute_ms: float) -> None:
         """After every session call: correct the router, and record compute and batch size once."""

@@ -4,23 +4,21 @@ Every series carries `model` and `variant` (and `device` where compute happens);
 values come from the repository, never from the caller (an unknown model is counted as
 "unknown"), so cardinality stays bounded. Durations are histograms in seconds, so that
 latency aggregates across replicas. Things that are cheap to read and costly to keep up
-to date per request (queue depth, router state) are read at scrape time by a collector.
+to date per request (queue depth, router state) are read at scrape time by a collector —
+from the `LiveState` the event loop last published, never from the live objects, since the
+scrape runs in the HTTP server's thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from server.live_state import LiveState
 from variants.repository import ModelEntry
-
-if TYPE_CHECKING:
-    from server.host import ModelHost
-    from server.load_monitor import LoadMonitor
 
 UNKNOWN = "unknown"
 # 0.25 ms … 10 s: digits answers in well under a millisecond, minilm batches take tens.
@@ -158,19 +156,21 @@ class ServingMetrics:
         """The resolved per-request series of a variant of the repository."""
         return self._series[model, variant]
 
-    def watch(self, host: ModelHost, load: LoadMonitor) -> None:
-        """Read queue depths, router state and the server's load at every scrape."""
-        self.registry.register(_LiveStateCollector(host, load))
+    def watch(self, live: Callable[[], LiveState | None]) -> None:
+        """Export the last published queue depths, router state and load at every scrape."""
+        self.registry.register(_LiveStateCollector(live))
 
 
 class _LiveStateCollector(Collector):
-    """Queue depths and router state, read when Prometheus scrapes."""
+    """Queue depths and router state from the last published `LiveState` (any thread)."""
 
-    def __init__(self, host: ModelHost, load: LoadMonitor) -> None:
-        self._host = host
-        self._load = load
+    def __init__(self, live: Callable[[], LiveState | None]) -> None:
+        self._live = live
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._live()  # one reference, read once: a consistent view
+        if state is None:  # not published yet (start-up)
+            return
         depth = GaugeMetricFamily("slimserve_queue_depth", "Requests waiting in the variant's queue", labels=MV)
         in_flight = GaugeMetricFamily(
             "slimserve_inflight_requests", "Requests routed to the variant and not answered yet", labels=MV
@@ -196,29 +196,33 @@ class _LiveStateCollector(Collector):
             "slimserve_router_cpu_price", "Quality one machine-ms per row costs now; 0 while the CPU has room",
             labels=["model"],
         )  # fmt: skip
-        for name, hosted in self._host.models.items():
-            price.add_metric([name], hosted.router.last_price)
-            for variant, batcher in hosted.batchers.items():
-                depth.add_metric([name, variant], batcher.queue_depth)
-                in_flight.add_metric([name, variant], hosted.stats[variant].in_flight)
-            for candidate in hosted.router.candidates(1):
-                predicted.add_metric([name, candidate.variant], candidate.predicted_ms / 1e3)
-            status = hosted.router.throughput()
-            stretch.add_metric([name], hosted.router.stretch())
+        ready = GaugeMetricFamily(
+            "slimserve_model_ready", "1 while every variant of the model can serve (a failed batcher: 0)",
+            labels=["model"],
+        )  # fmt: skip
+        for name, model in state.models.items():
+            price.add_metric([name], model.price)
+            ready.add_metric([name], 1.0 if model.ready else 0.0)
+            for variant, live in model.variants.items():
+                depth.add_metric([name, variant], live.queue_depth)
+                in_flight.add_metric([name, variant], live.in_flight)
+                predicted.add_metric([name, variant], live.predicted_s)
+            status = model.throughput
+            stretch.add_metric([name], model.stretch)
             arrival.add_metric([name], status.arrival_rps)
             capacity.add_metric([name], status.mix_capacity_rps)
             sustained.add_metric([name], 1.0 if status.sustained else 0.0)
             if status.declared_rps is not None:
                 declared.add_metric([name], status.declared_rps)
         cpu = GaugeMetricFamily("slimserve_cpu_utilization", "Process CPU time / (wall time × usable cores)")
-        cpu.add_metric([], self._load.cpu_utilization)
+        cpu.add_metric([], state.cpu_utilization)
         lag = GaugeMetricFamily("slimserve_event_loop_lag_seconds", "How late the event loop runs its timers")
-        lag.add_metric([], self._load.lag_ms / 1e3)
+        lag.add_metric([], state.loop_lag_s)
         target = GaugeMetricFamily("slimserve_cpu_target", "CPU utilization routed traffic may plan to use")
-        target.add_metric([], self._load.cpu.target)
+        target.add_metric([], state.cpu_target)
         overhead = GaugeMetricFamily(
             "slimserve_cpu_overhead_seconds", "CPU per request beyond its session call (machine-seconds)"
         )
-        overhead.add_metric([], self._load.cpu.overhead_ms / 1e3)
-        yield from (depth, in_flight, predicted, stretch, arrival, capacity, declared, sustained, price)
+        overhead.add_metric([], state.cpu_overhead_s)
+        yield from (depth, in_flight, predicted, stretch, arrival, capacity, declared, sustained, price, ready)
         yield from (cpu, target, overhead, lag)

@@ -17,7 +17,6 @@ class InferenceRequest:
     parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
     id: str = ""
     outputs: list[str] = field(default_factory=list)  # empty: every output
-    served_by: str = ""  # the variant chosen for it, once the host has decided
 
     @property
     def batch_size(self) -> int:
@@ -36,3 +35,17 @@ class InferenceResult:
     device: str = "cpu"
     predicted_ms: float = 0.0  # the router's prediction when it chose the variant
     reason: str = ""  # why this variant (router.policy.REASONS)
+
+
+@dataclass
+class CallRecord:
+    """How one inference call went, filled in along the way and counted once, at its end.
+
+    The servicer creates it when the call reaches its handler and sets `code`; the host
+    sets `variant` once it has decided. Label values come from the repository, never the caller.
+    """
+
+    model: str  # as the caller named it; checked against the repository when counted
+    received_s: float  # monotonic
+    variant: str = ""
+    code: str = "OK"  # a gRPC status code name, CANCELLED and DEADLINE_EXCEEDED included

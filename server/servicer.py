@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -12,11 +13,11 @@ import grpc
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
-from server.codec import decode_request, encode_response
-from server.errors import ShuttingDownError, status_for
+from server.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
+from server.errors import InvalidInputError, ShuttingDownError, status_for
 from server.host import ModelHost
 from server.metrics import UNKNOWN, ServingMetrics
-from server.request import InferenceRequest
+from server.request import CallRecord
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "slimserve"
@@ -48,6 +49,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self._host = host
         self._metrics = metrics
         self.accepting = False  # set once warmed up; cleared when draining
+        self.cut_off = 0  # admitted calls cancelled while the server was draining (the grace ran out)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -67,7 +69,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             self._host.resolve(request.name, request.version)
         else:
             self._host.model(request.name)
-        return pb.ModelReadyResponse(ready=self.accepting)
+        return pb.ModelReadyResponse(ready=self.accepting and self._host.model(request.name).ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -93,48 +95,47 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        received_s = time.monotonic()
-        decoded: InferenceRequest | None = None
-        code = "OK"
+        call = CallRecord(UNKNOWN if isinstance(request, MalformedRequest) else request.model_name, time.monotonic())
+        remaining = context.time_remaining()
+        deadline_s = None if remaining is None else call.received_s + remaining
         try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidInputError(f"the message is not a ModelInferRequest: {request.reason}")
             if not self.accepting:
                 raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
             # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
             hosted, _ = self._host.resolve(request.model_name, request.model_version)
             decoded = decode_request(request, hosted.entry.config)
-            remaining = context.time_remaining()
-            deadline_s = None if remaining is None else time.monotonic() + remaining
-            result = await self._host.infer(decoded, deadline_s, received_s)
+            result = await self._host.infer(decoded, deadline_s, call)
             return encode_response(decoded, result, hosted.entry.config)
+        except asyncio.CancelledError:  # not an Exception: gRPC cancels the handler itself
+            late = deadline_s is not None and time.monotonic() >= deadline_s
+            call.code = grpc.StatusCode.DEADLINE_EXCEEDED.name if late else grpc.StatusCode.CANCELLED.name
+            if not self.accepting and call.variant:  # admitted, then cut off by the shutdown
+                self.cut_off += 1
+            raise
         except Exception as exc:
-            code = status_for(exc)[0].name
+            call.code = status_for(exc)[0].name
             raise
         finally:
             if self._metrics is not None:
-                self._count(self._metrics, request, decoded, code, received_s)
+                self._count(self._metrics, call, "" if isinstance(request, MalformedRequest) else request.model_version)
 
-    def _count(
-        self,
-        metrics: ServingMetrics,
-        request: pb.ModelInferRequest,
-        decoded: InferenceRequest | None,
-        code: str,
-        received_s: float,
-    ) -> None:
-        """One request, counted once. Label values come from the repository, never the caller."""
-        hosted = self._host.models.get(request.model_name)
-        model = request.model_name if hosted else UNKNOWN
-        variant = decoded.served_by if decoded and decoded.served_by else UNKNOWN
-        if variant == UNKNOWN and hosted and request.model_version in hosted.batchers:
-            variant = request.model_version
-        if code == "OK":
+    def _count(self, metrics: ServingMetrics, call: CallRecord, asked_variant: str) -> None:
+        """One call, counted once. Label values come from the repository, never the caller."""
+        hosted = self._host.models.get(call.model)
+        model = call.model if hosted else UNKNOWN
+        variant = call.variant or UNKNOWN
+        if variant == UNKNOWN and hosted and asked_variant in hosted.batchers:
+            variant = asked_variant
+        if call.code == "OK":
             series = metrics.series(model, variant)
             series.requests_ok.inc()
-            series.request_seconds.observe(time.monotonic() - received_s)
+            series.request_seconds.observe(time.monotonic() - call.received_s)
         else:
-            metrics.requests.labels(model, variant, code).inc()
+            metrics.requests.labels(model, variant, call.code).inc()
 
     @maps_errors
     async def ModelStatistics(
@@ -171,12 +172,43 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        state = "READY" if self.accepting else "UNAVAILABLE"
         index = pb.RepositoryIndexResponse.ModelIndex
+
+        def state(batcher_failed: bool) -> str:
+            return "READY" if self.accepting and not batcher_failed else "UNAVAILABLE"
+
         return pb.RepositoryIndexResponse(
             models=[
-                index(name=name, version=variant, state=state)
+                index(name=name, version=variant, state=state(batcher.failed))
                 for name, hosted in self._host.models.items()
-                for variant in hosted.batchers
+                for variant, batcher in hosted.batchers.items()
             ]
         )
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the inference service as the generated code does, except that ModelInfer's
+    request is parsed by `parse_infer_request`, so that bytes which are not a request get
+    INVALID_ARGUMENT rather than gRPC's INTERNAL for a deserializer that raised."""
+
+    class _Capture:
+        def __init__(self) -> None:
+            self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, _: object) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+            self.handlers = dict(handlers)
+
+    capture = _Capture()
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)  # type: ignore[arg-type]
+    handlers = capture.handlers
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=parse_infer_request,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

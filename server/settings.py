@@ -33,8 +33,21 @@ class Settings(BaseSettings):
         default=0, ge=0, description="threads that run sessions; 0 = one per variant of the largest model"
     )
     max_queue_size: int = Field(default=256, ge=1, description="requests waiting per variant before UNAVAILABLE")
+    max_queue_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="tensor bytes waiting per variant before UNAVAILABLE"
+    )
+    shed_late: bool = Field(
+        default=True,
+        description="refuse at once (UNAVAILABLE) a request predicted to miss its SLO behind the queue ahead of it",
+    )
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC message limit")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="time in-flight calls get to finish on SIGTERM")
+    drain_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="after SIGTERM, answer new calls UNAVAILABLE for this long before closing connections, so that "
+        "calls already sent are refused rather than cut off (and load balancers see NOT_SERVING first)",
+    )
     rpc_allowance_ms: float = Field(
         default=1.5,
         ge=0,
@@ -47,3 +60,28 @@ class Settings(BaseSettings):
         description="share of the CPU routed traffic may plan to use; past it CPU has a price and cheaper variants win",
     )
     warmup_calls: int = Field(default=2, ge=0, description="session calls per variant before reporting ready")
+    # gRPC transport limits: a client that breaks them gets gRPC's GOAWAY or RESOURCE_EXHAUSTED,
+    # and other clients are unaffected.
+    keepalive_min_ping_interval_s: float = Field(
+        default=10.0, ge=0, description="clients may ping no more often than this without calls in flight"
+    )
+    keepalive_max_ping_strikes: int = Field(
+        default=2, ge=0, description="pings too soon before the connection is closed with GOAWAY (0: no limit)"
+    )
+    max_concurrent_streams: int = Field(default=256, ge=1, description="concurrent calls per connection")
+    max_pending_calls: int = Field(
+        default=32,
+        ge=1,
+        description="calls gRPC holds before the server has taken them; beyond it RESOURCE_EXHAUSTED at once "
+        "(each waits behind these: pending × the CPU per call, ~0.7 ms, is the wait it bounds)",
+    )
+    max_connection_age_s: float = Field(
+        default=0, ge=0, description="close connections older than this (GOAWAY) so clients rebalance; 0: never"
+    )
+    max_connection_age_grace_s: float = Field(
+        default=10.0, ge=0, description="calls on a connection past its age get this long to finish"
+    )
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=1024, description="request header (metadata) size limit")
+    handshake_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection must finish its HTTP/2 handshake within this"
+    )
