@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-router bench-observability loadtest test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-router bench-observability soak loadtest test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-router: $(VENV)/.installed
 ## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
 bench-observability: $(VENV)/.installed
 	$(BIN)/python -m loadtest.bench_observability --repository $(REPOSITORY)
+
+## soak: 12,000 fuzzed requests; 5 minutes at 3x capacity and a SIGTERM, digits then minilm (needs `make run`'s repository)
+soak: $(VENV)/.installed
+	SLIMSERVE_FUZZ_EXAMPLES=12000 $(BIN)/pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py
+	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model digits
+	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model minilm --seconds 120 --slo-ms 200
 
 ## loadtest: Locust, headless, against a running server (make run in another shell); CSV + summary
 LOADTEST_HOST ?= 127.0.0.1:8001

@@ -8,14 +8,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 START_TIMEOUT_S = 300.0
 
 
+@dataclass(frozen=True)
+class ServerProcess:
+    """A started server: where to call it, where to scrape it, and its process."""
+
+    address: str
+    metrics_url: str | None
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
-def running_server(repository: Path, *extra: str, log: Path | None = None) -> Iterator[str]:
-    """Yields the server's address once it is serving; SIGTERM and wait on exit."""
+def server_process(repository: Path, *extra: str, log: Path | None = None) -> Iterator[ServerProcess]:
+    """Yields the server once it is listening; SIGTERM and wait on exit (if still running)."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         output = open(log, "w") if log else None  # noqa: SIM115 - closed below
@@ -31,9 +41,19 @@ def running_server(repository: Path, *extra: str, log: Path | None = None) -> It
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server failed to start (exit code {server.poll()})")
                 time.sleep(0.2)
-            yield f"127.0.0.1:{port_file.read_text().split()[0]}"
+            grpc_port, metrics_port = port_file.read_text().split()
+            metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
+            yield ServerProcess(f"127.0.0.1:{grpc_port}", metrics_url, server)
         finally:
-            server.terminate()
+            if server.poll() is None:
+                server.terminate()
             server.wait(timeout=60)
             if output:
                 output.close()
+
+
+@contextmanager
+def running_server(repository: Path, *extra: str, log: Path | None = None) -> Iterator[str]:
+    """Yields the server's address once it is serving; SIGTERM and wait on exit."""
+    with server_process(repository, *extra, log=log) as started:
+        yield started.address

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
 from router.cpu import CpuAccount
+from server.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
 from server.feedback import RecentAnswers
 from server.host import ModelHost
 from server.live_state import PUBLISH_PERIOD_S, LiveState
@@ -89,9 +90,11 @@ class App:
                 self.host.shadow = ShadowSampler(
                     settings.shadow_fraction, self.metrics, lambda: self.load.cpu_utilization
                 )
-        self.inference = InferenceServicer(self.host, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=grpc_options(settings))
+        self.backlog = GrpcBacklog(newest_server_id())  # the server just created is the newest
+        self._backlog_watch: asyncio.Task[None] | None = None
+        self.inference = InferenceServicer(self.host, self.metrics, self.backlog, settings.shed_late)
         add_inference_service(self.inference, self.server)
         management = ManagementServicer(self.host, self.hardware_key, self.metrics)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
@@ -134,6 +137,16 @@ class App:
                 log.exception("publishing the live state failed; trying again in %.2f s", PUBLISH_PERIOD_S)
             await asyncio.sleep(PUBLISH_PERIOD_S)
 
+    async def _watch_backlog(self) -> None:
+        """Every SAMPLE_S while calls are in flight: how many wait inside gRPC."""
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            try:
+                if self.backlog.busy():
+                    self.backlog.sample()
+            except Exception:  # the estimate must outlive any one bad sample
+                log.exception("sampling the gRPC backlog failed")
+
     async def start(self) -> None:
         """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -144,6 +157,7 @@ class App:
         self.host.start_batchers()
         self.load.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
+        self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
         self.inference.accepting = True
         await self._set_health(self._serving_status())
         log.info(
@@ -170,10 +184,11 @@ class App:
             await self.host.shadow.close()
         await self.host.close()
         await self.load.stop()
-        if self._publisher is not None:
-            self._publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+        for task in (self._publisher, self._backlog_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self._executor.shutdown(wait=True)

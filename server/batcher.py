@@ -216,8 +216,9 @@ class DynamicBatcher:
                 log.exception("batcher of %s failed on a batch of %d calls", self.session.name, len(batch))
                 for pending in batch:
                     pending.fail(exc)
-            finally:
-                self._in_flight = []
+            # Not in a `finally`: if the loop is cancelled mid-batch, _loop_ended must still
+            # find that batch to answer it.
+            self._in_flight = []
 
     async def _wait_for_more(self) -> None:
         first = self._queue[0]

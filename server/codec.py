@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from protos import inference_pb2 as pb
 from server.errors import InvalidInputError
+from server.parameters import parameter_value
 from server.request import InferenceRequest, InferenceResult
 from variants.repository import ModelConfig, TensorSpec
 
@@ -58,11 +59,6 @@ def parse_infer_request(data: bytes) -> pb.ModelInferRequest | MalformedRequest:
         return pb.ModelInferRequest.FromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         return MalformedRequest(str(exc)[:200] or type(exc).__name__)
-
-
-def _parameter_value(parameter: pb.InferParameter) -> bool | int | float | str:
-    choice = parameter.WhichOneof("parameter_choice")
-    return getattr(parameter, choice) if choice else ""
 
 
 def _check_request_fields(request: pb.ModelInferRequest) -> None:
@@ -184,7 +180,7 @@ def decode_request(request: pb.ModelInferRequest, config: ModelConfig) -> Infere
         model=request.model_name,
         variant=request.model_version,
         inputs=arrays,
-        parameters={key: _parameter_value(value) for key, value in request.parameters.items()},
+        parameters={key: parameter_value(value) for key, value in request.parameters.items()},
         id=request.id,
         outputs=outputs,
     )

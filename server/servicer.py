@@ -13,10 +13,12 @@ import grpc
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
+from server.backlog import WAIT_SHARE, GrpcBacklog
 from server.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
-from server.errors import InvalidInputError, ShuttingDownError, status_for
+from server.errors import InvalidInputError, OverloadedError, ShuttingDownError, status_for
 from server.host import ModelHost
 from server.metrics import UNKNOWN, ServingMetrics
+from server.parameters import stated_slo_ms
 from server.request import CallRecord
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,17 @@ def maps_errors(handler: Handler) -> Handler:
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol v2 over the hosted models."""
 
-    def __init__(self, host: ModelHost, metrics: ServingMetrics | None = None) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        metrics: ServingMetrics | None = None,
+        backlog: GrpcBacklog | None = None,
+        shed_late: bool = True,
+    ) -> None:
         self._host = host
         self._metrics = metrics
+        self._backlog = backlog or GrpcBacklog(None)
+        self._shed_late = shed_late
         self.accepting = False  # set once warmed up; cleared when draining
         self.cut_off = 0  # admitted calls cancelled while the server was draining (the grace ran out)
 
@@ -100,11 +110,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         call = CallRecord(UNKNOWN if isinstance(request, MalformedRequest) else request.model_name, time.monotonic())
         remaining = context.time_remaining()
         deadline_s = None if remaining is None else call.received_s + remaining
+        self._backlog.handling += 1
         try:
             if isinstance(request, MalformedRequest):
                 raise InvalidInputError(f"the message is not a ModelInferRequest: {request.reason}")
             if not self.accepting:
                 raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
+            self._shed_if_waited_too_long(request, remaining)
             # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
             hosted, _ = self._host.resolve(request.model_name, request.model_version)
             decoded = decode_request(request, hosted.entry.config)
@@ -120,8 +132,23 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             call.code = status_for(exc)[0].name
             raise
         finally:
+            self._backlog.handling -= 1
+            self._backlog.handled += 1
             if self._metrics is not None:
                 self._count(self._metrics, call, "" if isinstance(request, MalformedRequest) else request.model_version)
+
+    def _shed_if_waited_too_long(self, request: pb.ModelInferRequest, remaining_s: float | None) -> None:
+        """Refuse, before any work, a call that has waited in gRPC's queue for more than
+        WAIT_SHARE of the SLO its caller stated (`server.backlog`)."""
+        waited_ms = self._backlog.wait_ms
+        if not self._shed_late or waited_ms <= 0:
+            return
+        slo_ms = stated_slo_ms(request, remaining_s)
+        if slo_ms is not None and waited_ms > WAIT_SHARE * slo_ms:
+            raise OverloadedError(
+                f"overloaded: calls wait about {waited_ms:.0f} ms in the server's queue, more than "
+                f"{WAIT_SHARE:.0%} of the {slo_ms:g} ms SLO; retry later or elsewhere"
+            )
 
     def _count(self, metrics: ServingMetrics, call: CallRecord, asked_variant: str) -> None:
         """One call, counted once. Label values come from the repository, never the caller."""

@@ -189,13 +189,18 @@ def test_a_loop_that_dies_is_restarted_then_failed_and_no_call_hangs(digits: Mod
                 await asyncio.sleep(0.01)
                 assert batcher.restarts == restart and not batcher.failed
                 assert (await batcher.submit(_request(), None)).outputs["logits"].shape == (1, 10)
-            # A call waiting while the loop dies for the last time is answered, not left hanging.
+            # Calls in compute and waiting while the loop dies for the last time are answered,
+            # not left hanging.
+            computing = asyncio.create_task(batcher.submit(_request(8), None))
+            while batcher.running_rows == 0:  # handed to the session
+                await asyncio.sleep(0)
             waiting = asyncio.create_task(batcher.submit(_request(), time.monotonic() + 60))
+            await asyncio.sleep(0)
             assert batcher._task is not None
             batcher._task.cancel()
-            await asyncio.sleep(0)
-            with pytest.raises(VariantUnavailableError):
-                await asyncio.wait_for(waiting, timeout=30)
+            for call in (computing, waiting):
+                with pytest.raises(VariantUnavailableError):
+                    await asyncio.wait_for(call, timeout=30)
             assert batcher.failed and failures == [True]
             with pytest.raises(VariantUnavailableError, match="not serving"):
                 await batcher.submit(_request(), None)
