@@ -201,10 +201,6 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
-        # Under overload, calls wait in gRPC's queue until the event loop takes them, which the
-        # handler cannot see; a short queue refuses the excess in C, before any Python work.
-        ("grpc.server.max_pending_requests", settings.max_pending_calls),
-        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
         # The soft limit refuses metadata between it and the hard limit only at random: set both.
         ("grpc.max_metadata_size", settings.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),

@@ -69,12 +69,6 @@ class Settings(BaseSettings):
         default=2, ge=0, description="pings too soon before the connection is closed with GOAWAY (0: no limit)"
     )
     max_concurrent_streams: int = Field(default=256, ge=1, description="concurrent calls per connection")
-    max_pending_calls: int = Field(
-        default=32,
-        ge=1,
-        description="calls gRPC holds before the server has taken them; beyond it RESOURCE_EXHAUSTED at once "
-        "(each waits behind these: pending × the CPU per call, ~0.7 ms, is the wait it bounds)",
-    )
     max_connection_age_s: float = Field(
         default=0, ge=0, description="close connections older than this (GOAWAY) so clients rebalance; 0: never"
     )
