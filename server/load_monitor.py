@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 from router.cpu import CpuAccount
 from variants.hardware import usable_cores
 
+log = logging.getLogger(__name__)
 PERIOD_S = 0.005
 LAG_WEIGHT = 0.2  # weight of one lateness sample in the running mean
 CPU_SAMPLE_S = 0.25
@@ -52,7 +54,10 @@ class LoadMonitor:
             asked = time.monotonic()
             await asyncio.sleep(PERIOD_S)
             now = time.monotonic()
-            self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
-            if now - wall >= CPU_SAMPLE_S:
-                self.cpu.sample(time.process_time(), now, cores)
-                wall = now
+            try:
+                self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
+                if now - wall >= CPU_SAMPLE_S:
+                    self.cpu.sample(time.process_time(), now, cores)
+                    wall = now
+            except Exception:  # the router's view of the load must outlive any one bad sample
+                log.exception("load monitor sample failed; sampling again")
