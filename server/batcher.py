@@ -13,7 +13,8 @@ only the request the session cannot run fails (ModelExecutionError), never its b
 
 Supervision: an unexpected error in one iteration fails that batch's calls and the loop
 goes on. If the loop task itself ends other than by `close` (cancelled from outside, a
-BaseException), it is restarted up to MAX_RESTARTS times; after that the batcher is marked
+BaseException), it is restarted, up to MAX_RESTARTS times within RESTART_WINDOW_S (a server
+runs for weeks: deaths far apart are not a failing variant); past that the batcher is marked
 failed, every call waiting in it is answered UNAVAILABLE at once, new calls are refused,
 and `on_failure` tells the host, which reports the model not ready. No call waits on a
 loop that is gone.
@@ -46,7 +47,8 @@ from server.runtime import VariantSession
 
 log = logging.getLogger(__name__)
 BatchListener = Callable[[int, float], None]  # (rows, compute_ms), once per session call
-MAX_RESTARTS = 3  # a loop that dies more often than this is marked failed
+MAX_RESTARTS = 3  # a loop that dies more often than this within RESTART_WINDOW_S is marked failed
+RESTART_WINDOW_S = 60.0
 SESSION_MESSAGE_CHARS = 300  # how much of ONNX Runtime's error a caller is shown
 
 
@@ -100,7 +102,8 @@ class DynamicBatcher:
         self.on_batch: BatchListener | None = None
         self.on_failure: Callable[[], None] | None = None  # the loop is gone for good
         self.failed = False
-        self.restarts = 0
+        self.restarts = 0  # ever, for statistics
+        self._recent_restarts_s: deque[float] = deque()  # monotonic times of the restarts in the window
         self._in_flight: list[_Pending] = []  # the batch handed to the session
         self._queued_rows = 0
         self._running_rows = 0
@@ -139,7 +142,11 @@ class DynamicBatcher:
         for pending in self._in_flight:  # the batch it was computing will never be split back
             pending.fail(lost)
         self._in_flight = []
-        if self.restarts < MAX_RESTARTS:
+        now = time.monotonic()
+        while self._recent_restarts_s and now - self._recent_restarts_s[0] > RESTART_WINDOW_S:
+            self._recent_restarts_s.popleft()
+        if len(self._recent_restarts_s) < MAX_RESTARTS:
+            self._recent_restarts_s.append(now)
             self.restarts += 1
             log.error("batcher of %s ended unexpectedly (%r); restart %d", self.session.name, error, self.restarts)
             self.start()
