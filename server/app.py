@@ -66,9 +66,8 @@ class App:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
         self.host = ModelHost(
             models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
-            settings.rpc_allowance_ms, settings.max_queue_bytes, settings.shed_late,
+            settings.rpc_allowance_ms, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
         )  # fmt: skip
-        self.host.on_readiness_change = self._readiness_changed
         self.load = LoadMonitor(CpuAccount(settings.cpu_target))
         for hosted in self.host.models.values():
             hosted.router.loop_lag_ms = lambda: self.load.lag_ms

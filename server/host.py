@@ -91,10 +91,11 @@ class ModelHost:
         rpc_allowance_ms: float = 0.0,
         max_queue_bytes: int = 1 << 62,
         shed_late: bool = True,
+        on_readiness_change: Callable[[], None] | None = None,
     ) -> None:
         self.models: dict[str, HostedModel] = {}
         self.shed_late = shed_late
-        self.on_readiness_change: Callable[[], None] | None = None
+        self._on_readiness_change = on_readiness_change  # called when a batcher fails for good
         self.answers = RecentAnswers(0)
         for name, entry in models.items():
             config = entry.config
@@ -192,8 +193,8 @@ class ModelHost:
         return result
 
     def _readiness_changed(self) -> None:
-        if self.on_readiness_change is not None:
-            self.on_readiness_change()
+        if self._on_readiness_change is not None:
+            self._on_readiness_change()
 
     def live_state(self, load_lag_ms: float) -> LiveState:
         """On the event loop: everything other threads may read, copied into immutable values."""
