@@ -13,7 +13,7 @@ import grpc
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
-from server.backlog import WAIT_SHARE, GrpcBacklog
+from server.backlog import GrpcBacklog
 from server.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
 from server.errors import InvalidInputError, OverloadedError, ShuttingDownError, status_for
 from server.host import ModelHost
@@ -138,16 +138,16 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 self._count(self._metrics, call, "" if isinstance(request, MalformedRequest) else request.model_version)
 
     def _shed_if_waited_too_long(self, request: pb.ModelInferRequest, remaining_s: float | None) -> None:
-        """Refuse, before any work, a call that has waited in gRPC's queue for more than
-        WAIT_SHARE of the SLO its caller stated (`server.backlog`)."""
+        """Refuse, before any work, a call that has waited for its handler longer than the SLO
+        its caller stated allows (`server.backlog`: all of it, or a share while the queue stands)."""
         waited_ms = self._backlog.wait_ms
         if not self._shed_late or waited_ms <= 0:
             return
         slo_ms = stated_slo_ms(request, remaining_s)
-        if slo_ms is not None and waited_ms > WAIT_SHARE * slo_ms:
+        if slo_ms is not None and waited_ms > self._backlog.wait_limit_ms(slo_ms):
             raise OverloadedError(
-                f"overloaded: calls wait about {waited_ms:.0f} ms in the server's queue, more than "
-                f"{WAIT_SHARE:.0%} of the {slo_ms:g} ms SLO; retry later or elsewhere"
+                f"overloaded: calls wait about {waited_ms:.0f} ms for the server, too long for the "
+                f"{slo_ms:g} ms SLO; retry later or elsewhere"
             )
 
     def _count(self, metrics: ServingMetrics, call: CallRecord, asked_variant: str) -> None:
