@@ -13,7 +13,7 @@ Histogram over log-spaced bins (BINS_PER_DOUBLING per doubling of r between RATI
 RATIO_HIGH, plus one bin below and one above). Recent requests count more: an observation's
 weight doubles every HALF_LIFE_S after an origin, which is the same as older ones halving —
 an exponentially decaying histogram with O(1) updates. Before a new weight could grow past
-MAX_WEIGHT the histogram is rescaled to an origin of now (old weights × 2^−elapsed, which
+2^MAX_WEIGHT_DOUBLINGS the histogram is rescaled to an origin of now (old weights × 2^−elapsed, which
 may underflow to 0 but never overflows), and reads compute the decay as 2^−elapsed; so any
 gap in traffic — a second or a week — leaves every number finite. With fewer than
 MIN_EFFECTIVE_SAMPLES of recent weight (start-up, or a model that went quiet) it says

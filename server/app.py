@@ -128,7 +128,7 @@ class App:
         """Every PUBLISH_PERIOD_S: a fresh LiveState for other threads; revive a dead exporter."""
         while True:
             try:
-                self.live = self.host.live_state(self.load.lag_ms)
+                self.live = self.host.live_state(self.load.cpu, self.load.lag_ms)
                 if self._metrics_thread is not None and not self._metrics_thread.is_alive():
                     log.error("the metrics exporter thread died; restarting it on port %s", self.metrics_port)
                     self._start_metrics_http()

@@ -69,12 +69,10 @@ def _check_request_fields(request: pb.ModelInferRequest) -> None:
     for key, value in request.parameters.items():
         if len(key) > MAX_PARAMETER_NAME_CHARS:
             raise InvalidInputError(f"a parameter name is {len(key)} characters; at most {MAX_PARAMETER_NAME_CHARS}")
-        if (
-            value.WhichOneof("parameter_choice") == "string_param"
-            and len(value.string_param) > MAX_PARAMETER_STRING_CHARS
-        ):
+        text = parameter_value(value)
+        if isinstance(text, str) and len(text) > MAX_PARAMETER_STRING_CHARS:
             raise InvalidInputError(
-                f"parameter '{key}' is {len(value.string_param)} characters; at most {MAX_PARAMETER_STRING_CHARS}"
+                f"parameter '{key}' is {len(text)} characters; at most {MAX_PARAMETER_STRING_CHARS}"
             )
 
 
@@ -86,11 +84,9 @@ def _check_values(name: str, array: np.ndarray, spec: TensorSpec) -> None:
     if (spec.min_value is not None and not low >= spec.min_value) or (
         spec.max_value is not None and not high <= spec.max_value
     ):
-        raise InvalidInputError(
-            f"input '{name}': values must lie in [{spec.min_value:g}, {spec.max_value:g}], got some in [{low}, {high}]"
-            if spec.min_value is not None and spec.max_value is not None
-            else f"input '{name}': values outside the declared range (min {spec.min_value}, max {spec.max_value})"
-        )
+        lowest = "-inf" if spec.min_value is None else f"{spec.min_value:g}"
+        highest = "inf" if spec.max_value is None else f"{spec.max_value:g}"
+        raise InvalidInputError(f"input '{name}': values must lie in [{lowest}, {highest}]; got {low} to {high}")
 
 
 def _check_shape(name: str, shape: list[int], spec: TensorSpec, max_batch_size: int) -> None:

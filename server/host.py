@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from router.build import build_model_router
+from router.cpu import CpuAccount
 from router.hints import RequestHints, parse_hints
 from router.model_router import ModelRouter
 from router.policy import Decision
@@ -196,27 +197,24 @@ class ModelHost:
         if self._on_readiness_change is not None:
             self._on_readiness_change()
 
-    def live_state(self, load_lag_ms: float) -> LiveState:
+    def live_state(self, cpu: CpuAccount, load_lag_ms: float) -> LiveState:
         """On the event loop: everything other threads may read, copied into immutable values."""
         models = {}
         for name, hosted in self.models.items():
             router = hosted.router
             predicted = {c.variant: c.predicted_ms / 1e3 for c in router.candidates(1)}
             variants = {
-                variant: VariantLive(
-                    batcher.queue_depth, hosted.stats[variant].in_flight, predicted[variant], not batcher.failed
-                )
+                variant: VariantLive(batcher.queue_depth, hosted.stats[variant].in_flight, predicted[variant])
                 for variant, batcher in hosted.batchers.items()
             }
             models[name] = ModelLive(
                 MappingProxyType(variants), router.last_price, router.stretch(), router.throughput(), hosted.ready
             )
-        cpu = next(iter(self.models.values())).router.cpu if self.models else None
         return LiveState(
             models=MappingProxyType(models),
-            cpu_utilization=cpu.utilization if cpu else 0.0,
-            cpu_target=cpu.target if cpu else 0.0,
-            cpu_overhead_s=cpu.overhead_ms / 1e3 if cpu else 0.0,
+            cpu_utilization=cpu.utilization,
+            cpu_target=cpu.target,
+            cpu_overhead_s=cpu.overhead_ms / 1e3,
             loop_lag_s=load_lag_ms / 1e3,
         )
 

@@ -24,7 +24,6 @@ class VariantLive:
     queue_depth: int
     in_flight: int
     predicted_s: float  # the router's prediction for a one-row request
-    ready: bool
 
 
 @dataclass(frozen=True)

@@ -75,11 +75,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        if request.version:
-            self._host.resolve(request.name, request.version)
-        else:
-            self._host.model(request.name)
-        return pb.ModelReadyResponse(ready=self.accepting and self._host.model(request.name).ready)
+        hosted = (
+            self._host.resolve(request.name, request.version)[0] if request.version else self._host.model(request.name)
+        )
+        return pb.ModelReadyResponse(ready=self.accepting and hosted.ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext

@@ -117,21 +117,14 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
             # cannot run anything outside them, so the server refuses it up front.
             inputs=[
                 TensorSpec(
-                    name="input_ids",
+                    name=name,
                     datatype="INT64",
                     shape=[-1, -1],
                     max_shape=[-1, teacher.shape.max_positions],
                     min_value=0,
-                    max_value=teacher.shape.vocab_size - 1,
-                ),
-                TensorSpec(
-                    name="attention_mask",
-                    datatype="INT64",
-                    shape=[-1, -1],
-                    max_shape=[-1, teacher.shape.max_positions],
-                    min_value=0,
-                    max_value=1,
-                ),
+                    max_value=highest,
+                )
+                for name, highest in (("input_ids", teacher.shape.vocab_size - 1), ("attention_mask", 1))
             ],
             outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
             quality_metric=QualityMetric(

@@ -46,6 +46,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+def _valid_dims(dims: list[int]) -> bool:
+    """Every dimension positive, or -1 for variable."""
+    return all(d > 0 or d == -1 for d in dims)
+
+
 class TensorSpec(_Strict):
     """One input or output tensor. Dimension -1 is variable; the first is the batch.
 
@@ -67,15 +72,13 @@ class TensorSpec(_Strict):
     @field_validator("shape")
     @classmethod
     def _dims(cls, shape: list[int]) -> list[int]:
-        if any(d == 0 or d < -1 for d in shape):
+        if not _valid_dims(shape):
             raise ValueError("dimensions must be positive or -1 (variable)")
         return shape
 
     @model_validator(mode="after")
     def _limits(self) -> TensorSpec:
-        if self.max_shape is not None and (
-            len(self.max_shape) != len(self.shape) or any(d == 0 or d < -1 for d in self.max_shape)
-        ):
+        if self.max_shape is not None and (len(self.max_shape) != len(self.shape) or not _valid_dims(self.max_shape)):
             raise ValueError(f"max_shape {self.max_shape} must have {len(self.shape)} dimensions, each > 0 or -1")
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise ValueError(f"min_value {self.min_value} is above max_value {self.max_value}")
@@ -83,9 +86,10 @@ class TensorSpec(_Strict):
 
 
 def check_name(name: str, what: str) -> str:
-    """The one rule for model and variant names: letters, digits, '_', '-' and '.', not
-    starting with '.' (so never '.', '..' or a hidden folder), at most 128 characters.
-    Names become folder names, so nothing else may reach a path."""
+    """The rule for model names: letters, digits, '_', '-' and '.', not starting with '.'
+    (so never '.', '..' or a hidden folder), at most 128 characters. Names become folder
+    names, so nothing else may reach a path. (Variant names keep their stricter pattern, in
+    VariantManifest: no '.' at all.)"""
     if not NAME_PATTERN.fullmatch(name) or name.startswith(".") or len(name) > MAX_NAME_CHARS:
         raise ValueError(
             f"{what} name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
