@@ -10,12 +10,15 @@ it to the application and when it ends, so
 
 and the wait of a call taken now is about backlog × the time the server spends per call
 (measured between samples while there is a backlog). The servicer refuses a call at once,
-before decoding it, when that wait has used up its SLO — or, while the queue is standing
-(a backlog for STANDING_S with no quiet spell of STANDING_S in it, as CoDel tells a standing
-queue from a burst and keeps dropping until the queue has been quiet for an interval),
-more than WAIT_SHARE of it: refusing costs a fraction of serving, so the backlog drains and
-the calls that are taken can still make their SLO, while a passing burst refuses nothing
-that could still make it.
+before decoding it, when that wait has used up its SLO — or, when the queue stands for it,
+more than its target, WAIT_SHARE of its SLO. The queue stands for a target by CoDel's rule
+with hysteresis: from when the wait stayed above the target for a whole interval
+(STANDING_S) — overload, not a burst — until it stayed below it for a whole interval.
+While it stands, refusing costs a fraction of serving, so the backlog drains and the calls
+that are taken can still make their SLO; the wait then hovers around the target, dipping
+below it now and then, and the queue still stands. A wait that dips below the target
+within every interval — the small, passing queue of a light load on a shared machine —
+refuses nothing that could still make it.
 
 Sampling reads channelz (~0.3 ms on a 2-core AMD EPYC) every SAMPLE_S, and only while calls
 are in flight, so an idle server does not poll. Thread: owned by the event loop.
@@ -26,12 +29,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
+from itertools import pairwise
 
 log = logging.getLogger(__name__)
 
 SAMPLE_S = 0.02
-WAIT_SHARE = 0.3  # while the queue stands, a call that has waited this share of its SLO is refused
-STANDING_S = 0.1  # a backlog this long, without a quiet spell this long, is overload, not a burst
+WAIT_SHARE = 0.3  # a call's target: while the wait stays above this share of its SLO for STANDING_S, it is refused
+STANDING_S = 0.1  # a wait above the target for this long is a standing queue (CoDel's interval)
+MAX_SAMPLE_GAP_S = 5 * SAMPLE_S  # samples further apart than this say nothing about the time between them
+MAX_TARGETS = 64  # distinct targets (SLOs) whose standing state is kept; the oldest is forgotten first
 WEIGHT = 0.3  # weight of one sample in the running time per call
 
 
@@ -68,8 +75,8 @@ class GrpcBacklog:
         self.handling = 0  # calls inside our handlers now (the servicer counts them)
         self.handled = 0  # calls our handlers finished, ever
         self._last: tuple[float, int] | None = None  # (time, handled) at the last sample with a backlog
-        self._backlog_since_s: float | None = None  # start of the current run of backlog
-        self._backlog_seen_s: float | None = None  # the last sample with a backlog
+        self._waits: deque[tuple[float, float]] = deque()  # (time, wait_ms) of the samples of the last interval
+        self._standing: dict[float, bool] = {}  # target wait (ms) → whether the queue stands for it
         if server_id is None:
             log.warning("channelz is unavailable: calls waiting inside gRPC cannot be seen or shed")
 
@@ -77,16 +84,31 @@ class GrpcBacklog:
     def wait_ms(self) -> float:
         return self.backlog * self.call_ms
 
-    def standing(self, now_s: float | None = None) -> bool:
-        """A backlog for at least STANDING_S, not yet quiet for STANDING_S: overload, not a burst."""
+    def window_ms(self, now_s: float | None = None) -> tuple[float, float] | None:
+        """(least, greatest) wait over the last STANDING_S, or None unless samples cover all of it."""
         now_s = time.monotonic() if now_s is None else now_s
-        if self._backlog_since_s is None or self._backlog_seen_s is None:
-            return False
-        return self._backlog_seen_s - self._backlog_since_s >= STANDING_S and now_s - self._backlog_seen_s < STANDING_S
+        if not self._waits or self._waits[0][0] > now_s - STANDING_S:
+            return None  # the samples do not reach back over the whole interval
+        times = [at_s for at_s, _ in self._waits] + [now_s]
+        if any(later - earlier > MAX_SAMPLE_GAP_S for earlier, later in pairwise(times)):
+            return None  # a gap in the samples: nothing is known of the wait in it
+        # The first sample is from before the interval; its wait held until the next one.
+        waits = [wait for _, wait in self._waits]
+        return min(waits), max(waits)
 
     def wait_limit_ms(self, slo_ms: float, now_s: float | None = None) -> float:
         """How long a call with this SLO may have waited and still be taken."""
-        return WAIT_SHARE * slo_ms if self.standing(now_s) else slo_ms
+        now_s = time.monotonic() if now_s is None else now_s
+        if not self._waits or now_s - self._waits[-1][0] > MAX_SAMPLE_GAP_S:
+            return slo_ms  # no recent sample: no backlog as far as anyone knows
+        target_ms = WAIT_SHARE * slo_ms
+        standing = self._standing.get(target_ms)
+        if standing is None:  # a target not seen before: does the last interval say it stands?
+            window = self.window_ms(self._waits[-1][0])
+            standing = self._standing[target_ms] = window is not None and window[0] > target_ms
+            if len(self._standing) > MAX_TARGETS:
+                del self._standing[next(iter(self._standing))]
+        return target_ms if standing else slo_ms
 
     def busy(self) -> bool:
         """Worth sampling: calls in flight, or a backlog at the last sample."""
@@ -97,7 +119,9 @@ class GrpcBacklog:
         counts = _channelz_counts(self.server_id) if self.server_id is not None else None
         if counts is None:
             self.backlog = 0
-            self._backlog_since_s = self._backlog_seen_s = None
+            self._last = None
+            self._waits.clear()
+            self._standing.clear()
             return
         self.record(time.monotonic(), *counts)
 
@@ -105,16 +129,31 @@ class GrpcBacklog:
         """Fold in channelz's counts of calls started and ended at `now_s`."""
         self.backlog = max(started - ended - self.handling, 0)
         if self.backlog == 0:
-            self._last = None  # the run of backlog goes on unless the quiet lasts STANDING_S
+            self._last = None
+        else:
+            self._learn_call_ms(now_s)
+            self._last = (now_s, self.handled)
+        if self._waits and now_s - self._waits[-1][0] > MAX_SAMPLE_GAP_S:
+            self._waits.clear()  # after a gap in the samples (an idle spell), start afresh
+            self._standing.clear()
+        self._waits.append((now_s, self.wait_ms))
+        while len(self._waits) > 1 and self._waits[1][0] < now_s - STANDING_S:
+            self._waits.popleft()  # keep one sample before the interval: it held into it
+        window = self.window_ms(now_s)
+        if window is not None:
+            least_ms, greatest_ms = window
+            for target_ms in self._standing:
+                if least_ms > target_ms:
+                    self._standing[target_ms] = True  # above it for a whole interval: standing
+                elif greatest_ms < target_ms:
+                    self._standing[target_ms] = False  # below it for a whole interval: over
+
+    def _learn_call_ms(self, now_s: float) -> None:
+        """Time per call handled since the last sample, if there was a backlog all along."""
+        if self._last is None:
             return
-        quiet_too_long = self._backlog_seen_s is None or now_s - self._backlog_seen_s >= STANDING_S
-        if self._backlog_since_s is None or quiet_too_long:
-            self._backlog_since_s = now_s
-        self._backlog_seen_s = now_s
-        if self._last is not None:
-            then, handled_then = self._last
-            finished = self.handled - handled_then
-            if finished > 0 and now_s > then:
-                per_call = (now_s - then) * 1e3 / finished
-                self.call_ms = per_call if self.call_ms == 0.0 else self.call_ms + WEIGHT * (per_call - self.call_ms)
-        self._last = (now_s, self.handled)
+        then_s, handled_then = self._last
+        finished = self.handled - handled_then
+        if finished > 0 and now_s > then_s:
+            per_call_ms = (now_s - then_s) * 1e3 / finished
+            self.call_ms = per_call_ms if self.call_ms == 0.0 else self.call_ms + WEIGHT * (per_call_ms - self.call_ms)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from server.backlog import STANDING_S, WAIT_SHARE, GrpcBacklog, newest_server_id
+from server.backlog import MAX_TARGETS, SAMPLE_S, STANDING_S, WAIT_SHARE, GrpcBacklog, newest_server_id
 from server.parameters import stated_slo_ms
 
 HANDLER_S = 0.01
@@ -41,12 +41,13 @@ def test_calls_waiting_for_their_handler_are_counted_and_priced() -> None:
             method = channel.unary_unary("/t.S/M")
             calls = [asyncio.ensure_future(method(b"x", timeout=30)) for _ in range(CALLS)]
             seen, waits, standing = [], [], []
+            target_ms = WAIT_SHARE * 50.0
             for _ in range(30):
                 await asyncio.sleep(HANDLER_S * 2)
                 backlog.sample()
                 seen.append(backlog.backlog)
                 waits.append(backlog.wait_ms)
-                standing.append(backlog.standing())
+                standing.append(backlog.wait_limit_ms(50.0) == target_ms)
             assert max(seen) >= CALLS // 2  # most calls waited for their handler, not in it
             assert backlog.call_ms == pytest.approx(HANDLER_S * 1e3, rel=0.5)  # ~10 ms per call, learned
             assert max(waits) >= CALLS // 4 * HANDLER_S * 1e3  # hundreds of ms of waiting, seen
@@ -55,35 +56,64 @@ def test_calls_waiting_for_their_handler_are_counted_and_priced() -> None:
             backlog.sample()
             assert backlog.backlog == 0 and backlog.wait_ms == 0 and not backlog.busy()
             await asyncio.sleep(STANDING_S)
-            assert not backlog.standing() and backlog.wait_limit_ms(50.0) == 50.0  # quiet: only hopeless calls
+            assert backlog.wait_limit_ms(50.0) == 50.0  # quiet: only hopeless calls are refused
         await server.stop(None)
 
     asyncio.run(scenario())
 
 
-def test_a_standing_queue_outlasts_short_quiet_spells_but_not_long_ones() -> None:
-    """CoDel's rule, on the counts channelz would give, with a fake clock (time is the subject)."""
-    backlog = GrpcBacklog(None)
-    started = ended = 0
-    now = 100.0
-    for step in range(8):  # 0.14 s of 10 calls waiting, with one empty sample in it
-        started += 10
-        ended += 10 if step == 3 else 5  # at step 3 everything has drained
+def _feed(backlog: GrpcBacklog, now: float, waiting: list[int], started: int) -> tuple[float, int]:
+    """Samples SAMPLE_S apart with these many calls waiting; 5 handled per sample (4 ms a call)."""
+    for calls in waiting:
+        now += SAMPLE_S
+        started += 5
         backlog.handled += 5
-        now += 0.02
-        backlog.record(now, started, ended)
-        if step == 0:
-            assert not backlog.standing(now)  # a backlog that just appeared is a burst
-    assert backlog.standing(now) and backlog.wait_limit_ms(50.0, now) == pytest.approx(WAIT_SHARE * 50.0)
-    assert backlog.call_ms == pytest.approx(20.0 / 5)  # 0.02 s per 5 calls handled
-    ended = started
-    backlog.record(now + 0.05, started, ended)  # drained: still standing within STANDING_S
-    assert backlog.standing(now + 0.05)
-    assert not backlog.standing(now + STANDING_S + 0.01)  # quiet long enough: over
-    assert backlog.wait_limit_ms(50.0, now + STANDING_S + 0.01) == 50.0
-    # A day later, a new backlog is a new burst, not the old standing queue.
-    backlog.record(now + 86_400, started + 10, ended)
-    assert not backlog.standing(now + 86_400)
+        backlog.record(now, started, started - calls)
+    return now, started
+
+
+def test_a_queue_stands_from_an_interval_above_the_target_to_an_interval_below_it() -> None:
+    """CoDel's rule with hysteresis, on the counts channelz would give, with a fake clock
+    (time is the subject)."""
+    backlog = GrpcBacklog(None)
+    slo_ms = 50.0
+    target_ms = WAIT_SHARE * slo_ms  # 15 ms: about 4 calls at 4 ms each
+    now, started = _feed(backlog, 100.0, [10, 10], 0)
+    assert backlog.call_ms == pytest.approx(4.0)  # 0.02 s per 5 calls handled
+    assert backlog.wait_limit_ms(slo_ms, now) == slo_ms  # a backlog that just appeared is a burst
+    now, started = _feed(backlog, now, [10] * 6, started)  # 40 ms of waiting for > STANDING_S
+    assert backlog.window_ms(now) == (pytest.approx(40.0), pytest.approx(40.0))
+    assert backlog.wait_limit_ms(slo_ms, now) == pytest.approx(target_ms)
+    assert backlog.wait_limit_ms(200.0, now) == 200.0  # for a 200-ms SLO, 40 ms is not standing (target 60)
+    # Shedding holds the wait around the target, dipping below it: the queue still stands.
+    now, started = _feed(backlog, now, [5, 3, 4, 3, 5, 3, 4, 3], started)
+    assert backlog.wait_limit_ms(slo_ms, now) == pytest.approx(target_ms)
+    # Below the target for a whole interval: over.
+    now, started = _feed(backlog, now, [2, 0, 3, 1, 0, 2, 1, 3], started)
+    assert backlog.wait_limit_ms(slo_ms, now) == slo_ms
+    # The light load of a shared machine: a small queue that keeps coming and going, now and
+    # then above the target but never for a whole interval, stands for nobody.
+    for _ in range(20):
+        now, started = _feed(backlog, now, [6, 1, 2, 0, 5, 2], started)
+        assert backlog.wait_limit_ms(slo_ms, now) == slo_ms
+    now, started = _feed(backlog, now, [10] * 3, started)  # back above: not yet a whole interval
+    assert backlog.wait_limit_ms(slo_ms, now) == slo_ms
+    now, started = _feed(backlog, now, [10] * 4, started)  # 140 ms above: the interval is covered
+    assert backlog.wait_limit_ms(slo_ms, now) == pytest.approx(target_ms)
+    assert backlog.wait_limit_ms(slo_ms, now + 2 * STANDING_S) == slo_ms  # no samples since: nothing known
+    # A day later (a fake clock), a new backlog is a new burst, not the old standing queue.
+    now, started = _feed(backlog, now + 86_400, [10, 10], started)
+    assert backlog.window_ms(now) is None and backlog.wait_limit_ms(slo_ms, now) == slo_ms
+
+
+def test_the_targets_remembered_are_bounded() -> None:
+    """A caller sending a new SLO on every call cannot grow the state without bound."""
+    backlog = GrpcBacklog(None)
+    now, _ = _feed(backlog, 100.0, [10] * 8, 0)
+    for slo_ms in range(1, 10 * MAX_TARGETS):
+        backlog.wait_limit_ms(float(slo_ms), now)
+    assert len(backlog._standing) <= MAX_TARGETS
+    assert backlog.wait_limit_ms(50.0, now) == pytest.approx(WAIT_SHARE * 50.0)
 
 
 def test_without_channelz_nothing_is_estimated() -> None:
