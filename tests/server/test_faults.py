@@ -171,10 +171,15 @@ def test_transport_abuse_is_refused_and_other_clients_are_unaffected(faults_serv
         states: list[grpc.ChannelConnectivity] = []
         pinger.subscribe(states.append, try_to_connect=True)
         health_pb2_grpc.HealthStub(pinger).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+        # Connectivity callbacks arrive on gRPC's own thread, some time after the call: wait for
+        # READY to be reported, then for the GOAWAY to take the channel out of it.
         deadline = time.monotonic() + 30
-        while states[-1] == grpc.ChannelConnectivity.READY and time.monotonic() < deadline:
+        while grpc.ChannelConnectivity.READY not in states and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready_at = states.index(grpc.ChannelConnectivity.READY) if grpc.ChannelConnectivity.READY in states else None
+        while ready_at is not None and len(states) == ready_at + 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert grpc.ChannelConnectivity.READY in states and states[-1] != grpc.ChannelConnectivity.READY
+        assert ready_at is not None and len(states) > ready_at + 1, states  # READY, then out of it
     with grpc.insecure_channel(faults_server.address) as channel:
         assert service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_digits(), timeout=TIMEOUT_S)
 
