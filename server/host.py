@@ -21,13 +21,13 @@ from router.hints import RequestHints, parse_hints
 from router.model_router import ModelRouter
 from router.policy import Decision
 from server.batcher import DynamicBatcher
-from server.errors import DeadlineExceededError, NotFoundError, OverloadedError
+from server.errors import DeadlineExceededError, InvalidInputError, NotFoundError, OverloadedError
 from server.feedback import Answer, RecentAnswers
 from server.live_state import LiveState, ModelLive, VariantLive
 from server.metrics import ServingMetrics
 from server.request import CallRecord, InferenceRequest, InferenceResult
 from server.runtime import VariantSession
-from variants.repository import ModelEntry
+from variants.repository import ModelEntry, check_name
 
 if TYPE_CHECKING:
     from server.shadow import ShadowSampler
@@ -119,6 +119,10 @@ class ModelHost:
 
     def model(self, name: str) -> HostedModel:
         if name not in self.models:
+            try:
+                check_name(name, "model")  # hosted names pass by construction: only misses pay for it
+            except ValueError as exc:
+                raise InvalidInputError(str(exc)) from exc
             raise NotFoundError(f"unknown model '{name}'; serving {sorted(self.models)}")
         return self.models[name]
 

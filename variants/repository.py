@@ -86,16 +86,26 @@ class TensorSpec(_Strict):
 
 
 def check_name(name: str, what: str) -> str:
-    """The rule for model names: letters, digits, '_', '-' and '.', not starting with '.'
-    (so never '.', '..' or a hidden folder), at most 128 characters. Names become folder
-    names, so nothing else may reach a path. (Variant names keep their stricter pattern, in
-    VariantManifest: no '.' at all.)"""
+    """The one rule for model and variant names, wherever a name arrives (repository,
+    requests, load/unload): letters, digits, '_', '-' and '.', not starting with '.', at most
+    MAX_NAME_CHARS characters. Names become folder names, so this keeps every one a single
+    path component inside the repository: no '/', '\\', '..' component, hidden folder, NUL,
+    control character or whitespace can pass, while 'model..1' and 'my.model' can."""
     if not NAME_PATTERN.fullmatch(name) or name.startswith(".") or len(name) > MAX_NAME_CHARS:
         raise ValueError(
             f"{what} name {name!r} is not allowed: use letters, digits, '_', '-' and '.', "
             f"not starting with '.', at most {MAX_NAME_CHARS} characters"
         )
     return name
+
+
+def inside(path: Path, root: Path) -> Path:
+    """`path` with symlinks resolved; RepositoryError if that leaves `root` (a symlink out of
+    the repository would let a model folder serve, or a reload read, any file on the host)."""
+    resolved, resolved_root = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(resolved_root):
+        raise RepositoryError(f"{path}: resolves to {resolved}, outside the repository {resolved_root}")
+    return resolved
 
 
 class QualityMetric(_Strict):
@@ -198,7 +208,7 @@ class Measurements(_Strict):
 class VariantManifest(_Strict):
     """`variant.json`: how a variant was made and what it measured."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str = Field(min_length=1)
     kind: VariantKind
     source: str | None = None
     device: str = "cpu"
@@ -209,6 +219,11 @@ class VariantManifest(_Strict):
     profiles: dict[str, Profile] = Field(default_factory=dict)
     onnx_sha256: str
     built_at: datetime
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_name(name, "variant")
 
     @model_validator(mode="after")
     def _profile_keys(self) -> VariantManifest:
@@ -269,8 +284,13 @@ def load_manifest(path: Path) -> VariantManifest:
     return _parse(path, VariantManifest, json.loads)
 
 
-def load_model(model_dir: Path) -> ModelEntry:
-    """Load one model folder; every problem names the file and the field."""
+def load_model(model_dir: Path, root: Path | None = None) -> ModelEntry:
+    """Load one model folder; every problem names the file and the field. Every folder and
+    file it reads must resolve inside `root` (default: the folder's parent, the repository)."""
+    root = model_dir.parent if root is None else root
+    _check_folder_name(model_dir, "model")
+    inside(model_dir, root)
+    inside(model_dir / MODEL_FILE, root)
     config = load_model_config(model_dir / MODEL_FILE)
     if config.name != model_dir.name:
         raise RepositoryError(
@@ -278,6 +298,9 @@ def load_model(model_dir: Path) -> ModelEntry:
         )
     variants: dict[str, VariantEntry] = {}
     for folder in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        _check_folder_name(folder, "variant")
+        inside(folder, root)
+        inside(folder / MANIFEST_FILE, root)
         manifest = load_manifest(folder / MANIFEST_FILE)
         if manifest.name != folder.name:
             raise RepositoryError(
@@ -286,6 +309,7 @@ def load_model(model_dir: Path) -> ModelEntry:
         onnx_path = folder / ONNX_FILE
         if not onnx_path.is_file():
             raise RepositoryError(f"{onnx_path}: missing")
+        inside(onnx_path, root)
         variants[manifest.name] = VariantEntry(manifest=manifest, onnx_path=onnx_path)
     for role in ("reference_variant", "default_variant"):
         if getattr(config, role) not in variants:
@@ -300,15 +324,23 @@ def load_model(model_dir: Path) -> ModelEntry:
     return ModelEntry(config=config, variants={v.manifest.name: v for v in ordered}, path=model_dir)
 
 
-def load_repository(repo: Path) -> dict[str, ModelEntry]:
-    """Every model under `repo`, by name. Raises RepositoryError on the first problem."""
+def _check_folder_name(folder: Path, what: str) -> None:
+    try:
+        check_name(folder.name, what)
+    except ValueError as exc:
+        raise RepositoryError(f"{folder}: {exc}") from exc
+
+
+def model_folders(repo: Path) -> list[Path]:
+    """The folders of `repo` that hold models (hidden ones are builds in progress)."""
     if not repo.is_dir():
         raise RepositoryError(f"{repo}: not a directory")
-    models = {
-        folder.name: load_model(folder)
-        for folder in sorted(repo.iterdir())
-        if folder.is_dir() and not folder.name.startswith(".")
-    }
+    return sorted(folder for folder in repo.iterdir() if folder.is_dir() and not folder.name.startswith("."))
+
+
+def load_repository(repo: Path) -> dict[str, ModelEntry]:
+    """Every model under `repo`, by name. Raises RepositoryError on the first problem."""
+    models = {folder.name: load_model(folder, repo) for folder in model_folders(repo)}
     if not models:
         raise RepositoryError(f"{repo}: no models (expected <repo>/<model>/{MODEL_FILE})")
     return models

@@ -124,6 +124,7 @@ def _raw_request(**fields: object) -> pb.ModelInferRequest:
 
 def _cases() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, str]]:
     unknown_model = _raw_request(model_name="nope")
+    path_as_model = _raw_request(model_name="../digits")
     unknown_variant = _raw_request(model_version="fp8")
     wrong_name = _raw_request()
     wrong_name.inputs[0].name = "pixels"
@@ -140,6 +141,7 @@ def _cases() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, str]]:
     too_big.raw_input_contents.append(np.zeros((500, 1, 28, 28), np.float32).tobytes())
     return [
         ("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        ("path as model", path_as_model, grpc.StatusCode.INVALID_ARGUMENT, "model name '../digits' is not allowed"),
         ("unknown variant", unknown_variant, grpc.StatusCode.NOT_FOUND, "no variant 'fp8'"),
         ("wrong name", wrong_name, grpc.StatusCode.INVALID_ARGUMENT, "pixels"),
         ("wrong dtype", wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "input 'images': datatype INT64, expected FP32"),
