@@ -8,17 +8,22 @@ it to the application and when it ends, so
 
     backlog = calls started − calls ended − calls inside our handlers
 
-and the wait of a call taken now is about backlog × the time the server spends per call
-(measured between samples while there is a backlog). The servicer refuses a call at once,
-before decoding it, when that wait has used up its SLO — or, when the queue stands for it,
-more than its target, WAIT_SHARE of its SLO. The queue stands for a target by CoDel's rule
-with hysteresis: from when the wait stayed above the target for a whole interval
-(STANDING_S) — overload, not a burst — until it stayed below it for a whole interval.
-While it stands, refusing costs a fraction of serving, so the backlog drains and the calls
-that are taken can still make their SLO; the wait then hovers around the target, dipping
-below it now and then, and the queue still stands. A wait that dips below the target
-within every interval — the small, passing queue of a light load on a shared machine —
-refuses nothing that could still make it.
+and the wait of a call taken now is about backlog × the time per call, measured between
+samples while there is a backlog as the lesser of the wall time and the process's CPU time
+per call handled. Under overload the two agree (on one core) or the wall time is the
+smaller (ONNX Runtime on other cores); at light load a call or two caught between the core
+and its handler over a mostly idle process made the wall time per call look like 20 ms of
+waiting, and calls that would have made a 15-ms SLO were refused: the CPU time says how
+little work was really ahead of them.
+The servicer refuses a call at once, before decoding it, when that wait has used up its
+SLO — or, when the queue stands for it, more than its target, WAIT_SHARE of its SLO. The
+queue stands for a target by CoDel's rule with hysteresis: from when the wait stayed above
+the target for a whole interval (STANDING_S) — overload, not a burst — until it stayed
+below it for a whole interval. While it stands, refusing costs a fraction of serving, so
+the backlog drains and the calls that are taken can still make their SLO; the wait then
+hovers around the target, dipping below it now and then, and the queue still stands. A
+wait that dips below the target within every interval — the small, passing queue of a
+light load on a shared machine — refuses nothing that could still make it.
 
 Sampling reads channelz (~0.3 ms on a 2-core AMD EPYC) every SAMPLE_S, and only while calls
 are in flight, so an idle server does not poll. Thread: owned by the event loop.
@@ -74,7 +79,9 @@ class GrpcBacklog:
         self.call_ms = 0.0
         self.handling = 0  # calls inside our handlers now (the servicer counts them)
         self.handled = 0  # calls our handlers finished, ever
-        self._last: tuple[float, int] | None = None  # (time, handled) at the last sample with a backlog
+        self._last: tuple[float, float, int] | None = (
+            None  # (time, CPU time, handled) at the last sample with a backlog
+        )
         self._waits: deque[tuple[float, float]] = deque()  # (time, wait_ms) of the samples of the last interval
         self._standing: dict[float, bool] = {}  # target wait (ms) → whether the queue stands for it
         if server_id is None:
@@ -123,16 +130,18 @@ class GrpcBacklog:
             self._waits.clear()
             self._standing.clear()
             return
-        self.record(time.monotonic(), *counts)
+        self.record(time.monotonic(), *counts, cpu_s=time.process_time())
 
-    def record(self, now_s: float, started: int, ended: int) -> None:
-        """Fold in channelz's counts of calls started and ended at `now_s`."""
+    def record(self, now_s: float, started: int, ended: int, cpu_s: float | None = None) -> None:
+        """Fold in channelz's counts of calls started and ended at `now_s`, when the process
+        had used `cpu_s` of CPU time (None: as much as the wall time, a process never idle)."""
+        cpu_s = now_s if cpu_s is None else cpu_s
         self.backlog = max(started - ended - self.handling, 0)
         if self.backlog == 0:
             self._last = None
         else:
-            self._learn_call_ms(now_s)
-            self._last = (now_s, self.handled)
+            self._learn_call_ms(now_s, cpu_s)
+            self._last = (now_s, cpu_s, self.handled)
         if self._waits and now_s - self._waits[-1][0] > MAX_SAMPLE_GAP_S:
             self._waits.clear()  # after a gap in the samples (an idle spell), start afresh
             self._standing.clear()
@@ -148,12 +157,13 @@ class GrpcBacklog:
                 elif greatest_ms < target_ms:
                     self._standing[target_ms] = False  # below it for a whole interval: over
 
-    def _learn_call_ms(self, now_s: float) -> None:
+    def _learn_call_ms(self, now_s: float, cpu_s: float) -> None:
         """Time per call handled since the last sample, if there was a backlog all along."""
         if self._last is None:
             return
-        then_s, handled_then = self._last
+        then_s, then_cpu_s, handled_then = self._last
         finished = self.handled - handled_then
-        if finished > 0 and now_s > then_s:
-            per_call_ms = (now_s - then_s) * 1e3 / finished
+        spent_s = min(now_s - then_s, cpu_s - then_cpu_s)
+        if finished > 0 and spent_s > 0:
+            per_call_ms = spent_s * 1e3 / finished
             self.call_ms = per_call_ms if self.call_ms == 0.0 else self.call_ms + WEIGHT * (per_call_ms - self.call_ms)
