@@ -14,16 +14,15 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from loadtest.serving import running_server
+from loadtest.serving import one_model_repository, running_server
+from server.tls import ClientSecurity
 from variants.data import load_digits_split
 
 
@@ -40,7 +39,7 @@ async def saturate(address: str, request: pb.ModelInferRequest, callers: int, se
     done = 0
     measuring = False
     stop_at = time.perf_counter() + 2.0 + seconds
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with ClientSecurity.from_environment().aio_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
         async def caller() -> None:
@@ -68,9 +67,7 @@ def main() -> int:
     cores = sorted(os.sched_getaffinity(0))
     request = _request(args.variant)
     results: dict[str, list[float]] = {"on": [], "off": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp)
-        (repo / "digits").symlink_to((args.repository / "digits").resolve())
+    with one_model_repository(args.repository, "digits") as repo:
         for _ in range(args.rounds):
             for mode in ("on", "off"):
                 os.environ["SLIMSERVE_METRICS"] = "true" if mode == "on" else "false"

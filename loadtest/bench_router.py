@@ -28,7 +28,6 @@ import csv
 import gc
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -41,9 +40,10 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from loadtest.serving import running_server
+from loadtest.serving import one_model_repository, running_server
 from router.build import build_model_router
 from router.hints import RequestHints
+from server.tls import ClientSecurity
 from variants.data import load_digits_split
 from variants.repository import load_model
 
@@ -307,7 +307,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, float | str]]:
     ]
     traffic = Traffic(kinds, seed=0)
     rows: list[dict[str, float | str]] = []
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with ClientSecurity.from_environment().aio_channel(args.address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         await capacity_rps(stub, traffic, "router", 2.0)  # warm-up: sessions and the router's corrections
         fp32_capacity = await capacity_rps(stub, traffic, "fp32", args.capacity_seconds)
@@ -347,15 +347,15 @@ def main() -> int:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         print("warning: one core; server and load generator share it", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        # Only digits: a repository of symlinks, so minilm's sessions do not take memory.
-        repo = Path(tmp)
-        (repo / MODEL).symlink_to((args.repository / MODEL).resolve())
-        with running_server(repo, "--hardware-profile", "edge", log=args.out / "bench_router_server.log") as address:
-            if len(cores) >= 2:
-                os.sched_setaffinity(0, set(cores[1:]))  # the server pinned itself to cores[0]
-            args.address = address
-            rows = asyncio.run(run(args))
+    log = args.out / "bench_router_server.log"
+    with (
+        one_model_repository(args.repository, MODEL) as repo,
+        running_server(repo, "--hardware-profile", "edge", log=log) as address,
+    ):
+        if len(cores) >= 2:
+            os.sched_setaffinity(0, set(cores[1:]))  # the server pinned itself to cores[0]
+        args.address = address
+        rows = asyncio.run(run(args))
     print(write_reports(rows, args.out))
     return 0
 

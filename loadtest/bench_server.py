@@ -17,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnxruntime as ort
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.serving import running_server
+from server.tls import ClientSecurity
 
 SEQ_LEN = 32
 
@@ -77,7 +77,7 @@ def through_server(
     address: str, model: str, variant: str, calls: int, callers: int, seconds: float
 ) -> dict[str, float]:
     request = _request(model, variant)
-    with grpc.insecure_channel(address) as channel:
+    with ClientSecurity.from_environment().channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(5):
             stub.ModelInfer(request)
@@ -90,7 +90,7 @@ def through_server(
     stop = threading.Event()
 
     def caller(index: int) -> None:
-        with grpc.insecure_channel(address) as own:
+        with ClientSecurity.from_environment().channel(address) as own:
             own_stub = service_pb2_grpc.GRPCInferenceServiceStub(own)
             while not stop.is_set():
                 own_stub.ModelInfer(request, timeout=60)

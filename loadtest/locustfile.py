@@ -15,6 +15,9 @@ Users (run one or several; `MixedUser` is the realistic blend):
 Every `digits` answer is scored against the image's true label; at the end the share of
 correct answers (and the calls per user class) is printed and written next to Locust's CSV
 files as `<csv prefix>_summary.json` (see `make loadtest`). This file never starts a server.
+
+Against a server with TLS or tokens (README: Security), set SLIMSERVE_CLIENT_TLS_CA (and
+SLIMSERVE_CLIENT_TLS_CERT/_KEY for mutual TLS) and SLIMSERVE_TOKEN or SLIMSERVE_TOKEN_FILE.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from locust.env import Environment  # noqa: E402
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc  # noqa: E402
 
+from server.tls import ClientSecurity  # noqa: E402
 from variants.data import documentation_sentences, load_digits_split, minilm_tokenizer  # noqa: E402
 
 TOKENS = 32  # pad every sentence to one length so that the server can batch calls together
@@ -44,6 +48,7 @@ DIGITS = load_digits_split()[1]
 assert DIGITS.labels is not None
 SENTENCES = documentation_sentences()[:512]
 TOKENIZER = minilm_tokenizer(max_tokens=TOKENS)
+SECURITY = ClientSecurity.from_environment()  # SLIMSERVE_CLIENT_TLS_* and SLIMSERVE_TOKEN[_FILE]
 SCORES: Counter[str] = Counter()  # digits rows answered / correct, and calls per user class
 
 
@@ -86,7 +91,8 @@ class SlimserveUser(User):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        channel = grpc.intercept_channel(grpc.insecure_channel(self.host), LocustInterceptor(environment))
+        address = self.host or "127.0.0.1:8001"
+        channel = grpc.intercept_channel(SECURITY.channel(address), LocustInterceptor(environment))
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.rng = np.random.default_rng()
 

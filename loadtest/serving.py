@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,18 @@ class ServerProcess:
 
 
 @contextmanager
+def one_model_repository(repository: Path, model: str) -> Iterator[Path]:
+    """A repository holding only `model`, so that the others' sessions take no memory.
+
+    Hard links (beside `repository`, on its file system), not symlinks: the server refuses
+    a model folder that resolves outside its repository. Profiles the server adds are
+    written by rename, so they stay in the copy; the source is never modified."""
+    with tempfile.TemporaryDirectory(dir=repository.resolve().parent, prefix=".bench-") as tmp:
+        shutil.copytree(repository / model, Path(tmp) / model, copy_function=os.link)
+        yield Path(tmp)
+
+
+@contextmanager
 def server_process(repository: Path, *extra: str, log: Path | None = None) -> Iterator[ServerProcess]:
     """Yields the server once it is listening; SIGTERM and wait on exit (if still running)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +55,7 @@ def server_process(repository: Path, *extra: str, log: Path | None = None) -> It
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"server failed to start (exit code {server.poll()})")
                 time.sleep(0.2)
-            grpc_port, metrics_port = port_file.read_text().split()
+            grpc_port, metrics_port, _ = port_file.read_text().split()
             metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
             yield ServerProcess(f"127.0.0.1:{grpc_port}", metrics_url, server)
         finally:

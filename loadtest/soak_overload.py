@@ -25,7 +25,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -38,7 +37,8 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 
-from loadtest.serving import ServerProcess, server_process
+from loadtest.serving import ServerProcess, one_model_repository, server_process
+from server.tls import ClientSecurity
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 CHANNELS = 4  # connections the generator spreads calls over (the server allows 256 streams each)
@@ -208,7 +208,8 @@ def _summary(calls: Calls, capacity: float, seconds: float, slo_ms: float) -> di
 async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, object]:
     report: dict[str, object] = {"cpu": _cpu_model(), "model": args.model, "slo_ms": args.slo_ms}
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel, not one shared
-    channels = [grpc.aio.insecure_channel(server.address, options=options) for _ in range(CHANNELS)]
+    security = ClientSecurity.from_environment()
+    channels = [security.aio_channel(server.address, options=options) for _ in range(CHANNELS)]
     methods = [channel.unary_unary(INFER) for channel in channels]
     pid = server.process.pid
     capacity = await capacity_rps(methods, _request(args.model, None), args.capacity_seconds)
@@ -276,9 +277,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp)  # one model, as a symlink: the other's sessions would only take memory
-        (repo / args.model).symlink_to((args.repository / args.model).resolve())
+    with one_model_repository(args.repository, args.model) as repo:
         args.log = args.out / f"soak_overload_{args.model}_server.log"
         with server_process(repo, "--hardware-profile", "edge", log=args.log) as server:
             if len(cores) >= 2:

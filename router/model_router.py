@@ -7,7 +7,7 @@ decision itself is `router.policy.choose` and the price `router.price.cpu_price`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from router.cpu import CpuAccount
@@ -109,6 +109,22 @@ class ModelRouter:
 
     def now(self) -> float:
         return self._clock()
+
+    def adopt(self, old: ModelRouter, kept: Iterable[str]) -> None:
+        """Carry over what `old` learned, when a model is reloaded: for the variants in
+        `kept` (the same graph, served by the same batcher) their online latency correction
+        and traffic share; for the model, its per-request overhead, latency ratios, rates
+        and price. Variants that are new start from their profile, as at start-up."""
+        for name in kept:
+            self.variants[name].latency.correction = old.variants[name].latency.correction
+            self.variants[name].latency.observed_batches = old.variants[name].latency.observed_batches
+            self._shares[name] = old._shares[name]
+        self.loop_lag_ms, self.cpu = old.loop_lag_ms, old.cpu
+        self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
+        self._arrivals, self._completions, self._sizes, self._compute = (
+            old._arrivals, old._completions, old._sizes, old._compute
+        )
+        self._price, self._priced_at_s = old._price, old._priced_at_s
 
     def stretch(self) -> float:
         """The 90th percentile of the latency ratio (1 while there is too little data)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
 from router.cpu import CpuAccount
+from server.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
 from server.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
 from server.feedback import RecentAnswers
 from server.host import ModelHost
@@ -39,6 +41,7 @@ from server.profiles import ensure_profiles
 from server.servicer import InferenceServicer, add_inference_service
 from server.settings import Settings
 from server.shadow import ShadowSampler
+from server.tls import ServerTls
 from variants.hardware import fingerprint, pin_to_one_core, threads_for
 from variants.repository import load_repository
 
@@ -69,9 +72,7 @@ class App:
             settings.rpc_allowance_ms, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
         )  # fmt: skip
         self.load = LoadMonitor(CpuAccount(settings.cpu_target))
-        for hosted in self.host.models.values():
-            hosted.router.loop_lag_ms = lambda: self.load.lag_ms
-            hosted.router.cpu = self.load.cpu
+        self.host.attach_load(self.load.cpu, lambda: self.load.lag_ms)
         self.host.answers = RecentAnswers(settings.feedback_capacity)
         self.metrics: ServingMetrics | None = None
         self.metrics_port: int | None = None
@@ -90,7 +91,12 @@ class App:
                     settings.shadow_fraction, self.metrics, lambda: self.load.cpu_utilization
                 )
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=grpc_options(settings))
+        self.tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        tokens = load_tokens(settings.auth_tokens_file, {
+            INFERENCE: settings.inference_token.get_secret_value() if settings.inference_token else None,
+            MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,
+        })  # fmt: skip
+        self.server = grpc.aio.server(options=grpc_options(settings), interceptors=server_interceptors(tokens))
         self.backlog = GrpcBacklog(newest_server_id())  # the server just created is the newest
         self._backlog_watch: asyncio.Task[None] | None = None
         self.inference = InferenceServicer(self.host, self.metrics, self.backlog, settings.shed_late)
@@ -99,7 +105,35 @@ class App:
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(address, self.tls.grpc_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if settings.health_port is not None:  # plaintext, grpc.health.v1 only: for kubelet's probes
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        self.tokens_enabled = tokens.enabled
+        self._warn_if_exposed(tokens.enabled)
+
+    def _warn_if_exposed(self, authenticated: bool) -> None:
+        """Loudly, at start-up: a port anyone on the network can use for everything."""
+        if is_loopback(self.settings.host) or (authenticated and self.tls is not None):
+            return
+        missing = [
+            what for what, there in (("authentication", authenticated), ("TLS", self.tls is not None)) if not there
+        ]
+        log.warning(
+            "SECURITY: listening on %s:%d with no %s. Anyone who can reach this port can %s. Set "
+            "--tls-cert/--tls-key (and --tls-client-ca) and SLIMSERVE_INFERENCE_TOKEN / SLIMSERVE_MANAGEMENT_TOKEN "
+            "or --auth-tokens-file, or bind to 127.0.0.1 (README: Security).",
+            self.settings.host, self.port, " and no ".join(missing),
+            "run inference, read every measurement and send feedback" if not authenticated
+            else "read tokens and answers off the wire",
+        )  # fmt: skip
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", *SERVICE_NAMES):
@@ -119,8 +153,12 @@ class App:
     def _start_metrics_http(self) -> None:
         assert self.metrics is not None
         port = self.metrics_port if self.metrics_port is not None else self.settings.metrics_port
+        tls = self.tls.http_arguments() if self.tls is not None and self.settings.metrics_tls else {}
         self._metrics_http, self._metrics_thread = start_http_server(
-            port, self.settings.host, registry=self.metrics.registry
+            port,
+            self.settings.host,
+            registry=self.metrics.registry,
+            **tls,  # type: ignore[arg-type]
         )
         self.metrics_port = self._metrics_http.server_port
 
@@ -150,6 +188,8 @@ class App:
         """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         if self.metrics is not None:
             self._start_metrics_http()
         await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
@@ -159,9 +199,11 @@ class App:
         self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
         self.inference.accepting = True
         await self._set_health(self._serving_status())
+        transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.client_ca else "TLS"
         log.info(
-            "serving %s on port %d (metrics: %s)", ", ".join(self.host.models), self.port,
-            f"port {self.metrics_port}" if self.metrics_port else "off",
+            "serving %s on port %d (%s, tokens %s; metrics: %s; health-only port: %s)",
+            ", ".join(self.host.models), self.port, transport, "on" if self.tokens_enabled else "off",
+            f"port {self.metrics_port}" if self.metrics_port else "off", self.health_port or "none",
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -174,6 +216,8 @@ class App:
         self.inference.accepting = False
         await asyncio.sleep(self.settings.drain_s)
         await self.server.stop(self.settings.shutdown_grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         if self.inference.cut_off:
             log.error("%d admitted calls were cut off when the %.1f-s grace ran out",
                       self.inference.cut_off, self.settings.shutdown_grace_s)  # fmt: skip
@@ -192,6 +236,16 @@ class App:
             self._metrics_http.shutdown()
         self._executor.shutdown(wait=True)
         log.info("stopped")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the port on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:

@@ -41,12 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, help="metrics port (SLIMSERVE_METRICS_PORT, default 8002)")
     serve.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], help="SLIMSERVE_HARDWARE_PROFILE")
     serve.add_argument("--shutdown-grace-s", type=float, help="SLIMSERVE_SHUTDOWN_GRACE_S, default 10")
-    serve.add_argument("--port-file", type=Path, help="once serving: gRPC port (line 1), metrics port (line 2)")
+    serve.add_argument("--port-file", type=Path,
+                       help="once serving: the gRPC, metrics and health-only ports, one per line")  # fmt: skip
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: TLS on the gRPC port (SLIMSERVE_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert (SLIMSERVE_TLS_KEY)")
+    serve.add_argument("--tls-client-ca", type=Path, help="PEM CA: mutual TLS, clients need a certificate it signed")
+    serve.add_argument("--metrics-tls", action="store_true", default=None, help="/metrics over HTTPS, same files")
+    serve.add_argument("--auth-tokens-file", type=Path,
+                       help="bearer tokens, lines of 'group[,group] token'; or SLIMSERVE_INFERENCE_TOKEN and "
+                            "SLIMSERVE_MANAGEMENT_TOKEN (there are no token flags: they would show in ps)")  # fmt: skip
+    serve.add_argument("--health-port", type=int, help="plaintext grpc.health.v1-only port for probes (0 = any)")
 
     health = commands.add_parser("health", help="exit 0 if a server reports SERVING (container health checks)")
     health.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
     health.add_argument("--service", default="", help="service name to check; empty = the whole server")
     health.add_argument("--timeout-s", type=float, default=3.0)
+    _client_security_flags(health)
 
     tradeoff = commands.add_parser("tradeoff", help="write the cloud-vs-edge trade-off report (Markdown + PNG)")
     tradeoff.add_argument("repository", type=Path)
@@ -64,12 +74,31 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--policy", default="", help="slo (default), fastest or most_accurate")
     explain.add_argument("--batch-size", type=int, default=1, help="rows in the request")
     explain.add_argument("--json", action="store_true")
+    _client_security_flags(explain)
 
     profile = commands.add_parser("profile", help="add this machine's latency profile to a repository")
     profile.add_argument("repository", type=Path)
     profile.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], default="cloud-cpu")
     profile.add_argument("--seconds-per-batch-size", type=float, default=3.0)
     return parser
+
+
+def _client_security_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS and tokens (or SLIMSERVE_CLIENT_TLS_CA/_CERT/_KEY, SLIMSERVE_TOKEN[_FILE])")
+    group.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate: connect over TLS")
+    group.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mutual TLS")
+    group.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    group.add_argument("--tls-server-name", help="the name the server's certificate must carry, if not the host's")
+    group.add_argument("--token-file", type=Path, help="a file holding the bearer token")
+
+
+def _client_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from server.tls import ClientSecurity
+
+    return ClientSecurity.from_environment(
+        ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token_file=args.token_file,
+        server_name=args.tls_server_name,
+    )  # fmt: skip
 
 
 def _recipes(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
@@ -155,10 +184,13 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    security = _client_security(args)
+    with security.channel(args.address) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_s
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=args.timeout_s,
+                metadata=security.metadata(),
             )
         except grpc.RpcError as exc:
             print(f"slimserve health: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
@@ -193,9 +225,12 @@ def _explain(args: argparse.Namespace) -> int:
         model=args.model, slo_ms=args.slo_ms, min_quality=args.min_quality, policy=args.policy,
         batch_size=args.batch_size,
     )  # fmt: skip
-    with grpc.insecure_channel(args.address) as channel:
+    security = _client_security(args)
+    with security.channel(args.address) as channel:
         try:
-            answer = slimserve_pb2_grpc.ManagementStub(channel).Explain(request, timeout=10)
+            answer = slimserve_pb2_grpc.ManagementStub(channel).Explain(
+                request, timeout=10, metadata=security.metadata()
+            )
         except grpc.RpcError as exc:
             print(f"slimserve explain: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1
@@ -228,19 +263,27 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from server.auth import AuthConfigError
     from server.serve import serve
     from server.settings import Settings
+    from server.tls import TlsConfigError
 
     flags = {"repository": args.repository, "host": args.host, "grpc_port": args.grpc_port,
              "metrics_port": args.metrics_port, "hardware_profile": args.hardware_profile,
-             "shutdown_grace_s": args.shutdown_grace_s}  # fmt: skip
+             "shutdown_grace_s": args.shutdown_grace_s, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+             "tls_client_ca": args.tls_client_ca, "metrics_tls": args.metrics_tls,
+             "auth_tokens_file": args.auth_tokens_file, "health_port": args.health_port}  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         print(f"slimserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings, args.port_file))
+    try:
+        return asyncio.run(serve(settings, args.port_file))
+    except (TlsConfigError, AuthConfigError) as exc:
+        print(f"slimserve serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

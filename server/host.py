@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -63,6 +63,15 @@ class HostedModel:
         return not any(b.failed for b in self.batchers.values())
 
 
+def open_sessions(entry: ModelEntry, threads: int, only: set[str] | None = None) -> dict[str, VariantSession]:
+    """Blocking: an ONNX Runtime session per variant of `entry` (or of those in `only`)."""
+    return {
+        variant: VariantSession(entry.config, loaded, threads)
+        for variant, loaded in entry.variants.items()
+        if only is None or variant in only
+    }
+
+
 class ModelHost:
     """Resolves (model, variant), routes requests without a variant, runs them through batchers.
 
@@ -98,24 +107,59 @@ class ModelHost:
         self.shed_late = shed_late
         self._on_readiness_change = on_readiness_change  # called when a batcher fails for good
         self.answers = RecentAnswers(0)
+        self.threads = threads
+        self._executor = executor
+        self._workers = workers
+        self._max_queue_size = max_queue_size
+        self._max_queue_bytes = max_queue_bytes
+        self._hardware_key = hardware_key
+        self._rpc_allowance_ms = rpc_allowance_ms
+        self._cpu: CpuAccount | None = None
+        self._loop_lag_ms: Callable[[], float] | None = None
         for name, entry in models.items():
-            config = entry.config
-            batchers = {
-                variant: DynamicBatcher(
-                    VariantSession(config, loaded, threads),
-                    executor,
-                    config.max_batch_size,
-                    config.max_queue_delay_ms,
-                    max_queue_size,
-                    max_queue_bytes,
-                )
-                for variant, loaded in entry.variants.items()
+            sessions = {
+                variant: VariantSession(entry.config, loaded, threads) for variant, loaded in entry.variants.items()
             }
-            router = build_model_router(entry, hardware_key, batchers, rpc_allowance_ms, workers)
-            for variant, batcher in batchers.items():
-                batcher.on_batch = lambda rows, ms, m=name, v=variant: self._batch_done(m, v, rows, ms)
-                batcher.on_failure = self._readiness_changed
-            self.models[name] = HostedModel(entry, batchers, router, {v: VariantStats() for v in batchers})
+            self.models[name] = self.build_model(name, entry, sessions)
+
+    def attach_load(self, cpu: CpuAccount, loop_lag_ms: Callable[[], float]) -> None:
+        """The process's CPU account and event-loop lag, for every router now and later."""
+        self._cpu, self._loop_lag_ms = cpu, loop_lag_ms
+        for hosted in self.models.values():
+            hosted.router.cpu, hosted.router.loop_lag_ms = cpu, loop_lag_ms
+
+    def build_model(
+        self,
+        name: str,
+        entry: ModelEntry,
+        sessions: Mapping[str, VariantSession],
+        kept: Mapping[str, DynamicBatcher] | None = None,
+        old: HostedModel | None = None,
+    ) -> HostedModel:
+        """A model ready to host, not yet hosted: a batcher per variant (those in `kept`
+        are `old`'s, unchanged, with their statistics; the others are new over `sessions`,
+        not started) and a router that adopts what `old`'s learned (ModelRouter.adopt)."""
+        config = entry.config
+        kept = kept or {}
+        batchers: dict[str, DynamicBatcher] = {}
+        for variant in entry.variants:
+            if variant in kept:
+                batchers[variant] = kept[variant]
+                continue
+            batcher = DynamicBatcher(
+                sessions[variant], self._executor, config.max_batch_size, config.max_queue_delay_ms,
+                self._max_queue_size, self._max_queue_bytes,
+            )  # fmt: skip
+            batcher.on_batch = lambda rows, ms, m=name, v=variant: self._batch_done(m, v, rows, ms)
+            batcher.on_failure = self._readiness_changed
+            batchers[variant] = batcher
+        router = build_model_router(entry, self._hardware_key, batchers, self._rpc_allowance_ms, self._workers)
+        if old is not None:
+            router.adopt(old.router, kept)
+        elif self._cpu is not None and self._loop_lag_ms is not None:
+            router.cpu, router.loop_lag_ms = self._cpu, self._loop_lag_ms
+        stats = {v: old.stats[v] if old is not None and v in kept else VariantStats() for v in batchers}
+        return HostedModel(entry, batchers, router, stats)
 
     def model(self, name: str) -> HostedModel:
         if name not in self.models:
@@ -187,7 +231,8 @@ class ModelHost:
             self.shadow.after_answer(hosted, request, result)
         if request.id and hosted.entry.config.task == "classifier":
             top1 = result.outputs[hosted.entry.config.outputs[0].name].argmax(axis=-1)
-            self.answers.remember(request.id, Answer(request.model, result.variant, tuple(int(c) for c in top1)))
+            answer = Answer(request.model, result.variant, tuple(int(c) for c in top1), call.caller)
+            self.answers.remember(request.id, answer)
         result.device, result.predicted_ms, result.reason = decision.device, decision.predicted_ms, decision.reason
         stats.success_count += 1
         stats.success_ns += time.monotonic_ns() - started

@@ -7,6 +7,7 @@ import grpc
 from protos import slimserve_pb2 as pb
 from protos import slimserve_pb2_grpc
 from router.hints import parse_hints
+from server.auth import caller_of
 from server.errors import InvalidInputError
 from server.host import ModelHost
 from server.metrics import ServingMetrics
@@ -121,7 +122,8 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
         hosted = self._host.model(request.model)
         if hosted.entry.config.task != "classifier":
             raise InvalidInputError(f"model '{request.model}' is an encoder; feedback takes class labels")
-        answer, correct = self._host.answers.score(request.model, request.request_id, list(request.labels))
+        caller = caller_of(context.invocation_metadata())
+        answer, correct = self._host.answers.score(request.model, request.request_id, list(request.labels), caller)
         if self._metrics is not None:
             wrong = len(answer.predicted) - correct
             self._metrics.feedback.labels(answer.model, answer.variant, "correct").inc(correct)

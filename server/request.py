@@ -49,3 +49,4 @@ class CallRecord:
     received_s: float  # monotonic
     variant: str = ""
     code: str = "OK"  # a gRPC status code name, CANCELLED and DEADLINE_EXCEEDED included
+    caller: str = ""  # who asked, for Feedback (server.auth.caller_of); set only for requests with an id

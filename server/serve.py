@@ -27,10 +27,10 @@ async def serve(settings: Settings, port_file: Path | None = None) -> int:
     gc.collect()
     gc.freeze()
     if port_file is not None:
-        # Line 1: the gRPC port; line 2: the metrics port (or "off"). Renamed into place,
-        # so a reader never sees half of it.
+        # Line 1: the gRPC port; line 2: the metrics port (or "off"); line 3: the health-only
+        # port (or "off"). Renamed into place, so a reader never sees half of it.
         partial = port_file.with_name(port_file.name + ".partial")
-        partial.write_text(f"{app.port}\n{app.metrics_port or 'off'}\n")
+        partial.write_text(f"{app.port}\n{app.metrics_port or 'off'}\n{app.health_port or 'off'}\n")
         partial.replace(port_file)
     await stop.wait()
     log.info("signal received; draining for up to %.1f s", settings.shutdown_grace_s)

@@ -13,6 +13,7 @@ import grpc
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
+from server.auth import caller_of
 from server.backlog import GrpcBacklog
 from server.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
 from server.errors import InvalidInputError, OverloadedError, ShuttingDownError, status_for
@@ -119,6 +120,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
             hosted, _ = self._host.resolve(request.model_name, request.model_version)
             decoded = decode_request(request, hosted.entry.config)
+            if decoded.id:  # its answer is kept for Feedback, which only the same caller may give
+                call.caller = caller_of(context.invocation_metadata())
             result = await self._host.infer(decoded, deadline_s, call)
             return encode_response(decoded, result, hosted.entry.config)
         except asyncio.CancelledError:  # not an Exception: gRPC cancels the handler itself

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from router.cpu import TARGET_UTILIZATION
@@ -79,3 +79,21 @@ class Settings(BaseSettings):
     handshake_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection must finish its HTTP/2 handshake within this"
     )
+    # Security (README: Security). Token values come only from the environment or the tokens
+    # file: `slimserve serve` has no flag for them, so that they never show in `ps`.
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: the gRPC port speaks TLS only")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: clients must present a certificate it signed (mutual TLS)"
+    )
+    metrics_tls: bool = Field(default=False, description="serve /metrics over HTTPS with the same files")
+    auth_tokens_file: Path | None = Field(
+        default=None, description="bearer tokens per API group, lines of 'group[,group] token' (server.auth)"
+    )
+    inference_token: SecretStr | None = Field(default=None, description="a token for the inference group")
+    management_token: SecretStr | None = Field(default=None, description="a token for the management group")
+    health_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="a plaintext port serving only grpc.health.v1, for probes that cannot do TLS (kubelet); "
+        "0 picks a free one; unset: none",
+    )  # fmt: skip

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from server.settings import Settings
+
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
@@ -62,16 +64,27 @@ def test_kubernetes_objects_agree_with_each_other() -> None:
     labels = pod["metadata"]["labels"]
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"grpc": 8001, "metrics": 8002, "health": 8003}
     for service in services:
         assert service["spec"]["selector"].items() <= labels.items()
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
     assert any(s["spec"].get("clusterIP") == "None" for s in services), "a headless Service for client-side LB"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    env = {e["name"]: e for e in container["env"]}
+    # Every variable is a setting the server reads; probes use the plaintext health-only port
+    # (kubelet's gRPC probes cannot do TLS); TLS files come from a mounted Secret; tokens only
+    # from a Secret, never a value written here.
+    assert {name.removeprefix("SLIMSERVE_").lower() for name in env} <= set(Settings.model_fields)
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == ports["grpc"]
-    grace_s = float(next(e["value"] for e in container["env"] if e["name"] == "SLIMSERVE_SHUTDOWN_GRACE_S"))
+        assert container[probe]["grpc"]["port"] == ports["health"] == int(env["SLIMSERVE_HEALTH_PORT"]["value"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    secrets = {v["name"] for v in pod["spec"]["volumes"] if "secret" in v}
+    for variable in ("SLIMSERVE_TLS_CERT", "SLIMSERVE_TLS_KEY"):
+        assert mounts[str(Path(env[variable]["value"]).parent)] in secrets
+    for variable in ("SLIMSERVE_INFERENCE_TOKEN", "SLIMSERVE_MANAGEMENT_TOKEN"):
+        assert "value" not in env[variable] and env[variable]["valueFrom"]["secretKeyRef"]["name"]
+    grace_s = float(env["SLIMSERVE_SHUTDOWN_GRACE_S"]["value"])
     pre_stop_s = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["spec"]["terminationGracePeriodSeconds"] > grace_s + pre_stop_s
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.tls import ClientSecurity
 
 START_TIMEOUT_S = 120.0
 
@@ -17,7 +18,15 @@ START_TIMEOUT_S = 120.0
 class RunningServer:
     """Starts the server, waits for SERVING, and stops it (SIGTERM) when done."""
 
-    def __init__(self, repository: Path, workdir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        workdir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        client: ClientSecurity | None = None,
+    ) -> None:
+        self.client = client or ClientSecurity()  # how wait_serving reaches it (TLS files)
         port_file = workdir / f"port-{time.monotonic_ns()}"
         self.log_path = workdir / f"server-{time.monotonic_ns()}.log"
         env = {**os.environ, "SLIMSERVE_SHUTDOWN_GRACE_S": "20", **(env or {})}
@@ -32,14 +41,15 @@ class RunningServer:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
             time.sleep(0.1)
-        grpc_port, metrics_port = port_file.read_text().split()
+        grpc_port, metrics_port, health_port = port_file.read_text().split()
         self.port = int(grpc_port)
+        self.health_port = None if health_port == "off" else int(health_port)
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
         self.wait_serving()
 
     def wait_serving(self) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        with self.client.channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
             assert response.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,300 @@
+"""TLS, mutual TLS and bearer tokens per API group, on real servers with a throw-away PKI.
+
+Each row of the matrix (client kind × server mode → outcome) is one test case; the README's
+Security table is this list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from protos import slimserve_pb2, slimserve_pb2_grpc
+from server.auth import AuthConfigError, TokenTable, group_of, load_tokens
+from server.tls import ClientSecurity
+from tests.server.pki import Pki, make_pki
+from tests.server.running import RunningServer
+
+TIMEOUT_S = 30
+INFERENCE_TOKEN = "inference-token-0123456789"
+MANAGEMENT_TOKEN = "management-token-0123456789"
+BOTH_TOKEN = "both-groups-token-0123456789"  # from the tokens file: inference and management
+OTHER_BOTH_TOKEN = "other-both-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(repository: Path, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """TLS (server-authenticated), tokens from the environment and a file, a plaintext health
+    port, /metrics over HTTPS."""
+    workdir = tmp_path_factory.mktemp("tls-server")
+    tokens = workdir / "tokens"
+    tokens.write_text(f"# group[,group] token\ninference,management {BOTH_TOKEN}\n"
+                      f"management,inference {OTHER_BOTH_TOKEN}\n")  # fmt: skip
+    running = RunningServer(
+        repository, workdir, "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--auth-tokens-file", str(tokens), "--health-port", "0", "--metrics-tls",
+        env={"SLIMSERVE_INFERENCE_TOKEN": INFERENCE_TOKEN, "SLIMSERVE_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN},
+        client=ClientSecurity(ca=pki.ca),
+    )  # fmt: skip
+    yield running
+    assert running.stop() == 0
+    log = running.log_path.read_text()
+    assert "(TLS, tokens on;" in log and "SECURITY" not in log  # loopback anyway, and both on
+    for token in (INFERENCE_TOKEN, MANAGEMENT_TOKEN, BOTH_TOKEN, OTHER_BOTH_TOKEN):
+        assert token not in log  # never logged, not even when refused
+
+
+@pytest.fixture(scope="module")
+def mtls_server(repository: Path, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = RunningServer(
+        repository, tmp_path_factory.mktemp("mtls-server"), "--tls-cert", str(pki.server_cert),
+        "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
+        client=ClientSecurity(ca=pki.ca, cert=pki.client_cert, key=pki.client_key),
+    )  # fmt: skip
+    yield running
+    assert running.stop() == 0
+
+
+def _digits_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="digits", model_version="fp32")
+    request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
+    request.raw_input_contents.append(np.zeros((1, 1, 28, 28), np.float32).tobytes())
+    return request
+
+
+def _infer(security: ClientSecurity, address: str) -> grpc.StatusCode:
+    """The status of one ModelInfer over the transport and with the token `security` says."""
+    with security.channel(address) as channel:
+        try:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            stub.ModelInfer(_digits_request(), timeout=TIMEOUT_S, metadata=security.metadata())
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return, attr-defined]
+    return grpc.StatusCode.OK
+
+
+# (client kind, server, how the client connects, outcome)
+TRANSPORT_MATRIX = [
+    ("TLS client trusting the CA", "tls", "ca", grpc.StatusCode.OK),
+    ("plaintext client", "tls", "plain", grpc.StatusCode.UNAVAILABLE),
+    ("TLS client trusting another CA", "tls", "wrong-ca", grpc.StatusCode.UNAVAILABLE),
+    ("mTLS client with a certificate from the CA", "mtls", "client-cert", grpc.StatusCode.OK),
+    ("TLS client without a certificate", "mtls", "ca", grpc.StatusCode.UNAVAILABLE),
+    ("mTLS client with a certificate from another CA", "mtls", "stranger-cert", grpc.StatusCode.UNAVAILABLE),
+    ("plaintext client", "mtls", "plain", grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def _client(kind: str, pki: Pki, token: str | None = None) -> ClientSecurity:
+    return {
+        "plain": ClientSecurity(token=token),
+        "ca": ClientSecurity(ca=pki.ca, token=token),
+        "wrong-ca": ClientSecurity(ca=pki.other_ca, token=token),
+        "client-cert": ClientSecurity(ca=pki.ca, cert=pki.client_cert, key=pki.client_key, token=token),
+        "stranger-cert": ClientSecurity(ca=pki.ca, cert=pki.stranger_cert, key=pki.stranger_key, token=token),
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    ("client", "mode", "kind", "outcome"), TRANSPORT_MATRIX, ids=[f"{r[1]}: {r[0]}" for r in TRANSPORT_MATRIX]
+)
+def test_transport_matrix(
+    request: pytest.FixtureRequest, pki: Pki, client: str, mode: str, kind: str, outcome: grpc.StatusCode
+) -> None:
+    server: RunningServer = request.getfixturevalue(f"{mode}_server")
+    token = INFERENCE_TOKEN if mode == "tls" else None
+    assert _infer(_client(kind, pki, token), server.address) == outcome
+
+
+# (token, method group, outcome) on the TLS server
+TOKEN_MATRIX = [
+    ("none", "health", grpc.StatusCode.OK),
+    ("none", "inference", grpc.StatusCode.UNAUTHENTICATED),
+    ("none", "management", grpc.StatusCode.UNAUTHENTICATED),
+    ("unknown", "inference", grpc.StatusCode.UNAUTHENTICATED),
+    ("inference", "inference", grpc.StatusCode.OK),
+    ("inference", "management", grpc.StatusCode.PERMISSION_DENIED),
+    ("management", "inference", grpc.StatusCode.PERMISSION_DENIED),
+    ("management", "management", grpc.StatusCode.OK),
+    ("both (file)", "inference", grpc.StatusCode.OK),
+    ("both (file)", "management", grpc.StatusCode.OK),
+]
+TOKENS = {"none": None, "unknown": "unknown-token-0123456789", "inference": INFERENCE_TOKEN,
+          "management": MANAGEMENT_TOKEN, "both (file)": BOTH_TOKEN}  # fmt: skip
+
+
+def _call_group(channel: grpc.Channel, group: str, metadata: tuple[tuple[str, str], ...]) -> None:
+    if group == "health":
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S, metadata=metadata)
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT_S,
+                                                                       metadata=metadata)  # fmt: skip
+    elif group == "inference":
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=TIMEOUT_S, metadata=metadata)
+        stub.ModelInfer(_digits_request(), timeout=TIMEOUT_S, metadata=metadata)
+    else:
+        management = slimserve_pb2_grpc.ManagementStub(channel)
+        management.ListVariants(slimserve_pb2.ListVariantsRequest(), timeout=TIMEOUT_S, metadata=metadata)
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(), timeout=TIMEOUT_S, metadata=metadata
+        )
+
+
+@pytest.mark.parametrize(
+    ("token", "group", "outcome"), TOKEN_MATRIX, ids=[f"{r[0]} token → {r[1]}" for r in TOKEN_MATRIX]
+)
+def test_token_matrix(tls_server: RunningServer, pki: Pki, token: str, group: str, outcome: grpc.StatusCode) -> None:
+    security = ClientSecurity(ca=pki.ca, token=TOKENS[token])
+    with security.channel(tls_server.address) as channel:
+        try:
+            _call_group(channel, group, security.metadata())
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            assert "Bearer" in exc.details() or "group" in exc.details()  # type: ignore[attr-defined]
+    assert code == outcome
+
+
+def test_tritonclient_with_ssl_and_a_token(tls_server: RunningServer, mtls_server: RunningServer, pki: Pki) -> None:
+    images = np.zeros((2, 1, 28, 28), np.float32)
+    tensor = triton.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    client = triton.InferenceServerClient(tls_server.address, ssl=True, root_certificates=str(pki.ca))
+    headers = {"authorization": f"Bearer {INFERENCE_TOKEN}"}
+    assert client.infer("digits", [tensor], headers=headers).as_numpy("logits").shape == (2, 10)
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        client.infer("digits", [tensor])
+    assert client.is_server_live()  # health group: no token needed
+    mutual = triton.InferenceServerClient(
+        mtls_server.address, ssl=True, root_certificates=str(pki.ca), private_key=str(pki.client_key),
+        certificate_chain=str(pki.client_cert),
+    )  # fmt: skip
+    assert mutual.infer("digits", [tensor]).as_numpy("logits").shape == (2, 10)
+
+
+def test_feedback_scores_only_answers_given_to_the_same_token(tls_server: RunningServer, pki: Pki) -> None:
+    owner = ClientSecurity(ca=pki.ca, token=BOTH_TOKEN)
+    other = ClientSecurity(ca=pki.ca, token=OTHER_BOTH_TOKEN)
+    for request_id in ("shared-id", "owned-id"):  # the other token's answer under the same id must not collide
+        for security in (owner, other):
+            request = _digits_request()
+            request.id = request_id
+            with security.channel(tls_server.address) as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                stub.ModelInfer(request, timeout=TIMEOUT_S, metadata=security.metadata())
+    feedback = slimserve_pb2.FeedbackRequest(model="digits", request_id="owned-id", labels=[3])
+    with other.channel(tls_server.address) as channel:
+        management = slimserve_pb2_grpc.ManagementStub(channel)
+        assert management.Feedback(feedback, timeout=TIMEOUT_S, metadata=other.metadata()).variant == "fp32"
+        with pytest.raises(grpc.RpcError) as scored_twice:  # its own answer is scored once and forgotten
+            management.Feedback(feedback, timeout=TIMEOUT_S, metadata=other.metadata())
+        assert scored_twice.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    with owner.channel(tls_server.address) as channel:  # the owner's answer was not the one scored
+        management = slimserve_pb2_grpc.ManagementStub(channel)
+        assert management.Feedback(feedback, timeout=TIMEOUT_S, metadata=owner.metadata()).variant == "fp32"
+    with ClientSecurity(ca=pki.ca, token=MANAGEMENT_TOKEN).channel(tls_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as stranger:  # a management token cannot score others' answers
+            slimserve_pb2_grpc.ManagementStub(channel).Feedback(
+                slimserve_pb2.FeedbackRequest(model="digits", request_id="shared-id", labels=[3]),
+                timeout=TIMEOUT_S, metadata=(("authorization", f"Bearer {MANAGEMENT_TOKEN}"),),
+            )  # fmt: skip
+        assert stranger.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+
+
+def test_probes_and_scrapes_of_a_tls_server(tls_server: RunningServer, pki: Pki) -> None:
+    """The plaintext health-only port answers health and nothing else; /metrics is HTTPS."""
+    assert tls_server.health_port is not None
+    with grpc.insecure_channel(f"127.0.0.1:{tls_server.health_port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as other_method:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_digits_request(), timeout=TIMEOUT_S)
+        assert other_method.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    assert tls_server.metrics_url is not None
+    https_url = tls_server.metrics_url.replace("http://", "https://")
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    with urllib.request.urlopen(https_url, context=context, timeout=TIMEOUT_S) as response:
+        assert b"slimserve_requests" in response.read()
+    with pytest.raises(OSError):  # plain HTTP to a TLS port gets no metrics
+        urllib.request.urlopen(tls_server.metrics_url, timeout=TIMEOUT_S).read()
+
+
+def test_an_exposed_plaintext_server_warns_at_start(repository: Path, tmp_path: Path) -> None:
+    running = RunningServer(repository, tmp_path, "--host", "0.0.0.0")
+    assert running.stop() == 0
+    assert "SECURITY: listening on 0.0.0.0" in running.log_path.read_text()
+
+
+def test_method_groups() -> None:
+    assert group_of("/grpc.health.v1.Health/Check") == "health"
+    assert group_of("/inference.GRPCInferenceService/ServerReady") == "health"
+    assert group_of("/inference.GRPCInferenceService/ModelInfer") == "inference"
+    assert group_of("/inference.GRPCInferenceService/RepositoryModelLoad") == "management"
+    assert group_of("/slimserve.v1.Management/Feedback") == "management"
+    assert group_of("/some.Unknown/Method") == "management"  # not listed: the strictest group
+
+
+def test_token_configuration_errors_never_echo_the_token(tmp_path: Path) -> None:
+    bad = tmp_path / "tokens"
+    bad.write_text("inference short\n")
+    with pytest.raises(AuthConfigError, match=r"tokens:1: a token must be at least 16") as short:
+        load_tokens(bad, {})
+    assert "short" not in str(short.value).replace("at least", "")
+    bad.write_text("admin some-long-token-0123456789\n")
+    with pytest.raises(AuthConfigError, match=r"unknown group\(s\) \['admin'\]") as unknown:
+        load_tokens(bad, {})
+    assert "some-long-token" not in str(unknown.value)
+    with pytest.raises(AuthConfigError, match="SLIMSERVE_INFERENCE_TOKEN"):
+        load_tokens(None, {"inference": "tiny"})
+    assert not load_tokens(None, {}).enabled and TokenTable().groups_of("anything") is None
+    table = load_tokens(None, {"inference": INFERENCE_TOKEN, "management": INFERENCE_TOKEN})
+    assert table.groups_of(INFERENCE_TOKEN) == {"inference", "management"}
+
+
+def test_cli_and_locust_reach_a_tls_server_with_a_token(tls_server: RunningServer, pki: Pki, tmp_path: Path) -> None:
+    """`slimserve health` and `slimserve explain` take the TLS files as flags and the token
+    from a file; the Locust users take both from the environment."""
+    token_file = tmp_path / "token"
+    token_file.write_text(MANAGEMENT_TOKEN + "\n")
+    cli = [sys.executable, "-m", "server.cli"]
+    health = subprocess.run([*cli, "health", "--address", tls_server.address, "--tls-ca", str(pki.ca)],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert health.returncode == 0 and health.stdout.strip() == "SERVING", health.stderr
+    explain = [*cli, "explain", "digits", "--address", tls_server.address, "--tls-ca", str(pki.ca)]
+    refused = subprocess.run(explain, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    answered = subprocess.run([*explain, "--token-file", str(token_file)], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+    assert answered.returncode == 0 and "digits: SLO" in answered.stdout, answered.stderr
+    prefix = tmp_path / "locust"
+    locust = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless", "--host", tls_server.address,
+         "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5", "--csv", str(prefix), "--only-summary",
+         "InteractiveUser"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[2],
+        env={**os.environ, "LOCUST_QUIET_SUMMARY": "1", "SLIMSERVE_CLIENT_TLS_CA": str(pki.ca),
+             "SLIMSERVE_TOKEN": INFERENCE_TOKEN},
+    )  # fmt: skip
+    assert locust.returncode == 0, locust.stderr[-2000:]
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())
+    assert summary["failures"] == 0 and summary["calls_per_user_class"]["InteractiveUser"] > 0
