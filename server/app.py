@@ -37,6 +37,7 @@ from server.live_state import PUBLISH_PERIOD_S, LiveState
 from server.load_monitor import LoadMonitor
 from server.management import ManagementServicer
 from server.metrics import ServingMetrics
+from server.model_control import ModelControl, RepositoryPoller
 from server.profiles import ensure_profiles
 from server.servicer import InferenceServicer, add_inference_service
 from server.settings import Settings
@@ -99,7 +100,12 @@ class App:
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=server_interceptors(tokens))
         self.backlog = GrpcBacklog(newest_server_id())  # the server just created is the newest
         self._backlog_watch: asyncio.Task[None] | None = None
-        self.inference = InferenceServicer(self.host, self.metrics, self.backlog, settings.shed_late)
+        self.control = ModelControl(
+            self.host, settings.repository, self.hardware_key, settings.hardware_profile, settings.warmup_calls,
+            self.metrics, self._models_changed,
+        )  # fmt: skip
+        self._poller: asyncio.Task[None] | None = None
+        self.inference = InferenceServicer(self.host, self.metrics, self.backlog, settings.shed_late, self.control)
         add_inference_service(self.inference, self.server)
         management = ManagementServicer(self.host, self.hardware_key, self.metrics)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
@@ -146,6 +152,12 @@ class App:
     def _readiness_changed(self) -> None:
         """A batcher failed for good (on the loop): tell the probes."""
         log.error("model readiness: %s", {name: m.ready for name, m in self.host.models.items()})
+        self._models_changed()
+
+    def _models_changed(self) -> None:
+        """A model was loaded, reloaded or unloaded, or a batcher failed: health follows."""
+        if not self.inference.accepting:
+            return  # starting or draining: start() and stop() set health themselves
         task = asyncio.get_running_loop().create_task(self._set_health(self._serving_status()))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
@@ -197,6 +209,9 @@ class App:
         self.load.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
         self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
+        if self.settings.repository_poll_s > 0:
+            poller = RepositoryPoller(self.control, self.settings.repository_poll_s)
+            self._poller = asyncio.get_running_loop().create_task(poller.run(), name="repository-poll")
         self.inference.accepting = True
         await self._set_health(self._serving_status())
         transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.client_ca else "TLS"
@@ -227,7 +242,7 @@ class App:
             await self.host.shadow.close()
         await self.host.close()
         await self.load.stop()
-        for task in (self._publisher, self._backlog_watch):
+        for task in (self._publisher, self._backlog_watch, self._poller):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

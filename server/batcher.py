@@ -164,6 +164,11 @@ class DynamicBatcher:
         self._queue.clear()
         self._queued_rows = self._queued_bytes = 0
 
+    @property
+    def closed(self) -> bool:
+        """Closed and its loop ended: it serves nothing more."""
+        return self._closing and (self._task is None or self._task.done())
+
     async def close(self) -> None:
         """Stop taking requests, serve what is queued, then end the loop."""
         self._closing = True

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="bearer tokens, lines of 'group[,group] token'; or SLIMSERVE_INFERENCE_TOKEN and "
                             "SLIMSERVE_MANAGEMENT_TOKEN (there are no token flags: they would show in ps)")  # fmt: skip
     serve.add_argument("--health-port", type=int, help="plaintext grpc.health.v1-only port for probes (0 = any)")
+    serve.add_argument("--repository-poll-s", type=float,
+                       help="rescan the repository this often and load, reload, unload to match; 0: never")  # fmt: skip
 
     health = commands.add_parser("health", help="exit 0 if a server reports SERVING (container health checks)")
     health.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
@@ -272,7 +274,8 @@ def _serve(args: argparse.Namespace) -> int:
              "metrics_port": args.metrics_port, "hardware_profile": args.hardware_profile,
              "shutdown_grace_s": args.shutdown_grace_s, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
              "tls_client_ca": args.tls_client_ca, "metrics_tls": args.metrics_tls,
-             "auth_tokens_file": args.auth_tokens_file, "health_port": args.health_port}  # fmt: skip
+             "auth_tokens_file": args.auth_tokens_file, "health_port": args.health_port,
+             "repository_poll_s": args.repository_poll_s}  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:

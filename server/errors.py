@@ -48,6 +48,10 @@ class ModelExecutionError(ServingError):
     """The variant's session failed on this request alone (its batch-mates were answered)."""
 
 
+class ModelLoadError(ServingError):
+    """A model's new version failed to load; the old one (if any) keeps serving."""
+
+
 # Router errors are domain errors too; they live in router/ because the router raises them.
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
@@ -60,6 +64,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     OverloadedError: grpc.StatusCode.UNAVAILABLE,
     VariantUnavailableError: grpc.StatusCode.UNAVAILABLE,
     ModelExecutionError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 INTERNAL_MESSAGE = "internal error; see the server log"

@@ -19,6 +19,7 @@ from server.codec import MalformedRequest, decode_request, encode_response, pars
 from server.errors import InvalidInputError, OverloadedError, ShuttingDownError, status_for
 from server.host import ModelHost
 from server.metrics import UNKNOWN, ServingMetrics
+from server.model_control import ModelControl
 from server.parameters import stated_slo_ms
 from server.request import CallRecord
 
@@ -54,8 +55,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         metrics: ServingMetrics | None = None,
         backlog: GrpcBacklog | None = None,
         shed_late: bool = True,
+        control: ModelControl | None = None,
     ) -> None:
         self._host = host
+        self._control = control
         self._metrics = metrics
         self._backlog = backlog or GrpcBacklog(None)
         self._shed_late = shed_late
@@ -206,13 +209,48 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         def state(batcher_failed: bool) -> str:
             return "READY" if self.accepting and not batcher_failed else "UNAVAILABLE"
 
-        return pb.RepositoryIndexResponse(
-            models=[
-                index(name=name, version=variant, state=state(batcher.failed))
-                for name, hosted in self._host.models.items()
-                for variant, batcher in hosted.batchers.items()
+        models = [
+            index(name=name, version=variant, state=state(batcher.failed))
+            for name, hosted in self._host.models.items()
+            for variant, batcher in hosted.batchers.items()
+        ]
+        if self._control is not None:  # models whose last load failed, with why (Triton lists them too)
+            models += [
+                index(name=name, state="UNAVAILABLE", reason=reason)
+                for name, reason in self._control.reasons.items()
+                if name not in self._host.models
             ]
-        )
+        return pb.RepositoryIndexResponse(models=models)
+
+    @maps_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._model_control(request).load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @maps_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._model_control(request).unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _model_control(self, request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> ModelControl:
+        if self._control is None:
+            raise InvalidInputError("model control is not available on this server")
+        if request.repository_name:
+            raise InvalidInputError(
+                f"repository_name must be empty: this server serves one repository ({self._control.repository})"
+            )
+        # tritonclient's unload_model always sends unload_dependents; slimserve models have none.
+        unsupported = sorted(set(request.parameters) - {"unload_dependents"})
+        if unsupported:
+            raise InvalidInputError(
+                f"load/unload parameters are not supported ({unsupported}): put the files into the repository "
+                "folder and load the model by name"
+            )
+        return self._control
 
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:

@@ -97,3 +97,8 @@ class Settings(BaseSettings):
         description="a plaintext port serving only grpc.health.v1, for probes that cannot do TLS (kubelet); "
         "0 picks a free one; unset: none",
     )  # fmt: skip
+    repository_poll_s: float = Field(
+        default=0, ge=0,
+        description="scan the repository this often and load, reload or unload models to match it; 0: never "
+        "(RepositoryModelLoad/Unload work either way)",
+    )  # fmt: skip

@@ -1,0 +1,186 @@
+"""Hot reload on a real host (ONNX Runtime sessions, batchers, routers), without gRPC:
+what is kept, what is swapped, what is refused, and that calls in flight are answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.errors import InvalidInputError, ModelLoadError, NotFoundError
+from server.host import ModelHost
+from server.model_control import ModelControl, RepositoryPoller
+from server.request import CallRecord, InferenceRequest
+from variants.hardware import fingerprint
+from variants.repository import MANIFEST_FILE, MODEL_FILE, load_repository, sha256_of
+
+THREADS = 1
+
+
+@pytest.fixture
+def repo(repository: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "repo"
+    shutil.copytree(repository / "digits", target / "digits")
+    return target
+
+
+def _request(variant: str = "") -> InferenceRequest:
+    return InferenceRequest("digits", variant, {"images": np.zeros((1, 1, 28, 28), np.float32)})
+
+
+async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[ModelHost, ModelControl]:
+    key = fingerprint(THREADS).key
+    from server.profiles import ensure_profiles
+
+    models = ensure_profiles(load_repository(repo), key, "cloud-cpu", THREADS)
+    host = ModelHost(models, executor, 4, THREADS, 64, key)
+    host.start_batchers()
+    return host, ModelControl(host, repo, key, "cloud-cpu", warmup_calls=1)
+
+
+def _touch_config(repo: Path, text: str) -> None:
+    path = repo / "digits" / MODEL_FILE
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("description:")]
+    path.write_text("\n".join([f"description: {text}", *lines]) + "\n")
+
+
+def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(repo: Path) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(repo, executor)
+            before = host.models["digits"]
+            fp32_batcher = before.batchers["fp32"]
+            await host.infer(_request("fp32"), None, CallRecord("digits", time.monotonic()))
+            before.router.variants["fp32"].latency.correction = 1.7  # as if learned online
+            shutil.move(repo / "digits" / "pruned", repo / "digits" / ".stash-pruned")
+            summary = await control.load("digits")
+            assert "removed pruned" in summary and "kept" in summary
+            after = host.models["digits"]
+            assert set(after.batchers) == {"fp32", "int8", "distilled"}
+            assert after.batchers["fp32"] is fp32_batcher and after.stats["fp32"].success_count == 1
+            assert after.router.variants["fp32"].latency.correction == 1.7
+            assert before.batchers["pruned"].closed  # retired and released
+            shutil.move(repo / "digits" / ".stash-pruned", repo / "digits" / "pruned")
+            assert "added pruned" in await control.load("digits")
+            again = host.models["digits"]
+            assert again.batchers["fp32"] is fp32_batcher and again.router.variants["fp32"].latency.correction == 1.7
+            result = await host.infer(_request("pruned"), None, CallRecord("digits", time.monotonic()))
+            assert result.outputs["logits"].shape == (1, 10)
+            await host.close()
+
+    asyncio.run(scenario())
+
+
+def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new(repo: Path) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(repo, executor)
+            old = host.models["digits"]
+            stop = False
+            outcomes: list[str] = []
+
+            async def caller() -> None:
+                while not stop:
+                    try:
+                        await host.infer(_request(), None, CallRecord("digits", time.monotonic()))
+                        outcomes.append("ok")
+                    except Exception as exc:
+                        outcomes.append(repr(exc))
+
+            callers = [asyncio.create_task(caller()) for _ in range(8)]
+            for round_ in range(3):
+                _touch_config(repo, f"round {round_}")  # a changed config: every variant is reloaded
+                assert "reloaded fp32, int8, pruned, distilled" in await control.load("digits")
+            stop = True
+            await asyncio.gather(*callers)
+            assert outcomes and set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
+            assert host.models["digits"] is not old and all(b.closed for b in old.batchers.values())
+            await host.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(repo, executor)
+            serving = host.models["digits"]
+            graph = repo / "digits" / "int8" / "model.onnx"
+            good = graph.read_bytes()
+            graph.write_bytes(b"not an onnx graph")
+            with pytest.raises(ModelLoadError, match=r"variant 'int8': model\.onnx does not match the onnx_sha256"):
+                await control.load("digits")  # a graph swapped under its measurements
+            manifest_path = repo / "digits" / "int8" / MANIFEST_FILE
+            manifest = json.loads(manifest_path.read_text())
+            manifest["onnx_sha256"] = sha256_of(b"not an onnx graph")
+            manifest_path.write_text(json.dumps(manifest))
+            _touch_config(repo, "broken int8")
+            with pytest.raises(ModelLoadError, match=r"model 'digits' was not loaded: .*INVALID_PROTOBUF"):
+                await control.load("digits")  # consistent files, but ONNX Runtime cannot load the graph
+            assert host.models["digits"] is serving and "digits" in control.reasons
+            result = await host.infer(_request("int8"), None, CallRecord("digits", time.monotonic()))
+            assert result.variant == "int8"
+            (repo / "digits" / MODEL_FILE).write_text("name: digits\ntask: [")  # not YAML
+            with pytest.raises(ModelLoadError, match=r"model\.yaml"):
+                await control.load("digits")
+            with pytest.raises(InvalidInputError, match="not allowed"):
+                await control.load("../digits")
+            with pytest.raises(NotFoundError, match="no model 'other'"):
+                await control.load("other")
+            graph.write_bytes(good)
+            await host.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_poller_follows_the_folder(repo: Path) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(repo, executor)
+            poller = RepositoryPoller(control, period_s=3600)  # driven by hand: one scan per call
+            assert await poller.poll_once() == []  # nothing changed since start-up
+            shutil.move(repo / "digits" / "distilled", repo / "digits" / ".stash")
+            (done,) = await poller.poll_once()
+            assert "removed distilled" in done and "distilled" not in host.models["digits"].batchers
+            assert await poller.poll_once() == []  # not reloaded again while nothing changes
+            (repo / "digits" / "int8" / "model.onnx").write_bytes(b"broken")
+            assert await poller.poll_once() == [] and "digits" in control.reasons  # refused, logged
+            assert await poller.poll_once() == []  # and not retried until the files change again
+            hidden = repo / ".digits-away"
+            shutil.move(repo / "digits", hidden)
+            assert await poller.poll_once() == []  # missing once: maybe a folder being swapped
+            (done,) = await poller.poll_once()
+            assert done == "unloaded digits" and not host.models
+            await host.close()
+
+    asyncio.run(scenario())
+
+
+def test_unloading_drains_and_forgets(repo: Path) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(repo, executor)
+            hosted = host.models["digits"]
+            calls = [
+                asyncio.create_task(host.infer(_request(), None, CallRecord("digits", time.monotonic())))
+                for _ in range(16)
+            ]
+            await asyncio.sleep(0)  # admitted: queued in the batchers
+            assert await control.unload("digits") == "unloaded digits"
+            results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+            assert [r.outputs["logits"].shape for r in results] == [(1, 10)] * 16
+            assert all(b.closed for b in hosted.batchers.values())
+            with pytest.raises(NotFoundError):
+                host.model("digits")
+            with pytest.raises(NotFoundError, match="not loaded"):
+                await control.unload("digits")
+            assert "loaded digits" in await control.load("digits")  # and back
+            await host.close()
+
+    asyncio.run(scenario())
