@@ -122,7 +122,10 @@ class ModelRouter:
         self.loop_lag_ms, self.cpu = old.loop_lag_ms, old.cpu
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
         self._arrivals, self._completions, self._sizes, self._compute = (
-            old._arrivals, old._completions, old._sizes, old._compute
+            old._arrivals,
+            old._completions,
+            old._sizes,
+            old._compute,
         )
         self._price, self._priced_at_s = old._price, old._priced_at_s
 
