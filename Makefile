@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-router bench-observability soak loadtest test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-router bench-observability bench-reload soak loadtest test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-router: $(VENV)/.installed
 ## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
 bench-observability: $(VENV)/.installed
 	$(BIN)/python -m loadtest.bench_observability --repository $(REPOSITORY)
+
+## bench-reload: 16 callers on digits while it is reloaded 20 times and a variant swapped 10 times; failed calls, RSS
+bench-reload: $(VENV)/.installed
+	$(BIN)/python -m loadtest.bench_reload --repository $(REPOSITORY) --out docs/bench
 
 ## soak: 12,000 fuzzed requests; 5 minutes at 3x capacity and a SIGTERM, digits then minilm (needs `make run`'s repository)
 soak: $(VENV)/.installed

@@ -71,3 +71,19 @@ def running_server(repository: Path, *extra: str, log: Path | None = None) -> It
     """Yields the server's address once it is serving; SIGTERM and wait on exit."""
     with server_process(repository, *extra, log=log) as started:
         yield started.address
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, to print beside every figure."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"

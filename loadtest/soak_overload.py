@@ -37,7 +37,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 
-from loadtest.serving import ServerProcess, one_model_repository, server_process
+from loadtest.serving import ServerProcess, cpu_model, one_model_repository, rss_mib, server_process
 from server.tls import ClientSecurity
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -66,13 +66,6 @@ def _request(model: str, slo_ms: float | None) -> bytes:
     if slo_ms is not None:
         request.parameters["slo_ms"].double_param = slo_ms
     return request.SerializeToString()
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _gauges(metrics_url: str) -> dict[str, float]:
@@ -206,7 +199,7 @@ def _summary(calls: Calls, capacity: float, seconds: float, slo_ms: float) -> di
 
 
 async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, object]:
-    report: dict[str, object] = {"cpu": _cpu_model(), "model": args.model, "slo_ms": args.slo_ms}
+    report: dict[str, object] = {"cpu": cpu_model(), "model": args.model, "slo_ms": args.slo_ms}
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel, not one shared
     security = ClientSecurity.from_environment()
     channels = [security.aio_channel(server.address, options=options) for _ in range(CHANNELS)]
@@ -217,9 +210,9 @@ async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, obj
     report.update(capacity_rps=capacity, target_rps=rate)
     print(f"capacity {capacity:.0f} requests/s; offering {rate:.0f}/s for {args.seconds:.0f} s", flush=True)
     rss: dict[str, float] = {}
-    checkpoints = {10.0: lambda: rss.update(rss_10s_mib=_rss_mib(pid)),
-                   60.0: lambda: rss.update(rss_1min_mib=_rss_mib(pid)),
-                   args.seconds - 1: lambda: rss.update(rss_end_mib=_rss_mib(pid))}  # fmt: skip
+    checkpoints = {10.0: lambda: rss.update(rss_10s_mib=rss_mib(pid)),
+                   60.0: lambda: rss.update(rss_1min_mib=rss_mib(pid)),
+                   args.seconds - 1: lambda: rss.update(rss_end_mib=rss_mib(pid))}  # fmt: skip
     gc.collect()
     gc.disable()  # the generator's own pauses would look like server latency
     try:
@@ -255,13 +248,6 @@ def _drain_line(log: Path) -> str:
     """The server's own account of its shutdown: admitted calls answered, or cut off."""
     lines = [line for line in log.read_text().splitlines() if "drained" in line or "cut off" in line]
     return lines[-1] if lines else "(no drain line in the server log)"
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> int:

@@ -150,7 +150,10 @@ class ModelHost:
                 sessions[variant], self._executor, config.max_batch_size, config.max_queue_delay_ms,
                 self._max_queue_size, self._max_queue_bytes,
             )  # fmt: skip
-            batcher.on_batch = lambda rows, ms, m=name, v=variant, b=batcher: self._batch_done(m, v, b, rows, ms)
+            # The batcher's identity, not the batcher: a reference would make a cycle, and a
+            # retired batcher's session would then wait for the cyclic collector to be freed.
+            key = id(batcher)
+            batcher.on_batch = lambda rows, ms, m=name, v=variant, b=key: self._batch_done(m, v, b, rows, ms)
             batcher.on_failure = self._readiness_changed
             batchers[variant] = batcher
         router = build_model_router(entry, self._hardware_key, batchers, self._rpc_allowance_ms, self._workers)
@@ -267,11 +270,12 @@ class ModelHost:
             loop_lag_s=load_lag_ms / 1e3,
         )
 
-    def _batch_done(self, model: str, variant: str, batcher: DynamicBatcher, rows: int, compute_ms: float) -> None:
+    def _batch_done(self, model: str, variant: str, batcher_id: int, rows: int, compute_ms: float) -> None:
         """After every session call: correct the router, and record compute and batch size once.
-        A batcher retired by a reload or unload still finishing its queue teaches no router."""
+        A batcher retired by a reload or unload still finishing its queue teaches no router
+        (it is alive while it calls this, so no other object has its id)."""
         hosted = self.models.get(model)
-        if hosted is not None and hosted.batchers.get(variant) is batcher:
+        if hosted is not None and id(hosted.batchers.get(variant)) == batcher_id:
             hosted.router.observe_batch(variant, rows, compute_ms)
         if self.metrics:
             series = self.metrics.series(model, variant)
