@@ -6,63 +6,72 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-router bench-observability bench-reload soak loadtest test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-router bench-observability bench-reload bench-first-run soak loadtest test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install whenever pyproject.toml changes.
+# Re-install whenever pyproject.toml changes. `make run` needs only the package; tests,
+# benchmarks and load tests add the test extras (so a first `make run` installs less).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-## run: set up, build the default model repository if missing (reused afterwards), serve it
+## run: set up and serve the default model repository, building what is missing in the background
+## (fp32 and int8 of every model first, served as soon as they exist; the rest added as they finish)
 run: $(VENV)/.installed
-	$(BIN)/slimserve build --repository $(REPOSITORY) --skip-existing
-	$(BIN)/slimserve serve --repository $(REPOSITORY)
+	$(BIN)/slimserve serve --repository $(REPOSITORY) --build-missing
 
 ## protos: regenerate the committed gRPC stubs from protos/*.proto
-protos: $(VENV)/.installed
+protos: $(VENV)/.installed-test
 	$(BIN)/python protos/generate.py
 
 ## build: rebuild the default model repository from scratch
 build: $(VENV)/.installed
 	$(BIN)/slimserve build --repository $(REPOSITORY)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
 
-typecheck: $(VENV)/.installed
+typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy variants server router tests loadtest
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed-test
 	$(BIN)/pytest -q
 
 ## test: set up, lint, type-check, run the test suite
 test: lint typecheck unit
 
 ## bench-server: server vs in-process ONNX Runtime, side by side (needs `make run`'s repository)
-bench-server: $(VENV)/.installed
+bench-server: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_server --repository $(REPOSITORY)
 
 ## bench-router: the router vs pinned variants on an open-loop load ramp (needs `make run`'s repository)
-bench-router: $(VENV)/.installed
+bench-router: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
 
 ## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
-bench-observability: $(VENV)/.installed
+bench-observability: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_observability --repository $(REPOSITORY)
 
+## bench-first-run: clean clone → make run: seconds to the first answer and to every variant (uses ports 8001/8002)
+bench-first-run: $(VENV)/.installed-test
+	$(BIN)/python -m loadtest.first_run --out docs/bench/first_run.json
+
 ## bench-reload: 16 callers on digits while it is reloaded 20 times and a variant swapped 10 times; failed calls, RSS
-bench-reload: $(VENV)/.installed
+bench-reload: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_reload --repository $(REPOSITORY) --out docs/bench
 
 ## soak: 12,000 fuzzed requests; 5 minutes at 3x capacity and a SIGTERM, digits then minilm (needs `make run`'s repository)
-soak: $(VENV)/.installed
+soak: $(VENV)/.installed-test
 	SLIMSERVE_FUZZ_EXAMPLES=12000 $(BIN)/pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py
 	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model digits
 	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model minilm --seconds 120 --slo-ms 200
@@ -73,7 +82,7 @@ LOADTEST_USERS ?= 20
 LOADTEST_SECONDS ?= 60
 LOADTEST_CLASSES ?= MixedUser
 LOADTEST_OUT ?= loadtest-results
-loadtest: $(VENV)/.installed
+loadtest: $(VENV)/.installed-test
 	mkdir -p $(LOADTEST_OUT)
 	$(BIN)/locust -f loadtest/locustfile.py --headless --host $(LOADTEST_HOST) \
 		-u $(LOADTEST_USERS) -r $(LOADTEST_USERS) -t $(LOADTEST_SECONDS)s --stop-timeout 10 \

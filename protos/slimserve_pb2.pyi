@@ -91,11 +91,21 @@ class Variant(_message.Message):
     ready: bool
     def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., params: _Optional[int] = ..., macs: _Optional[int] = ..., size_bytes: _Optional[int] = ..., quality: _Optional[_Mapping[str, float]] = ..., agreement: _Optional[_Mapping[str, float]] = ..., alpha_params: _Optional[float] = ..., alpha_bytes: _Optional[float] = ..., beta_params: _Optional[float] = ..., beta_bytes: _Optional[float] = ..., profiles: _Optional[_Iterable[_Union[VariantProfile, _Mapping]]] = ..., ready: _Optional[bool] = ...) -> None: ...
 
+class BuildingVariant(_message.Message):
+    __slots__ = ("model", "name")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    name: str
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
 class ListVariantsResponse(_message.Message):
-    __slots__ = ("variants",)
+    __slots__ = ("variants", "building")
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    BUILDING_FIELD_NUMBER: _ClassVar[int]
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
-    def __init__(self, variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ...) -> None: ...
+    building: _containers.RepeatedCompositeFieldContainer[BuildingVariant]
+    def __init__(self, variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., building: _Optional[_Iterable[_Union[BuildingVariant, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "slo_ms", "min_quality", "policy", "batch_size")

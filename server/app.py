@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
 from router.cpu import CpuAccount
 from server.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
+from server.background_build import BackgroundBuild
 from server.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
 from server.feedback import RecentAnswers
 from server.host import ModelHost
@@ -47,6 +48,7 @@ from variants.hardware import fingerprint, pin_to_one_core, threads_for
 from variants.repository import load_repository
 
 log = logging.getLogger(__name__)
+BUILD_POLL_S = 2.0  # how often the repository is scanned while a background build publishes into it
 SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     slimserve_pb2.DESCRIPTOR.services_by_name["Management"].full_name,
@@ -62,7 +64,9 @@ class App:
             pin_to_one_core()
         threads = settings.session_threads or threads_for(settings.hardware_profile)
         self.hardware_key = fingerprint(threads).key
-        models = load_repository(settings.repository)
+        if settings.build_missing:
+            settings.repository.mkdir(parents=True, exist_ok=True)
+        models = load_repository(settings.repository, allow_empty=settings.build_missing)
         ensure_profiles(models, self.hardware_key, settings.hardware_profile, threads)
         # One worker per variant by default: a short batch of a cheap variant then runs beside a
         # long one instead of waiting for it (the cores are shared either way).
@@ -105,9 +109,10 @@ class App:
             self.metrics, self._models_changed,
         )  # fmt: skip
         self._poller: asyncio.Task[None] | None = None
+        self.build = BackgroundBuild(settings.repository, settings.build_recipes) if settings.build_missing else None
         self.inference = InferenceServicer(self.host, self.metrics, self.backlog, settings.shed_late, self.control)
         add_inference_service(self.inference, self.server)
-        management = ManagementServicer(self.host, self.hardware_key, self.metrics)
+        management = ManagementServicer(self.host, self.hardware_key, self.metrics, self.build)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -209,15 +214,19 @@ class App:
         self.load.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
         self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
-        if self.settings.repository_poll_s > 0:
-            poller = RepositoryPoller(self.control, self.settings.repository_poll_s)
+        poll_s = self.settings.repository_poll_s or (BUILD_POLL_S if self.build is not None else 0)
+        if poll_s > 0:
+            poller = RepositoryPoller(self.control, poll_s)
             self._poller = asyncio.get_running_loop().create_task(poller.run(), name="repository-poll")
+        if self.build is not None:
+            await self.build.start()
         self.inference.accepting = True
         await self._set_health(self._serving_status())
         transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.client_ca else "TLS"
+        models = ", ".join(self.host.models) or "no models yet"
         log.info(
             "serving %s on port %d (%s, tokens %s; metrics: %s; health-only port: %s)",
-            ", ".join(self.host.models), self.port, transport, "on" if self.tokens_enabled else "off",
+            models, self.port, transport, "on" if self.tokens_enabled else "off",
             f"port {self.metrics_port}" if self.metrics_port else "off", self.health_port or "none",
         )  # fmt: skip
 
@@ -229,6 +238,8 @@ class App:
         CANCELLED), so they are taken and refused first."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.inference.accepting = False
+        if self.build is not None:
+            await self.build.stop()
         await asyncio.sleep(self.settings.drain_s)
         await self.server.stop(self.settings.shutdown_grace_s)
         if self.health_server is not None:

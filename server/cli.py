@@ -25,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--calibration", type=Path, help="with --onnx: calibration rows, .npy or .npz")
     build.add_argument("--task", choices=["classifier", "encoder"], default="classifier", help="with --onnx")
     build.add_argument("--name", help="model name, with --entry-point or --onnx")
-    build.add_argument("--skip-existing", action="store_true", help="keep models already in the repository")
+    build.add_argument("--skip-existing", action="store_true",
+                       help="keep models already in the repository with every variant their recipe makes")  # fmt: skip
+    build.add_argument("--staged", action="store_true",
+                       help="publish every model's fp32 and int8 first, then the rest")  # fmt: skip
     build.add_argument("--json", action="store_true", help="print the result as JSON")
 
     variants = commands.add_parser("variants", help="inspect a model repository")
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="bearer tokens, lines of 'group[,group] token'; or SLIMSERVE_INFERENCE_TOKEN and "
                             "SLIMSERVE_MANAGEMENT_TOKEN (there are no token flags: they would show in ps)")  # fmt: skip
     serve.add_argument("--health-port", type=int, help="plaintext grpc.health.v1-only port for probes (0 = any)")
+    serve.add_argument("--build-missing", action="store_true", default=None,
+                       help="build missing default models in the background, serving each as published")  # fmt: skip
     serve.add_argument("--repository-poll-s", type=float,
                        help="rescan the repository this often and load, reload, unload to match; 0: never")  # fmt: skip
 
@@ -135,20 +140,29 @@ def _recipes(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
 
 
 def _build(args: argparse.Namespace) -> int:
-    from variants.build import build_model
+    from variants.build import build_model, build_staged, planned_variants
     from variants.hardware import fingerprint, threads_for
     from variants.report import render_json, render_table
     from variants.repository import load_model
 
     args.repository.mkdir(parents=True, exist_ok=True)
     entries = {}
+    to_build = []
     for recipe in _recipes(args):
         existing = args.repository / recipe.name
-        if args.skip_existing and existing.is_dir():
-            logging.getLogger("slimserve").info("%s: already built, reusing %s", recipe.name, existing)
-            entries[recipe.name] = load_model(existing)
-            continue
-        entries[recipe.name] = build_model(recipe, args.repository)
+        if args.skip_existing and (existing / "model.yaml").is_file():
+            entry = load_model(existing)
+            missing = [v for v in planned_variants(recipe) if v not in entry.variants]
+            if not missing:
+                logging.getLogger("slimserve").info("%s: already built, reusing %s", recipe.name, existing)
+                entries[recipe.name] = entry
+                continue
+            logging.getLogger("slimserve").info("%s: %s missing, building it again", recipe.name, ", ".join(missing))
+        to_build.append(recipe)
+    if args.staged:
+        entries.update(build_staged(to_build, args.repository))
+    else:
+        entries.update({recipe.name: build_model(recipe, args.repository) for recipe in to_build})
     key = fingerprint(threads_for("cloud-cpu")).key
     if args.json:
         print(render_json(entries, key))
@@ -275,7 +289,7 @@ def _serve(args: argparse.Namespace) -> int:
              "shutdown_grace_s": args.shutdown_grace_s, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
              "tls_client_ca": args.tls_client_ca, "metrics_tls": args.metrics_tls,
              "auth_tokens_file": args.auth_tokens_file, "health_port": args.health_port,
-             "repository_poll_s": args.repository_poll_s}  # fmt: skip
+             "repository_poll_s": args.repository_poll_s, "build_missing": args.build_missing}  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:

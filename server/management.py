@@ -8,6 +8,7 @@ from protos import slimserve_pb2 as pb
 from protos import slimserve_pb2_grpc
 from router.hints import parse_hints
 from server.auth import caller_of
+from server.background_build import BackgroundBuild
 from server.errors import InvalidInputError
 from server.host import ModelHost
 from server.metrics import ServingMetrics
@@ -17,8 +18,15 @@ from server.servicer import maps_errors
 class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     """Variants with their measurements; Explain says which variant a request would get, and why."""
 
-    def __init__(self, host: ModelHost, hardware_key: str, metrics: ServingMetrics | None = None) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        hardware_key: str,
+        metrics: ServingMetrics | None = None,
+        build: BackgroundBuild | None = None,
+    ) -> None:
         self._host = host
+        self._build = build
         self._hardware_key = hardware_key
         self._metrics = metrics
 
@@ -26,8 +34,22 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     async def ListVariants(
         self, request: pb.ListVariantsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVariantsResponse:
-        names = [request.model] if request.model else list(self._host.models)
-        response = pb.ListVariantsResponse()
+        building = (
+            self._build.building({m: list(h.batchers) for m, h in self._host.models.items()}) if self._build else []
+        )
+        if (
+            request.model
+            and any(model == request.model for model, _ in building)
+            and request.model not in self._host.models
+        ):
+            names = []  # being built, nothing published yet
+        else:
+            names = [request.model] if request.model else list(self._host.models)
+        response = pb.ListVariantsResponse(
+            building=[
+                pb.BuildingVariant(model=m, name=v) for m, v in building if not request.model or m == request.model
+            ]
+        )
         for name in names:
             for variant, entry in self._host.model(name).entry.variants.items():
                 manifest = entry.manifest

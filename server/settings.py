@@ -102,3 +102,11 @@ class Settings(BaseSettings):
         description="scan the repository this often and load, reload or unload models to match it; 0: never "
         "(RepositoryModelLoad/Unload work either way)",
     )  # fmt: skip
+    build_missing: bool = Field(
+        default=False,
+        description="build the default models missing from the repository in the background while serving "
+        "(fp32 and int8 first); the repository is polled to load each as it is published",
+    )
+    build_recipes: list[Path] = Field(
+        default_factory=list, description="with build_missing: recipe files to build instead of the default models"
+    )

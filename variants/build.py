@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from variants.classifier_pipeline import classifier_pipeline
-from variants.encoder_pipeline import encoder_pipeline
+from variants.classifier_pipeline import classifier_stages
+from variants.encoder_pipeline import encoder_stages
 from variants.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
 from variants.onnx_io import make_session, run_batched
 from variants.onnx_pipeline import onnx_pipeline
-from variants.pipeline import PipelineResult
+from variants.pipeline import PipelineResult, last_stage
 from variants.profile import build_profiles, profile_sessions, synthetic_batch
 from variants.recipes import ClassifierRecipe, EncoderRecipe, OnnxRecipe, ProfileSettings
 from variants.repository import (
@@ -38,15 +39,27 @@ from variants.repository import (
 )
 
 log = logging.getLogger(__name__)
+FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile
 AnyRecipe = ClassifierRecipe | EncoderRecipe | OnnxRecipe
 
 
-def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
+def pipeline_stages(recipe: AnyRecipe) -> Iterator[PipelineResult]:
+    """The recipe's pipeline, stage by stage (variants.pipeline.FIRST_STAGE first)."""
     if isinstance(recipe, ClassifierRecipe):
-        return classifier_pipeline(recipe)
-    if isinstance(recipe, EncoderRecipe):
-        return encoder_pipeline(recipe)
-    return onnx_pipeline(recipe)
+        yield from classifier_stages(recipe)
+    elif isinstance(recipe, EncoderRecipe):
+        yield from encoder_stages(recipe)
+    else:
+        yield onnx_pipeline(recipe)
+
+
+def planned_variants(recipe: AnyRecipe) -> list[str]:
+    """The variants the recipe builds (a user ONNX model: fp32 and int8)."""
+    return list(recipe.variants) if isinstance(recipe, ClassifierRecipe | EncoderRecipe) else ["fp32", "int8"]
+
+
+def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
+    return last_stage(pipeline_stages(recipe))
 
 
 def profile_variants(
@@ -79,11 +92,44 @@ def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:
     --hardware-profile edge` adds the one-core profile afterwards.
     """
     started = time.monotonic()
-    result = run_pipeline(recipe)
+    entry = publish(recipe, repo, run_pipeline(recipe), recipe.profile)
+    log.info("built %s in %.0f s", recipe.name, time.monotonic() - started)
+    return entry
+
+
+def build_staged(recipes: list[AnyRecipe], repo: Path) -> dict[str, ModelEntry]:
+    """Build every recipe stage by stage, all models' first stage (fp32, int8) before any
+    model's second: a server polling the repository can answer within minutes and gains
+    the other variants as they are published. The first stage is profiled briefly
+    (FIRST_STAGE_PROFILE_S per batch size); the last publication profiles every variant
+    side by side with the recipe's settings and replaces it (same graphs, same hashes)."""
+    started = time.monotonic()
+    running = {recipe.name: (recipe, pipeline_stages(recipe)) for recipe in recipes}
+    entries: dict[str, ModelEntry] = {}
+    while running:
+        for name, (recipe, stages) in list(running.items()):
+            result = next(stages, None)
+            if result is None:
+                del running[name]
+                continue
+            built = [v.name for v in result.variants]
+            to_come = [v for v in planned_variants(recipe) if v not in built]
+            final = not to_come
+            settings = recipe.profile if final else recipe.profile.model_copy(
+                update={"seconds_per_batch_size": FIRST_STAGE_PROFILE_S}
+            )  # fmt: skip
+            entries[name] = publish(recipe, repo, result, settings)
+            log.info("%s: published %s after %.0f s%s", name, ", ".join(built), time.monotonic() - started,
+                     f"; still building {', '.join(to_come)}" if to_come else "")  # fmt: skip
+    return entries
+
+
+def publish(recipe: AnyRecipe, repo: Path, result: PipelineResult, settings: ProfileSettings) -> ModelEntry:
+    """Evaluate and profile `result`'s variants, and publish them as the model, in one rename."""
     reference = result.variants[0]
     threads = threads_for("cloud-cpu")
     outputs = {v.name: run_batched(make_session(v.onnx, threads), result.held_out) for v in result.variants}
-    profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, recipe.profile, "cloud-cpu")
+    profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, settings, "cloud-cpu")
     staged = staging_dir(repo, recipe.name)
     built_at = now()
     for variant in result.variants:
@@ -112,7 +158,6 @@ def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:
         write_variant(staged, manifest, variant.onnx)
     write_model_config(staged, result.config)
     publish_model(staged, repo, recipe.name)
-    log.info("built %s in %.0f s", recipe.name, time.monotonic() - started)
     return load_model(repo / recipe.name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -15,12 +16,14 @@ from variants.evaluate import classifier_scores
 from variants.hardware import threads_for
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
 from variants.pipeline import (
+    FIRST_STAGE,
     BuiltVariant,
     PipelineResult,
     count_macs,
     count_params,
     count_weighted_layers,
     datatype_of,
+    last_stage,
     quantized_variant,
 )
 from variants.prune_sequential import prune_to_fraction, widths
@@ -105,6 +108,11 @@ def _int8(fp32: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> BuiltVa
 
 
 def classifier_pipeline(recipe: ClassifierRecipe) -> PipelineResult:
+    return last_stage(classifier_stages(recipe))
+
+
+def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
+    """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time."""
     spec = load_spec(recipe.entry_point)
     train = spec.train.take(recipe.max_train_rows) if recipe.max_train_rows else spec.train
     assert train.labels is not None and spec.held_out.labels is not None
@@ -122,6 +130,16 @@ def classifier_pipeline(recipe: ClassifierRecipe) -> PipelineResult:
     built = [fp32]
     if "int8" in recipe.variants:
         built.append(_int8(fp32, recipe, train))
+    labels = spec.held_out.labels
+    result = PipelineResult(
+        config=_config(recipe, spec, fp32),
+        variants=built,
+        held_out=spec.held_out.inputs,
+        labels=spec.held_out.labels,
+        score=lambda logits, reference: classifier_scores(logits, labels, reference),
+    )
+    if set(recipe.variants) - set(FIRST_STAGE):
+        yield result.snapshot()
     if "pruned" in recipe.variants:
         if not isinstance(teacher, nn.Sequential):
             raise RepositoryError(f"{recipe.name}: structured pruning needs an nn.Sequential teacher")
@@ -156,14 +174,7 @@ def classifier_pipeline(recipe: ClassifierRecipe) -> PipelineResult:
             desc=f"{recipe.name}: distil student",
         )
         built.append(_variant("distilled", student, spec.held_out, source="fp32", recipe=recipe.distill.model_dump()))
-    labels = spec.held_out.labels
-    return PipelineResult(
-        config=_config(recipe, spec, fp32),
-        variants=built,
-        held_out=spec.held_out.inputs,
-        labels=spec.held_out.labels,
-        score=lambda logits, reference: classifier_scores(logits, labels, reference),
-    )
+    yield result.snapshot()
 
 
 def _config(recipe: ClassifierRecipe, spec: ClassifierSpec, fp32: BuiltVariant) -> ModelConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,15 @@ from variants.evaluate import encoder_scores
 from variants.hardware import threads_for
 from variants.models.encoder import SentenceEncoder, load_minilm
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
-from variants.pipeline import BuiltVariant, PipelineResult, count_macs, count_params, quantized_variant
+from variants.pipeline import (
+    FIRST_STAGE,
+    BuiltVariant,
+    PipelineResult,
+    count_macs,
+    count_params,
+    last_stage,
+    quantized_variant,
+)
 from variants.prune_encoder import prune_encoder
 from variants.quantize import quantize_best
 from variants.recipes import EncoderRecipe
@@ -48,6 +57,11 @@ def _variant(
 
 
 def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
+    return last_stage(encoder_stages(recipe))
+
+
+def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
+    """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time."""
     tokenizer = minilm_tokenizer(recipe.max_tokens)
     train_text, held_out_text = split_sentences(documentation_sentences())
     train_text = train_text[: recipe.train_sentences]
@@ -69,6 +83,37 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
         )
         recipe_info = {"method": "dynamic", "settings": chosen.label, "selection_scores": scores}
         built.append(quantized_variant(fp32, graph, recipe_info))
+    result = PipelineResult(
+        config=ModelConfig(
+            name=recipe.name,
+            task="encoder",
+            description="all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised); tokenize client-side",
+            # Token ids index the vocabulary and positions the position table: the session
+            # cannot run anything outside them, so the server refuses it up front.
+            inputs=[
+                TensorSpec(
+                    name=name,
+                    datatype="INT64",
+                    shape=[-1, -1],
+                    max_shape=[-1, teacher.shape.max_positions],
+                    min_value=0,
+                    max_value=highest,
+                )
+                for name, highest in (("input_ids", teacher.shape.vocab_size - 1), ("attention_mask", 1))
+            ],
+            outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
+            quality_metric=QualityMetric(
+                name="cosine", description="mean cosine to fp32 embeddings, held-out sentences"
+            ),
+            **recipe.serving.model_dump(),
+        ),
+        variants=built,
+        held_out=held_out,
+        labels=None,
+        score=encoder_scores,
+    )
+    if set(recipe.variants) - set(FIRST_STAGE):
+        yield result.snapshot()
     if {"pruned", "distilled"} & set(recipe.variants):
         teacher_states = TeacherStates(teacher, train)
     if "pruned" in recipe.variants:
@@ -108,32 +153,4 @@ def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
             _variant("distilled", student, held_out, profile_item, source="fp32", recipe=recipe.distill.model_dump())
         )
 
-    return PipelineResult(
-        config=ModelConfig(
-            name=recipe.name,
-            task="encoder",
-            description="all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised); tokenize client-side",
-            # Token ids index the vocabulary and positions the position table: the session
-            # cannot run anything outside them, so the server refuses it up front.
-            inputs=[
-                TensorSpec(
-                    name=name,
-                    datatype="INT64",
-                    shape=[-1, -1],
-                    max_shape=[-1, teacher.shape.max_positions],
-                    min_value=0,
-                    max_value=highest,
-                )
-                for name, highest in (("input_ids", teacher.shape.vocab_size - 1), ("attention_mask", 1))
-            ],
-            outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
-            quality_metric=QualityMetric(
-                name="cosine", description="mean cosine to fp32 embeddings, held-out sentences"
-            ),
-            **recipe.serving.model_dump(),
-        ),
-        variants=built,
-        held_out=held_out,
-        labels=None,
-        score=encoder_scores,
-    )
+    yield result.snapshot()

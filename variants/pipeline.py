@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,11 @@ def quantized_variant(fp32: BuiltVariant, graph: bytes, recipe: dict[str, Any]) 
     )
 
 
+# Built and published first, so that a new repository serves within minutes: the cheap
+# variants (no training beyond the reference's); the others follow (`slimserve build --staged`).
+FIRST_STAGE: tuple[VariantKind, ...] = ("fp32", "int8")
+
+
 @dataclass
 class PipelineResult:
     """A model's config and variants (reference first), its held-out set and scorer."""
@@ -54,6 +59,18 @@ class PipelineResult:
     held_out: dict[str, np.ndarray]
     labels: np.ndarray | None
     score: Scorer
+
+    def snapshot(self) -> PipelineResult:
+        """This result with the variants built so far, unaffected by those added later."""
+        return replace(self, variants=list(self.variants))
+
+
+def last_stage(stages: Iterator[PipelineResult]) -> PipelineResult:
+    """The complete result of a staged pipeline (its last stage)."""
+    results = list(stages)  # each stage is a snapshot: only the last is kept once done
+    if not results:
+        raise RuntimeError("the pipeline produced no stage")
+    return results[-1]
 
 
 def count_params(model: nn.Module) -> int:

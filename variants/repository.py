@@ -338,10 +338,10 @@ def model_folders(repo: Path) -> list[Path]:
     return sorted(folder for folder in repo.iterdir() if folder.is_dir() and not folder.name.startswith("."))
 
 
-def load_repository(repo: Path) -> dict[str, ModelEntry]:
+def load_repository(repo: Path, allow_empty: bool = False) -> dict[str, ModelEntry]:
     """Every model under `repo`, by name. Raises RepositoryError on the first problem."""
     models = {folder.name: load_model(folder, repo) for folder in model_folders(repo)}
-    if not models:
+    if not models and not allow_empty:
         raise RepositoryError(f"{repo}: no models (expected <repo>/<model>/{MODEL_FILE})")
     return models
 

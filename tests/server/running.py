@@ -25,6 +25,7 @@ class RunningServer:
         *extra: str,
         env: dict[str, str] | None = None,
         client: ClientSecurity | None = None,
+        wait: bool = True,
     ) -> None:
         self.client = client or ClientSecurity()  # how wait_serving reaches it (TLS files)
         port_file = workdir / f"port-{time.monotonic_ns()}"
@@ -46,7 +47,8 @@ class RunningServer:
         self.health_port = None if health_port == "off" else int(health_port)
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
-        self.wait_serving()
+        if wait:
+            self.wait_serving()
 
     def wait_serving(self) -> None:
         with self.client.channel(self.address) as channel:

@@ -1,0 +1,85 @@
+"""`serve --build-missing`: build the default repository while serving what is already built.
+
+The server starts on whatever the repository holds (possibly nothing: health NOT_SERVING)
+and runs `slimserve build --skip-existing --staged` as a child process, at a lower CPU
+priority than serving. The build publishes every model's fp32 and int8 first, then the
+other variants; the server's repository poller loads each publication as it appears, so
+the first answers come within minutes of a fresh clone instead of after the whole build.
+The child's progress lines go to the server's log; SIGTERM to the server stops the build.
+
+Thread: owned by the event loop (an asyncio subprocess and the task relaying its output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from variants.build import planned_variants
+from variants.recipes import default_recipes, load_recipes
+
+log = logging.getLogger(__name__)
+LOG_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")  # the child's own log format
+BUILD_NICENESS = 10  # the build yields the CPU to serving
+RELAYED = ("published", "built", "already built", "missing", "error", "Error", "Traceback")  # progress bars are not
+
+
+class BackgroundBuild:
+    """The build child process, and which variants it has still to publish."""
+
+    def __init__(self, repository: Path, recipe_files: list[Path] | None = None) -> None:
+        self.repository = repository
+        self.recipe_files = recipe_files or []
+        recipes = [r for path in self.recipe_files for r in load_recipes(path)] or default_recipes()
+        self.planned = {recipe.name: planned_variants(recipe) for recipe in recipes}
+        self.exit_code: int | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._relay: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self.exit_code is None
+
+    def building(self, hosted: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """(model, variant) planned and not yet hosted, while the build runs."""
+        if not self.running:
+            return []
+        return [(m, v) for m, variants in self.planned.items() for v in variants if v not in hosted.get(m, [])]
+
+    async def start(self) -> None:
+        self.repository.mkdir(parents=True, exist_ok=True)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server.cli", "build", "--repository", str(self.repository),
+            "--skip-existing", "--staged", *(f"--recipe={path}" for path in self.recipe_files),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=lambda: os.nice(BUILD_NICENESS),
+        )  # fmt: skip
+        log.info("building the missing models in the background (pid %d); serving what is ready meanwhile",
+                 self._process.pid)  # fmt: skip
+        self._relay = asyncio.get_running_loop().create_task(self._follow(), name="background-build")
+
+    async def _follow(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        async for raw in self._process.stdout:
+            for line in raw.decode(errors="replace").replace("\r", "\n").splitlines():
+                if any(word in line for word in RELAYED):
+                    log.info("build: %s", LOG_PREFIX.sub("", line.strip()))
+        self.exit_code = await self._process.wait()
+        if self.exit_code == 0:
+            log.info("background build finished: every variant is built")
+        else:
+            log.error("background build failed (exit code %d); serving what was published", self.exit_code)
+
+    async def stop(self) -> None:
+        if self._process is not None and self.exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            await self._process.wait()
+        if self._relay is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay

@@ -1,0 +1,76 @@
+"""`serve --build-missing` on an empty repository: the server starts at once, says what it is
+building, answers as soon as fp32 and int8 are published, and gains the rest as they come."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from protos import slimserve_pb2, slimserve_pb2_grpc
+from tests.conftest import tiny_digits_recipe
+from tests.server.running import RunningServer
+
+BUILD_TIMEOUT_S = 600
+ALL = {"fp32", "int8", "pruned", "distilled"}
+
+
+def _state(address: str) -> tuple[int, set[str], set[str]]:
+    """(health status, variants served, variants still being built) of `digits`."""
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        listing = slimserve_pb2_grpc.ManagementStub(channel).ListVariants(
+            slimserve_pb2.ListVariantsRequest(), timeout=10
+        )
+    served = {v.name for v in listing.variants if v.model == "digits"}
+    building = {v.name for v in listing.building if v.model == "digits"}
+    return health, served, building
+
+
+@pytest.mark.slow
+def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
+    recipe = tmp_path / "digits.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_digits_recipe().model_dump(mode="json")))
+    repo = tmp_path / "repo"  # does not exist yet: the server makes it
+    server = RunningServer(
+        repo, tmp_path, "--build-missing", env={"SLIMSERVE_BUILD_RECIPES": json.dumps([str(recipe)])}, wait=False
+    )
+    try:
+        health, served, building = _state(server.address)
+        assert served | building == ALL and building  # nothing lost from the listing at any point
+        if not served:
+            assert health == health_pb2.HealthCheckResponse.NOT_SERVING
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        first_answer: set[str] | None = None
+        while True:
+            health, served, building = _state(server.address)
+            assert served | building == ALL or not building, (served, building)
+            if health == health_pb2.HealthCheckResponse.SERVING and first_answer is None:
+                first_answer = served
+                request = pb.ModelInferRequest(model_name="digits")
+                request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
+                request.raw_input_contents.append(np.zeros((1, 1, 28, 28), np.float32).tobytes())
+                with grpc.insecure_channel(server.address) as channel:
+                    answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+                assert answer.parameters["variant"].string_param in served
+            if served == ALL and not building:
+                break
+            assert time.monotonic() < deadline, (served, building)
+            time.sleep(0.2)
+        assert first_answer is not None and {"fp32", "int8"} <= first_answer
+        while "background build finished" not in server.log_path.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        assert server.stop() == 0
+    log = server.log_path.read_text()
+    assert "build: digits: published fp32, int8 after" in log
+    assert "loaded digits" in log and "added pruned, distilled" in log
