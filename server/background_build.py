@@ -25,6 +25,7 @@ from variants.recipes import default_recipes, load_recipes
 
 log = logging.getLogger(__name__)
 LOG_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")  # the child's own log format
+CHUNK_BYTES = 64 * 1024
 BUILD_NICENESS = 10  # the build yields the CPU to serving
 RELAYED = ("published", "built", "already built", "missing", "error", "Error", "Traceback")  # progress bars are not
 
@@ -64,9 +65,15 @@ class BackgroundBuild:
         self._relay = asyncio.get_running_loop().create_task(self._follow(), name="background-build")
 
     async def _follow(self) -> None:
+        """Relay the child's progress lines, and drain everything else: a pipe nobody reads
+        fills and blocks the child. Read in chunks, not lines: progress bars redraw with '\r'
+        and never end a line, which overruns asyncio's line reader (that hung a first build)."""
         assert self._process is not None and self._process.stdout is not None
-        async for raw in self._process.stdout:
-            for line in raw.decode(errors="replace").replace("\r", "\n").splitlines():
+        pending = ""
+        while chunk := await self._process.stdout.read(CHUNK_BYTES):
+            *lines, pending = (pending + chunk.decode(errors="replace")).replace("\r", "\n").split("\n")
+            pending = pending[-CHUNK_BYTES:]  # a line that never ends is cut, never hoarded
+            for line in lines:
                 if any(word in line for word in RELAYED):
                     log.info("build: %s", LOG_PREFIX.sub("", line.strip()))
         self.exit_code = await self._process.wait()
