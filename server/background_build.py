@@ -26,6 +26,7 @@ from variants.recipes import default_recipes, load_recipes
 log = logging.getLogger(__name__)
 LOG_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")  # the child's own log format
 CHUNK_BYTES = 64 * 1024
+STOP_TIMEOUT_S = 10.0  # for the build to exit after SIGTERM
 BUILD_NICENESS = 10  # the build yields the CPU to serving
 RELAYED = ("published", "built", "already built", "missing", "error", "Error", "Traceback")  # progress bars are not
 
@@ -83,10 +84,17 @@ class BackgroundBuild:
             log.error("background build failed (exit code %d); serving what was published", self.exit_code)
 
     async def stop(self) -> None:
-        if self._process is not None and self.exit_code is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.terminate()
-            await self._process.wait()
-        if self._relay is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay
+        """Terminate the build (it resumes next time: --skip-existing); never raises, so that
+        the server's shutdown goes on whatever happened to the build."""
+        try:
+            if self._process is not None and self.exit_code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.terminate()
+                try:
+                    await asyncio.wait_for(self._process.wait(), STOP_TIMEOUT_S)
+                except TimeoutError:
+                    self._process.kill()
+            if self._relay is not None:
+                await asyncio.wait_for(self._relay, STOP_TIMEOUT_S)
+        except Exception:
+            log.exception("stopping the background build failed; shutting down anyway")
