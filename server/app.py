@@ -43,7 +43,7 @@ from server.profiles import ensure_profiles
 from server.servicer import InferenceServicer, add_inference_service
 from server.settings import Settings
 from server.shadow import ShadowSampler
-from server.tls import ServerTls
+from server.tls import ServerTls, TlsConfigError
 from variants.hardware import fingerprint, pin_to_one_core, threads_for
 from variants.repository import load_repository
 
@@ -97,6 +97,8 @@ class App:
                 )
         self.health = health.aio.HealthServicer()
         self.tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.metrics_tls and self.tls is None:
+            raise TlsConfigError("--metrics-tls serves /metrics with --tls-cert and --tls-key: give them too")
         tokens = load_tokens(settings.auth_tokens_file, {
             INFERENCE: settings.inference_token.get_secret_value() if settings.inference_token else None,
             MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,

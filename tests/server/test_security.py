@@ -298,3 +298,22 @@ def test_cli_and_locust_reach_a_tls_server_with_a_token(tls_server: RunningServe
     assert locust.returncode == 0, locust.stderr[-2000:]
     summary = json.loads(Path(f"{prefix}_summary.json").read_text())
     assert summary["failures"] == 0 and summary["calls_per_user_class"]["InteractiveUser"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--metrics-tls"], "--metrics-tls serves /metrics with --tls-cert and --tls-key"),
+        (["--tls-cert", "missing.crt"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "missing.crt", "--tls-key", "missing.key"], "TLS key missing.key: No such file"),
+    ],
+)
+def test_half_a_tls_configuration_stops_the_server_with_a_clear_message(
+    repository: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+         "--grpc-port", "0", "--metrics-port", "0", *flags],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-1000:]
