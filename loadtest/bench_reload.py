@@ -31,35 +31,14 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from loadtest.serving import cpu_model, rss_mib, server_process
+from loadtest.serving import copy_model, cpu_model, replace_file, rewrite_description, rss_mib, server_process
 from server.tls import ClientSecurity
-from variants.repository import MODEL_FILE
 
 MODEL = "digits"
 CALLERS = 16
 CHANNELS = 4
 SETTLE_S = 5.0  # load before each RSS reading, so that both are taken in the same state
 DEADLINE_S = 30.0
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    if source.endswith(".onnx"):
-        os.link(source, target)  # graphs are replaced by unlink + write, never written through
-    else:
-        shutil.copy2(source, target)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Replace a file by a new inode: a hard-linked original is left alone."""
-    temporary = path.with_name(f".{path.name}.new")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _touch_config(model_dir: Path, text: str) -> None:
-    path = model_dir / MODEL_FILE
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("description:")]
-    _write_new(path, ("\n".join([f"description: {text}", *lines]) + "\n").encode())
 
 
 def _request() -> pb.ModelInferRequest:
@@ -119,7 +98,7 @@ async def run(address: str, pid: int, model_dir: Path, args: argparse.Namespace)
     swap_s: list[float] = []
     refused: list[float] = []  # durations of the refused load and of the restoring one
     for round_ in range(args.reloads):
-        _touch_config(model_dir, f"reload {round_}")
+        rewrite_description(model_dir, f"reload {round_}")
         assert (await _load(admin, reload_s)) == "OK"
     stash = model_dir / ".stash-pruned"
     for _ in range(args.variant_swaps):
@@ -129,12 +108,12 @@ async def run(address: str, pid: int, model_dir: Path, args: argparse.Namespace)
         assert (await _load(admin, swap_s)) == "OK"
     graph = model_dir / "int8" / "model.onnx"
     good = graph.read_bytes()
-    _write_new(graph, b"corrupt graph")
+    replace_file(graph, b"corrupt graph")
     corrupt_outcome = await _load(admin, refused)
     served_after_refusal = load.outcomes["OK"]
     await asyncio.sleep(1.0)
     served_after_refusal = load.outcomes["OK"] - served_after_refusal
-    _write_new(graph, good)
+    replace_file(graph, good)
     assert (await _load(admin, refused)) == "OK"
     await asyncio.sleep(SETTLE_S)
     rss_after = rss_mib(pid)
@@ -171,7 +150,7 @@ def main() -> int:
     cores = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(dir=args.repository.resolve().parent, prefix=".bench-reload-") as tmp:
         repo = Path(tmp)
-        shutil.copytree(args.repository / MODEL, repo / MODEL, copy_function=_link_or_copy)
+        copy_model(args.repository, MODEL, repo)
         log = args.out / "bench_reload_server.log"
         with server_process(repo, "--hardware-profile", "edge", log=log) as server:
             if len(cores) >= 2:

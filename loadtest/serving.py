@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from variants.repository import MODEL_FILE
+
 START_TIMEOUT_S = 300.0
 
 
@@ -35,6 +37,34 @@ def one_model_repository(repository: Path, model: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(dir=repository.resolve().parent, prefix=".bench-") as tmp:
         shutil.copytree(repository / model, Path(tmp) / model, copy_function=os.link)
         yield Path(tmp)
+
+
+def _link_graph_copy_rest(source: str, target: str) -> None:
+    if source.endswith(".onnx"):
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+def copy_model(repository: Path, model: str, target: Path) -> Path:
+    """`model` copied into the repository `target` to be changed by reloads: graphs hard-linked
+    (never written, only replaced by a new file), everything else copied. Returns its folder."""
+    shutil.copytree(repository / model, target / model, copy_function=_link_graph_copy_rest)
+    return target / model
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace a file by a new inode: a hard-linked original is left alone."""
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def rewrite_description(model_dir: Path, text: str) -> None:
+    """Change a model's `model.yaml` (its description): a reload then reloads every variant."""
+    path = model_dir / MODEL_FILE
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("description:")]
+    replace_file(path, ("\n".join([f"description: {text}", *lines]) + "\n").encode())
 
 
 @contextmanager

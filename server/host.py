@@ -63,15 +63,6 @@ class HostedModel:
         return not any(b.failed for b in self.batchers.values())
 
 
-def open_sessions(entry: ModelEntry, threads: int, only: set[str] | None = None) -> dict[str, VariantSession]:
-    """Blocking: an ONNX Runtime session per variant of `entry` (or of those in `only`)."""
-    return {
-        variant: VariantSession(entry.config, loaded, threads)
-        for variant, loaded in entry.variants.items()
-        if only is None or variant in only
-    }
-
-
 class ModelHost:
     """Resolves (model, variant), routes requests without a variant, runs them through batchers.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtest.serving import rewrite_description
 from server.errors import InvalidInputError, ModelLoadError, NotFoundError
 from server.host import ModelHost
 from server.model_control import ModelControl, RepositoryPoller
@@ -42,12 +43,6 @@ async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[M
     host = ModelHost(models, executor, 4, THREADS, 64, key)
     host.start_batchers()
     return host, ModelControl(host, repo, key, "cloud-cpu", warmup_calls=1)
-
-
-def _touch_config(repo: Path, text: str) -> None:
-    path = repo / "digits" / MODEL_FILE
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("description:")]
-    path.write_text("\n".join([f"description: {text}", *lines]) + "\n")
 
 
 def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(repo: Path) -> None:
@@ -95,7 +90,7 @@ def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new
 
             callers = [asyncio.create_task(caller()) for _ in range(8)]
             for round_ in range(3):
-                _touch_config(repo, f"round {round_}")  # a changed config: every variant is reloaded
+                rewrite_description(repo / "digits", f"round {round_}")  # a changed config: every variant is reloaded
                 assert "reloaded fp32, int8, pruned, distilled" in await control.load("digits")
             stop = True
             await asyncio.gather(*callers)
@@ -120,7 +115,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -
             manifest = json.loads(manifest_path.read_text())
             manifest["onnx_sha256"] = sha256_of(b"not an onnx graph")
             manifest_path.write_text(json.dumps(manifest))
-            _touch_config(repo, "broken int8")
+            rewrite_description(repo / "digits", "broken int8")
             with pytest.raises(ModelLoadError, match=r"model 'digits' was not loaded: .*INVALID_PROTOBUF"):
                 await control.load("digits")  # consistent files, but ONNX Runtime cannot load the graph
             assert host.models["digits"] is serving and "digits" in control.reasons

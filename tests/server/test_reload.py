@@ -3,7 +3,6 @@ management token, under load from other callers, and the repository poller."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -18,8 +17,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from loadtest.serving import copy_model, rewrite_description
 from tests.server.running import RunningServer
-from variants.repository import MODEL_FILE
 
 MANAGEMENT_TOKEN = "management-token-for-reloads"
 INFERENCE_TOKEN = "inference-token-for-reloads"
@@ -27,34 +26,16 @@ TIMEOUT_S = 30
 CALLERS = 8
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    """Graphs hard-linked (the tests replace them by unlinking, never write them); the rest copied."""
-    if source.endswith(".onnx"):
-        os.link(source, target)
-    else:
-        shutil.copy2(source, target)
-
-
-def _copy_of(repository: Path, target: Path) -> Path:
-    shutil.copytree(repository / "digits", target / "digits", copy_function=_link_or_copy)
-    return target
-
-
 @pytest.fixture
 def served(repository: Path, tmp_path: Path) -> Iterator[tuple[RunningServer, Path]]:
-    repo = _copy_of(repository, tmp_path / "repo")
+    repo = tmp_path / "repo"
+    copy_model(repository, "digits", repo)
     running = RunningServer(
         repo, tmp_path, "--repository-poll-s", "0.2",
         env={"SLIMSERVE_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN, "SLIMSERVE_INFERENCE_TOKEN": INFERENCE_TOKEN},
     )  # fmt: skip
     yield running, repo
     assert running.stop() == 0
-
-
-def _touch_config(repo: Path, text: str) -> None:
-    path = repo / "digits" / MODEL_FILE
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("description:")]
-    path.write_text("\n".join([f"description: {text}", *lines]) + "\n")
 
 
 def _request() -> pb.ModelInferRequest:
@@ -107,7 +88,7 @@ def test_reloads_under_load_fail_no_call(served: tuple[RunningServer, Path]) -> 
     callers = Callers(server.address, CALLERS)
     try:
         for round_ in range(3):
-            _touch_config(repo, f"round {round_}")
+            rewrite_description(repo / "digits", f"round {round_}")
             admin.load_model("digits", headers=headers)  # every variant reloaded
         stash = repo / "digits" / ".stash-pruned"
         for _ in range(2):
