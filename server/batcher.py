@@ -3,7 +3,9 @@
 Algorithm: requests wait in a bounded FIFO. When the first one arrives the batcher waits
 at most `max_queue_delay_ms` for more, then takes requests in order while their rows fit in
 `max_batch_size` and their non-batch shapes equal the first one's (as Triton does without
-ragged batching, so no padding can change a result). Requests whose deadline has passed
+ragged batching, so no padding can change a result) — except inputs that declare a
+`pad_value` (a masked encoder's token ids and mask): requests that differ only in such
+inputs' lengths share a batch, each padded to the longest with that value. Requests whose deadline has passed
 are answered DEADLINE_EXCEEDED before compute; cancelled calls leave the queue at once.
 The session runs in a worker thread; its outputs are split back by rows. On close, what is
 queued is still served before the loop ends, so a graceful shutdown loses nothing admitted.
@@ -29,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -59,8 +61,10 @@ class _Pending:
     enqueued_s: float
     deadline_s: float | None
 
-    def shape_key(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(a.shape[1:] for a in self.request.inputs.values())
+    def shape_key(self, padded: Collection[str]) -> tuple[tuple[int, ...], ...]:
+        """What batch-mates must share: every input's non-batch shape, or only its rank where
+        it may be padded."""
+        return tuple((a.ndim,) if name in padded else a.shape[1:] for name, a in self.request.inputs.items())
 
     @property
     def nbytes(self) -> int:
@@ -93,6 +97,7 @@ class DynamicBatcher:
         self._max_delay_s = max_queue_delay_ms / 1000.0
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
+        self._pad_values = {spec.name: spec.pad_value for spec in session.config.inputs if spec.pad_value is not None}
         self._queue: deque[_Pending] = deque()
         self._queued_bytes = 0
         self._arrived = asyncio.Event()
@@ -259,8 +264,9 @@ class DynamicBatcher:
                 pending.future.set_exception(DeadlineExceededError("deadline passed while queued; not computed"))
                 continue
             fits = rows + pending.request.batch_size <= self._max_batch_size
-            if (key is None or pending.shape_key() == key) and fits:
-                key = pending.shape_key()
+            shape_key = pending.shape_key(self._pad_values)
+            if (key is None or shape_key == key) and fits:
+                key = shape_key
                 batch.append(pending)
                 rows += pending.request.batch_size
             else:
@@ -271,6 +277,18 @@ class DynamicBatcher:
         self._queued_rows = sum(p.request.batch_size for p in self._queue)
         self._queued_bytes = sum(p.nbytes for p in self._queue)
         return batch
+
+    def _merge(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        """One input of a batch: the requests' rows stacked, padded to the longest where allowed."""
+        longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays), strict=True))
+        if name in self._pad_values and any(a.shape[1:] != longest for a in arrays):
+            value = self._pad_values[name]
+            arrays = [
+                np.pad(a, [(0, 0), *((0, n - d) for n, d in zip(longest, a.shape[1:], strict=True))],
+                       constant_values=value)
+                for a in arrays
+            ]  # fmt: skip
+        return np.concatenate(arrays)
 
     def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
         """In the worker thread: the outputs and when compute really started and ended."""
@@ -285,7 +303,7 @@ class DynamicBatcher:
             merged = batch[0].request.inputs
         else:
             names = list(batch[0].request.inputs)
-            merged = {name: np.concatenate([p.request.inputs[name] for p in batch]) for name in names}
+            merged = {name: self._merge(name, [p.request.inputs[name] for p in batch]) for name in names}
         try:
             outputs, started, finished = await self._call(merged)
         except Exception as exc:

@@ -98,12 +98,17 @@ def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
                     max_shape=[-1, teacher.shape.max_positions],
                     min_value=0,
                     max_value=highest,
+                    pad_value=0,  # mask 0: padding changes no embedding (mean pooling is masked)
                 )
                 for name, highest in (("input_ids", teacher.shape.vocab_size - 1), ("attention_mask", 1))
             ],
             outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
+            # The router routes on what a retrieval application gets right, not on cosine: a
+            # variant at cosine 0.93 can retrieve the right sentence only 60 % of the time.
             quality_metric=QualityMetric(
-                name="cosine", description="mean cosine to fp32 embeddings, held-out sentences"
+                name="retrieval_agreement",
+                description="share of held-out sentences whose nearest hit in an fp32-embedded index "
+                "(itself excluded) is fp32's own",
             ),
             **recipe.serving.model_dump(),
         ),

@@ -2,8 +2,12 @@
 
 Classifier: top-1 accuracy against the true labels; agreement with the reference variant
 as top-1 agreement and mean KL(p_ref ‖ p_variant). Encoder: fidelity to the reference
-embeddings, as mean cosine similarity and nearest-neighbour agreement (for each held-out
-sentence, is its nearest other sentence the same under both embeddings?).
+embeddings, as mean cosine similarity, nearest-neighbour agreement (for each held-out
+sentence, is its nearest other sentence the same under both embeddings?) and retrieval
+agreement — what a vector-search application lives by: the held-out sentences are indexed
+by the reference (as a vector store built offline is), each sentence is embedded by the
+variant and searched for, excluding itself; it agrees when its nearest hit is the one the
+reference's own embedding of it retrieves. `retrieval_hits` gives that per sentence.
 """
 
 from __future__ import annotations
@@ -40,8 +44,19 @@ def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(axis=1)
 
 
+def retrieval_hits(queries: np.ndarray, index: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
+    """For each query (the embedding of index row `query_rows[i]`), the index row nearest to
+    it other than that row itself (cosine)."""
+    similarity = _unit(queries) @ _unit(index).T
+    similarity[np.arange(len(queries)), query_rows] = -np.inf
+    return similarity.argmax(axis=1)
+
+
 def encoder_scores(embeddings: np.ndarray, reference: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
     """(quality, agreement) for an encoder variant; quality is fidelity to the reference."""
     cosine = float((_unit(embeddings) * _unit(reference)).sum(axis=1).mean())
     nn_agreement = float((nearest_neighbours(embeddings) == nearest_neighbours(reference)).mean())
-    return {"cosine": cosine, "nn_agreement": nn_agreement}, {"cosine": cosine}
+    rows = np.arange(len(reference))
+    retrieval = float((retrieval_hits(embeddings, reference, rows) == nearest_neighbours(reference)).mean())
+    quality = {"cosine": cosine, "nn_agreement": nn_agreement, "retrieval_agreement": retrieval}
+    return quality, {"cosine": cosine}

@@ -68,6 +68,11 @@ class TensorSpec(_Strict):
     )
     min_value: float | None = Field(default=None, description="smallest value an element may take (inputs)")
     max_value: float | None = Field(default=None, description="largest value an element may take (inputs)")
+    pad_value: float | None = Field(
+        default=None,
+        description="inputs: requests that differ in a variable dimension may share a batch, padded with this "
+        "value (a masked encoder's token ids and mask: padding with mask 0 changes no result)",
+    )
 
     @field_validator("shape")
     @classmethod

@@ -216,3 +216,49 @@ def test_a_loop_that_dies_is_restarted_then_failed_and_no_call_hangs(digits: Mod
                 await batcher.submit(_request(), None)
 
     asyncio.run(scenario())
+
+
+def _sentence(ids: list[int], length: int) -> InferenceRequest:
+    """One tokenised sentence, zero-padded (mask 0) to `length` tokens."""
+    tokens = np.zeros((1, length), dtype=np.int64)
+    tokens[0, : len(ids)] = ids
+    mask = (np.arange(length) < len(ids)).astype(np.int64)[None, :]
+    return InferenceRequest("minilm", "fp32", {"input_ids": tokens, "attention_mask": mask})
+
+
+def test_requests_of_different_lengths_share_a_padded_batch_with_unchanged_answers(minilm: ModelEntry) -> None:
+    assert all(spec.pad_value == 0 for spec in minilm.config.inputs)  # the encoder declares it
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            session = VariantSession(minilm.config, minilm.variants["fp32"], threads=1)
+            batcher = DynamicBatcher(session, executor, max_batch_size=8, max_queue_delay_ms=50, max_queue_size=8)
+            sentences = [_sentence([101, 2023, 2003, 102], 6), _sentence([101, 7592, 2088, 999, 2182, 102], 17)]
+            alone = [session.run(s.inputs)["embedding"] for s in sentences]
+            batcher.start()
+            results = await asyncio.gather(*(batcher.submit(s, None) for s in sentences))
+            assert batcher.executions == {2: 1}  # one session call for both
+            for result, expected in zip(results, alone, strict=True):
+                np.testing.assert_allclose(result.outputs["embedding"], expected, atol=1e-5)
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_inputs_without_a_pad_value_are_never_padded(digits: ModelEntry) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor)
+            batcher.start()
+            await asyncio.gather(batcher.submit(_request(side=28), None), batcher.submit(_request(side=28), None))
+            assert batcher.executions == {2: 1}
+            batcher.executions.clear()
+            small = _request(side=8)  # a shape the model refuses: it must fail alone, not be padded
+            results = await asyncio.gather(
+                batcher.submit(_request(side=28), None), batcher.submit(small, None), return_exceptions=True
+            )
+            assert not isinstance(results[0], BaseException) and isinstance(results[1], ModelExecutionError)
+            assert batcher.executions[1] >= 1 and 2 not in batcher.executions
+            await batcher.close()
+
+    asyncio.run(scenario())

@@ -21,7 +21,7 @@ def test_variants_show_prints_the_table(repository: Path) -> None:
     result = _slimserve("variants", "show", str(repository))
     assert result.returncode == 0, result.stderr
     assert "digits (classifier; quality = accuracy" in result.stdout
-    assert "minilm (encoder; quality = cosine" in result.stdout
+    assert "minilm (encoder; quality = retrieval_agreement" in result.stdout
 
 
 def test_variants_show_json_has_every_variant_and_seed_formula(repository: Path) -> None:
