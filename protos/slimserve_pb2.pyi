@@ -160,7 +160,7 @@ class ThroughputStatus(_message.Message):
     def __init__(self, declared_rps: _Optional[float] = ..., arrival_rps: _Optional[float] = ..., completion_rps: _Optional[float] = ..., mix_capacity_rps: _Optional[float] = ..., guard_active: _Optional[bool] = ..., sustained: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput", "cpu_utilization", "loop_lag_ms", "tie_band", "ties_to_capacity", "cpu_price", "cpu_target", "cpu_overhead_ms")
+    __slots__ = ("model", "chosen", "reason", "candidates", "slo_ms", "slo_source", "policy", "predicted_ms", "overhead_ms", "throughput", "cpu_utilization", "loop_lag_ms", "cpu_price", "cpu_target", "cpu_overhead_ms")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -173,8 +173,6 @@ class ExplainResponse(_message.Message):
     THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
     CPU_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     LOOP_LAG_MS_FIELD_NUMBER: _ClassVar[int]
-    TIE_BAND_FIELD_NUMBER: _ClassVar[int]
-    TIES_TO_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     CPU_PRICE_FIELD_NUMBER: _ClassVar[int]
     CPU_TARGET_FIELD_NUMBER: _ClassVar[int]
     CPU_OVERHEAD_MS_FIELD_NUMBER: _ClassVar[int]
@@ -190,12 +188,10 @@ class ExplainResponse(_message.Message):
     throughput: ThroughputStatus
     cpu_utilization: float
     loop_lag_ms: float
-    tie_band: float
-    ties_to_capacity: bool
     cpu_price: float
     cpu_target: float
     cpu_overhead_ms: float
-    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ..., cpu_utilization: _Optional[float] = ..., loop_lag_ms: _Optional[float] = ..., tie_band: _Optional[float] = ..., ties_to_capacity: _Optional[bool] = ..., cpu_price: _Optional[float] = ..., cpu_target: _Optional[float] = ..., cpu_overhead_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., chosen: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slo_ms: _Optional[float] = ..., slo_source: _Optional[str] = ..., policy: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., overhead_ms: _Optional[float] = ..., throughput: _Optional[_Union[ThroughputStatus, _Mapping]] = ..., cpu_utilization: _Optional[float] = ..., loop_lag_ms: _Optional[float] = ..., cpu_price: _Optional[float] = ..., cpu_target: _Optional[float] = ..., cpu_overhead_ms: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("model", "request_id", "labels")

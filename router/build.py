@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from router.config import RouterConfig
 from router.latency import LatencyModel, QueueView, ServiceCurve
 from router.model_router import ModelRouter, VariantRoute
 from variants.repository import ModelEntry, Profile
 
 
-class MissingProfileError(LookupError):
-    """A variant has no profile for the hardware the server runs on."""
+class UnroutableVariantError(LookupError):
+    """A variant lacks what the router needs: a profile for the hardware the server runs
+    on, or a measurement of the quality metric its model routes on."""
 
 
 def profile_for(entry: ModelEntry, variant: str, hardware_key: str) -> Profile:
     profiles = entry.variants[variant].manifest.profiles
     if hardware_key not in profiles:
-        raise MissingProfileError(
+        raise UnroutableVariantError(
             f"{entry.config.name}/{variant} has no profile for hardware {hardware_key} "
             f"(it has {sorted(profiles) or 'none'})"
         )
@@ -27,28 +29,38 @@ def build_model_router(
     entry: ModelEntry,
     hardware_key: str,
     queues: Mapping[str, QueueView],
-    rpc_allowance_ms: float = 0.0,
+    router_config: RouterConfig | None = None,
     workers: int | None = None,
 ) -> ModelRouter:
-    """A router over every variant of `entry`, from its profile for `hardware_key`.
+    """A router over every variant of `entry`, from its profile for `hardware_key`, routing
+    on the quality metric `model.yaml` names.
 
     `workers`: threads that run sessions (None: one per variant).
     """
-    config = entry.config
+    config, router_config = entry.config, router_config or RouterConfig()
+    metric = config.quality_metric.name
     routes = []
     for name, variant in entry.variants.items():
         profile = profile_for(entry, name, hardware_key)
         curve = ServiceCurve.of({batch: stats.p50_ms for batch, stats in profile.latency.items()})
+        measured = variant.manifest.measurements.quality
+        if metric not in measured:
+            raise UnroutableVariantError(
+                f"{config.name}/{name} has no measurement of '{metric}', the quality metric model.yaml routes on "
+                f"(it has {sorted(measured) or 'none'})"
+            )
         routes.append(
             VariantRoute(
                 name=name,
                 device=variant.manifest.device,
-                quality=variant.manifest.measurements.quality.get(config.quality_metric.name, 0.0),
-                latency=LatencyModel(curve, config.max_batch_size),
+                quality=measured[metric],
+                latency=LatencyModel(
+                    curve, config.max_batch_size, router_config.correction_weight, router_config.correction_bounds
+                ),
                 queue=queues[name],
             )
         )
     side_by_side = workers is None or workers >= len(routes)
     return ModelRouter(
-        config.name, routes, config.default_slo_ms, config.throughput_slo_rps, rpc_allowance_ms, side_by_side
+        config.name, routes, config.default_slo_ms, config.throughput_slo_rps, router_config, side_by_side
     )

@@ -4,7 +4,8 @@ Service time for a batch of n rows is interpolated linearly between the profiled
 sizes (p50; beyond the largest, per-row cost of the largest).
 
 Online correction: every completed batch gives observed / predicted service time; an
-exponentially weighted mean of that ratio (clamped to [1/4, 4]) scales every prediction.
+exponentially weighted mean of that ratio (RouterConfig.correction_weight, clamped to
+correction_bounds) scales every prediction.
 It absorbs what the profile could not see: other variants sharing the cores, a busier
 machine, and the typical input length of the traffic (text is profiled at one length;
 lengths are not modelled per request).
@@ -14,21 +15,17 @@ What the snapshots cannot see is learned as a distribution of observed / modelle
 
 Queue wait: a request joins the variant's queue behind `queued_rows` and waits for the
 batch in flight. The batches the *other* variants have in flight delay it too, since every
-session uses all the cores (see `predict_ms`). Their queued rows do not: each batcher hands
+session uses all the cores. Their queued rows do not: each batcher hands
 one batch at a time to the worker threads, so variants take turns rather than queueing
-behind each other's backlog.
+behind each other's backlog. `RouterSnapshot.modelled_ms` puts these together.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
-
-CORRECTION_WEIGHT = 0.1  # weight of one observed batch in the running correction
-CORRECTION_BOUNDS = (0.25, 4.0)
 
 
 class QueueView(Protocol):
@@ -50,6 +47,12 @@ class ServiceCurve:
 
     batch_sizes: tuple[int, ...]
     p50_ms: tuple[float, ...]
+    # Whole row counts up to the largest batch, looked up rather than interpolated: a routing
+    # decision reads the curve some 25 times.
+    _table: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_table", tuple(self._interpolate(n) for n in range(self.batch_sizes[-1] + 1)))
 
     @classmethod
     def of(cls, points: dict[int, float]) -> ServiceCurve:
@@ -59,6 +62,11 @@ class ServiceCurve:
         return cls(sizes, tuple(points[b] for b in sizes))
 
     def ms(self, rows: float) -> float:
+        if rows.__class__ is int and 0 <= rows < len(self._table):
+            return self._table[rows]  # type: ignore[index]
+        return self._interpolate(rows)
+
+    def _interpolate(self, rows: float) -> float:
         sizes, times = self.batch_sizes, self.p50_ms
         if rows <= sizes[0]:
             return times[0]  # a smaller batch is not cheaper than the smallest profiled one
@@ -72,22 +80,22 @@ class ServiceCurve:
 class LatencyModel:
     """One variant's service-time model with its online correction."""
 
-    def __init__(self, curve: ServiceCurve, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        curve: ServiceCurve,
+        max_batch_size: int,
+        weight: float = 0.1,
+        bounds: tuple[float, float] = (0.25, 4.0),
+    ) -> None:
         self.curve = curve
         self.max_batch_size = max_batch_size
+        self.weight, self.bounds = weight, bounds
         self.correction = 1.0
         self.observed_batches = 0
 
     def service_ms(self, rows: float) -> float:
         """Predicted compute time of one session call over `rows` rows."""
         return self.curve.ms(rows) * self.correction
-
-    def drain_ms(self, rows: float) -> float:
-        """Time to compute `rows` rows in full batches of max_batch_size, then the rest."""
-        if rows <= 0:
-            return 0.0
-        full, rest = divmod(rows, self.max_batch_size)
-        return full * self.service_ms(self.max_batch_size) + (self.service_ms(rest) if rest > 0 else 0.0)
 
     def capacity_rows_s(self, overhead_ms_per_row: float = 0.0) -> float:
         """Rows per second this variant sustains alone, at its largest batch, when every row
@@ -100,8 +108,8 @@ class LatencyModel:
         expected = self.curve.ms(rows)
         if expected <= 0 or not math.isfinite(compute_ms) or compute_ms <= 0:
             return
-        ratio = min(max(compute_ms / expected, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
-        self.correction += CORRECTION_WEIGHT * (ratio - self.correction)
+        ratio = min(max(compute_ms / expected, self.bounds[0]), self.bounds[1])
+        self.correction += self.weight * (ratio - self.correction)
         self.observed_batches += 1
 
     def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
@@ -111,33 +119,3 @@ class LatencyModel:
         service = self.service_ms(queue.running_rows)
         started = queue.running_started_s
         return service if started is None else max(service - (now_s - started) * 1e3, 0.0)
-
-
-def predict_ms(
-    model: LatencyModel,
-    queue: QueueView,
-    rows: float,
-    others_in_flight_ms: Sequence[float],
-    overhead_ms: float,
-    now_s: float,
-    side_by_side: bool = True,
-    arrival_rows_per_s: float = 0.0,
-) -> float:
-    """Expected latency of a request of `rows` rows sent to this variant now.
-
-    = per-request overhead (decode, encode, RPC in the server)
-    + this variant's batch in flight
-    + the batches that drain its queue, the last of which carries this request; rows that
-      arrive while the batch in flight finishes (at `arrival_rows_per_s`) join that batch
-      too and make it longer, so they are counted in
-    + the delay from other variants' batches in flight. When every variant has its own
-      worker thread (`side_by_side`) they run at the same time and share the cores, so a
-      batch with r ms left slows our w ms of work by min(r, w) (processor sharing: a short
-      batch is not stuck behind a long one). With fewer workers they run one after the
-      other, and the delay is r.
-    """
-    waiting_ms = model.in_flight_ms(queue, now_s)
-    joining = queue.queued_rows + rows + arrival_rows_per_s * waiting_ms / 1e3
-    own = waiting_ms + model.drain_ms(joining)
-    others = (min(left, own) for left in others_in_flight_ms) if side_by_side else others_in_flight_ms
-    return overhead_ms + own + sum(others)

@@ -1,7 +1,13 @@
-"""The router of one model: latency predictions, load, CPU price, throughput SLO, then the policy.
+"""The router of one model: what it learns and measures, the snapshot it takes, and `route`.
 
-Mechanics live here (clock, queues, rates, online corrections, the CPU account); the
-decision itself is `router.policy.choose` and the price `router.price.cpu_price`, both pure.
+Mechanics live here (clock, queues, rates, the online correction, the latency ratios, the
+CPU account and price, the throughput guard). Each decision is `router.policy.decide` over
+an immutable `RouterSnapshot`; the snapshot is taken again when it is older than
+`snapshot_max_age_s`, when any queue has changed since or when the router has learned
+something (a batch or a request finished), so that a burst never routes on a picture that
+its own first requests have already made stale.
+
+Thread: owned by the event loop; other threads read what the host publishes.
 """
 
 from __future__ import annotations
@@ -10,33 +16,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from router.config import RouterConfig
 from router.cpu import CpuAccount
 from router.hints import RequestHints
-from router.latency import LatencyModel, QueueView, ServiceCurve, predict_ms
+from router.latency import LatencyModel, QueueView, ServiceCurve
 from router.load import Clock, RateMeter
-from router.policy import PINNED, SCORE_TIE, Candidate, Decision, Verdict, choose
-from router.price import FREE, Budget, Offer, Price, cpu_price
+from router.policy import Decision, decide, pinned
+from router.price import Budget, Offer, cpu_price
 from router.ratios import RatioDistribution
-
-OVERHEAD_WEIGHT = 0.05  # weight of one request in the running per-request overhead
-# The throughput guard engages when demand reaches this fraction of the mix's capacity,
-# and then asks for variants with demand / PRESSURE of capacity, so that it never runs hot.
-PRESSURE = 0.8
-SUSTAINED_FRACTION = 0.95
-# The CPU price is recomputed at most this often (it takes ~0.1 ms): a burst after a quiet
-# spell is priced within a few requests, before it has queued up on the expensive variants.
-REPRICE_S = 0.01
-# Mean queueing delay the CPU price allows, as a share of the model's default SLO: the
-# typical request should not spend a noticeable part of its budget waiting for the CPU.
-WAIT_SHARE = 0.1
-SIZE_WINDOW_S = 1.0  # arrival rates per request size, for the price, over this window
-MAX_RESOLUTION_TIE = 0.01  # with very few samples, the tie band stops widening here
-STRETCH_QUANTILE = 0.9  # predicted_ms is the modelled latency stretched to this quantile
+from router.snapshot import RouterSnapshot, VariantView
 
 
-def _cpu_cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[float], float]:
-    """Machine-ms one request of n rows costs: the overhead plus the profiled session call
-    (the profile, not observed times: those include waiting for the core)."""
+def _cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[float], float]:
+    """Machine-ms one request of n rows costs: the overhead plus the profiled session call."""
     return lambda rows: overhead_ms + curve.ms(rows)
 
 
@@ -60,13 +52,14 @@ class ThroughputStatus:
     completion_rps: float
     mix_capacity_rps: float
     guard_active: bool
+    sustained_fraction: float = 0.95
 
     @property
     def sustained(self) -> bool:
         """Served at least the declared rate, or everything that arrived if less came."""
         if self.declared_rps is None:
             return True
-        return self.completion_rps >= SUSTAINED_FRACTION * min(self.declared_rps, self.arrival_rps)
+        return self.completion_rps >= self.sustained_fraction * min(self.declared_rps, self.arrival_rps)
 
 
 class ModelRouter:
@@ -78,34 +71,34 @@ class ModelRouter:
         variants: list[VariantRoute],
         default_slo_ms: float,
         throughput_slo_rps: float | None = None,
-        rpc_allowance_ms: float = 0.0,
+        config: RouterConfig | None = None,
         side_by_side: bool = True,
         clock: Clock = time.monotonic,
     ) -> None:
         if not variants:
             raise ValueError(f"model '{model}' has no variants to route between")
         self.model = model
+        self.config = config = config or RouterConfig()
         self.variants = {v.name: v for v in variants}
         self.default_slo_ms = default_slo_ms
         self.throughput_slo_rps = throughput_slo_rps
-        # Time a call spends outside the server (network, gRPC transport, the client): the
-        # server cannot measure it, so it is configured, and added to every prediction.
-        self.rpc_allowance_ms = rpc_allowance_ms
         self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
-        self.cpu = CpuAccount()  # and its CPU account, shared by every model's router
+        self.cpu = CpuAccount(config.cpu_target_utilization)  # and its CPU account, shared by every model
         self.side_by_side = side_by_side  # every variant has a worker thread of its own
         self.overhead_ms = 0.0
-        self.ratios = RatioDistribution()
+        self.ratios = RatioDistribution(config.ratio_half_life_s, config.ratio_min_samples)
         self._clock = clock
-        self._arrivals = RateMeter(clock=clock)
-        self._completions = RateMeter(clock=clock)
-        self._shares = {name: RateMeter(clock=clock) for name in self.variants}
+        window = config.rate_window_s
+        self._arrivals = RateMeter(window, clock)
+        self._completions = RateMeter(window, clock)
+        self._shares = {name: RateMeter(window, clock) for name in self.variants}
         self._sizes: dict[int, RateMeter] = {}  # requests per second, per request size
-        self._compute = RateMeter(clock=clock)  # machine-ms per second of this model's session calls
+        self._compute = RateMeter(window, clock)  # machine-ms per second of this model's session calls
         self._guard_active = False
-        self._price = FREE
+        self._price = 0.0
         self._priced_at_s = float("-inf")
-        self._lower_credit = 0.0  # how the share of requests charged the lower price is dealt out
+        self._snapshot: RouterSnapshot | None = None
+        self._queue_marks: tuple[tuple[int, int, float | None], ...] = ()
 
     def now(self) -> float:
         return self._clock()
@@ -129,46 +122,153 @@ class ModelRouter:
         )
         self._price, self._priced_at_s = old._price, old._priced_at_s
 
-    def stretch(self) -> float:
-        """The 90th percentile of the latency ratio (1 while there is too little data)."""
-        snapshot = self.ratios.snapshot(self._clock())
-        return snapshot.quantile(STRETCH_QUANTILE) if snapshot else 1.0
+    # -- the snapshot -------------------------------------------------------------------
 
-    def candidates(self, rows: float, slo_ms: float | None = None) -> list[Candidate]:
-        """Every variant with its predicted latency for a request of `rows` rows, now, and
-        (given an SLO) the probability that it answers within it."""
+    def snapshot(self) -> RouterSnapshot:
+        """What the router knows now: the last snapshot while it is fresh and no queue has
+        changed since, else a new one."""
         now = self._clock()
-        in_flight = {name: v.latency.in_flight_ms(v.queue, now) for name, v in self.variants.items()}
-        candidates = []
-        snapshot = self.ratios.snapshot(now)
-        # The loop is late once before the handler runs and once after it returns.
-        outside_ms = self.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
-        overhead_per_row = self._overhead_ms_per_row()
-        for name, v in self.variants.items():
-            others = [left for other, left in in_flight.items() if other != name and left > 0]
-            arriving = self._shares[name].rows_per_second()
-            modelled = predict_ms(v.latency, v.queue, rows, others, self.overhead_ms, now, self.side_by_side, arriving)
-            if slo_ms is None:
-                p_in_time = 1.0
-            elif snapshot is None:  # not enough data yet: trust the model as it is
-                p_in_time = 1.0 if modelled + outside_ms <= slo_ms else 0.0
-            else:
-                p_in_time = snapshot.probability_within(modelled, slo_ms - outside_ms)
-            stretched = snapshot.stretched(modelled, STRETCH_QUANTILE) if snapshot else modelled
-            cost_ms = _cpu_cost(v.latency.curve, self.cpu.overhead_ms)(rows)
-            candidates.append(
-                Candidate(
-                    variant=name,
-                    device=v.device,
-                    quality=v.quality,
-                    predicted_ms=stretched + outside_ms,
-                    capacity_rows_s=v.latency.capacity_rows_s(overhead_per_row),
-                    modelled_ms=modelled,
-                    p_in_time=p_in_time,
-                    cost_per_row_ms=cost_ms / max(rows, 1),
-                )
+        marks = tuple((v.queue.queued_rows, v.queue.running_rows, v.queue.running_started_s)
+                      for v in self.variants.values())  # fmt: skip
+        current = self._snapshot
+        if (
+            current is not None
+            and marks == self._queue_marks
+            and now - current.taken_s < self.config.snapshot_max_age_s
+        ):
+            return current
+        self._snapshot, self._queue_marks = self._take(now), marks
+        return self._snapshot
+
+    def _take(self, now: float) -> RouterSnapshot:
+        per_row = self._overhead_ms_per_row()
+        ratios = self.ratios.snapshot(now) if self.config.ratios_on else None
+        views = tuple(
+            VariantView(
+                name=name,
+                device=v.device,
+                quality=v.quality,
+                curve=v.latency.curve,
+                correction=v.latency.correction,
+                max_batch_size=v.latency.max_batch_size,
+                in_flight_ms=v.latency.in_flight_ms(v.queue, now),
+                queued_rows=v.queue.queued_rows,
+                arriving_rows_s=self._shares[name].rows_per_second(),
+                capacity_rows_s=v.latency.capacity_rows_s(per_row),
             )
-        return candidates
+            for name, v in self.variants.items()
+        )
+        return RouterSnapshot(
+            taken_s=now,
+            variants=views,
+            default_slo_ms=self.default_slo_ms,
+            overhead_ms=self.overhead_ms,
+            # The loop is late once before the handler runs and once after it returns.
+            outside_ms=self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms(),
+            cpu_overhead_ms=self.cpu.overhead_ms,
+            ratios=ratios,
+            price=self._current_price(now, views),
+            required_rows_s=self._required_rows_s(),
+            side_by_side=self.side_by_side,
+            stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
+        )
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def route(self, hints: RequestHints, rows: int) -> Decision:
+        """Choose a variant for a request and count it as arrived."""
+        decision = decide(self.snapshot(), hints, rows, self.config)
+        self._arrive(rows)
+        self._shares[decision.variant].add(rows)
+        return decision
+
+    def pinned(self, variant: str, rows: int) -> Decision:
+        """The caller named the variant: no choice, but the prediction is still useful."""
+        decision = pinned(self.snapshot(), variant, rows, self.config)
+        self._arrive(rows)
+        self._shares[variant].add(rows)
+        return decision
+
+    def explain(self, hints: RequestHints, rows: int) -> Decision:
+        """What `route` would decide now, without counting an arrival."""
+        return decide(self.snapshot(), hints, rows, self.config)
+
+    def _arrive(self, rows: int) -> None:
+        self._arrivals.add(rows)
+        size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
+        if size not in self._sizes:
+            self._sizes[size] = RateMeter(self.config.size_window_s, self._clock)
+        self._sizes[size].add()
+
+    # -- learning -----------------------------------------------------------------------
+
+    def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
+        self._snapshot = None
+        latency = self.variants[variant].latency
+        if self.config.correction_on:
+            latency.observe(rows, compute_ms)
+        session_ms = latency.curve.ms(rows)  # the CPU it took, by the profile
+        self.cpu.record_compute(session_ms)
+        self._compute.add(session_ms)
+
+    def observe_request(
+        self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
+    ) -> None:
+        """Fold one answered request in (`decision` None: it failed and nothing is learned).
+
+        `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
+        compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
+        """
+        self.cpu.record_request()
+        self._snapshot = None
+        if decision is None:
+            return
+        self._completions.add()
+        overhead = elapsed_ms - queue_ms - compute_ms
+        if overhead >= 0:
+            self.overhead_ms += self.config.overhead_weight * (overhead - self.overhead_ms)
+        self._observe_ratio(decision, elapsed_ms)
+
+    def observe_timeout(self, decision: Decision, waited_ms: float) -> None:
+        """A request that ran out of time (deadline passed, or the caller gave up) after
+        `waited_ms`: it would have taken at least that long, so the ratio distribution learns
+        it too. Learning from answers alone would make P(in time) optimistic exactly under
+        overload, when the slowest requests are the ones that never finish."""
+        self.cpu.record_request()
+        self._snapshot = None
+        self._observe_ratio(decision, waited_ms)
+
+    def _observe_ratio(self, decision: Decision, observed_ms: float) -> None:
+        floor_ms = self.overhead_ms + self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
+        self.ratios.observe(decision.chosen.modelled_ms, observed_ms, self._clock(), floor_ms)
+
+    # -- the CPU price and the throughput guard -------------------------------------------
+
+    def _current_price(self, now: float, views: tuple[VariantView, ...]) -> float:
+        """What one machine-millisecond per row costs in quality now (`router.price`),
+        recomputed at most every `reprice_s`.
+
+        The budget is the CPU account's target utilization and a mean queueing delay of
+        `price_wait_share` of the default SLO, with what the rest of the process uses (other
+        models, background work) taken off; the demand is this model's arrivals per request
+        size, each at the overhead plus the profiled service time of a variant.
+        """
+        if not self.config.price_on or not self.cpu.sampled:
+            return 0.0
+        if now - self._priced_at_s < self.config.reprice_s:
+            return self._price
+        self._priced_at_s = now
+        overhead = self.cpu.overhead_ms
+        own_ms_s = self._compute.rows_per_second() + overhead * self._completions.per_second()
+        budget = Budget(
+            target_utilization=self.cpu.target,
+            rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
+            max_wait_ms=self.config.price_wait_share * self.default_slo_ms,
+        )
+        offers = [Offer(v.name, v.quality, _cost(v.curve, overhead)) for v in views]
+        rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
+        self._price = cpu_price(offers, rates, budget)
+        return self._price
 
     def _overhead_ms_per_row(self) -> float:
         """The CPU every request costs around its session call (`router.cpu`; 0 until it is
@@ -187,135 +287,23 @@ class ModelRouter:
         return 1.0 / sum(r / total / capacity[n] for n, r in rates.items() if r > 0)
 
     def _required_rows_s(self) -> float | None:
-        """Capacity loose requests should go to, when the throughput SLO is at risk.
-
-        At risk: the measured arrival rate has reached PRESSURE of what the current mix of
-        variants can serve. Then loose requests go to variants that could carry the larger
-        of the declared rate and the arrivals, with headroom.
-        """
+        """Capacity loose requests should go to, when the throughput SLO is at risk: the
+        arrivals have reached `throughput_pressure` of what the current mix can serve. Then
+        loose requests go to variants that could carry the larger of the declared rate and
+        the arrivals, with headroom."""
         if self.throughput_slo_rps is None:
             return None
         arriving = self._arrivals.rows_per_second()
-        self._guard_active = arriving >= PRESSURE * self._mix_capacity_rows_s()
+        pressure = self.config.throughput_pressure
+        self._guard_active = arriving >= pressure * self._mix_capacity_rows_s()
         if not self._guard_active:
             return None
-        return max(self.throughput_slo_rps * self._rows_per_request(), arriving) / PRESSURE
+        return max(self.throughput_slo_rps * self._rows_per_request(), arriving) / pressure
 
     def _rows_per_request(self) -> float:
         """Mean rows per arriving request (1 while nothing has arrived)."""
         requests = self._arrivals.per_second()
         return self._arrivals.rows_per_second() / requests if requests > 0 else 1.0
-
-    def tie_band(self) -> float:
-        """The policy's tie band: no finer than one recent sample's worth of probability
-        (P(within SLO) is estimated from them)."""
-        resolution = 1.0 / max(self.ratios.effective_samples(self._clock()), 1.0)
-        return max(SCORE_TIE, min(resolution, MAX_RESOLUTION_TIE))
-
-    def price(self) -> Price:
-        """What one machine-millisecond per row costs in quality now (`router.price`).
-
-        The budget is the CPU account's target utilization and a mean queueing delay of
-        WAIT_SHARE of the default SLO, with what the rest of the process uses (other models,
-        background work) taken off; the demand is this model's arrivals per request size,
-        each at the overhead plus the profiled service time of a variant.
-        """
-        now = self._clock()
-        if now - self._priced_at_s < REPRICE_S:
-            return self._price
-        self._priced_at_s = now
-        if not self.cpu.sampled:
-            self._price = FREE
-            return self._price
-        overhead = self.cpu.overhead_ms
-        own_ms_s = self._compute.rows_per_second() + overhead * self._completions.per_second()
-        budget = Budget(
-            target_utilization=self.cpu.target,
-            rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
-            max_wait_ms=WAIT_SHARE * self.default_slo_ms,
-        )
-        offers = [Offer(name, v.quality, _cpu_cost(v.latency.curve, overhead)) for name, v in self.variants.items()]
-        rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
-        self._price = cpu_price(offers, rates, budget)
-        return self._price
-
-    @property
-    def last_price(self) -> float:
-        """The price last computed (for metrics: reading it changes nothing)."""
-        return self._price.price
-
-    def _request_price(self) -> float:
-        """The price for this request: `lower` for Price.lower_share of requests, dealt out evenly."""
-        price = self.price()
-        self._lower_credit += price.lower_share
-        if self._lower_credit >= 1.0:
-            self._lower_credit -= 1.0
-            return price.lower
-        return price.price
-
-    def _choose(self, hints: RequestHints, rows: int, price: float) -> Decision:
-        candidates = self.candidates(rows, hints.slo_ms)
-        # While CPU has a price, the price tells nearly-equal variants apart: any tie band
-        # would undo it, since it is set just past a point where two variants score the same.
-        tie = self.tie_band() if price == 0 else 0.0
-        return choose(candidates, hints, self.default_slo_ms, self._required_rows_s(), tie, price)
-
-    def _arrive(self, rows: int) -> None:
-        self._arrivals.add(rows)
-        size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
-        if size not in self._sizes:
-            self._sizes[size] = RateMeter(SIZE_WINDOW_S, self._clock)
-        self._sizes[size].add()
-
-    def route(self, hints: RequestHints, rows: int) -> Decision:
-        """Choose a variant for a request and count it as arrived."""
-        self._arrive(rows)
-        decision = self._choose(hints, rows, self._request_price())
-        self._shares[decision.variant].add(rows)
-        return decision
-
-    def pinned(self, variant: str, rows: int) -> Decision:
-        """The caller named the variant: no choice, but the prediction is still useful."""
-        self._arrive(rows)
-        self._shares[variant].add(rows)
-        candidate = next(c for c in self.candidates(rows) if c.variant == variant)
-        return Decision(variant, PINNED, candidate.predicted_ms, candidate.device, (Verdict(candidate, True, PINNED),))
-
-    def explain(self, hints: RequestHints, rows: int) -> Decision:
-        """What `route` would decide now, without counting an arrival."""
-        return self._choose(hints, rows, self.price().price)
-
-    def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
-        latency = self.variants[variant].latency
-        latency.observe(rows, compute_ms)
-        session_ms = _cpu_cost(latency.curve, 0.0)(rows)  # the CPU it took
-        self.cpu.record_compute(session_ms)
-        self._compute.add(session_ms)
-
-    def observe_request(
-        self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
-    ) -> None:
-        """Fold one answered request in (`decision` None: it failed and nothing is learned).
-
-        `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
-        compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
-        """
-        self.cpu.record_request()
-        if decision is None:
-            return
-        self._completions.add()
-        overhead = elapsed_ms - queue_ms - compute_ms
-        if overhead >= 0:
-            self.overhead_ms += OVERHEAD_WEIGHT * (overhead - self.overhead_ms)
-        self.ratios.observe(decision.chosen.modelled_ms, elapsed_ms, self._clock())
-
-    def observe_timeout(self, decision: Decision, waited_ms: float) -> None:
-        """A request that ran out of time (deadline passed, or the caller gave up) after
-        `waited_ms`: it would have taken at least that long, so the ratio distribution learns
-        it too. Learning from answers alone would make P(in time) optimistic exactly under
-        overload, when the slowest requests are the ones that never finish."""
-        self.cpu.record_request()
-        self.ratios.observe(decision.chosen.modelled_ms, waited_ms, self._clock())
 
     def throughput(self) -> ThroughputStatus:
         return ThroughputStatus(
@@ -324,4 +312,5 @@ class ModelRouter:
             completion_rps=self._completions.per_second(),
             mix_capacity_rps=self._mix_capacity_rows_s() / self._rows_per_request(),
             guard_active=self._guard_active,
+            sustained_fraction=self.config.throughput_sustained_fraction,
         )

@@ -1,33 +1,32 @@
-"""Routing policies: one pure function from candidates and hints to a decision.
+"""The routing policy: one pure function from (snapshot, hints, config) to a decision.
 
-No clocks, queues or I/O here: `router.model_router` predicts each candidate's latency and
-capacity, then asks `choose`. That keeps the policy small enough to test exhaustively.
+No clocks, queues or I/O here: `router.snapshot.RouterSnapshot` holds everything the
+router knows at one instant, and `decide` reads nothing else, so that Explain, given the
+same snapshot and hints, says exactly what `route` does.
 
-Rules, in order:
+The rule (README, "Routing"): every variant's latency for this request is predicted from
+its queue, the batches in flight and its (learned) service time; the variant chosen is the
+one with the highest expected quality — quality × P(answer within the SLO) — less the CPU
+it takes at the current price, among those at least `min_p_in_time` likely to be in time.
+In order:
 1. Variants below `min_quality` are rejected; if none is left → QualityUnreachableError.
-2. Throughput guard: when `required_rows_s` is set (the model's throughput SLO is at risk)
-   and the request is loose (its SLO is at least the model's default), variants whose
-   capacity is below it are set aside, if any variant has enough capacity.
-3. `slo`: the variant with the highest score among those at least CONFIDENT to answer
-   within the SLO. The score is the *expected effective quality* — quality × P(answer
-   within the SLO) — less the CPU the request would take at the current `price` (quality
-   per machine-millisecond per row, `router.price`; 0 while the machine has room). A
-   0.2-point quality gain is not worth a 1 % risk of missing the deadline, nor the CPU that
-   the requests behind it need, and this weighs exactly that. Scores within `tie` of the
-   best count as equal — the caller sets `tie` no finer than its estimate of P can resolve —
-   and go to the most accurate of them, or, while CPU has a price, to the one with the most
-   capacity. Reason `cpu_budget` when the price changed the choice. No variant is
-   CONFIDENT → best effort: the fastest qualifying variant, reason `best_effort`.
+2. Throughput guard: while the model's throughput SLO is at risk (`required_rows_s`), a
+   loose request (SLO at least the model's default) goes only to variants with that
+   capacity, if there are any.
+3. `slo`: the best score as above (ties: the more accurate); reason `cpu_budget` when the
+   price changed the choice. None likely in time → the fastest, reason `best_effort`.
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
+from router.config import RouterConfig
 from router.errors import QualityUnreachableError
 from router.hints import RequestHints
+from router.snapshot import RouterSnapshot
 
 # Reasons, as they appear in responses, Explain and the routing-decision metric.
 WITHIN_SLO = "most_accurate_within_slo"
@@ -38,8 +37,6 @@ THROUGHPUT_SLO = "throughput_slo"
 CPU_BUDGET = "cpu_budget"
 PINNED = "pinned"
 REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED)
-CONFIDENT = 0.5  # least P(within SLO) for a variant to be chosen under the `slo` policy
-SCORE_TIE = 0.0005  # expected qualities closer than this are treated as equal
 
 
 @dataclass(frozen=True)
@@ -74,98 +71,119 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Grounds:
+    """What a decision was made from, beyond the candidates: enough to explain it later."""
+
+    hints: RequestHints
+    price: float = 0.0
+    required_rows_s: float | None = None  # the throughput guard's demand, where it applied
+    min_p_in_time: float = 0.5
+
+
+@dataclass(frozen=True)
 class Decision:
-    """The chosen variant, the reason, and a verdict on every candidate."""
+    """The chosen variant and the reason; `verdicts` explains every candidate (for Explain,
+    written only when read: routing a request does not pay for the prose)."""
 
     variant: str
     reason: str
     predicted_ms: float
     device: str
-    verdicts: tuple[Verdict, ...]
+    chosen: Candidate
+    candidates: tuple[Candidate, ...]
+    grounds: Grounds | None = None  # None: pinned, nothing was weighed
 
-    @property
-    def chosen(self) -> Candidate:
-        return next(v.candidate for v in self.verdicts if v.chosen)
+    @cached_property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return tuple(Verdict(c, c is self.chosen, self._why(c)) for c in self.candidates)
 
-
-def _rank_quality(c: Candidate) -> tuple[float, float]:
-    return (-c.quality, c.predicted_ms)
-
-
-def choose(
-    candidates: Sequence[Candidate],
-    hints: RequestHints,
-    default_slo_ms: float,
-    required_rows_s: float | None = None,
-    tie: float = SCORE_TIE,
-    price: float = 0.0,
-) -> Decision:
-    """Pick a variant for one request (see the module docstring for the rules)."""
-    why: dict[str, str] = {}
-    qualifying = []
-    for c in candidates:
+    def _why(self, c: Candidate) -> str:
+        if c is self.chosen or self.grounds is None:
+            return self.reason
+        hints, price, required = self.grounds.hints, self.grounds.price, self.grounds.required_rows_s
         if c.quality < hints.min_quality:
-            why[c.variant] = f"quality {c.quality:.4f} < min_quality {hints.min_quality:.4f}"
-        else:
-            qualifying.append(c)
+            return f"quality {c.quality:.4f} < min_quality {hints.min_quality:.4f}"
+        if required is not None and c.capacity_rows_s < required:
+            return f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required:.0f} needed"
+        if hints.policy == "slo" and c.p_in_time < self.grounds.min_p_in_time:
+            return f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms"
+        if hints.policy == "slo" and self.reason != BEST_EFFORT:
+            cpu = f" less CPU {price * c.cost_per_row_ms:.4f}" if price > 0 else ""
+            return (
+                f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}){cpu} "
+                f"< {self.chosen.score(price):.4f} of '{self.chosen.variant}'"
+            )
+        if self.reason == FASTEST or c.quality == self.chosen.quality:
+            return f"slower than '{self.chosen.variant}'"
+        return f"less accurate than '{self.chosen.variant}'"
+
+
+def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None, config: RouterConfig) -> list[Candidate]:
+    """Every variant with its prediction for a request of `rows` rows (and, given an SLO,
+    its probability of answering within it)."""
+    result = []
+    for v in snapshot.variants:
+        modelled = snapshot.modelled_ms(v, rows)
+        result.append(
+            Candidate(
+                variant=v.name,
+                device=v.device,
+                quality=v.quality,
+                predicted_ms=snapshot.predicted_ms(modelled),
+                capacity_rows_s=v.capacity_rows_s,
+                modelled_ms=modelled,
+                p_in_time=1.0 if slo_ms is None else snapshot.p_in_time(modelled, slo_ms),
+                cost_per_row_ms=snapshot.cost_ms(v, rows) / max(rows, 1),
+            )
+        )
+    return result
+
+
+def pinned(snapshot: RouterSnapshot, variant: str, rows: int, config: RouterConfig) -> Decision:
+    """The caller named the variant: no choice, but the prediction is still useful."""
+    view = snapshot.view(variant)
+    modelled = snapshot.modelled_ms(view, rows)
+    candidate = Candidate(
+        variant, view.device, view.quality, snapshot.predicted_ms(modelled),
+        view.capacity_rows_s, modelled, 1.0, snapshot.cost_ms(view, rows) / max(rows, 1),
+    )  # fmt: skip
+    return Decision(variant, PINNED, candidate.predicted_ms, candidate.device, candidate, (candidate,))
+
+
+def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:
+    """Pick a variant for one request of `rows` rows (see the module docstring for the rule)."""
+    pool = candidates(snapshot, rows, hints.slo_ms, config)
+    qualifying = [c for c in pool if c.quality >= hints.min_quality]
     if not qualifying:
-        best = max(candidates, key=lambda c: c.quality)
+        best = max(pool, key=lambda c: c.quality)
         raise QualityUnreachableError(
             f"no variant reaches min_quality {hints.min_quality:.4f}; "
             f"the best is '{best.variant}' at {best.quality:.4f}"
         )
-    pool, guarded = qualifying, False
-    if required_rows_s is not None and hints.slo_ms >= default_slo_ms:
-        roomy = [c for c in qualifying if c.capacity_rows_s >= required_rows_s]
-        if roomy and len(roomy) < len(qualifying):
-            for c in qualifying:
-                if c not in roomy:
-                    why[c.variant] = (
-                        f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required_rows_s:.0f} needed"
-                    )
-            pool, guarded = roomy, True
-    fastest = min(pool, key=lambda c: c.predicted_ms)
-    if hints.policy == "fastest":
-        chosen, reason = fastest, FASTEST
-    elif hints.policy == "most_accurate":
-        chosen, reason = min(pool, key=_rank_quality), MOST_ACCURATE
-    else:
-        confident = [c for c in pool if c.p_in_time >= CONFIDENT]
-        if confident:
-            top = max(c.score(price) for c in confident)
-            tied = [c for c in confident if c.score(price) >= top - tie]
-            if price > 0:
-                chosen = max(tied, key=lambda c: (c.capacity_rows_s, -c.predicted_ms))
-            else:
-                chosen = max(tied, key=lambda c: (c.quality, c.expected_quality, c.capacity_rows_s))
-            unpriced = max(c.expected_quality for c in confident)
-            reason = CPU_BUDGET if chosen.expected_quality < unpriced - tie else WITHIN_SLO
-        else:
-            chosen, reason = fastest, BEST_EFFORT
-        for c in pool:
-            if c.p_in_time < CONFIDENT:
-                why.setdefault(
-                    c.variant,
-                    f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms",
-                )
-            elif c is not chosen and c.score(price) < top - tie:
-                cpu = f" less CPU {price * c.cost_per_row_ms:.4f}" if price > 0 else ""
-                why.setdefault(
-                    c.variant,
-                    f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}){cpu} "
-                    f"< {top:.4f} - {tie:.4f}",
-                )
-            elif c is not chosen:
-                better = "has more capacity" if price > 0 else "is at least as accurate"
-                why.setdefault(c.variant, f"within {tie:.4f} of the best; '{chosen.variant}' {better}")
+    # Step 2, the throughput guard: loose requests to variants with the capacity, if any has it.
+    required = snapshot.required_rows_s if hints.slo_ms >= snapshot.default_slo_ms else None
+    guarded = False
+    if required is not None:
+        roomy = [c for c in qualifying if c.capacity_rows_s >= required]
+        guarded = bool(roomy) and len(roomy) < len(qualifying)
+        qualifying = roomy if guarded else qualifying
+    chosen, reason = _choose(qualifying, hints, snapshot.price, config.min_p_in_time)
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
-    for c in pool:
-        if c is not chosen and c.variant not in why:
-            if reason == FASTEST or c.quality == chosen.quality:
-                why[c.variant] = f"slower than '{chosen.variant}'"
-            else:
-                why[c.variant] = f"less accurate than '{chosen.variant}'"
-    why[chosen.variant] = reason
-    verdicts = tuple(Verdict(c, c is chosen, why[c.variant]) for c in candidates)
-    return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, verdicts)
+    grounds = Grounds(hints, snapshot.price, required if guarded else None, config.min_p_in_time)
+    return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
+
+
+def _choose(pool: list[Candidate], hints: RequestHints, price: float, min_p_in_time: float) -> tuple[Candidate, str]:
+    """Step 3 of the rule, over the candidates steps 1 and 2 left."""
+    if hints.policy == "fastest":
+        return min(pool, key=lambda c: c.predicted_ms), FASTEST
+    if hints.policy == "most_accurate":
+        return min(pool, key=lambda c: (-c.quality, c.predicted_ms)), MOST_ACCURATE
+    likely = [c for c in pool if c.p_in_time >= min_p_in_time]
+    if not likely:
+        return min(pool, key=lambda c: c.predicted_ms), BEST_EFFORT
+    chosen = max(likely, key=lambda c: (c.score(price), c.quality))
+    if price > 0 and chosen is not max(likely, key=lambda c: (c.expected_quality, c.quality)):
+        return chosen, CPU_BUDGET
+    return chosen, WITHIN_SLO

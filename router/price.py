@@ -15,12 +15,15 @@ little quality for much CPU drop out first.
   machine is busy. On a 2-core Xeon fp32 missed 7 % of its SLOs at ρ ≈ 0.57 and int8
   0.4 % at ρ ≈ 0.54: utilization alone cannot tell them apart.
 Raising μ only ever moves a request size to a cheaper variant, so demand falls with μ, and
-the answer is one of the breakpoints where some request size switches variant. Switching
-a whole request size at once overshoots (both sizes of a two-size mix often switch at
-nearly the same μ), so the answer also says which share of the traffic may keep the
-choices of the breakpoint below: the fractional knapsack's split item.
+the answer is one of the breakpoints where some request size switches variant.
 
-Pure: rates, costs and budget in; a `Price` out.
+If no price makes the traffic fit, the machine is past what it can serve in time, and some
+requests will be late or refused whatever the router does. The price then maximises the
+quality answered per machine-millisecond (Σ λ·quality / Σ λ·cost over the choices it
+makes): going further, to the cheapest variants, would buy speed with quality where the
+speed no longer makes the traffic fit.
+
+Pure: rates, costs and budget in; the price out.
 """
 
 from __future__ import annotations
@@ -28,10 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-# A price just past a breakpoint: the cheaper variant wins, by a margin the caller must not
-# treat as a tie (the router charges it with no tie band).
+# A price just past a breakpoint, so that the cheaper variant wins there.
 PAST_BREAKPOINT = 1.0 + 1e-6
-SPLIT_STEPS = 20  # bisection steps for the share kept at the lower price
 
 
 @dataclass(frozen=True)
@@ -58,25 +59,6 @@ class Demand:
 
     ms_per_s: float
     square_ms2_per_s: float
-
-    def mixed(self, other: Demand, share: float) -> Demand:
-        """`share` of the traffic as in `other`, the rest as in this one."""
-        return Demand(
-            self.ms_per_s + share * (other.ms_per_s - self.ms_per_s),
-            self.square_ms2_per_s + share * (other.square_ms2_per_s - self.square_ms2_per_s),
-        )
-
-
-@dataclass(frozen=True)
-class Price:
-    """The price to charge, and the share of requests that may be charged `lower` instead."""
-
-    price: float
-    lower: float = 0.0
-    lower_share: float = 0.0
-
-
-FREE = Price(0.0)
 
 
 def pick(offers: Sequence[Offer], rows: int, price: float) -> Offer:
@@ -120,30 +102,25 @@ def breakpoints(offers: Sequence[Offer], rows: int) -> list[float]:
     return points
 
 
-def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> Price:
-    """The smallest price at which the arriving requests fit `budget` (free: they fit as they
-    are), with the share that may keep the previous breakpoint's choices. If even the
-    cheapest variants do not fit, the price that sends every request size to its cheapest."""
+def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> float:
+    """The smallest price at which the arriving requests fit `budget` (0: they fit as they
+    are); if none does, the one with the most quality per machine-millisecond."""
     if not offers or fits(demand(offers, rates, 0.0), budget):
-        return FREE
+        return 0.0
     sizes = [rows for rows, rate in rates.items() if rate > 0]
     prices = sorted({p * PAST_BREAKPOINT for rows in sizes for p in breakpoints(offers, rows)})
-    lower = 0.0
     for price in prices:
-        need = demand(offers, rates, price)
-        if fits(need, budget):
-            return Price(price, lower, _lower_share(need, demand(offers, rates, lower), budget))
-        lower = price
-    return Price(prices[-1]) if prices else FREE
+        if fits(demand(offers, rates, price), budget):
+            return price
+    return max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price))
 
 
-def _lower_share(need: Demand, lower_need: Demand, budget: Budget) -> float:
-    """The largest share of traffic that may take the lower price's choices and still fit."""
-    low, high = 0.0, 1.0
-    for _ in range(SPLIT_STEPS):
-        middle = (low + high) / 2
-        if fits(need.mixed(lower_need, middle), budget):
-            low = middle
-        else:
-            high = middle
-    return low
+def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> float:
+    """Quality answered per machine-millisecond by the choices made at `price`."""
+    quality, cost = 0.0, 0.0
+    for rows, rate in rates.items():
+        if rate > 0:
+            chosen = pick(offers, rows, price)
+            quality += rate * rows * chosen.quality
+            cost += rate * chosen.cost_ms(rows)
+    return quality / cost if cost > 0 else 0.0

@@ -4,19 +4,20 @@ Queue snapshots cannot see everything: the event loop and the sessions share the
 under load every batch and every handler runs slower than profiled, whichever variant it
 belongs to. The router therefore keeps, per model, the distribution of the ratio
 r = (observed + F) / (modelled + F) of finished requests, and asks it: given a variant's
-modelled latency m and a budget b, how likely is r ≤ (b + F) / (m + F)? The floor F
-(FLOOR_MS) is there because part of the noise does not scale with the work (a request
-that lands behind another variant's batch, a scheduling hiccup): without it, a 0.3 ms
-request that took 3 ms would count as "10× slower" and make every cheap request look risky.
+modelled latency m and a budget b, how likely is r ≤ (b + F) / (m + F)? The floor F is the
+latency every request meets whatever its work (the learned per-request overhead and the
+time outside the server, `RouterSnapshot.floor_ms`): part of the noise does not scale with
+the work, and without it a 0.3 ms request that took 3 ms would count as "10× slower" and
+make every cheap request look risky.
 
 Histogram over log-spaced bins (BINS_PER_DOUBLING per doubling of r between RATIO_LOW and
 RATIO_HIGH, plus one bin below and one above). Recent requests count more: an observation's
-weight doubles every HALF_LIFE_S after an origin, which is the same as older ones halving —
-an exponentially decaying histogram with O(1) updates. Before a new weight could grow past
+weight doubles every half-life (RouterConfig.ratio_half_life_s) after an origin, which is the
+same as older ones halving — an exponentially decaying histogram with O(1) updates. Before a new weight could grow past
 2^MAX_WEIGHT_DOUBLINGS the histogram is rescaled to an origin of now (old weights × 2^−elapsed, which
 may underflow to 0 but never overflows), and reads compute the decay as 2^−elapsed; so any
-gap in traffic — a second or a week — leaves every number finite. With fewer than
-MIN_EFFECTIVE_SAMPLES of recent weight (start-up, or a model that went quiet) it says
+gap in traffic — a second or a week — leaves every number finite. With less recent weight
+than RouterConfig.ratio_min_samples (start-up, or a model that went quiet) it says
 nothing, and the router falls back to the modelled latency alone.
 
 Thread: owned by the event loop (the router's owner); other threads read published snapshots.
@@ -30,9 +31,6 @@ from itertools import accumulate
 
 BINS_PER_DOUBLING = 6
 RATIO_LOW, RATIO_HIGH = 0.25, 64.0
-HALF_LIFE_S = 2.0
-MIN_EFFECTIVE_SAMPLES = 30.0
-FLOOR_MS = 2.0
 MAX_WEIGHT_DOUBLINGS = 30.0  # rescale before a new weight exceeds 2**30 of the origin's
 _BINS = round(math.log2(RATIO_HIGH / RATIO_LOW) * BINS_PER_DOUBLING)
 # Upper edge of every bin: the underflow bin, the log-spaced ones, the overflow bin.
@@ -49,14 +47,6 @@ class RatioSnapshot:
     def __init__(self, cumulative: list[float]) -> None:
         self._cumulative = cumulative
         self._total = cumulative[-1]
-
-    def probability_within(self, modelled_ms: float, budget_ms: float) -> float:
-        """P(a request modelled at `modelled_ms` takes at most `budget_ms`)."""
-        return self.probability_at_most((budget_ms + FLOOR_MS) / (modelled_ms + FLOOR_MS))
-
-    def stretched(self, modelled_ms: float, p: float) -> float:
-        """The latency a request modelled at `modelled_ms` stays under with probability p."""
-        return (modelled_ms + FLOOR_MS) * self.quantile(p) - FLOOR_MS
 
     def probability_at_most(self, ratio: float) -> float:
         """P(r ≤ ratio), counting only bins that lie wholly below it (a cautious estimate)."""
@@ -75,7 +65,9 @@ class RatioSnapshot:
 class RatioDistribution:
     """Exponentially decaying histogram of observed / modelled latency (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, half_life_s: float = 2.0, min_samples: float = 30.0) -> None:
+        self.half_life_s = half_life_s
+        self.min_samples = min_samples
         self._weights = [0.0] * len(UPPER_EDGES)
         self._total = 0.0
         self._origin_s: float | None = None
@@ -83,9 +75,9 @@ class RatioDistribution:
     def _doublings(self, now_s: float) -> float:
         """Half-lives from the origin to `now_s` (negative if the clock reads earlier)."""
         assert self._origin_s is not None
-        return (now_s - self._origin_s) / HALF_LIFE_S
+        return (now_s - self._origin_s) / self.half_life_s
 
-    def observe(self, modelled_ms: float, observed_ms: float, now_s: float) -> None:
+    def observe(self, modelled_ms: float, observed_ms: float, now_s: float, floor_ms: float = 0.0) -> None:
         if not (modelled_ms > 0 and observed_ms > 0 and math.isfinite(observed_ms) and math.isfinite(modelled_ms)):
             return
         if self._origin_s is None:
@@ -97,13 +89,13 @@ class RatioDistribution:
             self._total *= decay
             self._origin_s, doublings = now_s, 0.0
         weight = 2.0**doublings
-        ratio = (observed_ms + FLOOR_MS) / (modelled_ms + FLOOR_MS)
+        ratio = (observed_ms + floor_ms) / (modelled_ms + floor_ms)
         index = min(bisect.bisect_left(UPPER_EDGES, ratio), len(UPPER_EDGES) - 1)
         self._weights[index] += weight
         self._total += weight
 
     def effective_samples(self, now_s: float) -> float:
-        """Observations in the last HALF_LIFE_S or so (older ones count for less)."""
+        """Observations in the last half-life or so (older ones count for less)."""
         if self._origin_s is None:
             return 0.0
         # 2^-d underflows to 0 after a long gap (never overflows); a clock read before the
@@ -112,6 +104,6 @@ class RatioDistribution:
 
     def snapshot(self, now_s: float) -> RatioSnapshot | None:
         """The current distribution, or None while it rests on too few recent requests."""
-        if self.effective_samples(now_s) < MIN_EFFECTIVE_SAMPLES:
+        if self.effective_samples(now_s) < self.min_samples:
             return None
         return RatioSnapshot(list(accumulate(self._weights)))

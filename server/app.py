@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
+from router.config import RouterConfig
 from router.cpu import CpuAccount
 from server.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
 from server.background_build import BackgroundBuild
@@ -72,9 +73,12 @@ class App:
         # long one instead of waiting for it (the cores are shared either way).
         workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
+        router_config = RouterConfig.without(
+            settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target
+        )
         self.host = ModelHost(
             models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
-            settings.rpc_allowance_ms, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
+            router_config, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
         )  # fmt: skip
         self.load = LoadMonitor(CpuAccount(settings.cpu_target))
         self.host.attach_load(self.load.cpu, lambda: self.load.lag_ms)

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from router.config import MECHANISMS
+
 DEFAULT_REPOSITORY = Path("model_repository")
 
 
@@ -56,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-port", type=int, help="plaintext grpc.health.v1-only port for probes (0 = any)")
     serve.add_argument("--build-missing", action="store_true", default=None,
                        help="build missing default models in the background, serving each as published")  # fmt: skip
+    serve.add_argument("--router-off", nargs="+", choices=MECHANISMS, metavar="MECHANISM",
+                       help=f"turn router mechanisms off, for ablation ({', '.join(MECHANISMS)})")  # fmt: skip
     serve.add_argument("--repository-poll-s", type=float,
                        help="rescan the repository this often and load, reload, unload to match; 0: never")  # fmt: skip
 
@@ -266,11 +270,10 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"load: {declared}{t.arrival_rps:.1f} arriving, {t.completion_rps:.1f} served, "
           f"mix capacity {t.mix_capacity_rps:.0f} rps, guard {'on' if t.guard_active else 'off'}, "
           f"per-request overhead {answer.overhead_ms:.2f} ms")  # fmt: skip
-    ties = "ties to capacity" if answer.ties_to_capacity else "ties to quality"
     price = f"{answer.cpu_price:.4f} quality per machine-ms per row" if answer.cpu_price else "0 (room to spare)"
     print(f"server: CPU {answer.cpu_utilization:.0%} (target {answer.cpu_target:.0%}), "
           f"CPU per request beyond the model {answer.cpu_overhead_ms:.2f} machine-ms, CPU price {price}")  # fmt: skip
-    print(f"event-loop lag {answer.loop_lag_ms:.2f} ms, tie band {answer.tie_band:.4f} ({ties})")
+    print(f"event-loop lag {answer.loop_lag_ms:.2f} ms")
     return 0
 
 
@@ -289,7 +292,8 @@ def _serve(args: argparse.Namespace) -> int:
              "shutdown_grace_s": args.shutdown_grace_s, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
              "tls_client_ca": args.tls_client_ca, "metrics_tls": args.metrics_tls,
              "auth_tokens_file": args.auth_tokens_file, "health_port": args.health_port,
-             "repository_poll_s": args.repository_poll_s, "build_missing": args.build_missing}  # fmt: skip
+             "repository_poll_s": args.repository_poll_s, "build_missing": args.build_missing,
+             "router_off": args.router_off}  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:

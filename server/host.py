@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from router.build import build_model_router
+from router.config import RouterConfig
 from router.cpu import CpuAccount
 from router.hints import RequestHints, parse_hints
 from router.model_router import ModelRouter
@@ -89,7 +90,7 @@ class ModelHost:
         threads: int,
         max_queue_size: int,
         hardware_key: str,
-        rpc_allowance_ms: float = 0.0,
+        router_config: RouterConfig | None = None,
         max_queue_bytes: int = 1 << 62,
         shed_late: bool = True,
         on_readiness_change: Callable[[], None] | None = None,
@@ -104,7 +105,7 @@ class ModelHost:
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
         self._hardware_key = hardware_key
-        self._rpc_allowance_ms = rpc_allowance_ms
+        self._router_config = router_config
         self._cpu: CpuAccount | None = None
         self._loop_lag_ms: Callable[[], float] | None = None
         for name, entry in models.items():
@@ -147,7 +148,7 @@ class ModelHost:
             batcher.on_batch = lambda rows, ms, m=name, v=variant, b=key: self._batch_done(m, v, b, rows, ms)
             batcher.on_failure = self._readiness_changed
             batchers[variant] = batcher
-        router = build_model_router(entry, self._hardware_key, batchers, self._rpc_allowance_ms, self._workers)
+        router = build_model_router(entry, self._hardware_key, batchers, self._router_config, self._workers)
         if old is not None:
             router.adopt(old.router, kept)
         elif self._cpu is not None and self._loop_lag_ms is not None:
@@ -245,13 +246,14 @@ class ModelHost:
         models = {}
         for name, hosted in self.models.items():
             router = hosted.router
-            predicted = {c.variant: c.predicted_ms / 1e3 for c in router.candidates(1)}
+            snapshot = router.snapshot()
+            predicted = {v.name: snapshot.predicted_ms(snapshot.modelled_ms(v, 1)) / 1e3 for v in snapshot.variants}
             variants = {
                 variant: VariantLive(batcher.queue_depth, hosted.stats[variant].in_flight, predicted[variant])
                 for variant, batcher in hosted.batchers.items()
             }
             models[name] = ModelLive(
-                MappingProxyType(variants), router.last_price, router.stretch(), router.throughput(), hosted.ready
+                MappingProxyType(variants), snapshot.price, snapshot.stretch, router.throughput(), hosted.ready
             )
         return LiveState(
             models=MappingProxyType(models),

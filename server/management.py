@@ -7,6 +7,7 @@ import grpc
 from protos import slimserve_pb2 as pb
 from protos import slimserve_pb2_grpc
 from router.hints import parse_hints
+from router.policy import decide
 from server.auth import caller_of
 from server.background_build import BackgroundBuild
 from server.errors import InvalidInputError
@@ -95,10 +96,10 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
         if request.policy:
             parameters["policy"] = request.policy
         hints = parse_hints(parameters, None, config.default_slo_ms)
-        decision = hosted.router.explain(hints, max(request.batch_size, 1))
-        status = hosted.router.throughput()
         router = hosted.router
-        price = router.price().price
+        snapshot = router.snapshot()  # the one `route` reads now: Explain says what it does
+        decision = decide(snapshot, hints, max(request.batch_size, 1), router.config)
+        status = router.throughput()
         return pb.ExplainResponse(
             model=config.name,
             chosen=decision.variant,
@@ -121,7 +122,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
             slo_source=hints.slo_source,
             policy=hints.policy,
             predicted_ms=decision.predicted_ms,
-            overhead_ms=router.overhead_ms,
+            overhead_ms=snapshot.overhead_ms,
             throughput=pb.ThroughputStatus(
                 declared_rps=status.declared_rps or 0.0,
                 arrival_rps=status.arrival_rps,
@@ -132,11 +133,9 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
             ),
             cpu_utilization=router.cpu.utilization,
             loop_lag_ms=router.loop_lag_ms(),
-            tie_band=router.tie_band() if price == 0 else 0.0,  # priced: no band (router._choose)
-            ties_to_capacity=price > 0,
-            cpu_price=price,
+            cpu_price=snapshot.price,
             cpu_target=router.cpu.target,
-            cpu_overhead_ms=router.cpu.overhead_ms,
+            cpu_overhead_ms=snapshot.cpu_overhead_ms,
         )
 
     @maps_errors

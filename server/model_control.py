@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from router.build import MissingProfileError
+from router.build import UnroutableVariantError
 from server.batcher import DynamicBatcher
 from server.errors import InvalidInputError, ModelLoadError, NotFoundError
 from server.host import HostedModel, ModelHost
@@ -181,7 +181,7 @@ class ModelControl:
                     raise ModelLoadError(
                         f"model '{name}' was not loaded: variant '{variant}': {type(exc).__name__}: {exc}"
                     ) from exc
-        except (RepositoryError, MissingProfileError) as exc:
+        except (RepositoryError, UnroutableVariantError) as exc:
             raise ModelLoadError(f"model '{name}' was not loaded: {exc}") from exc
         except OSError as exc:  # a file vanishing mid-read
             raise ModelLoadError(f"model '{name}' was not loaded: {exc}") from exc

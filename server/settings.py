@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         le=1,
         description="share of the CPU routed traffic may plan to use; past it CPU has a price and cheaper variants win",
     )
+    router_off: list[Literal["correction", "ratios", "price"]] = Field(
+        default_factory=list,
+        description="router mechanisms to turn off, for ablation benchmarks (router/config.py); all on by default",
+    )
     warmup_calls: int = Field(default=2, ge=0, description="session calls per variant before reporting ready")
     # gRPC transport limits: a client that breaks them gets gRPC's GOAWAY or RESOURCE_EXHAUSTED,
     # and other clients are unaffected.

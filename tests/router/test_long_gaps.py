@@ -11,16 +11,19 @@ import math
 
 import pytest
 
+from router.config import RouterConfig
 from router.cpu import MIN_REQUESTS, CpuAccount
 from router.hints import RequestHints
 from router.load import RateMeter
-from router.ratios import HALF_LIFE_S, MIN_EFFECTIVE_SAMPLES, RatioDistribution
+from router.policy import candidates
+from router.ratios import RatioDistribution
 from tests.router.fakes import FakeClock
 from tests.router.test_model_router import answer_as_modelled, make_router
 
 HOUR_S = 3600.0
 GAPS_S = (40 * 60.0, HOUR_S, 24 * HOUR_S, 7 * 24 * HOUR_S)
 SLO = RequestHints(slo_ms=10.0, slo_source="parameter")
+HALF_LIFE_S, MIN_EFFECTIVE_SAMPLES = RouterConfig.ratio_half_life_s, RouterConfig.ratio_min_samples
 
 
 @pytest.mark.parametrize("gap_s", GAPS_S)
@@ -109,6 +112,7 @@ def test_a_router_answers_after_a_gap_as_it_did_before(gap_s: float) -> None:
     after = router.route(SLO, 1)
     assert after.variant == before == "fp32"
     answer_as_modelled(router, after)
-    assert all(math.isfinite(c.predicted_ms) for c in router.candidates(1, 10.0))
-    assert math.isfinite(router.stretch()) and router.throughput().arrival_rps >= 0.0
-    assert router.price().price == 0.0
+    snapshot = router.snapshot()
+    assert all(math.isfinite(c.predicted_ms) for c in candidates(snapshot, 1, 10.0, router.config))
+    assert snapshot.ratios is None or math.isfinite(snapshot.ratios.quantile(0.9))
+    assert router.throughput().arrival_rps >= 0.0 and snapshot.price == 0.0

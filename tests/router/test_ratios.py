@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from router.ratios import HALF_LIFE_S, MIN_EFFECTIVE_SAMPLES, RATIO_HIGH, RatioDistribution
+from router.config import RouterConfig
+from router.ratios import RATIO_HIGH, RatioDistribution
+
+HALF_LIFE_S, MIN_EFFECTIVE_SAMPLES = RouterConfig.ratio_half_life_s, RouterConfig.ratio_min_samples
 
 
 def test_probabilities_and_quantiles_follow_the_observations() -> None:
     ratios = RatioDistribution()
     for i in range(100):
-        ratios.observe(10.0, 10.0 * (1.0 if i % 4 else 3.0), now_s=5.0)  # a quarter take 3×
+        ratios.observe(10.0, 10.0 * (1.0 if i % 4 else 3.0), now_s=5.0, floor_ms=2.0)  # a quarter take 3×
     snapshot = ratios.snapshot(5.0)
     assert snapshot is not None
     assert snapshot.probability_at_most(1.5) == pytest.approx(0.75)
@@ -18,9 +21,6 @@ def test_probabilities_and_quantiles_follow_the_observations() -> None:
     assert snapshot.probability_at_most(0.1) == 0.0
     # Ratios are (observed + 2 ms) / (modelled + 2 ms): 1 and 32 / 12 ≈ 2.67.
     assert 1.0 <= snapshot.quantile(0.5) < 1.13 and 2.67 <= snapshot.quantile(0.9) < 3.0
-    assert snapshot.probability_within(10.0, 15.0) == pytest.approx(0.75)
-    assert snapshot.probability_within(10.0, 40.0) == pytest.approx(1.0)
-    assert 30.0 <= snapshot.stretched(10.0, 0.9) < 34.0
 
 
 def test_recent_requests_outweigh_old_ones_and_too_little_data_says_nothing() -> None:

@@ -1,0 +1,71 @@
+"""Every constant of the router in one place, with its unit, and the switches of its mechanisms.
+
+None of these is calibrated on one machine: what depends on the machine is learned at run
+time (service times: the profile corrected online; the per-request overhead; the spread of
+observed / predicted latency; the CPU each request costs) or is a server setting with a
+stated default (`rpc_allowance_ms`, `cpu_target_utilization`). What is left are choices of
+policy (how sure, how much of a budget may go to waiting) and of estimation (how fast to
+forget).
+
+The three `*_on` switches turn a mechanism off, for the ablation in `make bench-router`
+(`--router-off`); a mechanism stays in the router only while the ablation shows it earns
+its place (docs/routing.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+MECHANISMS = ("correction", "ratios", "price")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The router's parameters; defaults are the shipped ones (README's parameter table)."""
+
+    # Mechanisms.
+    correction_on: bool = True  # correct each variant's profiled service time by what batches take
+    ratios_on: bool = True  # P(within SLO) from the learned spread of observed / predicted latency
+    price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win
+
+    # Policy.
+    min_p_in_time: float = 0.5  # least P(within SLO) for a variant to be chosen in time
+    # Settings (server/settings.py): time a call spends outside the server, added to every
+    # prediction; and the share of the machine routed traffic may plan to use.
+    rpc_allowance_ms: float = 1.5
+    cpu_target_utilization: float = 0.6
+    # Mean queueing delay the CPU price allows, as a share of the model's default SLO.
+    price_wait_share: float = 0.1
+
+    # Estimation.
+    correction_weight: float = 0.1  # weight of one batch in the running service-time correction
+    correction_bounds: tuple[float, float] = (0.25, 4.0)
+    ratio_half_life_s: float = 2.0  # the latency-ratio histogram forgets at this rate
+    ratio_min_samples: float = 30.0  # less recent weight than this: trust the prediction as it is
+    overhead_weight: float = 0.05  # weight of one request in the running per-request overhead
+    rate_window_s: float = 2.0  # arrival, completion and per-variant rates
+    size_window_s: float = 1.0  # arrivals per request size, for the price
+    reprice_s: float = 0.01  # the price is recomputed at most this often (it takes ~0.1 ms)
+    snapshot_max_age_s: float = 0.005  # a snapshot older than this is taken again, queues unchanged or not
+    predicted_quantile: float = 0.9  # the latency reported as `predicted_ms`
+
+    # Throughput SLO: the guard engages when arrivals reach `throughput_pressure` of the
+    # mix's capacity, and then asks loose requests for arrivals / pressure of capacity.
+    throughput_pressure: float = 0.8
+    throughput_sustained_fraction: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.cpu_target_utilization <= 1.0:
+            raise ValueError(f"CPU target utilization must be in (0, 1], got {self.cpu_target_utilization}")
+        if not 0.0 < self.min_p_in_time <= 1.0:
+            raise ValueError(f"min_p_in_time must be in (0, 1], got {self.min_p_in_time}")
+
+    @classmethod
+    def without(cls, mechanisms: Collection[str], **fields: float) -> RouterConfig:
+        """The default configuration with the named mechanisms (MECHANISMS) turned off."""
+        unknown = set(mechanisms) - set(MECHANISMS)
+        if unknown:
+            raise ValueError(f"unknown router mechanism(s) {sorted(unknown)}; they are {list(MECHANISMS)}")
+        switches = {f"{name}_on": name not in mechanisms for name in MECHANISMS}
+        return cls(**switches, **fields)  # type: ignore[arg-type]
