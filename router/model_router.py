@@ -22,7 +22,7 @@ from router.hints import RequestHints
 from router.latency import LatencyModel, QueueView, ServiceCurve
 from router.load import Clock, RateMeter
 from router.policy import Decision, decide, pinned
-from router.price import Budget, Offer, cpu_price
+from router.price import Budget, Offer, Price, cpu_price
 from router.ratios import RatioDistribution
 from router.snapshot import RouterSnapshot, VariantView
 
@@ -95,7 +95,7 @@ class ModelRouter:
         self._sizes: dict[int, RateMeter] = {}  # requests per second, per request size
         self._compute = RateMeter(window, clock)  # machine-ms per second of this model's session calls
         self._guard_active = False
-        self._price = 0.0
+        self._price = Price(0.0)
         self._priced_at_s = float("-inf")
         self._snapshot: RouterSnapshot | None = None
         self._queue_marks: tuple[tuple[int, int, float | None], ...] = ()
@@ -158,6 +158,7 @@ class ModelRouter:
             )
             for name, v in self.variants.items()
         )
+        price = self._current_price(now, views)
         return RouterSnapshot(
             taken_s=now,
             variants=views,
@@ -167,7 +168,8 @@ class ModelRouter:
             outside_ms=self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms(),
             cpu_overhead_ms=self.cpu.overhead_ms,
             ratios=ratios,
-            price=self._current_price(now, views),
+            price=price.per_ms,
+            saturated=price.saturated,
             required_rows_s=self._required_rows_s(),
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
@@ -244,7 +246,7 @@ class ModelRouter:
 
     # -- the CPU price and the throughput guard -------------------------------------------
 
-    def _current_price(self, now: float, views: tuple[VariantView, ...]) -> float:
+    def _current_price(self, now: float, views: tuple[VariantView, ...]) -> Price:
         """What one machine-millisecond per row costs in quality now (`router.price`),
         recomputed at most every `reprice_s`.
 
@@ -254,7 +256,7 @@ class ModelRouter:
         size, each at the overhead plus the profiled service time of a variant.
         """
         if not self.config.price_on or not self.cpu.sampled:
-            return 0.0
+            return Price(0.0)
         if now - self._priced_at_s < self.config.reprice_s:
             return self._price
         self._priced_at_s = now

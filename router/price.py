@@ -23,7 +23,7 @@ quality answered per machine-millisecond (Σ λ·quality / Σ λ·cost over the 
 makes): going further, to the cheapest variants, would buy speed with quality where the
 speed no longer makes the traffic fit.
 
-Pure: rates, costs and budget in; the price out.
+Pure: rates, costs and budget in; the price out (and whether it is past saturation).
 """
 
 from __future__ import annotations
@@ -102,17 +102,25 @@ def breakpoints(offers: Sequence[Offer], rows: int) -> list[float]:
     return points
 
 
-def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> float:
+@dataclass(frozen=True)
+class Price:
+    """The price, and whether the traffic fits at any price (`saturated`: it does not)."""
+
+    per_ms: float
+    saturated: bool = False
+
+
+def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> Price:
     """The smallest price at which the arriving requests fit `budget` (0: they fit as they
-    are); if none does, the one with the most quality per machine-millisecond."""
+    are); if none does, the one with the most quality per machine-millisecond, saturated."""
     if not offers or fits(demand(offers, rates, 0.0), budget):
-        return 0.0
+        return Price(0.0)
     sizes = [rows for rows, rate in rates.items() if rate > 0]
     prices = sorted({p * PAST_BREAKPOINT for rows in sizes for p in breakpoints(offers, rows)})
     for price in prices:
         if fits(demand(offers, rates, price), budget):
-            return price
-    return max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price))
+            return Price(price)
+    return Price(max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price)), saturated=True)
 
 
 def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> float:

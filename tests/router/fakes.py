@@ -46,7 +46,9 @@ def snapshot_of(
         for name, quality, ms, capacity in variants
     )
     stretch = ratios.quantile(0.9) if ratios else 1.0
-    return RouterSnapshot(0.0, views, default_slo_ms, 0.0, 0.0, 0.0, ratios, price, required_rows_s, True, stretch)
+    return RouterSnapshot(
+        0.0, views, default_slo_ms, 0.0, 0.0, 0.0, ratios, price, False, required_rows_s, True, stretch
+    )
 
 
 def ratios_of(ratios: list[float]) -> RatioSnapshot:

@@ -262,3 +262,19 @@ def test_explain_says_what_route_does_on_the_same_snapshot() -> None:
         routed = router.route(hints, 1 + step % 4)
         assert routed == explained  # the variant, the reason and every verdict
         answer_as_modelled(router, routed)
+
+
+def test_past_saturation_no_request_overtakes_work_admitted_before_it() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    router.cpu = account = CpuAccount(target=RouterConfig.cpu_target_utilization)
+    account.sample(cpu_s=0.0, wall_s=0.0, cores=1)
+    account.sample(cpu_s=0.5, wall_s=1.0, cores=1)
+    assert not router.snapshot().saturated  # nothing arrives: the traffic fits
+    _route_at(router, clock, 5_000.0, 1.0)  # far more than even distilled carries on one core
+    queues["int8"].running_rows, queues["int8"].running_started_s = 64, clock()  # 14 ms of the cores
+    queues["int8"].queued_rows = 64  # and 14 ms more queued
+    snapshot = router.snapshot()
+    assert snapshot.saturated and snapshot.price > 0
+    # fp32's 1 ms no longer runs beside int8's 28 ms of work (that would be 1 + 1): it waits.
+    assert predictions(router)[0].modelled_ms == pytest.approx(1.0 + 28.0)

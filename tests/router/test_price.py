@@ -8,6 +8,7 @@ from router.price import (
     Budget,
     Demand,
     Offer,
+    Price,
     breakpoints,
     cpu_price,
     demand,
@@ -30,12 +31,12 @@ RATES = {1: 100.0, 8: 100.0}  # fp32: 100 × 1.6 + 100 × 5.8 = 740 machine-ms/s
 
 def test_traffic_that_fits_pays_nothing_and_gets_the_best_variant() -> None:
     assert demand(OFFERS, RATES, 0.0).ms_per_s == pytest.approx(740.0)
-    assert cpu_price(OFFERS, RATES, Budget(0.8)) == 0.0
+    assert cpu_price(OFFERS, RATES, Budget(0.8)).per_ms == 0.0
 
 
 def test_the_price_is_the_smallest_that_fits_and_moves_the_cheapest_quality_first() -> None:
     budget = Budget(0.5)
-    price = cpu_price(OFFERS, RATES, budget)
+    price = cpu_price(OFFERS, RATES, budget).per_ms
     assert price > 0
     assert fits(demand(OFFERS, RATES, price), budget)
     # fp32 → int8 costs 0.002 quality for 0.35 ms/row: the first step down, for both sizes.
@@ -50,9 +51,9 @@ def test_long_service_times_are_priced_out_before_the_machine_is_busy() -> None:
     fp32 = demand(OFFERS, light, 0.0)
     assert fp32.ms_per_s == pytest.approx(370.0)
     assert mean_wait_ms(fp32, Budget(0.8)) == pytest.approx((50 * 1.6**2 + 50 * 5.8**2) / 1e3 / (2 * 0.63))
-    assert cpu_price(OFFERS, light, Budget(0.8)) == 0.0
+    assert cpu_price(OFFERS, light, Budget(0.8)).per_ms == 0.0
     strict = Budget(0.8, max_wait_ms=1.0)
-    assert cpu_price(OFFERS, light, strict) > 0
+    assert cpu_price(OFFERS, light, strict).per_ms > 0
     # The rest of the process counts towards utilization, and so towards the wait too.
     assert mean_wait_ms(fp32, Budget(0.8, rest_ms_per_s=300.0)) > mean_wait_ms(fp32, Budget(0.8))
     assert mean_wait_ms(Demand(900.0, 1.0), Budget(0.8, rest_ms_per_s=200.0)) == float("inf")
@@ -60,7 +61,7 @@ def test_long_service_times_are_priced_out_before_the_machine_is_busy() -> None:
 
 def test_more_traffic_raises_the_price_until_everything_runs_on_the_most_efficient() -> None:
     budget = Budget(0.5)
-    prices = [cpu_price(OFFERS, {1: rate, 8: rate}, budget) for rate in (50.0, 100.0, 150.0, 400.0)]
+    prices = [cpu_price(OFFERS, {1: rate, 8: rate}, budget).per_ms for rate in (50.0, 100.0, 150.0, 400.0)]
     assert prices == sorted(prices) and prices[0] == 0.0 < prices[1]
     flooded = {1: 400.0, 8: 400.0}  # does not fit even on distilled, which answers most quality per ms
     assert not fits(demand(OFFERS, flooded, prices[-1]), budget)
@@ -68,9 +69,9 @@ def test_more_traffic_raises_the_price_until_everything_runs_on_the_most_efficie
 
 
 def test_no_arrivals_or_no_offers_cost_nothing() -> None:
-    assert cpu_price(OFFERS, {}, Budget(0.1)) == 0.0
-    assert cpu_price(OFFERS, {1: 0.0}, Budget(0.1)) == 0.0
-    assert cpu_price([], {1: 100.0}, Budget(0.1)) == 0.0
+    assert cpu_price(OFFERS, {}, Budget(0.1)) == Price(0.0, saturated=False)
+    assert cpu_price(OFFERS, {1: 0.0}, Budget(0.1)) == Price(0.0)
+    assert cpu_price([], {1: 100.0}, Budget(0.1)) == Price(0.0)
 
 
 def test_a_variant_no_better_and_no_cheaper_never_sets_a_price() -> None:
@@ -84,7 +85,9 @@ def test_past_saturation_the_price_keeps_the_variant_with_the_most_quality_per_m
     # retrieves the right sentence far less often. Cheaper cannot make this traffic fit.
     offers = [offer("fp32", 1.0, 2.0), offer("int8", 0.91, 1.0), offer("distilled", 0.70, 0.9)]
     flooded = {1: 2_000.0}
-    price = cpu_price(offers, flooded, Budget(0.6))
+    saturated = cpu_price(offers, flooded, Budget(0.6))
+    assert saturated.saturated
+    price = saturated.per_ms
     assert not fits(demand(offers, flooded, price), Budget(0.6))
     assert pick(offers, 1, price).variant == "int8"  # 0.91 / 2 ms beats 0.70 / 1.9 ms and 1.0 / 3 ms
     assert quality_per_ms(offers, flooded, price) == pytest.approx(0.91 / 2.0)
