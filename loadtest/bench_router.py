@@ -257,10 +257,14 @@ async def trace_workload(
           f"{slo_ms['background']:.1f} ms), fp32 capacity {capacity:.1f} requests/s", flush=True)  # fmt: skip
     window = Trace.load(args.trace).window(args.trace_start, args.arrivals)
     segments = []
+    # Each segment inherits the server's state from the one before (a queue standing, the
+    # ratio histogram); the order alternates between runs so that no policy always follows
+    # the same neighbour.
+    order = policies if run % 2 else tuple(reversed(policies))
     for step, scale in enumerate(args.scales):
         times = window.at_rate(scale * capacity)
         requests = build_requests(bench.inputs, times, window.context_tokens, slo_ms, seed=1000 * run + step)
-        for policy in policies:
+        for policy in order:
             outcomes, slip_ms = await bench.run_policy(policy, requests)
             segment = Segment(name, run, scale, policy, float(times[-1]), outcomes, slip_ms, capacity, slo_ms)
             segments.append(segment)
@@ -288,7 +292,7 @@ async def burst_workload(bench: Bench, policies: tuple[str, ...], args: argparse
     tokens = np.full(len(arrivals), MAX_TOKENS)
     requests = build_requests(bench.inputs, arrivals, tokens, slo_ms, seed=6000 + run)
     segments = []
-    for policy in policies:
+    for policy in policies if run % 2 else tuple(reversed(policies)):
         outcomes, slip_ms = await bench.run_policy(policy, requests)
         segment = Segment("burst", run, 0.0, policy, now, outcomes, slip_ms, capacity, slo_ms)
         segments.append(segment)
@@ -306,7 +310,7 @@ def servers(repository: Path, model: str, names: tuple[str, ...], out: Path) -> 
         for name in names:
             off = name.removeprefix("router-no-") if name != "router" else ""
             extra = ("--router-off", off) if off else ()
-            log = out / f"bench_router_{model}_{name}.log"
+            log = out / f"bench_router_{model}_{name}_server.log"
             addresses[name] = stack.enter_context(running_server(repo, "--hardware-profile", "edge", *extra, log=log))
         yield addresses
 
@@ -363,7 +367,7 @@ def main() -> int:
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument("--trace-start", type=int, default=2000, help="first arrival of the trace window")
     parser.add_argument("--arrivals", type=int, default=600, help="arrivals per segment")
-    parser.add_argument("--digits-arrivals", type=int, default=3000, help="arrivals per digits segment")
+    parser.add_argument("--digits-arrivals", type=int, default=10000, help="arrivals per digits segment")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--workloads", nargs="+", default=["minilm", "digits", "burst"])
     parser.add_argument("--runs", type=int, default=2)

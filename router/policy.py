@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from router.config import RouterConfig
 from router.errors import QualityUnreachableError
@@ -39,9 +40,9 @@ PINNED = "pinned"
 REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A variant as the policy sees it: quality, predicted latency, capacity."""
+class Candidate(NamedTuple):
+    """A variant as the policy sees it: quality, predicted latency, capacity. (A named
+    tuple: every decision makes one per variant, and a frozen dataclass costs more to make.)"""
 
     variant: str
     device: str
