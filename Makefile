@@ -54,7 +54,7 @@ test: lint typecheck unit
 bench-server: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_server --repository $(REPOSITORY)
 
-## bench-router: the router vs pinned variants on an open-loop load ramp (needs `make run`'s repository)
+## bench-router: router vs pinned variants vs ablated routers on a production arrival trace (needs `make run`'s repository)
 bench-router: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
 
