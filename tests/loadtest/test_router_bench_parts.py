@@ -1,0 +1,74 @@
+"""The router bench's pure parts: the trace replay and the scoring of outcomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loadtest.bench_router_report import Outcome, Segment, burst_recovery, verdict_table
+from loadtest.trace import Trace
+
+CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.6805900,374,44
+2023-11-16 18:15:50.9951690,96,109
+2023-11-16 18:15:47.6805900,879,55
+2023-11-16 18:15:56.6805900,91,16
+"""
+
+
+def test_the_trace_is_read_in_time_order_and_compressed_to_a_rate(tmp_path: Path) -> None:
+    path = tmp_path / "trace.csv"
+    path.write_text(CSV)
+    trace = Trace.load(path)
+    assert trace.offsets_s == pytest.approx([0.0, 1.0, 4.314579, 10.0])  # sorted; 7 fractional digits read
+    assert list(trace.context_tokens) == [374, 879, 96, 91]
+    assert trace.mean_rate_rps == pytest.approx(0.3)
+    times = trace.at_rate(3.0)  # ten times faster: the same gaps, scaled
+    assert times == pytest.approx(trace.offsets_s / 10.0)
+    window = trace.window(1, 2)
+    assert window.offsets_s == pytest.approx([0.0, 3.314579]) and list(window.context_tokens) == [879, 96]
+    with pytest.raises(ValueError, match="has 4 arrivals"):
+        trace.window(3, 2)
+    with pytest.raises(SystemExit, match="not found"):
+        Trace.load(tmp_path / "missing.csv")
+
+
+def _outcome(at_s: float, latency_ms: float, correct: bool = True, answered: bool = True) -> Outcome:
+    return Outcome(at_s, "interactive", 50.0, latency_ms, answered, correct and answered, "int8", "OK")
+
+
+def _segment(policy: str, outcomes: list[Outcome], scale: float = 1.0) -> Segment:
+    return Segment("minilm", 1, scale, policy, 10.0, outcomes, 0.0, 60.0, {"interactive": 50.0, "background": 500.0})
+
+
+def test_effective_accuracy_counts_only_correct_answers_within_the_slo() -> None:
+    outcomes = [_outcome(0, 10), _outcome(1, 60), _outcome(2, 10, correct=False), _outcome(3, 0, answered=False)]
+    row = _segment("int8", outcomes).row()
+    assert row["slo_attainment"] == 0.5  # two of four in time (a wrong answer in time counts)
+    assert row["mean_quality"] == pytest.approx(2 / 3)  # right among the answered
+    assert row["effective_accuracy"] == 0.25  # right and in time, over all sent
+    assert row["failed"] == 1 and row["share_int8"] == 1.0
+
+
+def test_the_verdict_compares_the_router_with_the_best_static_policy() -> None:
+    good, late = [_outcome(i, 10) for i in range(8)], [_outcome(i, 99) for i in range(2)]
+    rows = [
+        _segment("int8", good[:6] + late + late[:2]).row(),  # 60 % effective
+        _segment("fp32", good[:4] + late * 3).row(),  # 40 %
+        _segment("router", good + late).row(),  # 80 %
+    ]
+    lines = verdict_table(rows, "minilm")
+    assert "| 1.00 | int8 (60.0%) | 80.0% | +20.0 points | 40.0% / 20.0% (×2.00) |" in lines
+    assert lines[-1] == "| mean | | | **+20.0 points** | |"
+
+
+def test_burst_recovery_is_the_first_second_from_which_the_level_holds() -> None:
+    pre = [_outcome(t, 10) for t in np.arange(0, 20, 0.1)]
+    during = [_outcome(t, 99) for t in np.arange(20, 30, 0.1)]
+    slow = [_outcome(t, 99 if t < 33 else 10) for t in np.arange(30, 50, 0.1)]
+    result = burst_recovery(_segment("router", pre + during + slow, 0.0), 20.0, 30.0)
+    assert result["pre_burst"] == 1.0 and result["burst"] == 0.0
+    assert result["recovered_after_s"] == 3.0  # from second 33 on, every arrival is in time
+    assert result["after_window"] == pytest.approx(17 / 18, abs=0.01)
