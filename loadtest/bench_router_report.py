@@ -19,6 +19,7 @@ VARIANTS = ("fp32", "int8", "pruned", "distilled")
 STATIC = VARIANTS
 RECOVERY_WINDOW_S = 2.0  # the burst target: back within a point of pre-burst this soon after it ends
 RECOVERY_POINTS = 0.01
+GENERATOR_HEADROOM = 1.2  # the generator must offer at least this multiple of what the server carries
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,22 @@ def verdict_table(rows: list[dict[str, float | str | int]], workload: str) -> li
     return lines
 
 
+def generator_check(rows: list[dict[str, float | str | int]], workload: str) -> str:
+    """Whether the load generator could offer more than the server carries (≥ 1.2× at the
+    top load, or the top load measures the generator rather than the server)."""
+    mine = [r for r in rows if r["workload"] == workload]
+    top = [r for r in mine if float(r["scale"]) == max(float(r["scale"]) for r in mine)]
+    offered = min(float(r["offered_rps"]) for r in top)
+    carried = max(float(r["carried_rps"]) for r in top)
+    ratio = offered / carried if carried > 0 else float("inf")
+    verdict = "ok" if ratio >= GENERATOR_HEADROOM else f"below {GENERATOR_HEADROOM}×: the generator may be the limit"
+    slip = max(float(r["slip_ms"]) for r in mine)
+    return (
+        f"Generator: at the top load it offered {offered:.1f} requests/s against at most {carried:.1f} carried "
+        f"(×{ratio:.2f}, {verdict}); worst lateness of a send {slip:.0f} ms."
+    )
+
+
 def ablation_table(rows: list[dict[str, float | str | int]], workload: str) -> list[str]:
     """Effective accuracy of the router with each mechanism off, against all on."""
     cells = _cells(rows, workload)
@@ -252,7 +269,8 @@ def write_reports(segments: list[Segment], out: Path, header: list[str]) -> str:
         verdict = verdict_table(rows, workload)
         lines += [f"## {workload} on the trace", "", *verdict, "",
                   f"Run-to-run noise (mean |run 1 − run 2| of effective accuracy over all cells): "
-                  f"{noise_points(rows, workload):.1f} points.", "", *trace_table(rows, workload), ""]  # fmt: skip
+                  f"{noise_points(rows, workload):.1f} points. {generator_check(rows, workload)}", "",
+                  *trace_table(rows, workload), ""]  # fmt: skip
         if any(str(r["policy"]).startswith("router-no-") for r in rows if r["workload"] == workload):
             lines += [f"### Ablation ({workload}): effective accuracy with one mechanism off (change, points)",
                       "", *ablation_table(rows, workload), ""]  # fmt: skip

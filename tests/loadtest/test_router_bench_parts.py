@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench_router_report import Outcome, Segment, burst_recovery, verdict_table
+from loadtest.bench_router_report import Outcome, Segment, burst_recovery, generator_check, verdict_table
 from loadtest.trace import Trace
 
 CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
@@ -62,6 +62,8 @@ def test_the_verdict_compares_the_router_with_the_best_static_policy() -> None:
     lines = verdict_table(rows, "minilm")
     assert "| 1.00 | int8 (60.0%) | 80.0% | +20.0 points | 40.0% / 20.0% (×2.00) |" in lines
     assert lines[-1] == "| mean | | | **+20.0 points** | |"
+    # Every segment offered 1 request/s and answered all of it: no headroom shown.
+    assert "(×1.00, below 1.2×: the generator may be the limit)" in generator_check(rows, "minilm")
 
 
 def test_burst_recovery_is_the_first_second_from_which_the_level_holds() -> None:
