@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from router.config import RouterConfig
 
-TARGET_UTILIZATION = RouterConfig().cpu_target_utilization  # the share routed traffic may plan to use
+TARGET_UTILIZATION = RouterConfig.cpu_target_utilization  # the share routed traffic may plan to use
 WEIGHT = 0.3  # weight of one sample in the running means
 MIN_REQUESTS = 20  # fewer requests in a window say too little about the overhead
 MAX_WINDOW_S = 10.0  # an overhead window older than this with too few requests is dropped

@@ -14,10 +14,8 @@ What the snapshots cannot see is learned as a distribution of observed / modelle
 (`router.ratios`), from which the router takes the probability of meeting an SLO.
 
 Queue wait: a request joins the variant's queue behind `queued_rows` and waits for the
-batch in flight. The batches the *other* variants have in flight delay it too, since every
-session uses all the cores. Their queued rows do not: each batcher hands
-one batch at a time to the worker threads, so variants take turns rather than queueing
-behind each other's backlog. `RouterSnapshot.modelled_ms` puts these together.
+batch in flight; the other variants' work shares the cores with it.
+`RouterSnapshot.modelled_ms` puts these together.
 """
 
 from __future__ import annotations
@@ -26,6 +24,8 @@ import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from router.config import RouterConfig
 
 
 class QueueView(Protocol):
@@ -84,8 +84,8 @@ class LatencyModel:
         self,
         curve: ServiceCurve,
         max_batch_size: int,
-        weight: float = 0.1,
-        bounds: tuple[float, float] = (0.25, 4.0),
+        weight: float = RouterConfig.correction_weight,
+        bounds: tuple[float, float] = RouterConfig.correction_bounds,
     ) -> None:
         self.curve = curve
         self.max_batch_size = max_batch_size

@@ -52,7 +52,7 @@ class ThroughputStatus:
     completion_rps: float
     mix_capacity_rps: float
     guard_active: bool
-    sustained_fraction: float = 0.95
+    sustained_fraction: float = RouterConfig.throughput_sustained_fraction
 
     @property
     def sustained(self) -> bool:
@@ -164,8 +164,7 @@ class ModelRouter:
             variants=views,
             default_slo_ms=self.default_slo_ms,
             overhead_ms=self.overhead_ms,
-            # The loop is late once before the handler runs and once after it returns.
-            outside_ms=self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms(),
+            outside_ms=self._outside_ms(),
             cpu_overhead_ms=self.cpu.overhead_ms,
             ratios=ratios,
             price=price.per_ms,
@@ -186,7 +185,7 @@ class ModelRouter:
 
     def pinned(self, variant: str, rows: int) -> Decision:
         """The caller named the variant: no choice, but the prediction is still useful."""
-        decision = pinned(self.snapshot(), variant, rows, self.config)
+        decision = pinned(self.snapshot(), variant, rows)
         self._arrive(rows)
         self._shares[variant].add(rows)
         return decision
@@ -241,8 +240,13 @@ class ModelRouter:
         self._observe_ratio(decision, waited_ms)
 
     def _observe_ratio(self, decision: Decision, observed_ms: float) -> None:
-        floor_ms = self.overhead_ms + self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
+        floor_ms = self.overhead_ms + self._outside_ms()  # as RouterSnapshot.floor_ms
         self.ratios.observe(decision.chosen.modelled_ms, observed_ms, self._clock(), floor_ms)
+
+    def _outside_ms(self) -> float:
+        """Time a call spends outside the server's handler: the configured RPC allowance, and
+        the event loop's lateness once before the handler runs and once after it returns."""
+        return self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
 
     # -- the CPU price and the throughput guard -------------------------------------------
 

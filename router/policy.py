@@ -27,7 +27,7 @@ from typing import NamedTuple
 from router.config import RouterConfig
 from router.errors import QualityUnreachableError
 from router.hints import RequestHints
-from router.snapshot import RouterSnapshot
+from router.snapshot import RouterSnapshot, VariantView
 
 # Reasons, as they appear in responses, Explain and the routing-decision metric.
 WITHIN_SLO = "most_accurate_within_slo"
@@ -76,9 +76,9 @@ class Grounds:
     """What a decision was made from, beyond the candidates: enough to explain it later."""
 
     hints: RequestHints
-    price: float = 0.0
-    required_rows_s: float | None = None  # the throughput guard's demand, where it applied
-    min_p_in_time: float = 0.5
+    price: float
+    required_rows_s: float | None  # the throughput guard's demand, where it applied
+    min_p_in_time: float
 
 
 @dataclass(frozen=True)
@@ -119,41 +119,36 @@ class Decision:
         return f"less accurate than '{self.chosen.variant}'"
 
 
-def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None, config: RouterConfig) -> list[Candidate]:
-    """Every variant with its prediction for a request of `rows` rows (and, given an SLO,
-    its probability of answering within it)."""
-    result = []
-    for v in snapshot.variants:
-        modelled = snapshot.modelled_ms(v, rows)
-        result.append(
-            Candidate(
-                variant=v.name,
-                device=v.device,
-                quality=v.quality,
-                predicted_ms=snapshot.predicted_ms(modelled),
-                capacity_rows_s=v.capacity_rows_s,
-                modelled_ms=modelled,
-                p_in_time=1.0 if slo_ms is None else snapshot.p_in_time(modelled, slo_ms),
-                cost_per_row_ms=snapshot.cost_ms(v, rows) / max(rows, 1),
-            )
-        )
-    return result
-
-
-def pinned(snapshot: RouterSnapshot, variant: str, rows: int, config: RouterConfig) -> Decision:
-    """The caller named the variant: no choice, but the prediction is still useful."""
-    view = snapshot.view(variant)
+def candidate(snapshot: RouterSnapshot, view: VariantView, rows: int, slo_ms: float | None) -> Candidate:
+    """One variant's prediction for a request of `rows` rows (and, given an SLO, its
+    probability of answering within it)."""
     modelled = snapshot.modelled_ms(view, rows)
-    candidate = Candidate(
-        variant, view.device, view.quality, snapshot.predicted_ms(modelled),
-        view.capacity_rows_s, modelled, 1.0, snapshot.cost_ms(view, rows) / max(rows, 1),
-    )  # fmt: skip
-    return Decision(variant, PINNED, candidate.predicted_ms, candidate.device, candidate, (candidate,))
+    return Candidate(
+        variant=view.name,
+        device=view.device,
+        quality=view.quality,
+        predicted_ms=snapshot.predicted_ms(modelled),
+        capacity_rows_s=view.capacity_rows_s,
+        modelled_ms=modelled,
+        p_in_time=1.0 if slo_ms is None else snapshot.p_in_time(modelled, slo_ms),
+        cost_per_row_ms=snapshot.cost_ms(view, rows) / max(rows, 1),
+    )
+
+
+def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None) -> list[Candidate]:
+    """Every variant's prediction for a request of `rows` rows."""
+    return [candidate(snapshot, view, rows, slo_ms) for view in snapshot.variants]
+
+
+def pinned(snapshot: RouterSnapshot, variant: str, rows: int) -> Decision:
+    """The caller named the variant: no choice, but the prediction is still useful."""
+    chosen = candidate(snapshot, snapshot.view(variant), rows, None)
+    return Decision(variant, PINNED, chosen.predicted_ms, chosen.device, chosen, (chosen,))
 
 
 def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:
     """Pick a variant for one request of `rows` rows (see the module docstring for the rule)."""
-    pool = candidates(snapshot, rows, hints.slo_ms, config)
+    pool = candidates(snapshot, rows, hints.slo_ms)
     qualifying = [c for c in pool if c.quality >= hints.min_quality]
     if not qualifying:
         best = max(pool, key=lambda c: c.quality)

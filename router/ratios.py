@@ -29,6 +29,8 @@ import bisect
 import math
 from itertools import accumulate
 
+from router.config import RouterConfig
+
 BINS_PER_DOUBLING = 6
 RATIO_LOW, RATIO_HIGH = 0.25, 64.0
 MAX_WEIGHT_DOUBLINGS = 30.0  # rescale before a new weight exceeds 2**30 of the origin's
@@ -65,7 +67,11 @@ class RatioSnapshot:
 class RatioDistribution:
     """Exponentially decaying histogram of observed / modelled latency (module docstring)."""
 
-    def __init__(self, half_life_s: float = 2.0, min_samples: float = 30.0) -> None:
+    def __init__(
+        self,
+        half_life_s: float = RouterConfig.ratio_half_life_s,
+        min_samples: float = RouterConfig.ratio_min_samples,
+    ) -> None:
         self.half_life_s = half_life_s
         self.min_samples = min_samples
         self._weights = [0.0] * len(UPPER_EDGES)

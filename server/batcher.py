@@ -5,8 +5,9 @@ at most `max_queue_delay_ms` for more, then takes requests in order while their 
 `max_batch_size` and their non-batch shapes equal the first one's (as Triton does without
 ragged batching, so no padding can change a result) — except inputs that declare a
 `pad_value` (a masked encoder's token ids and mask): requests that differ only in such
-inputs' lengths share a batch, each padded to the longest with that value. Requests whose deadline has passed
-are answered DEADLINE_EXCEEDED before compute; cancelled calls leave the queue at once.
+inputs' lengths share a batch, each padded to the longest with that value. Requests whose
+deadline has passed are answered DEADLINE_EXCEEDED before compute; cancelled calls leave
+the queue at once.
 The session runs in a worker thread; its outputs are split back by rows. On close, what is
 queued is still served before the loop ends, so a graceful shutdown loses nothing admitted.
 

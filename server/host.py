@@ -20,7 +20,7 @@ from router.config import RouterConfig
 from router.cpu import CpuAccount
 from router.hints import RequestHints, parse_hints
 from router.model_router import ModelRouter
-from router.policy import Decision
+from router.policy import Decision, candidates
 from server.batcher import DynamicBatcher
 from server.errors import DeadlineExceededError, InvalidInputError, NotFoundError, OverloadedError
 from server.feedback import Answer, RecentAnswers
@@ -247,7 +247,7 @@ class ModelHost:
         for name, hosted in self.models.items():
             router = hosted.router
             snapshot = router.snapshot()
-            predicted = {v.name: snapshot.predicted_ms(snapshot.modelled_ms(v, 1)) / 1e3 for v in snapshot.variants}
+            predicted = {c.variant: c.predicted_ms / 1e3 for c in candidates(snapshot, 1, None)}
             variants = {
                 variant: VariantLive(batcher.queue_depth, hosted.stats[variant].in_flight, predicted[variant])
                 for variant, batcher in hosted.batchers.items()

@@ -113,6 +113,6 @@ def test_a_router_answers_after_a_gap_as_it_did_before(gap_s: float) -> None:
     assert after.variant == before == "fp32"
     answer_as_modelled(router, after)
     snapshot = router.snapshot()
-    assert all(math.isfinite(c.predicted_ms) for c in candidates(snapshot, 1, 10.0, router.config))
+    assert all(math.isfinite(c.predicted_ms) for c in candidates(snapshot, 1, 10.0))
     assert snapshot.ratios is None or math.isfinite(snapshot.ratios.quantile(0.9))
     assert router.throughput().arrival_rps >= 0.0 and snapshot.price == 0.0

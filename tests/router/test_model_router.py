@@ -35,7 +35,7 @@ def make_router(
 
 def predictions(router: ModelRouter, rows: int = 1, slo_ms: float | None = None) -> list[Candidate]:
     """Every variant's prediction, from the snapshot the router would decide on now."""
-    return candidates(router.snapshot(), rows, slo_ms, router.config)
+    return candidates(router.snapshot(), rows, slo_ms)
 
 
 def answer_as_modelled(router: ModelRouter, decision: Decision) -> None:
