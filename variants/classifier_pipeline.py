@@ -8,12 +8,15 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
+from variants.chains import REFERENCE, Chain, build_plan
 from variants.data import Split
 from variants.distill import fit_classifier
 from variants.evaluate import classifier_scores
 from variants.hardware import threads_for
+from variants.lowrank import factorise
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
 from variants.pipeline import (
     FIRST_STAGE,
@@ -23,10 +26,11 @@ from variants.pipeline import (
     count_params,
     count_weighted_layers,
     datatype_of,
+    graph_variant,
     last_stage,
-    quantized_variant,
 )
-from variants.prune_sequential import prune_to_fraction, widths
+from variants.prune_graph import group_widths, output_layer, prune_graph_step
+from variants.prune_sequential import is_prunable_sequence, prune_to_fraction, widths
 from variants.quantize import quantize_best
 from variants.recipes import ClassifierRecipe
 from variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec, VariantKind
@@ -57,6 +61,7 @@ def _export(model: nn.Module, held_out: Split) -> tuple[bytes, float]:
 
 
 def _variant(
+    name: str,
     kind: VariantKind,
     model: nn.Module,
     held_out: Split,
@@ -68,7 +73,7 @@ def _variant(
     if isinstance(model, nn.Sequential):
         architecture["widths"] = widths(model)
     return BuiltVariant(
-        name=kind,
+        name=name,
         kind=kind,
         onnx=graph,
         params=count_params(model),
@@ -80,23 +85,26 @@ def _variant(
     )
 
 
-def _int8(fp32: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> BuiltVariant:
+def _int8(parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: Split) -> BuiltVariant:
+    """Static int8 of `parent`'s graph, settings chosen by fidelity to `parent` on a selection slice."""
     selection = {k: v[-recipe.selection_rows :] for k, v in train.inputs.items()}
-    reference = run_batched(make_session(fp32.onnx, threads=1), selection)
+    reference = run_batched(make_session(parent.onnx, threads=1), selection)
 
     def score(graph: bytes) -> float:
         _, agreement = classifier_scores(run_batched(make_session(graph, 1), selection), reference.argmax(1), reference)
         return agreement["top1"] - 0.1 * agreement["kl"]  # KL breaks the ties top-1 leaves
 
     graph, chosen, scores = quantize_best(
-        fp32.onnx,
+        parent.onnx,
         score,
         train.take(recipe.calibration_rows).inputs,
         timing_item=train.take(1).inputs,
         threads=threads_for("cloud-cpu"),
     )
-    return quantized_variant(
-        fp32,
+    return graph_variant(
+        parent,
+        chain.name,
+        "int8",
         graph,
         {
             "method": "static QDQ",
@@ -107,12 +115,67 @@ def _int8(fp32: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> BuiltVa
     )
 
 
+def _prune(
+    parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Iterative structured pruning of a copy of `parent`, distilled from `teacher` between steps."""
+    assert train.labels is not None
+    pruned = copy.deepcopy(parent)
+    settings = recipe.prune_by_chain.get(chain.name, recipe.prune)
+    pruner = settings.pruner
+    if pruner == "auto":
+        pruner = "sequential" if is_prunable_sequence(pruned) else "graph"
+    elif pruner == "sequential" and not is_prunable_sequence(pruned):
+        raise RepositoryError(f"{recipe.name}: pruner 'sequential' needs an nn.Sequential of Conv2d/Linear layers")
+    example = tuple(torch.from_numpy(v) for v in train.take(2).inputs.values())
+    reference = widths(pruned) if pruner == "sequential" else group_widths(pruned)  # type: ignore[arg-type]
+    for step, fraction in enumerate(settings.keep_fractions, start=1):
+        if pruner == "sequential":
+            prune_to_fraction(pruned, reference, fraction)  # type: ignore[arg-type]
+        else:
+            prune_graph_step(pruned, example, reference, fraction)  # type: ignore[arg-type]
+        fit_classifier(
+            pruned,
+            train.inputs,
+            train.labels,
+            epochs=settings.finetune_epochs,
+            lr=settings.lr,
+            teacher=teacher,
+            desc=f"{recipe.name}: {chain.name} step {step}",
+        )
+    return pruned, settings.model_dump() | {"pruner": pruner, "reference_widths": reference}
+
+
+def _lowrank(
+    parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split, head: nn.Module
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Truncated SVD of a copy of `parent`'s layers (not the output layer), then distillation."""
+    assert train.labels is not None
+    factorised = copy.deepcopy(parent)
+    head_name = next((name for name, m in parent.named_modules() if m is head), "")
+    ranks = factorise(factorised, recipe.lowrank.energy, skip={head_name})
+    if recipe.lowrank.finetune_epochs:
+        fit_classifier(
+            factorised,
+            train.inputs,
+            train.labels,
+            epochs=recipe.lowrank.finetune_epochs,
+            lr=recipe.lowrank.lr,
+            teacher=teacher,
+            desc=f"{recipe.name}: {chain.name} fine-tune",
+        )
+    return factorised, recipe.lowrank.model_dump() | {"ranks": ranks}
+
+
 def classifier_pipeline(recipe: ClassifierRecipe) -> PipelineResult:
     return last_stage(classifier_stages(recipe))
 
 
 def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
-    """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time."""
+    """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time.
+
+    Every chain in the recipe is built after its parent (variants.chains); parents the
+    recipe does not list are built too and left out of the result."""
     spec = load_spec(recipe.entry_point)
     train = spec.train.take(recipe.max_train_rows) if recipe.max_train_rows else spec.train
     assert train.labels is not None and spec.held_out.labels is not None
@@ -126,54 +189,56 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
             lr=recipe.teacher_lr,
             desc=f"{recipe.name}: train fp32",
         )
-    fp32 = _variant("fp32", teacher, spec.held_out, recipe={"teacher_epochs": recipe.teacher_epochs})
-    built = [fp32]
-    if "int8" in recipe.variants:
-        built.append(_int8(fp32, recipe, train))
+    networks: dict[str, nn.Module] = {REFERENCE: teacher}
+    built = {
+        REFERENCE: _variant("fp32", "fp32", teacher, spec.held_out, recipe={"teacher_epochs": recipe.teacher_epochs})
+    }
+    head = output_layer(teacher, tuple(torch.from_numpy(v) for v in spec.held_out.take(2).inputs.values()))
     labels = spec.held_out.labels
     result = PipelineResult(
-        config=_config(recipe, spec, fp32),
-        variants=built,
+        config=_config(recipe, spec, built[REFERENCE]),
+        variants=[built[REFERENCE]],
         held_out=spec.held_out.inputs,
         labels=spec.held_out.labels,
         score=lambda logits, reference: classifier_scores(logits, labels, reference),
     )
-    if set(recipe.variants) - set(FIRST_STAGE):
-        yield result.snapshot()
-    if "pruned" in recipe.variants:
-        if not isinstance(teacher, nn.Sequential):
-            raise RepositoryError(f"{recipe.name}: structured pruning needs an nn.Sequential teacher")
-        pruned = copy.deepcopy(teacher)
-        reference_widths = widths(pruned)
-        for step, fraction in enumerate(recipe.prune.keep_fractions, start=1):
-            prune_to_fraction(pruned, reference_widths, fraction)
-            fit_classifier(
-                pruned,
-                train.inputs,
-                train.labels,
-                epochs=recipe.prune.finetune_epochs,
-                lr=recipe.prune.lr,
-                teacher=teacher,
-                desc=f"{recipe.name}: prune step {step}",
-            )
-        variant = _variant("pruned", pruned, spec.held_out, source="fp32", recipe=recipe.prune.model_dump())
-        variant.architecture["reference_widths"] = reference_widths
-        built.append(variant)
-    if "distilled" in recipe.variants:
-        if spec.student is None:
-            raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")
-        student = fit_classifier(
-            spec.student,
-            train.inputs,
-            train.labels,
-            epochs=recipe.distill.epochs,
-            lr=recipe.distill.lr,
-            teacher=teacher,
-            temperature=recipe.distill.temperature,
-            alpha=recipe.distill.alpha,
-            desc=f"{recipe.name}: distil student",
-        )
-        built.append(_variant("distilled", student, spec.held_out, source="fp32", recipe=recipe.distill.model_dump()))
+    plan = build_plan(recipe.variants)
+    first = [chain for chain in plan if chain.name in FIRST_STAGE]
+    for stage in (first, [chain for chain in plan if chain not in first]):
+        for chain in stage:
+            if chain.name in built:
+                continue
+            parent = chain.parent.name
+            if chain.last == "int8":
+                built[chain.name] = _int8(built[parent], chain, recipe, train)
+                continue
+            if chain.last == "distilled":
+                if spec.student is None:
+                    raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")
+                network: nn.Module = fit_classifier(
+                    spec.student,
+                    train.inputs,
+                    train.labels,
+                    epochs=recipe.distill.epochs,
+                    lr=recipe.distill.lr,
+                    teacher=teacher,
+                    temperature=recipe.distill.temperature,
+                    alpha=recipe.distill.alpha,
+                    desc=f"{recipe.name}: distil student",
+                )
+                info: dict[str, Any] = recipe.distill.model_dump()
+            elif chain.last == "pruned":
+                network, info = _prune(networks[parent], teacher, chain, recipe, train)
+            else:
+                network, info = _lowrank(networks[parent], teacher, chain, recipe, train, head)
+            networks[chain.name] = network
+            variant = _variant(chain.name, chain.kind, network, spec.held_out, source=parent, recipe=info)
+            if "reference_widths" in info:
+                variant.architecture["reference_widths"] = info.pop("reference_widths")
+            built[chain.name] = variant
+        result.variants = [built[REFERENCE]] + [built[n] for n in recipe.variants if n in built and n != REFERENCE]
+        if stage is first and len(result.variants) < len(set(recipe.variants) | {REFERENCE}):
+            yield result.snapshot()
     yield result.snapshot()
 
 
@@ -189,5 +254,5 @@ def _config(recipe: ClassifierRecipe, spec: ClassifierSpec, fp32: BuiltVariant) 
         outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, classes])],
         quality_metric=QualityMetric(name="accuracy", description="top-1 accuracy on the held-out split"),
         labels=spec.labels,
-        **recipe.serving.model_dump(),
+        **recipe.serving.model_yaml_fields(),
     )

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from variants.evaluate import classifier_scores, encoder_scores
 from variants.hardware import threads_for
 from variants.onnx_io import make_session, run_batched
-from variants.pipeline import BuiltVariant, PipelineResult, datatype_of, quantized_variant
+from variants.pipeline import BuiltVariant, PipelineResult, datatype_of, graph_variant
 from variants.quantize import quantize_best
 from variants.recipes import OnnxRecipe
 from variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
@@ -81,8 +81,12 @@ def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
         timing_item={k: v[:1] for k, v in held_out.items()},
         threads=threads_for("cloud-cpu"),
     )
-    int8 = quantized_variant(
-        fp32, int8_graph, {"method": recipe.quantization, "settings": chosen.label, "selection_scores": scores}
+    int8 = graph_variant(
+        fp32,
+        "int8",
+        "int8",
+        int8_graph,
+        {"method": recipe.quantization, "settings": chosen.label, "selection_scores": scores},
     )
     output = session.get_outputs()[0]
     sample_out = run_batched(session, {k: v[:1] for k, v in held_out.items()})
@@ -102,7 +106,7 @@ def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
             inputs=[TensorSpec(name=k, datatype=datatype_of(v), shape=[-1, *v.shape[1:]]) for k, v in held_out.items()],
             outputs=[TensorSpec(name=output.name, datatype="FP32", shape=[-1, *sample_out.shape[1:]])],
             quality_metric=QualityMetric(name=metric, description="fidelity to the fp32 graph on held-out rows"),
-            **recipe.serving.model_dump(),
+            **recipe.serving.model_yaml_fields(),
         ),
         variants=[fp32, int8],
         held_out=held_out,

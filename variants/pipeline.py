@@ -31,23 +31,25 @@ class BuiltVariant:
     export_max_abs_diff: float | None = None
 
 
-def quantized_variant(fp32: BuiltVariant, graph: bytes, recipe: dict[str, Any]) -> BuiltVariant:
-    """The int8 variant of `fp32`: same architecture, parameters and MACs, another graph."""
+def graph_variant(
+    parent: BuiltVariant, name: str, kind: VariantKind, graph: bytes, recipe: dict[str, Any]
+) -> BuiltVariant:
+    """A variant made by rewriting `parent`'s graph (int8, int4): same network, other weights."""
     return BuiltVariant(
-        name="int8",
-        kind="int8",
+        name=name,
+        kind=kind,
         onnx=graph,
-        params=fp32.params,
-        macs=fp32.macs,
-        source=fp32.name,
-        architecture=fp32.architecture,
+        params=parent.params,
+        macs=parent.macs,
+        source=parent.name,
+        architecture=parent.architecture,
         recipe=recipe,
     )
 
 
 # Built and published first, so that a new repository serves within minutes: the cheap
 # variants (no training beyond the reference's); the others follow (`slimserve build --staged`).
-FIRST_STAGE: tuple[VariantKind, ...] = ("fp32", "int8")
+FIRST_STAGE: tuple[str, ...] = ("fp32", "int8")
 
 
 @dataclass

@@ -113,3 +113,10 @@ def prune_to_fraction(model: nn.Sequential, reference_widths: list[int], fractio
         if target < len(scores):
             prune_unit(model, unit, scores.topk(target).indices.sort().values)
     return model
+
+
+def is_prunable_sequence(model: nn.Module) -> bool:
+    """An nn.Sequential whose weighted layers are all its own children: what this pruner slices."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    return all(isinstance(m, Weighted) or not any(isinstance(c, Weighted) for c in m.modules()) for m in model)

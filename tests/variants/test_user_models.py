@@ -54,3 +54,17 @@ def test_onnx_file_that_is_not_onnx_is_reported(tmp_path: Path) -> None:
     recipe = OnnxRecipe(name="broken", path=tmp_path / "broken.onnx", calibration=tmp_path / "calibration.npy")
     with pytest.raises(RepositoryError, match="not a valid ONNX model"):
         build_model(recipe, tmp_path / "repo")
+
+
+def test_a_residual_network_builds_every_variant_with_the_graph_pruner(tmp_path: Path) -> None:
+    recipe = tiny_digits_recipe(name="stripes", entry_point="tests.variants.user_model:resnet_spec")
+    recipe = recipe.model_copy(update={"variants": ["fp32", "int8", "pruned", "distilled", "pruned-int8", "lowrank"]})
+    entry = build_model(recipe, tmp_path)
+    manifests = {name: v.manifest for name, v in entry.variants.items()}
+    assert set(manifests) == {"fp32", "int8", "pruned", "distilled", "pruned-int8", "lowrank"}
+    assert manifests["pruned"].recipe["pruner"] == "graph"  # not an nn.Sequential: the hand-written one cannot
+    assert manifests["pruned"].measurements.params < 0.5 * manifests["fp32"].measurements.params
+    for name in ("fp32", "pruned", "distilled", "lowrank"):
+        diff = manifests[name].measurements.export_max_abs_diff
+        assert diff is not None and diff < 1e-4  # each exported graph computes what its torch network does
+    assert manifests["pruned"].measurements.quality["accuracy"] > 0.5

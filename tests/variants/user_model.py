@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from variants.data import Split
@@ -29,3 +30,60 @@ def spec() -> ClassifierSpec:
 
 def not_a_spec() -> str:
     return "oops"
+
+
+class _Residual(nn.Module):
+    """conv-BN-ReLU-conv-BN added to its input, then ReLU: the ResNet basic block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class TinyResNet(nn.Module):
+    """A stem, two residual blocks that add into one stream, a head: not an nn.Sequential."""
+
+    def __init__(self, width: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(_Residual(width), _Residual(width))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def _stripes(count: int, seed: int) -> Split:
+    """8×8 images of horizontal, vertical or diagonal stripes, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=count)
+    grid = np.arange(8)
+    patterns = np.stack(
+        [
+            np.tile((grid % 2)[:, None], (1, 8)),
+            np.tile((grid % 2)[None, :], (8, 1)),
+            (grid[:, None] + grid[None, :]) % 2,
+        ]
+    ).astype(np.float32)
+    images = patterns[labels] + 0.5 * rng.normal(size=(count, 8, 8))
+    return Split({"image": images[:, None].astype(np.float32)}, labels.astype(np.int64))
+
+
+def resnet_spec() -> ClassifierSpec:
+    return ClassifierSpec(
+        teacher=TinyResNet(16),
+        student=TinyResNet(8),
+        train=_stripes(384, 0),
+        held_out=_stripes(96, 1),
+        trained=False,
+        description="a residual CNN on stripe images",
+    )

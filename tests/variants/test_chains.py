@@ -1,0 +1,60 @@
+"""Variant chains: what a name means, what is built for it, and which recipes are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from variants.chains import Chain, build_plan, parse_chain
+from variants.recipes import ClassifierPrune, ClassifierRecipe, EncoderRecipe, ServingSettings, load_recipes
+
+
+def test_a_chain_name_is_its_steps_in_order() -> None:
+    chain = parse_chain("distilled-pruned-int8")
+    assert chain.steps == ("distilled", "pruned", "int8")
+    assert chain.kind == "int8"
+    assert chain.parent.name == "distilled-pruned"
+    assert chain.parent.parent.parent.name == "fp32"
+    assert parse_chain("fp32") == Chain(())
+
+
+@pytest.mark.parametrize(
+    ("name", "complaint"),
+    [
+        ("pruned-int9", "unknown step 'int9'"),
+        ("int8-pruned", "must come last"),
+        ("int8-int4", "must come last"),
+        ("pruned-distilled", "must come first"),
+        ("pruned-pruned", "appears twice"),
+        ("", "unknown step"),
+    ],
+)
+def test_a_chain_that_cannot_be_built_is_refused_with_the_reason(name: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse_chain(name)
+
+
+def test_the_plan_builds_every_parent_first_once() -> None:
+    plan = [chain.name for chain in build_plan(["int8", "distilled-pruned-int8", "pruned-int8", "distilled"])]
+    assert plan == ["fp32", "int8", "distilled", "distilled-pruned", "distilled-pruned-int8", "pruned", "pruned-int8"]
+
+
+def test_recipes_refuse_what_their_pipeline_cannot_build() -> None:
+    with pytest.raises(ValidationError, match="int4"):
+        ClassifierRecipe(name="d", entry_point="m:f", variants=["fp32", "int4"])
+    with pytest.raises(ValidationError, match="unknown step"):
+        EncoderRecipe(variants=["fp32", "quantized"])
+    with pytest.raises(ValidationError, match="listed twice"):
+        EncoderRecipe(variants=["fp32", "int8", "int8"])
+    with pytest.raises(ValidationError, match="does not build"):
+        EncoderRecipe(variants=["fp32", "int8"], serving=ServingSettings(always_serve=["pruned"]))
+    with pytest.raises(ValidationError, match="does not end in a pruned step"):
+        ClassifierRecipe(name="d", entry_point="m:f", prune_by_chain={"distilled": ClassifierPrune()})
+
+
+def test_the_opt_in_candidates_recipe_is_valid() -> None:
+    recipes = load_recipes(Path(__file__).parents[2] / "recipes" / "candidates.yaml")
+    assert {r.name for r in recipes} == {"digits", "minilm"}
+    assert all("lowrank-int8" in r.variants for r in recipes)  # type: ignore[union-attr]
