@@ -156,7 +156,7 @@ def _build(args: argparse.Namespace) -> int:
         existing = args.repository / recipe.name
         if args.skip_existing and (existing / "model.yaml").is_file():
             entry = load_model(existing)
-            missing = [v for v in planned_variants(recipe) if v not in entry.variants]
+            missing = [v for v in planned_variants(recipe) if v not in entry.candidates]
             if not missing:
                 logging.getLogger("slimserve").info("%s: already built, reusing %s", recipe.name, existing)
                 entries[recipe.name] = entry

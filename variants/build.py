@@ -13,11 +13,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
 from variants.classifier_pipeline import classifier_stages
+from variants.coded_size import coded_bytes
 from variants.encoder_pipeline import encoder_stages
 from variants.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
+from variants.memory import session_rss_bytes
 from variants.onnx_io import make_session, run_batched
 from variants.onnx_pipeline import onnx_pipeline
+from variants.pareto import served_set
 from variants.pipeline import PipelineResult, last_stage
 from variants.profile import build_profiles, profile_sessions, synthetic_batch
 from variants.recipes import ClassifierRecipe, EncoderRecipe, OnnxRecipe, ProfileSettings
@@ -92,7 +97,7 @@ def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:
     --hardware-profile edge` adds the one-core profile afterwards.
     """
     started = time.monotonic()
-    entry = publish(recipe, repo, run_pipeline(recipe), recipe.profile)
+    entry = publish(recipe, repo, run_pipeline(recipe), recipe.profile, final=True)
     log.info("built %s in %.0f s", recipe.name, time.monotonic() - started)
     return entry
 
@@ -118,24 +123,29 @@ def build_staged(recipes: list[AnyRecipe], repo: Path) -> dict[str, ModelEntry]:
             settings = recipe.profile if final else recipe.profile.model_copy(
                 update={"seconds_per_batch_size": FIRST_STAGE_PROFILE_S}
             )  # fmt: skip
-            entries[name] = publish(recipe, repo, result, settings)
+            entries[name] = publish(recipe, repo, result, settings, final=final)
             log.info("%s: published %s after %.0f s%s", name, ", ".join(built), time.monotonic() - started,
                      f"; still building {', '.join(to_come)}" if to_come else "")  # fmt: skip
     return entries
 
 
-def publish(recipe: AnyRecipe, repo: Path, result: PipelineResult, settings: ProfileSettings) -> ModelEntry:
-    """Evaluate and profile `result`'s variants, and publish them as the model, in one rename."""
+def publish(
+    recipe: AnyRecipe, repo: Path, result: PipelineResult, settings: ProfileSettings, final: bool
+) -> ModelEntry:
+    """Evaluate, profile and measure `result`'s variants, and publish them as the model, in
+    one rename. The final publication also decides the served set (recipe `serving.serve`)."""
     reference = result.variants[0]
     threads = threads_for("cloud-cpu")
     outputs = {v.name: run_batched(make_session(v.onnx, threads), result.held_out) for v in result.variants}
     profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, settings, "cloud-cpu")
+    full_batch = synthetic_batch(result.config.inputs, result.config.max_batch_size, settings.seq_len)
     staged = staging_dir(repo, recipe.name)
     built_at = now()
-    for variant in result.variants:
+    manifests: dict[str, VariantManifest] = {}
+    for variant in tqdm(result.variants, desc=f"{recipe.name}: measure", unit="variant", leave=False):
         quality, agreement = result.score(outputs[variant.name], outputs[reference.name])
         profile = profiles[variant.name]
-        manifest = VariantManifest(
+        manifests[variant.name] = VariantManifest(
             name=variant.name,
             kind=variant.kind,
             source=variant.source,
@@ -149,14 +159,23 @@ def publish(recipe: AnyRecipe, repo: Path, result: PipelineResult, settings: Pro
                 agreement=agreement,
                 export_max_abs_diff=variant.export_max_abs_diff,
                 eval_items=len(outputs[variant.name]),
+                coded_bytes=coded_bytes(variant.onnx),
+                session_rss_bytes=session_rss_bytes(variant.onnx, full_batch, threads),
             ),
             seed_formulas=SeedFormulas.of(reference.params, variant.params, len(reference.onnx), len(variant.onnx)),
             profiles={profile.hardware.key: profile},
             onnx_sha256=sha256_of(variant.onnx),
             built_at=built_at,
         )
-        write_variant(staged, manifest, variant.onnx)
-    write_model_config(staged, result.config)
+        write_variant(staged, manifests[variant.name], variant.onnx)
+    config = result.config
+    serving = recipe.serving
+    if final and serving.serve == "front":
+        key = fingerprint(threads).key
+        served = served_set(manifests, config.quality_metric.name, key, reference.name, serving.always_serve,
+                            serving.max_served_variants)  # fmt: skip
+        config = config.model_copy(update={"served_variants": served})
+    write_model_config(staged, config)
     publish_model(staged, repo, recipe.name)
     return load_model(repo / recipe.name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from variants.pareto import front, tradeoffs
 from variants.repository import ModelEntry, Profile
 
 
@@ -29,8 +30,12 @@ def pick_profile(profiles: dict[str, Profile], hardware_key: str | None) -> Prof
 
 
 def table_rows(entry: ModelEntry, hardware_key: str | None = None) -> list[dict[str, Any]]:
+    """Every built variant (served or not) on this machine's profile, its Pareto standing marked."""
     rows = []
-    for name, variant in entry.variants.items():
+    manifests = {name: variant.manifest for name, variant in entry.candidates.items()}
+    shown = pick_profile(manifests[entry.config.reference_variant].profiles, hardware_key)
+    on_front = front(tradeoffs(manifests, entry.config.quality_metric.name, shown.hardware.key)) if shown else set()
+    for name, variant in entry.candidates.items():
         m = variant.manifest.measurements
         seed = variant.manifest.seed_formulas
         profile = pick_profile(variant.manifest.profiles, hardware_key)
@@ -39,9 +44,17 @@ def table_rows(entry: ModelEntry, hardware_key: str | None = None) -> list[dict[
             {
                 "variant": name,
                 "kind": variant.manifest.kind,
+                "source": variant.manifest.source,
+                "served": name in entry.variants,
+                "pareto_front": name in on_front,
                 "params": m.params,
                 "macs": m.macs,
                 "size_bytes": m.size_bytes,
+                "coded_bytes": m.coded_bytes,
+                "alpha_coded": (manifests[entry.config.reference_variant].measurements.size_bytes / m.coded_bytes)
+                if m.coded_bytes
+                else None,
+                "session_rss_bytes": m.session_rss_bytes,
                 "alpha_params": seed.alpha_params,
                 "alpha_bytes": seed.alpha_bytes,
                 "beta_params": seed.beta_params,
@@ -64,16 +77,21 @@ def _fmt_scores(scores: dict[str, float]) -> str:
 
 def render_table(entry: ModelEntry, hardware_key: str | None = None) -> str:
     """A fixed-width table: one line per variant."""
-    header = ["variant", "params", "MACs", "size", "α p/b", "β p/b", "δ@1", "p50@1 ms", "quality", "agreement"]
+    header = ["variant", "served", "params", "MACs", "size", "coded", "memory", "α p/b/coded", "β p/b", "δ@1",
+              "p50@1 ms", "quality", "agreement"]  # fmt: skip
     lines = []
     for row in table_rows(entry, hardware_key):
         lines.append(
             [
-                row["variant"],
+                row["variant"] + (" ★" if row["pareto_front"] else ""),
+                "yes" if row["served"] else "no",
                 _human_count(row["params"]),
                 _human_count(row["macs"]) if row["macs"] is not None else "-",
                 _human_bytes(row["size_bytes"]),
-                f"{row['alpha_params']:.2f}/{row['alpha_bytes']:.2f}",
+                _human_bytes(row["coded_bytes"]) if row["coded_bytes"] else "-",
+                _human_bytes(row["session_rss_bytes"]) if row["session_rss_bytes"] is not None else "-",
+                f"{row['alpha_params']:.2f}/{row['alpha_bytes']:.2f}/"
+                + (f"{row['alpha_coded']:.2f}" if row["alpha_coded"] else "-"),
                 f"{row['beta_params']:.2f}/{row['beta_bytes']:.2f}",
                 f"{row['speedup_batch1']:.2f}x" if row["speedup_batch1"] else "-",
                 f"{row['p50_ms_batch1']:.3f}" if row["p50_ms_batch1"] is not None else "-",
@@ -86,6 +104,7 @@ def render_table(entry: ModelEntry, hardware_key: str | None = None) -> str:
     title = (
         f"{config.name} ({config.task}; quality = {config.quality_metric.name}; reference = {config.reference_variant})"
     )
+    title += "\n★ Pareto front (quality, p95 at batch 1, size) on the profile shown; memory = session RSS at max batch"
     out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     return "\n".join(out)

@@ -28,12 +28,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Datatype = Literal["FP32", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL"]
-VariantKind = Literal["fp32", "int8", "pruned", "distilled", "lowrank", "fp16"]
+# A variant's kind is the last step of its chain (variants.chains): `pruned-int8` is an int8.
+VariantKind = Literal["fp32", "int8", "int4", "pruned", "distilled", "lowrank", "fp16"]
 MODEL_FILE = "model.yaml"
 ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "variant.json"
 # The order in which tables list variants: the reference first, cheaper ones after.
-KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8", "pruned", "lowrank", "distilled")
+KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8", "int4", "pruned", "lowrank", "distilled")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_NAME_CHARS = 128
 
@@ -137,6 +138,11 @@ class ModelConfig(_Strict):
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     throughput_slo_rps: float | None = Field(default=None, gt=0, description="requests/s the router must sustain")
     labels: list[str] | None = None
+    served_variants: list[str] | None = Field(
+        default=None,
+        description="the variants the server loads (the reference and default among them); "
+        "None serves every variant built. The others stay in the repository as measured candidates.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -208,6 +214,16 @@ class Measurements(_Strict):
     agreement: dict[str, float] = Field(description="vs the reference variant")
     export_max_abs_diff: float | None = None
     eval_items: int = Field(ge=1)
+    coded_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Deep Compression's storage figure: every weight tensor Huffman-coded, plus the graph",
+    )
+    session_rss_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="peak RSS a fresh process gains by loading the session and running it at max batch",
+    )
 
 
 class VariantManifest(_Strict):
@@ -246,10 +262,11 @@ class VariantEntry(BaseModel):
 
 
 class ModelEntry(BaseModel):
-    """A loaded model: its config and its variants by name."""
+    """A loaded model: its config, the variants it serves and every variant built, by name."""
 
     config: ModelConfig
-    variants: dict[str, VariantEntry]
+    variants: dict[str, VariantEntry] = Field(description="the served ones: what the server loads and routes")
+    candidates: dict[str, VariantEntry] = Field(description="every variant in the folder, served or not")
     path: Path
 
 
@@ -316,17 +333,33 @@ def load_model(model_dir: Path, root: Path | None = None) -> ModelEntry:
             raise RepositoryError(f"{onnx_path}: missing")
         inside(onnx_path, root)
         variants[manifest.name] = VariantEntry(manifest=manifest, onnx_path=onnx_path)
+    missing = [name for name in config.served_variants or [] if name not in variants]
+    if missing:
+        raise RepositoryError(
+            f"{model_dir / MODEL_FILE}: field 'served_variants': no variant {', '.join(map(repr, missing))} "
+            f"(found: {', '.join(variants) or 'none'})"
+        )
+    served = set(variants if config.served_variants is None else config.served_variants)
     for role in ("reference_variant", "default_variant"):
         if getattr(config, role) not in variants:
             raise RepositoryError(
                 f"{model_dir / MODEL_FILE}: field '{role}': no variant {getattr(config, role)!r} "
                 f"(found: {', '.join(variants) or 'none'})"
             )
+        if getattr(config, role) not in served:
+            raise RepositoryError(
+                f"{model_dir / MODEL_FILE}: field '{role}': {getattr(config, role)!r} is not in served_variants"
+            )
     ordered = sorted(
         variants.values(),
         key=lambda v: (v.manifest.name != config.reference_variant, KIND_ORDER.index(v.manifest.kind), v.manifest.name),
     )
-    return ModelEntry(config=config, variants={v.manifest.name: v for v in ordered}, path=model_dir)
+    return ModelEntry(
+        config=config,
+        variants={v.manifest.name: v for v in ordered if v.manifest.name in served},
+        candidates={v.manifest.name: v for v in ordered},
+        path=model_dir,
+    )
 
 
 def _check_folder_name(folder: Path, what: str) -> None:

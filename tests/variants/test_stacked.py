@@ -1,0 +1,76 @@
+"""Stacked variants built end to end: chains of steps, front-only serving, memory, int4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
+from variants.build import build_model
+from variants.hardware import fingerprint, threads_for
+from variants.pareto import dominates, tradeoffs
+from variants.recipes import EncoderPrune, EncoderPruneStep, EncoderRecipe, ServingSettings
+from variants.repository import ModelEntry
+
+CHAINS = ["fp32", "int8", "distilled", "distilled-pruned-int8", "pruned-int8", "lowrank-int8"]
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory: pytest.TempPathFactory) -> ModelEntry:
+    recipe = tiny_digits_recipe().model_copy(
+        update={
+            "variants": CHAINS,
+            "serving": ServingSettings(default_slo_ms=20.0, serve="front", always_serve=["int8"]),
+        }
+    )
+    return build_model(recipe, tmp_path_factory.mktemp("stacked"))
+
+
+def test_each_chain_is_built_from_its_parent(stacked: ModelEntry) -> None:
+    manifests = {name: v.manifest for name, v in stacked.candidates.items()}
+    assert set(manifests) == set(CHAINS)  # parents not asked for (pruned, lowrank, …) are not published
+    assert (manifests["distilled-pruned-int8"].kind, manifests["distilled-pruned-int8"].source) == (
+        "int8",
+        "distilled-pruned",
+    )
+    assert manifests["pruned-int8"].source == "pruned"
+    assert manifests["distilled-pruned-int8"].measurements.params < manifests["distilled"].measurements.params
+    assert manifests["lowrank-int8"].recipe["method"] == "static QDQ"
+
+
+def test_only_the_front_and_the_promised_variants_are_served(stacked: ModelEntry) -> None:
+    key = fingerprint(threads_for("cloud-cpu")).key
+    manifests = {name: v.manifest for name, v in stacked.candidates.items()}
+    places = {t.name: t for t in tradeoffs(manifests, "accuracy", key)}
+    assert {"fp32", "int8"} <= set(stacked.variants)
+    for name in set(stacked.candidates) - set(stacked.variants):
+        assert any(dominates(places[other], places[name]) for other in places)
+    for name in set(stacked.variants) - {"fp32", "int8"}:
+        assert not any(dominates(places[other], places[name]) for other in places)
+
+
+def test_every_variant_knows_its_memory(stacked: ModelEntry) -> None:
+    memory = {name: v.manifest.measurements.session_rss_bytes for name, v in stacked.candidates.items()}
+    assert all(m is not None and m > 0 for m in memory.values())
+    assert memory["fp32"] > memory["distilled-pruned-int8"]  # type: ignore[operator]
+
+
+def test_minilm_int4_is_a_quarter_of_int8_size_within_its_quality_budget(tmp_path: Path) -> None:
+    recipe = EncoderRecipe(
+        variants=["fp32", "int4"],
+        train_sentences=64,
+        eval_sentences=24,
+        selection_sentences=16,
+        max_tokens=32,
+        prune=EncoderPrune(steps=[EncoderPruneStep(heads=8, ffn=1024)]),
+        profile=QUICK_PROFILE,
+    )
+    entry = build_model(recipe, tmp_path)
+    int4 = entry.variants["int4"].manifest
+    fp32 = entry.variants["fp32"].manifest
+    assert int4.kind == "int4" and int4.source == "fp32"
+    assert int4.measurements.size_bytes < fp32.measurements.size_bytes / 5
+    chosen = int4.recipe
+    assert chosen["selection_score"] >= 1 - recipe.int4.max_cosine_drop or len(chosen["matmuls_at_8_bits"]) == 36
+    assert int4.measurements.quality["cosine"] > 0.9
