@@ -5,7 +5,9 @@ there, and from the start of `make run` measures, with `tritonclient`:
 - the first moment the gRPC port answers a health check (the server is up, maybe empty);
 - the first successful `digits` inference (the goal: ≤ 180 s on a 2-core machine);
 - the first successful `minilm` inference;
-- the moment ListVariants lists every variant of both models and none still building.
+- the moment ListVariants lists at least the four promised variants of both models and
+  none still building (the build has published every variant; those off the Pareto front
+  stay unserved candidates, so the count served can be more than four, never less).
 Then it stops `make run` with SIGTERM. The first run installs the virtual environment from
 the package index, as a new user's does. Uses ports 8001 and 8002: nothing else may hold them.
 """
@@ -30,7 +32,7 @@ from protos import slimserve_pb2, slimserve_pb2_grpc
 
 ADDRESS = "127.0.0.1:8001"
 POLL_S = 0.5
-VARIANTS_PER_MODEL = 4
+VARIANTS_PER_MODEL = 4  # fp32, int8, pruned, distilled: always served
 
 
 def _digits_ok(client: triton.InferenceServerClient) -> bool:
@@ -76,8 +78,9 @@ def measure(clone: Path, timeout_s: float) -> dict[str, object]:
                     marks["first_minilm_answer_s"] = now
                 if "first_minilm_answer_s" in marks:
                     served, building = _listing()
-                    if served == 2 * VARIANTS_PER_MODEL and building == 0:
+                    if served >= 2 * VARIANTS_PER_MODEL and building == 0:
                         marks["all_variants_s"] = now
+                        marks["variants_served"] = served
                         break
             except Exception:  # not up yet, model not loaded yet: keep polling
                 pass

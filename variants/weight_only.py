@@ -92,21 +92,29 @@ def _eight_bit(model: onnx.ModelProto, work: Path) -> bytes:
 
 
 def quantize_weight_only(
-    parent_onnx: bytes, score: Scorer, max_drop: float, block_size: int, embedding_block_size: int
+    parent_onnx: bytes,
+    score: Scorer,
+    max_drop: float,
+    block_size: int,
+    embedding_block_size: int,
+    rank_score: Scorer | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """The smallest mixed 4/8-bit graph whose selection score is within `max_drop` of the parent's.
 
-    `score(graph)` compares a graph's outputs with the parent's (1.0 = the same). Returns
-    the graph and what was chosen: which MatMuls stay 8-bit, each one's measured loss at 4
-    bits alone, and the final score.
+    `score(graph)` compares a graph's outputs with the parent's (1.0 = the same);
+    `rank_score`, a cheaper one on fewer inputs, ranks the MatMuls (default: `score`).
+    Returns the graph and what was chosen: which MatMuls stay 8-bit, each one's measured
+    loss at 4 bits alone, and the final score.
     """
+    rank_score = rank_score or score
     model = onnx.version_converter.convert_version(onnx.load_from_string(parent_onnx), INT4_OPSET)
     weights = _weighted_matmuls(model)
     with tempfile.TemporaryDirectory(prefix="slimserve-int4-") as tmp:
         work = Path(tmp)
         losses: dict[str, float] = {}
         for weight in tqdm(weights, desc="int4: loss per MatMul", unit="matmul", leave=False):
-            losses[weight.node] = 1.0 - score(_four_bit(model, {weight.node}, block_size, None).SerializeToString())
+            alone = _four_bit(model, {weight.node}, block_size, None).SerializeToString()
+            losses[weight.node] = 1.0 - rank_score(alone)
         # A MatMul kept at 8 bits costs about half a byte more per weight: keep first those
         # that lose the most quality per weight, until the losses left (which add up only
         # roughly) fit the budget; then measure, and keep one more while the graph misses it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
@@ -14,6 +15,7 @@ from variants.recipes import EncoderPrune, EncoderPruneStep, EncoderRecipe, Serv
 from variants.repository import ModelEntry
 
 CHAINS = ["fp32", "int8", "distilled", "distilled-pruned-int8", "pruned-int8", "lowrank-int8"]
+MAX_SERVED = 3  # fewer than the front can hold, so some variants are always left out
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,9 @@ def stacked(tmp_path_factory: pytest.TempPathFactory) -> ModelEntry:
     recipe = tiny_digits_recipe().model_copy(
         update={
             "variants": CHAINS,
-            "serving": ServingSettings(default_slo_ms=20.0, serve="front", always_serve=["int8"]),
+            "serving": ServingSettings(
+                default_slo_ms=20.0, serve="front", always_serve=["int8"], max_served_variants=MAX_SERVED
+            ),
         }
     )
     return build_model(recipe, tmp_path_factory.mktemp("stacked"))
@@ -43,11 +47,16 @@ def test_only_the_front_and_the_promised_variants_are_served(stacked: ModelEntry
     key = fingerprint(threads_for("cloud-cpu")).key
     manifests = {name: v.manifest for name, v in stacked.candidates.items()}
     places = {t.name: t for t in tradeoffs(manifests, "accuracy", key)}
-    assert {"fp32", "int8"} <= set(stacked.variants)
-    for name in set(stacked.candidates) - set(stacked.variants):
-        assert any(dominates(places[other], places[name]) for other in places)
-    for name in set(stacked.variants) - {"fp32", "int8"}:
-        assert not any(dominates(places[other], places[name]) for other in places)
+    assert list(stacked.variants)[:2] == ["fp32", "int8"] and len(stacked.variants) == MAX_SERVED
+    (third,) = set(stacked.variants) - {"fp32", "int8"}
+    assert not any(dominates(places[other], places[third]) for other in places)
+    on_front_left_out = [
+        name
+        for name in set(stacked.candidates) - set(stacked.variants)
+        if not any(dominates(places[other], places[name]) for other in places)
+    ]
+    # what the cap left out of the front is less accurate than what it kept
+    assert all(places[name].quality <= places[third].quality for name in on_front_left_out)
 
 
 def test_every_variant_knows_its_memory(stacked: ModelEntry) -> None:
@@ -74,3 +83,23 @@ def test_minilm_int4_is_a_quarter_of_int8_size_within_its_quality_budget(tmp_pat
     chosen = int4.recipe
     assert chosen["selection_score"] >= 1 - recipe.int4.max_cosine_drop or len(chosen["matmuls_at_8_bits"]) == 36
     assert int4.measurements.quality["cosine"] > 0.9
+
+
+def test_the_server_serves_the_served_set_and_names_the_rest_as_unknown(stacked: ModelEntry, tmp_path: Path) -> None:
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    from tests.server.running import RunningServer
+
+    running = RunningServer(stacked.path.parent, tmp_path)
+    try:
+        with triton.InferenceServerClient(running.address) as client:
+            assert client.get_model_metadata("digits", as_json=True)["versions"] == list(stacked.variants)
+            unserved = sorted(set(stacked.candidates) - set(stacked.variants))[0]
+            images = np.zeros((1, 1, 28, 28), dtype=np.float32)
+            tensor = triton.InferInput("images", list(images.shape), "FP32")
+            tensor.set_data_from_numpy(images)
+            with pytest.raises(InferenceServerException, match=unserved):
+                client.infer("digits", [tensor], model_version=unserved)
+    finally:
+        assert running.stop() == 0
