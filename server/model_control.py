@@ -43,6 +43,7 @@ from variants.hardware import HardwareTarget
 from variants.repository import (
     MANIFEST_FILE,
     MODEL_FILE,
+    ModelConfig,
     ModelEntry,
     RepositoryError,
     check_name,
@@ -210,7 +211,7 @@ class ModelControl:
     @staticmethod
     def _unchanged(entry: ModelEntry, old: HostedModel | None) -> dict[str, DynamicBatcher]:
         """The old batchers that can serve the new version as they are."""
-        if old is None or old.entry.config != entry.config:
+        if old is None or _serving_fields(old.entry.config) != _serving_fields(entry.config):
             return {}
         return {
             variant: old.batchers[variant]
@@ -285,3 +286,9 @@ class RepositoryPoller:
                 done.append(await control.unload(name))
         self._missing = gone
         return done
+
+
+def _serving_fields(config: ModelConfig) -> ModelConfig:
+    """What a batcher serves by: the config less the served set, which only says which
+    batchers exist (a build that settles its served set keeps the variants already running)."""
+    return config.model_copy(update={"served_variants": None})

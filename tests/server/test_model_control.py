@@ -72,6 +72,26 @@ def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(r
     asyncio.run(scenario())
 
 
+def test_narrowing_the_served_set_keeps_the_variants_still_served_running(repo: Path) -> None:
+    import yaml
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(repo, executor)
+            int8_batcher = host.models["digits"].batchers["int8"]
+            path = repo / "digits" / MODEL_FILE
+            config = yaml.safe_load(path.read_text())
+            config["served_variants"] = ["fp32", "int8"]
+            path.write_text(yaml.safe_dump(config))
+            summary = await control.load("digits")
+            assert "removed" in summary and "kept fp32, int8" in summary
+            assert set(host.models["digits"].batchers) == {"fp32", "int8"}
+            assert host.models["digits"].batchers["int8"] is int8_batcher
+            await host.close()
+
+    asyncio.run(scenario())
+
+
 def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new(repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:

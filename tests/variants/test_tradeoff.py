@@ -40,7 +40,8 @@ def test_pareto_front_and_recommendations_per_hardware(repository: Path, tmp_pat
     for p in found:
         dominated = any(
             o.hardware == p.hardware and o.quality >= p.quality and o.p95_ms <= p.p95_ms
-            and (o.quality > p.quality or o.p95_ms < p.p95_ms)
+            and o.size_bytes <= p.size_bytes
+            and (o.quality > p.quality or o.p95_ms < p.p95_ms or o.size_bytes < p.size_bytes)
             for o in found
         )  # fmt: skip
         assert p.pareto == (not dominated)
