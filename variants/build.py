@@ -181,12 +181,13 @@ def publish(
 
 
 def reprofile(entry: ModelEntry, settings: ProfileSettings, target: HardwareTarget) -> ModelEntry:
-    """Add (or replace) this machine's profile for `target` in every variant of a built model."""
+    """Add (or replace) this machine's profile for `target` in every variant of a built model,
+    served or not (the Pareto front of `target` is drawn over all of them)."""
     if target == "edge":
         pin_to_one_core()
-    graphs = {name: v.onnx_path.read_bytes() for name, v in entry.variants.items()}
+    graphs = {name: v.onnx_path.read_bytes() for name, v in entry.candidates.items()}
     profiles = profile_variants(graphs, entry.config, settings, target)
-    for name, variant in entry.variants.items():
+    for name, variant in entry.candidates.items():
         manifest = variant.manifest
         manifest.profiles[profiles[name].hardware.key] = profiles[name]
         update_manifest(variant.onnx_path.parent, manifest)

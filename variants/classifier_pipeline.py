@@ -70,8 +70,10 @@ def _variant(
 ) -> BuiltVariant:
     graph, diff = _export(model, held_out)
     architecture: dict[str, Any] = {"weighted_layers": count_weighted_layers(model)}
-    if isinstance(model, nn.Sequential):
-        architecture["widths"] = widths(model)
+    if is_prunable_sequence(model):
+        architecture["widths"] = widths(model)  # type: ignore[arg-type]
+    else:
+        architecture["widths"] = group_widths(model)  # by layer name: any network
     return BuiltVariant(
         name=name,
         kind=kind,

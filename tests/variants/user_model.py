@@ -87,3 +87,18 @@ def resnet_spec() -> ClassifierSpec:
         trained=False,
         description="a residual CNN on stripe images",
     )
+
+
+def digits_resnet_spec() -> ClassifierSpec:
+    """The residual CNN on the built-in digits: a user's own architecture on real data."""
+    from variants.data import load_digits_split
+
+    train, held_out = load_digits_split()
+    return ClassifierSpec(
+        teacher=TinyResNet(32, classes=10),
+        student=TinyResNet(12, classes=10),
+        train=train,
+        held_out=held_out,
+        trained=False,
+        description="a residual CNN on scikit-learn's digits",
+    )
