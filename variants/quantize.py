@@ -142,7 +142,11 @@ def quantize_best(
         work = Path(tmp)
         source = work / "fp32.onnx"
         (work / "raw.onnx").write_bytes(fp32_onnx)
-        quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=calibration is None)
+        try:
+            quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=calibration is None)
+        except Exception as exc:  # ORT's symbolic shape inference asserts on some graphs (attention)
+            log.info("int8: symbolic shape inference failed (%s); quantizing with ONNX shape inference only", exc)
+            quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=True)
         for candidate in chosen:
             graph = _quantize(source, candidate, calibration, work)
             graphs[candidate.label] = (graph, candidate)

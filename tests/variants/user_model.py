@@ -102,3 +102,39 @@ def digits_resnet_spec() -> ClassifierSpec:
         trained=False,
         description="a residual CNN on scikit-learn's digits",
     )
+
+
+class TinyTransformer(nn.Module):
+    """torch's own TransformerEncoder over a sequence of feature vectors, mean-pooled."""
+
+    def __init__(self, width: int = 32, heads: int = 4, ffn: int = 64, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, width)
+        layer = nn.TransformerEncoderLayer(width, heads, ffn, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def _sequences(count: int, seed: int) -> Split:
+    """Sequences of 6 noisy copies of one of three 8-feature centres: the class is the centre."""
+    blobs = _blobs(count * 6, seed)
+    labels = blobs.labels[::6] if blobs.labels is not None else None
+    assert labels is not None
+    rng = np.random.default_rng(seed)
+    centres = np.array([[2.0] * 8, [-2.0] * 8, [2.0, -2.0] * 4], dtype=np.float32)
+    features = centres[labels][:, None, :] + rng.normal(size=(count, 6, 8)).astype(np.float32)
+    return Split({"sequence": features.astype(np.float32)}, labels)
+
+
+def transformer_spec() -> ClassifierSpec:
+    return ClassifierSpec(
+        teacher=TinyTransformer(32),
+        student=TinyTransformer(16, heads=2, ffn=32),
+        train=_sequences(384, 0),
+        held_out=_sequences(96, 1),
+        trained=False,
+        description="a transformer encoder classifier",
+    )
