@@ -1,8 +1,10 @@
 """`slimserve build`: run a recipe's pipeline, measure every variant, publish the model.
 
 The steps, each with a progress bar: the pipeline trains and compresses (fp32, int8,
-pruned, distilled); every variant's ONNX graph is evaluated on the held-out set with ONNX
-Runtime (what is served is what is measured); all variants are profiled side by side; the
+pruned, distilled and the recipe's chains of them); every variant's ONNX graph is
+evaluated on the held-out set with ONNX Runtime (what is served is what is measured); all
+variants are profiled side by side; each one's Huffman-coded size and session memory are
+measured; the final publication decides which are served (recipe `serving.serve`); the
 model is written into a staging folder and renamed into the repository in one step.
 """
 

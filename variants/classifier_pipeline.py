@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from variants.chains import REFERENCE, Chain, build_plan
+from variants.chains import REFERENCE, Chain
 from variants.data import Split
 from variants.distill import fit_classifier
 from variants.evaluate import classifier_scores
@@ -19,9 +19,9 @@ from variants.hardware import threads_for
 from variants.lowrank import factorise
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
 from variants.pipeline import (
-    FIRST_STAGE,
     BuiltVariant,
     PipelineResult,
+    build_in_stages,
     count_macs,
     count_params,
     count_weighted_layers,
@@ -191,7 +191,6 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
             lr=recipe.teacher_lr,
             desc=f"{recipe.name}: train fp32",
         )
-    networks: dict[str, nn.Module] = {REFERENCE: teacher}
     built = {
         REFERENCE: _variant("fp32", "fp32", teacher, spec.held_out, recipe={"teacher_epochs": recipe.teacher_epochs})
     }
@@ -204,44 +203,39 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
         labels=spec.held_out.labels,
         score=lambda logits, reference: classifier_scores(logits, labels, reference),
     )
-    plan = build_plan(recipe.variants)
-    first = [chain for chain in plan if chain.name in FIRST_STAGE]
-    for stage in (first, [chain for chain in plan if chain not in first]):
-        for chain in stage:
-            if chain.name in built:
-                continue
-            parent = chain.parent.name
-            if chain.last == "int8":
-                built[chain.name] = _int8(built[parent], chain, recipe, train)
-                continue
-            if chain.last == "distilled":
-                if spec.student is None:
-                    raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")
-                network: nn.Module = fit_classifier(
-                    spec.student,
-                    train.inputs,
-                    train.labels,
-                    epochs=recipe.distill.epochs,
-                    lr=recipe.distill.lr,
-                    teacher=teacher,
-                    temperature=recipe.distill.temperature,
-                    alpha=recipe.distill.alpha,
-                    desc=f"{recipe.name}: distil student",
-                )
-                info: dict[str, Any] = recipe.distill.model_dump()
-            elif chain.last == "pruned":
-                network, info = _prune(networks[parent], teacher, chain, recipe, train)
-            else:
-                network, info = _lowrank(networks[parent], teacher, chain, recipe, train, head)
-            networks[chain.name] = network
-            variant = _variant(chain.name, chain.kind, network, spec.held_out, source=parent, recipe=info)
-            if "reference_widths" in info:
-                variant.architecture["reference_widths"] = info.pop("reference_widths")
-            built[chain.name] = variant
-        result.variants = [built[REFERENCE]] + [built[n] for n in recipe.variants if n in built and n != REFERENCE]
-        if stage is first and len(result.variants) < len(set(recipe.variants) | {REFERENCE}):
-            yield result.snapshot()
-    yield result.snapshot()
+    networks: dict[str, nn.Module] = {REFERENCE: teacher}
+
+    def make(chain: Chain) -> BuiltVariant:
+        parent = chain.parent.name
+        if chain.last == "int8":
+            return _int8(built[parent], chain, recipe, train)
+        if chain.last == "distilled":
+            if spec.student is None:
+                raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")
+            assert train.labels is not None
+            network: nn.Module = fit_classifier(
+                spec.student,
+                train.inputs,
+                train.labels,
+                epochs=recipe.distill.epochs,
+                lr=recipe.distill.lr,
+                teacher=teacher,
+                temperature=recipe.distill.temperature,
+                alpha=recipe.distill.alpha,
+                desc=f"{recipe.name}: distil student",
+            )
+            info: dict[str, Any] = recipe.distill.model_dump()
+        elif chain.last == "pruned":
+            network, info = _prune(networks[parent], teacher, chain, recipe, train)
+        else:
+            network, info = _lowrank(networks[parent], teacher, chain, recipe, train, head)
+        networks[chain.name] = network
+        variant = _variant(chain.name, chain.kind, network, spec.held_out, source=parent, recipe=info)
+        if "reference_widths" in info:
+            variant.architecture["reference_widths"] = info.pop("reference_widths")
+        return variant
+
+    yield from build_in_stages(result, recipe.variants, built, make)
 
 
 def _config(recipe: ClassifierRecipe, spec: ClassifierSpec, fp32: BuiltVariant) -> ModelConfig:

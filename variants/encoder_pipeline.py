@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from variants.chains import REFERENCE, Chain, build_plan
+from variants.chains import REFERENCE, Chain
 from variants.data import documentation_sentences, minilm_tokenizer, split_sentences
 from variants.distill import TeacherStates, fit_encoder
 from variants.evaluate import encoder_scores
@@ -18,9 +18,9 @@ from variants.lowrank import factorise
 from variants.models.encoder import SentenceEncoder, load_minilm
 from variants.onnx_io import check_export, export_onnx, make_session, run_batched
 from variants.pipeline import (
-    FIRST_STAGE,
     BuiltVariant,
     PipelineResult,
+    build_in_stages,
     count_macs,
     count_params,
     graph_variant,
@@ -164,24 +164,17 @@ def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
         labels=None,
         score=encoder_scores,
     )
-    plan = build_plan(recipe.variants)
-    first = [chain for chain in plan if chain.name in FIRST_STAGE]
-    for stage in (first, [chain for chain in plan if chain not in first]):
-        for chain in stage:
-            if chain.name in built:
-                continue
-            parent = chain.parent.name
-            if chain.last == "int8":
-                built[chain.name] = steps.int8(built[parent], chain)
-            elif chain.last == "int4":
-                built[chain.name] = steps.int4(built[parent], chain)
-            else:
-                networks[chain.name], info = steps.network(networks[parent], chain)
-                built[chain.name] = _variant(chain, networks[chain.name], held_out, profile_item, info)
-        result.variants = [built[REFERENCE]] + [built[n] for n in recipe.variants if n in built and n != REFERENCE]
-        if stage is first and len(result.variants) < len(set(recipe.variants) | {REFERENCE}):
-            yield result.snapshot()
-    yield result.snapshot()
+
+    def make(chain: Chain) -> BuiltVariant:
+        parent = chain.parent.name
+        if chain.last == "int8":
+            return steps.int8(built[parent], chain)
+        if chain.last == "int4":
+            return steps.int4(built[parent], chain)
+        networks[chain.name], info = steps.network(networks[parent], chain)
+        return _variant(chain, networks[chain.name], held_out, profile_item, info)
+
+    yield from build_in_stages(result, recipe.variants, built, make)
 
 
 def _config(recipe: EncoderRecipe, teacher: SentenceEncoder) -> ModelConfig:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from variants.chains import REFERENCE, Chain, build_plan
 from variants.repository import Datatype, ModelConfig, VariantKind
 
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], dict[str, float]]]
@@ -65,6 +66,25 @@ class PipelineResult:
     def snapshot(self) -> PipelineResult:
         """This result with the variants built so far, unaffected by those added later."""
         return replace(self, variants=list(self.variants))
+
+
+def build_in_stages(
+    result: PipelineResult, names: list[str], built: dict[str, BuiltVariant], make: Callable[[Chain], BuiltVariant]
+) -> Iterator[PipelineResult]:
+    """Build every chain `names` needs with `make`, each after its parent (variants.chains),
+    FIRST_STAGE first. Yields `result` holding the variants of `names` built so far (the
+    reference first; parents not in `names` left out): after the first stage if more are to
+    come, and at the end. `built` starts with the reference and collects every chain."""
+    plan = build_plan(names)
+    first = [chain for chain in plan if chain.name in FIRST_STAGE]
+    for stage in (first, [chain for chain in plan if chain not in first]):
+        for chain in stage:
+            if chain.name not in built:
+                built[chain.name] = make(chain)
+        result.variants = [built[REFERENCE]] + [built[n] for n in names if n in built and n != REFERENCE]
+        if stage is first and len(result.variants) < len(set(names) | {REFERENCE}):
+            yield result.snapshot()
+    yield result.snapshot()
 
 
 def last_stage(stages: Iterator[PipelineResult]) -> PipelineResult:
