@@ -1,9 +1,10 @@
 """What a torch-recipe entry point returns: a model, its data, and optionally a student.
 
 A user's own classifier plugs into `slimserve build --entry-point module:function`, where
-`function()` returns a `ClassifierSpec`. The teacher must be an `nn.Sequential` of
-Conv2d/Linear layers (with BatchNorm, activations, pooling and Flatten between them) for
-structured pruning; the student is any smaller module with the same inputs and outputs.
+`function()` returns a `ClassifierSpec`. The teacher is any torch network: an
+`nn.Sequential` of Conv2d/Linear layers is pruned by the hand-written pruner, anything else
+(residual blocks, attention) through Torch-Pruning's dependency graph
+(variants.prune_graph); the student is any smaller module with the same inputs and outputs.
 """
 
 from __future__ import annotations
