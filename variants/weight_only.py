@@ -99,7 +99,8 @@ def quantize_weight_only(
     embedding_block_size: int,
     rank_score: Scorer | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """The smallest mixed 4/8-bit graph whose selection score is within `max_drop` of the parent's.
+    """A mixed 4/8-bit graph within `max_drop` of the parent's selection score, as small as a
+    greedy choice makes it (most harm per weight kept at 8 bits first).
 
     `score(graph)` compares a graph's outputs with the parent's (1.0 = the same);
     `rank_score`, a cheaper one on fewer inputs, ranks the MatMuls (default: `score`).
@@ -132,6 +133,9 @@ def quantize_weight_only(
             if 1.0 - final <= max_drop or kept == len(weights):
                 break
             kept += 1
+    if 1.0 - final > max_drop:
+        log.warning("int4: %d corrections left the graph at %.4f, outside the budget %.3f; kept as measured",
+                    MAX_CORRECTIONS, final, max_drop)  # fmt: skip
     at_four = sum(w.count for w in by_harm[kept:])
     return graph, {
         "method": "weight-only 4-bit MatMulNBits and GatherBlockQuantized; dynamic int8 for the MatMuls kept",
