@@ -142,6 +142,8 @@ def plot(models: dict[str, ModelEntry], slos_ms: dict[str, list[float]], batch_s
             color = f"C{index}"
             for served in (True, False):  # candidates the server does not load: hollow
                 group = [p for p in mine if p.served is served]
+                if not group:
+                    continue
                 axis.scatter([p.p95_ms for p in group], [p.quality for p in group],
                              s=[40 + 400 * p.size_bytes / largest for p in group], marker=markers.get(target, "^"),
                              color=color if served else "none", edgecolors=color, alpha=0.6,
