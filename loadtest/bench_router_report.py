@@ -84,7 +84,8 @@ class Segment:
         for kind in ("interactive", "background"):
             latencies = [o.latency_ms for o in answered if o.kind == kind]
             row[f"p95_ms_{kind}"] = float(np.percentile(latencies, 95)) if latencies else float("nan")
-        for variant in VARIANTS:
+        # The four kinds always (a stable CSV), then any other variant that answered (stacked ones).
+        for variant in [*VARIANTS, *sorted(set(shares) - set(VARIANTS) - {""})]:
             row[f"share_{variant}"] = shares[variant] / max(len(answered), 1)
         return row
 
@@ -136,12 +137,12 @@ def trace_table(rows: list[dict[str, float | str | int]], workload: str) -> list
     cells = _cells(rows, workload)
     lines = [
         "| load × fp32 capacity | policy | offered / carried rps | SLO attainment | mean quality "
-        "| effective accuracy (runs) | p95 interactive / background ms | shares fp32 / int8 / pruned / distilled |",
+        "| effective accuracy (runs) | p95 interactive / background ms | router's shares of answers |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (scale, policy), cell in cells.items():
         runs = " / ".join(f"{float(r['effective_accuracy']):.1%}" for r in cell)
-        shares = " / ".join(f"{_mean(cell, f'share_{v}'):.0%}" for v in VARIANTS) if policy.startswith("router") else ""
+        shares = _shares(cell) if policy.startswith("router") else ""
         lines.append(
             f"| {scale:.2f} | {policy} | {_mean(cell, 'offered_rps'):.1f} / {_mean(cell, 'carried_rps'):.1f} "
             f"| {_mean(cell, 'slo_attainment'):.1%} | {_mean(cell, 'mean_quality'):.1%} "
@@ -149,6 +150,13 @@ def trace_table(rows: list[dict[str, float | str | int]], workload: str) -> list
             f"| {_mean(cell, 'p95_ms_interactive'):.0f} / {_mean(cell, 'p95_ms_background'):.0f} | {shares} |"
         )
     return lines
+
+
+def _shares(cell: list[dict[str, float | str | int]]) -> str:
+    """Every variant's mean share of the answers, largest first ("int8 64% · fp32 8%")."""
+    names = {str(key)[len("share_") :] for row in cell for key in row if str(key).startswith("share_")}
+    means = {name: float(np.mean([float(row.get(f"share_{name}", 0.0)) for row in cell])) for name in names}
+    return " · ".join(f"{name} {share:.0%}" for name, share in sorted(means.items(), key=lambda i: -i[1]) if share > 0)
 
 
 def verdict_table(rows: list[dict[str, float | str | int]], workload: str) -> list[str]:
@@ -252,7 +260,8 @@ def write_reports(segments: list[Segment], out: Path, header: list[str]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     rows = [s.row() for s in segments]
     with open(out / "bench_router.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        columns = list(dict.fromkeys(key for row in rows for key in row))  # stacked variants' shares too
+        writer = csv.DictWriter(handle, fieldnames=columns, restval=0.0)
         writer.writeheader()
         writer.writerows(rows)
     bursts = [s for s in segments if s.workload == "burst"]

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench_router_report import Outcome, Segment, burst_recovery, generator_check, verdict_table
+from loadtest.bench_router_report import (
+    Outcome,
+    Segment,
+    burst_recovery,
+    generator_check,
+    trace_table,
+    verdict_table,
+)
 from loadtest.trace import Trace
 
 CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
@@ -35,8 +42,10 @@ def test_the_trace_is_read_in_time_order_and_compressed_to_a_rate(tmp_path: Path
         Trace.load(tmp_path / "missing.csv")
 
 
-def _outcome(at_s: float, latency_ms: float, correct: bool = True, answered: bool = True) -> Outcome:
-    return Outcome(at_s, "interactive", 50.0, latency_ms, answered, correct and answered, "int8", "OK")
+def _outcome(
+    at_s: float, latency_ms: float, correct: bool = True, answered: bool = True, variant: str = "int8"
+) -> Outcome:
+    return Outcome(at_s, "interactive", 50.0, latency_ms, answered, correct and answered, variant, "OK")
 
 
 def _segment(policy: str, outcomes: list[Outcome], scale: float = 1.0) -> Segment:
@@ -50,6 +59,13 @@ def test_effective_accuracy_counts_only_correct_answers_within_the_slo() -> None
     assert row["mean_quality"] == pytest.approx(2 / 3)  # right among the answered
     assert row["effective_accuracy"] == 0.25  # right and in time, over all sent
     assert row["failed"] == 1 and row["share_int8"] == 1.0
+
+
+def test_the_router_s_shares_name_every_variant_it_used_stacked_ones_included() -> None:
+    outcomes = [_outcome(i, 10, variant="distilled-int8") for i in range(3)] + [_outcome(3, 10, variant="fp32")]
+    rows = [_segment("router", outcomes).row()]
+    assert rows[0]["share_distilled-int8"] == 0.75 and rows[0]["share_fp32"] == 0.25 and rows[0]["share_int8"] == 0
+    assert "| distilled-int8 75% · fp32 25% |" in trace_table(rows, "minilm")[-1]
 
 
 def test_the_verdict_compares_the_router_with_the_best_static_policy() -> None:
