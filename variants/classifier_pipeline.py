@@ -6,7 +6,7 @@ import copy
 import importlib
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -117,9 +117,16 @@ def _int8(parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: S
     )
 
 
-def _prune(
-    parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split
-) -> tuple[nn.Module, dict[str, Any]]:
+class _Network(NamedTuple):
+    """What a network step made: the network, its recipe entry, and what the variant's
+    architecture records beyond what `_variant` reads off the network."""
+
+    module: nn.Module
+    recipe: dict[str, Any]
+    architecture: dict[str, Any]
+
+
+def _prune(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split) -> _Network:
     """Iterative structured pruning of a copy of `parent`, distilled from `teacher` between steps."""
     assert train.labels is not None
     pruned = copy.deepcopy(parent)
@@ -145,16 +152,15 @@ def _prune(
             teacher=teacher,
             desc=f"{recipe.name}: {chain.name} step {step}",
         )
-    return pruned, settings.model_dump() | {"pruner": pruner, "reference_widths": reference}
+    return _Network(pruned, settings.model_dump() | {"pruner": pruner}, {"reference_widths": reference})
 
 
-def _lowrank(
-    parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split, head: nn.Module
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Truncated SVD of a copy of `parent`'s layers (not the output layer), then distillation."""
+def _lowrank(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split) -> _Network:
+    """Truncated SVD of a copy of `parent`'s layers (not its output layer), then distillation."""
     assert train.labels is not None
     factorised = copy.deepcopy(parent)
-    head_name = next((name for name, m in parent.named_modules() if m is head), "")
+    head = output_layer(factorised, tuple(torch.from_numpy(v) for v in train.take(2).inputs.values()))
+    head_name = next(name for name, m in factorised.named_modules() if m is head)
     ranks = factorise(factorised, recipe.lowrank.energy, skip={head_name})
     if recipe.lowrank.finetune_epochs:
         fit_classifier(
@@ -166,7 +172,7 @@ def _lowrank(
             teacher=teacher,
             desc=f"{recipe.name}: {chain.name} fine-tune",
         )
-    return factorised, recipe.lowrank.model_dump() | {"ranks": ranks}
+    return _Network(factorised, recipe.lowrank.model_dump() | {"ranks": ranks}, {})
 
 
 def classifier_pipeline(recipe: ClassifierRecipe) -> PipelineResult:
@@ -194,7 +200,6 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
     built = {
         REFERENCE: _variant("fp32", "fp32", teacher, spec.held_out, recipe={"teacher_epochs": recipe.teacher_epochs})
     }
-    head = output_layer(teacher, tuple(torch.from_numpy(v) for v in spec.held_out.take(2).inputs.values()))
     labels = spec.held_out.labels
     result = PipelineResult(
         config=_config(recipe, spec, built[REFERENCE]),
@@ -213,7 +218,7 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
             if spec.student is None:
                 raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")
             assert train.labels is not None
-            network: nn.Module = fit_classifier(
+            student = fit_classifier(
                 spec.student,
                 train.inputs,
                 train.labels,
@@ -224,15 +229,14 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
                 alpha=recipe.distill.alpha,
                 desc=f"{recipe.name}: distil student",
             )
-            info: dict[str, Any] = recipe.distill.model_dump()
+            step = _Network(student, recipe.distill.model_dump(), {})
         elif chain.last == "pruned":
-            network, info = _prune(networks[parent], teacher, chain, recipe, train)
+            step = _prune(networks[parent], teacher, chain, recipe, train)
         else:
-            network, info = _lowrank(networks[parent], teacher, chain, recipe, train, head)
-        networks[chain.name] = network
-        variant = _variant(chain.name, chain.kind, network, spec.held_out, source=parent, recipe=info)
-        if "reference_widths" in info:
-            variant.architecture["reference_widths"] = info.pop("reference_widths")
+            step = _lowrank(networks[parent], teacher, chain, recipe, train)
+        networks[chain.name] = step.module
+        variant = _variant(chain.name, chain.kind, step.module, spec.held_out, source=parent, recipe=step.recipe)
+        variant.architecture.update(step.architecture)
         return variant
 
     yield from build_in_stages(result, recipe.variants, built, make)

@@ -11,7 +11,7 @@ from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
 from tests.variants.user_model import spec
 from variants.build import build_model
 from variants.onnx_io import export_onnx
-from variants.recipes import OnnxRecipe
+from variants.recipes import ClassifierLowrank, OnnxRecipe
 from variants.repository import RepositoryError
 
 
@@ -58,10 +58,16 @@ def test_onnx_file_that_is_not_onnx_is_reported(tmp_path: Path) -> None:
 
 def test_a_residual_network_builds_every_variant_with_the_graph_pruner(tmp_path: Path) -> None:
     recipe = tiny_digits_recipe(name="stripes", entry_point="tests.variants.user_model:resnet_spec")
-    recipe = recipe.model_copy(update={"variants": ["fp32", "int8", "pruned", "distilled", "pruned-int8", "lowrank"]})
+    chains = ["fp32", "int8", "pruned", "distilled", "pruned-int8", "lowrank", "distilled-lowrank"]
+    # energy 0.5: a rank low enough that even the 8 → 3 head would be factorised if not kept whole
+    recipe = recipe.model_copy(update={"variants": chains, "lowrank": ClassifierLowrank(energy=0.5, finetune_epochs=1)})
     entry = build_model(recipe, tmp_path)
     manifests = {name: v.manifest for name, v in entry.variants.items()}
-    assert set(manifests) == {"fp32", "int8", "pruned", "distilled", "pruned-int8", "lowrank"}
+    assert set(manifests) == set(chains)
+    # factorising keeps each network's own output layer whole (the student's, not the teacher's)
+    assert manifests["distilled-lowrank"].source == "distilled"
+    assert manifests["distilled-lowrank"].architecture["widths"]["head"] == 3
+    assert manifests["lowrank"].architecture["widths"]["head"] == 3
     assert manifests["pruned"].recipe["pruner"] == "graph"  # not an nn.Sequential: the hand-written one cannot
     assert manifests["pruned"].measurements.params < 0.5 * manifests["fp32"].measurements.params
     for name in ("fp32", "pruned", "distilled", "lowrank"):
