@@ -80,16 +80,25 @@ class _Steps:
             self._teacher_states = TeacherStates(self.teacher, self.train)
         return self._teacher_states
 
-    def _cosine_to(self, parent: BuiltVariant, rows: int | None = None) -> Callable[[bytes], float]:
-        """Mean cosine of a graph's embeddings to `parent`'s on the selection sentences (the first `rows`)."""
-        selection = {k: v[:rows] for k, v in self.selection.items()}
-        reference = run_batched(make_session(parent.onnx, 1), selection)
-        return lambda graph: encoder_scores(run_batched(make_session(graph, 1), selection), reference)[0]["cosine"]
+    def _cosine_to(self, parent: BuiltVariant) -> Callable[[int | None], Callable[[bytes], float]]:
+        """Scorers against `parent`'s embeddings of the selection sentences (computed once):
+        `scorer(rows)` scores a graph by mean cosine on the first `rows` of them (None: all)."""
+        reference = run_batched(make_session(parent.onnx, 1), self.selection)
+
+        def scorer(rows: int | None) -> Callable[[bytes], float]:
+            selection = {k: v[:rows] for k, v in self.selection.items()}
+
+            def cosine(graph: bytes) -> float:
+                return encoder_scores(run_batched(make_session(graph, 1), selection), reference[:rows])[0]["cosine"]
+
+            return cosine
+
+        return scorer
 
     def int8(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
         graph, chosen, scores = quantize_best(
             parent.onnx,
-            self._cosine_to(parent),
+            self._cosine_to(parent)(None),
             calibration=None,
             timing_item=self.profile_item,
             threads=threads_for("cloud-cpu"),
@@ -99,9 +108,10 @@ class _Steps:
 
     def int4(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
         settings = self.recipe.int4
+        scorer = self._cosine_to(parent)
         graph, info = quantize_weight_only(
-            parent.onnx, self._cosine_to(parent), settings.max_cosine_drop, settings.block_size,
-            settings.embedding_block_size, rank_score=self._cosine_to(parent, INT4_RANKING_SENTENCES),
+            parent.onnx, scorer(None), settings.max_cosine_drop, settings.block_size,
+            settings.embedding_block_size, rank_score=scorer(INT4_RANKING_SENTENCES),
         )  # fmt: skip
         return graph_variant(parent, chain.name, "int4", graph, info)
 
