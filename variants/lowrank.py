@@ -16,7 +16,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-Weighted = nn.Conv2d | nn.Linear
+from variants.prune_sequential import Weighted  # the layers that carry weights: Conv2d, Linear
 
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:

@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-Weighted = nn.Conv2d | nn.Linear
+from variants.prune_sequential import Weighted  # the layers that carry weights: Conv2d, Linear
 
 
 def output_layer(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module:
