@@ -14,6 +14,11 @@ An overhead window closes after MIN_REQUESTS requests, or is dropped unused once
 older than MAX_WINDOW_S: a trickle of requests over an idle hour would otherwise charge the
 hour's background CPU (timers, scrapes) to a handful of requests.
 
+Utilization is a running mean over time, not over samples: a sample weighs as much as the
+SAMPLE_PERIOD_S periods it spans. The load monitor stops sampling while the server is idle
+and samples once when a request arrives, so the gap's one sample (near-zero use) must count
+for every period it covers, as an unbroken run of samples would have.
+
 Thread: owned by the event loop — the load monitor samples it and the routers read it there;
 other threads read the snapshot the host publishes.
 """
@@ -23,7 +28,8 @@ from __future__ import annotations
 from router.config import RouterConfig
 
 TARGET_UTILIZATION = RouterConfig.cpu_target_utilization  # the share routed traffic may plan to use
-WEIGHT = 0.3  # weight of one sample in the running means
+WEIGHT = 0.3  # weight of one sample in the running means (of one SAMPLE_PERIOD_S for utilization)
+SAMPLE_PERIOD_S = 0.25  # how often the load monitor samples the process's CPU time while requests arrive
 MIN_REQUESTS = 20  # fewer requests in a window say too little about the overhead
 MAX_WINDOW_S = 10.0  # an overhead window older than this with too few requests is dropped
 
@@ -59,7 +65,8 @@ class CpuAccount:
         if wall_s <= last_wall:
             return
         used = (cpu_s - last_cpu) / ((wall_s - last_wall) * cores)
-        self.utilization += WEIGHT * (min(used, 1.0) - self.utilization)
+        weight = 1.0 - (1.0 - WEIGHT) ** max((wall_s - last_wall) / SAMPLE_PERIOD_S, 1.0)
+        self.utilization += weight * (min(used, 1.0) - self.utilization)
         self.sampled = True
         self._last = (cpu_s, wall_s)
         assert self._window is not None

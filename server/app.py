@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from wsgiref.simple_server import WSGIServer
 
@@ -30,12 +31,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
 from router.config import RouterConfig
 from router.cpu import CpuAccount
+from server.activity import Activity
 from server.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
 from server.background_build import BackgroundBuild
 from server.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
 from server.feedback import RecentAnswers
 from server.host import ModelHost
-from server.live_state import PUBLISH_PERIOD_S, LiveState
+from server.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_PERIOD_S, LiveState
 from server.load_monitor import LoadMonitor
 from server.management import ManagementServicer
 from server.metrics import ServingMetrics
@@ -80,7 +82,8 @@ class App:
             models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
             router_config, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
         )  # fmt: skip
-        self.load = LoadMonitor(CpuAccount(settings.cpu_target))
+        self.activity = Activity()
+        self.load = LoadMonitor(CpuAccount(settings.cpu_target), self.activity)
         self.host.attach_load(self.load.cpu, lambda: self.load.lag_ms)
         self.host.answers = RecentAnswers(settings.feedback_capacity)
         self.metrics: ServingMetrics | None = None
@@ -116,7 +119,9 @@ class App:
         )  # fmt: skip
         self._poller: asyncio.Task[None] | None = None
         self.build = BackgroundBuild(settings.repository, settings.build_recipes) if settings.build_missing else None
-        self.inference = InferenceServicer(self.host, self.metrics, self.backlog, settings.shed_late, self.control)
+        self.inference = InferenceServicer(
+            self.host, self.metrics, self.backlog, settings.shed_late, self.control, self.activity
+        )
         add_inference_service(self.inference, self.server)
         management = ManagementServicer(self.host, self.hardware_key, self.metrics, self.build)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
@@ -186,7 +191,8 @@ class App:
         self.metrics_port = self._metrics_http.server_port
 
     async def _publish(self) -> None:
-        """Every PUBLISH_PERIOD_S: a fresh LiveState for other threads; revive a dead exporter."""
+        """Every PUBLISH_PERIOD_S: a fresh LiveState for other threads; revive a dead exporter.
+        While idle, every IDLE_PUBLISH_PERIOD_S or at the next arrival, whichever comes first."""
         while True:
             try:
                 self.live = self.host.live_state(self.load.cpu, self.load.lag_ms)
@@ -195,11 +201,18 @@ class App:
                     self._start_metrics_http()
             except Exception:  # publishing must outlive any one bad tick
                 log.exception("publishing the live state failed; trying again in %.2f s", PUBLISH_PERIOD_S)
-            await asyncio.sleep(PUBLISH_PERIOD_S)
+            if not self.activity.idle(time.monotonic()):
+                await asyncio.sleep(PUBLISH_PERIOD_S)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.activity.wait_for_arrival(), IDLE_PUBLISH_PERIOD_S)
 
     async def _watch_backlog(self) -> None:
-        """Every SAMPLE_S while calls are in flight: how many wait inside gRPC."""
+        """Every SAMPLE_S while calls are in flight: how many wait inside gRPC. Parked between
+        the last call and the next arrival (`server.activity`), so that idle costs nothing."""
         while True:
+            if not self.backlog.busy():
+                await self.activity.wait_for_arrival()
             await asyncio.sleep(SAMPLE_S)
             try:
                 if self.backlog.busy():

@@ -5,8 +5,13 @@ is serialised and sent by it too; when the loop is busy (or shares a core with O
 Runtime) both wait. The handler cannot time that wait, but a timer that asks to wake every
 PERIOD_S and notes how late it woke measures the same delay. The router adds it.
 
-Every CPU_SAMPLE_S it reads the process's CPU time into the CPU account (`router.cpu`),
+Every SAMPLE_PERIOD_S it reads the process's CPU time into the CPU account (`router.cpu`),
 which the routers price CPU time from.
+
+While no request arrives (`server.activity`) it parks instead of ticking: an idle server
+then spends no CPU on it. Parking and waking each take a CPU sample, so the idle gap enters
+the utilization as one sample weighted by its length, and the lateness decays over the gap
+as PERIOD_S ticks of zero lateness would have decayed it.
 """
 
 from __future__ import annotations
@@ -16,22 +21,30 @@ import contextlib
 import logging
 import time
 
-from router.cpu import CpuAccount
+from router.cpu import SAMPLE_PERIOD_S, CpuAccount
+from server.activity import Activity
 from variants.hardware import usable_cores
 
 log = logging.getLogger(__name__)
 PERIOD_S = 0.005
 LAG_WEIGHT = 0.2  # weight of one lateness sample in the running mean
-CPU_SAMPLE_S = 0.25
+
+
+def decayed_lag_ms(lag_ms: float, gap_s: float) -> float:
+    """The lateness after `gap_s` of ticks that were all on time."""
+    return lag_ms * (1.0 - LAG_WEIGHT) ** (gap_s / PERIOD_S)
 
 
 class LoadMonitor:
     """The running mean of the event loop's lateness (ms), and the CPU account it feeds."""
 
-    def __init__(self, cpu: CpuAccount) -> None:
+    def __init__(self, cpu: CpuAccount, activity: Activity) -> None:
         self.lag_ms = 0.0
         self.cpu = cpu
+        self.activity = activity
+        self.parked = 0  # how many times it has parked for lack of requests (tests read it)
         self._task: asyncio.Task[None] | None = None
+        self._sampled_s = 0.0  # monotonic time of the last CPU sample
 
     @property
     def cpu_utilization(self) -> float:
@@ -48,16 +61,29 @@ class LoadMonitor:
 
     async def _watch(self) -> None:
         cores = usable_cores()  # read after any pinning: the edge profile has one
-        wall = time.monotonic()
-        self.cpu.sample(time.process_time(), wall, cores)
+        self._sampled_s = time.monotonic()
+        self.cpu.sample(time.process_time(), self._sampled_s, cores)
         while True:
-            asked = time.monotonic()
-            await asyncio.sleep(PERIOD_S)
-            now = time.monotonic()
             try:
-                self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
-                if now - wall >= CPU_SAMPLE_S:
-                    self.cpu.sample(time.process_time(), now, cores)
-                    wall = now
+                await self._step(cores)
             except Exception:  # the router's view of the load must outlive any one bad sample
                 log.exception("load monitor sample failed; sampling again")
+                await asyncio.sleep(PERIOD_S)
+
+    async def _step(self, cores: int) -> None:
+        """One tick while requests arrive; or park until the next one and account for the gap."""
+        asked = time.monotonic()
+        if self.activity.idle(asked):
+            self.cpu.sample(time.process_time(), asked, cores)
+            self.parked += 1
+            await self.activity.wait_for_arrival()
+            self._sampled_s = time.monotonic()
+            self.lag_ms = decayed_lag_ms(self.lag_ms, self._sampled_s - asked)
+            self.cpu.sample(time.process_time(), self._sampled_s, cores)
+            return
+        await asyncio.sleep(PERIOD_S)
+        now = time.monotonic()
+        self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
+        if now - self._sampled_s >= SAMPLE_PERIOD_S:
+            self.cpu.sample(time.process_time(), now, cores)
+            self._sampled_s = now

@@ -13,6 +13,7 @@ import grpc
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
+from server.activity import Activity
 from server.auth import caller_of
 from server.backlog import GrpcBacklog
 from server.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
@@ -56,8 +57,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         backlog: GrpcBacklog | None = None,
         shed_late: bool = True,
         control: ModelControl | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self._host = host
+        self._activity = activity or Activity()
         self._control = control
         self._metrics = metrics
         self._backlog = backlog or GrpcBacklog(None)
@@ -114,6 +117,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline_s = None if remaining is None else call.received_s + remaining
         self._backlog.handling += 1
+        self._activity.note_arrival(call.received_s)
         try:
             if isinstance(request, MalformedRequest):
                 raise InvalidInputError(f"the message is not a ModelInferRequest: {request.reason}")

@@ -12,11 +12,12 @@ import math
 import pytest
 
 from router.config import RouterConfig
-from router.cpu import MIN_REQUESTS, CpuAccount
+from router.cpu import MIN_REQUESTS, SAMPLE_PERIOD_S, WEIGHT, CpuAccount
 from router.hints import RequestHints
 from router.load import RateMeter
 from router.policy import candidates
 from router.ratios import RatioDistribution
+from server.load_monitor import LAG_WEIGHT, PERIOD_S, decayed_lag_ms
 from tests.router.fakes import FakeClock
 from tests.router.test_model_router import answer_as_modelled, make_router
 
@@ -116,3 +117,28 @@ def test_a_router_answers_after_a_gap_as_it_did_before(gap_s: float) -> None:
     assert all(math.isfinite(c.predicted_ms) for c in candidates(snapshot, 1, 10.0))
     assert snapshot.ratios is None or math.isfinite(snapshot.ratios.quantile(0.9))
     assert router.throughput().arrival_rps >= 0.0 and snapshot.price == 0.0
+
+
+@pytest.mark.parametrize("gap_s", GAPS_S)
+def test_one_sample_over_an_idle_gap_weighs_as_much_as_the_gap(gap_s: float) -> None:
+    """The load monitor parks while idle and samples once at the next request: that one sample
+    (the gap's near-zero use) must pull utilization down as an unbroken run of samples would."""
+    account = CpuAccount()
+    account.sample(cpu_s=0.0, wall_s=0.0, cores=2)
+    cpu = wall = 0.0
+    for _ in range(40):  # fully busy: both cores for 10 s
+        wall += SAMPLE_PERIOD_S
+        cpu += 2 * SAMPLE_PERIOD_S
+        account.sample(cpu_s=cpu, wall_s=wall, cores=2)
+    assert account.utilization == pytest.approx(1.0, abs=1e-3)
+    account.sample(cpu_s=cpu + 0.001 * gap_s, wall_s=wall + gap_s, cores=2)  # idle: 0.05 % of the machine
+    assert account.utilization == pytest.approx(0.0005, abs=1e-3)
+    # A gap of one period is one ordinary sample: the running mean moves by WEIGHT only.
+    account.sample(cpu_s=cpu + 0.001 * gap_s + 2 * SAMPLE_PERIOD_S, wall_s=wall + gap_s + SAMPLE_PERIOD_S, cores=2)
+    assert account.utilization == pytest.approx(WEIGHT, abs=1e-3)
+
+
+@pytest.mark.parametrize("gap_s", GAPS_S)
+def test_the_event_loop_lateness_decays_over_an_idle_gap(gap_s: float) -> None:
+    assert decayed_lag_ms(40.0, gap_s) == pytest.approx(0.0, abs=1e-9)
+    assert decayed_lag_ms(40.0, PERIOD_S) == pytest.approx(40.0 * (1 - LAG_WEIGHT))
