@@ -28,6 +28,7 @@ from server.live_state import LiveState, ModelLive, VariantLive
 from server.metrics import ServingMetrics
 from server.request import CallRecord, InferenceRequest, InferenceResult
 from server.runtime import VariantSession
+from server.versions import variant_named
 from variants.repository import ModelEntry, check_name
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class VariantStats:
     fail_ns: int = 0
     queue_ns: int = 0
     compute_ns: int = 0
+    compute_input_ns: int = 0  # decoding the request's tensors (the servicer times it)
+    compute_output_ns: int = 0  # encoding the answer
     inference_count: int = 0
     last_inference_ms: int = 0
     in_flight: int = 0  # routed here and not answered yet
@@ -166,9 +169,10 @@ class ModelHost:
         return self.models[name]
 
     def resolve(self, model: str, variant: str) -> tuple[HostedModel, str]:
-        """The hosted model and the variant to use; empty variant → the model's default."""
+        """The hosted model and the variant to use; empty variant → the model's default. A
+        variant may be named by its Triton version number (`server.triton_config`)."""
         hosted = self.model(model)
-        chosen = variant or hosted.entry.config.default_variant
+        chosen = variant_named(hosted.entry, variant) if variant else hosted.entry.config.default_variant
         if chosen not in hosted.batchers:
             raise NotFoundError(f"model '{model}' has no variant '{chosen}'; it has {list(hosted.batchers)}")
         return hosted, chosen
@@ -180,8 +184,8 @@ class ModelHost:
         remaining_ms = None if deadline_s is None else (deadline_s - time.monotonic()) * 1e3
         hints = parse_hints(request.parameters, remaining_ms, hosted.entry.config.default_slo_ms)
         if request.variant:
-            self.resolve(request.model, request.variant)
-            return hosted.router.pinned(request.variant, request.batch_size), hints
+            _, variant = self.resolve(request.model, request.variant)
+            return hosted.router.pinned(variant, request.batch_size), hints
         return hosted.router.route(hints, request.batch_size), hints
 
     async def infer(self, request: InferenceRequest, deadline_s: float | None, call: CallRecord) -> InferenceResult:

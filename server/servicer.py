@@ -23,6 +23,7 @@ from server.metrics import UNKNOWN, ServingMetrics
 from server.model_control import ModelControl
 from server.parameters import stated_slo_ms
 from server.request import CallRecord
+from server.triton_config import triton_model_config
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "slimserve"
@@ -110,6 +111,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @maps_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        hosted = self._host.model(request.name)
+        if request.version:
+            self._host.resolve(request.name, request.version)
+        return pb.ModelConfigResponse(config=triton_model_config(hosted.entry, list(hosted.batchers)))
+
+    @maps_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
@@ -126,11 +136,19 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             self._shed_if_waited_too_long(request, remaining)
             # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
             hosted, _ = self._host.resolve(request.model_name, request.model_version)
+            decoding_ns = time.monotonic_ns()
             decoded = decode_request(request, hosted.entry.config)
+            decoded_ns = time.monotonic_ns()
             if decoded.id:  # its answer is kept for Feedback, which only the same caller may give
                 call.caller = caller_of(context.invocation_metadata())
             result = await self._host.infer(decoded, deadline_s, call)
-            return encode_response(decoded, result, hosted.entry.config)
+            encoding_ns = time.monotonic_ns()
+            response = encode_response(decoded, result, hosted.entry.config)
+            stats = hosted.stats.get(result.variant)
+            if stats is not None:  # gone only if the model was reloaded without it meanwhile
+                stats.compute_input_ns += decoded_ns - decoding_ns
+                stats.compute_output_ns += time.monotonic_ns() - encoding_ns
+            return response
         except asyncio.CancelledError:  # not an Exception: gRPC cancels the handler itself
             late = deadline_s is not None and time.monotonic() >= deadline_s
             call.code = grpc.StatusCode.DEADLINE_EXCEEDED.name if late else grpc.StatusCode.CANCELLED.name
@@ -188,7 +206,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 duration = pb.StatisticDuration
                 response.model_stats.add(
                     name=name,
-                    version=variant,
+                    version=request.version or variant,  # as asked: Triton's clients look their version up
                     last_inference=stats.last_inference_ms,
                     inference_count=stats.inference_count,
                     execution_count=sum(executions.values()),
@@ -196,7 +214,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                         success=duration(count=stats.success_count, ns=stats.success_ns),
                         fail=duration(count=stats.fail_count, ns=stats.fail_ns),
                         queue=duration(count=stats.success_count, ns=stats.queue_ns),
+                        compute_input=duration(count=stats.success_count, ns=stats.compute_input_ns),
                         compute_infer=duration(count=stats.success_count, ns=stats.compute_ns),
+                        compute_output=duration(count=stats.success_count, ns=stats.compute_output_ns),
                     ),
                     batch_stats=[
                         pb.InferBatchStatistics(batch_size=size, compute_infer=duration(count=count))

@@ -1,0 +1,97 @@
+"""Triton's ModelConfig RPC and numbered versions: what Triton's own clients (tritonclient,
+perf_analyzer) need before they send anything, checked against a real server.
+
+The messages are read through tritonclient's own stubs: slimserve's generated `inference`
+stubs cannot share a process with them (the same proto package), so this module imports
+neither `protos.inference_pb2` nor `server.triton_config`."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from server.versions import variant_named, version_numbers
+from tests.server.running import RunningServer
+from variants.data import load_digits_split
+from variants.onnx_io import make_session
+from variants.repository import ModelEntry
+
+ROOT = Path(__file__).resolve().parents[2]
+PERF_ANALYZER = Path(os.environ.get("SLIMSERVE_PERF_ANALYZER", ROOT.parent / "shared" / "tools" / "perf-analyzer"))
+
+
+def test_versions_are_numbered_by_name_and_both_spellings_resolve(digits: ModelEntry) -> None:
+    numbers = version_numbers(digits)
+    assert sorted(numbers.values()) == list(range(1, len(digits.candidates) + 1))
+    assert list(numbers) == sorted(digits.candidates)
+    for name, number in numbers.items():
+        assert variant_named(digits, str(number)) == name
+        assert variant_named(digits, f"0{number}") == name
+        assert variant_named(digits, name) == name
+    assert variant_named(digits, str(len(numbers) + 1)) == str(len(numbers) + 1)  # no such number: NOT_FOUND later
+    assert variant_named(digits, "fp8") == "fp8"
+
+
+def test_the_config_has_dims_without_the_batch_and_lists_the_served_variants(
+    server: RunningServer, digits: ModelEntry
+) -> None:
+    with triton.InferenceServerClient(server.address) as client:
+        config = client.get_model_config("digits").config
+        with pytest.raises(triton.InferenceServerException, match="NOT_FOUND"):
+            client.get_model_config("digits", "fp8")
+    assert config.name == "digits" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == digits.config.max_batch_size
+    assert [(i.name, list(i.dims)) for i in config.input] == [("images", [1, 28, 28])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [10])]
+    assert config.HasField("dynamic_batching")
+    numbers = version_numbers(digits)
+    assert sorted(config.version_policy.specific.versions) == sorted(numbers[name] for name in digits.variants)
+    listed = dict(item.split("=") for item in config.parameters["variants"].string_value.split(","))
+    assert {name: int(number) for name, number in listed.items()} == {name: numbers[name] for name in digits.variants}
+
+
+def test_tritonclient_reads_the_config_and_calls_a_variant_by_its_number(
+    server: RunningServer, digits: ModelEntry
+) -> None:
+    number = str(version_numbers(digits)["int8"])
+    images = load_digits_split()[1].inputs["images"][:3]
+    with triton.InferenceServerClient(server.address) as client:
+        before = client.get_inference_statistics("digits", number).model_stats
+        tensor = triton.InferInput("images", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        result = client.infer("digits", [tensor], model_version=number)
+        after = client.get_inference_statistics("digits", number).model_stats
+    assert result.get_response().parameters["variant"].string_param == "int8"
+    expected = make_session(str(digits.variants["int8"].onnx_path), 1).run(None, {"images": images})[0]
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-4)
+    # Statistics answer in the spelling asked for (perf_analyzer parses it as an integer),
+    # with the three compute counts equal (perf_analyzer refuses them otherwise).
+    assert [s.version for s in after] == [number]
+    stats = after[0].inference_stats
+    assert stats.success.count == before[0].inference_stats.success.count + 1
+    assert stats.compute_input.count == stats.compute_infer.count == stats.compute_output.count == stats.success.count
+    assert stats.compute_input.ns > before[0].inference_stats.compute_input.ns
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PERF_ANALYZER.exists(), reason=f"Triton's perf_analyzer wrapper not found at {PERF_ANALYZER}")
+def test_perf_analyzer_measures_slimserve_unmodified(server: RunningServer, digits: ModelEntry, tmp_path: Path) -> None:
+    report = tmp_path / "perf.csv"
+    number = str(version_numbers(digits)["distilled"])
+    finished = subprocess.run(
+        [str(PERF_ANALYZER), "-m", "digits", "-x", number, "-i", "grpc", "-u", server.address,
+         "--concurrency-range", "1:2", "-p", "1000", "-f", str(report)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    rows = list(csv.DictReader(report.open()))
+    assert [row["Concurrency"] for row in rows] == ["1", "2"]
+    for row in rows:
+        assert float(row["Inferences/Second"]) > 0
+        assert int(row["Server Compute Infer"]) > 0  # it read slimserve's own statistics, per window
