@@ -88,7 +88,7 @@ class MinilmInputs(Inputs):
     def __init__(self, repository: Path) -> None:
         from variants.data import documentation_sentences, minilm_tokenizer, split_sentences
         from variants.evaluate import nearest_neighbours
-        from variants.onnx_io import make_session, run_batched
+        from variants.sessions import make_session, run_batched
 
         _, held_out = split_sentences(documentation_sentences())
         tokenizer = minilm_tokenizer(MAX_TOKENS)

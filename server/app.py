@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -33,7 +34,6 @@ from router.config import RouterConfig
 from router.cpu import CpuAccount
 from server.activity import Activity
 from server.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
-from server.background_build import BackgroundBuild
 from server.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
 from server.feedback import RecentAnswers
 from server.host import ModelHost
@@ -49,6 +49,9 @@ from server.shadow import ShadowSampler
 from server.tls import ServerTls, TlsConfigError
 from variants.hardware import fingerprint, pin_to_one_core, threads_for
 from variants.repository import load_repository
+
+if TYPE_CHECKING:
+    from server.background_build import BackgroundBuild
 
 log = logging.getLogger(__name__)
 BUILD_POLL_S = 2.0  # how often the repository is scanned while a background build publishes into it
@@ -118,7 +121,11 @@ class App:
             self.metrics, self._models_changed,
         )  # fmt: skip
         self._poller: asyncio.Task[None] | None = None
-        self.build = BackgroundBuild(settings.repository, settings.build_recipes) if settings.build_missing else None
+        self.build: BackgroundBuild | None = None
+        if settings.build_missing:  # the build pipeline needs torch (`slimserve[build]`); serving does not
+            from server.background_build import BackgroundBuild
+
+            self.build = BackgroundBuild(settings.repository, settings.build_recipes)
         self.inference = InferenceServicer(
             self.host, self.metrics, self.backlog, settings.shed_late, self.control, self.activity
         )

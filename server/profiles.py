@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from variants.build import profile_variants
 from variants.hardware import HardwareTarget
+from variants.profile import profile_variants
 from variants.recipes import ProfileSettings
 from variants.repository import ModelEntry
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from variants.onnx_io import make_session
 from variants.profile import synthetic_batch
 from variants.repository import ModelConfig, VariantEntry
+from variants.sessions import make_session
 
 
 class VariantSession:

@@ -22,17 +22,14 @@ from variants.coded_size import coded_bytes
 from variants.encoder_pipeline import encoder_stages
 from variants.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
 from variants.memory import session_rss_bytes
-from variants.onnx_io import make_session, run_batched
 from variants.onnx_pipeline import onnx_pipeline
 from variants.pareto import served_set
 from variants.pipeline import PipelineResult, last_stage
-from variants.profile import build_profiles, profile_sessions, synthetic_batch
-from variants.recipes import ClassifierRecipe, EncoderRecipe, OnnxRecipe, ProfileSettings
+from variants.profile import profile_variants, synthetic_batch
+from variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, ProfileSettings, planned_variants
 from variants.repository import (
     Measurements,
-    ModelConfig,
     ModelEntry,
-    Profile,
     SeedFormulas,
     VariantManifest,
     load_model,
@@ -44,10 +41,10 @@ from variants.repository import (
     write_model_config,
     write_variant,
 )
+from variants.sessions import make_session, run_batched
 
 log = logging.getLogger(__name__)
 FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile
-AnyRecipe = ClassifierRecipe | EncoderRecipe | OnnxRecipe
 
 
 def pipeline_stages(recipe: AnyRecipe) -> Iterator[PipelineResult]:
@@ -60,36 +57,8 @@ def pipeline_stages(recipe: AnyRecipe) -> Iterator[PipelineResult]:
         yield onnx_pipeline(recipe)
 
 
-def planned_variants(recipe: AnyRecipe) -> list[str]:
-    """The variants the recipe builds (a user ONNX model: fp32 and int8)."""
-    return list(recipe.variants) if isinstance(recipe, ClassifierRecipe | EncoderRecipe) else ["fp32", "int8"]
-
-
 def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
     return last_stage(pipeline_stages(recipe))
-
-
-def profile_variants(
-    graphs: dict[str, bytes],
-    config: ModelConfig,
-    settings: ProfileSettings,
-    target: HardwareTarget,
-    threads: int | None = None,
-) -> dict[str, Profile]:
-    """Profile every graph on this machine as `target`, all side by side.
-
-    `threads` overrides the target's thread count (a server run with --session-threads).
-    """
-    threads = threads or threads_for(target)
-    sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
-    latencies = profile_sessions(
-        sessions,
-        lambda n: synthetic_batch(config.inputs, n, settings.seq_len),
-        settings.batch_sizes,
-        settings.seconds_per_batch_size,
-    )
-    note = f"{settings.seq_len} tokens per item" if any(-1 in t.shape[1:] for t in config.inputs) else ""
-    return build_profiles(latencies, config.reference_variant, target, fingerprint(threads), note)
 
 
 def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:

@@ -17,7 +17,7 @@ from variants.distill import fit_classifier
 from variants.evaluate import classifier_scores
 from variants.hardware import threads_for
 from variants.lowrank import factorise
-from variants.onnx_io import check_export, export_onnx, make_session, run_batched
+from variants.onnx_io import check_export, export_onnx
 from variants.pipeline import (
     BuiltVariant,
     PipelineResult,
@@ -34,6 +34,7 @@ from variants.prune_sequential import is_prunable_sequence, prune_to_fraction, w
 from variants.quantize import quantize_best
 from variants.recipes import ClassifierRecipe
 from variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec, VariantKind
+from variants.sessions import make_session, run_batched
 from variants.spec import ClassifierSpec
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from variants.evaluate import encoder_scores
 from variants.hardware import threads_for
 from variants.lowrank import factorise
 from variants.models.encoder import SentenceEncoder, load_minilm
-from variants.onnx_io import check_export, export_onnx, make_session, run_batched
+from variants.onnx_io import check_export, export_onnx
 from variants.pipeline import (
     BuiltVariant,
     PipelineResult,
@@ -30,6 +30,7 @@ from variants.prune_encoder import prune_encoder
 from variants.quantize import quantize_best
 from variants.recipes import EncoderRecipe
 from variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
+from variants.sessions import make_session, run_batched
 from variants.weight_only import quantize_weight_only
 
 EXPORT_TOLERANCE = 1e-4

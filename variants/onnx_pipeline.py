@@ -16,11 +16,11 @@ from onnx import numpy_helper
 
 from variants.evaluate import classifier_scores, encoder_scores
 from variants.hardware import threads_for
-from variants.onnx_io import make_session, run_batched
 from variants.pipeline import BuiltVariant, PipelineResult, datatype_of, graph_variant
 from variants.quantize import quantize_best
 from variants.recipes import OnnxRecipe
 from variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
+from variants.sessions import make_session, run_batched
 
 
 def _load_rows(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from variants.repository import HardwareFingerprint, LatencyStats, Profile, TensorSpec, now
+from variants.hardware import HardwareTarget, fingerprint, threads_for
+from variants.repository import HardwareFingerprint, LatencyStats, ModelConfig, Profile, TensorSpec, now
+from variants.sessions import make_session
+
+if TYPE_CHECKING:
+    from variants.recipes import ProfileSettings
 
 BatchMaker = Callable[[int], dict[str, np.ndarray]]
 MIN_REPS = 5
@@ -101,3 +107,26 @@ def synthetic_batch(inputs: list[TensorSpec], batch: int, seq_len: int, seed: in
         else:
             feed[spec.name] = rng.random(shape, dtype=np.float32)
     return feed
+
+
+def profile_variants(
+    graphs: dict[str, bytes],
+    config: ModelConfig,
+    settings: ProfileSettings,
+    target: HardwareTarget,
+    threads: int | None = None,
+) -> dict[str, Profile]:
+    """Profile every graph on this machine as `target`, all side by side.
+
+    `threads` overrides the target's thread count (a server run with --session-threads).
+    """
+    threads = threads or threads_for(target)
+    sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
+    latencies = profile_sessions(
+        sessions,
+        lambda n: synthetic_batch(config.inputs, n, settings.seq_len),
+        settings.batch_sizes,
+        settings.seconds_per_batch_size,
+    )
+    note = f"{settings.seq_len} tokens per item" if any(-1 in t.shape[1:] for t in config.inputs) else ""
+    return build_profiles(latencies, config.reference_variant, target, fingerprint(threads), note)

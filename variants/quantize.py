@@ -30,8 +30,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from variants.onnx_io import make_session
 from variants.profile import profile_sessions
+from variants.sessions import make_session
 
 log = logging.getLogger(__name__)
 

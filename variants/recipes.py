@@ -271,3 +271,11 @@ def load_recipes(path: Path) -> list[ClassifierRecipe | EncoderRecipe | OnnxReci
     except ValidationError as exc:
         problems = "; ".join(f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors())
         raise RepositoryError(f"{path}: {problems}") from exc
+
+
+AnyRecipe = ClassifierRecipe | EncoderRecipe | OnnxRecipe
+
+
+def planned_variants(recipe: AnyRecipe) -> list[str]:
+    """The variants the recipe builds (a user ONNX model: fp32 and int8)."""
+    return list(recipe.variants) if isinstance(recipe, ClassifierRecipe | EncoderRecipe) else ["fp32", "int8"]

@@ -27,8 +27,8 @@ from tritonclient.grpc import service_pb2_grpc
 
 from tests.server.running import RunningServer
 from variants.data import load_digits_split
-from variants.onnx_io import make_session
 from variants.repository import ModelEntry
+from variants.sessions import make_session
 
 FUZZ_EXAMPLES = int(os.environ.get("SLIMSERVE_FUZZ_EXAMPLES", "2000"))
 CALL_TIMEOUT_S = 30.0

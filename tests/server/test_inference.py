@@ -21,8 +21,8 @@ from tritonclient.utils import InferenceServerException
 from protos import slimserve_pb2, slimserve_pb2_grpc
 from tests.server.running import RunningServer
 from variants.data import load_digits_split, minilm_tokenizer
-from variants.onnx_io import make_session
 from variants.repository import ModelEntry
+from variants.sessions import make_session
 
 TOLERANCE = 1e-4
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from variants.hardware import fingerprint, threads_for
-from variants.onnx_io import make_session
 from variants.report import render_json, render_table
 from variants.repository import ModelEntry
+from variants.sessions import make_session
 
 
 @pytest.mark.parametrize("model", ["digits", "minilm"])

@@ -11,8 +11,9 @@ import torch
 from variants.data import load_digits_split, minilm_tokenizer
 from variants.models import digits
 from variants.models.encoder import load_minilm
-from variants.onnx_io import ExportMismatchError, check_export, export_onnx, make_session
+from variants.onnx_io import ExportMismatchError, check_export, export_onnx
 from variants.prune_encoder import prune_encoder
+from variants.sessions import make_session
 
 TOLERANCE = 1e-4
 
