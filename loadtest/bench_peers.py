@@ -289,7 +289,8 @@ def _json(value: object) -> str:
 def servers(repository: Path, works: list[Workload], peers: Path, only: set[str] | None) -> list[Server]:
     def slimserve(port: int, scratch: Path) -> list[str]:
         return [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-                "--grpc-port", str(port), "--metrics-port", "0", "--hardware-profile", "edge"]  # fmt: skip
+                "--grpc-port", str(port), "--metrics-port", "0", "--hardware-profile", "edge",
+                "--workers", "1"]  # fmt: skip
 
     found = [Server("slimserve", slimserve, variant="fp32")]
     if only is None or "mlserver" in only:

@@ -76,7 +76,7 @@ def server_process(repository: Path, *extra: str, log: Path | None = None) -> It
         server = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository),
              "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
-             *extra],
+             *([] if "--workers" in extra else ["--workers", "1"]), *extra],
             stdout=output, stderr=subprocess.STDOUT if output else None,
         )  # fmt: skip
         try:

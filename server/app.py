@@ -122,7 +122,8 @@ class App:
         )  # fmt: skip
         self._poller: asyncio.Task[None] | None = None
         self.build: BackgroundBuild | None = None
-        if settings.build_missing:  # the build pipeline needs torch (`slimserve[build]`); serving does not
+        # With --workers, worker 0 builds and the others load what it publishes.
+        if settings.build_missing and not settings.worker_index:  # torch: `slimserve[build]`; serving needs none
             from server.background_build import BackgroundBuild
 
             self.build = BackgroundBuild(settings.repository, settings.build_recipes)
@@ -142,7 +143,9 @@ class App:
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         if settings.health_port is not None:  # plaintext, grpc.health.v1 only: for kubelet's probes
-            self.health_server = grpc.aio.server()
+            self.health_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", 0 if settings.worker_index is None else 1)]
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         self.tokens_enabled = tokens.enabled
@@ -191,7 +194,7 @@ class App:
         tls = self.tls.http_arguments() if self.tls is not None and self.settings.metrics_tls else {}
         self._metrics_http, self._metrics_thread = start_http_server(
             port,
-            self.settings.host,
+            self.settings.metrics_host or self.settings.host,
             registry=self.metrics.registry,
             **tls,  # type: ignore[arg-type]
         )
@@ -240,7 +243,7 @@ class App:
         self.load.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
         self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
-        poll_s = self.settings.repository_poll_s or (BUILD_POLL_S if self.build is not None else 0)
+        poll_s = self.settings.repository_poll_s or (BUILD_POLL_S if self.settings.build_missing else 0)
         if poll_s > 0:
             poller = RepositoryPoller(self.control, poll_s)
             self._poller = asyncio.get_running_loop().create_task(poller.run(), name="repository-poll")
@@ -313,6 +316,9 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.keepalive_min_ping_interval_s * 1000)),
         ("grpc.http2.max_ping_strikes", settings.keepalive_max_ping_strikes),
     ]
+    # One process per port, unless --workers shares it (gRPC sets SO_REUSEPORT by default on
+    # Linux: a second server on a taken port would silently split its traffic).
+    options.append(("grpc.so_reuseport", 0 if settings.worker_index is None else 1))
     if settings.max_connection_age_s > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)))

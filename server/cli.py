@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-tokens-file", type=Path,
                        help="bearer tokens, lines of 'group[,group] token'; or SLIMSERVE_INFERENCE_TOKEN and "
                             "SLIMSERVE_MANAGEMENT_TOKEN (there are no token flags: they would show in ps)")  # fmt: skip
+    serve.add_argument(
+        "--workers", type=int,
+        help="serving processes sharing the port, each with its own batchers and router (SLIMSERVE_WORKERS; "
+        "default 0: one per usable core, 1 with the edge profile; docs/scaling.md)",
+    )  # fmt: skip
     serve.add_argument("--health-port", type=int, help="plaintext grpc.health.v1-only port for probes (0 = any)")
     serve.add_argument("--build-missing", action="store_true", default=None,
                        help="build missing default models in the background, serving each as published")  # fmt: skip
@@ -293,6 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.serve import serve
     from server.settings import Settings
     from server.tls import TlsConfigError
+    from server.workers import WORKER_SETTINGS_ENV, WorkersConfigError, serve_workers, worker_count
 
     flags = {"repository": args.repository, "host": args.host, "grpc_port": args.grpc_port,
              "metrics_port": args.metrics_port, "hardware_profile": args.hardware_profile,
@@ -300,16 +307,22 @@ def _serve(args: argparse.Namespace) -> int:
              "tls_client_ca": args.tls_client_ca, "metrics_tls": args.metrics_tls,
              "auth_tokens_file": args.auth_tokens_file, "health_port": args.health_port,
              "repository_poll_s": args.repository_poll_s, "build_missing": args.build_missing,
-             "router_off": args.router_off}  # fmt: skip
+             "router_off": args.router_off, "workers": args.workers}  # fmt: skip
+    worker = os.environ.get(WORKER_SETTINGS_ENV)  # a worker of `--workers`: its supervisor chose everything
     try:
-        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+        settings = (
+            Settings(**json.loads(worker)) if worker else Settings(**{k: v for k, v in flags.items() if v is not None})
+        )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         print(f"slimserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
     try:
+        count = worker_count(settings)
+        if count > 1:
+            return serve_workers(settings, count, args.port_file)
         return asyncio.run(serve(settings, args.port_file))
-    except (TlsConfigError, AuthConfigError) as exc:
+    except (TlsConfigError, AuthConfigError, WorkersConfigError) as exc:
         print(f"slimserve serve: {exc}", file=sys.stderr)
         return 2
 
@@ -318,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Libraries (ONNX Runtime's quantizer among them) log chatter to the root logger at
     # INFO; keep the root at WARNING and only our own packages at INFO.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    worker = json.loads(os.environ.get("SLIMSERVE_WORKER_SETTINGS", "{}")).get("worker_index")
+    where = "" if worker is None else f"[worker {worker}] "  # several workers write to one log
+    logging.basicConfig(level=logging.WARNING, format=f"{where}%(levelname)s %(name)s: %(message)s")
     for package in ("variants", "server", "router", "slimserve"):
         logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub

@@ -106,6 +106,17 @@ class Settings(BaseSettings):
         description="scan the repository this often and load, reload or unload models to match it; 0: never "
         "(RepositoryModelLoad/Unload work either way)",
     )  # fmt: skip
+    workers: int = Field(
+        default=0, ge=0, le=64,
+        description="serving processes sharing the gRPC port (SO_REUSEPORT), each with its own batchers and "
+        "router, like replicas behind a load balancer (docs/scaling.md); 0: one per usable core (the cgroup "
+        "quota, at most the cores), 1 with the edge profile",
+    )  # fmt: skip
+    worker_index: int | None = Field(
+        default=None, ge=0,
+        description="set by --workers, not by hand: this process is worker N of several on a shared port",
+    )  # fmt: skip
+    metrics_host: str | None = Field(default=None, description="address to bind /metrics to; unset: host")
     build_missing: bool = Field(
         default=False,
         description="build the default models missing from the repository in the background while serving "

@@ -34,7 +34,8 @@ class RunningServer:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-             "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file), *extra],
+             "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
+             *([] if "--workers" in extra else ["--workers", "1"]), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
