@@ -61,6 +61,10 @@ SERVICE_NAMES = (
 )
 
 
+class BindError(RuntimeError):
+    """A port the server was told to use cannot be bound."""
+
+
 class App:
     """A running slimserve: gRPC server, health, models, metrics. `start()`, then `stop()`."""
 
@@ -136,10 +140,13 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{settings.host}:{settings.grpc_port}"
-        if self.tls is not None:
-            self.port = self.server.add_secure_port(address, self.tls.grpc_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.tls is not None:
+                self.port = self.server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # gRPC says only "Failed to bind"
+            raise BindError(f"cannot listen on {address}: is another server using the port? ({exc})") from exc
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         if settings.health_port is not None:  # plaintext, grpc.health.v1 only: for kubelet's probes
@@ -147,7 +154,11 @@ class App:
                 options=[("grpc.so_reuseport", 0 if settings.worker_index is None else 1)]
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+            health_address = f"{settings.host}:{settings.health_port}"
+            try:
+                self.health_port = self.health_server.add_insecure_port(health_address)
+            except RuntimeError as exc:
+                raise BindError(f"cannot listen on {health_address}: is another server using the port?") from exc
         self.tokens_enabled = tokens.enabled
         self._warn_if_exposed(tokens.enabled)
 

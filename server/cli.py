@@ -295,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from server.app import BindError
     from server.auth import AuthConfigError
     from server.serve import serve
     from server.settings import Settings
@@ -322,7 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
         if count > 1:
             return serve_workers(settings, count, args.port_file)
         return asyncio.run(serve(settings, args.port_file))
-    except (TlsConfigError, AuthConfigError, WorkersConfigError) as exc:
+    except (TlsConfigError, AuthConfigError, WorkersConfigError, BindError) as exc:
         print(f"slimserve serve: {exc}", file=sys.stderr)
         return 2
 

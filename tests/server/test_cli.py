@@ -88,3 +88,13 @@ def test_health_exits_0_when_serving_and_1_when_nothing_listens(server: RunningS
     assert (serving.returncode, serving.stdout.strip()) == (0, "SERVING"), serving.stderr
     nobody = _slimserve("health", "--address", "127.0.0.1:1", "--timeout-s", "1")
     assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr
+
+
+def test_a_taken_port_is_refused_with_a_message_not_shared(server: RunningServer, repository: Path) -> None:
+    """gRPC would share a taken port (SO_REUSEPORT) and split its traffic; a single server refuses."""
+    result = _slimserve(
+        "serve", "--repository", str(repository), "--host", "127.0.0.1", "--grpc-port", str(server.port),
+        "--metrics-port", "0", "--workers", "1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr and "Traceback" not in result.stderr
