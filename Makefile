@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-peers bench-router bench-observability bench-reload bench-first-run soak loadtest test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-observability bench-reload bench-first-run soak loadtest test lint typecheck unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-server: $(VENV)/.installed-test
 ## bench-peers: slimserve vs MLServer 1.7.1 and KServe 0.21 (own venvs in .bench-peers/), same ONNX files and client (needs `make run`'s repository)
 bench-peers: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_peers --repository $(REPOSITORY) --out docs/bench
+
+## bench-workers: serve --workers 2 vs --workers 1 on distilled digits, a Python and a C++ client (needs `make run`'s repository)
+bench-workers: $(VENV)/.installed-test
+	$(BIN)/python -m loadtest.bench_workers --repository $(REPOSITORY) --out docs/bench
 
 ## bench-router: router vs pinned variants vs ablated routers on a production arrival trace (needs `make run`'s repository)
 bench-router: $(VENV)/.installed-test

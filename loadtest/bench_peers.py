@@ -158,7 +158,12 @@ def _percentile(samples: list[float], q: float) -> float:
 
 
 async def _drive(address: str, payload: bytes, callers: int, seconds: float, pid: int) -> tuple[Measured, bytes]:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(math.ceil(callers / CALLERS_PER_CHANNEL))]
+    # One connection per channel (a local subchannel pool): gRPC would otherwise share one
+    # connection between channels to the same address, and a server with several worker
+    # processes (SO_REUSEPORT) is spread over connections.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    count = math.ceil(callers / CALLERS_PER_CHANNEL)
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(count)]
     calls = [channel.unary_unary(METHOD) for channel in channels]
     latencies: list[float] = []
     recording = False
@@ -223,14 +228,15 @@ def in_process(work: Workload, seconds: float, core: int) -> Measured:
 
 
 @contextmanager
-def started(server: Server, scratch: Path, core: int, probe: bytes) -> Iterator[tuple[str, int]]:
-    """The server running on `core`, answering `probe`; stopped (SIGTERM, then SIGKILL) after."""
+def started(server: Server, scratch: Path, core: int | None, probe: bytes) -> Iterator[tuple[str, int]]:
+    """The server running on `core` (None: every core), answering `probe`; stopped (SIGTERM,
+    then SIGKILL) after."""
     port = _free_port()
     log = scratch / f"{server.name.replace(' ', '_')}.log"
     process = subprocess.Popen(
         server.command(port, scratch), stdout=log.open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, **server.env, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}),
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
     try:
