@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-observability bench-reload bench-first-run soak loadtest test lint typecheck unit clean
+.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-observability bench-reload bench-first-run soak loadtest test test-unit test-integration test-slow lint typecheck suite clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,11 +45,16 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy variants server router tests loadtest
 
-unit: $(VENV)/.installed-test
+## suite: every test, then the time each tier took (unit, integration, slow: tests/conftest.py)
+suite: $(VENV)/.installed-test
 	$(BIN)/pytest -q
 
-## test: set up, lint, type-check, run the test suite
-test: lint typecheck unit
+## test-unit / test-integration / test-slow: one tier only
+test-unit test-integration test-slow: test-%: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m $*
+
+## test: set up, lint, type-check, run the test suite (all tiers)
+test: lint typecheck suite
 
 ## bench-server: server vs in-process ONNX Runtime, side by side (needs `make run`'s repository)
 bench-server: $(VENV)/.installed-test

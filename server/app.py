@@ -225,8 +225,13 @@ class App:
             if not self.activity.idle(time.monotonic()):
                 await asyncio.sleep(PUBLISH_PERIOD_S)
                 continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.activity.wait_for_arrival(), IDLE_PUBLISH_PERIOD_S)
+            except TimeoutError:
+                continue  # still idle: the periodic refresh
+            # Woken by a request: publish a period later, as while busy, not mid-request (a
+            # snapshot taken now would show that one request in flight until the next).
+            await asyncio.sleep(PUBLISH_PERIOD_S)
 
     async def _watch_backlog(self) -> None:
         """Every SAMPLE_S while calls are in flight: how many wait inside gRPC. Parked between

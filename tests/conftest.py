@@ -82,3 +82,46 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     running = RunningServer(repository, tmp_path_factory.mktemp("server"))
     yield running
     assert running.stop() == 0
+
+
+# -- tiers ------------------------------------------------------------------------------
+# Every test gets one tier marker, by what it costs (PyTriton's grouping): `unit` runs in
+# seconds with no server and no model build; `integration` starts real servers or needs the
+# session's tiny model build; `slow` runs Prometheus, Locust or whole builds. `make test`
+# runs all three and prints each tier's time; `make test-unit` etc. run one.
+TIERS = ("unit", "integration", "slow")
+SLOW_MODULES = {"test_prometheus", "test_locust", "test_build_missing"}
+BUILT_FIXTURES = {"server", "repository", "digits", "minilm"}
+SERVER_STARTERS = ("RunningServer(", "server_process(", "running_server(")
+
+
+def _tier(item: pytest.Item) -> str:
+    module = getattr(item, "module", None)
+    name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+    if item.get_closest_marker("slow") or name in SLOW_MODULES:
+        return "slow"
+    source = Path(module.__file__).read_text() if module is not None and module.__file__ else ""
+    if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())) or any(s in source for s in SERVER_STARTERS):
+        return "integration"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = _tier(item)
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    seconds = dict.fromkeys(TIERS, 0.0)
+    counts = dict.fromkeys(TIERS, 0)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            tier = next((t for t in TIERS if t in getattr(report, "keywords", {})), None)
+            if tier is None:
+                continue
+            seconds[tier] += getattr(report, "duration", 0.0)
+            counts[tier] += report.when == "call"
+    line = ", ".join(f"{tier} {counts[tier]} tests {seconds[tier]:.0f} s" for tier in TIERS)
+    terminalreporter.write_line(f"time by tier: {line} (setup included: the tiny model build counts once)")
