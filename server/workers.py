@@ -44,6 +44,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from server.settings import Settings
+from server.tls import ServerTls, TlsConfigError
 
 if TYPE_CHECKING:
     from server.metrics_merge import WorkerMetrics
@@ -109,6 +110,7 @@ class Supervisor:
         self._scratch = Path(tempfile.mkdtemp(prefix="slimserve-workers-"))
         self.collector: WorkerMetrics | None = None
         self.metrics_port: int | None = None
+        self._tls: ServerTls | None = None
 
     def _worker_settings(self, index: int, grpc_port: int, health_port: int | None) -> str:
         cores = usable_cores()
@@ -154,14 +156,13 @@ class Supervisor:
         from prometheus_client import CollectorRegistry, start_http_server
 
         from server.metrics_merge import WorkerMetrics
-        from server.tls import ServerTls
 
         self.collector = WorkerMetrics()
         self._publish_endpoints()
         registry = CollectorRegistry()
         registry.register(self.collector)
         settings = self.settings
-        tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        tls = self._tls
         arguments = tls.http_arguments() if tls is not None and settings.metrics_tls else {}
         http, _ = start_http_server(
             settings.metrics_port,
@@ -173,6 +174,10 @@ class Supervisor:
 
     async def run(self) -> int:
         settings = self.settings
+        # What only the supervisor uses must be checked here: the workers serve /metrics plainly.
+        self._tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.metrics_tls and self._tls is None:
+            raise TlsConfigError("--metrics-tls serves /metrics with --tls-cert and --tls-key: give them too")
         grpc_holder = _reserve(settings.host, settings.grpc_port)
         self._holders.append(grpc_holder)
         grpc_port = grpc_holder.getsockname()[1]

@@ -88,9 +88,16 @@ def test_two_workers_serve_one_port_with_one_metrics_endpoint(repository: Path, 
         requests = value(samples, "slimserve_requests", "slimserve_requests_total", model="digits", variant="int8")
         assert requests == calls
         assert [value(samples, "slimserve_worker_up", worker=w) for w in ("0", "1")] == [1, 1]
-        # Both workers took connections (16 connections all on one: 2⁻¹⁵): each one's own gauge.
-        for worker in ("0", "1"):
-            assert value(samples, "slimserve_arrival_rate", model="digits", worker=worker) > 0
+        # Both workers took connections (16 connections all on one: 2⁻¹⁵): each one's own gauge,
+        # from the snapshot its event loop publishes every 0.25 s while requests arrive.
+        deadline = time.monotonic() + 10
+        while not all(value(samples, "slimserve_arrival_rate", model="digits", worker=w) > 0 for w in ("0", "1")):
+            assert time.monotonic() < deadline, samples.get("slimserve_arrival_rate")
+            stub.ModelInfer(_request(), timeout=30)  # keep each worker's window of arrivals from emptying
+            for channel in channels:
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_request(), timeout=30)
+            time.sleep(0.1)
+            samples = scrape(running.metrics_url)
         for channel in channels:
             channel.close()
     finally:
