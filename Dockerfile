@@ -8,11 +8,7 @@ FROM python:3.11-slim AS builder
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 COPY pyproject.toml README.md ./
-COPY variants ./variants
-COPY server ./server
-COPY router ./router
-COPY protos ./protos
-COPY loadtest ./loadtest
+COPY slimserve ./slimserve
 # torch comes from PyTorch's CPU index: the default index would pull a multi-GB CUDA build.
 RUN python -m venv /opt/build-venv \
     && /opt/build-venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[build]" \

@@ -11,9 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.server.running import RunningServer
-from variants.build import build_model
-from variants.recipes import (
+from slimserve.variants.build import build_model
+from slimserve.variants.recipes import (
     ClassifierDistill,
     ClassifierPrune,
     ClassifierRecipe,
@@ -23,12 +22,15 @@ from variants.recipes import (
     EncoderRecipe,
     ProfileSettings,
 )
-from variants.repository import ModelEntry
+from slimserve.variants.repository import ModelEntry
+from tests.server.running import RunningServer
 
 QUICK_PROFILE = ProfileSettings(batch_sizes=[1, 4], seconds_per_batch_size=0.1, seq_len=16)
 
 
-def tiny_digits_recipe(name: str = "digits", entry_point: str = "variants.models.digits:spec") -> ClassifierRecipe:
+def tiny_digits_recipe(
+    name: str = "digits", entry_point: str = "slimserve.variants.models.digits:spec"
+) -> ClassifierRecipe:
     return ClassifierRecipe(
         name=name,
         entry_point=entry_point,
@@ -64,14 +66,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits(repository: Path) -> ModelEntry:
-    from variants.repository import load_model
+    from slimserve.variants.repository import load_model
 
     return load_model(repository / "digits")
 
 
 @pytest.fixture(scope="session")
 def minilm(repository: Path) -> ModelEntry:
-    from variants.repository import load_model
+    from slimserve.variants.repository import load_model
 
     return load_model(repository / "minilm")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.latency import ServiceCurve
-from router.ratios import RatioDistribution, RatioSnapshot
-from router.snapshot import RouterSnapshot, VariantView
+from slimserve.router.latency import ServiceCurve
+from slimserve.router.ratios import RatioDistribution, RatioSnapshot
+from slimserve.router.snapshot import RouterSnapshot, VariantView
 
 
 class FakeClock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.cpu import MIN_REQUESTS, CpuAccount
+from slimserve.router.cpu import MIN_REQUESTS, CpuAccount
 
 
 def test_utilization_is_cpu_time_over_wall_time_and_cores() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import InvalidHintError
-from router.hints import parse_hints
+from slimserve.router.errors import InvalidHintError
+from slimserve.router.hints import parse_hints
 
 
 def test_slo_comes_from_the_parameter_then_the_deadline_then_the_model() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import RouterConfig
-from router.latency import LatencyModel, ServiceCurve
+from slimserve.router.config import RouterConfig
+from slimserve.router.latency import LatencyModel, ServiceCurve
 from tests.router.fakes import FakeQueue
 
 CORRECTION_BOUNDS = RouterConfig.correction_bounds

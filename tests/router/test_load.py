@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.load import RECENT_MIN_EVENTS, RateMeter
+from slimserve.router.load import RECENT_MIN_EVENTS, RateMeter
 from tests.router.fakes import FakeClock
 
 

@@ -11,13 +11,13 @@ import math
 
 import pytest
 
-from router.config import RouterConfig
-from router.cpu import MIN_REQUESTS, SAMPLE_PERIOD_S, WEIGHT, CpuAccount
-from router.hints import RequestHints
-from router.load import RateMeter
-from router.policy import candidates
-from router.ratios import RatioDistribution
-from server.load_monitor import LAG_WEIGHT, PERIOD_S, decayed_lag_ms
+from slimserve.router.config import RouterConfig
+from slimserve.router.cpu import MIN_REQUESTS, SAMPLE_PERIOD_S, WEIGHT, CpuAccount
+from slimserve.router.hints import RequestHints
+from slimserve.router.load import RateMeter
+from slimserve.router.policy import candidates
+from slimserve.router.ratios import RatioDistribution
+from slimserve.server.load_monitor import LAG_WEIGHT, PERIOD_S, decayed_lag_ms
 from tests.router.fakes import FakeClock
 from tests.router.test_model_router import answer_as_modelled, make_router
 

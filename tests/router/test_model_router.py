@@ -6,12 +6,21 @@ from collections import Counter
 
 import pytest
 
-from router.config import RouterConfig
-from router.cpu import MIN_REQUESTS, CpuAccount
-from router.hints import RequestHints
-from router.latency import LatencyModel, ServiceCurve
-from router.model_router import ModelRouter, VariantRoute
-from router.policy import BEST_EFFORT, CPU_BUDGET, PINNED, THROUGHPUT_SLO, WITHIN_SLO, Candidate, Decision, candidates
+from slimserve.router.config import RouterConfig
+from slimserve.router.cpu import MIN_REQUESTS, CpuAccount
+from slimserve.router.hints import RequestHints
+from slimserve.router.latency import LatencyModel, ServiceCurve
+from slimserve.router.model_router import ModelRouter, VariantRoute
+from slimserve.router.policy import (
+    BEST_EFFORT,
+    CPU_BUDGET,
+    PINNED,
+    THROUGHPUT_SLO,
+    WITHIN_SLO,
+    Candidate,
+    Decision,
+    candidates,
+)
 from tests.router.fakes import FakeClock, FakeQueue
 
 SLO = RequestHints(slo_ms=10.0, slo_source="parameter")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import RouterConfig
-from router.errors import QualityUnreachableError
-from router.hints import RequestHints
-from router.policy import BEST_EFFORT, CPU_BUDGET, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, WITHIN_SLO, decide
+from slimserve.router.config import RouterConfig
+from slimserve.router.errors import QualityUnreachableError
+from slimserve.router.hints import RequestHints
+from slimserve.router.policy import BEST_EFFORT, CPU_BUDGET, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, WITHIN_SLO, decide
 from tests.router.fakes import ratios_of, snapshot_of
 
 CONFIG = RouterConfig()

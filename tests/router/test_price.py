@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.price import (
+from slimserve.router.price import (
     Budget,
     Demand,
     Offer,

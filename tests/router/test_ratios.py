@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import RouterConfig
-from router.ratios import RATIO_HIGH, RatioDistribution
+from slimserve.router.config import RouterConfig
+from slimserve.router.ratios import RATIO_HIGH, RatioDistribution
 
 HALF_LIFE_S, MIN_EFFECTIVE_SAMPLES = RouterConfig.ratio_half_life_s, RouterConfig.ratio_min_samples
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import inference_pb2 as pb
-from protos import inference_pb2_grpc
-from server.app import App
-from server.settings import Settings
+from slimserve.protos import inference_pb2 as pb
+from slimserve.protos import inference_pb2_grpc
+from slimserve.server.app import App
+from slimserve.server.settings import Settings
 
 TIMEOUT_S = 60.0
 

@@ -10,17 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from server.batcher import RESTART_WINDOW_S, DynamicBatcher
-from server.errors import (
+from slimserve.server.batcher import RESTART_WINDOW_S, DynamicBatcher
+from slimserve.server.errors import (
     DeadlineExceededError,
     ModelExecutionError,
     QueueFullError,
     ShuttingDownError,
     VariantUnavailableError,
 )
-from server.request import InferenceRequest
-from server.runtime import VariantSession
-from variants.repository import ModelEntry
+from slimserve.server.request import InferenceRequest
+from slimserve.server.runtime import VariantSession
+from slimserve.variants.repository import ModelEntry
 
 
 def _request(rows: int = 1, side: int = 28) -> InferenceRequest:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from tests.conftest import tiny_digits_recipe
 from tests.server.running import RunningServer
 

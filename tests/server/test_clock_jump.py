@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from slimserve.variants.data import load_digits_split
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
-from variants.data import load_digits_split
 
 LIBRARIES = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
 REQUIRED = os.environ.get("SLIMSERVE_REQUIRE_FAKETIME") == "1"

@@ -20,9 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from slimserve.variants.data import load_digits_split
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
-from variants.data import load_digits_split
 
 TIMEOUT_S = 60.0
 TOKENS = 16

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from slimserve.variants.data import load_digits_split
+from slimserve.variants.repository import ModelEntry
+from slimserve.variants.sessions import make_session
 from tests.server.running import RunningServer
-from variants.data import load_digits_split
-from variants.repository import ModelEntry
-from variants.sessions import make_session
 
 FUZZ_EXAMPLES = int(os.environ.get("SLIMSERVE_FUZZ_EXAMPLES", "2000"))
 CALL_TIMEOUT_S = 30.0

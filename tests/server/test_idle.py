@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from router.cpu import CpuAccount
-from server.activity import IDLE_AFTER_S, Activity
-from server.load_monitor import PERIOD_S, LoadMonitor
+from slimserve.router.cpu import CpuAccount
+from slimserve.server.activity import IDLE_AFTER_S, Activity
+from slimserve.server.load_monitor import PERIOD_S, LoadMonitor
 
 
 async def _ticks(monitor: LoadMonitor, seconds: float) -> int:

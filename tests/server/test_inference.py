@@ -18,11 +18,11 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as inference_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.variants.data import load_digits_split, minilm_tokenizer
+from slimserve.variants.repository import ModelEntry
+from slimserve.variants.sessions import make_session
 from tests.server.running import RunningServer
-from variants.data import load_digits_split, minilm_tokenizer
-from variants.repository import ModelEntry
-from variants.sessions import make_session
 
 TOLERANCE = 1e-4
 

@@ -12,12 +12,12 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from protos import slimserve_pb2, slimserve_pb2_grpc
-from router.cpu import TARGET_UTILIZATION
-from server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
+from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.router.cpu import TARGET_UTILIZATION
+from slimserve.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
+from slimserve.variants.data import load_digits_split, minilm_tokenizer
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
-from variants.data import load_digits_split, minilm_tokenizer
 
 
 @pytest.fixture(scope="module")

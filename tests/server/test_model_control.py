@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.serving import rewrite_description
-from server.errors import InvalidInputError, ModelLoadError, NotFoundError
-from server.host import ModelHost
-from server.model_control import ModelControl, RepositoryPoller
-from server.request import CallRecord, InferenceRequest
-from variants.hardware import fingerprint
-from variants.repository import MANIFEST_FILE, MODEL_FILE, load_repository, sha256_of
+from slimserve.loadtest.serving import rewrite_description
+from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
+from slimserve.server.host import ModelHost
+from slimserve.server.model_control import ModelControl, RepositoryPoller
+from slimserve.server.request import CallRecord, InferenceRequest
+from slimserve.variants.hardware import fingerprint
+from slimserve.variants.repository import MANIFEST_FILE, MODEL_FILE, load_repository, sha256_of
 
 THREADS = 1
 
@@ -37,7 +37,7 @@ def _request(variant: str = "") -> InferenceRequest:
 
 async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[ModelHost, ModelControl]:
     key = fingerprint(THREADS).key
-    from server.profiles import ensure_profiles
+    from slimserve.server.profiles import ensure_profiles
 
     models = ensure_profiles(load_repository(repo), key, "cloud-cpu", THREADS)
     host = ModelHost(models, executor, 4, THREADS, 64, key)

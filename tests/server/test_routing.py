@@ -13,10 +13,10 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.variants.data import load_digits_split
+from slimserve.variants.repository import ModelEntry
 from tests.server.running import RunningServer
-from variants.data import load_digits_split
-from variants.repository import ModelEntry
 
 RESPONSE_PARAMETERS = {"variant", "device", "predicted_ms", "queue_ms", "compute_ms", "reason", "batch_size"}
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from server.versions import variant_named, version_numbers
+from slimserve.server.versions import variant_named, version_numbers
+from slimserve.variants.data import load_digits_split
+from slimserve.variants.repository import ModelEntry
+from slimserve.variants.sessions import make_session
 from tests.server.running import RunningServer
-from variants.data import load_digits_split
-from variants.repository import ModelEntry
-from variants.sessions import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
 PERF_ANALYZER = Path(os.environ.get("SLIMSERVE_PERF_ANALYZER", ROOT.parent / "shared" / "tools" / "perf-analyzer"))

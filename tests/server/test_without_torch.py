@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from server.cli import BUILD_PACKAGES
+from slimserve.server.cli import BUILD_PACKAGES
+from slimserve.variants.data import load_digits_split
 from tests.server.running import RunningServer
-from variants.data import load_digits_split
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_a_server_without_torch_serves(
 
 def test_building_without_torch_names_the_extra(tmp_path: Path, without_build_packages: dict[str, str]) -> None:
     finished = subprocess.run(
-        [sys.executable, "-m", "server.cli", "build", "--repository", str(tmp_path / "repo")],
+        [sys.executable, "-m", "slimserve.server.cli", "build", "--repository", str(tmp_path / "repo")],
         env={**os.environ, **without_build_packages}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert finished.returncode == 2, finished.stderr

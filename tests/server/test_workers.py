@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from server.metrics_merge import merge
-from server.settings import Settings
-from server.workers import WorkersConfigError, worker_count
+from slimserve.server.metrics_merge import merge
+from slimserve.server.settings import Settings
+from slimserve.server.workers import WorkersConfigError, worker_count
+from slimserve.variants.hardware import usable_cores
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
-from variants.hardware import usable_cores
 
 CONNECTIONS = 16
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from variants.chains import Chain, build_plan, parse_chain
-from variants.recipes import ClassifierPrune, ClassifierRecipe, EncoderRecipe, ServingSettings, load_recipes
+from slimserve.variants.chains import Chain, build_plan, parse_chain
+from slimserve.variants.recipes import ClassifierPrune, ClassifierRecipe, EncoderRecipe, ServingSettings, load_recipes
 
 
 def test_a_chain_name_is_its_steps_in_order() -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from variants.distill import embedding_loss, hinton_loss, layer_map
+from slimserve.variants.distill import embedding_loss, hinton_loss, layer_map
 
 
 def test_hinton_loss_matches_hand_computed_value() -> None:

@@ -7,10 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from variants.models import digits
-from variants.pipeline import count_macs, count_params
-from variants.prune_encoder import InputStats, _keep_columns
-from variants.prune_sequential import prune_to_fraction, widths
+from slimserve.variants.models import digits
+from slimserve.variants.pipeline import count_macs, count_params
+from slimserve.variants.prune_encoder import InputStats, _keep_columns
+from slimserve.variants.prune_sequential import prune_to_fraction, widths
 
 
 def test_sequential_pruning_shrinks_every_hidden_layer_and_keeps_the_output() -> None:

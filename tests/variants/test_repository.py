@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from variants.repository import MANIFEST_FILE, MODEL_FILE, RepositoryError, load_model, load_repository
+from slimserve.variants.repository import MANIFEST_FILE, MODEL_FILE, RepositoryError, load_model, load_repository
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimserve.variants.build import build_model
+from slimserve.variants.hardware import fingerprint, threads_for
+from slimserve.variants.pareto import dominates, tradeoffs
+from slimserve.variants.recipes import EncoderPrune, EncoderPruneStep, EncoderRecipe, ServingSettings
+from slimserve.variants.repository import ModelEntry
 from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
-from variants.build import build_model
-from variants.hardware import fingerprint, threads_for
-from variants.pareto import dominates, tradeoffs
-from variants.recipes import EncoderPrune, EncoderPruneStep, EncoderRecipe, ServingSettings
-from variants.repository import ModelEntry
 
 CHAINS = ["fp32", "int8", "distilled", "distilled-pruned-int8", "pruned-int8", "lowrank-int8"]
 MAX_SERVED = 3  # fewer than the front can hold, so some variants are always left out

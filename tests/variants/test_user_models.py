@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimserve.variants.build import build_model
+from slimserve.variants.onnx_io import export_onnx
+from slimserve.variants.recipes import ClassifierLowrank, OnnxRecipe
+from slimserve.variants.repository import RepositoryError
 from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
 from tests.variants.user_model import spec
-from variants.build import build_model
-from variants.onnx_io import export_onnx
-from variants.recipes import ClassifierLowrank, OnnxRecipe
-from variants.repository import RepositoryError
 
 
 def test_torch_entry_point_builds_all_four_variants(tmp_path: Path) -> None:
@@ -87,3 +87,10 @@ def test_a_transformer_encoder_is_pruned_through_its_attention(tmp_path: Path) -
     assert pruned.measurements.export_max_abs_diff is not None and pruned.measurements.export_max_abs_diff < 1e-4
     # the quantizer's symbolic shape inference fails on this attention graph; int8 is still built
     assert entry.variants["pruned-int8"].manifest.measurements.quality["accuracy"] > 0.5
+
+
+def test_an_entry_point_from_before_the_one_namespace_still_loads(caplog: pytest.LogCaptureFixture) -> None:
+    from slimserve.variants.classifier_pipeline import ClassifierSpec, load_spec
+
+    assert isinstance(load_spec("variants.models.digits:spec"), ClassifierSpec)
+    assert "slimserve.variants.models.digits" in caplog.text

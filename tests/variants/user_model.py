@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from variants.data import Split
-from variants.spec import ClassifierSpec
+from slimserve.variants.data import Split
+from slimserve.variants.spec import ClassifierSpec
 
 
 def _blobs(count: int, seed: int) -> Split:
@@ -91,7 +91,7 @@ def resnet_spec() -> ClassifierSpec:
 
 def digits_resnet_spec() -> ClassifierSpec:
     """The residual CNN on the built-in digits: a user's own architecture on real data."""
-    from variants.data import load_digits_split
+    from slimserve.variants.data import load_digits_split
 
     train, held_out = load_digits_split()
     return ClassifierSpec(

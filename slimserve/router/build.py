@@ -1,0 +1,66 @@
+"""Builds the routers of a repository from its manifests, this machine's profiles and queues."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from slimserve.router.config import RouterConfig
+from slimserve.router.latency import LatencyModel, QueueView, ServiceCurve
+from slimserve.router.model_router import ModelRouter, VariantRoute
+from slimserve.variants.repository import ModelEntry, Profile
+
+
+class UnroutableVariantError(LookupError):
+    """A variant lacks what the router needs: a profile for the hardware the server runs
+    on, or a measurement of the quality metric its model routes on."""
+
+
+def profile_for(entry: ModelEntry, variant: str, hardware_key: str) -> Profile:
+    profiles = entry.variants[variant].manifest.profiles
+    if hardware_key not in profiles:
+        raise UnroutableVariantError(
+            f"{entry.config.name}/{variant} has no profile for hardware {hardware_key} "
+            f"(it has {sorted(profiles) or 'none'})"
+        )
+    return profiles[hardware_key]
+
+
+def build_model_router(
+    entry: ModelEntry,
+    hardware_key: str,
+    queues: Mapping[str, QueueView],
+    router_config: RouterConfig | None = None,
+    workers: int | None = None,
+) -> ModelRouter:
+    """A router over every variant of `entry`, from its profile for `hardware_key`, routing
+    on the quality metric `model.yaml` names.
+
+    `workers`: threads that run sessions (None: one per variant).
+    """
+    config, router_config = entry.config, router_config or RouterConfig()
+    metric = config.quality_metric.name
+    routes = []
+    for name, variant in entry.variants.items():
+        profile = profile_for(entry, name, hardware_key)
+        curve = ServiceCurve.of({batch: stats.p50_ms for batch, stats in profile.latency.items()})
+        measured = variant.manifest.measurements.quality
+        if metric not in measured:
+            raise UnroutableVariantError(
+                f"{config.name}/{name} has no measurement of '{metric}', the quality metric model.yaml routes on "
+                f"(it has {sorted(measured) or 'none'})"
+            )
+        routes.append(
+            VariantRoute(
+                name=name,
+                device=variant.manifest.device,
+                quality=measured[metric],
+                latency=LatencyModel(
+                    curve, config.max_batch_size, router_config.correction_weight, router_config.correction_bounds
+                ),
+                queue=queues[name],
+            )
+        )
+    side_by_side = workers is None or workers >= len(routes)
+    return ModelRouter(
+        config.name, routes, config.default_slo_ms, config.throughput_slo_rps, router_config, side_by_side
+    )

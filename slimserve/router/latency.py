@@ -1,0 +1,121 @@
+"""Latency model per variant: the stored profile, corrected online, plus the queue ahead.
+
+Service time for a batch of n rows is interpolated linearly between the profiled batch
+sizes (p50; beyond the largest, per-row cost of the largest).
+
+Online correction: every completed batch gives observed / predicted service time; an
+exponentially weighted mean of that ratio (RouterConfig.correction_weight, clamped to
+correction_bounds) scales every prediction.
+It absorbs what the profile could not see: other variants sharing the cores, a busier
+machine, and the typical input length of the traffic (text is profiled at one length;
+lengths are not modelled per request).
+
+What the snapshots cannot see is learned as a distribution of observed / modelled latency
+(`router.ratios`), from which the router takes the probability of meeting an SLO.
+
+Queue wait: a request joins the variant's queue behind `queued_rows` and waits for the
+batch in flight; the other variants' work shares the cores with it.
+`RouterSnapshot.modelled_ms` puts these together.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from slimserve.router.config import RouterConfig
+
+
+class QueueView(Protocol):
+    """What the router may read of a variant's batcher (no gRPC, no asyncio)."""
+
+    @property
+    def queued_rows(self) -> int: ...
+
+    @property
+    def running_rows(self) -> int: ...  # 0 when idle
+
+    @property
+    def running_started_s(self) -> float | None: ...  # monotonic start of the batch in flight; None: not started
+
+
+@dataclass(frozen=True)
+class ServiceCurve:
+    """Profiled p50 service time per batch size (milliseconds)."""
+
+    batch_sizes: tuple[int, ...]
+    p50_ms: tuple[float, ...]
+    # Whole row counts up to the largest batch, looked up rather than interpolated: a routing
+    # decision reads the curve some 25 times.
+    _table: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_table", tuple(self._interpolate(n) for n in range(self.batch_sizes[-1] + 1)))
+
+    @classmethod
+    def of(cls, points: dict[int, float]) -> ServiceCurve:
+        if not points:
+            raise ValueError("a service curve needs at least one profiled batch size")
+        sizes = tuple(sorted(points))
+        return cls(sizes, tuple(points[b] for b in sizes))
+
+    def ms(self, rows: float) -> float:
+        if rows.__class__ is int and 0 <= rows < len(self._table):
+            return self._table[rows]  # type: ignore[index]
+        return self._interpolate(rows)
+
+    def _interpolate(self, rows: float) -> float:
+        sizes, times = self.batch_sizes, self.p50_ms
+        if rows <= sizes[0]:
+            return times[0]  # a smaller batch is not cheaper than the smallest profiled one
+        if rows >= sizes[-1]:
+            return times[-1] * rows / sizes[-1]
+        i = bisect.bisect_right(sizes, rows)
+        lo, hi = sizes[i - 1], sizes[i]
+        return times[i - 1] + (times[i] - times[i - 1]) * (rows - lo) / (hi - lo)
+
+
+class LatencyModel:
+    """One variant's service-time model with its online correction."""
+
+    def __init__(
+        self,
+        curve: ServiceCurve,
+        max_batch_size: int,
+        weight: float = RouterConfig.correction_weight,
+        bounds: tuple[float, float] = RouterConfig.correction_bounds,
+    ) -> None:
+        self.curve = curve
+        self.max_batch_size = max_batch_size
+        self.weight, self.bounds = weight, bounds
+        self.correction = 1.0
+        self.observed_batches = 0
+
+    def service_ms(self, rows: float) -> float:
+        """Predicted compute time of one session call over `rows` rows."""
+        return self.curve.ms(rows) * self.correction
+
+    def capacity_rows_s(self, overhead_ms_per_row: float = 0.0) -> float:
+        """Rows per second this variant sustains alone, at its largest batch, when every row
+        also costs `overhead_ms_per_row` of the machine outside the session call."""
+        busy_ms = self.service_ms(self.max_batch_size) + overhead_ms_per_row * self.max_batch_size
+        return self.max_batch_size / busy_ms * 1e3
+
+    def observe(self, rows: float, compute_ms: float) -> None:
+        """Fold one completed batch into the correction."""
+        expected = self.curve.ms(rows)
+        if expected <= 0 or not math.isfinite(compute_ms) or compute_ms <= 0:
+            return
+        ratio = min(max(compute_ms / expected, self.bounds[0]), self.bounds[1])
+        self.correction += self.weight * (ratio - self.correction)
+        self.observed_batches += 1
+
+    def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
+        """What is left of the batch handed to the workers: all of it until it starts."""
+        if queue.running_rows <= 0:
+            return 0.0
+        service = self.service_ms(queue.running_rows)
+        started = queue.running_started_s
+        return service if started is None else max(service - (now_s - started) * 1e3, 0.0)

@@ -1,0 +1,322 @@
+"""The router of one model: what it learns and measures, the snapshot it takes, and `route`.
+
+Mechanics live here (clock, queues, rates, the online correction, the latency ratios, the
+CPU account and price, the throughput guard). Each decision is `router.policy.decide` over
+an immutable `RouterSnapshot`; the snapshot is taken again when it is older than
+`snapshot_max_age_s`, when any queue has changed since or when the router has learned
+something (a batch or a request finished), so that a burst never routes on a picture that
+its own first requests have already made stale.
+
+Thread: owned by the event loop; other threads read what the host publishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from slimserve.router.config import RouterConfig
+from slimserve.router.cpu import CpuAccount
+from slimserve.router.hints import RequestHints
+from slimserve.router.latency import LatencyModel, QueueView, ServiceCurve
+from slimserve.router.load import Clock, RateMeter
+from slimserve.router.policy import Decision, decide, pinned
+from slimserve.router.price import Budget, Offer, Price, cpu_price
+from slimserve.router.ratios import RatioDistribution
+from slimserve.router.snapshot import RouterSnapshot, VariantView
+
+
+def _cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[float], float]:
+    """Machine-ms one request of n rows costs: the overhead plus the profiled session call."""
+    return lambda rows: overhead_ms + curve.ms(rows)
+
+
+@dataclass
+class VariantRoute:
+    """One variant as the router knows it."""
+
+    name: str
+    device: str
+    quality: float
+    latency: LatencyModel
+    queue: QueueView
+
+
+@dataclass(frozen=True)
+class ThroughputStatus:
+    """The throughput SLO of a model and whether it is being met right now."""
+
+    declared_rps: float | None
+    arrival_rps: float
+    completion_rps: float
+    mix_capacity_rps: float
+    guard_active: bool
+    sustained_fraction: float = RouterConfig.throughput_sustained_fraction
+
+    @property
+    def sustained(self) -> bool:
+        """Served at least the declared rate, or everything that arrived if less came."""
+        if self.declared_rps is None:
+            return True
+        return self.completion_rps >= self.sustained_fraction * min(self.declared_rps, self.arrival_rps)
+
+
+class ModelRouter:
+    """Chooses a variant per request for one model."""
+
+    def __init__(
+        self,
+        model: str,
+        variants: list[VariantRoute],
+        default_slo_ms: float,
+        throughput_slo_rps: float | None = None,
+        config: RouterConfig | None = None,
+        side_by_side: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not variants:
+            raise ValueError(f"model '{model}' has no variants to route between")
+        self.model = model
+        self.config = config = config or RouterConfig()
+        self.variants = {v.name: v for v in variants}
+        self.default_slo_ms = default_slo_ms
+        self.throughput_slo_rps = throughput_slo_rps
+        self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
+        self.cpu = CpuAccount(config.cpu_target_utilization)  # and its CPU account, shared by every model
+        self.side_by_side = side_by_side  # every variant has a worker thread of its own
+        self.overhead_ms = 0.0
+        self.ratios = RatioDistribution(config.ratio_half_life_s, config.ratio_min_samples)
+        self._clock = clock
+        window = config.rate_window_s
+        self._arrivals = RateMeter(window, clock)
+        self._completions = RateMeter(window, clock)
+        self._shares = {name: RateMeter(window, clock) for name in self.variants}
+        self._sizes: dict[int, RateMeter] = {}  # requests per second, per request size
+        self._compute = RateMeter(window, clock)  # machine-ms per second of this model's session calls
+        self._guard_active = False
+        self._price = Price(0.0)
+        self._priced_at_s = float("-inf")
+        self._snapshot: RouterSnapshot | None = None
+        self._queue_marks: tuple[tuple[int, int, float | None], ...] = ()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def adopt(self, old: ModelRouter, kept: Iterable[str]) -> None:
+        """Carry over what `old` learned, when a model is reloaded: for the variants in
+        `kept` (the same graph, served by the same batcher) their online latency correction
+        and traffic share; for the model, its per-request overhead, latency ratios, rates
+        and price. Variants that are new start from their profile, as at start-up."""
+        for name in kept:
+            self.variants[name].latency.correction = old.variants[name].latency.correction
+            self.variants[name].latency.observed_batches = old.variants[name].latency.observed_batches
+            self._shares[name] = old._shares[name]
+        self.loop_lag_ms, self.cpu = old.loop_lag_ms, old.cpu
+        self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
+        self._arrivals, self._completions, self._sizes, self._compute = (
+            old._arrivals,
+            old._completions,
+            old._sizes,
+            old._compute,
+        )
+        self._price, self._priced_at_s = old._price, old._priced_at_s
+
+    # -- the snapshot -------------------------------------------------------------------
+
+    def snapshot(self) -> RouterSnapshot:
+        """What the router knows now: the last snapshot while it is fresh and no queue has
+        changed since, else a new one."""
+        now = self._clock()
+        marks = tuple((v.queue.queued_rows, v.queue.running_rows, v.queue.running_started_s)
+                      for v in self.variants.values())  # fmt: skip
+        current = self._snapshot
+        if (
+            current is not None
+            and marks == self._queue_marks
+            and now - current.taken_s < self.config.snapshot_max_age_s
+        ):
+            return current
+        self._snapshot, self._queue_marks = self._take(now), marks
+        return self._snapshot
+
+    def _take(self, now: float) -> RouterSnapshot:
+        per_row = self._overhead_ms_per_row()
+        ratios = self.ratios.snapshot(now) if self.config.ratios_on else None
+        views = tuple(
+            VariantView(
+                name=name,
+                device=v.device,
+                quality=v.quality,
+                curve=v.latency.curve,
+                correction=v.latency.correction,
+                max_batch_size=v.latency.max_batch_size,
+                in_flight_ms=v.latency.in_flight_ms(v.queue, now),
+                queued_rows=v.queue.queued_rows,
+                arriving_rows_s=self._shares[name].rows_per_second(),
+                capacity_rows_s=v.latency.capacity_rows_s(per_row),
+            )
+            for name, v in self.variants.items()
+        )
+        price = self._current_price(now, views)
+        return RouterSnapshot(
+            taken_s=now,
+            variants=views,
+            default_slo_ms=self.default_slo_ms,
+            overhead_ms=self.overhead_ms,
+            outside_ms=self._outside_ms(),
+            cpu_overhead_ms=self.cpu.overhead_ms,
+            ratios=ratios,
+            price=price.per_ms,
+            saturated=price.saturated,
+            required_rows_s=self._required_rows_s(),
+            side_by_side=self.side_by_side,
+            stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
+        )
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def route(self, hints: RequestHints, rows: int) -> Decision:
+        """Choose a variant for a request and count it as arrived."""
+        decision = decide(self.snapshot(), hints, rows, self.config)
+        self._arrive(rows)
+        self._shares[decision.variant].add(rows)
+        return decision
+
+    def pinned(self, variant: str, rows: int) -> Decision:
+        """The caller named the variant: no choice, but the prediction is still useful."""
+        decision = pinned(self.snapshot(), variant, rows)
+        self._arrive(rows)
+        self._shares[variant].add(rows)
+        return decision
+
+    def explain(self, hints: RequestHints, rows: int) -> Decision:
+        """What `route` would decide now, without counting an arrival."""
+        return decide(self.snapshot(), hints, rows, self.config)
+
+    def _arrive(self, rows: int) -> None:
+        self._arrivals.add(rows)
+        size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
+        if size not in self._sizes:
+            self._sizes[size] = RateMeter(self.config.size_window_s, self._clock)
+        self._sizes[size].add()
+
+    # -- learning -----------------------------------------------------------------------
+
+    def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
+        self._snapshot = None
+        latency = self.variants[variant].latency
+        if self.config.correction_on:
+            latency.observe(rows, compute_ms)
+        session_ms = latency.curve.ms(rows)  # the CPU it took, by the profile
+        self.cpu.record_compute(session_ms)
+        self._compute.add(session_ms)
+
+    def observe_request(
+        self, decision: Decision | None, elapsed_ms: float = 0.0, queue_ms: float = 0.0, compute_ms: float = 0.0
+    ) -> None:
+        """Fold one answered request in (`decision` None: it failed and nothing is learned).
+
+        `elapsed_ms` runs from the call's arrival to its result: what is neither queue nor
+        compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
+        """
+        self.cpu.record_request()
+        self._snapshot = None
+        if decision is None:
+            return
+        self._completions.add()
+        overhead = elapsed_ms - queue_ms - compute_ms
+        if overhead >= 0:
+            self.overhead_ms += self.config.overhead_weight * (overhead - self.overhead_ms)
+        self._observe_ratio(decision, elapsed_ms)
+
+    def observe_timeout(self, decision: Decision, waited_ms: float) -> None:
+        """A request that ran out of time (deadline passed, or the caller gave up) after
+        `waited_ms`: it would have taken at least that long, so the ratio distribution learns
+        it too. Learning from answers alone would make P(in time) optimistic exactly under
+        overload, when the slowest requests are the ones that never finish."""
+        self.cpu.record_request()
+        self._snapshot = None
+        self._observe_ratio(decision, waited_ms)
+
+    def _observe_ratio(self, decision: Decision, observed_ms: float) -> None:
+        floor_ms = self.overhead_ms + self._outside_ms()  # as RouterSnapshot.floor_ms
+        self.ratios.observe(decision.chosen.modelled_ms, observed_ms, self._clock(), floor_ms)
+
+    def _outside_ms(self) -> float:
+        """Time a call spends outside the server's handler: the configured RPC allowance, and
+        the event loop's lateness once before the handler runs and once after it returns."""
+        return self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
+
+    # -- the CPU price and the throughput guard -------------------------------------------
+
+    def _current_price(self, now: float, views: tuple[VariantView, ...]) -> Price:
+        """What one machine-millisecond per row costs in quality now (`router.price`),
+        recomputed at most every `reprice_s`.
+
+        The budget is the CPU account's target utilization and a mean queueing delay of
+        `price_wait_share` of the default SLO, with what the rest of the process uses (other
+        models, background work) taken off; the demand is this model's arrivals per request
+        size, each at the overhead plus the profiled service time of a variant.
+        """
+        if not self.config.price_on or not self.cpu.sampled:
+            return Price(0.0)
+        if now - self._priced_at_s < self.config.reprice_s:
+            return self._price
+        self._priced_at_s = now
+        overhead = self.cpu.overhead_ms
+        own_ms_s = self._compute.rows_per_second() + overhead * self._completions.per_second()
+        budget = Budget(
+            target_utilization=self.cpu.target,
+            rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
+            max_wait_ms=self.config.price_wait_share * self.default_slo_ms,
+        )
+        offers = [Offer(v.name, v.quality, _cost(v.curve, overhead)) for v in views]
+        rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
+        self._price = cpu_price(offers, rates, budget)
+        return self._price
+
+    def _overhead_ms_per_row(self) -> float:
+        """The CPU every request costs around its session call (`router.cpu`; 0 until it is
+        learned), per row of the typical request."""
+        return self.cpu.overhead_ms / self._rows_per_request() if self.cpu.overhead_ms else 0.0
+
+    def _mix_capacity_rows_s(self) -> float:
+        """Rows/s the current traffic mix sustains: 1 / Σ share_v / capacity_v."""
+        rates = {name: meter.rows_per_second() for name, meter in self._shares.items()}
+        total = sum(rates.values())
+        per_row = self._overhead_ms_per_row()
+        if total <= 0:
+            best = max(self.variants.values(), key=lambda v: v.quality)
+            return best.latency.capacity_rows_s(per_row)
+        capacity = {n: v.latency.capacity_rows_s(per_row) for n, v in self.variants.items()}
+        return 1.0 / sum(r / total / capacity[n] for n, r in rates.items() if r > 0)
+
+    def _required_rows_s(self) -> float | None:
+        """Capacity loose requests should go to, when the throughput SLO is at risk: the
+        arrivals have reached `throughput_pressure` of what the current mix can serve. Then
+        loose requests go to variants that could carry the larger of the declared rate and
+        the arrivals, with headroom."""
+        if self.throughput_slo_rps is None:
+            return None
+        arriving = self._arrivals.rows_per_second()
+        pressure = self.config.throughput_pressure
+        self._guard_active = arriving >= pressure * self._mix_capacity_rows_s()
+        if not self._guard_active:
+            return None
+        return max(self.throughput_slo_rps * self._rows_per_request(), arriving) / pressure
+
+    def _rows_per_request(self) -> float:
+        """Mean rows per arriving request (1 while nothing has arrived)."""
+        requests = self._arrivals.per_second()
+        return self._arrivals.rows_per_second() / requests if requests > 0 else 1.0
+
+    def throughput(self) -> ThroughputStatus:
+        return ThroughputStatus(
+            declared_rps=self.throughput_slo_rps,
+            arrival_rps=self._arrivals.per_second(),
+            completion_rps=self._completions.per_second(),
+            mix_capacity_rps=self._mix_capacity_rows_s() / self._rows_per_request(),
+            guard_active=self._guard_active,
+            sustained_fraction=self.config.throughput_sustained_fraction,
+        )

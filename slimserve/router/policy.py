@@ -1,0 +1,185 @@
+"""The routing policy: one pure function from (snapshot, hints, config) to a decision.
+
+No clocks, queues or I/O here: `router.snapshot.RouterSnapshot` holds everything the
+router knows at one instant, and `decide` reads nothing else, so that Explain, given the
+same snapshot and hints, says exactly what `route` does.
+
+The rule (README, "Routing"): every variant's latency for this request is predicted from
+its queue, the batches in flight and its (learned) service time; the variant chosen is the
+one with the highest expected quality — quality × P(answer within the SLO) — less the CPU
+it takes at the current price, among those at least `min_p_in_time` likely to be in time.
+In order:
+1. Variants below `min_quality` are rejected; if none is left → QualityUnreachableError.
+2. Throughput guard: while the model's throughput SLO is at risk (`required_rows_s`), a
+   loose request (SLO at least the model's default) goes only to variants with that
+   capacity, if there are any.
+3. `slo`: the best score as above (ties: the more accurate); reason `cpu_budget` when the
+   price changed the choice. None likely in time → the fastest, reason `best_effort`.
+   `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+from slimserve.router.config import RouterConfig
+from slimserve.router.errors import QualityUnreachableError
+from slimserve.router.hints import RequestHints
+from slimserve.router.snapshot import RouterSnapshot, VariantView
+
+# Reasons, as they appear in responses, Explain and the routing-decision metric.
+WITHIN_SLO = "most_accurate_within_slo"
+BEST_EFFORT = "best_effort"
+FASTEST = "fastest"
+MOST_ACCURATE = "most_accurate"
+THROUGHPUT_SLO = "throughput_slo"
+CPU_BUDGET = "cpu_budget"
+PINNED = "pinned"
+REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED)
+
+
+class Candidate(NamedTuple):
+    """A variant as the policy sees it: quality, predicted latency, capacity. (A named
+    tuple: every decision makes one per variant, and a frozen dataclass costs more to make.)"""
+
+    variant: str
+    device: str
+    quality: float
+    predicted_ms: float  # queue wait + service time for this request, now
+    capacity_rows_s: float  # rows per second at the largest batch
+    modelled_ms: float = 0.0  # predicted_ms before the learned stretch and the RPC allowance
+    p_in_time: float = 1.0  # probability of answering within the request's SLO
+    cost_per_row_ms: float = 0.0  # machine-milliseconds of CPU per row of this request
+
+    @property
+    def expected_quality(self) -> float:
+        return self.quality * self.p_in_time
+
+    def score(self, price: float) -> float:
+        """Expected quality less the CPU it takes at `price` (quality per machine-ms per row)."""
+        return self.expected_quality - price * self.cost_per_row_ms
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why one candidate was taken or not (for Explain)."""
+
+    candidate: Candidate
+    chosen: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class Grounds:
+    """What a decision was made from, beyond the candidates: enough to explain it later."""
+
+    hints: RequestHints
+    price: float
+    required_rows_s: float | None  # the throughput guard's demand, where it applied
+    min_p_in_time: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen variant and the reason; `verdicts` explains every candidate (for Explain,
+    written only when read: routing a request does not pay for the prose)."""
+
+    variant: str
+    reason: str
+    predicted_ms: float
+    device: str
+    chosen: Candidate
+    candidates: tuple[Candidate, ...]
+    grounds: Grounds | None = None  # None: pinned, nothing was weighed
+
+    @cached_property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return tuple(Verdict(c, c is self.chosen, self._why(c)) for c in self.candidates)
+
+    def _why(self, c: Candidate) -> str:
+        if c is self.chosen or self.grounds is None:
+            return self.reason
+        hints, price, required = self.grounds.hints, self.grounds.price, self.grounds.required_rows_s
+        if c.quality < hints.min_quality:
+            return f"quality {c.quality:.4f} < min_quality {hints.min_quality:.4f}"
+        if required is not None and c.capacity_rows_s < required:
+            return f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required:.0f} needed"
+        if hints.policy == "slo" and c.p_in_time < self.grounds.min_p_in_time:
+            return f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms"
+        if hints.policy == "slo" and self.reason != BEST_EFFORT:
+            cpu = f" less CPU {price * c.cost_per_row_ms:.4f}" if price > 0 else ""
+            return (
+                f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}){cpu} "
+                f"< {self.chosen.score(price):.4f} of '{self.chosen.variant}'"
+            )
+        if self.reason == FASTEST or c.quality == self.chosen.quality:
+            return f"slower than '{self.chosen.variant}'"
+        return f"less accurate than '{self.chosen.variant}'"
+
+
+def candidate(snapshot: RouterSnapshot, view: VariantView, rows: int, slo_ms: float | None) -> Candidate:
+    """One variant's prediction for a request of `rows` rows (and, given an SLO, its
+    probability of answering within it)."""
+    modelled = snapshot.modelled_ms(view, rows)
+    return Candidate(
+        variant=view.name,
+        device=view.device,
+        quality=view.quality,
+        predicted_ms=snapshot.predicted_ms(modelled),
+        capacity_rows_s=view.capacity_rows_s,
+        modelled_ms=modelled,
+        p_in_time=1.0 if slo_ms is None else snapshot.p_in_time(modelled, slo_ms),
+        cost_per_row_ms=snapshot.cost_ms(view, rows) / max(rows, 1),
+    )
+
+
+def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None) -> list[Candidate]:
+    """Every variant's prediction for a request of `rows` rows."""
+    return [candidate(snapshot, view, rows, slo_ms) for view in snapshot.variants]
+
+
+def pinned(snapshot: RouterSnapshot, variant: str, rows: int) -> Decision:
+    """The caller named the variant: no choice, but the prediction is still useful."""
+    chosen = candidate(snapshot, snapshot.view(variant), rows, None)
+    return Decision(variant, PINNED, chosen.predicted_ms, chosen.device, chosen, (chosen,))
+
+
+def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:
+    """Pick a variant for one request of `rows` rows (see the module docstring for the rule)."""
+    pool = candidates(snapshot, rows, hints.slo_ms)
+    qualifying = [c for c in pool if c.quality >= hints.min_quality]
+    if not qualifying:
+        best = max(pool, key=lambda c: c.quality)
+        raise QualityUnreachableError(
+            f"no variant reaches min_quality {hints.min_quality:.4f}; "
+            f"the best is '{best.variant}' at {best.quality:.4f}"
+        )
+    # Step 2, the throughput guard: loose requests to variants with the capacity, if any has it.
+    required = snapshot.required_rows_s if hints.slo_ms >= snapshot.default_slo_ms else None
+    guarded = False
+    if required is not None:
+        roomy = [c for c in qualifying if c.capacity_rows_s >= required]
+        guarded = bool(roomy) and len(roomy) < len(qualifying)
+        qualifying = roomy if guarded else qualifying
+    chosen, reason = _choose(qualifying, hints, snapshot.price, config.min_p_in_time)
+    if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
+        reason = THROUGHPUT_SLO
+    grounds = Grounds(hints, snapshot.price, required if guarded else None, config.min_p_in_time)
+    return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
+
+
+def _choose(pool: list[Candidate], hints: RequestHints, price: float, min_p_in_time: float) -> tuple[Candidate, str]:
+    """Step 3 of the rule, over the candidates steps 1 and 2 left."""
+    if hints.policy == "fastest":
+        return min(pool, key=lambda c: c.predicted_ms), FASTEST
+    if hints.policy == "most_accurate":
+        return min(pool, key=lambda c: (-c.quality, c.predicted_ms)), MOST_ACCURATE
+    likely = [c for c in pool if c.p_in_time >= min_p_in_time]
+    if not likely:
+        return min(pool, key=lambda c: c.predicted_ms), BEST_EFFORT
+    chosen = max(likely, key=lambda c: (c.score(price), c.quality))
+    if price > 0 and chosen is not max(likely, key=lambda c: (c.expected_quality, c.quality)):
+        return chosen, CPU_BUDGET
+    return chosen, WITHIN_SLO

@@ -1,0 +1,125 @@
+"""What the router knows at one instant, immutable: every decision, Explain and metric reads one.
+
+The event loop takes a snapshot (`ModelRouter.snapshot`) at most every few milliseconds,
+and again as soon as a queue changes; from it, `predicted_ms` and `p_in_time` give any
+request's prediction without touching live state. So Explain, asked with the same hints
+on the same snapshot, says exactly what `route` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slimserve.router.latency import ServiceCurve
+from slimserve.router.ratios import RatioSnapshot
+
+
+@dataclass(frozen=True)
+class VariantView:
+    """One variant at the instant of the snapshot."""
+
+    name: str
+    device: str
+    quality: float
+    curve: ServiceCurve  # profiled p50 service time per batch size
+    correction: float  # learned observed / profiled service time (1: not learned or switched off)
+    max_batch_size: int
+    in_flight_ms: float  # what is left of the batch it is computing
+    queued_rows: int
+    arriving_rows_s: float  # rows per second the router has been sending it
+    capacity_rows_s: float  # rows per second it sustains alone, its overhead counted
+    # Derived once (each decision reads them for every variant): a full batch's service
+    # time, and the work left — the batch in flight and the queue.
+    full_batch_ms: float = field(init=False)
+    backlog_ms: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "full_batch_ms", self.service_ms(self.max_batch_size))
+        object.__setattr__(self, "backlog_ms", self.in_flight_ms + self.drain_ms(self.queued_rows))
+
+    def service_ms(self, rows: float) -> float:
+        return self.curve.ms(rows) * self.correction
+
+    def drain_ms(self, rows: float) -> float:
+        """Time to compute `rows` rows in full batches of max_batch_size, then the rest."""
+        if rows <= 0:
+            return 0.0
+        full, rest = divmod(rows, self.max_batch_size)
+        return full * self.full_batch_ms + (self.service_ms(rest) if rest > 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class RouterSnapshot:
+    """One model's router state at `taken_s`, for decisions, Explain and metrics."""
+
+    taken_s: float
+    variants: tuple[VariantView, ...]
+    default_slo_ms: float
+    overhead_ms: float  # learned per-request time in the server outside queue and compute
+    outside_ms: float  # time outside the server: the RPC allowance and the event loop's lag
+    cpu_overhead_ms: float  # learned machine-ms a request costs around its session call
+    ratios: RatioSnapshot | None  # spread of observed / modelled latency; None: too little data
+    price: float  # quality per machine-millisecond per row (0 while the traffic fits)
+    saturated: bool  # the traffic fits at no price: the machine is past what it serves in time
+    required_rows_s: float | None  # the throughput guard's demand on loose requests; None: off
+    side_by_side: bool  # every variant has a worker thread of its own
+    stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
+
+    def view(self, variant: str) -> VariantView:
+        return next(v for v in self.variants if v.name == variant)
+
+    @property
+    def floor_ms(self) -> float:
+        """Latency that does not scale with the work: a request that took 3 ms instead of 0.3
+        is not "10× slower" but met the fixed costs every request meets (router.ratios)."""
+        return self.overhead_ms + self.outside_ms
+
+    def modelled_ms(self, variant: VariantView, rows: float) -> float:
+        """Expected latency in the server of a request of `rows` rows sent to `variant` now.
+
+        = per-request overhead (decode, encode, the handler)
+        + the variant's batch in flight
+        + the batches that drain its queue, the last of which carries this request; rows that
+          arrive while the batch in flight finishes join that batch too, so they are counted
+        + the other variants' work. When every variant has its own worker thread, their
+          batches run at once and share the cores (processor sharing): a variant with r ms
+          of work left — its batch in flight and its queue, which its batcher hands over
+          batch after batch — slows our w ms by min(r, w). So a short request of a cheap
+          variant runs beside a long backlog instead of behind it. Past saturation
+          (`saturated`) it may not: every millisecond it takes is then one that requests
+          admitted before it wait, and the machine cannot serve them all in time anyway;
+          the others' backlog counts in full, as on one first-come-first-served machine.
+          Measured on minilm at 1.5–2× fp32's capacity (AMD EPYC, one core): sharing alone
+          spread requests over four variants in small batches and lost 4.5–8.6 points of
+          effective accuracy to pinned int8. With fewer workers, batches take turns, and
+          the delay is what is left of their batches in flight.
+        """
+        waiting = variant.in_flight_ms
+        joining = variant.queued_rows + rows + variant.arriving_rows_s * waiting / 1e3
+        own = waiting + variant.drain_ms(joining)
+        others = 0.0
+        for other in self.variants:
+            if other is not variant:
+                if not self.side_by_side:
+                    others += other.in_flight_ms
+                else:
+                    others += other.backlog_ms if self.saturated else min(other.backlog_ms, own)
+        return self.overhead_ms + own + others
+
+    def p_in_time(self, modelled_ms: float, slo_ms: float) -> float:
+        """P(a request modelled at `modelled_ms` answers within `slo_ms`, outside time included)."""
+        budget = slo_ms - self.outside_ms
+        if self.ratios is None:  # too little data (or switched off): trust the model as it is
+            return 1.0 if modelled_ms <= budget else 0.0
+        return self.ratios.probability_at_most((budget + self.floor_ms) / (modelled_ms + self.floor_ms))
+
+    def predicted_ms(self, modelled_ms: float) -> float:
+        """The latency, outside time included, that the request stays under with the
+        probability RouterConfig.predicted_quantile (the modelled one while there is no data)."""
+        floor = self.floor_ms
+        return (modelled_ms + floor) * self.stretch - floor + self.outside_ms
+
+    def cost_ms(self, variant: VariantView, rows: float) -> float:
+        """Machine-ms one request costs: the overhead around the call plus the profiled session
+        call (the profile, not observed times: those include waiting for the core)."""
+        return self.cpu_overhead_ms + variant.curve.ms(rows)

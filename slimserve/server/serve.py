@@ -1,0 +1,38 @@
+"""Run the server until SIGTERM or SIGINT, then shut down gracefully and return 0."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+from pathlib import Path
+
+from slimserve.server.app import App
+from slimserve.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, port_file: Path | None = None) -> int:
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await app.start()
+    # Everything loaded so far (ONNX Runtime, numpy, gRPC, the sessions: ~190k objects) lives
+    # as long as the process. A full collection would traverse all of it, stalling every
+    # request for 65 ms on a 2-core Xeon — four times a 15-ms SLO; frozen, it is skipped.
+    gc.collect()
+    gc.freeze()
+    if port_file is not None:
+        # Line 1: the gRPC port; line 2: the metrics port (or "off"); line 3: the health-only
+        # port (or "off"). Renamed into place, so a reader never sees half of it.
+        partial = port_file.with_name(port_file.name + ".partial")
+        partial.write_text(f"{app.port}\n{app.metrics_port or 'off'}\n{app.health_port or 'off'}\n")
+        partial.replace(port_file)
+    await stop.wait()
+    log.info("signal received; draining for up to %.1f s", settings.shutdown_grace_s)
+    await app.stop()
+    return 0

@@ -1,0 +1,165 @@
+"""`slimserve build`: run a recipe's pipeline, measure every variant, publish the model.
+
+The steps, each with a progress bar: the pipeline trains and compresses (fp32, int8,
+pruned, distilled and the recipe's chains of them); every variant's ONNX graph is
+evaluated on the held-out set with ONNX Runtime (what is served is what is measured); all
+variants are profiled side by side; each one's Huffman-coded size and session memory are
+measured; the final publication decides which are served (recipe `serving.serve`); the
+model is written into a staging folder and renamed into the repository in one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from slimserve.variants.classifier_pipeline import classifier_stages
+from slimserve.variants.coded_size import coded_bytes
+from slimserve.variants.encoder_pipeline import encoder_stages
+from slimserve.variants.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
+from slimserve.variants.memory import session_rss_bytes
+from slimserve.variants.onnx_pipeline import onnx_pipeline
+from slimserve.variants.pareto import served_set
+from slimserve.variants.pipeline import PipelineResult, last_stage
+from slimserve.variants.profile import profile_variants, synthetic_batch
+from slimserve.variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, ProfileSettings, planned_variants
+from slimserve.variants.repository import (
+    Measurements,
+    ModelEntry,
+    SeedFormulas,
+    VariantManifest,
+    load_model,
+    now,
+    publish_model,
+    sha256_of,
+    staging_dir,
+    update_manifest,
+    write_model_config,
+    write_variant,
+)
+from slimserve.variants.sessions import make_session, run_batched
+
+log = logging.getLogger(__name__)
+FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile
+
+
+def pipeline_stages(recipe: AnyRecipe) -> Iterator[PipelineResult]:
+    """The recipe's pipeline, stage by stage (variants.pipeline.FIRST_STAGE first)."""
+    if isinstance(recipe, ClassifierRecipe):
+        yield from classifier_stages(recipe)
+    elif isinstance(recipe, EncoderRecipe):
+        yield from encoder_stages(recipe)
+    else:
+        yield onnx_pipeline(recipe)
+
+
+def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
+    return last_stage(pipeline_stages(recipe))
+
+
+def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:
+    """Build, measure and publish one model; returns it as loaded back from disk.
+
+    Profiles are taken as `cloud-cpu` (every usable core); `slimserve profile
+    --hardware-profile edge` adds the one-core profile afterwards.
+    """
+    started = time.monotonic()
+    entry = publish(recipe, repo, run_pipeline(recipe), recipe.profile, final=True)
+    log.info("built %s in %.0f s", recipe.name, time.monotonic() - started)
+    return entry
+
+
+def build_staged(recipes: list[AnyRecipe], repo: Path) -> dict[str, ModelEntry]:
+    """Build every recipe stage by stage, all models' first stage (fp32, int8) before any
+    model's second: a server polling the repository can answer within minutes and gains
+    the other variants as they are published. The first stage is profiled briefly
+    (FIRST_STAGE_PROFILE_S per batch size); the last publication profiles every variant
+    side by side with the recipe's settings and replaces it (same graphs, same hashes)."""
+    started = time.monotonic()
+    running = {recipe.name: (recipe, pipeline_stages(recipe)) for recipe in recipes}
+    entries: dict[str, ModelEntry] = {}
+    while running:
+        for name, (recipe, stages) in list(running.items()):
+            result = next(stages, None)
+            if result is None:
+                del running[name]
+                continue
+            built = [v.name for v in result.variants]
+            to_come = [v for v in planned_variants(recipe) if v not in built]
+            final = not to_come
+            settings = recipe.profile if final else recipe.profile.model_copy(
+                update={"seconds_per_batch_size": FIRST_STAGE_PROFILE_S}
+            )  # fmt: skip
+            entries[name] = publish(recipe, repo, result, settings, final=final)
+            log.info("%s: published %s after %.0f s%s", name, ", ".join(built), time.monotonic() - started,
+                     f"; still building {', '.join(to_come)}" if to_come else "")  # fmt: skip
+    return entries
+
+
+def publish(
+    recipe: AnyRecipe, repo: Path, result: PipelineResult, settings: ProfileSettings, final: bool
+) -> ModelEntry:
+    """Evaluate, profile and measure `result`'s variants, and publish them as the model, in
+    one rename. The final publication also decides the served set (recipe `serving.serve`)."""
+    reference = result.variants[0]
+    threads = threads_for("cloud-cpu")
+    outputs = {v.name: run_batched(make_session(v.onnx, threads), result.held_out) for v in result.variants}
+    profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, settings, "cloud-cpu")
+    full_batch = synthetic_batch(result.config.inputs, result.config.max_batch_size, settings.seq_len)
+    staged = staging_dir(repo, recipe.name)
+    built_at = now()
+    manifests: dict[str, VariantManifest] = {}
+    for variant in tqdm(result.variants, desc=f"{recipe.name}: measure", unit="variant", leave=False):
+        quality, agreement = result.score(outputs[variant.name], outputs[reference.name])
+        profile = profiles[variant.name]
+        manifests[variant.name] = VariantManifest(
+            name=variant.name,
+            kind=variant.kind,
+            source=variant.source,
+            recipe=variant.recipe,
+            architecture=variant.architecture,
+            measurements=Measurements(
+                params=variant.params,
+                macs=variant.macs,
+                size_bytes=len(variant.onnx),
+                quality=quality,
+                agreement=agreement,
+                export_max_abs_diff=variant.export_max_abs_diff,
+                eval_items=len(outputs[variant.name]),
+                coded_bytes=coded_bytes(variant.onnx),
+                session_rss_bytes=session_rss_bytes(variant.onnx, full_batch, threads),
+            ),
+            seed_formulas=SeedFormulas.of(reference.params, variant.params, len(reference.onnx), len(variant.onnx)),
+            profiles={profile.hardware.key: profile},
+            onnx_sha256=sha256_of(variant.onnx),
+            built_at=built_at,
+        )
+        write_variant(staged, manifests[variant.name], variant.onnx)
+    config = result.config
+    serving = recipe.serving
+    if final and serving.serve == "front":
+        key = fingerprint(threads).key
+        served = served_set(manifests, config.quality_metric.name, key, reference.name, serving.always_serve,
+                            serving.max_served_variants)  # fmt: skip
+        config = config.model_copy(update={"served_variants": served})
+    write_model_config(staged, config)
+    publish_model(staged, repo, recipe.name)
+    return load_model(repo / recipe.name)
+
+
+def reprofile(entry: ModelEntry, settings: ProfileSettings, target: HardwareTarget) -> ModelEntry:
+    """Add (or replace) this machine's profile for `target` in every variant of a built model,
+    served or not (the Pareto front of `target` is drawn over all of them)."""
+    if target == "edge":
+        pin_to_one_core()
+    graphs = {name: v.onnx_path.read_bytes() for name, v in entry.candidates.items()}
+    profiles = profile_variants(graphs, entry.config, settings, target)
+    for name, variant in entry.candidates.items():
+        manifest = variant.manifest
+        manifest.profiles[profiles[name].hardware.key] = profiles[name]
+        update_manifest(variant.onnx_path.parent, manifest)
+    return load_model(entry.path)

