@@ -98,6 +98,7 @@ class ModelRouter:
         self._price = Price(0.0)
         self._priced_at_s = float("-inf")
         self._snapshot: RouterSnapshot | None = None
+        self._taken: RouterSnapshot | None = None  # the last snapshot taken, even once out of date
         self._queue_marks: tuple[tuple[int, int, float | None], ...] = ()
 
     def now(self) -> float:
@@ -138,6 +139,7 @@ class ModelRouter:
         ):
             return current
         self._snapshot, self._queue_marks = self._take(now), marks
+        self._taken = self._snapshot
         return self._snapshot
 
     def _take(self, now: float) -> RouterSnapshot:
@@ -184,8 +186,18 @@ class ModelRouter:
         return decision
 
     def pinned(self, variant: str, rows: int) -> Decision:
-        """The caller named the variant: no choice, but the prediction is still useful."""
-        decision = pinned(self.snapshot(), variant, rows)
+        """The caller named the variant: no choice, but the prediction is still useful.
+
+        A pinned call weighs nothing, so its prediction may come from the last snapshot while
+        that is younger than `snapshot_max_age_s`, even if queues moved since: rebuilding every
+        variant's view for each call was a third of the handler's own CPU under load. Such a
+        prediction is a few milliseconds stale, so it does not teach the ratio distribution;
+        a pinned call that takes a fresh snapshot does."""
+        recent = self._taken
+        if recent is not None and self._clock() - recent.taken_s < self.config.snapshot_max_age_s:
+            decision = pinned(recent, variant, rows, learns=False)
+        else:
+            decision = pinned(self.snapshot(), variant, rows)
         self._arrive(rows)
         self._shares[variant].add(rows)
         return decision
@@ -228,7 +240,8 @@ class ModelRouter:
         overhead = elapsed_ms - queue_ms - compute_ms
         if overhead >= 0:
             self.overhead_ms += self.config.overhead_weight * (overhead - self.overhead_ms)
-        self._observe_ratio(decision, elapsed_ms)
+        if decision.learns:
+            self._observe_ratio(decision, elapsed_ms)
 
     def observe_timeout(self, decision: Decision, waited_ms: float) -> None:
         """A request that ran out of time (deadline passed, or the caller gave up) after
@@ -237,7 +250,8 @@ class ModelRouter:
         overload, when the slowest requests are the ones that never finish."""
         self.cpu.record_request()
         self._snapshot = None
-        self._observe_ratio(decision, waited_ms)
+        if decision.learns:
+            self._observe_ratio(decision, waited_ms)
 
     def _observe_ratio(self, decision: Decision, observed_ms: float) -> None:
         floor_ms = self.overhead_ms + self._outside_ms()  # as RouterSnapshot.floor_ms

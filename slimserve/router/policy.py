@@ -93,6 +93,7 @@ class Decision:
     chosen: Candidate
     candidates: tuple[Candidate, ...]
     grounds: Grounds | None = None  # None: pinned, nothing was weighed
+    learns: bool = True  # whether its prediction is exact enough to teach the ratio distribution
 
     @cached_property
     def verdicts(self) -> tuple[Verdict, ...]:
@@ -140,10 +141,10 @@ def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None) -> lis
     return [candidate(snapshot, view, rows, slo_ms) for view in snapshot.variants]
 
 
-def pinned(snapshot: RouterSnapshot, variant: str, rows: int) -> Decision:
+def pinned(snapshot: RouterSnapshot, variant: str, rows: int, learns: bool = True) -> Decision:
     """The caller named the variant: no choice, but the prediction is still useful."""
     chosen = candidate(snapshot, snapshot.view(variant), rows, None)
-    return Decision(variant, PINNED, chosen.predicted_ms, chosen.device, chosen, (chosen,))
+    return Decision(variant, PINNED, chosen.predicted_ms, chosen.device, chosen, (chosen,), learns=learns)
 
 
 def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:

@@ -23,7 +23,8 @@ class VariantSession:
             raise ValueError(f"{variant.onnx_path}: outputs {self._output_names} differ from model.yaml {expected}")
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Blocking; call it from a worker thread, never from the event loop."""
+        """Blocking: from a worker thread, or from the event loop for calls shorter than a thread
+        hop (`server.batcher`)."""
         return dict(zip(self._output_names, self._session.run(self._output_names, inputs), strict=True))
 
     def warm_up(self, calls: int, seq_len: int = 16) -> None:

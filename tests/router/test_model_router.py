@@ -287,3 +287,21 @@ def test_past_saturation_no_request_overtakes_work_admitted_before_it() -> None:
     assert snapshot.saturated and snapshot.price > 0
     # fp32's 1 ms no longer runs beside int8's 28 ms of work (that would be 1 + 1): it waits.
     assert predictions(router)[0].modelled_ms == pytest.approx(1.0 + 28.0)
+
+
+def test_a_pinned_call_reuses_a_recent_snapshot_and_then_does_not_teach_the_ratios() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    first = router.pinned("int8", 1)  # no snapshot yet: a fresh one, which teaches
+    assert first.learns
+    answer_as_modelled(router, first)
+    queues["int8"].queued_rows = 40  # the queue moves; a routed call would take a new snapshot
+    clock.advance(router.config.snapshot_max_age_s / 2)
+    second = router.pinned("int8", 1)
+    assert not second.learns and second.predicted_ms == first.predicted_ms  # the same (older) view
+    learned = router.ratios.effective_samples(clock())
+    answer_as_modelled(router, second)
+    assert router.ratios.effective_samples(clock()) == pytest.approx(learned)  # not learned
+    clock.advance(router.config.snapshot_max_age_s)
+    third = router.pinned("int8", 1)  # the last snapshot is too old: a fresh one sees the queue
+    assert third.learns and third.predicted_ms > first.predicted_ms
