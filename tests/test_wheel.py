@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.server.cli import BUILD_PACKAGES
+from tests.build_free import poison_build_packages
 from tests.server.running import START_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent
@@ -45,8 +45,7 @@ def test_the_wheel_holds_one_package_and_serves_from_a_fresh_venv(repository: Pa
     # Dependencies from this project's environment (a plain path entry: its editable finder and
     # its own .pth files are not run), build-only packages made unimportable.
     (site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    poison = ", ".join(repr(name) for name in sorted(BUILD_PACKAGES))
-    (site / "sitecustomize.py").write_text(f"import sys\nfor name in ({poison},):\n    sys.modules[name] = None\n")
+    poison_build_packages(site)
     python = str(venv / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(

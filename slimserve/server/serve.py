@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from slimserve.server.app import App
+from slimserve.server.port_file import write_port_file
 from slimserve.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,7 @@ async def serve(settings: Settings, port_file: Path | None = None) -> int:
     gc.collect()
     gc.freeze()
     if port_file is not None:
-        # Line 1: the gRPC port; line 2: the metrics port (or "off"); line 3: the health-only
-        # port (or "off"). Renamed into place, so a reader never sees half of it.
-        partial = port_file.with_name(port_file.name + ".partial")
-        partial.write_text(f"{app.port}\n{app.metrics_port or 'off'}\n{app.health_port or 'off'}\n")
-        partial.replace(port_file)
+        write_port_file(port_file, app.port, app.metrics_port, app.health_port)
     await stop.wait()
     log.info("signal received; draining for up to %.1f s", settings.shutdown_grace_s)
     await app.stop()

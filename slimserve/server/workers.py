@@ -43,6 +43,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from slimserve.server.port_file import write_port_file
 from slimserve.server.settings import Settings
 from slimserve.server.tls import ServerTls, TlsConfigError
 
@@ -207,11 +208,8 @@ class Supervisor:
                 holder.close()
 
     def _write_port_file(self, grpc_port: int, health_port: int | None) -> None:
-        if self.port_file is None:
-            return
-        partial = self.port_file.with_name(self.port_file.name + ".partial")
-        partial.write_text(f"{grpc_port}\n{self.metrics_port or 'off'}\n{health_port or 'off'}\n")
-        partial.replace(self.port_file)
+        if self.port_file is not None:
+            write_port_file(self.port_file, grpc_port, self.metrics_port, health_port)
 
     async def _watch(self, stop: asyncio.Event, grpc_port: int, health_port: int | None) -> int:
         """Until SIGTERM: start again any worker that died (bounded)."""

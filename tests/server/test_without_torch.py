@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from slimserve.server.cli import BUILD_PACKAGES
 from slimserve.variants.data import load_digits_split
+from tests.build_free import poison_build_packages
 from tests.server.running import RunningServer
 
 
@@ -25,8 +25,7 @@ def without_build_packages(tmp_path: Path) -> dict[str, str]:
     `import torch` raises ImportError."""
     folder = tmp_path / "site"
     folder.mkdir()
-    names = ", ".join(repr(name) for name in sorted(BUILD_PACKAGES))
-    (folder / "sitecustomize.py").write_text(f"import sys\nfor name in ({names},):\n    sys.modules[name] = None\n")
+    poison_build_packages(folder)
     return {"PYTHONPATH": str(folder)}
 
 
