@@ -1,4 +1,4 @@
-"""`python -m loadtest.bench_workers`: `serve --workers 2` against `--workers 1`, side by side.
+"""`python -m slimserve.loadtest.bench_workers`: `serve --workers 2` against `--workers 1`, side by side.
 
 `distilled` digits at batch 1 (overhead dominates: the model is ~0.05 ms), the server on
 every core, each worker count started in turn and alternated over the runs. Two clients:
@@ -111,7 +111,7 @@ def main() -> int:
     from slimserve.variants.hardware import fingerprint
 
     fp = fingerprint(1)
-    lines = [f"# `--workers 2` vs `--workers 1` — `python -m loadtest.bench_workers`\n\nMachine: {fp.cpu_model} "
+    lines = [f"# `--workers 2` vs `--workers 1` — `python -m slimserve.loadtest.bench_workers`\n\nMachine: {fp.cpu_model} "
              f"({', '.join(fp.isa)}), {os.cpu_count()} cores shared by server and client. digits `{VARIANT}`, "
              f"batch 1, {CALLERS} callers.\n",
              "| run | client | workers | requests/s | requests per server CPU-second | client CPU per request (ms) |",
