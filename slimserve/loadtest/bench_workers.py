@@ -111,7 +111,8 @@ def main() -> int:
     from slimserve.variants.hardware import fingerprint
 
     fp = fingerprint(1)
-    lines = [f"# `--workers 2` vs `--workers 1` — `python -m slimserve.loadtest.bench_workers`\n\nMachine: {fp.cpu_model} "
+    title = "# `--workers 2` vs `--workers 1` — `python -m slimserve.loadtest.bench_workers`"
+    lines = [f"{title}\n\nMachine: {fp.cpu_model} "
              f"({', '.join(fp.isa)}), {os.cpu_count()} cores shared by server and client. digits `{VARIANT}`, "
              f"batch 1, {CALLERS} callers.\n",
              "| run | client | workers | requests/s | requests per server CPU-second | client CPU per request (ms) |",

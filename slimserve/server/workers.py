@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -107,7 +108,6 @@ class Supervisor:
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._metrics_ports: dict[int, int] = {}
         self._deaths: deque[float] = deque()
-        self._stopping = False
         self._scratch = Path(tempfile.mkdtemp(prefix="slimserve-workers-"))
         self.collector: WorkerMetrics | None = None
         self.metrics_port: int | None = None
@@ -206,6 +206,7 @@ class Supervisor:
             await self._stop_all()
             for holder in self._holders:
                 holder.close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _write_port_file(self, grpc_port: int, health_port: int | None) -> None:
         if self.port_file is not None:
