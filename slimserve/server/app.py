@@ -139,26 +139,14 @@ class App:
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        address = f"{settings.host}:{settings.grpc_port}"
-        try:
-            if self.tls is not None:
-                self.port = self.server.add_secure_port(address, self.tls.grpc_credentials())
-            else:
-                self.port = self.server.add_insecure_port(address)
-        except RuntimeError as exc:  # gRPC says only "Failed to bind"
-            raise BindError(f"cannot listen on {address}: is another server using the port? ({exc})") from exc
+        credentials = self.tls.grpc_credentials() if self.tls is not None else None
+        self.port = _listen(self.server, f"{settings.host}:{settings.grpc_port}", credentials)
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         if settings.health_port is not None:  # plaintext, grpc.health.v1 only: for kubelet's probes
-            self.health_server = grpc.aio.server(
-                options=[("grpc.so_reuseport", 0 if settings.worker_index is None else 1)]
-            )
+            self.health_server = grpc.aio.server(options=[_reuse_port(settings)])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            health_address = f"{settings.host}:{settings.health_port}"
-            try:
-                self.health_port = self.health_server.add_insecure_port(health_address)
-            except RuntimeError as exc:
-                raise BindError(f"cannot listen on {health_address}: is another server using the port?") from exc
+            self.health_port = _listen(self.health_server, f"{settings.host}:{settings.health_port}")
         self.tokens_enabled = tokens.enabled
         self._warn_if_exposed(tokens.enabled)
 
@@ -319,6 +307,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _reuse_port(settings: Settings) -> tuple[str, int]:
+    """One process per port, unless --workers shares it: gRPC sets SO_REUSEPORT by default on
+    Linux, so a second server on a taken port would silently split its traffic."""
+    return ("grpc.so_reuseport", 0 if settings.worker_index is None else 1)
+
+
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind `address` (TLS with `credentials`); a port that cannot be bound is a BindError."""
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:  # gRPC says only "Failed to bind"
+        raise BindError(f"cannot listen on {address}: is another server using the port? ({exc})") from exc
+
+
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     """The gRPC core's channel arguments for the server's limits (README: Failure modes)."""
     options = [
@@ -332,9 +336,7 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.keepalive_min_ping_interval_s * 1000)),
         ("grpc.http2.max_ping_strikes", settings.keepalive_max_ping_strikes),
     ]
-    # One process per port, unless --workers shares it (gRPC sets SO_REUSEPORT by default on
-    # Linux: a second server on a taken port would silently split its traffic).
-    options.append(("grpc.so_reuseport", 0 if settings.worker_index is None else 1))
+    options.append(_reuse_port(settings))
     if settings.max_connection_age_s > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)))

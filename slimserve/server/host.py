@@ -170,7 +170,7 @@ class ModelHost:
 
     def resolve(self, model: str, variant: str) -> tuple[HostedModel, str]:
         """The hosted model and the variant to use; empty variant → the model's default. A
-        variant may be named by its Triton version number (`server.triton_config`)."""
+        variant may be named by its Triton version number (`server.versions`)."""
         hosted = self.model(model)
         chosen = variant_named(hosted.entry, variant) if variant else hosted.entry.config.default_variant
         if chosen not in hosted.batchers:

@@ -18,12 +18,12 @@ from slimserve.server.auth import caller_of
 from slimserve.server.backlog import GrpcBacklog
 from slimserve.server.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
 from slimserve.server.errors import InvalidInputError, OverloadedError, ShuttingDownError, status_for
-from slimserve.server.host import ModelHost
+from slimserve.server.host import HostedModel, ModelHost
 from slimserve.server.metrics import UNKNOWN, ServingMetrics
 from slimserve.server.model_control import ModelControl
 from slimserve.server.parameters import stated_slo_ms
 from slimserve.server.request import CallRecord
-from slimserve.server.triton_config import triton_model_config
+from slimserve.server.triton_config import PLATFORM, triton_model_config
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "slimserve"
@@ -79,13 +79,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.accepting)
 
+    def _hosted(self, name: str, version: str) -> HostedModel:
+        """The model `name`, after checking that it serves `version` (NOT_FOUND if not); empty: any."""
+        return self._host.resolve(name, version)[0] if version else self._host.model(name)
+
     @maps_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        hosted = (
-            self._host.resolve(request.name, request.version)[0] if request.version else self._host.model(request.name)
-        )
+        hosted = self._hosted(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.accepting and hosted.ready)
 
     async def ServerMetadata(
@@ -97,15 +99,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        hosted = self._host.model(request.name)
-        if request.version:
-            self._host.resolve(request.name, request.version)
+        hosted = self._hosted(request.name, request.version)
         config = hosted.entry.config
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=config.name,
             versions=list(hosted.batchers),
-            platform="onnxruntime_onnx",
+            platform=PLATFORM,
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in config.inputs],
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in config.outputs],
         )
@@ -114,9 +114,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        hosted = self._host.model(request.name)
-        if request.version:
-            self._host.resolve(request.name, request.version)
+        hosted = self._hosted(request.name, request.version)
         return pb.ModelConfigResponse(config=triton_model_config(hosted.entry, list(hosted.batchers)))
 
     @maps_errors
