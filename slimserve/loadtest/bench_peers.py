@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import math
 import os
 import shutil
@@ -35,9 +36,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 
 from slimserve.protos import inference_pb2 as pb
+from slimserve.variants.sessions import make_session
 
 PEERS = Path(__file__).resolve().parent / "peers"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -100,12 +101,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _session(graph: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-
-
 def workloads(repository: Path) -> list[Workload]:
     from slimserve.variants.data import load_digits_split, minilm_tokenizer
 
@@ -115,7 +110,7 @@ def workloads(repository: Path) -> list[Workload]:
     for model, inputs in (("digits", {"images": images}), ("minilm", dict(tokens))):
         graph = repository / model / "fp32" / "model.onnx"
         inputs = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
-        found.append(Workload(model, graph, inputs, _session(graph).run(None, inputs)[0]))
+        found.append(Workload(model, graph, inputs, make_session(str(graph), 1).run(None, inputs)[0]))
     return found
 
 
@@ -132,7 +127,7 @@ def ensure_venv(folder: Path, packages: list[str]) -> Path:
     return folder / "bin"
 
 
-def _tree_cpu_s(root: int) -> float:
+def tree_cpu_s(root: int) -> float:
     """CPU seconds (user + system) of `root` and every process below it, from /proc."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
@@ -157,7 +152,7 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1e3
 
 
-async def _drive(address: str, payload: bytes, callers: int, seconds: float, pid: int) -> tuple[Measured, bytes]:
+async def drive(address: str, payload: bytes, callers: int, seconds: float, pid: int) -> tuple[Measured, bytes]:
     # One connection per channel (a local subchannel pool): gRPC would otherwise share one
     # connection between channels to the same address, and a server with several worker
     # processes (SO_REUSEPORT) is spread over connections.
@@ -181,9 +176,9 @@ async def _drive(address: str, payload: bytes, callers: int, seconds: float, pid
 
     tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
     await asyncio.sleep(WARMUP_S)
-    recording, began, cpu_before = True, time.perf_counter(), _tree_cpu_s(pid)
+    recording, began, cpu_before = True, time.perf_counter(), tree_cpu_s(pid)
     await asyncio.sleep(seconds)
-    recording, elapsed, cpu_used = False, time.perf_counter() - began, _tree_cpu_s(pid) - cpu_before
+    recording, elapsed, cpu_used = False, time.perf_counter() - began, tree_cpu_s(pid) - cpu_before
     stop = True
     await asyncio.gather(*tasks)
     for channel in channels:
@@ -211,7 +206,7 @@ def _compare(response: bytes, reference: np.ndarray) -> str:
 def in_process(work: Workload, seconds: float, core: int) -> Measured:
     """Sequential session calls on the server's core: the latency and rate no server beats."""
     os.sched_setaffinity(0, {core})
-    session = _session(work.graph)
+    session = make_session(str(work.graph), 1)
     for _ in range(20):
         session.run(None, work.inputs)
     latencies = []
@@ -268,7 +263,7 @@ def _mlserver(bin_dir: Path, works: list[Workload], *, debug: bool, batching: bo
         folder = Path(tempfile.mkdtemp(dir=scratch, prefix="mlserver-"))
         settings = {"debug": debug, "parallel_workers": workers, "host": "127.0.0.1", "grpc_port": port,
                     "http_port": _free_port(), "metrics_port": _free_port()}  # fmt: skip
-        (folder / "settings.json").write_text(_json(settings))
+        (folder / "settings.json").write_text(json.dumps(settings, indent=2))
         for work in works:
             model = folder / work.model
             model.mkdir()
@@ -277,19 +272,13 @@ def _mlserver(bin_dir: Path, works: list[Workload], *, debug: bool, batching: bo
                                        "parameters": {"uri": str(work.graph.resolve())}}  # fmt: skip
             if batching:  # MLServer's adaptive batching: merge up to 32 calls, waiting at most 1 ms
                 spec.update(max_batch_size=32, max_batch_time=0.001)
-            (model / "model-settings.json").write_text(_json(spec))
+            (model / "model-settings.json").write_text(json.dumps(spec, indent=2))
         return [str(bin_dir / "mlserver"), "start", str(folder)]
 
     parts = ["access log on" if debug else "access log off", "adaptive batching" if batching else "no batching"]
     if workers == 0:
         parts.append("no worker pool")
     return Server(f"MLServer ({', '.join(parts)})", command)
-
-
-def _json(value: object) -> str:
-    import json
-
-    return json.dumps(value, indent=2)
 
 
 def servers(repository: Path, works: list[Workload], peers: Path, only: set[str] | None) -> list[Server]:
@@ -328,7 +317,7 @@ def measure_server(server: Server, works: list[Workload], seconds: float, cores:
             for work in works:
                 payload = work.request(server.variant)
                 for callers in CONCURRENCIES:
-                    measured, last = asyncio.run(_drive(address, payload, callers, seconds, pid))
+                    measured, last = asyncio.run(drive(address, payload, callers, seconds, pid))
                     measured.server, measured.model, measured.equal = (
                         server.name,
                         work.model,
@@ -341,7 +330,7 @@ def measure_server(server: Server, works: list[Workload], seconds: float, cores:
     return rows
 
 
-def measure_echo(work: Workload, seconds: float, cores: tuple[int, int], peers: Path) -> list[Measured]:
+def measure_echo(work: Workload, seconds: float, cores: tuple[int, int]) -> list[Measured]:
     """The bare grpc.aio server answering with slimserve's own answer bytes for `work`."""
     answer = pb.ModelInferResponse(model_name=work.model, model_version="fp32")
     answer.outputs.add(name="out", datatype="FP32", shape=list(work.reference.shape))
@@ -356,7 +345,7 @@ def measure_echo(work: Workload, seconds: float, cores: tuple[int, int], peers: 
         with started(echo, Path(scratch), cores[0], payload) as (address, pid):
             os.sched_setaffinity(0, {cores[1]})
             for callers in CONCURRENCIES:
-                measured, _ = asyncio.run(_drive(address, payload, callers, seconds, pid))
+                measured, _ = asyncio.run(drive(address, payload, callers, seconds, pid))
                 measured.server, measured.model, measured.equal = echo.name, work.model, "(stored bytes)"
                 rows.append(measured)
     return rows
@@ -437,7 +426,7 @@ def main() -> int:
         found = [in_process(w, args.seconds, pair[0]) for w in works]
         for server in order:
             found += measure_server(server, works, args.seconds, pair)
-        found += measure_echo(works[0], args.seconds, pair, args.peers)
+        found += measure_echo(works[0], args.seconds, pair)
         for m in found:
             m.run = run
         rows += found

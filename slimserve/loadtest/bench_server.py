@@ -18,21 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from slimserve.loadtest.serving import running_server
 from slimserve.server.tls import ClientSecurity
+from slimserve.variants.sessions import make_session
 
 SEQ_LEN = 32
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _tokens(batch: int) -> dict[str, np.ndarray]:
@@ -56,7 +49,7 @@ def _percentiles(samples_s: list[float]) -> tuple[float, float]:
 
 
 def in_process(path: Path, threads: int, calls: int, max_batch: int, seconds: float) -> dict[str, float]:
-    session = _session(path, threads)
+    session = make_session(str(path), threads)
     one, full = _tokens(1), _tokens(max_batch)
     for _ in range(5):
         session.run(None, one)

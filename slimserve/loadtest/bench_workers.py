@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimserve.loadtest.bench_peers import Server, _drive, _tree_cpu_s, started, workloads
+from slimserve.loadtest.bench_peers import Server, drive, started, tree_cpu_s, workloads
 from slimserve.variants.repository import load_model
 
 VARIANT = "distilled"
@@ -57,13 +57,13 @@ def _perf_analyzer(address: str, version: str, pid: int, seconds: float) -> Row:
     windows until they agree), requests estimated as its last window's rate × that run."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "pa.csv"
-        before, cpu, began = resource.getrusage(resource.RUSAGE_CHILDREN), _tree_cpu_s(pid), time.perf_counter()
+        before, cpu, began = resource.getrusage(resource.RUSAGE_CHILDREN), tree_cpu_s(pid), time.perf_counter()
         subprocess.run(
             [str(PERF_ANALYZER), "-m", "digits", "-x", version, "-i", "grpc", "-u", address,
              "--concurrency-range", f"{CALLERS}:{CALLERS}", "-p", str(int(seconds * 1000)), "-f", str(report)],
             check=True, capture_output=True,
         )  # fmt: skip
-        server_cpu, elapsed = _tree_cpu_s(pid) - cpu, time.perf_counter() - began
+        server_cpu, elapsed = tree_cpu_s(pid) - cpu, time.perf_counter() - began
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         per_s = float(list(csv.DictReader(report.open()))[-1]["Inferences/Second"])
     client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -77,8 +77,8 @@ def measure(repository: Path, workers: int, seconds: float, use_perf_analyzer: b
     server = _server(repository, workers)
     with tempfile.TemporaryDirectory() as scratch, started(server, Path(scratch), None, payload) as (address, pid):
         client_cpu, began = time.process_time(), time.perf_counter()
-        measured, _ = asyncio.run(_drive(address, payload, CALLERS, seconds, pid))
-        # The client's CPU spans _drive's warm-up too: scale it to the measured window.
+        measured, _ = asyncio.run(drive(address, payload, CALLERS, seconds, pid))
+        # The client's CPU spans drive's warm-up too: scale it to the measured window.
         client_ms = (time.process_time() - client_cpu) * 1e3 / (measured.per_s * (time.perf_counter() - began))
         rows = [Row(workers, "grpc.aio (Python)", measured.per_s, 1e3 / measured.cpu_ms_per_request, client_ms)]
         if use_perf_analyzer:
