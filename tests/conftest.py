@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -102,10 +104,16 @@ def _tier(item: pytest.Item) -> str:
     name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
     if item.get_closest_marker("slow") or name in SLOW_MODULES:
         return "slow"
-    source = Path(module.__file__).read_text() if module is not None and module.__file__ else ""
-    if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())) or any(s in source for s in SERVER_STARTERS):
+    if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())) or (module is not None and _starts_servers(module)):
         return "integration"
     return "unit"
+
+
+@functools.cache
+def _starts_servers(module: ModuleType) -> bool:
+    """Whether a test module starts servers itself (read once per module, not per test)."""
+    source = Path(module.__file__).read_text() if module.__file__ else ""
+    return any(starter in source for starter in SERVER_STARTERS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -120,7 +128,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     counts = dict.fromkeys(TIERS, 0)
     for reports in terminalreporter.stats.values():
         for report in reports:
-            tier = next((t for t in TIERS if t in getattr(report, "keywords", {})), None)
+            if getattr(report, "when", None) is None:
+                continue  # not a test phase's report (deselected items sit in the stats too)
+            tier = next((t for t in TIERS if t in report.keywords), None)
             if tier is None:
                 continue
             seconds[tier] += getattr(report, "duration", 0.0)
