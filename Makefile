@@ -30,7 +30,7 @@ run: $(VENV)/.installed
 
 ## protos: regenerate the committed gRPC stubs from slimserve/protos/*.proto
 protos: $(VENV)/.installed-test
-	$(BIN)/python slimserve/protos/generate.py
+	$(BIN)/python tools/generate_protos.py
 
 ## build: rebuild the default model repository from scratch
 build: $(VENV)/.installed
@@ -43,7 +43,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
 
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy slimserve tests
+	$(BIN)/mypy slimserve loadtest tools tests
 
 ## suite: every test, then the time each tier took (unit, integration, slow: tests/conftest.py)
 suite: $(VENV)/.installed-test
@@ -58,37 +58,37 @@ test: lint typecheck suite
 
 ## bench-server: server vs in-process ONNX Runtime, side by side (needs `make run`'s repository)
 bench-server: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.bench_server --repository $(REPOSITORY)
+	$(BIN)/python -m loadtest.bench_server --repository $(REPOSITORY)
 
 ## bench-peers: slimserve vs MLServer 1.7.1 and KServe 0.21 (own venvs in .bench-peers/), same ONNX files and client (needs `make run`'s repository)
 bench-peers: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.bench_peers --repository $(REPOSITORY) --out docs/bench
+	$(BIN)/python -m loadtest.bench_peers --repository $(REPOSITORY) --out docs/bench
 
 ## bench-workers: serve --workers 2 vs --workers 1 on distilled digits, a Python and a C++ client (needs `make run`'s repository)
 bench-workers: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.bench_workers --repository $(REPOSITORY) --out docs/bench
+	$(BIN)/python -m loadtest.bench_workers --repository $(REPOSITORY) --out docs/bench
 
 ## bench-router: router vs pinned variants vs ablated routers on a production arrival trace (needs `make run`'s repository)
 bench-router: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
+	$(BIN)/python -m loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
 
 ## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
 bench-observability: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.bench_observability --repository $(REPOSITORY)
+	$(BIN)/python -m loadtest.bench_observability --repository $(REPOSITORY)
 
 ## bench-first-run: clean clone → make run: seconds to the first answer and to every variant (uses ports 8001/8002)
 bench-first-run: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.first_run --out docs/bench/first_run.json
+	$(BIN)/python -m loadtest.first_run --out docs/bench/first_run.json
 
 ## bench-reload: 16 callers on digits while it is reloaded 20 times and a variant swapped 10 times; failed calls, RSS
 bench-reload: $(VENV)/.installed-test
-	$(BIN)/python -m slimserve.loadtest.bench_reload --repository $(REPOSITORY) --out docs/bench
+	$(BIN)/python -m loadtest.bench_reload --repository $(REPOSITORY) --out docs/bench
 
 ## soak: 12,000 fuzzed requests; 5 minutes at 3x capacity and a SIGTERM, digits then minilm (needs `make run`'s repository)
 soak: $(VENV)/.installed-test
 	SLIMSERVE_FUZZ_EXAMPLES=12000 $(BIN)/pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py
-	$(BIN)/python -m slimserve.loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model digits
-	$(BIN)/python -m slimserve.loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model minilm --seconds 120 --slo-ms 200
+	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model digits
+	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model minilm --seconds 120 --slo-ms 200
 
 ## loadtest: Locust, headless, against a running server (make run in another shell); CSV + summary
 LOADTEST_HOST ?= 127.0.0.1:8001
@@ -98,7 +98,7 @@ LOADTEST_CLASSES ?= MixedUser
 LOADTEST_OUT ?= loadtest-results
 loadtest: $(VENV)/.installed-test
 	mkdir -p $(LOADTEST_OUT)
-	$(BIN)/locust -f slimserve/loadtest/locustfile.py --headless --host $(LOADTEST_HOST) \
+	$(BIN)/locust -f loadtest/locustfile.py --headless --host $(LOADTEST_HOST) \
 		-u $(LOADTEST_USERS) -r $(LOADTEST_USERS) -t $(LOADTEST_SECONDS)s --stop-timeout 10 \
 		--csv $(LOADTEST_OUT)/slimserve --only-summary $(LOADTEST_CLASSES)
 	@echo "CSV files and slimserve_summary.json are in $(LOADTEST_OUT)/"

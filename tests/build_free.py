@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimserve.server.cli import BUILD_PACKAGES
+from slimserve.cli import BUILD_PACKAGES
 
 
 def poison_build_packages(folder: Path) -> None:

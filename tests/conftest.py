@@ -13,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from slimserve.repository.format import ModelEntry
+from slimserve.repository.profile import ProfileSettings
 from slimserve.variants.build import build_model
 from slimserve.variants.recipes import (
     ClassifierDistill,
@@ -22,9 +24,7 @@ from slimserve.variants.recipes import (
     EncoderPrune,
     EncoderPruneStep,
     EncoderRecipe,
-    ProfileSettings,
 )
-from slimserve.variants.repository import ModelEntry
 from tests.server.running import RunningServer
 
 QUICK_PROFILE = ProfileSettings(batch_sizes=[1, 4], seconds_per_batch_size=0.1, seq_len=16)
@@ -68,14 +68,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits(repository: Path) -> ModelEntry:
-    from slimserve.variants.repository import load_model
+    from slimserve.repository.format import load_model
 
     return load_model(repository / "digits")
 
 
 @pytest.fixture(scope="session")
 def minilm(repository: Path) -> ModelEntry:
-    from slimserve.variants.repository import load_model
+    from slimserve.repository.format import load_model
 
     return load_model(repository / "minilm")
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from slimserve.server.settings import Settings
+from slimserve.server.process.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"

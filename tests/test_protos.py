@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "slimserve/protos/generate.py", "--out", str(tmp_path)], cwd=ROOT, check=True, timeout=120
+        [sys.executable, "tools/generate_protos.py", "--out", str(tmp_path)], cwd=ROOT, check=True, timeout=120
     )
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*"))
     assert fresh, "protoc produced nothing"

@@ -1,7 +1,7 @@
 """The wheel installs one package, `slimserve`, and a plain install of it serves.
 
 Built from this checkout, installed into a fresh virtual environment, and run as an
-installed user would run it (`python -m slimserve.server.cli serve`) on the tiny repository.
+installed user would run it (`python -m slimserve.cli serve`) on the tiny repository.
 The fresh environment finds the serving dependencies through a path entry to this project's
 environment, with `slimserve` itself and every build-only package kept out of reach.
 """
@@ -49,14 +49,14 @@ def test_the_wheel_holds_one_package_and_serves_from_a_fresh_venv(repository: Pa
     python = str(venv / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
-        [python, "-c", "import slimserve, slimserve.server.cli; print(slimserve.__file__)"],
+        [python, "-c", "import slimserve, slimserve.cli; print(slimserve.__file__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     ).stdout  # fmt: skip
     assert where.startswith(str(site)), where  # the installed copy, not this checkout
 
     port_file = tmp_path / "ports"
     server = subprocess.Popen(
-        [python, "-m", "slimserve.server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+        [python, "-m", "slimserve.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
          "--grpc-port", "0", "--metrics-port", "0", "--workers", "1", "--port-file", str(port_file)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -67,7 +67,7 @@ def test_the_wheel_holds_one_package_and_serves_from_a_fresh_venv(repository: Pa
             time.sleep(0.2)
         address = f"127.0.0.1:{port_file.read_text().split()[0]}"
         probe = subprocess.run(
-            [python, "-m", "slimserve.server.cli", "health", "--address", address],
+            [python, "-m", "slimserve.cli", "health", "--address", address],
             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
         )  # fmt: skip
         assert probe.returncode == 0, probe.stdout + probe.stderr

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from slimserve.repository.format import ModelEntry, Profile
 from slimserve.router.config import RouterConfig
 from slimserve.router.latency import LatencyModel, QueueView, ServiceCurve
 from slimserve.router.model_router import ModelRouter, VariantRoute
-from slimserve.variants.repository import ModelEntry, Profile
 
 
 class UnroutableVariantError(LookupError):

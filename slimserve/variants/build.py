@@ -17,17 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from slimserve.variants.classifier_pipeline import classifier_stages
-from slimserve.variants.coded_size import coded_bytes
-from slimserve.variants.encoder_pipeline import encoder_stages
-from slimserve.variants.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
-from slimserve.variants.memory import session_rss_bytes
-from slimserve.variants.onnx_pipeline import onnx_pipeline
-from slimserve.variants.pareto import served_set
-from slimserve.variants.pipeline import PipelineResult, last_stage
-from slimserve.variants.profile import profile_variants, synthetic_batch
-from slimserve.variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, ProfileSettings, planned_variants
-from slimserve.variants.repository import (
+from slimserve.repository.format import (
     Measurements,
     ModelEntry,
     SeedFormulas,
@@ -41,7 +31,17 @@ from slimserve.variants.repository import (
     write_model_config,
     write_variant,
 )
-from slimserve.variants.sessions import make_session, run_batched
+from slimserve.repository.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
+from slimserve.repository.profile import ProfileSettings, profile_variants, synthetic_batch
+from slimserve.repository.sessions import make_session, run_batched
+from slimserve.variants.classifier_pipeline import classifier_stages
+from slimserve.variants.coded_size import coded_bytes
+from slimserve.variants.encoder_pipeline import encoder_stages
+from slimserve.variants.memory import session_rss_bytes
+from slimserve.variants.onnx_pipeline import onnx_pipeline
+from slimserve.variants.pareto import served_set
+from slimserve.variants.pipeline import PipelineResult, last_stage
+from slimserve.variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, planned_variants
 
 log = logging.getLogger(__name__)
 FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile

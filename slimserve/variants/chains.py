@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from slimserve.variants.repository import VariantKind
+from slimserve.repository.format import VariantKind
 
 REFERENCE = "fp32"
 # Steps on the torch network, fine-tuned afterwards. `distilled` starts from a new student,

@@ -11,11 +11,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryError, TensorSpec, VariantKind
+from slimserve.repository.hardware import threads_for
+from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import Split
 from slimserve.variants.distill import fit_classifier
 from slimserve.variants.evaluate import classifier_scores
-from slimserve.variants.hardware import threads_for
 from slimserve.variants.lowrank import factorise
 from slimserve.variants.onnx_io import check_export, export_onnx
 from slimserve.variants.pipeline import (
@@ -33,13 +35,11 @@ from slimserve.variants.prune_graph import group_widths, output_layer, prune_gra
 from slimserve.variants.prune_sequential import is_prunable_sequence, prune_to_fraction, widths
 from slimserve.variants.quantize import quantize_best
 from slimserve.variants.recipes import ClassifierRecipe
-from slimserve.variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec, VariantKind
-from slimserve.variants.sessions import make_session, run_batched
 from slimserve.variants.spec import ClassifierSpec
 
 log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = 1e-4
-MOVED_PACKAGES = {"variants", "server", "router", "protos", "loadtest"}  # top-level until 0.1.0's one namespace
+MOVED_PACKAGES = {"variants", "server", "router", "protos"}  # top-level until 0.1.0's one namespace
 
 
 def load_spec(entry_point: str) -> ClassifierSpec:

@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryError, TensorSpec
+from slimserve.repository.hardware import threads_for
+from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
 from slimserve.variants.distill import TeacherStates, fit_encoder
 from slimserve.variants.evaluate import encoder_scores
-from slimserve.variants.hardware import threads_for
 from slimserve.variants.lowrank import factorise
 from slimserve.variants.models.encoder import SentenceEncoder, load_minilm
 from slimserve.variants.onnx_io import check_export, export_onnx
@@ -29,8 +31,6 @@ from slimserve.variants.pipeline import (
 from slimserve.variants.prune_encoder import prune_encoder
 from slimserve.variants.quantize import quantize_best
 from slimserve.variants.recipes import EncoderRecipe
-from slimserve.variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
-from slimserve.variants.sessions import make_session, run_batched
 from slimserve.variants.weight_only import quantize_weight_only
 
 EXPORT_TOLERANCE = 1e-4

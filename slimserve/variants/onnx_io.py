@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimserve.variants.sessions import make_session
+from slimserve.repository.sessions import make_session
 
 OPSET = 17
 

@@ -14,13 +14,13 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryError, TensorSpec
+from slimserve.repository.hardware import threads_for
+from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.evaluate import classifier_scores, encoder_scores
-from slimserve.variants.hardware import threads_for
 from slimserve.variants.pipeline import BuiltVariant, PipelineResult, datatype_of, graph_variant
 from slimserve.variants.quantize import quantize_best
 from slimserve.variants.recipes import OnnxRecipe
-from slimserve.variants.repository import ModelConfig, QualityMetric, RepositoryError, TensorSpec
-from slimserve.variants.sessions import make_session, run_batched
 
 
 def _load_rows(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slimserve.variants.repository import VariantManifest
+from slimserve.repository.format import VariantManifest
 
 FRONT_BATCH_SIZE = 1
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimserve.repository.format import Datatype, ModelConfig, VariantKind
 from slimserve.variants.chains import REFERENCE, Chain, build_plan
-from slimserve.variants.repository import Datatype, ModelConfig, VariantKind
 
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], dict[str, float]]]
 

@@ -30,8 +30,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from slimserve.variants.profile import profile_sessions
-from slimserve.variants.sessions import make_session
+from slimserve.repository.profile import profile_sessions
+from slimserve.repository.sessions import make_session
 
 log = logging.getLogger(__name__)
 

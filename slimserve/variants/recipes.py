@@ -14,20 +14,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from slimserve.repository.format import RepositoryError
+from slimserve.repository.profile import ProfileSettings
 from slimserve.variants.chains import parse_chain
-from slimserve.variants.repository import RepositoryError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ProfileSettings(_Strict):
-    """Latency profiling: batch sizes, time budget per batch size, sequence length for text."""
-
-    batch_sizes: list[int] = Field(default=[1, 8, 32], min_length=1)
-    seconds_per_batch_size: float = Field(default=3.0, gt=0)
-    seq_len: int = Field(default=32, ge=1, description="tokens per item when profiling an encoder")
 
 
 def _chain_names(names: list[str]) -> list[str]:

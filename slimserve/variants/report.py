@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from slimserve.repository.format import ModelEntry, Profile
 from slimserve.variants.pareto import front, tradeoffs
-from slimserve.variants.repository import ModelEntry, Profile
 
 
 def _human_bytes(count: int) -> str:

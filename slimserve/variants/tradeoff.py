@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from slimserve.repository.format import KIND_ORDER, ModelEntry
 from slimserve.variants.pareto import Tradeoff, front
-from slimserve.variants.repository import KIND_ORDER, ModelEntry
 
 
 @dataclass(frozen=True)

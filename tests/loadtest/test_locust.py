@@ -32,7 +32,7 @@ def test_every_user_class_runs_without_failures(server: RunningServer, tmp_path:
     prefix = tmp_path / "run"
     # Locust runs in its own process: it monkey-patches the standard library with gevent.
     result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "slimserve/loadtest/locustfile.py", "--headless",
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
          "--host", server.address,
          "-u", "8", "-r", "8", "-t", "8s", "--stop-timeout", "10", "--csv", str(prefix), "--only-summary",
          *USER_CLASSES],

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slimserve.loadtest.bench_router_report import (
+from loadtest.bench_router_report import (
     Outcome,
     Segment,
     burst_recovery,
@@ -15,7 +15,7 @@ from slimserve.loadtest.bench_router_report import (
     trace_table,
     verdict_table,
 )
-from slimserve.loadtest.trace import Trace
+from loadtest.trace import Trace
 
 CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
 2023-11-16 18:15:46.6805900,374,44

@@ -17,7 +17,7 @@ from slimserve.router.hints import RequestHints
 from slimserve.router.load import RateMeter
 from slimserve.router.policy import candidates
 from slimserve.router.ratios import RatioDistribution
-from slimserve.server.load_monitor import LAG_WEIGHT, PERIOD_S, decayed_lag_ms
+from slimserve.server.observe.load_monitor import LAG_WEIGHT, PERIOD_S, decayed_lag_ms
 from tests.router.fakes import FakeClock
 from tests.router.test_model_router import answer_as_modelled, make_router
 

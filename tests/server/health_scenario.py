@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slimserve.protos import inference_pb2 as pb
 from slimserve.protos import inference_pb2_grpc
-from slimserve.server.app import App
-from slimserve.server.settings import Settings
+from slimserve.server.process.app import App
+from slimserve.server.process.settings import Settings
 
 TIMEOUT_S = 60.0
 

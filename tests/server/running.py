@@ -10,7 +10,7 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from slimserve.server.tls import ClientSecurity
+from slimserve.server.transport.tls import ClientSecurity
 
 START_TIMEOUT_S = 120.0
 
@@ -33,7 +33,7 @@ class RunningServer:
         env = {**os.environ, "SLIMSERVE_SHUTDOWN_GRACE_S": "20", **(env or {})}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "slimserve.server.cli", "serve", "--repository", str(repository),
+            [sys.executable, "-m", "slimserve.cli", "serve", "--repository", str(repository),
              "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file),
              *([] if "--workers" in extra else ["--workers", "1"]), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.server.background_build import BackgroundBuild
+from slimserve.server.process.background_build import BackgroundBuild
 
 # A megabyte of progress-bar redraws ('\r', never '\n'), then a publication and a failure.
 CHILD = r"""
@@ -33,7 +33,7 @@ def test_long_progress_lines_never_block_the_child_and_progress_is_relayed(
         await asyncio.wait_for(build._follow(), timeout=60)  # hung forever before the fix
         return build
 
-    with caplog.at_level(logging.INFO, logger="slimserve.server.background_build"):
+    with caplog.at_level(logging.INFO, logger="slimserve.server.process.background_build"):
         build = asyncio.run(scenario())
     assert build.exit_code == 3 and not build.running
     messages = [r.getMessage() for r in caplog.records]

@@ -9,8 +9,15 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from slimserve.server.backlog import MAX_TARGETS, SAMPLE_S, STANDING_S, WAIT_SHARE, GrpcBacklog, newest_server_id
-from slimserve.server.parameters import stated_slo_ms
+from slimserve.server.observe.backlog import (
+    MAX_TARGETS,
+    SAMPLE_S,
+    STANDING_S,
+    WAIT_SHARE,
+    GrpcBacklog,
+    newest_server_id,
+)
+from slimserve.server.transport.parameters import stated_slo_ms
 
 HANDLER_S = 0.01
 CALLS = 60

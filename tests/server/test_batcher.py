@@ -10,17 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from slimserve.server.batcher import RESTART_WINDOW_S, DynamicBatcher
-from slimserve.server.errors import (
+from slimserve.repository.format import ModelEntry
+from slimserve.server.core.batcher import RESTART_WINDOW_S, DynamicBatcher
+from slimserve.server.core.errors import (
     DeadlineExceededError,
     ModelExecutionError,
     QueueFullError,
     ShuttingDownError,
     VariantUnavailableError,
 )
-from slimserve.server.request import InferenceRequest
-from slimserve.server.runtime import VariantSession
-from slimserve.variants.repository import ModelEntry
+from slimserve.server.core.request import InferenceRequest
+from slimserve.server.core.session import VariantSession
 
 
 def _request(rows: int = 1, side: int = 28) -> InferenceRequest:

@@ -13,7 +13,7 @@ from tests.server.running import RunningServer
 
 def _slimserve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "slimserve.server.cli", *args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "slimserve.cli", *args], capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -52,7 +52,7 @@ def test_invalid_recipe_file_names_the_field(tmp_path: Path) -> None:
 
 def test_serve_with_an_invalid_setting_names_it(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "slimserve.server.cli", "serve", "--repository", str(tmp_path)],
+        [sys.executable, "-m", "slimserve.cli", "serve", "--repository", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "SLIMSERVE_MAX_QUEUE_SIZE": "0"},
     )  # fmt: skip

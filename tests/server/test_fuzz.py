@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from slimserve.repository.format import ModelEntry
+from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split
-from slimserve.variants.repository import ModelEntry
-from slimserve.variants.sessions import make_session
 from tests.server.running import RunningServer
 
 FUZZ_EXAMPLES = int(os.environ.get("SLIMSERVE_FUZZ_EXAMPLES", "2000"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from slimserve.router.cpu import CpuAccount
-from slimserve.server.activity import IDLE_AFTER_S, Activity
-from slimserve.server.load_monitor import PERIOD_S, LoadMonitor
+from slimserve.server.observe.activity import IDLE_AFTER_S, Activity
+from slimserve.server.observe.load_monitor import PERIOD_S, LoadMonitor
 
 
 async def _ticks(monitor: LoadMonitor, seconds: float) -> int:

@@ -19,9 +19,9 @@ from tritonclient.grpc import service_pb2_grpc as inference_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.repository.format import ModelEntry
+from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
-from slimserve.variants.repository import ModelEntry
-from slimserve.variants.sessions import make_session
 from tests.server.running import RunningServer
 
 TOLERANCE = 1e-4

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.router.cpu import TARGET_UTILIZATION
-from slimserve.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
+from slimserve.server.observe.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slimserve.loadtest.serving import rewrite_description
-from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
-from slimserve.server.host import ModelHost
-from slimserve.server.model_control import ModelControl, RepositoryPoller
-from slimserve.server.request import CallRecord, InferenceRequest
-from slimserve.variants.hardware import fingerprint
-from slimserve.variants.repository import MANIFEST_FILE, MODEL_FILE, load_repository, sha256_of
+from loadtest.serving import rewrite_description
+from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, load_repository, sha256_of
+from slimserve.repository.hardware import fingerprint
+from slimserve.server.core.errors import InvalidInputError, ModelLoadError, NotFoundError
+from slimserve.server.core.model_control import ModelControl, RepositoryPoller
+from slimserve.server.core.registry import ModelHost
+from slimserve.server.core.request import CallRecord, InferenceRequest
 
 THREADS = 1
 
@@ -37,7 +37,7 @@ def _request(variant: str = "") -> InferenceRequest:
 
 async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[ModelHost, ModelControl]:
     key = fingerprint(THREADS).key
-    from slimserve.server.profiles import ensure_profiles
+    from slimserve.server.core.profiles import ensure_profiles
 
     models = ensure_profiles(load_repository(repo), key, "cloud-cpu", THREADS)
     host = ModelHost(models, executor, 4, THREADS, 64, key)

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from slimserve.loadtest.serving import copy_model, rewrite_description
+from loadtest.serving import copy_model, rewrite_description
 from tests.server.running import RunningServer
 
 MANAGEMENT_TOKEN = "management-token-for-reloads"

@@ -14,8 +14,8 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.repository.format import ModelEntry
 from slimserve.variants.data import load_digits_split
-from slimserve.variants.repository import ModelEntry
 from tests.server.running import RunningServer
 
 RESPONSE_PARAMETERS = {"variant", "device", "predicted_ms", "queue_ms", "compute_ms", "reason", "batch_size"}

@@ -25,8 +25,8 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
-from slimserve.server.auth import AuthConfigError, TokenTable, group_of, load_tokens
-from slimserve.server.tls import ClientSecurity
+from slimserve.server.transport.auth import AuthConfigError, TokenTable, group_of, load_tokens
+from slimserve.server.transport.tls import ClientSecurity
 from tests.server.pki import Pki, make_pki
 from tests.server.running import RunningServer
 
@@ -276,7 +276,7 @@ def test_cli_and_locust_reach_a_tls_server_with_a_token(tls_server: RunningServe
     from a file; the Locust users take both from the environment."""
     token_file = tmp_path / "token"
     token_file.write_text(MANAGEMENT_TOKEN + "\n")
-    cli = [sys.executable, "-m", "slimserve.server.cli"]
+    cli = [sys.executable, "-m", "slimserve.cli"]
     health = subprocess.run([*cli, "health", "--address", tls_server.address, "--tls-ca", str(pki.ca)],
                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert health.returncode == 0 and health.stdout.strip() == "SERVING", health.stderr
@@ -288,7 +288,7 @@ def test_cli_and_locust_reach_a_tls_server_with_a_token(tls_server: RunningServe
     assert answered.returncode == 0 and "digits: SLO" in answered.stdout, answered.stderr
     prefix = tmp_path / "locust"
     locust = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "slimserve/loadtest/locustfile.py", "--headless",
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
          "--host", tls_server.address,
          "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5", "--csv", str(prefix), "--only-summary",
          "InteractiveUser"],
@@ -313,7 +313,7 @@ def test_half_a_tls_configuration_stops_the_server_with_a_clear_message(
     repository: Path, tmp_path: Path, flags: list[str], message: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "slimserve.server.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
+        [sys.executable, "-m", "slimserve.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
          "--grpc-port", "0", "--metrics-port", "0", *flags],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )  # fmt: skip

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from slimserve.server.versions import variant_named, version_numbers
+from slimserve.repository.format import ModelEntry
+from slimserve.repository.sessions import make_session
+from slimserve.server.core.versions import variant_named, version_numbers
 from slimserve.variants.data import load_digits_split
-from slimserve.variants.repository import ModelEntry
-from slimserve.variants.sessions import make_session
 from tests.server.running import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]

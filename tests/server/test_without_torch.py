@@ -55,7 +55,7 @@ def test_a_server_without_torch_serves(
 
 def test_building_without_torch_names_the_extra(tmp_path: Path, without_build_packages: dict[str, str]) -> None:
     finished = subprocess.run(
-        [sys.executable, "-m", "slimserve.server.cli", "build", "--repository", str(tmp_path / "repo")],
+        [sys.executable, "-m", "slimserve.cli", "build", "--repository", str(tmp_path / "repo")],
         env={**os.environ, **without_build_packages}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert finished.returncode == 2, finished.stderr

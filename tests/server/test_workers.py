@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from slimserve.server.metrics_merge import merge
-from slimserve.server.settings import Settings
-from slimserve.server.workers import WorkersConfigError, worker_count
-from slimserve.variants.hardware import usable_cores
+from slimserve.repository.hardware import usable_cores
+from slimserve.server.process.metrics_merge import merge
+from slimserve.server.process.settings import Settings
+from slimserve.server.process.workers import WorkersConfigError, worker_count
 from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimserve.variants.hardware import fingerprint, threads_for
+from slimserve.repository.format import ModelEntry
+from slimserve.repository.hardware import fingerprint, threads_for
+from slimserve.repository.sessions import make_session
 from slimserve.variants.report import render_json, render_table
-from slimserve.variants.repository import ModelEntry
-from slimserve.variants.sessions import make_session
 
 
 @pytest.mark.parametrize("model", ["digits", "minilm"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from slimserve.repository.format import ModelEntry
 from slimserve.variants.coded_size import coded_bytes, coded_tensor_bytes, huffman_bits
-from slimserve.variants.repository import ModelEntry
 
 
 def test_huffman_lengths_are_optimal_on_known_counts() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.variants.hardware import cgroup_cpu_limit, usable_cores
+from slimserve.repository.hardware import cgroup_cpu_limit, usable_cores
 
 
 def test_cgroup_v2_quota_in_cores(tmp_path: Path) -> None:

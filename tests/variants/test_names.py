@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.variants.repository import RepositoryError, check_name, load_model, load_repository
+from slimserve.repository.format import RepositoryError, check_name, load_model, load_repository
 
 # Triton's path-traversal cases, and what else reaches a folder name.
 REFUSED = ["../etc", "a/../b", "/etc/passwd", "model/", " ..", "..", ".", ".hidden", "a\\b", "..\\x", "a\x00b",

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
 from slimserve.variants.models import digits
 from slimserve.variants.models.encoder import load_minilm
 from slimserve.variants.onnx_io import ExportMismatchError, check_export, export_onnx
 from slimserve.variants.prune_encoder import prune_encoder
-from slimserve.variants.sessions import make_session
 
 TOLERANCE = 1e-4
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slimserve.repository.format import RepositoryError, load_model
 from slimserve.variants.pareto import Tradeoff, dominates, front
-from slimserve.variants.repository import RepositoryError, load_model
 
 
 def test_a_variant_is_dominated_only_when_another_is_as_good_in_all_three() -> None:

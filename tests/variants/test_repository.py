@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.variants.repository import MANIFEST_FILE, MODEL_FILE, RepositoryError, load_model, load_repository
+from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, RepositoryError, load_model, load_repository
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimserve.repository.format import ModelEntry
+from slimserve.repository.hardware import fingerprint, threads_for
 from slimserve.variants.build import build_model
-from slimserve.variants.hardware import fingerprint, threads_for
 from slimserve.variants.pareto import dominates, tradeoffs
 from slimserve.variants.recipes import EncoderPrune, EncoderPruneStep, EncoderRecipe, ServingSettings
-from slimserve.variants.repository import ModelEntry
 from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
 
 CHAINS = ["fp32", "int8", "distilled", "distilled-pruned-int8", "pruned-int8", "lowrank-int8"]

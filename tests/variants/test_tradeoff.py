@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slimserve.variants.repository import HardwareFingerprint, load_model
+from slimserve.repository.format import HardwareFingerprint, load_model
 from slimserve.variants.tradeoff import default_slos, points, recommend
 
 
@@ -60,7 +60,7 @@ def test_tradeoff_cli_writes_markdown_and_png(repository: Path, tmp_path: Path) 
     repo = _with_edge_profile(repository, tmp_path)
     out = tmp_path / "docs"
     result = subprocess.run(
-        [sys.executable, "-m", "slimserve.server.cli", "tradeoff", str(repo), "--out", str(out), "--slo-ms", "5"],
+        [sys.executable, "-m", "slimserve.cli", "tradeoff", str(repo), "--out", str(out), "--slo-ms", "5"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimserve.repository.format import RepositoryError
 from slimserve.variants.build import build_model
 from slimserve.variants.onnx_io import export_onnx
 from slimserve.variants.recipes import ClassifierLowrank, OnnxRecipe
-from slimserve.variants.repository import RepositoryError
 from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
 from tests.variants.user_model import spec
 

@@ -1,0 +1,90 @@
+"""`make bench-observability`: throughput at saturation with metrics + shadow sampling on vs off.
+
+One run, alternating: a server with the defaults (metrics on, shadow fraction 0.05), then
+one with `SLIMSERVE_METRICS=false` (no metrics, no shadowing), then again, so that drift on
+a shared machine hits both alike. Each server runs `--hardware-profile edge` on the first
+core; this closed-loop client (many concurrent callers, `digits`, batch 1, pinned to int8 so
+that every answer is eligible for shadowing) runs on the others. Prints requests/s per
+window and the ratio on / off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from loadtest.serving import one_model_repository, running_server
+from slimserve.server.transport.tls import ClientSecurity
+from slimserve.variants.data import load_digits_split
+
+
+def _request(variant: str) -> pb.ModelInferRequest:
+    images = np.ascontiguousarray(load_digits_split()[1].inputs["images"][:1])
+    request = pb.ModelInferRequest(model_name="digits", model_version=variant)
+    request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
+    request.raw_input_contents.append(images.tobytes())
+    return request
+
+
+async def saturate(address: str, request: pb.ModelInferRequest, callers: int, seconds: float) -> float:
+    """Requests/s served with `callers` closed-loop callers, after a 2 s warm-up."""
+    done = 0
+    measuring = False
+    stop_at = time.perf_counter() + 2.0 + seconds
+    async with ClientSecurity.from_environment().aio_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def caller() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await stub.ModelInfer(request, timeout=30)
+                if measuring:
+                    done += 1
+
+        tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+        await asyncio.sleep(2.0)
+        measuring, started = True, time.perf_counter()
+        await asyncio.gather(*tasks)
+        return done / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--variant", default="int8")
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    request = _request(args.variant)
+    results: dict[str, list[float]] = {"on": [], "off": []}
+    with one_model_repository(args.repository, "digits") as repo:
+        for _ in range(args.rounds):
+            for mode in ("on", "off"):
+                os.environ["SLIMSERVE_METRICS"] = "true" if mode == "on" else "false"
+                os.sched_setaffinity(0, set(cores))  # the server pins itself to the first core
+                with running_server(repo, "--hardware-profile", "edge") as address:
+                    if len(cores) > 1:
+                        os.sched_setaffinity(0, set(cores[1:]))
+                    rate = asyncio.run(saturate(address, request, args.callers, args.seconds))
+                results[mode].append(rate)
+                print(f"metrics + shadow {mode:>3}: {rate:7.1f} requests/s", flush=True)
+    on, off = float(np.mean(results["on"])), float(np.mean(results["off"]))
+    print(f"\nsaturation throughput, digits/{args.variant} batch 1, {args.callers} callers, {args.rounds} rounds:")
+    print(f"  on  {on:.1f} req/s  {[round(r, 1) for r in results['on']]}")
+    print(f"  off {off:.1f} req/s  {[round(r, 1) for r in results['off']]}")
+    print(f"  ratio on/off = {on / off:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

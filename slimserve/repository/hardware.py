@@ -1,0 +1,112 @@
+"""Hardware fingerprints: what a latency profile is valid for.
+
+A profile measured on one chip says little about another (int8 pays off with VNNI or AMX
+and much less without), so every profile is stored under the fingerprint of the machine,
+thread count and runtime that produced it. Two named targets exist: `cloud-cpu` (every
+core this process may use) and `edge` (pinned to one core, one thread).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Literal
+
+from slimserve.repository.format import HardwareFingerprint
+
+HardwareTarget = Literal["cloud-cpu", "edge"]
+
+# The instruction-set extensions that change which ONNX Runtime kernels run.
+_ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags = set(value.split())
+                if flags and model:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota in cores (quota / period) of this container's cgroup, or None if unlimited.
+
+    cgroup v2 keeps "<quota> <period>" (quota "max" = none) in cpu.max; v1 keeps them in
+    cpu.cfs_quota_us (-1 = none) and cpu.cfs_period_us. A pod with `limits.cpu: 2` on a
+    64-core node has affinity for 64 cores but only 2 cores' worth of time.
+    """
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: the affinity mask, capped by the cgroup's CPU quota
+    (rounded up: 1.5 cores of quota still runs two threads usefully)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def pin_to_one_core() -> None:
+    """Restrict this process to its first allowed core (the edge profile)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def threads_for(target: HardwareTarget) -> int:
+    return 1 if target == "edge" else usable_cores()
+
+
+def fingerprint(threads: int, device: str = "cpu") -> HardwareFingerprint:
+    """The fingerprint of this machine as the current process sees it."""
+    import onnxruntime
+
+    model, flags = _cpuinfo()
+    return HardwareFingerprint(
+        cpu_model=model,
+        cores=usable_cores(),
+        isa=[flag for flag in _ISA_FLAGS if flag in flags],
+        onnxruntime=onnxruntime.__version__,
+        threads=threads,
+        device=device,
+    )

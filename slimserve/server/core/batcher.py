@@ -1,0 +1,384 @@
+"""Dynamic batching per variant: merge requests that arrive together into one session call.
+
+Algorithm: requests wait in a bounded FIFO. When the first one arrives the batcher waits
+at most `max_queue_delay_ms` for more, then takes requests in order while their rows fit in
+`max_batch_size` and their non-batch shapes equal the first one's (as Triton does without
+ragged batching, so no padding can change a result) — except inputs that declare a
+`pad_value` (a masked encoder's token ids and mask): requests that differ only in such
+inputs' lengths share a batch, each padded to the longest with that value. Requests whose
+deadline has passed are answered DEADLINE_EXCEEDED before compute; cancelled calls leave
+the queue at once.
+The session runs in a worker thread; its outputs are split back by rows. A session call that
+this batcher measured shorter than INLINE_BELOW_MS for the same number of rows runs on the
+event loop instead: handing it to a thread and back costs more CPU than that (~0.1 ms on a
+2-core EPYC: the executor's queue, a thread wake-up, the loop's self-pipe), and blocking
+the loop for less than that delays nothing measurably. A call that turns slower goes back
+to the thread. On close, what is
+queued is still served before the loop ends, so a graceful shutdown loses nothing admitted.
+
+Isolation: when a merged session call fails, its requests are run again one by one, so
+only the request the session cannot run fails (ModelExecutionError), never its batch-mates.
+
+Supervision: an unexpected error in one iteration fails that batch's calls and the loop
+goes on. If the loop task itself ends other than by `close` (cancelled from outside, a
+BaseException), it is restarted, up to MAX_RESTARTS times within RESTART_WINDOW_S (a server
+runs for weeks: deaths far apart are not a failing variant); past that the batcher is marked
+failed, every call waiting in it is answered UNAVAILABLE at once, new calls are refused,
+and `on_failure` tells the host, which reports the model not ready. No call waits on a
+loop that is gone.
+
+Thread: everything here is owned by the event loop, except `_running_started_s`, which the
+worker thread stores (a single float store) when compute starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Collection
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimserve.server.core.errors import (
+    DeadlineExceededError,
+    ModelExecutionError,
+    QueueFullError,
+    ShuttingDownError,
+    VariantUnavailableError,
+)
+from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.core.session import VariantSession
+
+log = logging.getLogger(__name__)
+BatchListener = Callable[[int, float], None]  # (rows, compute_ms), once per session call
+MAX_RESTARTS = 3  # a loop that dies more often than this within RESTART_WINDOW_S is marked failed
+RESTART_WINDOW_S = 60.0
+SESSION_MESSAGE_CHARS = 300  # how much of ONNX Runtime's error a caller is shown
+INLINE_BELOW_MS = 0.5  # session calls measured shorter than this run on the event loop (module docstring)
+INLINE_WEIGHT = 0.2  # weight of one call in the running compute time per row count
+
+
+@dataclass(eq=False)  # identity: finding a call in the queue must not compare its tensors
+class _Pending:
+    request: InferenceRequest
+    future: asyncio.Future[InferenceResult]
+    enqueued_s: float
+    deadline_s: float | None
+
+    def shape_key(self, padded: Collection[str]) -> tuple[tuple[int, ...], ...]:
+        """What batch-mates must share: every input's non-batch shape, or only its rank where
+        it may be padded."""
+        return tuple((a.ndim,) if name in padded else a.shape[1:] for name, a in self.request.inputs.items())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.request.inputs.values())
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class DynamicBatcher:
+    """Bounded queue + batching loop for one variant's session.
+
+    Exposes its queue state (`queued_rows`, `running_rows`, `running_started_s`) for the
+    router's latency model, and calls `on_batch(rows, compute_ms)` after every session call.
+    """
+
+    def __init__(
+        self,
+        session: VariantSession,
+        executor: Executor,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        max_queue_size: int,
+        max_queue_bytes: int = 1 << 62,
+    ) -> None:
+        self.session = session
+        self._executor = executor
+        self._compute_ms: dict[int, float] = {}  # running mean of a session call's time, by rows
+        self._max_batch_size = max_batch_size
+        self._max_delay_s = max_queue_delay_ms / 1000.0
+        self._max_queue_size = max_queue_size
+        self._max_queue_bytes = max_queue_bytes
+        self._pad_values = {spec.name: spec.pad_value for spec in session.config.inputs if spec.pad_value is not None}
+        self._queue: deque[_Pending] = deque()
+        self._queued_bytes = 0
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.executions: Counter[int] = Counter()  # session calls by rows, for statistics
+        self.on_batch: BatchListener | None = None
+        self.on_failure: Callable[[], None] | None = None  # the loop is gone for good
+        self.failed = False
+        self.restarts = 0  # ever, for statistics
+        self._recent_restarts_s: deque[float] = deque()  # monotonic times of the restarts in the window
+        self._in_flight: list[_Pending] = []  # the batch handed to the session
+        self._queued_rows = 0
+        self._running_rows = 0
+        self._running_started_s: float | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def running_rows(self) -> int:
+        return self._running_rows
+
+    @property
+    def running_started_s(self) -> float | None:
+        """When the batch in flight started computing; None while it waits for a worker."""
+        return self._running_started_s
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.session.name}")
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """Supervision (module docstring): restart a loop that ended unasked, or fail for good."""
+        if self._closing and not task.cancelled():
+            return  # closed as asked: everything queued was served
+        if self._closing:  # cancelled while closing (the process is going): answer what is left
+            self._fail_everything(ShuttingDownError("server is shutting down; retry on another replica"))
+            return
+        error = task.exception() if not task.cancelled() else None
+        lost = VariantUnavailableError(f"variant '{self.session.name}' stopped serving; retry")
+        for pending in self._in_flight:  # the batch it was computing will never be split back
+            pending.fail(lost)
+        self._in_flight = []
+        now = time.monotonic()
+        while self._recent_restarts_s and now - self._recent_restarts_s[0] > RESTART_WINDOW_S:
+            self._recent_restarts_s.popleft()
+        if len(self._recent_restarts_s) < MAX_RESTARTS:
+            self._recent_restarts_s.append(now)
+            self.restarts += 1
+            log.error("batcher of %s ended unexpectedly (%r); restart %d", self.session.name, error, self.restarts)
+            self.start()
+            return
+        log.error("batcher of %s ended unexpectedly (%r); the variant is failed", self.session.name, error)
+        self.failed = True
+        self._fail_everything(lost)
+        if self.on_failure is not None:
+            self.on_failure()
+
+    def _fail_everything(self, error: Exception) -> None:
+        for pending in (*self._in_flight, *self._queue):
+            pending.fail(error)
+        self._in_flight = []
+        self._queue.clear()
+        self._queued_rows = self._queued_bytes = 0
+
+    @property
+    def closed(self) -> bool:
+        """Closed and its loop ended: it serves nothing more."""
+        return self._closing and (self._task is None or self._task.done())
+
+    async def close(self) -> None:
+        """Stop taking requests, serve what is queued, then end the loop."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None and not self._task.done():
+            await self._task
+
+    async def submit(self, request: InferenceRequest, deadline_s: float | None) -> InferenceResult:
+        if self._closing:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+        if self.failed:
+            raise VariantUnavailableError(f"variant '{self.session.name}' is not serving (its batcher failed)")
+        if len(self._queue) >= self._max_queue_size:
+            raise QueueFullError(
+                f"queue of variant '{self.session.name}' is full ({self._max_queue_size} waiting); retry later"
+            )
+        now = time.monotonic()
+        if deadline_s is not None and deadline_s <= now:
+            raise DeadlineExceededError("deadline passed before the request was queued")
+        pending = _Pending(request, asyncio.get_running_loop().create_future(), now, deadline_s)
+        size = pending.nbytes
+        # One request larger than the limit is still taken into an empty queue: the message
+        # size limit bounds it, and refusing it forever would help nobody.
+        if self._queue and self._queued_bytes + size > self._max_queue_bytes:
+            raise QueueFullError(
+                f"queue of variant '{self.session.name}' holds {self._queued_bytes} bytes; "
+                f"{size} more would pass its {self._max_queue_bytes}-byte limit; retry later"
+            )
+        self._queue.append(pending)
+        self._queued_rows += request.batch_size
+        self._queued_bytes += size
+        self._arrived.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            if pending in self._queue:  # a cancelled call frees its slot at once
+                self._queue.remove(pending)
+                self._queued_rows -= request.batch_size
+                self._queued_bytes -= size
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch: list[_Pending] = []
+            try:
+                await self._wait_for_more()
+                batch = self._take_batch()
+                if batch:
+                    await self._run(batch)
+            except Exception as exc:  # a bug in one iteration must not stop the variant
+                log.exception("batcher of %s failed on a batch of %d calls", self.session.name, len(batch))
+                for pending in batch:
+                    pending.fail(exc)
+            # Not in a `finally`: if the loop is cancelled mid-batch, _loop_ended must still
+            # find that batch to answer it.
+            self._in_flight = []
+
+    async def _wait_for_more(self) -> None:
+        first = self._queue[0]
+        while not self._closing:
+            rows = sum(p.request.batch_size for p in self._queue)
+            remaining = first.enqueued_s + self._max_delay_s - time.monotonic()
+            if rows >= self._max_batch_size or remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        now = time.monotonic()
+        batch: list[_Pending] = []
+        rows = 0
+        key = None
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():
+                continue
+            if pending.deadline_s is not None and pending.deadline_s <= now:
+                pending.future.set_exception(DeadlineExceededError("deadline passed while queued; not computed"))
+                continue
+            fits = rows + pending.request.batch_size <= self._max_batch_size
+            shape_key = pending.shape_key(self._pad_values)
+            if (key is None or shape_key == key) and fits:
+                key = shape_key
+                batch.append(pending)
+                rows += pending.request.batch_size
+            else:
+                kept.append(pending)
+                if not fits:
+                    break
+        self._queue.extendleft(reversed(kept))
+        self._queued_rows = sum(p.request.batch_size for p in self._queue)
+        self._queued_bytes = sum(p.nbytes for p in self._queue)
+        return batch
+
+    def _merge(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        """One input of a batch: the requests' rows stacked, padded to the longest where allowed."""
+        longest = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays), strict=True))
+        if name in self._pad_values and any(a.shape[1:] != longest for a in arrays):
+            value = self._pad_values[name]
+            arrays = [
+                np.pad(a, [(0, 0), *((0, n - d) for n, d in zip(longest, a.shape[1:], strict=True))],
+                       constant_values=value)
+                for a in arrays
+            ]  # fmt: skip
+        return np.concatenate(arrays)
+
+    def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+        """In the worker thread (or on the loop, if short): the outputs and when compute really
+        started and ended."""
+        started = time.monotonic()
+        self._running_started_s = started  # a float store is atomic under the GIL
+        outputs = self.session.run(inputs)
+        return outputs, started, time.monotonic()
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        self._in_flight = batch
+        if len(batch) == 1:
+            merged = batch[0].request.inputs
+        else:
+            names = list(batch[0].request.inputs)
+            merged = {name: self._merge(name, [p.request.inputs[name] for p in batch]) for name in names}
+        try:
+            outputs, started, finished = await self._call(merged)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].fail(self._execution_error(exc))
+                return
+            # Isolation: one request the session cannot run must not fail the others.
+            log.warning("variant %s failed on a merged batch of %d calls; running them one by one",
+                        self.session.name, len(batch))  # fmt: skip
+            for pending in batch:
+                await self._run_alone(pending)
+            return
+        self._answer(batch, outputs, started, finished)
+
+    async def _run_alone(self, pending: _Pending) -> None:
+        if pending.future.done():
+            return
+        try:
+            outputs, started, finished = await self._call(pending.request.inputs)
+        except Exception as exc:
+            pending.fail(self._execution_error(exc))
+            return
+        self._answer([pending], outputs, started, finished)
+
+    async def _call(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+        rows = int(next(iter(inputs.values())).shape[0])
+        self._running_rows, self._running_started_s = rows, None
+        known_ms = self._compute_ms.get(rows)
+        try:
+            if known_ms is not None and known_ms < INLINE_BELOW_MS:
+                result = self._timed_run(inputs)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs)
+        finally:
+            self._running_rows = 0
+        took_ms = (result[2] - result[1]) * 1e3
+        self._compute_ms[rows] = took_ms if known_ms is None else known_ms + INLINE_WEIGHT * (took_ms - known_ms)
+        self.executions[rows] += 1
+        if self.on_batch is not None:
+            try:
+                self.on_batch(rows, took_ms)
+            except Exception:  # a listener's bug must not fail calls that were answered
+                log.exception("batch listener of %s failed", self.session.name)
+        return result
+
+    def _execution_error(self, error: Exception) -> ModelExecutionError:
+        log.warning("variant %s failed on one request: %s", self.session.name, error)
+        detail = (
+            str(error).strip().splitlines()[0][:SESSION_MESSAGE_CHARS] if str(error).strip() else type(error).__name__
+        )
+        return ModelExecutionError(f"variant '{self.session.name}' could not run this input: {detail}")
+
+    def _answer(self, batch: list[_Pending], outputs: dict[str, np.ndarray], started: float, finished: float) -> None:
+        rows = sum(p.request.batch_size for p in batch)
+        offset = 0
+        for pending in batch:
+            count = pending.request.batch_size
+            if not pending.future.done():
+                pending.future.set_result(
+                    InferenceResult(
+                        outputs={k: v[offset : offset + count] for k, v in outputs.items()},
+                        variant=self.session.name,
+                        queue_ms=(started - pending.enqueued_s) * 1e3,
+                        compute_ms=(finished - started) * 1e3,
+                        batch_size=rows,
+                    )
+                )
+            offset += count

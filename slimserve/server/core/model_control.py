@@ -1,0 +1,294 @@
+"""Live model management: load, reload and unload models while serving (Triton's model control).
+
+A load reads the model's folder again and makes the new version beside the old one, off
+the event loop (validation, profiles for this machine if missing, ONNX Runtime sessions,
+warm-up). If anything fails, the load is refused with the reason and the old version keeps
+serving, untouched. Otherwise, on the event loop and in one step, the model's entry in the
+host is replaced: every call that resolves the model from then on gets the new version,
+while calls already admitted to the old batchers are served by them, which are then closed
+(they finish their queue first) and released.
+
+A variant whose graph (SHA-256) and the model's config are unchanged is not reloaded: its
+batcher, session and statistics carry over, and the new router adopts what the old one had
+learned (ModelRouter.adopt). So adding or removing one variant disturbs only that variant.
+
+`RepositoryPoller` does the same for a folder that changes: every `--repository-poll-s`
+it compares each model folder's files (names, sizes, modification times) with what it last
+loaded, and loads, reloads or unloads to match. A version that failed is not retried until
+its files change again; a folder must be missing from two scans in a row before its model
+is unloaded (the builder swaps a folder by two renames, with a moment between them).
+
+Thread: owned by the event loop; the blocking parts run in the default executor. One
+change at a time (an asyncio lock), so a load and an unload of the same model never race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from slimserve.repository.format import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ModelConfig,
+    ModelEntry,
+    RepositoryError,
+    check_name,
+    load_model,
+    model_folders,
+    sha256_of,
+)
+from slimserve.repository.hardware import HardwareTarget
+from slimserve.router.build import UnroutableVariantError
+from slimserve.server.core.batcher import DynamicBatcher
+from slimserve.server.core.errors import InvalidInputError, ModelLoadError, NotFoundError
+from slimserve.server.core.profiles import ensure_profiles
+from slimserve.server.core.registry import HostedModel, ModelHost
+from slimserve.server.core.session import VariantSession
+from slimserve.server.observe.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[tuple[str, int, int], ...]  # (relative path, size, mtime in ns) of a model's files
+
+
+def folder_signature(folder: Path) -> Signature:
+    """What changes when a model folder's files do (hidden build folders excluded)."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            stat = path.stat()
+            files.append((str(relative), stat.st_size, stat.st_mtime_ns))
+    return tuple(files)
+
+
+def release_freed_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's malloc_trim; ctypes releases
+    the GIL for it): while a model is reloaded its old and new sessions coexist, and glibc
+    would otherwise keep that peak. Measured (`make bench-reload`, 20 reloads and 10 variant
+    swaps under load): RSS +1.4 % and +4.0 % in two runs."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class ModelControl:
+    """Loads, reloads and unloads the host's models from the repository (module docstring)."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        repository: Path,
+        hardware_key: str,
+        target: HardwareTarget,
+        warmup_calls: int,
+        metrics: ServingMetrics | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._host = host
+        self.repository = repository
+        self._hardware_key = hardware_key
+        self._target = target
+        self._warmup_calls = warmup_calls
+        self._metrics = metrics
+        self._on_change = on_change
+        self._lock = asyncio.Lock()
+        self.signatures: dict[str, Signature] = {}  # of the files each hosted model was loaded from
+        self.reasons: dict[str, str] = {}  # why the last load of a model failed (RepositoryIndex)
+        for name in host.models:
+            with contextlib.suppress(OSError):
+                self.signatures[name] = folder_signature(repository / name)
+
+    async def load(self, name: str) -> str:
+        """Load or reload `name`; returns what changed. ModelLoadError: the old one still serves."""
+        try:
+            check_name(name, "model")
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        async with self._lock:
+            folder = self.repository / name
+            if not (folder / MODEL_FILE).is_file():
+                raise NotFoundError(f"no model '{name}' in the repository {self.repository} (no {name}/{MODEL_FILE})")
+            started = time.monotonic()
+            old = self._host.models.get(name)
+            signature = folder_signature(folder)
+            loop = asyncio.get_running_loop()
+            try:
+                entry, sessions, kept = await loop.run_in_executor(None, self._prepare, folder, old)
+            except ModelLoadError as exc:
+                self.reasons[name] = str(exc)
+                self.signatures[name] = signature  # not retried by the poller until the files change
+                log.error("%s", exc)
+                raise
+            hosted = self._host.build_model(name, entry, sessions, kept, old)
+            for variant, batcher in hosted.batchers.items():
+                if variant not in kept:
+                    batcher.start()
+            if self._metrics is not None:
+                self._metrics.describe_repository({name: entry})
+            self._host.models[name] = hosted  # the switch: every call from now on gets the new version
+            self.signatures[name] = signature
+            self.reasons.pop(name, None)
+            summary = self._summary(name, old, hosted, kept, time.monotonic() - started)
+            retired = [b for v, b in (old.batchers.items() if old else ()) if v not in kept]
+            del old  # the batchers' list is then the last reference to the old sessions
+            await self._retire(retired)
+            log.info("%s", summary)
+            self._changed()
+            return summary
+
+    async def unload(self, name: str) -> str:
+        """Stop serving `name`: new calls get NOT_FOUND, admitted ones finish, then it is released."""
+        async with self._lock:
+            hosted = self._host.models.pop(name, None)
+            if hosted is None:
+                raise NotFoundError(f"model '{name}' is not loaded; loaded: {sorted(self._host.models)}")
+            self.signatures.pop(name, None)
+            variants = ", ".join(hosted.batchers)
+            retired = list(hosted.batchers.values())
+            del hosted
+            await self._retire(retired)
+            log.info("unloaded %s (%s)", name, variants)
+            self._changed()
+            return f"unloaded {name}"
+
+    def _prepare(
+        self, folder: Path, old: HostedModel | None
+    ) -> tuple[ModelEntry, dict[str, VariantSession], dict[str, DynamicBatcher]]:
+        """Blocking, off the loop: validate, profile if needed, open and warm up new sessions."""
+        name = folder.name
+        try:
+            entry = load_model(folder, self.repository)
+            for variant, loaded in entry.variants.items():
+                if sha256_of(loaded.onnx_path.read_bytes()) != loaded.manifest.onnx_sha256:
+                    raise ModelLoadError(
+                        f"model '{name}' was not loaded: variant '{variant}': {loaded.onnx_path.name} does not match "
+                        f"the onnx_sha256 in its {MANIFEST_FILE} (a graph replaced without rebuilding its measurements)"
+                    )
+            self._carry_profiles(entry, old)
+            ensure_profiles({name: entry}, self._hardware_key, self._target, self._host.threads)
+            kept = self._unchanged(entry, old)
+            sessions: dict[str, VariantSession] = {}
+            for variant in set(entry.variants) - set(kept):
+                try:
+                    sessions[variant] = VariantSession(entry.config, entry.variants[variant], self._host.threads)
+                    sessions[variant].warm_up(self._warmup_calls)
+                except Exception as exc:  # ONNX Runtime refusing a graph or failing to run it
+                    raise ModelLoadError(
+                        f"model '{name}' was not loaded: variant '{variant}': {type(exc).__name__}: {exc}"
+                    ) from exc
+        except (RepositoryError, UnroutableVariantError) as exc:
+            raise ModelLoadError(f"model '{name}' was not loaded: {exc}") from exc
+        except OSError as exc:  # a file vanishing mid-read
+            raise ModelLoadError(f"model '{name}' was not loaded: {exc}") from exc
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # profiling a graph ONNX Runtime cannot run, …
+            log.exception("loading %s failed", name)
+            raise ModelLoadError(f"model '{name}' was not loaded: {type(exc).__name__}: {exc}") from exc
+        return entry, sessions, kept
+
+    def _carry_profiles(self, entry: ModelEntry, old: HostedModel | None) -> None:
+        """This machine's profile of an unchanged graph, measured when the old version loaded
+        and kept only in memory, is still true: reuse it rather than profile again."""
+        if old is None:
+            return
+        for variant, loaded in entry.variants.items():
+            previous = old.entry.variants.get(variant)
+            if (
+                self._hardware_key not in loaded.manifest.profiles
+                and previous is not None
+                and previous.manifest.onnx_sha256 == loaded.manifest.onnx_sha256
+                and self._hardware_key in previous.manifest.profiles
+            ):
+                loaded.manifest.profiles[self._hardware_key] = previous.manifest.profiles[self._hardware_key]
+
+    @staticmethod
+    def _unchanged(entry: ModelEntry, old: HostedModel | None) -> dict[str, DynamicBatcher]:
+        """The old batchers that can serve the new version as they are."""
+        if old is None or _serving_fields(old.entry.config) != _serving_fields(entry.config):
+            return {}
+        return {
+            variant: old.batchers[variant]
+            for variant, loaded in entry.variants.items()
+            if variant in old.batchers
+            and not old.batchers[variant].failed
+            and old.entry.variants[variant].manifest.onnx_sha256 == loaded.manifest.onnx_sha256
+        }
+
+    @staticmethod
+    async def _retire(batchers: list[DynamicBatcher]) -> None:
+        """Close (after their queues are served) and drop batchers no longer hosted, then
+        give the memory their sessions held back to the system. The caller passes the last
+        references to them (the list, emptied here)."""
+        await asyncio.gather(*(batcher.close() for batcher in batchers))
+        batchers.clear()  # the last references: the sessions are freed here
+        await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
+
+    @staticmethod
+    def _summary(
+        name: str, old: HostedModel | None, new: HostedModel, kept: dict[str, DynamicBatcher], seconds: float
+    ) -> str:
+        before = set(old.batchers) if old else set()
+        added = [v for v in new.batchers if v not in before]
+        removed = sorted(before - set(new.batchers))
+        reloaded = [v for v in new.batchers if v in before and v not in kept]
+        changes = {"added": added, "reloaded": reloaded, "kept": list(kept), "removed": removed}
+        parts = [f"{label} {', '.join(items)}" for label, items in changes.items() if items]
+        return f"{'reloaded' if old else 'loaded'} {name} in {seconds:.1f} s: {'; '.join(parts)}"
+
+    @property
+    def hosted(self) -> list[str]:
+        return list(self._host.models)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+
+class RepositoryPoller:
+    """Every `period_s`, brings the hosted models in line with the repository folder."""
+
+    def __init__(self, control: ModelControl, period_s: float) -> None:
+        self._control = control
+        self.period_s = period_s
+        self._missing: set[str] = set()  # hosted models whose folder the last scan did not find
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            try:
+                await self.poll_once()
+            except Exception:  # polling must outlive one bad scan (a folder vanishing mid-read)
+                log.exception("scanning the repository failed; trying again in %.1f s", self.period_s)
+
+    async def poll_once(self) -> list[str]:
+        """One scan: what it loaded, reloaded or unloaded."""
+        control = self._control
+        present = {}
+        for folder in model_folders(control.repository):
+            if (folder / MODEL_FILE).is_file():
+                with contextlib.suppress(OSError):  # being replaced right now: next time
+                    present[folder.name] = folder_signature(folder)
+        done = []
+        for name, signature in present.items():
+            if control.signatures.get(name) != signature:
+                with contextlib.suppress(ModelLoadError, InvalidInputError, NotFoundError):
+                    done.append(await control.load(name))
+        gone = {name for name in control.hosted if name not in present}
+        for name in gone & self._missing:
+            with contextlib.suppress(NotFoundError):
+                done.append(await control.unload(name))
+        self._missing = gone
+        return done
+
+
+def _serving_fields(config: ModelConfig) -> ModelConfig:
+    """What a batcher serves by: the config less the served set, which only says which
+    batchers exist (a build that settles its served set keeps the variants already running)."""
+    return config.model_copy(update={"served_variants": None})

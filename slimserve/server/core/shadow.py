@@ -1,0 +1,88 @@
+"""Live fidelity by shadow sampling: rerun some answered requests on the reference variant.
+
+A sampled fraction of requests served by a compressed variant is run again on the model's
+reference variant *after* the caller has its answer, in a background task, and only when
+the model has spare capacity: no queue in any of its variants and no other shadow of the
+model running. Under load the check fails and shadowing stops by itself. Agreement per
+request — top-1 match rate for classifiers, mean cosine for encoders — is exported per
+variant; divided by the number of comparisons it is the variant's live fidelity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import numpy as np
+
+from slimserve.server.core.registry import HostedModel
+from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.observe.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+MAX_CPU_UTILIZATION = 0.6
+
+
+def agreement(task: str, served: np.ndarray, reference: np.ndarray) -> float:
+    """Top-1 agreement (classifier) or mean cosine similarity (encoder), in [0, 1]."""
+    if task == "classifier":
+        return float(np.mean(served.argmax(axis=-1) == reference.argmax(axis=-1)))
+    a = served.reshape(len(served), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    cosine = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(np.clip(cosine, 0.0, 1.0).mean())
+
+
+class ShadowSampler:
+    """Starts background comparisons against the reference variant (see module docstring)."""
+
+    def __init__(
+        self, fraction: float, metrics: ServingMetrics, cpu_load: Callable[[], float], seed: int | None = None
+    ) -> None:
+        self.fraction = fraction
+        self._metrics = metrics
+        self._cpu_load = cpu_load
+        self._random = random.Random(seed)
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    def after_answer(self, hosted: HostedModel, request: InferenceRequest, result: InferenceResult) -> None:
+        """Called once the primary answer is ready; never waits."""
+        config = hosted.entry.config
+        if result.variant == config.reference_variant or self._random.random() >= self.fraction:
+            return
+        reason = self._busy(hosted)
+        if reason:
+            self._metrics.shadow_skipped.labels(config.name, reason).inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._compare(hosted, request, result))
+        self._running[config.name] = task
+
+    def _busy(self, hosted: HostedModel) -> str:
+        if hosted.entry.config.name in self._running:
+            return "shadow_running"
+        if self._cpu_load() >= MAX_CPU_UTILIZATION:
+            return "cpu_busy"
+        if any(b.queued_rows or b.running_rows for b in hosted.batchers.values()):
+            return "no_spare_capacity"
+        return ""
+
+    async def _compare(self, hosted: HostedModel, request: InferenceRequest, result: InferenceResult) -> None:
+        config = hosted.entry.config
+        try:
+            shadow = InferenceRequest(config.name, config.reference_variant, request.inputs)
+            reference = await hosted.batchers[config.reference_variant].submit(shadow, None)
+            output = config.outputs[0].name
+            value = agreement(config.task, result.outputs[output], reference.outputs[output])
+            self._metrics.shadow_comparisons.labels(config.name, result.variant).inc()
+            self._metrics.shadow_agreement.labels(config.name, result.variant).inc(value)
+        except Exception:  # a failed shadow must never surface anywhere but the log
+            log.exception("shadow comparison for %s/%s failed", config.name, result.variant)
+        finally:
+            del self._running[config.name]
+
+    async def close(self) -> None:
+        """Wait for the comparisons in progress (they are short) so that none is cut off."""
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)

@@ -1,0 +1,343 @@
+"""Builds and runs the server: settings → repository → sessions → routers → servicers → gRPC.
+
+This is the one place that constructs those objects; there is no module-level state, so
+tests start as many servers as they like, each on port 0.
+
+Threads: the event loop owns the host (models, routers, batchers) and the health servicer.
+ONNX Runtime runs in the executor's worker threads; the Prometheus HTTP server runs in its
+own thread and reads only `App.live`, the `LiveState` the loop publishes every
+PUBLISH_PERIOD_S (one reference, swapped whole).
+
+Health: SERVING while accepting and at least one model can serve; a model with a failed
+batcher reports ModelReady false and `slimserve_model_ready` 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from slimserve.protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
+from slimserve.repository.format import load_repository
+from slimserve.repository.hardware import fingerprint, pin_to_one_core, threads_for
+from slimserve.router.config import RouterConfig
+from slimserve.router.cpu import CpuAccount
+from slimserve.server.core.model_control import ModelControl, RepositoryPoller
+from slimserve.server.core.profiles import ensure_profiles
+from slimserve.server.core.registry import ModelHost
+from slimserve.server.core.shadow import ShadowSampler
+from slimserve.server.observe.activity import Activity
+from slimserve.server.observe.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
+from slimserve.server.observe.feedback import RecentAnswers
+from slimserve.server.observe.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_PERIOD_S, LiveState
+from slimserve.server.observe.load_monitor import LoadMonitor
+from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.process.settings import Settings
+from slimserve.server.transport.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
+from slimserve.server.transport.inference import InferenceServicer, add_inference_service
+from slimserve.server.transport.management import ManagementServicer
+from slimserve.server.transport.tls import ServerTls, TlsConfigError
+
+if TYPE_CHECKING:
+    from slimserve.server.process.background_build import BackgroundBuild
+
+log = logging.getLogger(__name__)
+BUILD_POLL_S = 2.0  # how often the repository is scanned while a background build publishes into it
+SERVICE_NAMES = (
+    inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    slimserve_pb2.DESCRIPTOR.services_by_name["Management"].full_name,
+)
+
+
+class BindError(RuntimeError):
+    """A port the server was told to use cannot be bound."""
+
+
+class App:
+    """A running slimserve: gRPC server, health, models, metrics. `start()`, then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.hardware_profile == "edge":
+            pin_to_one_core()
+        threads = settings.session_threads or threads_for(settings.hardware_profile)
+        self.hardware_key = fingerprint(threads).key
+        if settings.build_missing:
+            settings.repository.mkdir(parents=True, exist_ok=True)
+        models = load_repository(settings.repository, allow_empty=settings.build_missing)
+        ensure_profiles(models, self.hardware_key, settings.hardware_profile, threads)
+        # One worker per variant by default: a short batch of a cheap variant then runs beside a
+        # long one instead of waiting for it (the cores are shared either way).
+        workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
+        router_config = RouterConfig.without(
+            settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target
+        )
+        self.host = ModelHost(
+            models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
+            router_config, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
+        )  # fmt: skip
+        self.activity = Activity()
+        self.load = LoadMonitor(CpuAccount(settings.cpu_target), self.activity)
+        self.host.attach_load(self.load.cpu, lambda: self.load.lag_ms)
+        self.host.answers = RecentAnswers(settings.feedback_capacity)
+        self.metrics: ServingMetrics | None = None
+        self.metrics_port: int | None = None
+        self._metrics_http: WSGIServer | None = None
+        self._metrics_thread: threading.Thread | None = None
+        self.live: LiveState | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
+        if settings.metrics:
+            self.metrics = ServingMetrics(CollectorRegistry())
+            self.metrics.describe_repository(models)
+            self.metrics.watch(lambda: self.live)
+            self.host.metrics = self.metrics
+            if settings.shadow_fraction > 0:
+                self.host.shadow = ShadowSampler(
+                    settings.shadow_fraction, self.metrics, lambda: self.load.cpu_utilization
+                )
+        self.health = health.aio.HealthServicer()
+        self.tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.metrics_tls and self.tls is None:
+            raise TlsConfigError("--metrics-tls serves /metrics with --tls-cert and --tls-key: give them too")
+        tokens = load_tokens(settings.auth_tokens_file, {
+            INFERENCE: settings.inference_token.get_secret_value() if settings.inference_token else None,
+            MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,
+        })  # fmt: skip
+        self.server = grpc.aio.server(options=grpc_options(settings), interceptors=server_interceptors(tokens))
+        self.backlog = GrpcBacklog(newest_server_id())  # the server just created is the newest
+        self._backlog_watch: asyncio.Task[None] | None = None
+        self.control = ModelControl(
+            self.host, settings.repository, self.hardware_key, settings.hardware_profile, settings.warmup_calls,
+            self.metrics, self._models_changed,
+        )  # fmt: skip
+        self._poller: asyncio.Task[None] | None = None
+        self.build: BackgroundBuild | None = None
+        # With --workers, worker 0 builds and the others load what it publishes.
+        if settings.build_missing and not settings.worker_index:  # torch: `slimserve[build]`; serving needs none
+            from slimserve.server.process.background_build import BackgroundBuild
+
+            self.build = BackgroundBuild(settings.repository, settings.build_recipes)
+        self.inference = InferenceServicer(
+            self.host, self.metrics, self.backlog, settings.shed_late, self.control, self.activity
+        )
+        add_inference_service(self.inference, self.server)
+        management = ManagementServicer(self.host, self.hardware_key, self.metrics, self.build)
+        slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        credentials = self.tls.grpc_credentials() if self.tls is not None else None
+        self.port = _listen(self.server, f"{settings.host}:{settings.grpc_port}", credentials)
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if settings.health_port is not None:  # plaintext, grpc.health.v1 only: for kubelet's probes
+            self.health_server = grpc.aio.server(options=[_reuse_port(settings)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = _listen(self.health_server, f"{settings.host}:{settings.health_port}")
+        self.tokens_enabled = tokens.enabled
+        self._warn_if_exposed(tokens.enabled)
+
+    def _warn_if_exposed(self, authenticated: bool) -> None:
+        """Loudly, at start-up: a port anyone on the network can use for everything."""
+        if is_loopback(self.settings.host) or (authenticated and self.tls is not None):
+            return
+        missing = [
+            what for what, there in (("authentication", authenticated), ("TLS", self.tls is not None)) if not there
+        ]
+        log.warning(
+            "SECURITY: listening on %s:%d with no %s. Anyone who can reach this port can %s. Set "
+            "--tls-cert/--tls-key (and --tls-client-ca) and SLIMSERVE_INFERENCE_TOKEN / SLIMSERVE_MANAGEMENT_TOKEN "
+            "or --auth-tokens-file, or bind to 127.0.0.1 (README: Security).",
+            self.settings.host, self.port, " and no ".join(missing),
+            "run inference, read every measurement and send feedback" if not authenticated
+            else "read tokens and answers off the wire",
+        )  # fmt: skip
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for service in ("", *SERVICE_NAMES):
+            await self.health.set(service, status)
+
+    def _serving_status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        can_serve = self.inference.accepting and any(m.ready for m in self.host.models.values())
+        return health_pb2.HealthCheckResponse.SERVING if can_serve else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    def _readiness_changed(self) -> None:
+        """A batcher failed for good (on the loop): tell the probes."""
+        log.error("model readiness: %s", {name: m.ready for name, m in self.host.models.items()})
+        self._models_changed()
+
+    def _models_changed(self) -> None:
+        """A model was loaded, reloaded or unloaded, or a batcher failed: health follows."""
+        if not self.inference.accepting:
+            return  # starting or draining: start() and stop() set health themselves
+        task = asyncio.get_running_loop().create_task(self._set_health(self._serving_status()))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    def _start_metrics_http(self) -> None:
+        assert self.metrics is not None
+        port = self.metrics_port if self.metrics_port is not None else self.settings.metrics_port
+        tls = self.tls.http_arguments() if self.tls is not None and self.settings.metrics_tls else {}
+        self._metrics_http, self._metrics_thread = start_http_server(
+            port,
+            self.settings.metrics_host or self.settings.host,
+            registry=self.metrics.registry,
+            **tls,  # type: ignore[arg-type]
+        )
+        self.metrics_port = self._metrics_http.server_port
+
+    async def _publish(self) -> None:
+        """Every PUBLISH_PERIOD_S: a fresh LiveState for other threads; revive a dead exporter.
+        While idle, every IDLE_PUBLISH_PERIOD_S or at the next arrival, whichever comes first."""
+        while True:
+            try:
+                self.live = self.host.live_state(self.load.cpu, self.load.lag_ms)
+                if self._metrics_thread is not None and not self._metrics_thread.is_alive():
+                    log.error("the metrics exporter thread died; restarting it on port %s", self.metrics_port)
+                    self._start_metrics_http()
+            except Exception:  # publishing must outlive any one bad tick
+                log.exception("publishing the live state failed; trying again in %.2f s", PUBLISH_PERIOD_S)
+            if not self.activity.idle(time.monotonic()):
+                await asyncio.sleep(PUBLISH_PERIOD_S)
+                continue
+            try:
+                await asyncio.wait_for(self.activity.wait_for_arrival(), IDLE_PUBLISH_PERIOD_S)
+            except TimeoutError:
+                continue  # still idle: the periodic refresh
+            # Woken by a request: publish a period later, as while busy, not mid-request (a
+            # snapshot taken now would show that one request in flight until the next).
+            await asyncio.sleep(PUBLISH_PERIOD_S)
+
+    async def _watch_backlog(self) -> None:
+        """Every SAMPLE_S while calls are in flight: how many wait inside gRPC. Parked between
+        the last call and the next arrival (`server.activity`), so that idle costs nothing."""
+        while True:
+            if not self.backlog.busy():
+                await self.activity.wait_for_arrival()
+            await asyncio.sleep(SAMPLE_S)
+            try:
+                if self.backlog.busy():
+                    self.backlog.sample()
+            except Exception:  # the estimate must outlive any one bad sample
+                log.exception("sampling the gRPC backlog failed")
+
+    async def start(self) -> None:
+        """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+        if self.metrics is not None:
+            self._start_metrics_http()
+        await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
+        self.host.start_batchers()
+        self.load.start()
+        self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
+        self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
+        poll_s = self.settings.repository_poll_s or (BUILD_POLL_S if self.settings.build_missing else 0)
+        if poll_s > 0:
+            poller = RepositoryPoller(self.control, poll_s)
+            self._poller = asyncio.get_running_loop().create_task(poller.run(), name="repository-poll")
+        if self.build is not None:
+            await self.build.start()
+        self.inference.accepting = True
+        await self._set_health(self._serving_status())
+        transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.client_ca else "TLS"
+        models = ", ".join(self.host.models) or "no models yet"
+        log.info(
+            "serving %s on port %d (%s, tokens %s; metrics: %s; health-only port: %s)",
+            models, self.port, transport, "on" if self.tokens_enabled else "off",
+            f"port {self.metrics_port}" if self.metrics_port else "off", self.health_port or "none",
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING, refuse new calls, let in-flight ones finish within the grace.
+
+        For `drain_s` new calls are answered UNAVAILABLE while connections stay open: gRPC's
+        shutdown drops the calls it holds that no handler has taken yet (the client sees
+        CANCELLED), so they are taken and refused first."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.inference.accepting = False
+        if self.build is not None:
+            await self.build.stop()
+        await asyncio.sleep(self.settings.drain_s)
+        await self.server.stop(self.settings.shutdown_grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
+        if self.inference.cut_off:
+            log.error("%d admitted calls were cut off when the %.1f-s grace ran out",
+                      self.inference.cut_off, self.settings.shutdown_grace_s)  # fmt: skip
+        else:
+            log.info("drained: every admitted call was answered")
+        if self.host.shadow is not None:
+            await self.host.shadow.close()
+        await self.host.close()
+        await self.load.stop()
+        for task in (self._publisher, self._backlog_watch, self._poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        self._executor.shutdown(wait=True)
+        log.info("stopped")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the port on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _reuse_port(settings: Settings) -> tuple[str, int]:
+    """One process per port, unless --workers shares it: gRPC sets SO_REUSEPORT by default on
+    Linux, so a second server on a taken port would silently split its traffic."""
+    return ("grpc.so_reuseport", 0 if settings.worker_index is None else 1)
+
+
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind `address` (TLS with `credentials`); a port that cannot be bound is a BindError."""
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:  # gRPC says only "Failed to bind"
+        raise BindError(f"cannot listen on {address}: is another server using the port? ({exc})") from exc
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC core's channel arguments for the server's limits (README: Failure modes)."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # The soft limit refuses metadata between it and the hard limit only at random: set both.
+        ("grpc.max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_s * 1000)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.keepalive_min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", settings.keepalive_max_ping_strikes),
+    ]
+    options.append(_reuse_port(settings))
+    if settings.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)))
+    return options

@@ -1,0 +1,207 @@
+"""Protobuf ↔ internal types for the Open Inference Protocol (the only place that does it).
+
+Inputs arrive either all as `raw_input_contents` (one bytes blob per input, in order) or
+all as typed `contents`; mixing is refused. Every check names the tensor and says what was
+expected, so a caller can fix the request without reading server logs.
+
+Everything a caller controls is bounded here, before any work: the request id, the number
+and size of parameters, typed contents (converted on the event loop, so above
+MAX_TYPED_VALUES they are refused in favour of raw contents), and each input's declared
+shape limits and value range (`TensorSpec.max_shape`, `min_value`, `max_value`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from slimserve.protos import inference_pb2 as pb
+from slimserve.repository.format import ModelConfig, TensorSpec
+from slimserve.server.core.errors import InvalidInputError
+from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.transport.parameters import parameter_value
+
+DTYPES: dict[str, np.dtype] = {
+    "FP32": np.dtype(np.float32),
+    "FP16": np.dtype(np.float16),
+    "FP64": np.dtype(np.float64),
+    "INT64": np.dtype(np.int64),
+    "INT32": np.dtype(np.int32),
+    "INT8": np.dtype(np.int8),
+    "UINT8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+MAX_ID_CHARS = 256  # request ids are remembered for Feedback: bounded in bytes
+MAX_PARAMETERS = 32
+MAX_PARAMETER_NAME_CHARS = 64
+MAX_PARAMETER_STRING_CHARS = 1024
+MAX_TYPED_VALUES = 65_536  # 2.8 ms of conversion on the event loop (AMD EPYC); raw bytes beyond
+# Which repeated field of InferTensorContents carries each datatype (FP16 has none: raw only).
+_TYPED_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
+                "INT32": "int_contents", "INT8": "int_contents", "UINT8": "uint_contents",
+                "BOOL": "bool_contents"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Bytes that are not a ModelInferRequest. gRPC answers INTERNAL when a deserializer
+    raises, so the deserializer returns this instead and the servicer refuses it with
+    INVALID_ARGUMENT."""
+
+    reason: str
+
+
+def parse_infer_request(data: bytes) -> pb.ModelInferRequest | MalformedRequest:
+    """The ModelInfer request deserializer: never raises."""
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        return MalformedRequest(str(exc)[:200] or type(exc).__name__)
+
+
+def _check_request_fields(request: pb.ModelInferRequest) -> None:
+    if len(request.id) > MAX_ID_CHARS:
+        raise InvalidInputError(f"request id is {len(request.id)} characters; at most {MAX_ID_CHARS}")
+    if len(request.parameters) > MAX_PARAMETERS:
+        raise InvalidInputError(f"{len(request.parameters)} parameters; at most {MAX_PARAMETERS}")
+    for key, value in request.parameters.items():
+        if len(key) > MAX_PARAMETER_NAME_CHARS:
+            raise InvalidInputError(f"a parameter name is {len(key)} characters; at most {MAX_PARAMETER_NAME_CHARS}")
+        text = parameter_value(value)
+        if isinstance(text, str) and len(text) > MAX_PARAMETER_STRING_CHARS:
+            raise InvalidInputError(
+                f"parameter '{key}' is {len(text)} characters; at most {MAX_PARAMETER_STRING_CHARS}"
+            )
+
+
+def _check_values(name: str, array: np.ndarray, spec: TensorSpec) -> None:
+    """The declared value range; NaN counts as outside it (it compares false with anything)."""
+    if spec.min_value is None and spec.max_value is None:
+        return
+    low, high = array.min(), array.max()
+    if (spec.min_value is not None and not low >= spec.min_value) or (
+        spec.max_value is not None and not high <= spec.max_value
+    ):
+        lowest = "-inf" if spec.min_value is None else f"{spec.min_value:g}"
+        highest = "inf" if spec.max_value is None else f"{spec.max_value:g}"
+        raise InvalidInputError(f"input '{name}': values must lie in [{lowest}, {highest}]; got {low} to {high}")
+
+
+def _check_shape(name: str, shape: list[int], spec: TensorSpec, max_batch_size: int) -> None:
+    if len(shape) != len(spec.shape):
+        raise InvalidInputError(f"input '{name}': expected {len(spec.shape)} dimensions {spec.shape}, got {shape}")
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(f"input '{name}': shape {shape} has a negative dimension")
+    if shape[0] < 1 or shape[0] > max_batch_size:
+        raise InvalidInputError(f"input '{name}': batch size {shape[0]} outside 1..{max_batch_size}")
+    for axis, (got, want) in enumerate(zip(shape[1:], spec.shape[1:], strict=True), start=1):
+        if want != -1 and got != want:
+            raise InvalidInputError(f"input '{name}': dimension {axis} is {got}, expected {want} (shape {spec.shape})")
+        if got == 0:
+            raise InvalidInputError(f"input '{name}': dimension {axis} is 0")
+        limit = spec.max_shape[axis] if spec.max_shape else -1
+        if limit != -1 and got > limit:
+            raise InvalidInputError(f"input '{name}': dimension {axis} is {got}, at most {limit}")
+
+
+def decode_request(request: pb.ModelInferRequest, config: ModelConfig) -> InferenceRequest:
+    """Validate a ModelInferRequest against the model's config and turn it into numpy."""
+    _check_request_fields(request)
+    specs = {spec.name: spec for spec in config.inputs}
+    given = [tensor.name for tensor in request.inputs]
+    unknown = [name for name in given if name not in specs]
+    if unknown:
+        raise InvalidInputError(f"unknown input(s) {unknown}; model '{config.name}' takes {list(specs)}")
+    missing = [name for name in specs if name not in given]
+    if missing or len(given) != len(set(given)):
+        raise InvalidInputError(f"inputs must be exactly {list(specs)} once each; got {given}")
+    raw = list(request.raw_input_contents)
+    if raw and any(tensor.HasField("contents") for tensor in request.inputs):
+        raise InvalidInputError("both raw_input_contents and typed contents given; use one or the other")
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        spec = specs[tensor.name]
+        if tensor.datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input '{tensor.name}': datatype {tensor.datatype or '(none)'}, expected {spec.datatype}"
+            )
+        shape = list(tensor.shape)
+        _check_shape(tensor.name, shape, spec, config.max_batch_size)
+        dtype = DTYPES[spec.datatype]
+        count = int(np.prod(shape))
+        if raw:
+            if len(raw[index]) != count * dtype.itemsize:
+                raise InvalidInputError(
+                    f"input '{tensor.name}': {len(raw[index])} bytes of raw contents, expected "
+                    f"{count * dtype.itemsize} for shape {shape} of {spec.datatype}"
+                )
+            array = np.frombuffer(raw[index], dtype=dtype).reshape(shape)
+        else:
+            if spec.datatype not in _TYPED_FIELD:
+                raise InvalidInputError(
+                    f"input '{tensor.name}': {spec.datatype} has no typed contents field; send raw_input_contents"
+                )
+            if count > MAX_TYPED_VALUES:
+                raise InvalidInputError(
+                    f"input '{tensor.name}': {count} typed values; above {MAX_TYPED_VALUES} send raw_input_contents"
+                )
+            values = getattr(tensor.contents, _TYPED_FIELD[spec.datatype])
+            if len(values) != count:
+                raise InvalidInputError(
+                    f"input '{tensor.name}': {len(values)} values in contents.{_TYPED_FIELD[spec.datatype]}, "
+                    f"expected {count} for shape {shape}"
+                )
+            array = np.asarray(values, dtype=dtype).reshape(shape)
+        _check_values(tensor.name, array, spec)
+        arrays[tensor.name] = array
+    batch_sizes = {a.shape[0] for a in arrays.values()}
+    if len(batch_sizes) != 1:
+        raise InvalidInputError(f"inputs disagree on the batch size: { {k: v.shape for k, v in arrays.items()} }")
+    by_spec: dict[tuple[int, ...], tuple[str, tuple[int, ...]]] = {}
+    for name, array in arrays.items():
+        key = tuple(specs[name].shape)
+        if key in by_spec and by_spec[key][1] != array.shape:
+            other, other_shape = by_spec[key]
+            raise InvalidInputError(f"inputs '{other}' {list(other_shape)} and '{name}' {list(array.shape)} must match")
+        by_spec[key] = (name, array.shape)
+    outputs = [output.name for output in request.outputs]
+    known_outputs = [spec.name for spec in config.outputs]
+    if any(name not in known_outputs for name in outputs):
+        raise InvalidInputError(f"unknown output(s) in {outputs}; model '{config.name}' returns {known_outputs}")
+    return InferenceRequest(
+        model=request.model_name,
+        variant=request.model_version,
+        inputs=arrays,
+        parameters={key: parameter_value(value) for key, value in request.parameters.items()},
+        id=request.id,
+        outputs=outputs,
+    )
+
+
+def _parameter(value: str | float) -> pb.InferParameter:
+    if isinstance(value, str):
+        return pb.InferParameter(string_param=value)
+    return pb.InferParameter(double_param=float(value))
+
+
+def encode_response(request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
+    """Numeric outputs go in raw_output_contents, in the order of `outputs`."""
+    response = pb.ModelInferResponse(model_name=config.name, model_version=result.variant, id=request.id)
+    wanted = request.outputs or [spec.name for spec in config.outputs]
+    datatypes = {spec.name: spec.datatype for spec in config.outputs}
+    for name in wanted:
+        array = np.ascontiguousarray(result.outputs[name], dtype=DTYPES[datatypes[name]])
+        response.outputs.add(name=name, datatype=datatypes[name], shape=list(array.shape))
+        response.raw_output_contents.append(array.tobytes())
+    response.parameters["variant"].CopyFrom(_parameter(result.variant))
+    response.parameters["device"].CopyFrom(_parameter(result.device))
+    response.parameters["reason"].CopyFrom(_parameter(result.reason))
+    response.parameters["predicted_ms"].CopyFrom(_parameter(result.predicted_ms))
+    response.parameters["queue_ms"].CopyFrom(_parameter(result.queue_ms))
+    response.parameters["compute_ms"].CopyFrom(_parameter(result.compute_ms))
+    response.parameters["batch_size"].CopyFrom(pb.InferParameter(int64_param=result.batch_size))
+    return response

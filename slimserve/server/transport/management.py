@@ -1,0 +1,152 @@
+"""`slimserve.v1.Management`: ListVariants, Explain (a dry run of the router) and Feedback."""
+
+from __future__ import annotations
+
+import grpc
+
+from slimserve.protos import slimserve_pb2 as pb
+from slimserve.protos import slimserve_pb2_grpc
+from slimserve.router.hints import parse_hints
+from slimserve.router.policy import decide
+from slimserve.server.core.errors import InvalidInputError
+from slimserve.server.core.registry import ModelHost
+from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.process.background_build import BackgroundBuild
+from slimserve.server.transport.auth import caller_of
+from slimserve.server.transport.inference import maps_errors
+
+
+class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
+    """Variants with their measurements; Explain says which variant a request would get, and why."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        hardware_key: str,
+        metrics: ServingMetrics | None = None,
+        build: BackgroundBuild | None = None,
+    ) -> None:
+        self._host = host
+        self._build = build
+        self._hardware_key = hardware_key
+        self._metrics = metrics
+
+    @maps_errors
+    async def ListVariants(
+        self, request: pb.ListVariantsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListVariantsResponse:
+        building = (
+            self._build.building({m: list(h.batchers) for m, h in self._host.models.items()}) if self._build else []
+        )
+        if (
+            request.model
+            and any(model == request.model for model, _ in building)
+            and request.model not in self._host.models
+        ):
+            names = []  # being built, nothing published yet
+        else:
+            names = [request.model] if request.model else list(self._host.models)
+        response = pb.ListVariantsResponse(
+            building=[
+                pb.BuildingVariant(model=m, name=v) for m, v in building if not request.model or m == request.model
+            ]
+        )
+        for name in names:
+            for variant, entry in self._host.model(name).entry.variants.items():
+                manifest = entry.manifest
+                m, seed = manifest.measurements, manifest.seed_formulas
+                response.variants.add(
+                    model=name,
+                    name=variant,
+                    kind=manifest.kind,
+                    device=manifest.device,
+                    params=m.params,
+                    macs=m.macs or 0,
+                    size_bytes=m.size_bytes,
+                    quality=m.quality,
+                    agreement=m.agreement,
+                    alpha_params=seed.alpha_params,
+                    alpha_bytes=seed.alpha_bytes,
+                    beta_params=seed.beta_params,
+                    beta_bytes=seed.beta_bytes,
+                    profiles=[
+                        pb.VariantProfile(
+                            label=profile.label,
+                            hardware_key=key,
+                            this_machine=key == self._hardware_key,
+                            latency=[
+                                pb.LatencyPoint(batch_size=b, p50_ms=s.p50_ms, p95_ms=s.p95_ms)
+                                for b, s in sorted(profile.latency.items())
+                            ],
+                            speedup=profile.speedup,
+                        )
+                        for key, profile in manifest.profiles.items()
+                    ],
+                    ready=True,
+                )
+        return response
+
+    @maps_errors
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        hosted = self._host.model(request.model)
+        config = hosted.entry.config
+        parameters: dict[str, bool | int | float | str] = {"min_quality": request.min_quality}
+        if request.slo_ms:
+            parameters["slo_ms"] = request.slo_ms
+        if request.policy:
+            parameters["policy"] = request.policy
+        hints = parse_hints(parameters, None, config.default_slo_ms)
+        router = hosted.router
+        snapshot = router.snapshot()  # the one `route` reads now: Explain says what it does
+        decision = decide(snapshot, hints, max(request.batch_size, 1), router.config)
+        status = router.throughput()
+        return pb.ExplainResponse(
+            model=config.name,
+            chosen=decision.variant,
+            reason=decision.reason,
+            candidates=[
+                pb.Candidate(
+                    variant=v.candidate.variant,
+                    predicted_ms=v.candidate.predicted_ms,
+                    quality=v.candidate.quality,
+                    chosen=v.chosen,
+                    reason=v.why,
+                    device=v.candidate.device,
+                    capacity_rows_s=v.candidate.capacity_rows_s,
+                    p_in_time=v.candidate.p_in_time,
+                    cost_per_row_ms=v.candidate.cost_per_row_ms,
+                )
+                for v in decision.verdicts
+            ],
+            slo_ms=hints.slo_ms,
+            slo_source=hints.slo_source,
+            policy=hints.policy,
+            predicted_ms=decision.predicted_ms,
+            overhead_ms=snapshot.overhead_ms,
+            throughput=pb.ThroughputStatus(
+                declared_rps=status.declared_rps or 0.0,
+                arrival_rps=status.arrival_rps,
+                completion_rps=status.completion_rps,
+                mix_capacity_rps=status.mix_capacity_rps,
+                guard_active=status.guard_active,
+                sustained=status.sustained,
+            ),
+            cpu_utilization=router.cpu.utilization,
+            loop_lag_ms=router.loop_lag_ms(),
+            cpu_price=snapshot.price,
+            cpu_target=router.cpu.target,
+            cpu_overhead_ms=snapshot.cpu_overhead_ms,
+        )
+
+    @maps_errors
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
+        hosted = self._host.model(request.model)
+        if hosted.entry.config.task != "classifier":
+            raise InvalidInputError(f"model '{request.model}' is an encoder; feedback takes class labels")
+        caller = caller_of(context.invocation_metadata())
+        answer, correct = self._host.answers.score(request.model, request.request_id, list(request.labels), caller)
+        if self._metrics is not None:
+            wrong = len(answer.predicted) - correct
+            self._metrics.feedback.labels(answer.model, answer.variant, "correct").inc(correct)
+            self._metrics.feedback.labels(answer.model, answer.variant, "incorrect").inc(wrong)
+        return pb.FeedbackResponse(variant=answer.variant, predicted=list(answer.predicted), correct=correct)
