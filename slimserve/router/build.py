@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from slimserve.repository.format import ModelEntry, Profile
 from slimserve.router.config import RouterConfig
+from slimserve.router.cpu import CpuAccount
 from slimserve.router.latency import LatencyModel, QueueView, ServiceCurve
+from slimserve.router.load import Clock
 from slimserve.router.model_router import ModelRouter, VariantRoute
 
 
@@ -31,11 +34,15 @@ def build_model_router(
     queues: Mapping[str, QueueView],
     router_config: RouterConfig | None = None,
     workers: int | None = None,
+    cpu: CpuAccount | None = None,
+    loop_lag_ms: Callable[[], float] | None = None,
+    clock: Clock = time.monotonic,
 ) -> ModelRouter:
     """A router over every variant of `entry`, from its profile for `hardware_key`, routing
     on the quality metric `model.yaml` names.
 
-    `workers`: threads that run sessions (None: one per variant).
+    `workers`: threads that run sessions (None: one per variant). `cpu` and `loop_lag_ms`:
+    the serving process's CPU account and event-loop lag, shared by every model's router.
     """
     config, router_config = entry.config, router_config or RouterConfig()
     metric = config.quality_metric.name
@@ -62,5 +69,6 @@ def build_model_router(
         )
     side_by_side = workers is None or workers >= len(routes)
     return ModelRouter(
-        config.name, routes, config.default_slo_ms, config.throughput_slo_rps, router_config, side_by_side
-    )
+        config.name, routes, config.default_slo_ms, config.throughput_slo_rps, router_config, side_by_side,
+        clock, cpu, loop_lag_ms,
+    )  # fmt: skip

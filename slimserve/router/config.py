@@ -31,7 +31,7 @@ class RouterConfig:
 
     # Policy.
     min_p_in_time: float = 0.5  # least P(within SLO) for a variant to be chosen in time
-    # Settings (server/settings.py): time a call spends outside the server, added to every
+    # Settings (server/process/settings.py): time a call spends outside the server, added to every
     # prediction; and the share of the machine routed traffic may plan to use.
     rpc_allowance_ms: float = 1.5
     cpu_target_utilization: float = 0.6

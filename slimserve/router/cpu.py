@@ -20,7 +20,7 @@ and samples once when a request arrives, so the gap's one sample (near-zero use)
 for every period it covers, as an unbroken run of samples would have.
 
 Thread: owned by the event loop — the load monitor samples it and the routers read it there;
-other threads read the snapshot the host publishes.
+other threads read the snapshot the app publishes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Routing errors; `server.errors` maps them to gRPC status codes."""
+"""Routing errors; `server.transport.status` maps them to gRPC status codes."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ an immutable `RouterSnapshot`; the snapshot is taken again when it is older than
 something (a batch or a request finished), so that a burst never routes on a picture that
 its own first requests have already made stale.
 
-Thread: owned by the event loop; other threads read what the host publishes.
+Thread: owned by the event loop; other threads read what the app publishes.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ class ModelRouter:
         config: RouterConfig | None = None,
         side_by_side: bool = True,
         clock: Clock = time.monotonic,
+        cpu: CpuAccount | None = None,
+        loop_lag_ms: Callable[[], float] | None = None,
     ) -> None:
         if not variants:
             raise ValueError(f"model '{model}' has no variants to route between")
@@ -82,8 +84,9 @@ class ModelRouter:
         self.variants = {v.name: v for v in variants}
         self.default_slo_ms = default_slo_ms
         self.throughput_slo_rps = throughput_slo_rps
-        self.loop_lag_ms: Callable[[], float] = lambda: 0.0  # the server plugs its event-loop lag in
-        self.cpu = CpuAccount(config.cpu_target_utilization)  # and its CPU account, shared by every model
+        # The server's event-loop lag and its CPU account, shared by every model; alone, its own.
+        self.loop_lag_ms: Callable[[], float] = loop_lag_ms or (lambda: 0.0)
+        self.cpu = cpu or CpuAccount(config.cpu_target_utilization)
         self.side_by_side = side_by_side  # every variant has a worker thread of its own
         self.overhead_ms = 0.0
         self.ratios = RatioDistribution(config.ratio_half_life_s, config.ratio_min_samples)

@@ -1,4 +1,4 @@
-"""ONNX export from torch and the export check (sessions: `variants.sessions`, which needs no torch)."""
+"""ONNX export from torch and the export check (sessions: `repository.sessions`, which needs no torch)."""
 
 from __future__ import annotations
 

@@ -26,11 +26,12 @@ async def scenario(repository: Path) -> str:
     await app.start()
 
     async def kill(model: str) -> None:
-        for batcher in app.host.models[model].batchers.values():
+        for batcher in app.registry.models[model].batchers.values():
             while not batcher.failed:  # past its restarts
-                assert batcher._task is not None
-                batcher._task.cancel()
-                await asyncio.sleep(0.01)
+                task = batcher.loop_task
+                assert task is not None
+                task.cancel()
+                await asyncio.wait({task})  # done: supervision (its first callback) has restarted or failed it
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)

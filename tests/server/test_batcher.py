@@ -1,74 +1,98 @@
-"""The batcher's queue rules, on a real ONNX Runtime session of the tiny digits model."""
+"""The batcher's queue rules, on a real ONNX Runtime session of the tiny digits model.
+
+Each test runs on an event loop whose time is the batcher's fake clock (tests/fake_clock.py):
+the 50-ms batching wait and the restart window are jumped, not slept, and times are exact.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from slimserve.repository.format import ModelEntry
-from slimserve.server.core.batcher import RESTART_WINDOW_S, DynamicBatcher
-from slimserve.server.core.errors import (
+from slimserve.server.core.batcher import RESTART_WINDOW_S, BatchListener, DynamicBatcher
+from slimserve.server.core.request import InferenceRequest
+from slimserve.server.core.session import VariantSession
+from slimserve.server.errors import (
     DeadlineExceededError,
     ModelExecutionError,
     QueueFullError,
     ShuttingDownError,
     VariantUnavailableError,
 )
-from slimserve.server.core.request import InferenceRequest
-from slimserve.server.core.session import VariantSession
+from tests.fake_clock import FakeClock, run_on
+
+MAX_DELAY_S = 0.05  # the batching wait of `_batcher`
 
 
 def _request(rows: int = 1, side: int = 28) -> InferenceRequest:
     return InferenceRequest("digits", "fp32", {"images": np.zeros((rows, 1, side, side), dtype=np.float32)})
 
 
-def _batcher(digits: ModelEntry, executor: ThreadPoolExecutor, queue: int = 8) -> DynamicBatcher:
+def _batcher(
+    digits: ModelEntry,
+    executor: ThreadPoolExecutor,
+    clock: FakeClock,
+    queue: int = 8,
+    on_batch: BatchListener | None = None,
+    on_failure: Callable[[], None] | None = None,
+) -> DynamicBatcher:
     session = VariantSession(digits.config, digits.variants["fp32"], threads=1)
-    return DynamicBatcher(session, executor, max_batch_size=8, max_queue_delay_ms=50, max_queue_size=queue)
+    return DynamicBatcher(
+        session, executor, max_batch_size=8, max_queue_delay_ms=MAX_DELAY_S * 1e3, max_queue_size=queue,
+        on_batch=on_batch, on_failure=on_failure, clock=clock,
+    )  # fmt: skip
 
 
 def test_full_queue_is_refused_at_once(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor, queue=2)  # not started: nothing drains
+            batcher = _batcher(digits, executor, clock, queue=2)  # not started: nothing drains
             waiting = [asyncio.create_task(batcher.submit(_request(), None)) for _ in range(2)]
             await asyncio.sleep(0)
-            started = time.monotonic()
+            started = clock()
             with pytest.raises(QueueFullError, match="queue of variant 'fp32' is full"):
-                await batcher.submit(_request(), None)
-            assert time.monotonic() - started < 1.0
+                await asyncio.wait_for(batcher.submit(_request(), None), timeout=1.0)  # not TimeoutError
+            assert clock() == started  # no time passed: any timed wait would have moved the loop's clock
             batcher.start()
             await asyncio.gather(*waiting)
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_expired_deadline_is_not_computed(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor)
-            with pytest.raises(DeadlineExceededError):
-                await batcher.submit(_request(), time.monotonic() - 1)
+            batcher = _batcher(digits, executor, clock)
+            with pytest.raises(DeadlineExceededError, match="before the request was queued"):
+                await batcher.submit(_request(), clock() - 1)
             # Queued in time, but the deadline passes during the 50 ms batching wait.
             batcher.start()
+            queued_s = clock()
             with pytest.raises(DeadlineExceededError, match="not computed"):
-                await batcher.submit(_request(), time.monotonic() + 0.01)
+                await batcher.submit(_request(), queued_s + 0.01)
+            assert clock() == pytest.approx(queued_s + MAX_DELAY_S)  # refused when the wait ended
             assert sum(batcher.executions.values()) == 0
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_cancelled_call_frees_its_slot(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor, queue=2)
+            batcher = _batcher(digits, executor, clock, queue=2)
             ahead = asyncio.create_task(batcher.submit(_request(), None))
             task = asyncio.create_task(batcher.submit(_request(3), None))  # behind another call
             await asyncio.sleep(0)
@@ -83,13 +107,15 @@ def test_cancelled_call_frees_its_slot(digits: ModelEntry) -> None:
             assert (await ahead).outputs["logits"].shape == (1, 10)
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_requests_merge_by_shape_and_split_back(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor)
+            batcher = _batcher(digits, executor, clock)
             rng = np.random.default_rng(0)
             requests = [
                 InferenceRequest("digits", "fp32", {"images": rng.random((n, 1, 28, 28), dtype=np.float32)})
@@ -101,12 +127,13 @@ def test_requests_merge_by_shape_and_split_back(digits: ModelEntry) -> None:
                 expected = batcher.session.run(request.inputs)["logits"]
                 np.testing.assert_allclose(result.outputs["logits"], expected, atol=1e-5)
                 assert result.batch_size == 6
+                assert result.queue_ms == pytest.approx(MAX_DELAY_S * 1e3)  # 6 rows of 8: it waited for more
             assert batcher.executions == {6: 1}
             await batcher.close()
             with pytest.raises(ShuttingDownError):
                 await batcher.submit(_request(), None)
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def _tokens(rows: int, first_id: int, length: int = 8) -> InferenceRequest:
@@ -119,10 +146,14 @@ def _tokens(rows: int, first_id: int, length: int = 8) -> InferenceRequest:
 def test_a_request_the_session_cannot_run_fails_alone_not_its_batch_mates(minilm: ModelEntry) -> None:
     """A token id outside the vocabulary makes ONNX Runtime's Gather raise for the whole merged call."""
 
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
             session = VariantSession(minilm.config, minilm.variants["fp32"], threads=1)
-            batcher = DynamicBatcher(session, executor, max_batch_size=32, max_queue_delay_ms=0, max_queue_size=64)
+            batcher = DynamicBatcher(
+                session, executor, max_batch_size=32, max_queue_delay_ms=0, max_queue_size=64, clock=clock
+            )
             good = [_tokens(2, 2000 + i) for i in range(6)]
             bad = _tokens(1, 10_000_000)
             calls = [asyncio.create_task(batcher.submit(r, None)) for r in (*good[:3], bad, *good[3:])]
@@ -139,15 +170,19 @@ def test_a_request_the_session_cannot_run_fails_alone_not_its_batch_mates(minilm
             assert batcher.executions[13] == 0 and batcher.executions[2] == 6  # merged call failed, then one by one
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_queue_is_bounded_in_bytes(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
             session = VariantSession(digits.config, digits.variants["fp32"], threads=1)
             one_image = 28 * 28 * 4
-            batcher = DynamicBatcher(session, executor, 8, 0, max_queue_size=100, max_queue_bytes=3 * one_image)
+            batcher = DynamicBatcher(
+                session, executor, 8, 0, max_queue_size=100, max_queue_bytes=3 * one_image, clock=clock
+            )
             waiting = [asyncio.create_task(batcher.submit(_request(), None)) for _ in range(3)]
             await asyncio.sleep(0)
             with pytest.raises(QueueFullError, match="byte limit"):
@@ -157,46 +192,55 @@ def test_queue_is_bounded_in_bytes(digits: ModelEntry) -> None:
             assert (await batcher.submit(_request(8), None)).outputs["logits"].shape == (8, 10)  # alone: taken
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_a_failing_listener_does_not_fail_answered_calls(digits: ModelEntry) -> None:
+    clock = FakeClock()
+    heard: list[tuple[DynamicBatcher, int]] = []
+
+    def broken(batcher: DynamicBatcher, rows: int, compute_ms: float) -> None:
+        heard.append((batcher, rows))
+        raise RuntimeError("listener bug")
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor)
-
-            def broken(rows: int, compute_ms: float) -> None:
-                raise RuntimeError("listener bug")
-
-            batcher.on_batch = broken
+            batcher = _batcher(digits, executor, clock, on_batch=broken)
             batcher.start()
             for _ in range(3):
                 assert (await batcher.submit(_request(), None)).outputs["logits"].shape == (1, 10)
+            assert heard == [(batcher, 1)] * 3  # it was called after every session call, and raised
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_a_loop_that_dies_is_restarted_then_failed_and_no_call_hangs(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor)
             failures: list[bool] = []
-            batcher.on_failure = lambda: failures.append(True)
+            batcher = _batcher(digits, executor, clock, on_failure=lambda: failures.append(True))
             batcher.start()
 
+            async def kill() -> None:
+                """End the loop from outside, as a crash would, and let supervision act on it."""
+                task = batcher.loop_task
+                assert task is not None and not task.done()
+                task.cancel()
+                await asyncio.wait({task})  # done: its callbacks, supervision's first, have run
+
             async def kill_and_check(restarts: int) -> None:
-                assert batcher._task is not None
-                batcher._task.cancel()
-                await asyncio.sleep(0.01)
+                await kill()
                 assert batcher.restarts == restarts and not batcher.failed
                 assert (await batcher.submit(_request(), None)).outputs["logits"].shape == (1, 10)
 
             for restart in range(1, 4):  # killed from outside: restarted, and still answers
                 await kill_and_check(restart)
-            # Deaths far apart are not a failing variant: once the window has passed (aged here
-            # by hand: the batcher reads time.monotonic), a fourth death is restarted too.
-            batcher._recent_restarts_s = deque(t - RESTART_WINDOW_S - 1 for t in batcher._recent_restarts_s)
+            # Deaths far apart are not a failing variant: once the window has passed, a fourth
+            # death is restarted too.
+            clock.advance(RESTART_WINDOW_S + 1)
             for restart in range(4, 7):
                 await kill_and_check(restart)
             # Calls in compute and waiting while the loop dies for the last time are answered,
@@ -204,10 +248,9 @@ def test_a_loop_that_dies_is_restarted_then_failed_and_no_call_hangs(digits: Mod
             computing = asyncio.create_task(batcher.submit(_request(8), None))
             while batcher.running_rows == 0:  # handed to the session
                 await asyncio.sleep(0)
-            waiting = asyncio.create_task(batcher.submit(_request(), time.monotonic() + 60))
+            waiting = asyncio.create_task(batcher.submit(_request(), clock() + 60))
             await asyncio.sleep(0)
-            assert batcher._task is not None
-            batcher._task.cancel()
+            await kill()
             for call in (computing, waiting):
                 with pytest.raises(VariantUnavailableError):
                     await asyncio.wait_for(call, timeout=30)
@@ -215,7 +258,7 @@ def test_a_loop_that_dies_is_restarted_then_failed_and_no_call_hangs(digits: Mod
             with pytest.raises(VariantUnavailableError, match="not serving"):
                 await batcher.submit(_request(), None)
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def _sentence(ids: list[int], length: int) -> InferenceRequest:
@@ -229,10 +272,14 @@ def _sentence(ids: list[int], length: int) -> InferenceRequest:
 def test_requests_of_different_lengths_share_a_padded_batch_with_unchanged_answers(minilm: ModelEntry) -> None:
     assert all(spec.pad_value == 0 for spec in minilm.config.inputs)  # the encoder declares it
 
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
             session = VariantSession(minilm.config, minilm.variants["fp32"], threads=1)
-            batcher = DynamicBatcher(session, executor, max_batch_size=8, max_queue_delay_ms=50, max_queue_size=8)
+            batcher = DynamicBatcher(
+                session, executor, max_batch_size=8, max_queue_delay_ms=50, max_queue_size=8, clock=clock
+            )
             sentences = [_sentence([101, 2023, 2003, 102], 6), _sentence([101, 7592, 2088, 999, 2182, 102], 17)]
             alone = [session.run(s.inputs)["embedding"] for s in sentences]
             batcher.start()
@@ -242,13 +289,15 @@ def test_requests_of_different_lengths_share_a_padded_batch_with_unchanged_answe
                 np.testing.assert_allclose(result.outputs["embedding"], expected, atol=1e-5)
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())
 
 
 def test_inputs_without_a_pad_value_are_never_padded(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(digits, executor)
+            batcher = _batcher(digits, executor, clock)
             batcher.start()
             await asyncio.gather(batcher.submit(_request(side=28), None), batcher.submit(_request(side=28), None))
             assert batcher.executions == {2: 1}
@@ -261,4 +310,4 @@ def test_inputs_without_a_pad_value_are_never_padded(digits: ModelEntry) -> None
             assert batcher.executions[1] >= 1 and 2 not in batcher.executions
             await batcher.close()
 
-    asyncio.run(scenario())
+    run_on(clock, scenario())

@@ -1,12 +1,12 @@
-"""Hot reload on a real host (ONNX Runtime sessions, batchers, routers), without gRPC:
-what is kept, what is swapped, what is refused, and that calls in flight are answered."""
+"""Hot reload on a real serving core (ONNX Runtime sessions, batchers, routers, the data
+plane), without gRPC: what is kept, what is swapped, what is refused, and that calls in
+flight are answered."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from loadtest.serving import rewrite_description
-from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, load_repository, sha256_of
-from slimserve.repository.hardware import fingerprint
-from slimserve.server.core.errors import InvalidInputError, ModelLoadError, NotFoundError
+from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, sha256_of
 from slimserve.server.core.model_control import ModelControl, RepositoryPoller
-from slimserve.server.core.registry import ModelHost
-from slimserve.server.core.request import CallRecord, InferenceRequest
+from slimserve.server.core.request import InferenceRequest
+from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
+from tests.server.in_process import ServingCore
 
 THREADS = 1
 
@@ -35,39 +34,35 @@ def _request(variant: str = "") -> InferenceRequest:
     return InferenceRequest("digits", variant, {"images": np.zeros((1, 1, 28, 28), np.float32)})
 
 
-async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[ModelHost, ModelControl]:
-    key = fingerprint(THREADS).key
-    from slimserve.server.core.profiles import ensure_profiles
-
-    models = ensure_profiles(load_repository(repo), key, "cloud-cpu", THREADS)
-    host = ModelHost(models, executor, 4, THREADS, 64, key)
-    host.start_batchers()
-    return host, ModelControl(host, repo, key, "cloud-cpu", warmup_calls=1)
+async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[ServingCore, ModelControl]:
+    host = ServingCore(repo, executor, THREADS)
+    host.registry.start_batchers()
+    return host, host.control
 
 
 def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             host, control = await _host_and_control(repo, executor)
-            before = host.models["digits"]
+            before = host.registry.models["digits"]
             fp32_batcher = before.batchers["fp32"]
-            await host.infer(_request("fp32"), None, CallRecord("digits", time.monotonic()))
+            await host.infer(_request("fp32"))
             before.router.variants["fp32"].latency.correction = 1.7  # as if learned online
             shutil.move(repo / "digits" / "pruned", repo / "digits" / ".stash-pruned")
             summary = await control.load("digits")
             assert "removed pruned" in summary and "kept" in summary
-            after = host.models["digits"]
+            after = host.registry.models["digits"]
             assert set(after.batchers) == {"fp32", "int8", "distilled"}
             assert after.batchers["fp32"] is fp32_batcher and after.stats["fp32"].success_count == 1
             assert after.router.variants["fp32"].latency.correction == 1.7
             assert before.batchers["pruned"].closed  # retired and released
             shutil.move(repo / "digits" / ".stash-pruned", repo / "digits" / "pruned")
             assert "added pruned" in await control.load("digits")
-            again = host.models["digits"]
+            again = host.registry.models["digits"]
             assert again.batchers["fp32"] is fp32_batcher and again.router.variants["fp32"].latency.correction == 1.7
-            result = await host.infer(_request("pruned"), None, CallRecord("digits", time.monotonic()))
+            result = await host.infer(_request("pruned"))
             assert result.outputs["logits"].shape == (1, 10)
-            await host.close()
+            await host.registry.close()
 
     asyncio.run(scenario())
 
@@ -78,16 +73,16 @@ def test_narrowing_the_served_set_keeps_the_variants_still_served_running(repo: 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             host, control = await _host_and_control(repo, executor)
-            int8_batcher = host.models["digits"].batchers["int8"]
+            int8_batcher = host.registry.models["digits"].batchers["int8"]
             path = repo / "digits" / MODEL_FILE
             config = yaml.safe_load(path.read_text())
             config["served_variants"] = ["fp32", "int8"]
             path.write_text(yaml.safe_dump(config))
             summary = await control.load("digits")
             assert "removed" in summary and "kept fp32, int8" in summary
-            assert set(host.models["digits"].batchers) == {"fp32", "int8"}
-            assert host.models["digits"].batchers["int8"] is int8_batcher
-            await host.close()
+            assert set(host.registry.models["digits"].batchers) == {"fp32", "int8"}
+            assert host.registry.models["digits"].batchers["int8"] is int8_batcher
+            await host.registry.close()
 
     asyncio.run(scenario())
 
@@ -96,14 +91,14 @@ def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             host, control = await _host_and_control(repo, executor)
-            old = host.models["digits"]
+            old = host.registry.models["digits"]
             stop = False
             outcomes: list[str] = []
 
             async def caller() -> None:
                 while not stop:
                     try:
-                        await host.infer(_request(), None, CallRecord("digits", time.monotonic()))
+                        await host.infer(_request())
                         outcomes.append("ok")
                     except Exception as exc:
                         outcomes.append(repr(exc))
@@ -115,8 +110,8 @@ def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new
             stop = True
             await asyncio.gather(*callers)
             assert outcomes and set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
-            assert host.models["digits"] is not old and all(b.closed for b in old.batchers.values())
-            await host.close()
+            assert host.registry.models["digits"] is not old and all(b.closed for b in old.batchers.values())
+            await host.registry.close()
 
     asyncio.run(scenario())
 
@@ -125,7 +120,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             host, control = await _host_and_control(repo, executor)
-            serving = host.models["digits"]
+            serving = host.registry.models["digits"]
             graph = repo / "digits" / "int8" / "model.onnx"
             good = graph.read_bytes()
             graph.write_bytes(b"not an onnx graph")
@@ -138,8 +133,8 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -
             rewrite_description(repo / "digits", "broken int8")
             with pytest.raises(ModelLoadError, match=r"model 'digits' was not loaded: .*INVALID_PROTOBUF"):
                 await control.load("digits")  # consistent files, but ONNX Runtime cannot load the graph
-            assert host.models["digits"] is serving and "digits" in control.reasons
-            result = await host.infer(_request("int8"), None, CallRecord("digits", time.monotonic()))
+            assert host.registry.models["digits"] is serving and "digits" in control.reasons
+            result = await host.infer(_request("int8"))
             assert result.variant == "int8"
             (repo / "digits" / MODEL_FILE).write_text("name: digits\ntask: [")  # not YAML
             with pytest.raises(ModelLoadError, match=r"model\.yaml"):
@@ -149,7 +144,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -
             with pytest.raises(NotFoundError, match="no model 'other'"):
                 await control.load("other")
             graph.write_bytes(good)
-            await host.close()
+            await host.registry.close()
 
     asyncio.run(scenario())
 
@@ -162,7 +157,7 @@ def test_the_poller_follows_the_folder(repo: Path) -> None:
             assert await poller.poll_once() == []  # nothing changed since start-up
             shutil.move(repo / "digits" / "distilled", repo / "digits" / ".stash")
             (done,) = await poller.poll_once()
-            assert "removed distilled" in done and "distilled" not in host.models["digits"].batchers
+            assert "removed distilled" in done and "distilled" not in host.registry.models["digits"].batchers
             assert await poller.poll_once() == []  # not reloaded again while nothing changes
             (repo / "digits" / "int8" / "model.onnx").write_bytes(b"broken")
             assert await poller.poll_once() == [] and "digits" in control.reasons  # refused, logged
@@ -171,8 +166,8 @@ def test_the_poller_follows_the_folder(repo: Path) -> None:
             shutil.move(repo / "digits", hidden)
             assert await poller.poll_once() == []  # missing once: maybe a folder being swapped
             (done,) = await poller.poll_once()
-            assert done == "unloaded digits" and not host.models
-            await host.close()
+            assert done == "unloaded digits" and not host.registry.models
+            await host.registry.close()
 
     asyncio.run(scenario())
 
@@ -181,21 +176,18 @@ def test_unloading_drains_and_forgets(repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             host, control = await _host_and_control(repo, executor)
-            hosted = host.models["digits"]
-            calls = [
-                asyncio.create_task(host.infer(_request(), None, CallRecord("digits", time.monotonic())))
-                for _ in range(16)
-            ]
+            hosted = host.registry.models["digits"]
+            calls = [asyncio.create_task(host.infer(_request())) for _ in range(16)]
             await asyncio.sleep(0)  # admitted: queued in the batchers
             assert await control.unload("digits") == "unloaded digits"
             results = await asyncio.wait_for(asyncio.gather(*calls), 30)
             assert [r.outputs["logits"].shape for r in results] == [(1, 10)] * 16
             assert all(b.closed for b in hosted.batchers.values())
             with pytest.raises(NotFoundError):
-                host.model("digits")
+                host.registry.get("digits")
             with pytest.raises(NotFoundError, match="not loaded"):
                 await control.unload("digits")
             assert "loaded digits" in await control.load("digits")  # and back
-            await host.close()
+            await host.registry.close()
 
     asyncio.run(scenario())

@@ -24,8 +24,18 @@ goes on. If the loop task itself ends other than by `close` (cancelled from outs
 BaseException), it is restarted, up to MAX_RESTARTS times within RESTART_WINDOW_S (a server
 runs for weeks: deaths far apart are not a failing variant); past that the batcher is marked
 failed, every call waiting in it is answered UNAVAILABLE at once, new calls are refused,
-and `on_failure` tells the host, which reports the model not ready. No call waits on a
+and `on_failure` tells the app, which reports the model not ready. No call waits on a
 loop that is gone.
+
+Time: every time here is read from `clock` (the router's `Clock`, monotonic seconds): when a
+call was queued, its deadline, when compute started (`running_started_s`, which the router
+compares with its own clock, so the two must be one clock) and the restart window. The
+batching wait is a timer on the event loop, its length computed from `clock`: in the server
+both are time.monotonic (asyncio's loop time); tests run the batcher on an event loop whose
+time is their fake clock (tests/fake_clock.py), so they jump the wait and the restart window
+instead of sleeping. Only the length of a session call is measured on perf_counter: it is
+CPU work in a worker thread, not time a test could set, and the inline rule and the routers
+learn from it (on Linux perf_counter and monotonic are the same CLOCK_MONOTONIC).
 
 Thread: everything here is owned by the event loop, except `_running_started_s`, which the
 worker thread stores (a single float store) when compute starts.
@@ -43,18 +53,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slimserve.server.core.errors import (
+from slimserve.router.load import Clock
+from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.core.session import VariantSession
+from slimserve.server.errors import (
     DeadlineExceededError,
     ModelExecutionError,
     QueueFullError,
     ShuttingDownError,
     VariantUnavailableError,
 )
-from slimserve.server.core.request import InferenceRequest, InferenceResult
-from slimserve.server.core.session import VariantSession
 
 log = logging.getLogger(__name__)
-BatchListener = Callable[[int, float], None]  # (rows, compute_ms), once per session call
+BatchListener = Callable[["DynamicBatcher", int, float], None]  # (batcher, rows, compute_ms), once per session call
 MAX_RESTARTS = 3  # a loop that dies more often than this within RESTART_WINDOW_S is marked failed
 RESTART_WINDOW_S = 60.0
 SESSION_MESSAGE_CHARS = 300  # how much of ONNX Runtime's error a caller is shown
@@ -87,7 +98,8 @@ class DynamicBatcher:
     """Bounded queue + batching loop for one variant's session.
 
     Exposes its queue state (`queued_rows`, `running_rows`, `running_started_s`) for the
-    router's latency model, and calls `on_batch(rows, compute_ms)` after every session call.
+    router's latency model, and calls `on_batch(batcher, rows, compute_ms)` after every
+    session call and `on_failure()` once if its loop is gone for good (module docstring).
     """
 
     def __init__(
@@ -98,9 +110,14 @@ class DynamicBatcher:
         max_queue_delay_ms: float,
         max_queue_size: int,
         max_queue_bytes: int = 1 << 62,
+        *,
+        on_batch: BatchListener | None = None,
+        on_failure: Callable[[], None] | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.session = session
         self._executor = executor
+        self._clock = clock
         self._compute_ms: dict[int, float] = {}  # running mean of a session call's time, by rows
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_queue_delay_ms / 1000.0
@@ -113,11 +130,11 @@ class DynamicBatcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.executions: Counter[int] = Counter()  # session calls by rows, for statistics
-        self.on_batch: BatchListener | None = None
-        self.on_failure: Callable[[], None] | None = None  # the loop is gone for good
+        self.on_batch = on_batch
+        self.on_failure = on_failure  # the loop is gone for good
         self.failed = False
         self.restarts = 0  # ever, for statistics
-        self._recent_restarts_s: deque[float] = deque()  # monotonic times of the restarts in the window
+        self._recent_restarts_s: deque[float] = deque()  # clock times of the restarts in the window
         self._in_flight: list[_Pending] = []  # the batch handed to the session
         self._queued_rows = 0
         self._running_rows = 0
@@ -140,6 +157,12 @@ class DynamicBatcher:
         """When the batch in flight started computing; None while it waits for a worker."""
         return self._running_started_s
 
+    @property
+    def loop_task(self) -> asyncio.Task[None] | None:
+        """The task running the batching loop now (None before `start`); a new one after each
+        restart. Read-only: cancelling it from outside is how a test makes the loop die."""
+        return self._task
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.session.name}")
         self._task.add_done_callback(self._loop_ended)
@@ -156,7 +179,7 @@ class DynamicBatcher:
         for pending in self._in_flight:  # the batch it was computing will never be split back
             pending.fail(lost)
         self._in_flight = []
-        now = time.monotonic()
+        now = self._clock()
         while self._recent_restarts_s and now - self._recent_restarts_s[0] > RESTART_WINDOW_S:
             self._recent_restarts_s.popleft()
         if len(self._recent_restarts_s) < MAX_RESTARTS:
@@ -199,7 +222,7 @@ class DynamicBatcher:
             raise QueueFullError(
                 f"queue of variant '{self.session.name}' is full ({self._max_queue_size} waiting); retry later"
             )
-        now = time.monotonic()
+        now = self._clock()
         if deadline_s is not None and deadline_s <= now:
             raise DeadlineExceededError("deadline passed before the request was queued")
         pending = _Pending(request, asyncio.get_running_loop().create_future(), now, deadline_s)
@@ -247,10 +270,12 @@ class DynamicBatcher:
             self._in_flight = []
 
     async def _wait_for_more(self) -> None:
+        """Up to max_queue_delay after the first call, unless the batch fills: a timer on the
+        event loop, as long as `clock` says is left (module docstring)."""
         first = self._queue[0]
         while not self._closing:
             rows = sum(p.request.batch_size for p in self._queue)
-            remaining = first.enqueued_s + self._max_delay_s - time.monotonic()
+            remaining = first.enqueued_s + self._max_delay_s - self._clock()
             if rows >= self._max_batch_size or remaining <= 0:
                 return
             self._arrived.clear()
@@ -260,7 +285,7 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Pending]:
-        now = time.monotonic()
+        now = self._clock()
         batch: list[_Pending] = []
         rows = 0
         key = None
@@ -300,12 +325,13 @@ class DynamicBatcher:
         return np.concatenate(arrays)
 
     def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
-        """In the worker thread (or on the loop, if short): the outputs and when compute really
-        started and ended."""
-        started = time.monotonic()
+        """In the worker thread (or on the loop, if short): the outputs, when compute really
+        started (on `clock`) and how long it took (seconds, perf_counter: module docstring)."""
+        started = self._clock()
         self._running_started_s = started  # a float store is atomic under the GIL
+        began = time.perf_counter()
         outputs = self.session.run(inputs)
-        return outputs, started, time.monotonic()
+        return outputs, started, time.perf_counter() - began
 
     async def _run(self, batch: list[_Pending]) -> None:
         self._in_flight = batch
@@ -315,7 +341,7 @@ class DynamicBatcher:
             names = list(batch[0].request.inputs)
             merged = {name: self._merge(name, [p.request.inputs[name] for p in batch]) for name in names}
         try:
-            outputs, started, finished = await self._call(merged)
+            outputs, started, took_s = await self._call(merged)
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].fail(self._execution_error(exc))
@@ -326,17 +352,17 @@ class DynamicBatcher:
             for pending in batch:
                 await self._run_alone(pending)
             return
-        self._answer(batch, outputs, started, finished)
+        self._answer(batch, outputs, started, took_s)
 
     async def _run_alone(self, pending: _Pending) -> None:
         if pending.future.done():
             return
         try:
-            outputs, started, finished = await self._call(pending.request.inputs)
+            outputs, started, took_s = await self._call(pending.request.inputs)
         except Exception as exc:
             pending.fail(self._execution_error(exc))
             return
-        self._answer([pending], outputs, started, finished)
+        self._answer([pending], outputs, started, took_s)
 
     async def _call(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
         rows = int(next(iter(inputs.values())).shape[0])
@@ -349,12 +375,12 @@ class DynamicBatcher:
                 result = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs)
         finally:
             self._running_rows = 0
-        took_ms = (result[2] - result[1]) * 1e3
+        took_ms = result[2] * 1e3
         self._compute_ms[rows] = took_ms if known_ms is None else known_ms + INLINE_WEIGHT * (took_ms - known_ms)
         self.executions[rows] += 1
         if self.on_batch is not None:
             try:
-                self.on_batch(rows, took_ms)
+                self.on_batch(self, rows, took_ms)
             except Exception:  # a listener's bug must not fail calls that were answered
                 log.exception("batch listener of %s failed", self.session.name)
         return result
@@ -366,7 +392,7 @@ class DynamicBatcher:
         )
         return ModelExecutionError(f"variant '{self.session.name}' could not run this input: {detail}")
 
-    def _answer(self, batch: list[_Pending], outputs: dict[str, np.ndarray], started: float, finished: float) -> None:
+    def _answer(self, batch: list[_Pending], outputs: dict[str, np.ndarray], started: float, took_s: float) -> None:
         rows = sum(p.request.batch_size for p in batch)
         offset = 0
         for pending in batch:
@@ -377,7 +403,7 @@ class DynamicBatcher:
                         outputs={k: v[offset : offset + count] for k, v in outputs.items()},
                         variant=self.session.name,
                         queue_ms=(started - pending.enqueued_s) * 1e3,
-                        compute_ms=(finished - started) * 1e3,
+                        compute_ms=took_s * 1e3,
                         batch_size=rows,
                     )
                 )

@@ -4,7 +4,7 @@ A load reads the model's folder again and makes the new version beside the old o
 the event loop (validation, profiles for this machine if missing, ONNX Runtime sessions,
 warm-up). If anything fails, the load is refused with the reason and the old version keeps
 serving, untouched. Otherwise, on the event loop and in one step, the model's entry in the
-host is replaced: every call that resolves the model from then on gets the new version,
+registry is replaced: every call that resolves the model from then on gets the new version,
 while calls already admitted to the old batchers are served by them, which are then closed
 (they finish their queue first) and released.
 
@@ -46,11 +46,11 @@ from slimserve.repository.format import (
 from slimserve.repository.hardware import HardwareTarget
 from slimserve.router.build import UnroutableVariantError
 from slimserve.server.core.batcher import DynamicBatcher
-from slimserve.server.core.errors import InvalidInputError, ModelLoadError, NotFoundError
 from slimserve.server.core.profiles import ensure_profiles
-from slimserve.server.core.registry import HostedModel, ModelHost
+from slimserve.server.core.registry import HostedModel, HostedModelFactory, ModelRegistry
 from slimserve.server.core.session import VariantSession
-from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
+from slimserve.server.observe.recorder import CallRecorder
 
 log = logging.getLogger(__name__)
 
@@ -78,29 +78,31 @@ def release_freed_memory() -> None:
 
 
 class ModelControl:
-    """Loads, reloads and unloads the host's models from the repository (module docstring)."""
+    """Loads, reloads and unloads the registry's models from the repository (module docstring)."""
 
     def __init__(
         self,
-        host: ModelHost,
+        registry: ModelRegistry,
+        factory: HostedModelFactory,
+        recorder: CallRecorder,
         repository: Path,
         hardware_key: str,
         target: HardwareTarget,
         warmup_calls: int,
-        metrics: ServingMetrics | None = None,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[], None],
     ) -> None:
-        self._host = host
+        self._registry = registry
+        self._factory = factory
+        self._recorder = recorder
         self.repository = repository
         self._hardware_key = hardware_key
         self._target = target
         self._warmup_calls = warmup_calls
-        self._metrics = metrics
         self._on_change = on_change
         self._lock = asyncio.Lock()
         self.signatures: dict[str, Signature] = {}  # of the files each hosted model was loaded from
         self.reasons: dict[str, str] = {}  # why the last load of a model failed (RepositoryIndex)
-        for name in host.models:
+        for name in registry:
             with contextlib.suppress(OSError):
                 self.signatures[name] = folder_signature(repository / name)
 
@@ -115,7 +117,7 @@ class ModelControl:
             if not (folder / MODEL_FILE).is_file():
                 raise NotFoundError(f"no model '{name}' in the repository {self.repository} (no {name}/{MODEL_FILE})")
             started = time.monotonic()
-            old = self._host.models.get(name)
+            old = self._registry.models.get(name)
             signature = folder_signature(folder)
             loop = asyncio.get_running_loop()
             try:
@@ -125,13 +127,12 @@ class ModelControl:
                 self.signatures[name] = signature  # not retried by the poller until the files change
                 log.error("%s", exc)
                 raise
-            hosted = self._host.build_model(name, entry, sessions, kept, old)
+            hosted = self._factory.build(entry, sessions, kept, old)
             for variant, batcher in hosted.batchers.items():
                 if variant not in kept:
                     batcher.start()
-            if self._metrics is not None:
-                self._metrics.describe_repository({name: entry})
-            self._host.models[name] = hosted  # the switch: every call from now on gets the new version
+            self._recorder.describe({name: entry})
+            self._registry.put(hosted)  # the switch: every call from now on gets the new version
             self.signatures[name] = signature
             self.reasons.pop(name, None)
             summary = self._summary(name, old, hosted, kept, time.monotonic() - started)
@@ -145,9 +146,9 @@ class ModelControl:
     async def unload(self, name: str) -> str:
         """Stop serving `name`: new calls get NOT_FOUND, admitted ones finish, then it is released."""
         async with self._lock:
-            hosted = self._host.models.pop(name, None)
+            hosted = self._registry.remove(name)
             if hosted is None:
-                raise NotFoundError(f"model '{name}' is not loaded; loaded: {sorted(self._host.models)}")
+                raise NotFoundError(f"model '{name}' is not loaded; loaded: {sorted(self._registry)}")
             self.signatures.pop(name, None)
             variants = ", ".join(hosted.batchers)
             retired = list(hosted.batchers.values())
@@ -171,12 +172,12 @@ class ModelControl:
                         f"the onnx_sha256 in its {MANIFEST_FILE} (a graph replaced without rebuilding its measurements)"
                     )
             self._carry_profiles(entry, old)
-            ensure_profiles({name: entry}, self._hardware_key, self._target, self._host.threads)
+            ensure_profiles({name: entry}, self._hardware_key, self._target, self._factory.threads)
             kept = self._unchanged(entry, old)
             sessions: dict[str, VariantSession] = {}
             for variant in set(entry.variants) - set(kept):
                 try:
-                    sessions[variant] = VariantSession(entry.config, entry.variants[variant], self._host.threads)
+                    sessions[variant] = VariantSession(entry.config, entry.variants[variant], self._factory.threads)
                     sessions[variant].warm_up(self._warmup_calls)
                 except Exception as exc:  # ONNX Runtime refusing a graph or failing to run it
                     raise ModelLoadError(
@@ -244,11 +245,10 @@ class ModelControl:
 
     @property
     def hosted(self) -> list[str]:
-        return list(self._host.models)
+        return list(self._registry)
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
+        self._on_change()
 
 
 class RepositoryPoller:

@@ -23,9 +23,10 @@ class InferenceRequest:
         return int(next(iter(self.inputs.values())).shape[0])
 
 
-@dataclass
+@dataclass(frozen=True)
 class InferenceResult:
-    """Outputs for one request, with where and how long it ran."""
+    """Outputs for one request, with where and how long it ran (the data plane adds the
+    routing decision by making a copy)."""
 
     outputs: dict[str, np.ndarray]
     variant: str
@@ -35,18 +36,3 @@ class InferenceResult:
     device: str = "cpu"
     predicted_ms: float = 0.0  # the router's prediction when it chose the variant
     reason: str = ""  # why this variant (router.policy.REASONS)
-
-
-@dataclass
-class CallRecord:
-    """How one inference call went, filled in along the way and counted once, at its end.
-
-    The servicer creates it when the call reaches its handler and sets `code`; the host
-    sets `variant` once it has decided. Label values come from the repository, never the caller.
-    """
-
-    model: str  # as the caller named it; checked against the repository when counted
-    received_s: float  # monotonic
-    variant: str = ""
-    code: str = "OK"  # a gRPC status code name, CANCELLED and DEADLINE_EXCEEDED included
-    caller: str = ""  # who asked, for Feedback (server.auth.caller_of); set only for requests with an id

@@ -24,7 +24,7 @@ class VariantSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Blocking: from a worker thread, or from the event loop for calls shorter than a thread
-        hop (`server.batcher`)."""
+        hop (`core.batcher`)."""
         return dict(zip(self._output_names, self._session.run(self._output_names, inputs), strict=True))
 
     def warm_up(self, calls: int, seq_len: int = 16) -> None:

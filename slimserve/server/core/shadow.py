@@ -6,6 +6,9 @@ the model has spare capacity: no queue in any of its variants and no other shado
 model running. Under load the check fails and shadowing stops by itself. Agreement per
 request — top-1 match rate for classifiers, mean cosine for encoders — is exported per
 variant; divided by the number of comparisons it is the variant's live fidelity.
+
+The comparison is run through the data plane (`rerun`, which the data plane passes with
+each answer), on the model hosted at that moment, and recorded by the recorder.
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from slimserve.server.core.registry import HostedModel
 from slimserve.server.core.request import InferenceRequest, InferenceResult
-from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.observe.recorder import CallRecorder
 
 log = logging.getLogger(__name__)
 MAX_CPU_UTILIZATION = 0.6
+Rerun = Callable[[str, str, InferenceRequest], Awaitable[InferenceResult]]  # (model, variant, request)
 
 
 def agreement(task: str, served: np.ndarray, reference: np.ndarray) -> float:
@@ -39,24 +43,26 @@ class ShadowSampler:
     """Starts background comparisons against the reference variant (see module docstring)."""
 
     def __init__(
-        self, fraction: float, metrics: ServingMetrics, cpu_load: Callable[[], float], seed: int | None = None
+        self, fraction: float, recorder: CallRecorder, cpu_load: Callable[[], float], seed: int | None = None
     ) -> None:
         self.fraction = fraction
-        self._metrics = metrics
+        self._recorder = recorder
         self._cpu_load = cpu_load
         self._random = random.Random(seed)
         self._running: dict[str, asyncio.Task[None]] = {}
 
-    def after_answer(self, hosted: HostedModel, request: InferenceRequest, result: InferenceResult) -> None:
+    def after_answer(
+        self, hosted: HostedModel, request: InferenceRequest, result: InferenceResult, rerun: Rerun
+    ) -> None:
         """Called once the primary answer is ready; never waits."""
         config = hosted.entry.config
-        if result.variant == config.reference_variant or self._random.random() >= self.fraction:
+        if self.fraction <= 0 or result.variant == config.reference_variant or self._random.random() >= self.fraction:
             return
         reason = self._busy(hosted)
         if reason:
-            self._metrics.shadow_skipped.labels(config.name, reason).inc()
+            self._recorder.record_shadow_skipped(config.name, reason)
             return
-        task = asyncio.get_running_loop().create_task(self._compare(hosted, request, result))
+        task = asyncio.get_running_loop().create_task(self._compare(hosted, request, result, rerun))
         self._running[config.name] = task
 
     def _busy(self, hosted: HostedModel) -> str:
@@ -68,15 +74,16 @@ class ShadowSampler:
             return "no_spare_capacity"
         return ""
 
-    async def _compare(self, hosted: HostedModel, request: InferenceRequest, result: InferenceResult) -> None:
+    async def _compare(
+        self, hosted: HostedModel, request: InferenceRequest, result: InferenceResult, rerun: Rerun
+    ) -> None:
         config = hosted.entry.config
         try:
             shadow = InferenceRequest(config.name, config.reference_variant, request.inputs)
-            reference = await hosted.batchers[config.reference_variant].submit(shadow, None)
+            reference = await rerun(config.name, config.reference_variant, shadow)
             output = config.outputs[0].name
             value = agreement(config.task, result.outputs[output], reference.outputs[output])
-            self._metrics.shadow_comparisons.labels(config.name, result.variant).inc()
-            self._metrics.shadow_agreement.labels(config.name, result.variant).inc(value)
+            self._recorder.record_shadow(config.name, result.variant, value)
         except Exception:  # a failed shadow must never surface anywhere but the log
             log.exception("shadow comparison for %s/%s failed", config.name, result.variant)
         finally:

@@ -6,6 +6,10 @@ load, and waste when nothing arrives: an idle replica would burn a share of a co
 for hours. They park on `wait_for_arrival()` once nothing has arrived for IDLE_AFTER_S, and
 the first request wakes them.
 
+Time is read from `clock` (the router's `Clock`, monotonic seconds) where a caller does not
+say it. Parking waits on an event, not a timer: a test on a fake clock jumps a day of
+idleness and then notes an arrival.
+
 Thread: owned by the event loop (the servicer notes arrivals, the samplers wait there).
 """
 
@@ -13,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+
+from slimserve.router.load import Clock
 
 IDLE_AFTER_S = 1.0  # no request for this long: the samplers park until the next one
 
@@ -20,17 +27,21 @@ IDLE_AFTER_S = 1.0  # no request for this long: the samplers park until the next
 class Activity:
     """The time of the latest request arrival, and an event that wakes parked samplers."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
         self.last_arrival_s = -math.inf
         self._arrived = asyncio.Event()
 
-    def note_arrival(self, now_s: float) -> None:
-        """A request reached its handler at monotonic time `now_s` (called once per request)."""
-        self.last_arrival_s = now_s
+    def note_arrival(self, now_s: float | None = None) -> None:
+        """A request reached its handler at `now_s` on the clock (default: now; called once per
+        request)."""
+        self.last_arrival_s = self._clock() if now_s is None else now_s
         if not self._arrived.is_set():
             self._arrived.set()
 
-    def idle(self, now_s: float) -> bool:
+    def idle(self, now_s: float | None = None) -> bool:
+        """No request for IDLE_AFTER_S at `now_s` on the clock (default: now)."""
+        now_s = self._clock() if now_s is None else now_s
         return now_s - self.last_arrival_s > IDLE_AFTER_S
 
     async def wait_for_arrival(self) -> None:

@@ -26,7 +26,10 @@ wait that dips below the target within every interval — the small, passing que
 light load on a shared machine — refuses nothing that could still make it.
 
 Sampling reads channelz (~0.3 ms on a 2-core AMD EPYC) every SAMPLE_S, and only while calls
-are in flight, so an idle server does not poll. Thread: owned by the event loop.
+are in flight, so an idle server does not poll (the server's sampler loop). The estimate
+itself does not wait: it reads the time from `clock` (the router's `Clock`) when it samples
+and when it is asked, and `record` takes the time of the counts, so tests feed it counts on
+a fake clock and jump a day between bursts. Thread: owned by the event loop.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from itertools import pairwise
+from types import MappingProxyType
+
+from slimserve.router.load import Clock
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,9 @@ def newest_server_id() -> int | None:
 class GrpcBacklog:
     """The estimated wait (ms) of a call before its handler runs (module docstring)."""
 
-    def __init__(self, server_id: int | None) -> None:
+    def __init__(self, server_id: int | None, clock: Clock = time.monotonic) -> None:
         self.server_id = server_id
+        self._clock = clock
         self.backlog = 0
         self.call_ms = 0.0
         self.handling = 0  # calls inside our handlers now (the servicer counts them)
@@ -91,9 +99,16 @@ class GrpcBacklog:
     def wait_ms(self) -> float:
         return self.backlog * self.call_ms
 
+    @property
+    def standing(self) -> Mapping[float, bool]:
+        """Target wait (ms) → whether the queue stands for it, for the targets remembered (at
+        most MAX_TARGETS); read-only."""
+        return MappingProxyType(self._standing)
+
     def window_ms(self, now_s: float | None = None) -> tuple[float, float] | None:
-        """(least, greatest) wait over the last STANDING_S, or None unless samples cover all of it."""
-        now_s = time.monotonic() if now_s is None else now_s
+        """(least, greatest) wait over the last STANDING_S before `now_s` (default: the clock's
+        now), or None unless samples cover all of it."""
+        now_s = self._clock() if now_s is None else now_s
         if not self._waits or self._waits[0][0] > now_s - STANDING_S:
             return None  # the samples do not reach back over the whole interval
         times = [at_s for at_s, _ in self._waits] + [now_s]
@@ -104,8 +119,9 @@ class GrpcBacklog:
         return min(waits), max(waits)
 
     def wait_limit_ms(self, slo_ms: float, now_s: float | None = None) -> float:
-        """How long a call with this SLO may have waited and still be taken."""
-        now_s = time.monotonic() if now_s is None else now_s
+        """How long a call with this SLO may have waited and still be taken, at `now_s`
+        (default: the clock's now)."""
+        now_s = self._clock() if now_s is None else now_s
         if not self._waits or now_s - self._waits[-1][0] > MAX_SAMPLE_GAP_S:
             return slo_ms  # no recent sample: no backlog as far as anyone knows
         target_ms = WAIT_SHARE * slo_ms
@@ -130,7 +146,7 @@ class GrpcBacklog:
             self._waits.clear()
             self._standing.clear()
             return
-        self.record(time.monotonic(), *counts, cpu_s=time.process_time())
+        self.record(self._clock(), *counts, cpu_s=time.process_time())
 
     def record(self, now_s: float, started: int, ended: int, cpu_s: float | None = None) -> None:
         """Fold in channelz's counts of calls started and ended at `now_s`, when the process

@@ -3,7 +3,7 @@
 Only classifier answers to requests that carry an `id` are remembered: the model, the
 variant that answered and its top-1 class per row, in a bounded least-recently-answered
 store. `Feedback(model, request_id, labels)` scores them once and forgets them. An answer
-belongs to its caller (server.auth.caller_of: the digest of its bearer token, '' without
+belongs to its caller (transport.auth.caller_of: the digest of its bearer token, '' without
 one): only the same caller can score it, and callers' ids never collide or overwrite.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from slimserve.server.core.errors import InvalidInputError, NotFoundError
+from slimserve.server.errors import InvalidInputError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Answer:
     model: str
     variant: str
     predicted: tuple[int, ...]  # top-1 class per row
-    caller: str = ""  # who was answered (server.auth.caller_of)
+    caller: str = ""  # who was answered (transport.auth.caller_of)
 
 
 class RecentAnswers:

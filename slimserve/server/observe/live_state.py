@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from slimserve.router.model_router import ThroughputStatus
 
 PUBLISH_PERIOD_S = 0.25
-IDLE_PUBLISH_PERIOD_S = 5.0  # while no request arrives (`server.activity`): nothing it shows moves faster
+IDLE_PUBLISH_PERIOD_S = 5.0  # while no request arrives (`observe.activity`): nothing it shows moves faster
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,18 @@ PERIOD_S and notes how late it woke measures the same delay. The router adds it.
 Every SAMPLE_PERIOD_S it reads the process's CPU time into the CPU account (`router.cpu`),
 which the routers price CPU time from.
 
-While no request arrives (`server.activity`) it parks instead of ticking: an idle server
+While no request arrives (`observe.activity`) it parks instead of ticking: an idle server
 then spends no CPU on it. Parking and waking each take a CPU sample, so the idle gap enters
 the utilization as one sample weighted by its length, and the lateness decays over the gap
 as PERIOD_S ticks of zero lateness would have decayed it.
+
+Time: the monitor reads the time only from `clock` (the router's `Clock`, monotonic seconds)
+and waits only through the event loop (a PERIOD_S timer, or the next arrival), so the
+lateness is what the clock says beyond the timer. In the server both are time.monotonic
+(asyncio's loop time); tests run it on an event loop whose time is their fake clock
+(tests/fake_clock.py), so ticks are exactly on time unless the test holds the loop, and hours
+of parking are jumped, not slept. The CPU time it samples is the process's own
+(time.process_time), which no clock stands for.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 
 from slimserve.repository.hardware import usable_cores
 from slimserve.router.cpu import SAMPLE_PERIOD_S, CpuAccount
+from slimserve.router.load import Clock
 from slimserve.server.observe.activity import Activity
 
 log = logging.getLogger(__name__)
@@ -38,13 +47,14 @@ def decayed_lag_ms(lag_ms: float, gap_s: float) -> float:
 class LoadMonitor:
     """The running mean of the event loop's lateness (ms), and the CPU account it feeds."""
 
-    def __init__(self, cpu: CpuAccount, activity: Activity) -> None:
+    def __init__(self, cpu: CpuAccount, activity: Activity, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
         self.lag_ms = 0.0
         self.cpu = cpu
         self.activity = activity
         self.parked = 0  # how many times it has parked for lack of requests (tests read it)
         self._task: asyncio.Task[None] | None = None
-        self._sampled_s = 0.0  # monotonic time of the last CPU sample
+        self._sampled_s = 0.0  # clock time of the last CPU sample
 
     @property
     def cpu_utilization(self) -> float:
@@ -61,7 +71,7 @@ class LoadMonitor:
 
     async def _watch(self) -> None:
         cores = usable_cores()  # read after any pinning: the edge profile has one
-        self._sampled_s = time.monotonic()
+        self._sampled_s = self._clock()
         self.cpu.sample(time.process_time(), self._sampled_s, cores)
         while True:
             try:
@@ -72,17 +82,17 @@ class LoadMonitor:
 
     async def _step(self, cores: int) -> None:
         """One tick while requests arrive; or park until the next one and account for the gap."""
-        asked = time.monotonic()
+        asked = self._clock()
         if self.activity.idle(asked):
             self.cpu.sample(time.process_time(), asked, cores)
             self.parked += 1
             await self.activity.wait_for_arrival()
-            self._sampled_s = time.monotonic()
+            self._sampled_s = self._clock()
             self.lag_ms = decayed_lag_ms(self.lag_ms, self._sampled_s - asked)
             self.cpu.sample(time.process_time(), self._sampled_s, cores)
             return
         await asyncio.sleep(PERIOD_S)
-        now = time.monotonic()
+        now = self._clock()
         self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
         if now - self._sampled_s >= SAMPLE_PERIOD_S:
             self.cpu.sample(time.process_time(), now, cores)

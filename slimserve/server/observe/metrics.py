@@ -47,11 +47,12 @@ class VariantSeries:
         self._labels = (model, variant)
         self._reasons: dict[str, Counter] = {}
 
-    def routed(self, reason: str) -> None:
+    def routed(self, reason: str) -> Counter:
+        """The routing-decision counter for `reason` (resolved once per reason)."""
         child = self._reasons.get(reason)
         if child is None:
             child = self._reasons[reason] = self._routing.labels(*self._labels, reason)
-        child.inc()
+        return child
 
 
 class ServingMetrics:

@@ -1,10 +1,13 @@
-"""Builds and runs the server: settings → repository → sessions → routers → servicers → gRPC.
+"""Builds and runs the server: settings → repository → registry (sessions, batchers, routers)
+→ data plane → servicers → gRPC.
 
-This is the one place that constructs those objects; there is no module-level state, so
-tests start as many servers as they like, each on port 0.
+This is the one place that constructs those objects, each complete from its constructor
+(nothing is wired after construction); there is no module-level state, so tests start as
+many servers as they like, each on port 0. One clock (monotonic seconds) is passed to
+every object for which time is the subject.
 
-Threads: the event loop owns the host (models, routers, batchers) and the health servicer.
-ONNX Runtime runs in the executor's worker threads; the Prometheus HTTP server runs in its
+Threads: the event loop owns the registry (models, routers, batchers), the data plane and
+the health servicer. ONNX Runtime runs in the executor's worker threads; the Prometheus HTTP server runs in its
 own thread and reads only `App.live`, the `LiveState` the loop publishes every
 PUBLISH_PERIOD_S (one reference, swapped whole).
 
@@ -34,9 +37,11 @@ from slimserve.repository.format import load_repository
 from slimserve.repository.hardware import fingerprint, pin_to_one_core, threads_for
 from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
+from slimserve.router.load import Clock
+from slimserve.server.core.data_plane import Admission, DataPlane
 from slimserve.server.core.model_control import ModelControl, RepositoryPoller
 from slimserve.server.core.profiles import ensure_profiles
-from slimserve.server.core.registry import ModelHost
+from slimserve.server.core.registry import HostedModelFactory, ModelRegistry
 from slimserve.server.core.shadow import ShadowSampler
 from slimserve.server.observe.activity import Activity
 from slimserve.server.observe.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
@@ -44,10 +49,12 @@ from slimserve.server.observe.feedback import RecentAnswers
 from slimserve.server.observe.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_PERIOD_S, LiveState
 from slimserve.server.observe.load_monitor import LoadMonitor
 from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.observe.recorder import CallRecorder
 from slimserve.server.process.settings import Settings
 from slimserve.server.transport.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
 from slimserve.server.transport.inference import InferenceServicer, add_inference_service
 from slimserve.server.transport.management import ManagementServicer
+from slimserve.server.transport.status import outcome_of
 from slimserve.server.transport.tls import ServerTls, TlsConfigError
 
 if TYPE_CHECKING:
@@ -68,8 +75,9 @@ class BindError(RuntimeError):
 class App:
     """A running slimserve: gRPC server, health, models, metrics. `start()`, then `stop()`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
         self.settings = settings
+        self._clock = clock
         if settings.hardware_profile == "edge":
             pin_to_one_core()
         threads = settings.session_threads or threads_for(settings.hardware_profile)
@@ -82,33 +90,30 @@ class App:
         # long one instead of waiting for it (the cores are shared either way).
         workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
+        # Metrics are always recorded; --metrics only decides whether /metrics is served.
+        self.metrics = ServingMetrics(CollectorRegistry())
+        self.metrics.watch(lambda: self.live)
+        self.recorder = CallRecorder(self.metrics)
+        self.recorder.describe(models)
+        self.activity = Activity(clock=clock)
+        self.load = LoadMonitor(CpuAccount(settings.cpu_target), self.activity, clock=clock)
+        self.registry = ModelRegistry()
         router_config = RouterConfig.without(
             settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target
         )
-        self.host = ModelHost(
-            models, self._executor, workers, threads, settings.max_queue_size, self.hardware_key,
-            router_config, settings.max_queue_bytes, settings.shed_late, self._readiness_changed,
+        self.factory = HostedModelFactory(
+            self.registry, self.recorder, self._executor, workers, threads, settings.max_queue_size,
+            settings.max_queue_bytes, self.hardware_key, router_config, self.load.cpu, lambda: self.load.lag_ms,
+            self._readiness_changed, clock,
         )  # fmt: skip
-        self.activity = Activity()
-        self.load = LoadMonitor(CpuAccount(settings.cpu_target), self.activity)
-        self.host.attach_load(self.load.cpu, lambda: self.load.lag_ms)
-        self.host.answers = RecentAnswers(settings.feedback_capacity)
-        self.metrics: ServingMetrics | None = None
+        for entry in models.values():
+            self.registry.put(self.factory.build(entry, self.factory.sessions(entry)))
         self.metrics_port: int | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
         self.live: LiveState | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
-        if settings.metrics:
-            self.metrics = ServingMetrics(CollectorRegistry())
-            self.metrics.describe_repository(models)
-            self.metrics.watch(lambda: self.live)
-            self.host.metrics = self.metrics
-            if settings.shadow_fraction > 0:
-                self.host.shadow = ShadowSampler(
-                    settings.shadow_fraction, self.metrics, lambda: self.load.cpu_utilization
-                )
         self.health = health.aio.HealthServicer()
         self.tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.metrics_tls and self.tls is None:
@@ -118,11 +123,16 @@ class App:
             MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,
         })  # fmt: skip
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=server_interceptors(tokens))
-        self.backlog = GrpcBacklog(newest_server_id())  # the server just created is the newest
+        self.backlog = GrpcBacklog(newest_server_id(), clock=clock)  # the server just created is the newest
         self._backlog_watch: asyncio.Task[None] | None = None
+        self.shadow = ShadowSampler(settings.shadow_fraction, self.recorder, lambda: self.load.cpu_utilization)
+        self.plane = DataPlane(
+            self.registry, self.recorder, Admission(settings.shed_late), self.backlog, self.activity, self.shadow,
+            RecentAnswers(settings.feedback_capacity), outcome_of, clock,
+        )  # fmt: skip
         self.control = ModelControl(
-            self.host, settings.repository, self.hardware_key, settings.hardware_profile, settings.warmup_calls,
-            self.metrics, self._models_changed,
+            self.registry, self.factory, self.recorder, settings.repository, self.hardware_key,
+            settings.hardware_profile, settings.warmup_calls, self._models_changed,
         )  # fmt: skip
         self._poller: asyncio.Task[None] | None = None
         self.build: BackgroundBuild | None = None
@@ -131,11 +141,8 @@ class App:
             from slimserve.server.process.background_build import BackgroundBuild
 
             self.build = BackgroundBuild(settings.repository, settings.build_recipes)
-        self.inference = InferenceServicer(
-            self.host, self.metrics, self.backlog, settings.shed_late, self.control, self.activity
-        )
-        add_inference_service(self.inference, self.server)
-        management = ManagementServicer(self.host, self.hardware_key, self.metrics, self.build)
+        add_inference_service(InferenceServicer(self.plane, self.control), self.server)
+        management = ManagementServicer(self.plane, self.registry, self.hardware_key, self.build)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -171,24 +178,23 @@ class App:
             await self.health.set(service, status)
 
     def _serving_status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
-        can_serve = self.inference.accepting and any(m.ready for m in self.host.models.values())
+        can_serve = self.plane.accepting and any(m.ready for m in self.registry.models.values())
         return health_pb2.HealthCheckResponse.SERVING if can_serve else health_pb2.HealthCheckResponse.NOT_SERVING
 
     def _readiness_changed(self) -> None:
         """A batcher failed for good (on the loop): tell the probes."""
-        log.error("model readiness: %s", {name: m.ready for name, m in self.host.models.items()})
+        log.error("model readiness: %s", {name: m.ready for name, m in self.registry.models.items()})
         self._models_changed()
 
     def _models_changed(self) -> None:
         """A model was loaded, reloaded or unloaded, or a batcher failed: health follows."""
-        if not self.inference.accepting:
+        if not self.plane.accepting:
             return  # starting or draining: start() and stop() set health themselves
         task = asyncio.get_running_loop().create_task(self._set_health(self._serving_status()))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
     def _start_metrics_http(self) -> None:
-        assert self.metrics is not None
         port = self.metrics_port if self.metrics_port is not None else self.settings.metrics_port
         tls = self.tls.http_arguments() if self.tls is not None and self.settings.metrics_tls else {}
         self._metrics_http, self._metrics_thread = start_http_server(
@@ -204,13 +210,13 @@ class App:
         While idle, every IDLE_PUBLISH_PERIOD_S or at the next arrival, whichever comes first."""
         while True:
             try:
-                self.live = self.host.live_state(self.load.cpu, self.load.lag_ms)
+                self.live = self.registry.live_state(self.load.cpu, self.load.lag_ms)
                 if self._metrics_thread is not None and not self._metrics_thread.is_alive():
                     log.error("the metrics exporter thread died; restarting it on port %s", self.metrics_port)
                     self._start_metrics_http()
             except Exception:  # publishing must outlive any one bad tick
                 log.exception("publishing the live state failed; trying again in %.2f s", PUBLISH_PERIOD_S)
-            if not self.activity.idle(time.monotonic()):
+            if not self.activity.idle(self._clock()):
                 await asyncio.sleep(PUBLISH_PERIOD_S)
                 continue
             try:
@@ -223,7 +229,7 @@ class App:
 
     async def _watch_backlog(self) -> None:
         """Every SAMPLE_S while calls are in flight: how many wait inside gRPC. Parked between
-        the last call and the next arrival (`server.activity`), so that idle costs nothing."""
+        the last call and the next arrival (`observe.activity`), so that idle costs nothing."""
         while True:
             if not self.backlog.busy():
                 await self.activity.wait_for_arrival()
@@ -240,10 +246,10 @@ class App:
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
-        if self.metrics is not None:
+        if self.settings.metrics:
             self._start_metrics_http()
-        await asyncio.get_running_loop().run_in_executor(None, self.host.warm_up, self.settings.warmup_calls)
-        self.host.start_batchers()
+        await asyncio.get_running_loop().run_in_executor(None, self.registry.warm_up, self.settings.warmup_calls)
+        self.registry.start_batchers()
         self.load.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish(), name="live-state")
         self._backlog_watch = asyncio.get_running_loop().create_task(self._watch_backlog(), name="grpc-backlog")
@@ -253,10 +259,10 @@ class App:
             self._poller = asyncio.get_running_loop().create_task(poller.run(), name="repository-poll")
         if self.build is not None:
             await self.build.start()
-        self.inference.accepting = True
+        self.plane.start_accepting()
         await self._set_health(self._serving_status())
         transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.client_ca else "TLS"
-        models = ", ".join(self.host.models) or "no models yet"
+        models = ", ".join(self.registry) or "no models yet"
         log.info(
             "serving %s on port %d (%s, tokens %s; metrics: %s; health-only port: %s)",
             models, self.port, transport, "on" if self.tokens_enabled else "off",
@@ -270,21 +276,20 @@ class App:
         shutdown drops the calls it holds that no handler has taken yet (the client sees
         CANCELLED), so they are taken and refused first."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.inference.accepting = False
+        self.plane.stop_accepting()
         if self.build is not None:
             await self.build.stop()
         await asyncio.sleep(self.settings.drain_s)
         await self.server.stop(self.settings.shutdown_grace_s)
         if self.health_server is not None:
             await self.health_server.stop(None)
-        if self.inference.cut_off:
+        if self.plane.cut_off:
             log.error("%d admitted calls were cut off when the %.1f-s grace ran out",
-                      self.inference.cut_off, self.settings.shutdown_grace_s)  # fmt: skip
+                      self.plane.cut_off, self.settings.shutdown_grace_s)  # fmt: skip
         else:
             log.info("drained: every admitted call was answered")
-        if self.host.shadow is not None:
-            await self.host.shadow.close()
-        await self.host.close()
+        await self.shadow.close()
+        await self.registry.close()
         await self.load.stop()
         for task in (self._publisher, self._backlog_watch, self._poller):
             if task is not None:

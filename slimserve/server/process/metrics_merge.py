@@ -1,6 +1,6 @@
 """One `/metrics` for several worker processes: each worker's exposition, merged at scrape time.
 
-Every worker (`server.workers`) exports its own metrics on a loopback port, as a single
+Every worker (`process.workers`) exports its own metrics on a loopback port, as a single
 process does. The supervisor's endpoint fetches them all at each scrape and merges them the
 way Prometheus' own aggregation would treat replicas:
 - counters, histograms and summaries are summed sample by sample (same name, same labels),
@@ -12,7 +12,7 @@ way Prometheus' own aggregation would treat replicas:
 missing from the sums until it answers again).
 
 prometheus-client's multiprocess mode was not used: it supports no custom collectors, and
-the serving metrics read a snapshot the event loop publishes (`server.live_state`).
+the serving metrics read a snapshot the event loop publishes (`observe.live_state`).
 
 Thread: `collect` runs in the exporter's HTTP thread; the supervisor's event loop replaces
 the endpoint mapping whole when a worker restarts, and `collect` reads one reference to it.

@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="address to bind the gRPC and metrics ports to")
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     metrics_port: int = Field(default=8002, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one")
-    metrics: bool = Field(default=True, description="export Prometheus metrics (off: no endpoint, nothing recorded)")
+    metrics: bool = Field(default=True, description="serve /metrics (off: still recorded, no endpoint)")
     shadow_fraction: float = Field(
         default=0.05, ge=0, le=1, description="share of compressed-variant answers also run on the reference, when idle"
     )
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     )
     metrics_tls: bool = Field(default=False, description="serve /metrics over HTTPS with the same files")
     auth_tokens_file: Path | None = Field(
-        default=None, description="bearer tokens per API group, lines of 'group[,group] token' (server.auth)"
+        default=None, description="bearer tokens per API group, lines of 'group[,group] token' (transport.auth)"
     )
     inference_token: SecretStr | None = Field(default=None, description="a token for the inference group")
     management_token: SecretStr | None = Field(default=None, description="a token for the management group")

@@ -12,7 +12,7 @@ the workers as fresh processes (never forked from a process with gRPC threads).
 - Threads: ONNX Runtime gets max(1, cores // N) threads per session in each worker, so that
   workers × threads ≤ cores (an explicit --session-threads is kept, with a warning if it
   oversubscribes).
-- Metrics: one `/metrics` on the configured port, merging the workers' (`server.metrics_merge`).
+- Metrics: one `/metrics` on the configured port, merging the workers' (`process.metrics_merge`).
 - Health: every worker answers grpc.health.v1 on the shared port (and the health-only port)
   for itself; they load the same repository and report the same.
 - Start: worker 0 first (it measures any missing profile and, with --build-missing, runs the

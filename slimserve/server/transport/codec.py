@@ -19,8 +19,8 @@ from google.protobuf.message import DecodeError
 
 from slimserve.protos import inference_pb2 as pb
 from slimserve.repository.format import ModelConfig, TensorSpec
-from slimserve.server.core.errors import InvalidInputError
 from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.errors import InvalidInputError
 from slimserve.server.transport.parameters import parameter_value
 
 DTYPES: dict[str, np.dtype] = {
@@ -106,9 +106,18 @@ def _check_shape(name: str, shape: list[int], spec: TensorSpec, max_batch_size: 
             raise InvalidInputError(f"input '{name}': dimension {axis} is {got}, at most {limit}")
 
 
-def decode_request(request: pb.ModelInferRequest, config: ModelConfig) -> InferenceRequest:
-    """Validate a ModelInferRequest against the model's config and turn it into numpy."""
+def read_parameters(request: pb.ModelInferRequest) -> dict[str, bool | int | float | str]:
+    """The request's id and parameters checked for size, and the parameters as plain values
+    (read before decoding: the data plane parses the routing hints from them)."""
     _check_request_fields(request)
+    return {key: parameter_value(value) for key, value in request.parameters.items()}
+
+
+def decode_request(
+    request: pb.ModelInferRequest, config: ModelConfig, parameters: dict[str, bool | int | float | str]
+) -> InferenceRequest:
+    """Validate a ModelInferRequest against the model's config and turn it into numpy;
+    `parameters` are `read_parameters(request)`."""
     specs = {spec.name: spec for spec in config.inputs}
     given = [tensor.name for tensor in request.inputs]
     unknown = [name for name in given if name not in specs]
@@ -176,7 +185,7 @@ def decode_request(request: pb.ModelInferRequest, config: ModelConfig) -> Infere
         model=request.model_name,
         variant=request.model_version,
         inputs=arrays,
-        parameters={key: parameter_value(value) for key, value in request.parameters.items()},
+        parameters=parameters,
         id=request.id,
         outputs=outputs,
     )

@@ -1,73 +1,74 @@
-"""gRPC servicers: convert, call the host, convert back. Errors map to codes in one place."""
+"""Triton's gRPC inference service (Open Inference Protocol v2): convert, call the data
+plane, convert back. Errors map to codes in one place (`transport.status`)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
 
 import grpc
 
 from slimserve.protos import inference_pb2 as pb
 from slimserve.protos import inference_pb2_grpc
-from slimserve.server.core.errors import InvalidInputError, OverloadedError, ShuttingDownError, status_for
+from slimserve.repository.format import ModelConfig
+from slimserve.server.core.data_plane import DataPlane, Parameters
 from slimserve.server.core.model_control import ModelControl
-from slimserve.server.core.registry import HostedModel, ModelHost
-from slimserve.server.core.request import CallRecord
-from slimserve.server.observe.activity import Activity
-from slimserve.server.observe.backlog import GrpcBacklog
-from slimserve.server.observe.metrics import UNKNOWN, ServingMetrics
+from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.errors import InvalidInputError
 from slimserve.server.transport.auth import caller_of
-from slimserve.server.transport.codec import MalformedRequest, decode_request, encode_response, parse_infer_request
-from slimserve.server.transport.parameters import stated_slo_ms
+from slimserve.server.transport.codec import (
+    MalformedRequest,
+    decode_request,
+    encode_response,
+    parse_infer_request,
+    read_parameters,
+)
+from slimserve.server.transport.status import maps_errors
 from slimserve.server.transport.triton_config import PLATFORM, triton_model_config
 
-log = logging.getLogger(__name__)
 SERVER_NAME = "slimserve"
 SERVER_VERSION = "0.1.0"
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
+@dataclass
+class OipCall:
+    """One ModelInfer call as the data plane sees it (`core.data_plane.Call`)."""
 
-def maps_errors(handler: Handler) -> Handler:
-    """Turn domain errors into status codes; anything unexpected into a generic INTERNAL."""
+    message: pb.ModelInferRequest | MalformedRequest
+    context: grpc.aio.ServicerContext
+    deadline_s: float | None
+    _parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
 
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except Exception as exc:
-            code, message = status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("unexpected error in %s", handler.__name__)
-            await context.abort(code, message)
+    @property
+    def model(self) -> str:
+        return "" if isinstance(self.message, MalformedRequest) else self.message.model_name
 
-    return wrapper  # type: ignore[return-value]
+    @property
+    def version(self) -> str:
+        return "" if isinstance(self.message, MalformedRequest) else self.message.model_version
+
+    def parameters(self) -> Parameters:
+        if isinstance(self.message, MalformedRequest):
+            raise InvalidInputError(f"the message is not a ModelInferRequest: {self.message.reason}")
+        self._parameters = read_parameters(self.message)
+        return self._parameters
+
+    def decode(self, config: ModelConfig) -> InferenceRequest:
+        assert not isinstance(self.message, MalformedRequest)  # parameters() refused it
+        return decode_request(self.message, config, self._parameters)
+
+    def encode(self, request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
+        return encode_response(request, result, config)
+
+    def caller(self) -> str:
+        return caller_of(self.context.invocation_metadata())
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    """Open Inference Protocol v2 over the hosted models."""
+    """Open Inference Protocol v2 over the data plane; model control beside it."""
 
-    def __init__(
-        self,
-        host: ModelHost,
-        metrics: ServingMetrics | None = None,
-        backlog: GrpcBacklog | None = None,
-        shed_late: bool = True,
-        control: ModelControl | None = None,
-        activity: Activity | None = None,
-    ) -> None:
-        self._host = host
-        self._activity = activity or Activity()
+    def __init__(self, plane: DataPlane, control: ModelControl) -> None:
+        self._plane = plane
         self._control = control
-        self._metrics = metrics
-        self._backlog = backlog or GrpcBacklog(None)
-        self._shed_late = shed_late
-        self.accepting = False  # set once warmed up; cleared when draining
-        self.cut_off = 0  # admitted calls cancelled while the server was draining (the grace ran out)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -77,18 +78,14 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.accepting)
-
-    def _hosted(self, name: str, version: str) -> HostedModel:
-        """The model `name`, after checking that it serves `version` (NOT_FOUND if not); empty: any."""
-        return self._host.resolve(name, version)[0] if version else self._host.model(name)
+        return pb.ServerReadyResponse(ready=self._plane.accepting)
 
     @maps_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        hosted = self._hosted(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self.accepting and hosted.ready)
+        hosted = self._plane.model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self._plane.accepting and hosted.ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -99,7 +96,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        hosted = self._hosted(request.name, request.version)
+        hosted = self._plane.model(request.name, request.version)
         config = hosted.entry.config
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -114,96 +111,32 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        hosted = self._hosted(request.name, request.version)
+        hosted = self._plane.model(request.name, request.version)
         return pb.ModelConfigResponse(config=triton_model_config(hosted.entry, list(hosted.batchers)))
 
     @maps_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        call = CallRecord(UNKNOWN if isinstance(request, MalformedRequest) else request.model_name, time.monotonic())
-        remaining = context.time_remaining()
-        deadline_s = None if remaining is None else call.received_s + remaining
-        self._backlog.handling += 1
-        self._activity.note_arrival(call.received_s)
-        try:
-            if isinstance(request, MalformedRequest):
-                raise InvalidInputError(f"the message is not a ModelInferRequest: {request.reason}")
-            if not self.accepting:
-                raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
-            self._shed_if_waited_too_long(request, remaining)
-            # Resolve first: an unknown model or variant is NOT_FOUND whatever the tensors say.
-            hosted, _ = self._host.resolve(request.model_name, request.model_version)
-            decoding_ns = time.monotonic_ns()
-            decoded = decode_request(request, hosted.entry.config)
-            decoded_ns = time.monotonic_ns()
-            if decoded.id:  # its answer is kept for Feedback, which only the same caller may give
-                call.caller = caller_of(context.invocation_metadata())
-            result = await self._host.infer(decoded, deadline_s, call)
-            encoding_ns = time.monotonic_ns()
-            response = encode_response(decoded, result, hosted.entry.config)
-            stats = hosted.stats.get(result.variant)
-            if stats is not None:  # gone only if the model was reloaded without it meanwhile
-                stats.compute_input_ns += decoded_ns - decoding_ns
-                stats.compute_output_ns += time.monotonic_ns() - encoding_ns
-            return response
-        except asyncio.CancelledError:  # not an Exception: gRPC cancels the handler itself
-            late = deadline_s is not None and time.monotonic() >= deadline_s
-            call.code = grpc.StatusCode.DEADLINE_EXCEEDED.name if late else grpc.StatusCode.CANCELLED.name
-            if not self.accepting and call.variant:  # admitted, then cut off by the shutdown
-                self.cut_off += 1
-            raise
-        except Exception as exc:
-            call.code = status_for(exc)[0].name
-            raise
-        finally:
-            self._backlog.handling -= 1
-            self._backlog.handled += 1
-            if self._metrics is not None:
-                self._count(self._metrics, call, "" if isinstance(request, MalformedRequest) else request.model_version)
-
-    def _shed_if_waited_too_long(self, request: pb.ModelInferRequest, remaining_s: float | None) -> None:
-        """Refuse, before any work, a call that has waited for its handler longer than the SLO
-        its caller stated allows (`server.backlog`: all of it, or a share while the queue stands)."""
-        waited_ms = self._backlog.wait_ms
-        if not self._shed_late or waited_ms <= 0:
-            return
-        slo_ms = stated_slo_ms(request, remaining_s)
-        if slo_ms is not None and waited_ms > self._backlog.wait_limit_ms(slo_ms):
-            raise OverloadedError(
-                f"overloaded: calls wait about {waited_ms:.0f} ms for the server, too long for the "
-                f"{slo_ms:g} ms SLO; retry later or elsewhere"
-            )
-
-    def _count(self, metrics: ServingMetrics, call: CallRecord, asked_variant: str) -> None:
-        """One call, counted once. Label values come from the repository, never the caller."""
-        hosted = self._host.models.get(call.model)
-        model = call.model if hosted else UNKNOWN
-        variant = call.variant or UNKNOWN
-        if variant == UNKNOWN and hosted and asked_variant in hosted.batchers:
-            variant = asked_variant
-        if call.code == "OK":
-            series = metrics.series(model, variant)
-            series.requests_ok.inc()
-            series.request_seconds.observe(time.monotonic() - call.received_s)
-        else:
-            metrics.requests.labels(model, variant, call.code).inc()
+        remaining_s = context.time_remaining()
+        deadline_s = None if remaining_s is None else self._plane.now() + remaining_s
+        return await self._plane.infer(OipCall(request, context, deadline_s))
 
     @maps_errors
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        names = [request.name] if request.name else list(self._host.models)
+        registry = self._plane.registry
+        hosted_models = [registry.get(request.name)] if request.name else list(registry.models.values())
         response = pb.ModelStatisticsResponse()
-        for name in names:
-            hosted = self._host.model(name)
-            variants = [self._host.resolve(name, request.version)[1]] if request.version else list(hosted.batchers)
+        duration = pb.StatisticDuration
+        for hosted in hosted_models:
+            variants = [hosted.variant(request.version)] if request.version else list(hosted.batchers)
             for variant in variants:
                 stats = hosted.stats[variant]
                 executions = hosted.batchers[variant].executions
-                duration = pb.StatisticDuration
                 response.model_stats.add(
-                    name=name,
+                    name=hosted.name,
                     version=request.version or variant,  # as asked: Triton's clients look their version up
                     last_inference=stats.last_inference_ms,
                     inference_count=stats.inference_count,
@@ -227,40 +160,38 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         index = pb.RepositoryIndexResponse.ModelIndex
-
-        def state(batcher_failed: bool) -> str:
-            return "READY" if self.accepting and not batcher_failed else "UNAVAILABLE"
-
+        accepting = self._plane.accepting
+        hosted = self._plane.registry.models
         models = [
-            index(name=name, version=variant, state=state(batcher.failed))
-            for name, hosted in self._host.models.items()
-            for variant, batcher in hosted.batchers.items()
+            index(name=name, version=variant, state="READY" if accepting and not batcher.failed else "UNAVAILABLE")
+            for name, model in hosted.items()
+            for variant, batcher in model.batchers.items()
         ]
-        if self._control is not None:  # models whose last load failed, with why (Triton lists them too)
-            models += [
-                index(name=name, state="UNAVAILABLE", reason=reason)
-                for name, reason in self._control.reasons.items()
-                if name not in self._host.models
-            ]
+        # Models whose last load failed, with why (Triton lists them too).
+        models += [
+            index(name=name, state="UNAVAILABLE", reason=reason)
+            for name, reason in self._control.reasons.items()
+            if name not in hosted
+        ]
         return pb.RepositoryIndexResponse(models=models)
 
     @maps_errors
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        await self._model_control(request).load(request.model_name)
+        self._check_model_control(request)
+        await self._control.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @maps_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._model_control(request).unload(request.model_name)
+        self._check_model_control(request)
+        await self._control.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    def _model_control(self, request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> ModelControl:
-        if self._control is None:
-            raise InvalidInputError("model control is not available on this server")
+    def _check_model_control(self, request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> None:
         if request.repository_name:
             raise InvalidInputError(
                 f"repository_name must be empty: this server serves one repository ({self._control.repository})"
@@ -272,7 +203,6 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 f"load/unload parameters are not supported ({unsupported}): put the files into the repository "
                 "folder and load the model by name"
             )
-        return self._control
 
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:

@@ -2,57 +2,61 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 
 from slimserve.protos import slimserve_pb2 as pb
 from slimserve.protos import slimserve_pb2_grpc
 from slimserve.router.hints import parse_hints
 from slimserve.router.policy import decide
-from slimserve.server.core.errors import InvalidInputError
-from slimserve.server.core.registry import ModelHost
-from slimserve.server.observe.metrics import ServingMetrics
-from slimserve.server.process.background_build import BackgroundBuild
+from slimserve.server.core.data_plane import DataPlane
+from slimserve.server.core.registry import ModelRegistry
 from slimserve.server.transport.auth import caller_of
-from slimserve.server.transport.inference import maps_errors
+from slimserve.server.transport.status import maps_errors
+
+
+class BuildProgress(Protocol):
+    """What ListVariants shows of a build in progress (`process.background_build`)."""
+
+    def building(self, hosted: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """(model, variant) still being built, given the variants hosted now per model."""
+        ...
 
 
 class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     """Variants with their measurements; Explain says which variant a request would get, and why."""
 
     def __init__(
-        self,
-        host: ModelHost,
-        hardware_key: str,
-        metrics: ServingMetrics | None = None,
-        build: BackgroundBuild | None = None,
+        self, plane: DataPlane, registry: ModelRegistry, hardware_key: str, build: BuildProgress | None
     ) -> None:
-        self._host = host
+        self._plane = plane
+        self._registry = registry
         self._build = build
         self._hardware_key = hardware_key
-        self._metrics = metrics
 
     @maps_errors
     async def ListVariants(
         self, request: pb.ListVariantsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVariantsResponse:
         building = (
-            self._build.building({m: list(h.batchers) for m, h in self._host.models.items()}) if self._build else []
+            self._build.building({m: list(h.batchers) for m, h in self._registry.models.items()}) if self._build else []
         )
         if (
             request.model
             and any(model == request.model for model, _ in building)
-            and request.model not in self._host.models
+            and request.model not in self._registry.models
         ):
             names = []  # being built, nothing published yet
         else:
-            names = [request.model] if request.model else list(self._host.models)
+            names = [request.model] if request.model else list(self._registry.models)
         response = pb.ListVariantsResponse(
             building=[
                 pb.BuildingVariant(model=m, name=v) for m, v in building if not request.model or m == request.model
             ]
         )
         for name in names:
-            for variant, entry in self._host.model(name).entry.variants.items():
+            for variant, entry in self._registry.get(name).entry.variants.items():
                 manifest = entry.manifest
                 m, seed = manifest.measurements, manifest.seed_formulas
                 response.variants.add(
@@ -88,7 +92,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
 
     @maps_errors
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
-        hosted = self._host.model(request.model)
+        hosted = self._registry.get(request.model)
         config = hosted.entry.config
         parameters: dict[str, bool | int | float | str] = {"min_quality": request.min_quality}
         if request.slo_ms:
@@ -140,13 +144,6 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
 
     @maps_errors
     async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
-        hosted = self._host.model(request.model)
-        if hosted.entry.config.task != "classifier":
-            raise InvalidInputError(f"model '{request.model}' is an encoder; feedback takes class labels")
         caller = caller_of(context.invocation_metadata())
-        answer, correct = self._host.answers.score(request.model, request.request_id, list(request.labels), caller)
-        if self._metrics is not None:
-            wrong = len(answer.predicted) - correct
-            self._metrics.feedback.labels(answer.model, answer.variant, "correct").inc(correct)
-            self._metrics.feedback.labels(answer.model, answer.variant, "incorrect").inc(wrong)
+        answer, correct = self._plane.feedback(request.model, request.request_id, list(request.labels), caller)
         return pb.FeedbackResponse(variant=answer.variant, predicted=list(answer.predicted), correct=correct)

@@ -7,7 +7,7 @@ talk to a TLS port at all (the handshake fails), so there is no fallback to conf
 
 Clients (`slimserve health`, `slimserve explain`, the Locust users, the benchmarks) take the
 same three files from `ClientSecurity`: the CA that signed the server's certificate, and
-for mutual TLS their own certificate and key; plus a bearer token (server.auth) from a file
+for mutual TLS their own certificate and key; plus a bearer token (transport.auth) from a file
 or `SLIMSERVE_TOKEN`, never a flag value.
 """
 

@@ -3,10 +3,10 @@
 `perf_analyzer` and `tritonclient.get_model_config` ask for it before anything else: how
 large a batch may be, each tensor's type and its dims *without* the batch dimension (the
 v2 metadata's shapes include it), and whether the server batches dynamically. slimserve
-batches every variant (`server/batcher.py`) up to `max_batch_size`, waiting at most
+batches every variant (`core/batcher.py`) up to `max_batch_size`, waiting at most
 `max_queue_delay_ms` for a batch to fill.
 
-Triton's versions are integers: each variant also answers to a number (`server.versions`).
+Triton's versions are integers: each variant also answers to a number (`core.versions`).
 The version policy lists the served variants' numbers, and the `variants` parameter says
 which name each stands for ("distilled=1,fp32=4").
 """

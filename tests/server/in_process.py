@@ -1,0 +1,62 @@
+"""The serving core without gRPC, for tests: registry, factory, recorder, data plane and
+model control over a real repository, wired as the app wires them (`server.process.app`)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Executor
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from slimserve.repository.format import load_repository
+from slimserve.repository.hardware import fingerprint
+from slimserve.router.config import RouterConfig
+from slimserve.router.cpu import CpuAccount
+from slimserve.server.core.data_plane import Admission, DataPlane, LocalCall
+from slimserve.server.core.model_control import ModelControl
+from slimserve.server.core.profiles import ensure_profiles
+from slimserve.server.core.registry import HostedModelFactory, ModelRegistry
+from slimserve.server.core.request import InferenceRequest, InferenceResult
+from slimserve.server.core.shadow import ShadowSampler
+from slimserve.server.observe.activity import Activity
+from slimserve.server.observe.backlog import GrpcBacklog
+from slimserve.server.observe.feedback import RecentAnswers
+from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.observe.recorder import CallRecorder
+from slimserve.server.transport.status import outcome_of
+
+MAX_QUEUE_SIZE = 64
+MAX_QUEUE_BYTES = 1 << 40
+COMPUTE_WORKERS = 4
+
+
+class ServingCore:
+    """What `App` builds below the transport, on the real clock, accepting calls at once."""
+
+    def __init__(self, repository: Path, executor: Executor, threads: int) -> None:
+        key = fingerprint(threads).key
+        models = ensure_profiles(load_repository(repository), key, "cloud-cpu", threads)
+        self.metrics = ServingMetrics(CollectorRegistry())
+        self.recorder = CallRecorder(self.metrics)
+        self.recorder.describe(models)
+        self.registry = ModelRegistry()
+        self.factory = HostedModelFactory(
+            self.registry, self.recorder, executor, COMPUTE_WORKERS, threads, MAX_QUEUE_SIZE, MAX_QUEUE_BYTES, key,
+            RouterConfig(), CpuAccount(RouterConfig().cpu_target_utilization), lambda: 0.0, lambda: None,
+            time.monotonic,
+        )  # fmt: skip
+        for entry in models.values():
+            self.registry.put(self.factory.build(entry, self.factory.sessions(entry)))
+        self.plane = DataPlane(
+            self.registry, self.recorder, Admission(), GrpcBacklog(None), Activity(),
+            ShadowSampler(0.0, self.recorder, lambda: 0.0), RecentAnswers(0), outcome_of, time.monotonic,
+        )  # fmt: skip
+        self.plane.start_accepting()
+        self.control = ModelControl(
+            self.registry, self.factory, self.recorder, repository, key, "cloud-cpu", 1, lambda: None
+        )
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """One call through the data plane, as a front end makes it."""
+        return await self.plane.infer(LocalCall(request))
