@@ -1,7 +1,8 @@
-"""`make bench-observability`: throughput at saturation with metrics + shadow sampling on vs off.
+"""`make bench-observability`: throughput at saturation with /metrics + shadow sampling on vs off.
 
-One run, alternating: a server with the defaults (metrics on, shadow fraction 0.05), then
-one with `SLIMSERVE_METRICS=false` (no metrics, no shadowing), then again, so that drift on
+One run, alternating: a server with the defaults (/metrics served, shadow fraction 0.05), then
+one with `SLIMSERVE_METRICS=false` and `SLIMSERVE_SHADOW_FRACTION=0` (no endpoint, no
+shadowing; every series is still recorded, since the data plane always records), then again, so that drift on
 a shared machine hits both alike. Each server runs `--hardware-profile edge` on the first
 core; this closed-loop client (many concurrent callers, `digits`, batch 1, pinned to int8 so
 that every answer is eligible for shadowing) runs on the others. Prints requests/s per
@@ -21,17 +22,10 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from loadtest.serving import one_model_repository, running_server
+from loadtest.messages import digits_request
+from loadtest.serving import one_model_repository, server_process
 from slimserve.server.transport.tls import ClientSecurity
 from slimserve.variants.data import load_digits_split
-
-
-def _request(variant: str) -> pb.ModelInferRequest:
-    images = np.ascontiguousarray(load_digits_split()[1].inputs["images"][:1])
-    request = pb.ModelInferRequest(model_name="digits", model_version=variant)
-    request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
-    request.raw_input_contents.append(images.tobytes())
-    return request
 
 
 async def saturate(address: str, request: pb.ModelInferRequest, callers: int, seconds: float) -> float:
@@ -65,17 +59,18 @@ def main() -> int:
     parser.add_argument("--variant", default="int8")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
-    request = _request(args.variant)
+    request = digits_request(load_digits_split()[1].inputs["images"][:1], variant=args.variant)
     results: dict[str, list[float]] = {"on": [], "off": []}
     with one_model_repository(args.repository, "digits") as repo:
         for _ in range(args.rounds):
             for mode in ("on", "off"):
                 os.environ["SLIMSERVE_METRICS"] = "true" if mode == "on" else "false"
+                os.environ["SLIMSERVE_SHADOW_FRACTION"] = "0.05" if mode == "on" else "0"
                 os.sched_setaffinity(0, set(cores))  # the server pins itself to the first core
-                with running_server(repo, "--hardware-profile", "edge") as address:
+                with server_process(repo, "--hardware-profile", "edge") as server:
                     if len(cores) > 1:
                         os.sched_setaffinity(0, set(cores[1:]))
-                    rate = asyncio.run(saturate(address, request, args.callers, args.seconds))
+                    rate = asyncio.run(saturate(server.address, request, args.callers, args.seconds))
                 results[mode].append(rate)
                 print(f"metrics + shadow {mode:>3}: {rate:7.1f} requests/s", flush=True)
     on, off = float(np.mean(results["on"])), float(np.mean(results["off"]))

@@ -36,8 +36,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from tritonclient.grpc import service_pb2 as pb
 
-from slimserve.protos import inference_pb2 as pb
+from loadtest.messages import infer_request
+from loadtest.serving import serve_command
 from slimserve.repository.sessions import make_session
 
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -62,12 +64,7 @@ class Workload:
     reference: np.ndarray
 
     def request(self, variant: str) -> bytes:
-        request = pb.ModelInferRequest(model_name=self.model, model_version=variant)
-        datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
-        for name, value in self.inputs.items():
-            request.inputs.add(name=name, datatype=datatype[value.dtype], shape=list(value.shape))
-            request.raw_input_contents.append(np.ascontiguousarray(value).tobytes())
-        return request.SerializeToString()
+        return infer_request(self.model, self.inputs, variant=variant).SerializeToString()
 
 
 @dataclass
@@ -283,9 +280,7 @@ def _mlserver(bin_dir: Path, works: list[Workload], *, debug: bool, batching: bo
 
 def servers(repository: Path, works: list[Workload], peers: Path, only: set[str] | None) -> list[Server]:
     def slimserve(port: int, scratch: Path) -> list[str]:
-        return [sys.executable, "-m", "slimserve.cli", "serve", "--repository", str(repository),
-                "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", "--hardware-profile", "edge",
-                "--workers", "1"]  # fmt: skip
+        return serve_command(repository, "--hardware-profile", "edge", grpc_port=port)
 
     found = [Server("slimserve", slimserve, variant="fp32")]
     if only is None or "mlserver" in only:

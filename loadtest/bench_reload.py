@@ -31,6 +31,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.messages import digits_request
 from loadtest.serving import copy_model, cpu_model, replace_file, rewrite_description, rss_mib, server_process
 from slimserve.server.transport.tls import ClientSecurity
 
@@ -39,13 +40,6 @@ CALLERS = 16
 CHANNELS = 4
 SETTLE_S = 5.0  # load before each RSS reading, so that both are taken in the same state
 DEADLINE_S = 30.0
-
-
-def _request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=MODEL)
-    request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
-    request.raw_input_contents.append(np.random.default_rng(0).random((1, 1, 28, 28), np.float32).tobytes())
-    return request
 
 
 class Load:
@@ -57,7 +51,7 @@ class Load:
         self.channels = [security.aio_channel(address, options=options) for _ in range(CHANNELS)]
         self.outcomes: Counter[str] = Counter()
         self._running = True
-        request = _request()
+        request = digits_request(np.random.default_rng(0).random((1, 1, 28, 28), np.float32))
         stubs = [service_pb2_grpc.GRPCInferenceServiceStub(channel) for channel in self.channels]
         self._tasks = [asyncio.create_task(self._caller(stubs[i % CHANNELS], request)) for i in range(CALLERS)]
 

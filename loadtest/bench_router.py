@@ -44,7 +44,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.bench_router_report import Outcome, Segment, write_reports
-from loadtest.serving import cpu_model, one_model_repository, running_server
+from loadtest.messages import digits_request, minilm_request
+from loadtest.serving import cpu_model, one_model_repository, server_process
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE, Trace
 from slimserve.repository.format import load_model
 from slimserve.router.build import build_model_router
@@ -76,7 +77,9 @@ class Inputs:
 
     model: str
 
-    def request(self, rng: np.random.Generator, tokens: int) -> tuple[pb.ModelInferRequest, Scorer]:
+    def request(
+        self, rng: np.random.Generator, tokens: int, slo_ms: float | None = None
+    ) -> tuple[pb.ModelInferRequest, Scorer]:
         raise NotImplementedError
 
 
@@ -98,15 +101,14 @@ class MinilmInputs(Inputs):
         self.index /= np.linalg.norm(self.index, axis=1, keepdims=True)
         self.expected = nearest_neighbours(self.index)
 
-    def request(self, rng: np.random.Generator, tokens: int) -> tuple[pb.ModelInferRequest, Scorer]:
+    def request(
+        self, rng: np.random.Generator, tokens: int, slo_ms: float | None = None
+    ) -> tuple[pb.ModelInferRequest, Scorer]:
         row = int(rng.integers(len(self.tokens)))
         ids, mask = self.tokens[row]["input_ids"], self.tokens[row]["attention_mask"]
         length = max(ids.shape[1], min(tokens, MAX_TOKENS))
         pad = ((0, 0), (0, length - ids.shape[1]))
-        request = pb.ModelInferRequest(model_name=self.model)
-        for name, array in (("input_ids", np.pad(ids, pad)), ("attention_mask", np.pad(mask, pad))):
-            request.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
-            request.raw_input_contents.append(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        request = minilm_request(np.pad(ids, pad), np.pad(mask, pad), slo_ms=slo_ms)
 
         def correct(response: pb.ModelInferResponse) -> bool:
             embedding = np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
@@ -129,12 +131,11 @@ class DigitsInputs(Inputs):
         assert held_out.labels is not None
         self.images, self.labels = held_out.inputs["images"], held_out.labels
 
-    def request(self, rng: np.random.Generator, tokens: int) -> tuple[pb.ModelInferRequest, Scorer]:
+    def request(
+        self, rng: np.random.Generator, tokens: int, slo_ms: float | None = None
+    ) -> tuple[pb.ModelInferRequest, Scorer]:
         row = int(rng.integers(len(self.images)))
-        image = np.ascontiguousarray(self.images[row : row + 1], dtype=np.float32)
-        request = pb.ModelInferRequest(model_name=self.model)
-        request.inputs.add(name="images", datatype="FP32", shape=list(image.shape))
-        request.raw_input_contents.append(image.tobytes())
+        request = digits_request(self.images[row : row + 1], slo_ms=slo_ms)
         label = int(self.labels[row])
 
         def correct(response: pb.ModelInferResponse) -> bool:
@@ -151,8 +152,7 @@ def build_requests(
     requests = []
     for at_s, size in zip(times_s, tokens, strict=True):
         kind = "interactive" if rng.random() < 0.5 else "background"
-        request, correct = inputs.request(rng, int(size))
-        request.parameters["slo_ms"].double_param = slo_ms[kind]
+        request, correct = inputs.request(rng, int(size), slo_ms[kind])
         requests.append(Request(float(at_s), kind, slo_ms[kind], request, correct))
     return requests
 
@@ -311,7 +311,8 @@ def servers(repository: Path, model: str, names: tuple[str, ...], out: Path) -> 
             off = name.removeprefix("router-no-") if name != "router" else ""
             extra = ("--router-off", off) if off else ()
             log = out / f"bench_router_{model}_{name}_server.log"
-            addresses[name] = stack.enter_context(running_server(repo, "--hardware-profile", "edge", *extra, log=log))
+            server = stack.enter_context(server_process(repo, "--hardware-profile", "edge", *extra, log=log))
+            addresses[name] = server.address
         yield addresses
 
 

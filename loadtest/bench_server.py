@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from loadtest.serving import running_server
+from loadtest.messages import infer_request
+from loadtest.serving import server_process
 from slimserve.repository.sessions import make_session
 from slimserve.server.transport.tls import ClientSecurity
 
@@ -33,14 +33,6 @@ def _tokens(batch: int) -> dict[str, np.ndarray]:
         "input_ids": np.full((batch, SEQ_LEN), 2000, dtype=np.int64),
         "attention_mask": np.ones((batch, SEQ_LEN), dtype=np.int64),
     }
-
-
-def _request(model: str, variant: str) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model, model_version=variant)
-    for name, array in _tokens(1).items():
-        request.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
-        request.raw_input_contents.append(array.tobytes())
-    return request
 
 
 def _percentiles(samples_s: list[float]) -> tuple[float, float]:
@@ -69,7 +61,7 @@ def in_process(path: Path, threads: int, calls: int, max_batch: int, seconds: fl
 def through_server(
     address: str, model: str, variant: str, calls: int, callers: int, seconds: float
 ) -> dict[str, float]:
-    request = _request(model, variant)
+    request = infer_request(model, _tokens(1), variant=variant)
     with ClientSecurity.from_environment().channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(5):
@@ -108,12 +100,12 @@ def run_layout(args: argparse.Namespace, cores: list[int], pinned: bool, max_bat
     """One server start, in-process and server measured back to back; a Markdown table."""
     threads = 1 if pinned else len(cores)
     os.sched_setaffinity(0, {cores[0]} if pinned else set(cores))
-    with running_server(args.repository, *(["--hardware-profile", "edge"] if pinned else [])) as address:
+    with server_process(args.repository, *(["--hardware-profile", "edge"] if pinned else [])) as server:
         path = args.repository / args.model / args.variant / "model.onnx"
         local = in_process(path, threads, args.calls, max_batch, args.seconds)
         if pinned:
             os.sched_setaffinity(0, set(cores[1:]))
-        remote = through_server(address, args.model, args.variant, args.calls, args.callers, args.seconds)
+        remote = through_server(server.address, args.model, args.variant, args.calls, args.callers, args.seconds)
     placement = f"server and in-process on core {cores[0]}, client on {cores[1:]}" if pinned else "all cores shared"
     return "\n".join([
         f"\n{args.model}/{args.variant}, {SEQ_LEN} tokens, {threads} ONNX Runtime thread(s), {placement}\n",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.bench_peers import Server, drive, started, tree_cpu_s, workloads
+from loadtest.serving import serve_command
 from slimserve.repository.format import load_model
 
 VARIANT = "distilled"
@@ -45,9 +46,7 @@ class Row:
 
 def _server(repository: Path, workers: int) -> Server:
     def command(port: int, scratch: Path) -> list[str]:
-        return [sys.executable, "-m", "slimserve.cli", "serve", "--repository", str(repository),
-                "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0",
-                "--workers", str(workers)]  # fmt: skip
+        return serve_command(repository, "--workers", str(workers), grpc_port=port)
 
     return Server(f"--workers {workers}", command, variant=VARIANT)
 

@@ -40,6 +40,7 @@ from locust.env import Environment  # noqa: E402
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc  # noqa: E402
 
+from loadtest.messages import digits_request, minilm_request  # noqa: E402
 from slimserve.server.transport.tls import ClientSecurity  # noqa: E402
 from slimserve.variants.data import documentation_sentences, load_digits_split, minilm_tokenizer  # noqa: E402
 
@@ -105,12 +106,7 @@ class SlimserveUser(User):
 
     def classify(self, rows: int, slo_ms: float) -> None:
         picked = self.rng.choice(len(DIGITS.labels), size=rows, replace=False)  # type: ignore[arg-type]
-        images = np.ascontiguousarray(DIGITS.inputs["images"][picked])
-        request = pb.ModelInferRequest(model_name="digits")
-        request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
-        request.raw_input_contents.append(images.tobytes())
-        request.parameters["slo_ms"].double_param = slo_ms
-        response = self._call(request)
+        response = self._call(digits_request(DIGITS.inputs["images"][picked], slo_ms=slo_ms))
         if response is not None:
             logits = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(rows, -1)
             SCORES["digits_rows"] += rows
@@ -119,12 +115,7 @@ class SlimserveUser(User):
     def embed(self, sentences: int, slo_ms: float) -> None:
         picked = [SENTENCES[int(i)] for i in self.rng.integers(0, len(SENTENCES), size=sentences)]
         tokens = TOKENIZER(picked, pad_to=TOKENS)
-        request = pb.ModelInferRequest(model_name="minilm")
-        for name in ("input_ids", "attention_mask"):
-            request.inputs.add(name=name, datatype="INT64", shape=list(tokens[name].shape))
-            request.raw_input_contents.append(np.ascontiguousarray(tokens[name]).tobytes())
-        request.parameters["slo_ms"].double_param = slo_ms
-        self._call(request)
+        self._call(minilm_request(tokens["input_ids"], tokens["attention_mask"], slo_ms=slo_ms))
 
 
 class InteractiveUser(SlimserveUser):

@@ -35,9 +35,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
-from tritonclient.grpc import service_pb2 as pb
 
-from loadtest.serving import ServerProcess, cpu_model, one_model_repository, rss_mib, server_process
+from loadtest.messages import digits_request, minilm_request
+from loadtest.serving import RunningServer, cpu_model, one_model_repository, rss_mib, server_process
 from slimserve.server.transport.tls import ClientSecurity
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -50,22 +50,13 @@ REFUSALS = ("overloaded", "shutting down", "not accepting", "queue of variant", 
 SENTENCE_TOKENS = 32
 
 
-def _inputs(model: str) -> dict[str, tuple[str, np.ndarray]]:
+def _request(model: str, slo_ms: float | None) -> bytes:
+    """One call pinned to fp32, serialised (`digits`: a blank image; `minilm`: one sentence)."""
     if model == "minilm":
         ids = np.full((1, SENTENCE_TOKENS), 1000, dtype=np.int64)
         ids[0, 0], ids[0, -1] = 101, 102
-        return {"input_ids": ("INT64", ids), "attention_mask": ("INT64", np.ones_like(ids))}
-    return {"images": ("FP32", np.zeros((1, 1, 28, 28), dtype=np.float32))}
-
-
-def _request(model: str, slo_ms: float | None) -> bytes:
-    request = pb.ModelInferRequest(model_name=model, model_version="fp32")
-    for name, (datatype, array) in _inputs(model).items():
-        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        request.raw_input_contents.append(array.tobytes())
-    if slo_ms is not None:
-        request.parameters["slo_ms"].double_param = slo_ms
-    return request.SerializeToString()
+        return minilm_request(ids, variant="fp32", slo_ms=slo_ms).SerializeToString()
+    return digits_request(variant="fp32", slo_ms=slo_ms).SerializeToString()
 
 
 def _gauges(metrics_url: str) -> dict[str, float]:
@@ -198,7 +189,7 @@ def _summary(calls: Calls, capacity: float, seconds: float, slo_ms: float) -> di
     }
 
 
-async def soak(server: ServerProcess, args: argparse.Namespace) -> dict[str, object]:
+async def soak(server: RunningServer, args: argparse.Namespace) -> dict[str, object]:
     report: dict[str, object] = {"cpu": cpu_model(), "model": args.model, "slo_ms": args.slo_ms}
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel, not one shared
     security = ClientSecurity.from_environment()

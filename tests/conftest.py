@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from loadtest.serving import RunningServer
 from slimserve.repository.format import ModelEntry
 from slimserve.repository.profile import ProfileSettings
 from slimserve.variants.build import build_model
@@ -25,7 +26,6 @@ from slimserve.variants.recipes import (
     EncoderPruneStep,
     EncoderRecipe,
 )
-from tests.server.running import RunningServer
 
 QUICK_PROFILE = ProfileSettings(batch_sizes=[1, 4], seconds_per_batch_size=0.1, seq_len=16)
 
@@ -96,7 +96,7 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 TIERS = ("unit", "integration", "slow")
 SLOW_MODULES = {"test_prometheus", "test_locust", "test_build_missing"}
 BUILT_FIXTURES = {"server", "repository", "digits", "minilm"}
-SERVER_STARTERS = ("RunningServer(", "server_process(", "running_server(")
+SERVER_STARTERS = ("RunningServer(", "server_process(")
 
 
 def _tier(item: pytest.Item) -> str:

@@ -12,14 +12,13 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from loadtest.serving import RunningServer
 from tests.build_free import poison_build_packages
-from tests.server.running import START_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent
 
@@ -32,8 +31,11 @@ def test_the_wheel_holds_one_package_and_serves_from_a_fresh_venv(repository: Pa
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("slimserve-*.whl")
-    names = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    files = zipfile.ZipFile(wheel).namelist()
+    names = {name.split("/")[0] for name in files}
     assert {n for n in names if not n.endswith(".dist-info")} == {"slimserve"}, names
+    # The benchmarks, the peers' adapters and the proto generator stay in the checkout.
+    assert not [f for f in files if "loadtest" in f or "bench" in f or f.endswith("generate_protos.py")], files
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -54,24 +56,14 @@ def test_the_wheel_holds_one_package_and_serves_from_a_fresh_venv(repository: Pa
     ).stdout  # fmt: skip
     assert where.startswith(str(site)), where  # the installed copy, not this checkout
 
-    port_file = tmp_path / "ports"
-    server = subprocess.Popen(
-        [python, "-m", "slimserve.cli", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-         "--grpc-port", "0", "--metrics-port", "0", "--workers", "1", "--port-file", str(port_file)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server = RunningServer(repository, tmp_path, python=python, cwd=tmp_path, env={"PYTHONPATH": None})  # as `env`
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_file.exists():
-            assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
-            time.sleep(0.2)
-        address = f"127.0.0.1:{port_file.read_text().split()[0]}"
         probe = subprocess.run(
-            [python, "-m", "slimserve.cli", "health", "--address", address],
+            [python, "-m", "slimserve.cli", "health", "--address", server.address],
             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
         )  # fmt: skip
         assert probe.returncode == 0, probe.stdout + probe.stderr
     finally:
-        server.terminate()
-        output = server.communicate(timeout=60)[0].decode()
-    assert server.returncode == 0 and "Traceback" not in output, output[-3000:]
+        code = server.stop()
+    output = server.log_path.read_text()
+    assert code == 0 and "Traceback" not in output, output[-3000:]

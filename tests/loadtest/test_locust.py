@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.running import RunningServer
+from loadtest.serving import RunningServer
 
 USER_CLASSES = ("InteractiveUser", "BatchJobUser", "EmbeddingUser", "MixedUser")
 

@@ -26,11 +26,9 @@ def test_long_progress_lines_never_block_the_child_and_progress_is_relayed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> BackgroundBuild:
-        build = BackgroundBuild(tmp_path)
-        build._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        await asyncio.wait_for(build._follow(), timeout=60)  # hung forever before the fix
+        build = BackgroundBuild(tmp_path, command=[sys.executable, "-c", CHILD])
+        await build.start()
+        await asyncio.wait_for(build.wait(), timeout=60)  # the relay hung forever before the fix
         return build
 
     with caplog.at_level(logging.INFO, logger="slimserve.server.process.background_build"):
@@ -43,8 +41,16 @@ def test_long_progress_lines_never_block_the_child_and_progress_is_relayed(
 
 
 def test_what_is_still_building(tmp_path: Path) -> None:
-    build = BackgroundBuild(tmp_path)
-    assert build.building({}) == []  # not started: nothing is being built
-    build._process = object()  # type: ignore[assignment]  # as if started
-    assert ("minilm", "distilled") in build.building({"digits": ["fp32", "int8"]})
-    assert ("digits", "int8") not in build.building({"digits": ["fp32", "int8"]})
+    async def scenario() -> None:
+        build = BackgroundBuild(tmp_path, command=[sys.executable, "-c", "import time; time.sleep(60)"])
+        hosted = {"digits": ["fp32", "int8"]}
+        assert build.building({}) == []  # not started: nothing is being built
+        await build.start()
+        try:
+            assert ("minilm", "distilled") in build.building(hosted)
+            assert ("digits", "int8") not in build.building(hosted)
+        finally:
+            await build.stop()
+        assert build.building(hosted) == []  # stopped: nothing is being built any more
+
+    asyncio.run(scenario())

@@ -8,16 +8,15 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer, wait_until
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from tests.conftest import tiny_digits_recipe
-from tests.server.running import RunningServer
 
 BUILD_TIMEOUT_S = 600
 ALL = {"fp32", "int8", "pruned", "distilled"}
@@ -55,20 +54,17 @@ def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
             assert served | building == ALL or not building, (served, building)
             if health == health_pb2.HealthCheckResponse.SERVING and first_answer is None:
                 first_answer = served
-                request = pb.ModelInferRequest(model_name="digits")
-                request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
-                request.raw_input_contents.append(np.zeros((1, 1, 28, 28), np.float32).tobytes())
                 with grpc.insecure_channel(server.address) as channel:
-                    answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+                    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                    answer = stub.ModelInfer(digits_request(), timeout=30)  # routed: any variant served
                 assert answer.parameters["variant"].string_param in served
             if served == ALL and not building:
                 break
             assert time.monotonic() < deadline, (served, building)
-            time.sleep(0.2)
+            time.sleep(0.2)  # every state on the way is checked: this loop observes, it does not only wait
         assert first_answer is not None and {"fp32", "int8"} <= first_answer
-        while "background build finished" not in server.log_path.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        left_s = deadline - time.monotonic()
+        wait_until(lambda: "background build finished" in server.log_path.read_text(), left_s, "the build's last line")
     finally:
         assert server.stop() == 0
     log = server.log_path.read_text()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.server.running import RunningServer
+from loadtest.serving import RunningServer
 
 
 def _slimserve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from loadtest.serving import RunningServer
 from slimserve.variants.data import load_digits_split
-from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
 
 LIBRARIES = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")

@@ -7,7 +7,6 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +16,13 @@ import numpy as np
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.samples import Sample
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.messages import digits_request, minilm_request
+from loadtest.serving import RunningServer, wait_until
 from slimserve.variants.data import load_digits_split
-from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
 
 TIMEOUT_S = 60.0
@@ -31,19 +32,11 @@ TOKENS = 16
 def _minilm(first_id: int = 2000, length: int = TOKENS, variant: str = "fp32") -> pb.ModelInferRequest:
     ids = np.full((1, length), 101, dtype=np.int64)
     ids[0, 1] = first_id
-    request = pb.ModelInferRequest(model_name="minilm", model_version=variant)
-    for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids))):
-        request.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
-        request.raw_input_contents.append(array.tobytes())
-    return request
+    return minilm_request(ids, variant=variant)
 
 
 def _digits(rows: int = 1, variant: str = "fp32") -> pb.ModelInferRequest:
-    images = load_digits_split()[1].inputs["images"][:rows]
-    request = pb.ModelInferRequest(model_name="digits", model_version=variant)
-    request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
-    request.raw_input_contents.append(images.tobytes())
-    return request
+    return digits_request(load_digits_split()[1].inputs["images"][:rows], variant=variant)
 
 
 def _race(address: str, good: list[pb.ModelInferRequest], bad: list[pb.ModelInferRequest]) -> list[grpc.StatusCode]:
@@ -133,14 +126,13 @@ def test_a_thousand_clients_vanishing_mid_call_leak_nothing(faults_server: Runni
 
     before = scrape(str(faults_server.metrics_url))
     answered = asyncio.run(vanish(1000))
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:  # the published state lags by up to a publish period
-        after = scrape(str(faults_server.metrics_url))
-        idle = value(after, "slimserve_queue_depth") == 0 and value(after, "slimserve_inflight_requests") == 0
-        if idle or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert idle
+
+    def idle() -> dict[str, list[Sample]] | None:  # the published state lags by up to a publish period
+        samples = scrape(str(faults_server.metrics_url))
+        empty = value(samples, "slimserve_queue_depth") == 0 and value(samples, "slimserve_inflight_requests") == 0
+        return samples if empty else None
+
+    after = wait_until(idle, TIMEOUT_S, "an empty queue and no call in flight")
 
     def delta(code: str) -> float:
         return value(after, "slimserve_requests", "slimserve_requests_total", model="digits", code=code) - value(
@@ -173,13 +165,10 @@ def test_transport_abuse_is_refused_and_other_clients_are_unaffected(faults_serv
         health_pb2_grpc.HealthStub(pinger).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
         # Connectivity callbacks arrive on gRPC's own thread, some time after the call: wait for
         # READY to be reported, then for the GOAWAY to take the channel out of it.
-        deadline = time.monotonic() + 30
-        while grpc.ChannelConnectivity.READY not in states and time.monotonic() < deadline:
-            time.sleep(0.05)
-        ready_at = states.index(grpc.ChannelConnectivity.READY) if grpc.ChannelConnectivity.READY in states else None
-        while ready_at is not None and len(states) == ready_at + 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready_at is not None and len(states) > ready_at + 1, states  # READY, then out of it
+        ready = grpc.ChannelConnectivity.READY
+        wait_until(lambda: ready in states, 30, lambda: f"READY among {states}", interval_s=0.05)
+        ready_at = states.index(ready)
+        wait_until(lambda: len(states) > ready_at + 1, 30, lambda: f"a state after READY: {states}")
     with grpc.insecure_channel(faults_server.address) as channel:
         assert service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_digits(), timeout=TIMEOUT_S)
 

@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer
 from slimserve.repository.format import ModelEntry
 from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split
-from tests.server.running import RunningServer
 
 FUZZ_EXAMPLES = int(os.environ.get("SLIMSERVE_FUZZ_EXAMPLES", "2000"))
 CALL_TIMEOUT_S = 30.0
@@ -222,10 +223,7 @@ def test_malformed_requests_get_documented_codes_and_the_server_lives(
 
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         images = load_digits_split()[1].inputs["images"][:3]
-        request = pb.ModelInferRequest(model_name="digits", model_version="int8")
-        request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
-        request.raw_input_contents.append(images.tobytes())
-        response = stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+        response = stub.ModelInfer(digits_request(images, variant="int8"), timeout=CALL_TIMEOUT_S)
         logits = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(3, 10)
         expected = make_session(str(digits.variants["int8"].onnx_path), 1).run(None, {"images": images})[0]
         np.testing.assert_allclose(logits, expected, atol=1e-4)

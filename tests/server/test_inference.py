@@ -18,11 +18,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as inference_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.repository.format import ModelEntry
 from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
-from tests.server.running import RunningServer
 
 TOLERANCE = 1e-4
 
@@ -113,10 +114,7 @@ def test_list_variants_reports_measurements(server: RunningServer) -> None:
 
 
 def _raw_request(**fields: object) -> pb.ModelInferRequest:
-    images = _digits_inputs(1)
-    request = pb.ModelInferRequest(model_name="digits", model_version="fp32")
-    request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
-    request.raw_input_contents.append(images.tobytes())
+    request = digits_request(_digits_inputs(1), variant="fp32")
     for key, value in fields.items():
         setattr(request, key, value)
     return request
@@ -136,9 +134,7 @@ def _cases() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, str]]:
     short_bytes.raw_input_contents[0] = short_bytes.raw_input_contents[0][:-4]
     both = _raw_request()
     both.inputs[0].contents.fp32_contents.extend([0.0] * 784)
-    too_big = pb.ModelInferRequest(model_name="digits", model_version="fp32")
-    too_big.inputs.add(name="images", datatype="FP32", shape=[500, 1, 28, 28])
-    too_big.raw_input_contents.append(np.zeros((500, 1, 28, 28), np.float32).tobytes())
+    too_big = digits_request(rows=500, variant="fp32")
     return [
         ("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
         ("path as model", path_as_model, grpc.StatusCode.INVALID_ARGUMENT, "model name '../digits' is not allowed"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +11,11 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loadtest.serving import RunningServer, wait_until
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.router.cpu import TARGET_UTILIZATION
 from slimserve.server.observe.metrics import BATCH_BUCKETS, LATENCY_BUCKETS_S
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
-from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
 
 
@@ -34,13 +33,6 @@ def _digits(client: triton.InferenceServerClient, rows: int, variant: str = "", 
     tensor.set_data_from_numpy(images)
     result = client.infer("digits", [tensor], model_version=variant, request_id=request_id)
     return result.as_numpy("logits")
-
-
-def _wait_for(predicate: object, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_request_metrics_have_model_variant_labels_and_second_buckets(shadowing_server: RunningServer) -> None:
@@ -115,7 +107,7 @@ def test_shadow_comparison_runs_after_the_answer_and_exports_fidelity(shadowing_
         count = value(scrape(url), "slimserve_shadow_comparisons", "slimserve_shadow_comparisons_total", **labels)
         return count == before + 1
 
-    _wait_for(compared)
+    wait_until(compared, 30.0, "the shadow comparison to be counted", interval_s=0.05)
     agreement = value(scrape(url), "slimserve_shadow_agreement", "slimserve_shadow_agreement_total", **labels)
     assert agreement_before < agreement <= agreement_before + 1.0  # a cosine in (0, 1]
 

@@ -23,9 +23,9 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loadtest.serving import RunningServer
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
-from tests.server.running import RunningServer
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards" / "slimserve.json"
 SCRAPE_INTERVAL_S = 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +16,13 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from loadtest.serving import copy_model, rewrite_description
-from tests.server.running import RunningServer
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer, copy_model, rewrite_description, wait_until
 
 MANAGEMENT_TOKEN = "management-token-for-reloads"
 INFERENCE_TOKEN = "inference-token-for-reloads"
 TIMEOUT_S = 30
+POLLER_TIMEOUT_S = 60
 CALLERS = 8
 
 
@@ -36,13 +36,6 @@ def served(repository: Path, tmp_path: Path) -> Iterator[tuple[RunningServer, Pa
     )  # fmt: skip
     yield running, repo
     assert running.stop() == 0
-
-
-def _request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="digits")  # routed: any variant may answer
-    request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
-    request.raw_input_contents.append(np.zeros((1, 1, 28, 28), np.float32).tobytes())
-    return request
 
 
 class Callers:
@@ -62,7 +55,7 @@ class Callers:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             while not self._stop.is_set():
                 try:
-                    stub.ModelInfer(_request(), timeout=TIMEOUT_S, metadata=metadata)
+                    stub.ModelInfer(digits_request(), timeout=TIMEOUT_S, metadata=metadata)  # routed: any variant
                     outcome = "OK"
                 except grpc.RpcError as exc:
                     outcome = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
@@ -131,14 +124,13 @@ def test_unload_then_load_and_the_poller(served: tuple[RunningServer, Path]) -> 
     assert "repository_name must be empty" in elsewhere.value.details()  # type: ignore[attr-defined]
     admin.load_model("digits", headers=headers)
     assert admin.infer("digits", [tensor], headers=inference).as_numpy("logits").shape == (1, 10)
+
     # The poller: a variant folder that goes away is unloaded, one that comes back is loaded.
+    def versions() -> list[str]:
+        return list(admin.get_model_metadata("digits", headers=inference).versions)
+
     shutil.move(repo / "digits" / "distilled", repo / "digits" / ".away")
-    deadline = time.monotonic() + 60
-    while "distilled" in admin.get_model_metadata("digits", headers=inference).versions:
-        assert time.monotonic() < deadline, "the poller did not notice the removed variant"
-        time.sleep(0.2)
+    wait_until(lambda: "distilled" not in versions(), POLLER_TIMEOUT_S, "the poller to unload the removed variant")
     shutil.move(repo / "digits" / ".away", repo / "digits" / "distilled")
-    while "distilled" not in admin.get_model_metadata("digits", headers=inference).versions:
-        assert time.monotonic() < deadline, "the poller did not notice the variant coming back"
-        time.sleep(0.2)
+    wait_until(lambda: "distilled" in versions(), POLLER_TIMEOUT_S, "the poller to load the variant back")
     assert admin.infer("digits", [tensor], model_version="distilled", headers=inference).as_numpy("logits") is not None

@@ -13,10 +13,10 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loadtest.serving import RunningServer
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.repository.format import ModelEntry
 from slimserve.variants.data import load_digits_split
-from tests.server.running import RunningServer
 
 RESPONSE_PARAMETERS = {"variant", "device", "predicted_ms", "queue_ms", "compute_ms", "reason", "batch_size"}
 

@@ -24,11 +24,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.server.transport.auth import AuthConfigError, TokenTable, group_of, load_tokens
 from slimserve.server.transport.tls import ClientSecurity
 from tests.server.pki import Pki, make_pki
-from tests.server.running import RunningServer
 
 TIMEOUT_S = 30
 INFERENCE_TOKEN = "inference-token-0123456789"
@@ -75,19 +76,12 @@ def mtls_server(repository: Path, pki: Pki, tmp_path_factory: pytest.TempPathFac
     assert running.stop() == 0
 
 
-def _digits_request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="digits", model_version="fp32")
-    request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
-    request.raw_input_contents.append(np.zeros((1, 1, 28, 28), np.float32).tobytes())
-    return request
-
-
 def _infer(security: ClientSecurity, address: str) -> grpc.StatusCode:
     """The status of one ModelInfer over the transport and with the token `security` says."""
     with security.channel(address) as channel:
         try:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            stub.ModelInfer(_digits_request(), timeout=TIMEOUT_S, metadata=security.metadata())
+            stub.ModelInfer(digits_request(variant="fp32"), timeout=TIMEOUT_S, metadata=security.metadata())
         except grpc.RpcError as exc:
             return exc.code()  # type: ignore[no-any-return, attr-defined]
     return grpc.StatusCode.OK
@@ -151,7 +145,7 @@ def _call_group(channel: grpc.Channel, group: str, metadata: tuple[tuple[str, st
     elif group == "inference":
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=TIMEOUT_S, metadata=metadata)
-        stub.ModelInfer(_digits_request(), timeout=TIMEOUT_S, metadata=metadata)
+        stub.ModelInfer(digits_request(variant="fp32"), timeout=TIMEOUT_S, metadata=metadata)
     else:
         management = slimserve_pb2_grpc.ManagementStub(channel)
         management.ListVariants(slimserve_pb2.ListVariantsRequest(), timeout=TIMEOUT_S, metadata=metadata)
@@ -197,8 +191,7 @@ def test_feedback_scores_only_answers_given_to_the_same_token(tls_server: Runnin
     other = ClientSecurity(ca=pki.ca, token=OTHER_BOTH_TOKEN)
     for request_id in ("shared-id", "owned-id"):  # the other token's answer under the same id must not collide
         for security in (owner, other):
-            request = _digits_request()
-            request.id = request_id
+            request = digits_request(variant="fp32", request_id=request_id)
             with security.channel(tls_server.address) as channel:
                 stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
                 stub.ModelInfer(request, timeout=TIMEOUT_S, metadata=security.metadata())
@@ -227,8 +220,9 @@ def test_probes_and_scrapes_of_a_tls_server(tls_server: RunningServer, pki: Pki)
     with grpc.insecure_channel(f"127.0.0.1:{tls_server.health_port}") as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as other_method:
-            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_digits_request(), timeout=TIMEOUT_S)
+            stub.ModelInfer(digits_request(variant="fp32"), timeout=TIMEOUT_S)
         assert other_method.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
     assert tls_server.metrics_url is not None
     https_url = tls_server.metrics_url.replace("http://", "https://")

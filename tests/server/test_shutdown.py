@@ -18,18 +18,15 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from tests.server.running import RunningServer
+from loadtest.messages import minilm_request
+from loadtest.serving import RunningServer, wait_until
 
 CALLERS = 8
+LOAD_TIMEOUT_S = 60.0
 
 
 def _request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="minilm", model_version="fp32")
-    request.inputs.add(name="input_ids", datatype="INT64", shape=[4, 24])
-    request.inputs.add(name="attention_mask", datatype="INT64", shape=[4, 24])
-    request.raw_input_contents.append(np.full((4, 24), 1500, dtype=np.int64).tobytes())
-    request.raw_input_contents.append(np.ones((4, 24), dtype=np.int64).tobytes())
-    return request
+    return minilm_request(np.full((4, 24), 1500, dtype=np.int64), variant="fp32")
 
 
 def test_sigterm_under_load_loses_no_admitted_request(repository: Path, tmp_path: Path) -> None:
@@ -64,7 +61,8 @@ def test_sigterm_under_load_loses_no_admitted_request(repository: Path, tmp_path
     threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
     for thread in threads:
         thread.start()
-    time.sleep(3.0)  # load is running
+    # The load runs (answers come back, the closed-loop callers keep calls in flight) before the signal.
+    wait_until(lambda: outcomes["ok"] >= 4 * CALLERS, LOAD_TIMEOUT_S, "answers to the load")
     served_before = outcomes["ok"]
     exit_code = server.stop(timeout_s=60)
     stop.set()

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from loadtest.serving import RunningServer
 from slimserve.repository.format import ModelEntry
 from slimserve.repository.sessions import make_session
 from slimserve.server.core.versions import variant_named, version_numbers
 from slimserve.variants.data import load_digits_split
-from tests.server.running import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]
 PERF_ANALYZER = Path(os.environ.get("SLIMSERVE_PERF_ANALYZER", ROOT.parent / "shared" / "tools" / "perf-analyzer"))

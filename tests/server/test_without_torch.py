@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
+from loadtest.serving import RunningServer
 from slimserve.variants.data import load_digits_split
 from tests.build_free import poison_build_packages
-from tests.server.running import RunningServer
 
 
 @pytest.fixture

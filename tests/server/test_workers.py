@@ -13,27 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer, wait_until
 from slimserve.repository.hardware import usable_cores
 from slimserve.server.process.metrics_merge import merge
 from slimserve.server.process.settings import Settings
 from slimserve.server.process.workers import WorkersConfigError, worker_count
-from tests.server.running import RunningServer
 from tests.server.scrape import scrape, value
 
 CONNECTIONS = 16
 
 
-def _request(model: str = "digits", variant: str = "int8") -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model, model_version=variant)
-    request.inputs.add(name="images", datatype="FP32", shape=[1, 1, 28, 28])
-    request.raw_input_contents.append(np.zeros((1, 1, 28, 28), dtype=np.float32).tobytes())
-    return request
+def _digits(variant: str = "int8") -> pb.ModelInferRequest:
+    """One blank image: these tests count calls and processes, not answers."""
+    return digits_request(variant=variant)
 
 
 def _channels(address: str) -> list[grpc.Channel]:
@@ -81,7 +79,7 @@ def test_two_workers_serve_one_port_with_one_metrics_endpoint(repository: Path, 
         for channel in channels:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             for _ in range(4):
-                stub.ModelInfer(_request(), timeout=30)
+                stub.ModelInfer(_digits(), timeout=30)
                 calls += 1
         assert running.metrics_url is not None
         samples = scrape(running.metrics_url)
@@ -90,14 +88,19 @@ def test_two_workers_serve_one_port_with_one_metrics_endpoint(repository: Path, 
         assert [value(samples, "slimserve_worker_up", worker=w) for w in ("0", "1")] == [1, 1]
         # Both workers took connections (16 connections all on one: 2⁻¹⁵): each one's own gauge,
         # from the snapshot its event loop publishes every 0.25 s while requests arrive.
-        deadline = time.monotonic() + 10
-        while not all(value(samples, "slimserve_arrival_rate", model="digits", worker=w) > 0 for w in ("0", "1")):
-            assert time.monotonic() < deadline, samples.get("slimserve_arrival_rate")
-            stub.ModelInfer(_request(), timeout=30)  # keep each worker's window of arrivals from emptying
+        url = running.metrics_url
+
+        def both_arriving() -> bool:
+            nonlocal samples
+            if all(value(samples, "slimserve_arrival_rate", model="digits", worker=w) > 0 for w in ("0", "1")):
+                return True
+            stub.ModelInfer(_digits(), timeout=30)  # keep each worker's arrivals coming
             for channel in channels:
-                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_request(), timeout=30)
-            time.sleep(0.1)
-            samples = scrape(running.metrics_url)
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_digits(), timeout=30)
+            samples = scrape(url)
+            return False
+
+        wait_until(both_arriving, 10, lambda: f"arrivals on both workers: {samples.get('slimserve_arrival_rate')}")
         for channel in channels:
             channel.close()
     finally:
@@ -109,17 +112,19 @@ def test_sigterm_drains_every_worker_and_a_dead_worker_is_replaced(repository: P
     supervisor = running.process.pid
     first, second = _worker_pids(supervisor)
     os.kill(second, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while len(pids := _worker_pids(supervisor)) < 2 or second in pids:
-        assert time.monotonic() < deadline, running.log_path.read_text()[-3000:]
-        time.sleep(0.2)
+
+    def replaced() -> list[int] | None:
+        pids = _worker_pids(supervisor)
+        return pids if len(pids) >= 2 and second not in pids else None
+
+    pids = wait_until(replaced, 120, lambda: f"a worker in place of the killed one; its log:\n{running.log_tail(3000)}")
     assert first in pids  # the other worker kept serving throughout
     channels = _channels(running.address)
 
     def call(index: int) -> str:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channels[index % CONNECTIONS])
         try:
-            stub.ModelInfer(_request("digits", "fp32"), timeout=60)
+            stub.ModelInfer(_digits("fp32"), timeout=60)
             return "OK"
         except grpc.RpcError as error:
             return error.code().name

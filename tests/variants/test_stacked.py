@@ -89,7 +89,7 @@ def test_the_server_serves_the_served_set_and_names_the_rest_as_unknown(stacked:
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
 
-    from tests.server.running import RunningServer
+    from loadtest.serving import RunningServer
 
     running = RunningServer(stacked.path.parent, tmp_path)
     try:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from slimserve.variants.recipes import default_recipes, load_recipes, planned_variants
@@ -31,11 +32,20 @@ RELAYED = ("published", "built", "already built", "missing", "error", "Error", "
 
 
 class BackgroundBuild:
-    """The build child process, and which variants it has still to publish."""
+    """The build child process, and which variants it has still to publish.
 
-    def __init__(self, repository: Path, recipe_files: list[Path] | None = None) -> None:
+    `command` is the child's argv: by default `slimserve build --skip-existing --staged` of
+    `repository` with `recipe_files`; a test gives another program to run and relay."""
+
+    def __init__(
+        self, repository: Path, recipe_files: list[Path] | None = None, command: Sequence[str] | None = None
+    ) -> None:
         self.repository = repository
         self.recipe_files = recipe_files or []
+        self.command = list(command) if command is not None else [
+            sys.executable, "-m", "slimserve.cli", "build", "--repository", str(repository),
+            "--skip-existing", "--staged", *(f"--recipe={path}" for path in self.recipe_files),
+        ]  # fmt: skip
         recipes = [r for path in self.recipe_files for r in load_recipes(path)] or default_recipes()
         self.planned = {recipe.name: planned_variants(recipe) for recipe in recipes}
         self.exit_code: int | None = None
@@ -55,9 +65,7 @@ class BackgroundBuild:
     async def start(self) -> None:
         self.repository.mkdir(parents=True, exist_ok=True)
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "slimserve.cli", "build", "--repository", str(self.repository),
-            "--skip-existing", "--staged", *(f"--recipe={path}" for path in self.recipe_files),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=lambda: os.nice(BUILD_NICENESS),
         )  # fmt: skip
         log.info("building the missing models in the background (pid %d); serving what is ready meanwhile",
@@ -81,6 +89,13 @@ class BackgroundBuild:
             log.info("background build finished: every variant is built")
         else:
             log.error("background build failed (exit code %d); serving what was published", self.exit_code)
+
+    async def wait(self) -> int | None:
+        """Wait until the child has exited and all its output is relayed; its exit code (None
+        if it was never started). Waiting is cancelled alone: the relay goes on."""
+        if self._relay is not None:
+            await asyncio.shield(self._relay)
+        return self.exit_code
 
     async def stop(self) -> None:
         """Terminate the build (it resumes next time: --skip-existing); never raises, so that

@@ -1,0 +1,68 @@
+"""The ModelInferRequest messages that tests, benchmarks and Locust users send.
+
+One builder, so that every client puts tensors on the wire the same way: each input in
+`raw_input_contents` (C order, the array's own bytes), its datatype from the array's dtype,
+`slo_ms` as a double parameter. Messages are tritonclient's (`service_pb2`), the stubs a
+user of the Open Inference Protocol has; they cannot share a process with the server's own
+generated module (both define `inference.*`), and the bytes are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}  # what the built-in models take
+DIGITS_SHAPE = (1, 28, 28)  # one row of `digits`: a 28×28 grey image, one channel
+
+
+def infer_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    variant: str = "",
+    request_id: str = "",
+    slo_ms: float | None = None,
+) -> pb.ModelInferRequest:
+    """A request for `model` with `inputs` (name → array, in the model's input order).
+
+    `variant` empty lets the router choose; `slo_ms` None sends no SLO of its own."""
+    request = pb.ModelInferRequest(model_name=model, model_version=variant, id=request_id)
+    for name, array in inputs.items():
+        if array.dtype not in DATATYPES:
+            raise ValueError(f"input {name!r}: dtype {array.dtype}, not one of {sorted(map(str, DATATYPES))}")
+        request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=list(array.shape))
+        request.raw_input_contents.append(array.tobytes())
+    if slo_ms is not None:
+        request.parameters["slo_ms"].double_param = slo_ms
+    return request
+
+
+def digits_request(
+    images: np.ndarray | None = None,
+    *,
+    rows: int = 1,
+    variant: str = "",
+    request_id: str = "",
+    slo_ms: float | None = None,
+) -> pb.ModelInferRequest:
+    """A `digits` request: `images` (rows × 1 × 28 × 28, float32), or `rows` blank images."""
+    if images is None:
+        images = np.zeros((rows, *DIGITS_SHAPE), np.float32)
+    return infer_request("digits", {"images": images}, variant=variant, request_id=request_id, slo_ms=slo_ms)
+
+
+def minilm_request(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    *,
+    variant: str = "",
+    request_id: str = "",
+    slo_ms: float | None = None,
+) -> pb.ModelInferRequest:
+    """A `minilm` request: token ids (rows × tokens, int64) and their mask (default: all ones)."""
+    mask = np.ones_like(input_ids) if attention_mask is None else attention_mask
+    inputs = {"input_ids": input_ids, "attention_mask": mask}
+    return infer_request("minilm", inputs, variant=variant, request_id=request_id, slo_ms=slo_ms)
