@@ -132,6 +132,8 @@ class ModelConfig(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1)
     quality_metric: QualityMetric
     reference_variant: str = "fp32"
+    # Not used to serve: a call that names no version is routed. Kept (and checked to name a
+    # variant) so that model.yaml files which set it still load.
     default_variant: str = "fp32"
     default_slo_ms: float = Field(gt=0)
     max_batch_size: int = Field(default=32, ge=1)

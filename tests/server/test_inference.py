@@ -135,6 +135,9 @@ def _cases() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, str]]:
     both = _raw_request()
     both.inputs[0].contents.fp32_contents.extend([0.0] * 784)
     too_big = digits_request(rows=500, variant="fp32")
+    repeated_output = _raw_request()
+    for _ in range(3):  # once per entry, each a copy of the answer: a small request, a huge response
+        repeated_output.outputs.add(name="logits")
     return [
         ("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
         ("path as model", path_as_model, grpc.StatusCode.INVALID_ARGUMENT, "model name '../digits' is not allowed"),
@@ -145,6 +148,7 @@ def _cases() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, str]]:
         ("byte length", short_bytes, grpc.StatusCode.INVALID_ARGUMENT, "3132 bytes of raw contents, expected 3136"),
         ("raw and typed", both, grpc.StatusCode.INVALID_ARGUMENT, "both raw_input_contents and typed contents"),
         ("batch too big", too_big, grpc.StatusCode.INVALID_ARGUMENT, "batch size 500 outside 1..32"),
+        ("repeated output", repeated_output, grpc.StatusCode.INVALID_ARGUMENT, "output 'logits' is requested 3 times"),
     ]
 
 

@@ -12,6 +12,7 @@ shape limits and value range (`TensorSpec.max_shape`, `min_value`, `max_value`).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,11 @@ def decode_request(
     known_outputs = [spec.name for spec in config.outputs]
     if any(name not in known_outputs for name in outputs):
         raise InvalidInputError(f"unknown output(s) in {outputs}; model '{config.name}' returns {known_outputs}")
+    # Each requested output is encoded once per entry: a repeated name would multiply the
+    # response (a 0.26 MB request could build a 984 MB answer), so a subset, each at most once.
+    name, times = Counter(outputs).most_common(1)[0] if outputs else ("", 0)
+    if times > 1:
+        raise InvalidInputError(f"output '{name}' is requested {times} times; name each output at most once")
     return InferenceRequest(
         model=request.model_name,
         variant=request.model_version,
