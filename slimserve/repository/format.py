@@ -371,11 +371,19 @@ def _check_folder_name(folder: Path, what: str) -> None:
         raise RepositoryError(f"{folder}: {exc}") from exc
 
 
+NOT_MODEL_FOLDERS = frozenset({"lost+found"})  # what a file system puts at a volume's root (ext4)
+
+
 def model_folders(repo: Path) -> list[Path]:
-    """The folders of `repo` that hold models (hidden ones are builds in progress)."""
+    """The folders of `repo` that hold models: hidden ones are builds in progress, and a
+    volume's `lost+found` (a repository on its own volume, as a Kubernetes PVC) is no model."""
     if not repo.is_dir():
         raise RepositoryError(f"{repo}: not a directory")
-    return sorted(folder for folder in repo.iterdir() if folder.is_dir() and not folder.name.startswith("."))
+    return sorted(
+        folder
+        for folder in repo.iterdir()
+        if folder.is_dir() and not folder.name.startswith(".") and folder.name not in NOT_MODEL_FOLDERS
+    )
 
 
 def load_repository(repo: Path, allow_empty: bool = False) -> dict[str, ModelEntry]:

@@ -82,6 +82,17 @@ def test_missing_default_variant_is_reported(copy_of_digits: Path) -> None:
         load_model(copy_of_digits / "digits")
 
 
+def test_a_volume_root_lost_and_found_is_not_a_model(copy_of_digits: Path) -> None:
+    (copy_of_digits / "lost+found").mkdir(mode=0o700)  # as mkfs.ext4 leaves it at a volume's root
+    assert "digits" in load_repository(copy_of_digits)
+
+
+def test_a_folder_without_model_yaml_is_still_reported(copy_of_digits: Path) -> None:
+    (copy_of_digits / "digitz").mkdir()
+    with pytest.raises(RepositoryError, match="digitz"):
+        load_repository(copy_of_digits)
+
+
 def test_empty_repository_is_reported(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="no models"):
         load_repository(tmp_path)
