@@ -116,7 +116,6 @@ class ModelRouter:
             self.variants[name].latency.correction = old.variants[name].latency.correction
             self.variants[name].latency.observed_batches = old.variants[name].latency.observed_batches
             self._shares[name] = old._shares[name]
-        self.loop_lag_ms, self.cpu = old.loop_lag_ms, old.cpu
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
         self._arrivals, self._completions, self._sizes, self._compute = (
             old._arrivals,

@@ -1,5 +1,6 @@
 """The serving core without gRPC, for tests: registry, factory, recorder, data plane and
-model control over a real repository, wired as the app wires them (`server.process.app`)."""
+model control over a real repository, wired as the app wires them (`server.process.app`);
+no gRPC server (only its status names, for the outcomes)."""
 
 from __future__ import annotations
 

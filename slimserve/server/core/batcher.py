@@ -130,8 +130,8 @@ class DynamicBatcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.executions: Counter[int] = Counter()  # session calls by rows, for statistics
-        self.on_batch = on_batch
-        self.on_failure = on_failure  # the loop is gone for good
+        self._on_batch = on_batch
+        self._on_failure = on_failure  # the loop is gone for good
         self.failed = False
         self.restarts = 0  # ever, for statistics
         self._recent_restarts_s: deque[float] = deque()  # clock times of the restarts in the window
@@ -191,8 +191,8 @@ class DynamicBatcher:
         log.error("batcher of %s ended unexpectedly (%r); the variant is failed", self.session.name, error)
         self.failed = True
         self._fail_everything(lost)
-        if self.on_failure is not None:
-            self.on_failure()
+        if self._on_failure is not None:
+            self._on_failure()
 
     def _fail_everything(self, error: Exception) -> None:
         for pending in (*self._in_flight, *self._queue):
@@ -378,9 +378,9 @@ class DynamicBatcher:
         took_ms = result[2] * 1e3
         self._compute_ms[rows] = took_ms if known_ms is None else known_ms + INLINE_WEIGHT * (took_ms - known_ms)
         self.executions[rows] += 1
-        if self.on_batch is not None:
+        if self._on_batch is not None:
             try:
-                self.on_batch(self, rows, took_ms)
+                self._on_batch(self, rows, took_ms)
             except Exception:  # a listener's bug must not fail calls that were answered
                 log.exception("batch listener of %s failed", self.session.name)
         return result

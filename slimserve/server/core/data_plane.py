@@ -1,17 +1,18 @@
 """The data plane: one inference call, from its model's name to its recorded outcome.
 
-Every front end (the gRPC servicer, and inside the server the shadow sampler) calls
-`DataPlane.infer` with a `Call`: the model and version asked for, the deadline, and the
-converters between its own wire format and the internal types. The data plane then, in
-this order and each once:
+A front end (the gRPC servicer; tests) calls `DataPlane.infer` with a `Call`: the model
+and version asked for, the deadline, and the converters between its own wire format and
+the internal types. The data plane then, in this order and each once:
 
 1. resolves `(model, version)` to the `HostedModel` that serves the whole call (a reload
-   meanwhile swaps the registry's entry, not this call's);
-2. reads the request's hints (`router.hints.parse_hints`: `slo_ms`, `min_quality`,
-   `policy`, the deadline) — one rule, before any tensor is decoded;
-3. admits or refuses it: the server must be accepting, and a call that states an SLO and
-   has already waited inside gRPC longer than the backlog estimate allows
-   (`observe.backlog`) is refused UNAVAILABLE before its tensors are decoded;
+   meanwhile swaps the registry's entry, not this call's) — refusing first, UNAVAILABLE,
+   while the server is not accepting (starting or draining);
+2. reads the request's parameters (bounded by the front end) and its hints
+   (`router.hints.parse_hints`: `slo_ms`, `min_quality`, `policy`, the deadline) — one
+   rule, before any tensor is decoded;
+3. admits or refuses it: a call that states an SLO and has already waited inside gRPC
+   longer than the backlog estimate allows (`observe.backlog`) is refused UNAVAILABLE
+   before its tensors are decoded;
 4. decodes it against the model's config (the front end's converter);
 5. decides the variant — the one named, or the router's choice — and refuses a call that
    states an SLO when the chosen variant has work ahead of it and is predicted to answer
@@ -22,6 +23,8 @@ this order and each once:
 8. records the outcome once, in one `finally` (`observe.recorder`: Prometheus series and
    ModelStatistics).
 
+The shadow sampler's comparisons run through `rerun` (no routing, no admission, not a call).
+
 Nothing here knows gRPC or protobuf: front ends pass converters, and `outcome_of` names an
 exception's status (transport.status). Thread: the event loop owns all of it.
 """
@@ -29,6 +32,7 @@ exception's status (transport.status). Thread: the event loop owns all of it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
@@ -52,6 +56,7 @@ from slimserve.server.observe.feedback import Answer, RecentAnswers
 from slimserve.server.observe.recorder import CallRecord, CallRecorder
 from slimserve.server.observe.statistics import VariantStats
 
+log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 Response_co = TypeVar("Response_co", covariant=True)
 Parameters = Mapping[str, bool | int | float | str]
@@ -64,7 +69,8 @@ class Call(Protocol[Response_co]):
 
     @property
     def model(self) -> str:
-        """The model as the caller named it."""
+        """The model as the caller named it; InvalidInputError if the message could not be
+        read at all."""
         ...
 
     @property
@@ -180,14 +186,16 @@ class DataPlane:
         self._backlog.handling += 1
         self._activity.note_arrival(record.received_s)
         try:
-            parameters = call.parameters()
+            name = call.model
+            hosted = self.registry.find(name)
+            record.model = hosted.name if hosted is not None else ""
             if not self.accepting:
                 raise ShuttingDownError("server is not accepting requests (starting or shutting down)")
-            hosted = self.registry.get(call.model)
-            record.model = hosted.name
+            if hosted is None:
+                raise self.registry.missing(name)
             pinned = hosted.variant(call.version) if call.version else ""
             record.variant = pinned
-            hints = self._hints(hosted, parameters, call.deadline_s, record.received_s)
+            hints = self._hints(hosted, call.parameters(), call.deadline_s, record.received_s)
             record.slo_ms = hints.slo_ms
             self._shed_if_waited_too_long(hints)
             decoding_s = self._clock()
@@ -213,7 +221,10 @@ class DataPlane:
             self._backlog.handling -= 1
             self._backlog.handled += 1
             record.ended_s = self._clock()
-            self._recorder.record(record, self._stats(hosted, record))
+            try:
+                self._recorder.record(record, self._stats(hosted, record))
+            except Exception:  # recording must never turn an answer (or its error) into another
+                log.exception("recording the outcome of a call to %s failed", record.model or "an unknown model")
 
     @staticmethod
     def _stats(hosted: HostedModel | None, record: CallRecord) -> VariantStats | None:

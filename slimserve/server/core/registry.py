@@ -76,12 +76,20 @@ class ModelRegistry:
         could have) otherwise."""
         hosted = self._models.get(name)
         if hosted is None:
-            try:
-                check_name(name, "model")  # hosted names pass by construction: only misses pay for it
-            except ValueError as exc:
-                raise InvalidInputError(str(exc)) from exc
-            raise NotFoundError(f"unknown model '{name}'; serving {sorted(self._models)}")
+            raise self.missing(name)
         return hosted
+
+    def find(self, name: str) -> HostedModel | None:
+        """The model serving `name`, or None."""
+        return self._models.get(name)
+
+    def missing(self, name: str) -> Exception:
+        """Why `name` cannot be served (for a name that `find` did not find)."""
+        try:
+            check_name(name, "model")  # hosted names pass by construction: only misses pay for it
+        except ValueError as exc:
+            return InvalidInputError(str(exc))
+        return NotFoundError(f"unknown model '{name}'; serving {sorted(self._models)}")
 
     def put(self, hosted: HostedModel) -> None:
         """Host `hosted` under its name: every call that resolves it from now on gets it."""

@@ -10,7 +10,7 @@ Time is read from `clock` (the router's `Clock`, monotonic seconds) where a call
 say it. Parking waits on an event, not a timer: a test on a fake clock jumps a day of
 idleness and then notes an arrival.
 
-Thread: owned by the event loop (the servicer notes arrivals, the samplers wait there).
+Thread: owned by the event loop (the data plane notes arrivals, the samplers wait there).
 """
 
 from __future__ import annotations

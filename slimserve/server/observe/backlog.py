@@ -15,7 +15,7 @@ smaller (ONNX Runtime on other cores); at light load a call or two caught betwee
 and its handler over a mostly idle process made the wall time per call look like 20 ms of
 waiting, and calls that would have made a 15-ms SLO were refused: the CPU time says how
 little work was really ahead of them.
-The servicer refuses a call at once, before decoding it, when that wait has used up its
+The data plane refuses a call at once, before decoding it, when that wait has used up its
 SLO — or, when the queue stands for it, more than its target, WAIT_SHARE of its SLO. The
 queue stands for a target by CoDel's rule with hysteresis: from when the wait stayed above
 the target for a whole interval (STANDING_S) — overload, not a burst — until it stayed
@@ -85,7 +85,7 @@ class GrpcBacklog:
         self._clock = clock
         self.backlog = 0
         self.call_ms = 0.0
-        self.handling = 0  # calls inside our handlers now (the servicer counts them)
+        self.handling = 0  # calls inside our handlers now (the data plane counts them)
         self.handled = 0  # calls our handlers finished, ever
         self._last: tuple[float, float, int] | None = (
             None  # (time, CPU time, handled) at the last sample with a backlog

@@ -2,9 +2,12 @@
 
 The data plane hands every finished call (`CallRecord`) here once, from one `finally`;
 the batchers report every session call (`record_batch`); the shadow sampler and Feedback
-report theirs. Nothing else on the serving path touches a metric or a statistic, so what a
-series means is read in one file. Label values come from the repository, never the caller
-(an unresolved model or an undecided variant counts as "unknown").
+report theirs. Nothing else on the serving path writes a Prometheus series or a
+ModelStatistics count, so what a series means is read in one file. (Two live figures are
+not records and stay with their owners: the data plane's `in_flight` count per variant and
+each batcher's `executions` by batch size, which ModelStatistics also reads.) Label values
+come from the repository, never the caller (an unresolved model or an undecided variant
+counts as "unknown").
 
 Thread: the event loop. The Prometheus client's own locks make the series safe to scrape.
 """

@@ -1,7 +1,8 @@
 """Per-variant cumulative counts and durations, as Triton's ModelStatistics reports them.
 
-Written only by `observe.recorder.CallRecorder` (on the event loop), read by the
-ModelStatistics servicer on the same loop. A variant's statistics live with its hosted
+Written by `observe.recorder.CallRecorder` (on the event loop), except `in_flight`, which
+the data plane counts while a call occupies the variant; read by the ModelStatistics
+servicer on the same loop. A variant's statistics live with its hosted
 model and carry over a reload that keeps the variant.
 """
 

@@ -40,20 +40,21 @@ class OipCall:
 
     @property
     def model(self) -> str:
-        return "" if isinstance(self.message, MalformedRequest) else self.message.model_name
+        if isinstance(self.message, MalformedRequest):
+            raise InvalidInputError(f"the message is not a ModelInferRequest: {self.message.reason}")
+        return self.message.model_name
 
     @property
     def version(self) -> str:
         return "" if isinstance(self.message, MalformedRequest) else self.message.model_version
 
     def parameters(self) -> Parameters:
-        if isinstance(self.message, MalformedRequest):
-            raise InvalidInputError(f"the message is not a ModelInferRequest: {self.message.reason}")
+        assert not isinstance(self.message, MalformedRequest)  # `model` refused it
         self._parameters = read_parameters(self.message)
         return self._parameters
 
     def decode(self, config: ModelConfig) -> InferenceRequest:
-        assert not isinstance(self.message, MalformedRequest)  # parameters() refused it
+        assert not isinstance(self.message, MalformedRequest)  # `model` refused it
         return decode_request(self.message, config, self._parameters)
 
     def encode(self, request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
