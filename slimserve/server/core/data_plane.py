@@ -84,7 +84,7 @@ class Call(Protocol[Response_co]):
         ...
 
     def parameters(self) -> Parameters:
-        """The request's parameters, checked for size; InvalidInputError if malformed."""
+        """The request's id and parameters, checked for count and size (InvalidInputError)."""
         ...
 
     def decode(self, config: ModelConfig) -> InferenceRequest:
