@@ -11,6 +11,7 @@ Contract (also in the README and in protos/inference.proto):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -40,7 +41,7 @@ def _number(name: str, value: object) -> float:
 
 
 def parse_hints(
-    parameters: dict[str, bool | int | float | str],
+    parameters: Mapping[str, bool | int | float | str],
     remaining_deadline_ms: float | None,
     default_slo_ms: float,
 ) -> RequestHints:

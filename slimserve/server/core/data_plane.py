@@ -87,8 +87,9 @@ class Call(Protocol[Response_co]):
         """The request's id and parameters, checked for count and size (InvalidInputError)."""
         ...
 
-    def decode(self, config: ModelConfig) -> InferenceRequest:
-        """The request's tensors, validated against the model's config."""
+    def decode(self, config: ModelConfig, parameters: Parameters) -> InferenceRequest:
+        """The request's tensors, validated against the model's config; `parameters` are
+        what `parameters()` returned."""
         ...
 
     def encode(self, request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> Response_co:
@@ -118,7 +119,7 @@ class LocalCall:
     def parameters(self) -> Parameters:
         return self.request.parameters
 
-    def decode(self, config: ModelConfig) -> InferenceRequest:
+    def decode(self, config: ModelConfig, parameters: Parameters) -> InferenceRequest:
         return self.request
 
     def encode(self, request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> InferenceResult:
@@ -195,11 +196,12 @@ class DataPlane:
                 raise self.registry.missing(name)
             pinned = hosted.variant(call.version) if call.version else ""
             record.variant = pinned
-            hints = self._hints(hosted, call.parameters(), call.deadline_s, record.received_s)
+            parameters = call.parameters()
+            hints = self._hints(hosted, parameters, call.deadline_s, record.received_s)
             record.slo_ms = hints.slo_ms
             self._shed_if_waited_too_long(hints)
             decoding_s = self._clock()
-            request = call.decode(hosted.entry.config)
+            request = call.decode(hosted.entry.config, parameters)
             record.decode_s = self._clock() - decoding_s
             if request.id:  # its answer is kept for Feedback, which only the same caller may give
                 record.caller = call.caller()
@@ -235,7 +237,7 @@ class DataPlane:
         hosted: HostedModel, parameters: Parameters, deadline_s: float | None, received_s: float
     ) -> RequestHints:
         remaining_ms = None if deadline_s is None else (deadline_s - received_s) * 1e3
-        return parse_hints(dict(parameters), remaining_ms, hosted.entry.config.default_slo_ms)
+        return parse_hints(parameters, remaining_ms, hosted.entry.config.default_slo_ms)
 
     def _shed_if_waited_too_long(self, hints: RequestHints) -> None:
         """Refuse, before any work, a call that has waited for its handler longer than the SLO

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +15,7 @@ class InferenceRequest:
     model: str
     variant: str  # empty: let the server choose
     inputs: dict[str, np.ndarray]
-    parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
+    parameters: Mapping[str, bool | int | float | str] = field(default_factory=dict)
     id: str = ""
     outputs: list[str] = field(default_factory=list)  # empty: every output
 

@@ -62,17 +62,15 @@ class CallRecorder:
     def record(self, call: CallRecord, stats: VariantStats | None) -> None:
         """One inference call, once. `stats`: the decided variant's, if a variant was decided."""
         metrics = self.metrics
-        decided = bool(call.model and call.variant)
-        if call.code == "OK":
-            series = metrics.series(call.model, call.variant)
+        series = metrics.series(call.model, call.variant) if call.model and call.variant else None
+        if call.code == "OK" and series is not None:  # an answer always has its variant
             series.requests_ok.inc()
             series.request_seconds.observe(call.ended_s - call.received_s)
         else:
-            model = call.model or UNKNOWN
-            metrics.requests.labels(model, call.variant if decided else UNKNOWN, call.code).inc()
-        if not decided or call.routed_s is None:
+            labels = (call.model, call.variant) if series is not None else (call.model or UNKNOWN, UNKNOWN)
+            metrics.requests.labels(*labels, call.code).inc()
+        if series is None or call.routed_s is None:
             return  # refused before it was routed: no variant to charge
-        series = metrics.series(call.model, call.variant)
         series.routed(call.reason).inc()
         if call.answered_s is None:  # shed, failed, timed out or cancelled: no answer within the SLO
             series.slo_missed.inc()

@@ -13,6 +13,7 @@ shape limits and value range (`TensorSpec.max_shape`, `min_value`, `max_value`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +116,7 @@ def read_parameters(request: pb.ModelInferRequest) -> dict[str, bool | int | flo
 
 
 def decode_request(
-    request: pb.ModelInferRequest, config: ModelConfig, parameters: dict[str, bool | int | float | str]
+    request: pb.ModelInferRequest, config: ModelConfig, parameters: Mapping[str, bool | int | float | str]
 ) -> InferenceRequest:
     """Validate a ModelInferRequest against the model's config and turn it into numpy;
     `parameters` are `read_parameters(request)`."""

@@ -3,7 +3,7 @@ plane, convert back. Errors map to codes in one place (`transport.status`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -36,7 +36,6 @@ class OipCall:
     message: pb.ModelInferRequest | MalformedRequest
     context: grpc.aio.ServicerContext
     deadline_s: float | None
-    _parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -50,12 +49,11 @@ class OipCall:
 
     def parameters(self) -> Parameters:
         assert not isinstance(self.message, MalformedRequest)  # `model` refused it
-        self._parameters = read_parameters(self.message)
-        return self._parameters
+        return read_parameters(self.message)
 
-    def decode(self, config: ModelConfig) -> InferenceRequest:
+    def decode(self, config: ModelConfig, parameters: Parameters) -> InferenceRequest:
         assert not isinstance(self.message, MalformedRequest)  # `model` refused it
-        return decode_request(self.message, config, self._parameters)
+        return decode_request(self.message, config, parameters)
 
     def encode(self, request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
         return encode_response(request, result, config)
