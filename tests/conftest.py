@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -78,6 +79,14 @@ def minilm(repository: Path) -> ModelEntry:
     from slimserve.repository.format import load_model
 
     return load_model(repository / "minilm")
+
+
+@pytest.fixture
+def digits_repo(repository: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny repository holding digits alone, for a test that changes its files."""
+    target = tmp_path / "repo"
+    shutil.copytree(repository / "digits", target / "digits")
+    return target
 
 
 @pytest.fixture(scope="session")

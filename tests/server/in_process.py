@@ -8,6 +8,7 @@ import time
 from concurrent.futures import Executor
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from slimserve.repository.format import load_repository
@@ -61,3 +62,8 @@ class ServingCore:
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """One call through the data plane, as a front end makes it."""
         return await self.plane.infer(LocalCall(request))
+
+
+def zero_digits(variant: str = "") -> InferenceRequest:
+    """One all-zero digits image, decoded: what a front end would hand the data plane."""
+    return InferenceRequest("digits", variant, {"images": np.zeros((1, 1, 28, 28), np.float32)})

@@ -4,29 +4,16 @@ registry), without a gRPC server: each call is recorded once, under the reposito
 from __future__ import annotations
 
 import asyncio
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from slimserve.server.core.request import InferenceRequest
 from slimserve.server.errors import NotFoundError, ShuttingDownError
-from tests.server.in_process import ServingCore
+from tests.server.in_process import ServingCore, zero_digits
 
 THREADS = 1
-
-
-@pytest.fixture
-def repo(repository: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "repo"
-    shutil.copytree(repository / "digits", target / "digits")
-    return target
-
-
-def _request(variant: str = "") -> InferenceRequest:
-    return InferenceRequest("digits", variant, {"images": np.zeros((1, 1, 28, 28), np.float32)})
 
 
 def _count(core: ServingCore, name: str, **labels: str) -> float:
@@ -34,17 +21,17 @@ def _count(core: ServingCore, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def test_every_call_is_recorded_once_under_the_repositorys_names(repo: Path) -> None:
+def test_every_call_is_recorded_once_under_the_repositorys_names(digits_repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            core = ServingCore(repo, executor, THREADS)
+            core = ServingCore(digits_repo, executor, THREADS)
             core.registry.start_batchers()
-            results = [await core.infer(_request()) for _ in range(5)] + [await core.infer(_request("fp32"))]
+            results = [await core.infer(zero_digits()) for _ in range(5)] + [await core.infer(zero_digits("fp32"))]
             with pytest.raises(NotFoundError):
-                await core.infer(InferenceRequest("nope", "", _request().inputs))
+                await core.infer(InferenceRequest("nope", "", zero_digits().inputs))
             core.plane.stop_accepting()  # draining: refused, but still counted under its model
             with pytest.raises(ShuttingDownError):
-                await core.infer(_request())
+                await core.infer(zero_digits())
             await core.registry.close()
             served = {r.variant for r in results}
             ok = sum(_count(core, "slimserve_requests_total", model="digits", variant=v, code="OK") for v in served)

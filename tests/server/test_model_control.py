@@ -10,45 +10,32 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from loadtest.serving import rewrite_description
 from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, sha256_of
 from slimserve.server.core.model_control import ModelControl, RepositoryPoller
-from slimserve.server.core.request import InferenceRequest
 from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
-from tests.server.in_process import ServingCore
+from tests.server.in_process import ServingCore, zero_digits
 
 THREADS = 1
 
 
-@pytest.fixture
-def repo(repository: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "repo"
-    shutil.copytree(repository / "digits", target / "digits")
-    return target
-
-
-def _request(variant: str = "") -> InferenceRequest:
-    return InferenceRequest("digits", variant, {"images": np.zeros((1, 1, 28, 28), np.float32)})
-
-
-async def _host_and_control(repo: Path, executor: ThreadPoolExecutor) -> tuple[ServingCore, ModelControl]:
-    host = ServingCore(repo, executor, THREADS)
+async def _host_and_control(digits_repo: Path, executor: ThreadPoolExecutor) -> tuple[ServingCore, ModelControl]:
+    host = ServingCore(digits_repo, executor, THREADS)
     host.registry.start_batchers()
     return host, host.control
 
 
-def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(repo: Path) -> None:
+def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(digits_repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            host, control = await _host_and_control(repo, executor)
+            host, control = await _host_and_control(digits_repo, executor)
             before = host.registry.models["digits"]
             fp32_batcher = before.batchers["fp32"]
-            await host.infer(_request("fp32"))
+            await host.infer(zero_digits("fp32"))
             before.router.variants["fp32"].latency.correction = 1.7  # as if learned online
-            shutil.move(repo / "digits" / "pruned", repo / "digits" / ".stash-pruned")
+            shutil.move(digits_repo / "digits" / "pruned", digits_repo / "digits" / ".stash-pruned")
             summary = await control.load("digits")
             assert "removed pruned" in summary and "kept" in summary
             after = host.registry.models["digits"]
@@ -56,25 +43,25 @@ def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(r
             assert after.batchers["fp32"] is fp32_batcher and after.stats["fp32"].success_count == 1
             assert after.router.variants["fp32"].latency.correction == 1.7
             assert before.batchers["pruned"].closed  # retired and released
-            shutil.move(repo / "digits" / ".stash-pruned", repo / "digits" / "pruned")
+            shutil.move(digits_repo / "digits" / ".stash-pruned", digits_repo / "digits" / "pruned")
             assert "added pruned" in await control.load("digits")
             again = host.registry.models["digits"]
             assert again.batchers["fp32"] is fp32_batcher and again.router.variants["fp32"].latency.correction == 1.7
-            result = await host.infer(_request("pruned"))
+            result = await host.infer(zero_digits("pruned"))
             assert result.outputs["logits"].shape == (1, 10)
             await host.registry.close()
 
     asyncio.run(scenario())
 
 
-def test_narrowing_the_served_set_keeps_the_variants_still_served_running(repo: Path) -> None:
+def test_narrowing_the_served_set_keeps_the_variants_still_served_running(digits_repo: Path) -> None:
     import yaml
 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            host, control = await _host_and_control(repo, executor)
+            host, control = await _host_and_control(digits_repo, executor)
             int8_batcher = host.registry.models["digits"].batchers["int8"]
-            path = repo / "digits" / MODEL_FILE
+            path = digits_repo / "digits" / MODEL_FILE
             config = yaml.safe_load(path.read_text())
             config["served_variants"] = ["fp32", "int8"]
             path.write_text(yaml.safe_dump(config))
@@ -87,10 +74,10 @@ def test_narrowing_the_served_set_keeps_the_variants_still_served_running(repo: 
     asyncio.run(scenario())
 
 
-def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new(repo: Path) -> None:
+def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new(digits_repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            host, control = await _host_and_control(repo, executor)
+            host, control = await _host_and_control(digits_repo, executor)
             old = host.registry.models["digits"]
             stop = False
             outcomes: list[str] = []
@@ -98,14 +85,16 @@ def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new
             async def caller() -> None:
                 while not stop:
                     try:
-                        await host.infer(_request())
+                        await host.infer(zero_digits())
                         outcomes.append("ok")
                     except Exception as exc:
                         outcomes.append(repr(exc))
 
             callers = [asyncio.create_task(caller()) for _ in range(8)]
             for round_ in range(3):
-                rewrite_description(repo / "digits", f"round {round_}")  # a changed config: every variant is reloaded
+                rewrite_description(
+                    digits_repo / "digits", f"round {round_}"
+                )  # a changed config: every variant is reloaded
                 assert "reloaded fp32, int8, pruned, distilled" in await control.load("digits")
             stop = True
             await asyncio.gather(*callers)
@@ -116,27 +105,27 @@ def test_calls_admitted_to_the_old_version_are_answered_and_new_ones_get_the_new
     asyncio.run(scenario())
 
 
-def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -> None:
+def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(digits_repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            host, control = await _host_and_control(repo, executor)
+            host, control = await _host_and_control(digits_repo, executor)
             serving = host.registry.models["digits"]
-            graph = repo / "digits" / "int8" / "model.onnx"
+            graph = digits_repo / "digits" / "int8" / "model.onnx"
             good = graph.read_bytes()
             graph.write_bytes(b"not an onnx graph")
             with pytest.raises(ModelLoadError, match=r"variant 'int8': model\.onnx does not match the onnx_sha256"):
                 await control.load("digits")  # a graph swapped under its measurements
-            manifest_path = repo / "digits" / "int8" / MANIFEST_FILE
+            manifest_path = digits_repo / "digits" / "int8" / MANIFEST_FILE
             manifest = json.loads(manifest_path.read_text())
             manifest["onnx_sha256"] = sha256_of(b"not an onnx graph")
             manifest_path.write_text(json.dumps(manifest))
-            rewrite_description(repo / "digits", "broken int8")
+            rewrite_description(digits_repo / "digits", "broken int8")
             with pytest.raises(ModelLoadError, match=r"model 'digits' was not loaded: .*INVALID_PROTOBUF"):
                 await control.load("digits")  # consistent files, but ONNX Runtime cannot load the graph
             assert host.registry.models["digits"] is serving and "digits" in control.reasons
-            result = await host.infer(_request("int8"))
+            result = await host.infer(zero_digits("int8"))
             assert result.variant == "int8"
-            (repo / "digits" / MODEL_FILE).write_text("name: digits\ntask: [")  # not YAML
+            (digits_repo / "digits" / MODEL_FILE).write_text("name: digits\ntask: [")  # not YAML
             with pytest.raises(ModelLoadError, match=r"model\.yaml"):
                 await control.load("digits")
             with pytest.raises(InvalidInputError, match="not allowed"):
@@ -149,21 +138,21 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repo: Path) -
     asyncio.run(scenario())
 
 
-def test_the_poller_follows_the_folder(repo: Path) -> None:
+def test_the_poller_follows_the_folder(digits_repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            host, control = await _host_and_control(repo, executor)
+            host, control = await _host_and_control(digits_repo, executor)
             poller = RepositoryPoller(control, period_s=3600)  # driven by hand: one scan per call
             assert await poller.poll_once() == []  # nothing changed since start-up
-            shutil.move(repo / "digits" / "distilled", repo / "digits" / ".stash")
+            shutil.move(digits_repo / "digits" / "distilled", digits_repo / "digits" / ".stash")
             (done,) = await poller.poll_once()
             assert "removed distilled" in done and "distilled" not in host.registry.models["digits"].batchers
             assert await poller.poll_once() == []  # not reloaded again while nothing changes
-            (repo / "digits" / "int8" / "model.onnx").write_bytes(b"broken")
+            (digits_repo / "digits" / "int8" / "model.onnx").write_bytes(b"broken")
             assert await poller.poll_once() == [] and "digits" in control.reasons  # refused, logged
             assert await poller.poll_once() == []  # and not retried until the files change again
-            hidden = repo / ".digits-away"
-            shutil.move(repo / "digits", hidden)
+            hidden = digits_repo / ".digits-away"
+            shutil.move(digits_repo / "digits", hidden)
             assert await poller.poll_once() == []  # missing once: maybe a folder being swapped
             (done,) = await poller.poll_once()
             assert done == "unloaded digits" and not host.registry.models
@@ -172,12 +161,12 @@ def test_the_poller_follows_the_folder(repo: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_unloading_drains_and_forgets(repo: Path) -> None:
+def test_unloading_drains_and_forgets(digits_repo: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
-            host, control = await _host_and_control(repo, executor)
+            host, control = await _host_and_control(digits_repo, executor)
             hosted = host.registry.models["digits"]
-            calls = [asyncio.create_task(host.infer(_request())) for _ in range(16)]
+            calls = [asyncio.create_task(host.infer(zero_digits())) for _ in range(16)]
             await asyncio.sleep(0)  # admitted: queued in the batchers
             assert await control.unload("digits") == "unloaded digits"
             results = await asyncio.wait_for(asyncio.gather(*calls), 30)

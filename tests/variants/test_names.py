@@ -28,37 +28,30 @@ def test_dots_inside_a_name_are_fine(name: str) -> None:
     assert check_name(name, "model") == name and check_name(name, "variant") == name
 
 
-@pytest.fixture
-def repo(repository: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "repo"
-    shutil.copytree(repository / "digits", target / "digits")
-    return target
-
-
-def test_a_model_folder_linked_from_outside_the_repository_is_refused(repo: Path, tmp_path: Path) -> None:
+def test_a_model_folder_linked_from_outside_the_repository_is_refused(digits_repo: Path, tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
-    shutil.move(repo / "digits", outside)
-    os.symlink(outside, repo / "digits")
+    shutil.move(digits_repo / "digits", outside)
+    os.symlink(outside, digits_repo / "digits")
     with pytest.raises(RepositoryError, match="outside the repository"):
-        load_repository(repo)
+        load_repository(digits_repo)
 
 
-def test_a_graph_linked_from_outside_the_repository_is_refused(repo: Path, tmp_path: Path) -> None:
-    graph = repo / "digits" / "int8" / "model.onnx"
+def test_a_graph_linked_from_outside_the_repository_is_refused(digits_repo: Path, tmp_path: Path) -> None:
+    graph = digits_repo / "digits" / "int8" / "model.onnx"
     outside = tmp_path / "secret.onnx"
     shutil.move(graph, outside)
     os.symlink(outside, graph)
     with pytest.raises(RepositoryError, match=r"int8/model\.onnx: resolves to .*outside the repository"):
-        load_repository(repo)
+        load_repository(digits_repo)
 
 
-def test_links_that_stay_inside_the_repository_are_followed(repo: Path) -> None:
-    shutil.move(repo / "digits" / "int8", repo / "digits" / ".int8-store")
-    os.symlink(repo / "digits" / ".int8-store", repo / "digits" / "int8")
-    assert "int8" in load_model(repo / "digits").variants
+def test_links_that_stay_inside_the_repository_are_followed(digits_repo: Path) -> None:
+    shutil.move(digits_repo / "digits" / "int8", digits_repo / "digits" / ".int8-store")
+    os.symlink(digits_repo / "digits" / ".int8-store", digits_repo / "digits" / "int8")
+    assert "int8" in load_model(digits_repo / "digits").variants
 
 
-def test_a_folder_with_a_name_outside_the_rule_is_reported(repo: Path) -> None:
-    shutil.copytree(repo / "digits" / "int8", repo / "digits" / "in t8")
+def test_a_folder_with_a_name_outside_the_rule_is_reported(digits_repo: Path) -> None:
+    shutil.copytree(digits_repo / "digits" / "int8", digits_repo / "digits" / "in t8")
     with pytest.raises(RepositoryError, match=r"in t8: variant name 'in t8' is not allowed"):
-        load_model(repo / "digits")
+        load_model(digits_repo / "digits")
