@@ -86,7 +86,10 @@ def test_perf_analyzer_measures_slimserve_unmodified(server: RunningServer, digi
     number = str(version_numbers(digits)["distilled"])
     finished = subprocess.run(
         [str(PERF_ANALYZER), "-m", "digits", "-x", number, "-i", "grpc", "-u", server.address,
-         "--concurrency-range", "1:2", "-p", "1000", "-f", str(report)],
+         "--concurrency-range", "1:2", "-p", "1000", "-f", str(report),
+         # What is tested is that it measures slimserve at all, not how steady a shared 2-core
+         # machine is: its default 10 % stability over 3 of 10 windows failed once in CI.
+         "--stability-percentage", "100", "--max-trials", "20"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
