@@ -92,12 +92,34 @@ class Variant(_message.Message):
     def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., device: _Optional[str] = ..., params: _Optional[int] = ..., macs: _Optional[int] = ..., size_bytes: _Optional[int] = ..., quality: _Optional[_Mapping[str, float]] = ..., agreement: _Optional[_Mapping[str, float]] = ..., alpha_params: _Optional[float] = ..., alpha_bytes: _Optional[float] = ..., beta_params: _Optional[float] = ..., beta_bytes: _Optional[float] = ..., profiles: _Optional[_Iterable[_Union[VariantProfile, _Mapping]]] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class BuildingVariant(_message.Message):
-    __slots__ = ("model", "name")
+    __slots__ = ("model", "name", "progress")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     model: str
     name: str
-    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    progress: BuildProgress
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., progress: _Optional[_Union[BuildProgress, _Mapping]] = ...) -> None: ...
+
+class BuildProgress(_message.Message):
+    __slots__ = ("stage", "step", "steps", "unit", "done", "total", "elapsed_s", "remaining_s")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_S_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    step: int
+    steps: int
+    unit: str
+    done: int
+    total: int
+    elapsed_s: float
+    remaining_s: float
+    def __init__(self, stage: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., unit: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., remaining_s: _Optional[float] = ...) -> None: ...
 
 class ListVariantsResponse(_message.Message):
     __slots__ = ("variants", "building")

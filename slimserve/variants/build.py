@@ -1,18 +1,20 @@
 """`slimserve build`: run a recipe's pipeline, measure every variant, publish the model.
 
-The steps, each with a progress bar: the pipeline trains and compresses (fp32, int8,
-pruned, distilled and the recipe's chains of them); every variant's ONNX graph is
-evaluated on the held-out set with ONNX Runtime (what is served is what is measured); all
-variants are profiled side by side; each one's Huffman-coded size and session memory are
-measured; the final publication decides which are served (recipe `serving.serve`); the
-model is written into a staging folder and renamed into the repository in one step.
+The steps: the pipeline trains and compresses (fp32, int8, pruned, distilled and the
+recipe's chains of them); every variant's ONNX graph is evaluated on the held-out set with
+ONNX Runtime (what is served is what is measured); all variants are profiled side by side;
+each one's Huffman-coded size and session memory are measured; the final publication
+decides which are served (recipe `serving.serve`); the model is written into a staging
+folder and renamed into the repository in one step. Each model has one `ModelProgress`
+(variants.progress) that logs its stages, steps, epochs and estimates in one parseable
+line format (the server's background build reports them); tqdm bars are for terminals.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -41,46 +43,52 @@ from slimserve.variants.memory import session_rss_bytes
 from slimserve.variants.onnx_pipeline import onnx_pipeline
 from slimserve.variants.pareto import served_set
 from slimserve.variants.pipeline import PipelineResult, last_stage
+from slimserve.variants.progress import ModelProgress
 from slimserve.variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, planned_variants
 
 log = logging.getLogger(__name__)
 FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile
+ProgressFor = Callable[[str], ModelProgress]  # a model's name → its progress reporter
 
 
-def pipeline_stages(recipe: AnyRecipe) -> Iterator[PipelineResult]:
+def pipeline_stages(recipe: AnyRecipe, progress: ModelProgress) -> Iterator[PipelineResult]:
     """The recipe's pipeline, stage by stage (variants.pipeline.FIRST_STAGE first)."""
     if isinstance(recipe, ClassifierRecipe):
-        yield from classifier_stages(recipe)
+        yield from classifier_stages(recipe, progress)
     elif isinstance(recipe, EncoderRecipe):
-        yield from encoder_stages(recipe)
+        yield from encoder_stages(recipe, progress)
     else:
-        yield onnx_pipeline(recipe)
+        yield onnx_pipeline(recipe, progress)
 
 
-def run_pipeline(recipe: AnyRecipe) -> PipelineResult:
-    return last_stage(pipeline_stages(recipe))
+def run_pipeline(recipe: AnyRecipe, progress: ModelProgress) -> PipelineResult:
+    return last_stage(pipeline_stages(recipe, progress))
 
 
-def build_model(recipe: AnyRecipe, repo: Path) -> ModelEntry:
+def build_model(recipe: AnyRecipe, repo: Path, progress_for: ProgressFor = ModelProgress) -> ModelEntry:
     """Build, measure and publish one model; returns it as loaded back from disk.
 
     Profiles are taken as `cloud-cpu` (every usable core); `slimserve profile
     --hardware-profile edge` adds the one-core profile afterwards.
     """
     started = time.monotonic()
-    entry = publish(recipe, repo, run_pipeline(recipe), recipe.profile, final=True)
+    progress = progress_for(recipe.name)
+    entry = publish(recipe, repo, run_pipeline(recipe, progress), recipe.profile, final=True, progress=progress)
     log.info("built %s in %.0f s", recipe.name, time.monotonic() - started)
     return entry
 
 
-def build_staged(recipes: list[AnyRecipe], repo: Path) -> dict[str, ModelEntry]:
+def build_staged(
+    recipes: list[AnyRecipe], repo: Path, progress_for: ProgressFor = ModelProgress
+) -> dict[str, ModelEntry]:
     """Build every recipe stage by stage, all models' first stage (fp32, int8) before any
     model's second: a server polling the repository can answer within minutes and gains
     the other variants as they are published. The first stage is profiled briefly
     (FIRST_STAGE_PROFILE_S per batch size); the last publication profiles every variant
     side by side with the recipe's settings and replaces it (same graphs, same hashes)."""
     started = time.monotonic()
-    running = {recipe.name: (recipe, pipeline_stages(recipe)) for recipe in recipes}
+    reporters = {recipe.name: progress_for(recipe.name) for recipe in recipes}
+    running = {recipe.name: (recipe, pipeline_stages(recipe, reporters[recipe.name])) for recipe in recipes}
     entries: dict[str, ModelEntry] = {}
     while running:
         for name, (recipe, stages) in list(running.items()):
@@ -94,25 +102,37 @@ def build_staged(recipes: list[AnyRecipe], repo: Path) -> dict[str, ModelEntry]:
             settings = recipe.profile if final else recipe.profile.model_copy(
                 update={"seconds_per_batch_size": FIRST_STAGE_PROFILE_S}
             )  # fmt: skip
-            entries[name] = publish(recipe, repo, result, settings, final=final)
+            entries[name] = publish(recipe, repo, result, settings, final=final, progress=reporters[name])
             log.info("%s: published %s after %.0f s%s", name, ", ".join(built), time.monotonic() - started,
                      f"; still building {', '.join(to_come)}" if to_come else "")  # fmt: skip
     return entries
 
 
 def publish(
-    recipe: AnyRecipe, repo: Path, result: PipelineResult, settings: ProfileSettings, final: bool
+    recipe: AnyRecipe,
+    repo: Path,
+    result: PipelineResult,
+    settings: ProfileSettings,
+    final: bool,
+    progress: ModelProgress,
 ) -> ModelEntry:
     """Evaluate, profile and measure `result`'s variants, and publish them as the model, in
-    one rename. The final publication also decides the served set (recipe `serving.serve`)."""
+    one rename. The final publication also decides the served set (recipe `serving.serve`).
+    `progress` is told each stage; profiling's estimate is its budget (batch sizes × seconds
+    per batch size; a slow model's minimum repetitions can take longer)."""
     reference = result.variants[0]
+    names = [v.name for v in result.variants]
     threads = threads_for("cloud-cpu")
+    progress.stage(names, "evaluate")
     outputs = {v.name: run_batched(make_session(v.onnx, threads), result.held_out) for v in result.variants}
+    progress.stage(names, "profile", budget_s=len(settings.batch_sizes) * settings.seconds_per_batch_size)
     profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, settings, "cloud-cpu")
     full_batch = synthetic_batch(result.config.inputs, result.config.max_batch_size, settings.seq_len)
     staged = staging_dir(repo, recipe.name)
     built_at = now()
     manifests: dict[str, VariantManifest] = {}
+    progress.stage(names, "measure")
+    progress.loop(len(result.variants), unit="graph")
     for variant in tqdm(result.variants, desc=f"{recipe.name}: measure", unit="variant", leave=False):
         quality, agreement = result.score(outputs[variant.name], outputs[reference.name])
         profile = profiles[variant.name]
@@ -139,6 +159,7 @@ def publish(
             built_at=built_at,
         )
         write_variant(staged, manifests[variant.name], variant.onnx)
+        progress.tick()
     config = result.config
     serving = recipe.serving
     if final and serving.serve == "front":
@@ -148,6 +169,7 @@ def publish(
         config = config.model_copy(update={"served_variants": served})
     write_model_config(staged, config)
     publish_model(staged, repo, recipe.name)
+    progress.stage(names, "published")
     return load_model(repo / recipe.name)
 
 

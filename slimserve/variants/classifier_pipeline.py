@@ -31,6 +31,7 @@ from slimserve.variants.pipeline import (
     graph_variant,
     last_stage,
 )
+from slimserve.variants.progress import ModelProgress
 from slimserve.variants.prune_graph import group_widths, output_layer, prune_graph_step
 from slimserve.variants.prune_sequential import is_prunable_sequence, prune_to_fraction, widths
 from slimserve.variants.quantize import quantize_best
@@ -92,7 +93,9 @@ def _variant(
     )
 
 
-def _int8(parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: Split) -> BuiltVariant:
+def _int8(
+    parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: Split, progress: ModelProgress
+) -> BuiltVariant:
     """Static int8 of `parent`'s graph, settings chosen by fidelity to `parent` on a selection slice."""
     selection = {k: v[-recipe.selection_rows :] for k, v in train.inputs.items()}
     reference = run_batched(make_session(parent.onnx, threads=1), selection)
@@ -107,6 +110,7 @@ def _int8(parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: S
         train.take(recipe.calibration_rows).inputs,
         timing_item=train.take(1).inputs,
         threads=threads_for("cloud-cpu"),
+        progress=progress,
     )
     return graph_variant(
         parent,
@@ -131,7 +135,9 @@ class _Network(NamedTuple):
     architecture: dict[str, Any]
 
 
-def _prune(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split) -> _Network:
+def _prune(
+    parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split, progress: ModelProgress
+) -> _Network:
     """Iterative structured pruning of a copy of `parent`, distilled from `teacher` between steps."""
     assert train.labels is not None
     pruned = copy.deepcopy(parent)
@@ -143,7 +149,9 @@ def _prune(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: Classifi
         raise RepositoryError(f"{recipe.name}: pruner 'sequential' needs an nn.Sequential of Conv2d/Linear layers")
     example = tuple(torch.from_numpy(v) for v in train.take(2).inputs.values())
     reference = widths(pruned) if pruner == "sequential" else group_widths(pruned)  # type: ignore[arg-type]
+    progress.expect(len(settings.keep_fractions) * settings.finetune_epochs)
     for step, fraction in enumerate(settings.keep_fractions, start=1):
+        progress.step(step, len(settings.keep_fractions))
         if pruner == "sequential":
             prune_to_fraction(pruned, reference, fraction)  # type: ignore[arg-type]
         else:
@@ -156,11 +164,14 @@ def _prune(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: Classifi
             lr=settings.lr,
             teacher=teacher,
             desc=f"{recipe.name}: {chain.name} step {step}",
+            progress=progress,
         )
     return _Network(pruned, settings.model_dump() | {"pruner": pruner}, {"reference_widths": reference})
 
 
-def _lowrank(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split) -> _Network:
+def _lowrank(
+    parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: ClassifierRecipe, train: Split, progress: ModelProgress
+) -> _Network:
     """Truncated SVD of a copy of `parent`'s layers (not its output layer), then distillation."""
     assert train.labels is not None
     factorised = copy.deepcopy(parent)
@@ -176,6 +187,7 @@ def _lowrank(parent: nn.Module, teacher: nn.Module, chain: Chain, recipe: Classi
             lr=recipe.lowrank.lr,
             teacher=teacher,
             desc=f"{recipe.name}: {chain.name} fine-tune",
+            progress=progress,
         )
     return _Network(factorised, recipe.lowrank.model_dump() | {"ranks": ranks}, {})
 
@@ -184,15 +196,18 @@ def classifier_pipeline(recipe: ClassifierRecipe) -> PipelineResult:
     return last_stage(classifier_stages(recipe))
 
 
-def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
+def classifier_stages(recipe: ClassifierRecipe, progress: ModelProgress | None = None) -> Iterator[PipelineResult]:
     """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time.
 
     Every chain in the recipe is built after its parent (variants.chains); parents the
-    recipe does not list are built too and left out of the result."""
+    recipe does not list are built too and left out of the result. `progress` (by default
+    a ModelProgress of the recipe's model) is told every stage, step and epoch."""
+    progress = progress or ModelProgress(recipe.name)
     spec = load_spec(recipe.entry_point)
     train = spec.train.take(recipe.max_train_rows) if recipe.max_train_rows else spec.train
     assert train.labels is not None and spec.held_out.labels is not None
     teacher = spec.teacher
+    progress.stage(REFERENCE, "export" if spec.trained else "train")
     if not spec.trained:
         fit_classifier(
             teacher,
@@ -201,10 +216,12 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
             epochs=recipe.teacher_epochs,
             lr=recipe.teacher_lr,
             desc=f"{recipe.name}: train fp32",
+            progress=progress,
         )
     built = {
         REFERENCE: _variant("fp32", "fp32", teacher, spec.held_out, recipe={"teacher_epochs": recipe.teacher_epochs})
     }
+    progress.stage(REFERENCE, "made")
     labels = spec.held_out.labels
     result = PipelineResult(
         config=_config(recipe, spec, built[REFERENCE]),
@@ -218,7 +235,7 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
     def make(chain: Chain) -> BuiltVariant:
         parent = chain.parent.name
         if chain.last == "int8":
-            return _int8(built[parent], chain, recipe, train)
+            return _int8(built[parent], chain, recipe, train, progress)
         if chain.last == "distilled":
             if spec.student is None:
                 raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")
@@ -233,18 +250,19 @@ def classifier_stages(recipe: ClassifierRecipe) -> Iterator[PipelineResult]:
                 temperature=recipe.distill.temperature,
                 alpha=recipe.distill.alpha,
                 desc=f"{recipe.name}: distil student",
+                progress=progress,
             )
             step = _Network(student, recipe.distill.model_dump(), {})
         elif chain.last == "pruned":
-            step = _prune(networks[parent], teacher, chain, recipe, train)
+            step = _prune(networks[parent], teacher, chain, recipe, train, progress)
         else:
-            step = _lowrank(networks[parent], teacher, chain, recipe, train)
+            step = _lowrank(networks[parent], teacher, chain, recipe, train, progress)
         networks[chain.name] = step.module
         variant = _variant(chain.name, chain.kind, step.module, spec.held_out, source=parent, recipe=step.recipe)
         variant.architecture.update(step.architecture)
         return variant
 
-    yield from build_in_stages(result, recipe.variants, built, make)
+    yield from build_in_stages(result, recipe.variants, built, make, progress)
 
 
 def _config(recipe: ClassifierRecipe, spec: ClassifierSpec, fp32: BuiltVariant) -> ModelConfig:

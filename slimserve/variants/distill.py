@@ -9,6 +9,8 @@
 The loops are used for three jobs: training a classifier from labels (the teacher),
 distilling a student, and fine-tuning a pruned model between pruning steps (the pruned
 model is distilled from the unpruned teacher, which recovers more than labels alone).
+Each tells a `ModelProgress`, when given one, that its epochs begin and each one's end
+(the lines a log and the server's ListVariants show); the tqdm bar is for a terminal.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimserve.variants.models.encoder import SentenceEncoder
+from slimserve.variants.progress import ModelProgress
 
 
 def hinton_loss(
@@ -93,6 +96,7 @@ def fit_classifier(
     alpha: float = 0.7,
     seed: int = 0,
     desc: str = "train",
+    progress: ModelProgress | None = None,
 ) -> nn.Module:
     """Train from labels (teacher None) or distil with the Hinton loss from `teacher`."""
     torch.manual_seed(seed)
@@ -104,6 +108,8 @@ def fit_classifier(
     if teacher is not None:
         teacher.eval()
     model.train()
+    if progress is not None:
+        progress.loop(epochs)
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
         for _ in range(epochs):
             for rows in _batches(count, batch_size, rng):
@@ -117,6 +123,8 @@ def fit_classifier(
                         target = teacher(*x)
                     loss = hinton_loss(logits, target, y, temperature, alpha)
                 _step(optimizer, schedule, loss, bar)
+            if progress is not None:
+                progress.tick()
     return model.eval()
 
 
@@ -168,6 +176,7 @@ def fit_encoder(
     batch_size: int = 32,
     seed: int = 0,
     desc: str = "distil",
+    progress: ModelProgress | None = None,
 ) -> SentenceEncoder:
     """Distil an encoder: match the teacher's per-layer token states and its embedding.
 
@@ -187,6 +196,8 @@ def fit_encoder(
     targets_of = layer_map(len(model.layers), teacher.num_layers)
     lengths = mask_all.sum(axis=1)
     model.train()
+    if progress is not None:
+        progress.loop(epochs)
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
         for _ in range(epochs):
             for rows in _length_buckets(lengths, batch_size, rng):
@@ -207,6 +218,8 @@ def fit_encoder(
                 pooled, target = model.pool(states[-1], mask), model.pool(targets[-1], mask)
                 loss = token_term / len(states) + embedding_loss(pooled, target)
                 _step(optimizer, schedule, loss, bar)
+            if progress is not None:
+                progress.tick()
     return model.eval()
 
 

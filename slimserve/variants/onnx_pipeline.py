@@ -19,6 +19,7 @@ from slimserve.repository.hardware import threads_for
 from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.evaluate import classifier_scores, encoder_scores
 from slimserve.variants.pipeline import BuiltVariant, PipelineResult, datatype_of, graph_variant
+from slimserve.variants.progress import ModelProgress
 from slimserve.variants.quantize import quantize_best
 from slimserve.variants.recipes import OnnxRecipe
 
@@ -46,7 +47,11 @@ def _float_params(model: onnx.ModelProto) -> int:
     )
 
 
-def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
+def onnx_pipeline(recipe: OnnxRecipe, progress: ModelProgress | None = None) -> PipelineResult:
+    """fp32 is the user's graph; int8 is quantized from it. `progress` (by default a
+    ModelProgress of the recipe's model) is told each stage and the int8 candidates."""
+    progress = progress or ModelProgress(recipe.name)
+    progress.stage("fp32", "load")
     try:
         graph = recipe.path.read_bytes()
         model = onnx.load_from_string(graph)
@@ -74,13 +79,17 @@ def onnx_pipeline(recipe: OnnxRecipe) -> PipelineResult:
     fp32 = BuiltVariant(
         name="fp32", kind="fp32", onnx=graph, params=params, macs=None, recipe={"source": str(recipe.path)}
     )
+    progress.stage("fp32", "made")
+    progress.stage("int8", "int8")
     int8_graph, chosen, scores = quantize_best(
         graph,
         selection_score,
         calibration if recipe.quantization == "static" else None,
         timing_item={k: v[:1] for k, v in held_out.items()},
         threads=threads_for("cloud-cpu"),
+        progress=progress,
     )
+    progress.stage("int8", "made")
     int8 = graph_variant(
         fp32,
         "int8",

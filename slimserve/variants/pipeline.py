@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slimserve.repository.format import Datatype, ModelConfig, VariantKind
 from slimserve.variants.chains import REFERENCE, Chain, build_plan
+from slimserve.variants.progress import ModelProgress
 
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], dict[str, float]]]
 
@@ -48,6 +49,9 @@ def graph_variant(
     )
 
 
+# The progress stage of each chain step (variants.progress): what the step does.
+STEP_STAGES = {"distilled": "distill", "pruned": "prune", "lowrank": "lowrank", "int8": "int8", "int4": "int4"}
+
 # Built and published first, so that a new repository serves within minutes: the cheap
 # variants (no training beyond the reference's); the others follow (`slimserve build --staged`).
 FIRST_STAGE: tuple[str, ...] = ("fp32", "int8")
@@ -69,18 +73,25 @@ class PipelineResult:
 
 
 def build_in_stages(
-    result: PipelineResult, names: list[str], built: dict[str, BuiltVariant], make: Callable[[Chain], BuiltVariant]
+    result: PipelineResult,
+    names: list[str],
+    built: dict[str, BuiltVariant],
+    make: Callable[[Chain], BuiltVariant],
+    progress: ModelProgress,
 ) -> Iterator[PipelineResult]:
     """Build every chain `names` needs with `make`, each after its parent (variants.chains),
     FIRST_STAGE first. Yields `result` holding the variants of `names` built so far (the
     reference first; parents not in `names` left out): after the first stage if more are to
-    come, and at the end. `built` starts with the reference and collects every chain."""
+    come, and at the end. `built` starts with the reference and collects every chain.
+    `progress` is told each chain's stage (STEP_STAGES) before `make` and `made` after it."""
     plan = build_plan(names)
     first = [chain for chain in plan if chain.name in FIRST_STAGE]
     for stage in (first, [chain for chain in plan if chain not in first]):
         for chain in stage:
             if chain.name not in built:
+                progress.stage(chain.name, STEP_STAGES[chain.last])
                 built[chain.name] = make(chain)
+                progress.stage(chain.name, "made")
         result.variants = [built[REFERENCE]] + [built[n] for n in names if n in built and n != REFERENCE]
         if stage is first and len(result.variants) < len(set(names) | {REFERENCE}):
             yield result.snapshot()

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from slimserve.repository.profile import profile_sessions
 from slimserve.repository.sessions import make_session
+from slimserve.variants.progress import ModelProgress
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def quantize_best(
     timing_item: dict[str, np.ndarray],
     threads: int,
     candidates: tuple[QuantCandidate, ...] | None = None,
+    progress: ModelProgress | None = None,
 ) -> tuple[bytes, QuantCandidate, dict[str, dict[str, float]]]:
     """Quantize with every candidate; keep the fastest of those that preserve quality.
 
@@ -133,7 +135,8 @@ def quantize_best(
     QUALITY_TIE of the best score are timed side by side at batch 1 on `timing_item`; the
     best-scoring of those within SPEED_TIE of the fastest wins. Which settings are fast
     depends on the chip (VNNI, AMX), so this is measured, not assumed.
-    Returns (graph, settings, {label: {score, p50_ms (finalists only)}}).
+    Returns (graph, settings, {label: {score, p50_ms (finalists only)}}); `progress`, when
+    given, counts the candidates.
     """
     chosen = candidates or (DYNAMIC_CANDIDATES if calibration is None else STATIC_CANDIDATES)
     graphs: dict[str, tuple[bytes, QuantCandidate]] = {}
@@ -147,11 +150,15 @@ def quantize_best(
         except Exception as exc:  # ORT's symbolic shape inference asserts on some graphs (attention)
             log.info("int8: symbolic shape inference failed (%s); quantizing with ONNX shape inference only", exc)
             quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=True)
+        if progress is not None:
+            progress.loop(len(chosen), unit="candidate")
         for candidate in chosen:
             graph = _quantize(source, candidate, calibration, work)
             graphs[candidate.label] = (graph, candidate)
             report[candidate.label] = {"score": score(graph)}
             log.info("int8 %s: selection score %.4f", candidate.label, report[candidate.label]["score"])
+            if progress is not None:
+                progress.tick()
     best_score = max(r["score"] for r in report.values())
     finalists = [label for label, r in report.items() if r["score"] >= best_score - QUALITY_TIE]
     if len(finalists) == 1:

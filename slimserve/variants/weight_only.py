@@ -25,6 +25,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from tqdm import tqdm
 
+from slimserve.variants.progress import ModelProgress
+
 log = logging.getLogger(__name__)
 
 Scorer = Callable[[bytes], float]
@@ -98,6 +100,7 @@ def quantize_weight_only(
     block_size: int,
     embedding_block_size: int,
     rank_score: Scorer | None = None,
+    progress: ModelProgress | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """A mixed 4/8-bit graph within `max_drop` of the parent's selection score, as small as a
     greedy choice makes it (most harm per weight kept at 8 bits first).
@@ -105,7 +108,7 @@ def quantize_weight_only(
     `score(graph)` compares a graph's outputs with the parent's (1.0 = the same);
     `rank_score`, a cheaper one on fewer inputs, ranks the MatMuls (default: `score`).
     Returns the graph and what was chosen: which MatMuls stay 8-bit, each one's measured
-    loss at 4 bits alone, and the final score.
+    loss at 4 bits alone, and the final score. `progress`, when given, counts the MatMuls ranked.
     """
     rank_score = rank_score or score
     model = onnx.version_converter.convert_version(onnx.load_from_string(parent_onnx), INT4_OPSET)
@@ -113,9 +116,13 @@ def quantize_weight_only(
     with tempfile.TemporaryDirectory(prefix="slimserve-int4-") as tmp:
         work = Path(tmp)
         losses: dict[str, float] = {}
+        if progress is not None:
+            progress.loop(len(weights), unit="matmul")
         for weight in tqdm(weights, desc="int4: loss per MatMul", unit="matmul", leave=False):
             alone = _four_bit(model, {weight.node}, block_size, None).SerializeToString()
             losses[weight.node] = 1.0 - rank_score(alone)
+            if progress is not None:
+                progress.tick()
         # A MatMul kept at 8 bits costs about half a byte more per weight: keep first those
         # that lose the most quality per weight, until the losses left (which add up only
         # roughly) fit the budget; then measure, and keep one more while the graph misses it.

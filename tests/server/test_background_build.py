@@ -1,4 +1,4 @@
-"""The background build's output relay, on a real child process and a real pipe."""
+"""The background build's output relay and progress, on a real child process and a real pipe."""
 
 from __future__ import annotations
 
@@ -7,9 +7,25 @@ import logging
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
+from slimserve.protos import slimserve_pb2 as pb
+from slimserve.protos import slimserve_pb2_grpc
+from slimserve.server.core.data_plane import Admission, DataPlane
+from slimserve.server.core.registry import ModelRegistry
+from slimserve.server.core.shadow import ShadowSampler
+from slimserve.server.observe.activity import Activity
+from slimserve.server.observe.backlog import GrpcBacklog
+from slimserve.server.observe.feedback import RecentAnswers
+from slimserve.server.observe.metrics import ServingMetrics
+from slimserve.server.observe.recorder import CallRecorder
 from slimserve.server.process.background_build import BackgroundBuild
+from slimserve.server.transport.management import ManagementServicer
+from slimserve.server.transport.status import outcome_of
+from slimserve.variants.progress import ProgressLine
+from tests.fake_clock import FakeClock
 
 # A megabyte of progress-bar redraws ('\r', never '\n'), then a publication and a failure.
 CHILD = r"""
@@ -54,3 +70,115 @@ def test_what_is_still_building(tmp_path: Path) -> None:
         assert build.building(hosted) == []  # stopped: nothing is being built any more
 
     asyncio.run(scenario())
+
+
+# A build's progress as `slimserve build` logs it, behind a tqdm bar (drawn only where
+# TQDM_DISABLE is unset; its label has a word the relay passes) and the int8 chatter.
+PROGRESS_CHILD = r"""
+import os, sys, time
+from tqdm import tqdm
+for _ in tqdm(range(3), desc="error-free bar", file=sys.stdout):
+    time.sleep(0.01)
+print("INFO slimserve.variants.progress: progress model=digits variant=fp32,int8 stage=published elapsed_s=0")
+print("INFO slimserve.variants.build: digits: published fp32, int8 after 3 s; "
+      f"worker settings {os.environ.get('SLIMSERVE_WORKER_SETTINGS', 'unset')}")
+print("INFO slimserve.variants.quantize: int8 per-channel: selection score 0.98")
+print("INFO slimserve.variants.progress: progress model=digits variant=pruned stage=prune elapsed_s=2")
+print("INFO slimserve.variants.progress: "
+      "progress model=digits variant=pruned stage=prune step=1/2 epoch=1/4 elapsed_s=41 remaining_s=95")
+print("INFO slimserve.variants.progress: progress model=digits variant=distilled stage=distill elapsed_s=0")
+sys.stdout.flush()
+time.sleep(60)
+"""
+HOURS_S = 3 * 3600.0
+
+
+async def _until_reported(build: BackgroundBuild, key: tuple[str, str]) -> None:
+    for _ in range(600):  # the child's lines are read as they come: wait for the last one
+        if key in build.progress():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} never reported")
+
+
+def test_progress_lines_are_relayed_and_kept_per_variant_aged_on_the_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLIMSERVE_WORKER_SETTINGS", '{"worker_index": 0}')  # worker 0 of --workers builds
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        build = BackgroundBuild(tmp_path, command=[sys.executable, "-c", PROGRESS_CHILD], clock=clock)
+        await build.start()
+        try:
+            await _until_reported(build, ("digits", "distilled"))
+            now = build.progress()
+            assert now[("digits", "pruned")] == ProgressLine(
+                "digits", ("pruned",), "prune", 41.0, 95.0, step=1, steps=2, unit="epoch", done=1, total=4
+            )  # the latest line of a variant replaces the earlier ones
+            assert now[("digits", "fp32")].stage == now[("digits", "int8")].stage == "published"
+            clock.advance(30.0)  # no line since: the stage has run 30 s more, its estimate is 30 s less
+            pruned = build.progress()[("digits", "pruned")]
+            assert (pruned.elapsed_s, pruned.remaining_s) == (71.0, 65.0)
+            clock.advance(HOURS_S)
+            pruned = build.progress()[("digits", "pruned")]
+            assert (pruned.elapsed_s, pruned.remaining_s) == (71.0 + HOURS_S, 0.0)
+            assert build.progress()[("digits", "distilled")].remaining_s is None  # no estimate yet
+        finally:
+            await build.stop()
+        assert build.progress() == {}  # stopped: nothing is being built
+
+    with caplog.at_level(logging.INFO, logger="slimserve.server.process.background_build"):
+        asyncio.run(scenario())
+    messages = [r.getMessage() for r in caplog.records]
+    assert "build: progress model=digits variant=pruned stage=prune step=1/2 epoch=1/4 elapsed_s=41 remaining_s=95" in (
+        messages
+    )
+    assert "build: digits: published fp32, int8 after 3 s; worker settings unset" in messages  # no [worker 0] prefix
+    assert not any("error-free bar" in m for m in messages)  # tqdm draws nothing in the child
+    assert not any("selection score" in m for m in messages)
+
+
+def test_list_variants_shows_the_progress_of_each_variant_being_built(tmp_path: Path) -> None:
+    """Over real gRPC, on a server with nothing published yet (every planned variant building)."""
+    clock = FakeClock()
+
+    async def scenario() -> tuple[pb.ListVariantsResponse, pb.ListVariantsResponse]:
+        build = BackgroundBuild(tmp_path, command=[sys.executable, "-c", PROGRESS_CHILD], clock=clock)
+        registry = ModelRegistry()
+        recorder = CallRecorder(ServingMetrics(CollectorRegistry()))
+        plane = DataPlane(
+            registry, recorder, Admission(), GrpcBacklog(None), Activity(), ShadowSampler(0.0, recorder, lambda: 0.0),
+            RecentAnswers(0), outcome_of, clock,
+        )  # fmt: skip
+        server = grpc.aio.server()
+        slimserve_pb2_grpc.add_ManagementServicer_to_server(ManagementServicer(plane, registry, "key", build), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await build.start()
+        try:
+            await _until_reported(build, ("digits", "distilled"))
+            clock.advance(30.0)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = slimserve_pb2_grpc.ManagementStub(channel)
+                every = await stub.ListVariants(pb.ListVariantsRequest(), timeout=10)
+                digits = await stub.ListVariants(pb.ListVariantsRequest(model="digits"), timeout=10)
+        finally:
+            await build.stop()
+            await server.stop(None)
+        return every, digits
+
+    every, digits = asyncio.run(scenario())
+    building = {(b.model, b.name): b for b in every.building}
+    pruned = building[("digits", "pruned")]
+    assert pruned.HasField("progress")
+    progress = pruned.progress
+    assert (progress.stage, progress.step, progress.steps) == ("prune", 1, 2)
+    assert (progress.unit, progress.done, progress.total) == ("epoch", 1, 4)
+    assert (progress.elapsed_s, progress.remaining_s) == (71.0, 65.0)
+    distilled = building[("digits", "distilled")].progress
+    assert distilled.stage == "distill" and not distilled.HasField("remaining_s")  # no estimate yet: unset, not 0
+    assert building[("digits", "int8")].progress.stage == "published"
+    assert not building[("minilm", "fp32")].HasField("progress")  # not reported on yet
+    assert {b.model for b in digits.building} == {"digits"}
+    assert {b.name: b.progress.stage for b in digits.building}["pruned"] == "prune"

@@ -1,5 +1,6 @@
 """`serve --build-missing` on an empty repository: the server starts at once, says what it is
-building, answers as soon as fp32 and int8 are published, and gains the rest as they come."""
+building and how far each variant is, answers as soon as fp32 and int8 are published, and
+gains the rest as they come."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ BUILD_TIMEOUT_S = 600
 ALL = {"fp32", "int8", "pruned", "distilled"}
 
 
-def _state(address: str) -> tuple[int, set[str], set[str]]:
-    """(health status, variants served, variants still being built) of `digits`."""
+def _state(address: str, progress: list[slimserve_pb2.BuildingVariant] | None = None) -> tuple[int, set[str], set[str]]:
+    """(health status, variants served, variants still being built) of `digits`; the building
+    variants that report progress are added to `progress`."""
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
         listing = slimserve_pb2_grpc.ManagementStub(channel).ListVariants(
@@ -31,6 +33,8 @@ def _state(address: str) -> tuple[int, set[str], set[str]]:
         )
     served = {v.name for v in listing.variants if v.model == "digits"}
     building = {v.name for v in listing.building if v.model == "digits"}
+    if progress is not None:
+        progress += [v for v in listing.building if v.model == "digits" and v.HasField("progress")]
     return health, served, building
 
 
@@ -49,8 +53,9 @@ def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
             assert health == health_pb2.HealthCheckResponse.NOT_SERVING
         deadline = time.monotonic() + BUILD_TIMEOUT_S
         first_answer: set[str] | None = None
+        reported: list[slimserve_pb2.BuildingVariant] = []
         while True:
-            health, served, building = _state(server.address)
+            health, served, building = _state(server.address, reported)
             assert served | building == ALL or not building, (served, building)
             if health == health_pb2.HealthCheckResponse.SERVING and first_answer is None:
                 first_answer = served
@@ -70,3 +75,11 @@ def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
     log = server.log_path.read_text()
     assert "build: digits: published fp32, int8 after" in log
     assert "loaded digits" in log and "added pruned, distilled" in log
+    # How far the build is: in the log (every stage), and in ListVariants for what is not served yet.
+    for stage in ("train", "int8", "prune", "distill", "made", "evaluate", "profile", "measure", "published"):
+        assert f"stage={stage} " in log, stage
+    assert "build: progress model=digits variant=fp32 stage=train epoch=0/" in log
+    assert "%|" not in log  # no progress bar (tqdm) reaches the server's log
+    assert reported, "ListVariants never showed a variant's progress"
+    assert {v.name for v in reported} <= ALL and all(v.progress.stage for v in reported)
+    assert any(v.progress.unit == "epoch" and v.progress.total > 0 for v in reported), [v.progress for v in reported]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import grpc
@@ -16,12 +17,56 @@ from slimserve.server.transport.auth import caller_of
 from slimserve.server.transport.status import maps_errors
 
 
+class VariantProgress(Protocol):
+    """Where a build stands with one variant (`variants.progress.ProgressLine`)."""
+
+    @property
+    def stage(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def elapsed_s(self) -> float: ...
+    @property
+    def remaining_s(self) -> float | None: ...
+
+
 class BuildProgress(Protocol):
     """What ListVariants shows of a build in progress (`process.background_build`)."""
 
     def building(self, hosted: dict[str, list[str]]) -> list[tuple[str, str]]:
         """(model, variant) still being built, given the variants hosted now per model."""
         ...
+
+    def progress(self) -> Mapping[tuple[str, str], VariantProgress]:
+        """The latest progress of each (model, variant) the build has reported on, as of now."""
+        ...
+
+
+def _building(model: str, variant: str, progress: VariantProgress | None) -> pb.BuildingVariant:
+    if progress is None:
+        return pb.BuildingVariant(model=model, name=variant)
+    return pb.BuildingVariant(
+        model=model,
+        name=variant,
+        progress=pb.BuildProgress(
+            stage=progress.stage,
+            step=progress.step,
+            steps=progress.steps,
+            unit=progress.unit,
+            done=progress.done,
+            total=progress.total,
+            elapsed_s=progress.elapsed_s,
+            remaining_s=progress.remaining_s,  # None leaves it unset: no estimate yet
+        ),
+    )
 
 
 class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
@@ -42,6 +87,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
         building = (
             self._build.building({m: list(h.batchers) for m, h in self._registry.models.items()}) if self._build else []
         )
+        progress = self._build.progress() if self._build else {}
         if (
             request.model
             and any(model == request.model for model, _ in building)
@@ -52,7 +98,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
             names = [request.model] if request.model else list(self._registry.models)
         response = pb.ListVariantsResponse(
             building=[
-                pb.BuildingVariant(model=m, name=v) for m, v in building if not request.model or m == request.model
+                _building(m, v, progress.get((m, v))) for m, v in building if not request.model or m == request.model
             ]
         )
         for name in names:
