@@ -6,6 +6,12 @@ parameter strings of a megabyte — and sends them to a real server. None may ge
 (or UNKNOWN), the process must not crash or grow without bound, and a well-formed call
 afterwards must still be answered correctly. `make test` runs SLIMSERVE_FUZZ_EXAMPLES=2000
 cases; `make soak` runs 12,000.
+
+A second, structure-aware run aims at what a dimension-by-dimension check lets through on a
+model with narrow integer inputs and unbounded dimensions (`narrow_model`): shapes whose
+element count overflows int64, typed values beyond INT8 and UINT8 in their wider wire fields.
+Each must be INVALID_ARGUMENT naming the input, with nothing in the server's log, and every
+answer must be the right one.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from loadtest.serving import RunningServer
 from slimserve.repository.format import ModelEntry
 from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split
+from tests.server import narrow_model
 
 FUZZ_EXAMPLES = int(os.environ.get("SLIMSERVE_FUZZ_EXAMPLES", "2000"))
 CALL_TIMEOUT_S = 30.0
@@ -227,3 +234,112 @@ def test_malformed_requests_get_documented_codes_and_the_server_lives(
         logits = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(3, 10)
         expected = make_session(str(digits.variants["int8"].onnx_path), 1).run(None, {"images": images})[0]
         np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+NARROW_EXAMPLES = max(FUZZ_EXAMPLES // 4, 100)
+SMALL_COUNT = 64  # elements up to which a narrow case carries the contents its shape needs
+# Dimensions a per-dimension check accepts, large enough that a batch of 2 to 4 of them
+# overflows int64. numpy's product wraps around: [4, 2**62] claims 0 elements, [4, 2**62 + 1]
+# 4 and [3, (2**64 + 2) // 3] 2, which a request can then carry.
+HUGE_DIMS = [2**31, 2**32, 2**62, 2**62 + 1, 2**62 + 3, (2**64 + 2) // 3, (2**64 + 5) // 3, 2**63 - 1]
+INT8_EDGES = [-(2**31), -129, -128, -1, 0, 127, 128, 255, 256, 2**31 - 1]
+UINT8_EDGES = [0, 1, 127, 255, 256, 2**31, 2**32 - 1]
+
+
+@pytest.fixture(scope="module")
+def narrow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    workdir = tmp_path_factory.mktemp("narrow-fuzz")
+    narrow_model.write_narrow_model(workdir / "repo")
+    running = RunningServer(workdir / "repo", workdir, env=narrow_model.SERVER_ENV)
+    yield running
+    assert running.stop() == 0
+
+
+@st.composite
+def narrow_requests(draw: st.DrawFn) -> pb.ModelInferRequest:
+    """Both inputs of `narrow`, typed or raw, mostly in one shape of the right rank: small
+    shapes carry the values they need (now and then one beyond INT8 or UINT8, or at an edge),
+    huge ones carry a few, often as many as an int64 product that wrapped around would
+    expect. Choices are weighted with a seeded Random, as in `requests`."""
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+
+    def dim() -> int:
+        roll = rng.random()
+        return rng.randint(1, 6) if roll < 0.6 else rng.choice(HUGE_DIMS) if roll < 0.95 else rng.randint(-2, 2**63 - 1)
+
+    batch = rng.randint(1, 4) if rng.random() < 0.9 else rng.choice([0, 33, 2**62])
+    shape = [batch, dim()] if rng.random() < 0.9 else [batch, dim(), dim()]
+    shapes = [shape, shape if rng.random() < 0.9 else [batch, dim()]]
+    count = math.prod(shape) if min(shape) >= 0 else 0  # Python ints: exact
+    wrapped = (count + 2**63) % 2**64 - 2**63  # what numpy's int64 product makes of it
+    if count <= SMALL_COUNT:
+        size = count if rng.random() < 0.9 else rng.randint(0, 3)
+    else:
+        size = wrapped if 0 <= wrapped <= SMALL_COUNT and rng.random() < 0.7 else rng.randint(0, 3)
+    raw = rng.random() < 0.25
+    request = pb.ModelInferRequest(model_name=narrow_model.MODEL)
+    for (name, datatype, edges, (low, high), wire), tensor_shape in zip(
+        [("codes", "INT8", INT8_EDGES, (-128, 127), (-(2**31), 2**31 - 1)),
+         ("levels", "UINT8", UINT8_EDGES, (0, 255), (0, 2**32 - 1))],
+        shapes,
+        strict=True,
+    ):  # fmt: skip
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=tensor_shape)
+        values = [rng.randint(low, high) for _ in range(size)]
+        if values and rng.random() < 0.15:
+            values[rng.randrange(size)] = rng.choice([*edges, rng.randint(*wire)])
+        if raw:
+            request.raw_input_contents.append(np.array(values, dtype=np.int64).astype(np.uint8).tobytes())
+        elif datatype == "INT8":
+            tensor.contents.int_contents.extend(values)
+        else:
+            tensor.contents.uint_contents.extend(values)
+    return request
+
+
+def _narrow_expected(request: pb.ModelInferRequest) -> np.ndarray:
+    """The row sums `narrow` returns for a request it answered."""
+    codes, levels = request.inputs
+    if request.raw_input_contents:
+        raws = request.raw_input_contents
+        values = [np.frombuffer(raws[0], np.int8), np.frombuffer(raws[1], np.uint8)]
+    else:
+        values = [np.array(codes.contents.int_contents), np.array(levels.contents.uint_contents)]
+    total = values[0].astype(np.float64) + values[1].astype(np.float64)
+    return total.reshape(list(codes.shape)).sum(axis=1)
+
+
+def test_narrow_types_and_overflowing_shapes_are_refused_by_name(narrow_server: RunningServer) -> None:
+    codes: Counter[grpc.StatusCode] = Counter()
+    refusals: Counter[str] = Counter()  # by what the message says, numbers left out
+    wrong: list[str] = []
+    with grpc.insecure_channel(narrow_server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        @seed(20261125)
+        @settings(max_examples=NARROW_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(narrow_requests())
+        def one(request: pb.ModelInferRequest) -> None:
+            shown = f"{[list(t.shape) for t in request.inputs]} raw={bool(request.raw_input_contents)}"
+            try:
+                response = stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as error:
+                codes[error.code()] += 1
+                details = error.details() or ""
+                refusals["".join(c for c in details if not c.isdigit())[:48]] += 1
+                if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not details.startswith(
+                    ("input 'codes'", "input 'levels'", "inputs 'codes'", "inputs disagree")
+                ):
+                    wrong.append(f"{error.code().name}: {details[:200]} ← {shown}")
+                return
+            codes[grpc.StatusCode.OK] += 1
+            total = np.frombuffer(response.raw_output_contents[0], np.float32)
+            if not np.array_equal(total, _narrow_expected(request)):
+                wrong.append(f"OK with {total[:4]} ← {shown}")
+
+        one()
+    print(f"\nnarrow fuzz: {sum(codes.values())} cases, codes {dict(codes)}, refusals {refusals.most_common(12)}")
+    assert not wrong, wrong[:5]
+    assert codes[grpc.StatusCode.OK] > 0 and codes[grpc.StatusCode.INVALID_ARGUMENT] > 0
+    log = narrow_server.log_path.read_text().splitlines()
+    assert not [line for line in log if line.startswith(("Traceback", "ERROR", "CRITICAL"))], log[-40:]

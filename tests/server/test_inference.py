@@ -143,7 +143,7 @@ def _cases() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, str]]:
         ("path as model", path_as_model, grpc.StatusCode.INVALID_ARGUMENT, "model name '../digits' is not allowed"),
         ("unknown variant", unknown_variant, grpc.StatusCode.NOT_FOUND, "no variant 'fp8'"),
         ("wrong name", wrong_name, grpc.StatusCode.INVALID_ARGUMENT, "pixels"),
-        ("wrong dtype", wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "input 'images': datatype INT64, expected FP32"),
+        ("wrong dtype", wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "'images': datatype 'INT64', expected FP32"),
         ("wrong shape", wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "input 'images': dimension 2 is 14"),
         ("byte length", short_bytes, grpc.StatusCode.INVALID_ARGUMENT, "3132 bytes of raw contents, expected 3136"),
         ("raw and typed", both, grpc.StatusCode.INVALID_ARGUMENT, "both raw_input_contents and typed contents"),

@@ -8,10 +8,17 @@ Everything a caller controls is bounded here, before any work: the request id, t
 and size of parameters, typed contents (converted on the event loop, so above
 MAX_TYPED_VALUES they are refused in favour of raw contents), and each input's declared
 shape limits and value range (`TensorSpec.max_shape`, `min_value`, `max_value`).
+
+Sizes are Python ints: a shape's element count is exact however large its dimensions (a
+numpy product wraps around, and [4, 2**62] would claim to hold no element), and it must
+match the bytes or values the request carries. Typed contents travel in a wider field than
+INT8 or UINT8 (int32, uint32), so each value is checked against its datatype's range before
+it is narrowed. Names and lists the caller sent are quoted through `errors.shown`/`listed`.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +29,7 @@ from google.protobuf.message import DecodeError
 from slimserve.protos import inference_pb2 as pb
 from slimserve.repository.format import ModelConfig, TensorSpec
 from slimserve.server.core.request import InferenceRequest, InferenceResult
-from slimserve.server.errors import InvalidInputError
+from slimserve.server.errors import InvalidInputError, listed, shown
 from slimserve.server.transport.parameters import parameter_value
 
 DTYPES: dict[str, np.dtype] = {
@@ -40,10 +47,17 @@ MAX_PARAMETERS = 32
 MAX_PARAMETER_NAME_CHARS = 64
 MAX_PARAMETER_STRING_CHARS = 1024
 MAX_TYPED_VALUES = 65_536  # 2.8 ms of conversion on the event loop (AMD EPYC); raw bytes beyond
-# Which repeated field of InferTensorContents carries each datatype (FP16 has none: raw only).
-_TYPED_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
-                "INT32": "int_contents", "INT8": "int_contents", "UINT8": "uint_contents",
-                "BOOL": "bool_contents"}  # fmt: skip
+# Which repeated field of InferTensorContents carries each datatype, and the type its values
+# have on the wire: wider than INT8 and UINT8 (FP16 has no field: raw only).
+_TYPED_FIELD: dict[str, tuple[str, np.dtype]] = {
+    "FP32": ("fp32_contents", np.dtype(np.float32)),
+    "FP64": ("fp64_contents", np.dtype(np.float64)),
+    "INT64": ("int64_contents", np.dtype(np.int64)),
+    "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT8": ("int_contents", np.dtype(np.int32)),
+    "UINT8": ("uint_contents", np.dtype(np.uint32)),
+    "BOOL": ("bool_contents", np.dtype(np.bool_)),
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ def _check_request_fields(request: pb.ModelInferRequest) -> None:
         text = parameter_value(value)
         if isinstance(text, str) and len(text) > MAX_PARAMETER_STRING_CHARS:
             raise InvalidInputError(
-                f"parameter '{key}' is {len(text)} characters; at most {MAX_PARAMETER_STRING_CHARS}"
+                f"parameter {shown(key)} is {len(text)} characters; at most {MAX_PARAMETER_STRING_CHARS}"
             )
 
 
@@ -88,24 +102,79 @@ def _check_values(name: str, array: np.ndarray, spec: TensorSpec) -> None:
     ):
         lowest = "-inf" if spec.min_value is None else f"{spec.min_value:g}"
         highest = "inf" if spec.max_value is None else f"{spec.max_value:g}"
-        raise InvalidInputError(f"input '{name}': values must lie in [{lowest}, {highest}]; got {low} to {high}")
+        raise InvalidInputError(f"input {shown(name)}: values must lie in [{lowest}, {highest}]; got {low} to {high}")
 
 
 def _check_shape(name: str, shape: list[int], spec: TensorSpec, max_batch_size: int) -> None:
     if len(shape) != len(spec.shape):
-        raise InvalidInputError(f"input '{name}': expected {len(spec.shape)} dimensions {spec.shape}, got {shape}")
+        raise InvalidInputError(
+            f"input {shown(name)}: expected {len(spec.shape)} dimensions {spec.shape}, got {listed(shape)}"
+        )
     if any(d < 0 for d in shape):
-        raise InvalidInputError(f"input '{name}': shape {shape} has a negative dimension")
+        raise InvalidInputError(f"input {shown(name)}: shape {shape} has a negative dimension")
     if shape[0] < 1 or shape[0] > max_batch_size:
-        raise InvalidInputError(f"input '{name}': batch size {shape[0]} outside 1..{max_batch_size}")
+        raise InvalidInputError(f"input {shown(name)}: batch size {shape[0]} outside 1..{max_batch_size}")
     for axis, (got, want) in enumerate(zip(shape[1:], spec.shape[1:], strict=True), start=1):
         if want != -1 and got != want:
-            raise InvalidInputError(f"input '{name}': dimension {axis} is {got}, expected {want} (shape {spec.shape})")
+            raise InvalidInputError(
+                f"input {shown(name)}: dimension {axis} is {got}, expected {want} (shape {spec.shape})"
+            )
         if got == 0:
-            raise InvalidInputError(f"input '{name}': dimension {axis} is 0")
+            raise InvalidInputError(f"input {shown(name)}: dimension {axis} is 0")
         limit = spec.max_shape[axis] if spec.max_shape else -1
         if limit != -1 and got > limit:
-            raise InvalidInputError(f"input '{name}': dimension {axis} is {got}, at most {limit}")
+            raise InvalidInputError(f"input {shown(name)}: dimension {axis} is {got}, at most {limit}")
+
+
+def _check_range(name: str, datatype: str, field: str, values: np.ndarray) -> None:
+    """Typed contents narrowed to `datatype` keep their value: each lies in its range."""
+    dtype = DTYPES[datatype]
+    if dtype.kind not in "iu" or values.dtype == dtype:
+        return
+    info = np.iinfo(dtype)
+    low, high = int(values.min()), int(values.max())
+    if low < info.min or high > info.max:
+        raise InvalidInputError(
+            f"input {shown(name)}: contents.{field} holds {low if low < info.min else high}, "
+            f"outside {datatype}'s range [{info.min}, {info.max}]"
+        )
+
+
+def _decode_tensor(
+    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, raw: bytes | None, max_batch_size: int
+) -> np.ndarray:
+    """One input as numpy, from its raw bytes (`raw`) or else its typed contents."""
+    name = tensor.name
+    if tensor.datatype != spec.datatype:
+        raise InvalidInputError(f"input {shown(name)}: datatype {shown(tensor.datatype)}, expected {spec.datatype}")
+    shape = list(tensor.shape)
+    _check_shape(name, shape, spec, max_batch_size)
+    dtype = DTYPES[spec.datatype]
+    count = math.prod(shape)  # exact (module docstring): every size below compares Python ints
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInputError(
+                f"input {shown(name)}: {len(raw)} bytes of raw contents, expected "
+                f"{count * dtype.itemsize} for shape {shape} of {spec.datatype}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if spec.datatype not in _TYPED_FIELD:
+        raise InvalidInputError(
+            f"input {shown(name)}: {spec.datatype} has no typed contents field; send raw_input_contents"
+        )
+    if count > MAX_TYPED_VALUES:
+        raise InvalidInputError(
+            f"input {shown(name)}: {count} typed values; above {MAX_TYPED_VALUES} send raw_input_contents"
+        )
+    field, wire = _TYPED_FIELD[spec.datatype]
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input {shown(name)}: {len(values)} values in contents.{field}, expected {count} for shape {shape}"
+        )
+    array = np.asarray(values, dtype=wire)  # the field's own type: every value fits
+    _check_range(name, spec.datatype, field, array)
+    return array.astype(dtype, copy=False).reshape(shape)
 
 
 def read_parameters(request: pb.ModelInferRequest) -> dict[str, bool | int | float | str]:
@@ -124,10 +193,10 @@ def decode_request(
     given = [tensor.name for tensor in request.inputs]
     unknown = [name for name in given if name not in specs]
     if unknown:
-        raise InvalidInputError(f"unknown input(s) {unknown}; model '{config.name}' takes {list(specs)}")
+        raise InvalidInputError(f"unknown input(s) {listed(unknown)}; model '{config.name}' takes {list(specs)}")
     missing = [name for name in specs if name not in given]
     if missing or len(given) != len(set(given)):
-        raise InvalidInputError(f"inputs must be exactly {list(specs)} once each; got {given}")
+        raise InvalidInputError(f"inputs must be exactly {list(specs)} once each; got {listed(given)}")
     raw = list(request.raw_input_contents)
     if raw and any(tensor.HasField("contents") for tensor in request.inputs):
         raise InvalidInputError("both raw_input_contents and typed contents given; use one or the other")
@@ -136,37 +205,7 @@ def decode_request(
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         spec = specs[tensor.name]
-        if tensor.datatype != spec.datatype:
-            raise InvalidInputError(
-                f"input '{tensor.name}': datatype {tensor.datatype or '(none)'}, expected {spec.datatype}"
-            )
-        shape = list(tensor.shape)
-        _check_shape(tensor.name, shape, spec, config.max_batch_size)
-        dtype = DTYPES[spec.datatype]
-        count = int(np.prod(shape))
-        if raw:
-            if len(raw[index]) != count * dtype.itemsize:
-                raise InvalidInputError(
-                    f"input '{tensor.name}': {len(raw[index])} bytes of raw contents, expected "
-                    f"{count * dtype.itemsize} for shape {shape} of {spec.datatype}"
-                )
-            array = np.frombuffer(raw[index], dtype=dtype).reshape(shape)
-        else:
-            if spec.datatype not in _TYPED_FIELD:
-                raise InvalidInputError(
-                    f"input '{tensor.name}': {spec.datatype} has no typed contents field; send raw_input_contents"
-                )
-            if count > MAX_TYPED_VALUES:
-                raise InvalidInputError(
-                    f"input '{tensor.name}': {count} typed values; above {MAX_TYPED_VALUES} send raw_input_contents"
-                )
-            values = getattr(tensor.contents, _TYPED_FIELD[spec.datatype])
-            if len(values) != count:
-                raise InvalidInputError(
-                    f"input '{tensor.name}': {len(values)} values in contents.{_TYPED_FIELD[spec.datatype]}, "
-                    f"expected {count} for shape {shape}"
-                )
-            array = np.asarray(values, dtype=dtype).reshape(shape)
+        array = _decode_tensor(tensor, spec, raw[index] if raw else None, config.max_batch_size)
         _check_values(tensor.name, array, spec)
         arrays[tensor.name] = array
     batch_sizes = {a.shape[0] for a in arrays.values()}
@@ -182,7 +221,9 @@ def decode_request(
     outputs = [output.name for output in request.outputs]
     known_outputs = [spec.name for spec in config.outputs]
     if any(name not in known_outputs for name in outputs):
-        raise InvalidInputError(f"unknown output(s) in {outputs}; model '{config.name}' returns {known_outputs}")
+        raise InvalidInputError(
+            f"unknown output(s) in {listed(outputs)}; model '{config.name}' returns {known_outputs}"
+        )
     # Each requested output is encoded once per entry: a repeated name would multiply the
     # response (a 0.26 MB request could build a 984 MB answer), so a subset, each at most once.
     name, times = Counter(outputs).most_common(1)[0] if outputs else ("", 0)

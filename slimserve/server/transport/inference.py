@@ -1,5 +1,16 @@
 """Triton's gRPC inference service (Open Inference Protocol v2): convert, call the data
-plane, convert back. Errors map to codes in one place (`transport.status`)."""
+plane, convert back. Errors map to codes in one place (`transport.status`).
+
+ModelStatistics spells versions as Triton does, as integers, unless the request named a
+variant: perf_analyzer, asked for a model without `-x`, requests every version's entry and
+parses each entry's version with `std::stoll`, so a variant's name there aborts it. It then
+reports the highest-numbered version whose queue count rose in the window (and warns when
+several did): for a routed model, the share of the traffic that variant served. ModelConfig's
+`variants` parameter says which variant each number stands for (`core.versions`).
+
+A model or version name longer than any name can be (`format.MAX_NAME_CHARS`) is refused
+here, quoted short, before it is looked up: no message further on quotes a megabyte name.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +20,12 @@ import grpc
 
 from slimserve.protos import inference_pb2 as pb
 from slimserve.protos import inference_pb2_grpc
-from slimserve.repository.format import ModelConfig
+from slimserve.repository.format import MAX_NAME_CHARS, ModelConfig
 from slimserve.server.core.data_plane import DataPlane, Parameters
 from slimserve.server.core.model_control import ModelControl
 from slimserve.server.core.request import InferenceRequest, InferenceResult
-from slimserve.server.errors import InvalidInputError
+from slimserve.server.core.versions import version_numbers
+from slimserve.server.errors import InvalidInputError, listed, shown
 from slimserve.server.transport.auth import caller_of
 from slimserve.server.transport.codec import (
     MalformedRequest,
@@ -29,6 +41,14 @@ SERVER_NAME = "slimserve"
 SERVER_VERSION = "0.1.0"
 
 
+def named(name: str, what: str = "model") -> str:
+    """`name` as the caller sent it, if a model or variant (or version number) could be
+    called that; InvalidInputError quoting it short otherwise (module docstring)."""
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInputError(f"{what} name {shown(name)} is too long: at most {MAX_NAME_CHARS} characters")
+    return name
+
+
 @dataclass
 class OipCall:
     """One ModelInfer call as the data plane sees it (`core.data_plane.Call`)."""
@@ -41,11 +61,11 @@ class OipCall:
     def model(self) -> str:
         if isinstance(self.message, MalformedRequest):
             raise InvalidInputError(f"the message is not a ModelInferRequest: {self.message.reason}")
-        return self.message.model_name
+        return named(self.message.model_name)
 
     @property
     def version(self) -> str:
-        return "" if isinstance(self.message, MalformedRequest) else self.message.model_version
+        return "" if isinstance(self.message, MalformedRequest) else named(self.message.model_version, "version")
 
     def parameters(self) -> Parameters:
         assert not isinstance(self.message, MalformedRequest)  # `model` refused it
@@ -83,7 +103,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        hosted = self._plane.model(request.name, request.version)
+        hosted = self._plane.model(named(request.name), named(request.version, "version"))
         return pb.ModelReadyResponse(ready=self._plane.accepting and hosted.ready)
 
     async def ServerMetadata(
@@ -95,7 +115,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        hosted = self._plane.model(request.name, request.version)
+        hosted = self._plane.model(named(request.name), named(request.version, "version"))
         config = hosted.entry.config
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -110,7 +130,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        hosted = self._plane.model(request.name, request.version)
+        hosted = self._plane.model(named(request.name), named(request.version, "version"))
         return pb.ModelConfigResponse(config=triton_model_config(hosted.entry, list(hosted.batchers)))
 
     @maps_errors
@@ -126,17 +146,23 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         registry = self._plane.registry
-        hosted_models = [registry.get(request.name)] if request.name else list(registry.models.values())
+        name, asked = named(request.name), named(request.version, "version")
+        hosted_models = [registry.get(name)] if name else list(registry.models.values())
         response = pb.ModelStatisticsResponse()
         duration = pb.StatisticDuration
         for hosted in hosted_models:
-            variants = [hosted.variant(request.version)] if request.version else list(hosted.batchers)
-            for variant in variants:
+            if asked:  # as asked: Triton's clients look the version they asked for up
+                versions = {hosted.variant(asked): asked}
+            else:  # every served variant, by its Triton number (module docstring)
+                numbers = version_numbers(hosted.entry)
+                served = sorted(hosted.batchers, key=numbers.__getitem__)
+                versions = {variant: str(numbers[variant]) for variant in served}
+            for variant, version in versions.items():
                 stats = hosted.stats[variant]
                 executions = hosted.batchers[variant].executions
                 response.model_stats.add(
                     name=hosted.name,
-                    version=request.version or variant,  # as asked: Triton's clients look their version up
+                    version=version,
                     last_inference=stats.last_inference_ms,
                     inference_count=stats.inference_count,
                     execution_count=sum(executions.values()),
@@ -179,7 +205,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         self._check_model_control(request)
-        await self._control.load(request.model_name)
+        await self._control.load(named(request.model_name))
         return pb.RepositoryModelLoadResponse()
 
     @maps_errors
@@ -187,7 +213,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         self._check_model_control(request)
-        await self._control.unload(request.model_name)
+        await self._control.unload(named(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
     def _check_model_control(self, request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> None:
@@ -199,8 +225,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         unsupported = sorted(set(request.parameters) - {"unload_dependents"})
         if unsupported:
             raise InvalidInputError(
-                f"load/unload parameters are not supported ({unsupported}): put the files into the repository "
-                "folder and load the model by name"
+                f"load/unload parameters are not supported ({listed(unsupported)}): put the files into the "
+                "repository folder and load the model by name"
             )
 
 

@@ -1,6 +1,10 @@
 """The one table that maps domain errors to gRPC status codes, and the handler wrapper
 that applies it. Anything not in the table becomes INTERNAL with a generic message; the
-details go to the log."""
+details go to the log.
+
+A domain error's message quotes what the caller sent through `errors.shown`; as a backstop
+for any raiser that does not, no message leaves here longer than MAX_MESSAGE_CHARS: its
+middle is cut, so the start (what failed) and the end (what is allowed) both stay."""
 
 from __future__ import annotations
 
@@ -43,13 +47,23 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "internal error; see the server log"
+MAX_MESSAGE_CHARS = 1024  # of an error message sent to the caller (status details)
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message` with its middle cut to at most `limit` characters (module docstring)."""
+    if len(message) <= limit:
+        return message
+    cut = f" …(cut: {len(message)} characters in all)… "
+    keep = max(limit - len(cut), 0)
+    return message[: keep - keep // 4] + cut + message[len(message) - keep // 4 :]
 
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, message) for any exception raised while serving a call."""
     for kind in type(error).__mro__:
         if kind in STATUS_CODES:
-            return STATUS_CODES[kind], str(error)
+            return STATUS_CODES[kind], bounded(str(error))
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
