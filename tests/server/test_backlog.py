@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -17,9 +18,12 @@ from slimserve.server.observe.backlog import (
     SAMPLE_S,
     STANDING_S,
     WAIT_SHARE,
+    CallCount,
     GrpcBacklog,
+    _channelz_counts,
     newest_server_id,
 )
+from slimserve.server.transport.auth import MANAGEMENT, load_tokens, server_interceptors
 from tests.fake_clock import FakeClock
 
 HANDLER_S = 0.01
@@ -59,11 +63,12 @@ def test_calls_waiting_for_their_handler_are_counted_and_priced() -> None:
                 standing.append(backlog.wait_limit_ms(50.0) == target_ms)
             return b"ok"
 
-        server = grpc.aio.server()
+        count = CallCount()
+        server = grpc.aio.server(interceptors=[count])
         service = grpc.method_handlers_generic_handler("t.S", {"M": grpc.unary_unary_rpc_method_handler(handler)})
         server.add_generic_rpc_handlers((service,))
         port = server.add_insecure_port("127.0.0.1:0")
-        backlog = GrpcBacklog(newest_server_id(), clock)
+        backlog = GrpcBacklog(newest_server_id(), clock, count)
         await server.start()
         assert backlog.server_id is not None and not backlog.busy()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -82,6 +87,88 @@ def test_calls_waiting_for_their_handler_are_counted_and_priced() -> None:
         await server.stop(None)
 
     asyncio.run(scenario())
+
+
+def test_calls_taken_up_do_not_wait_and_calls_never_taken_up_leave_nothing_behind() -> None:
+    """The rule on fed counts: backlog = started − ended − (taken − over), on a fake clock."""
+    clock = FakeClock()
+    calls = CallCount()
+    backlog = GrpcBacklog(None, clock, calls)
+
+    def waiting(started: int, ended: int) -> int:
+        clock.advance(SAMPLE_S)
+        backlog.record(clock(), started, ended)
+        return backlog.backlog
+
+    calls.taken = 200  # idle Watch streams, or calls whose message never comes: taken up, open
+    assert waiting(200, 0) == 0
+    assert waiting(210, 0) == 10  # 10 more arrived and the loop has not taken them up
+    calls.taken += 4  # it takes 4 up; the callers of the other 6 give up first
+    assert waiting(210, 6) == 0  # (started − taken would count those 6 for ever)
+    calls.over += 4  # the 4 are answered
+    assert waiting(210, 10) == 0
+    started, ended = 210, 10
+    for _ in range(1000):  # a thousand more whose callers give up before they are taken up
+        started, ended = started + 1, ended + 1
+    assert waiting(started, ended) == 0
+    clock.advance(3 * 3600)  # hours later, the 200 still open: the counts neither drift nor decay
+    assert waiting(started + 5, ended) == 5
+    calls.over += 200  # the streams close
+    assert waiting(started + 5, ended + 200) == 5
+    assert waiting(started + 5, ended + 205) == 0  # the 5 ended before they were taken up
+
+
+def test_calls_taken_up_are_counted_until_their_task_ends() -> None:
+    """On a real grpc.aio server, the count first and the token check after it, as the app
+    installs them: calls with no token whose request message never comes (client-streaming
+    calls of a unary method that write nothing) are taken up and open until their callers
+    cancel them, and never count as waiting; an answered call is over once answered."""
+    token = "backlog-test-token-0123456789"
+    tokens = load_tokens(None, {MANAGEMENT: token})  # /t.S/M is no method the table names: management
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> None:
+        calls = CallCount()
+        server = grpc.aio.server(interceptors=[calls, *server_interceptors(tokens)])
+        service = grpc.method_handlers_generic_handler("t.S", {"M": grpc.unary_unary_rpc_method_handler(echo)})
+        server.add_generic_rpc_handlers((service,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        backlog = GrpcBacklog(newest_server_id(), calls=calls)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                silent = [channel.stream_unary("/t.S/M")() for _ in range(3)]
+                try:
+                    await asyncio.wait_for(until(lambda: calls.taken == 3), 30)
+                    backlog.sample()
+                    assert calls.open == 3 and backlog.backlog == 0  # open, and waiting for their client
+                    answered = await channel.unary_unary("/t.S/M")(
+                        b"x", metadata=(("authorization", f"Bearer {token}"),), timeout=30
+                    )
+                    assert answered == b"x"
+                    await asyncio.wait_for(until(lambda: calls.over == 1), 30)
+                finally:
+                    for call in silent:
+                        call.cancel()
+                    await asyncio.gather(*(call.code() for call in silent))
+            await asyncio.wait_for(until(lambda: calls.open == 0 and _ended(backlog.server_id) == 4), 30)
+            backlog.sample()
+            assert (calls.taken, calls.over, backlog.backlog) == (4, 4, 0)
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def _ended(server_id: int | None) -> int:
+    counts = _channelz_counts(server_id) if server_id is not None else None
+    return counts[1] if counts is not None else -1
 
 
 def _feed(backlog: GrpcBacklog, clock: FakeClock, waiting: list[int], started: int) -> int:

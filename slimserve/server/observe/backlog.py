@@ -4,17 +4,32 @@ grpc.aio takes every call the core receives and makes it a task on the event loo
 overload those tasks queue behind each other (first in, first out) before their handler
 runs: measured at 3× capacity, about a thousand of them, 0.7 s of waiting, while the
 handlers saw an empty batcher queue. gRPC's channelz counts every call when the core hands
-it to the application and when it ends, so
+it to the application and when it ends; `CallCount`, the server's first interceptor, counts
+every call when its task first runs — grpc.aio runs the interceptors first thing, before it
+reads the request message — and again when that task ends with the call. So
 
-    backlog = calls started − calls ended − calls inside our handlers
+    backlog = calls started − calls ended − calls taken up and not over
 
-and the wait of a call taken now is about backlog × the time per call, measured between
+counts the calls that have arrived and wait for the loop to take them up, and no others:
+an idle grpc.health.v1 Watch stream (open to everyone, tokens or not) or a call whose
+request message never comes is taken up and waits for its client, not for the loop.
+(Subtracting only the calls inside the data plane's handler counted those as waiting:
+200 idle Watch streams priced out every call with a 15-ms SLO, anyone's off switch.)
+Nothing drifts: a call that ends before it is taken up counts in neither `taken` nor
+`over`, and started and ended cancel it. The counts are read at one moment, but channelz
+is kept by the core's threads: a call that has just ended can count for a sample, and the
+clamp at zero covers the other order. Not counted: a call taken up whose message has
+arrived still waits one more turn of the loop before its handler runs; with the loop held
+by 10-ms handlers that was 2–4 calls at a time against dozens waiting to be taken up (17
+against 42 at the start of a burst of 60).
+
+The wait of a call taken now is about backlog × the time per call, measured between
 samples while there is a backlog as the lesser of the wall time and the process's CPU time
-per call handled. Under overload the two agree (on one core) or the wall time is the
-smaller (ONNX Runtime on other cores); at light load a call or two caught between the core
-and its handler over a mostly idle process made the wall time per call look like 20 ms of
-waiting, and calls that would have made a 15-ms SLO were refused: the CPU time says how
-little work was really ahead of them.
+per call handled (the data plane counts `handled`). Under overload the two agree (on one
+core) or the wall time is the smaller (ONNX Runtime on other cores); at light load a call or
+two caught between the core and its handler over a mostly idle process made the wall time
+per call look like 20 ms of waiting, and calls that would have made a 15-ms SLO were
+refused: the CPU time says how little work was really ahead of them.
 The data plane refuses a call at once, before decoding it, when that wait has used up its
 SLO — or, when the queue stands for it, more than its target, WAIT_SHARE of its SLO. The
 queue stands for a target by CoDel's rule with hysteresis: from when the wait stayed above
@@ -25,22 +40,29 @@ hovers around the target, dipping below it now and then, and the queue still sta
 wait that dips below the target within every interval — the small, passing queue of a
 light load on a shared machine — refuses nothing that could still make it.
 
-Sampling reads channelz (~0.3 ms on a 2-core AMD EPYC) every SAMPLE_S, and only while calls
-are in flight, so an idle server does not poll (the server's sampler loop). The estimate
-itself does not wait: it reads the time from `clock` (the router's `Clock`) when it samples
-and when it is asked, and `record` takes the time of the counts, so tests feed it counts on
-a fake clock and jump a day between bursts. Thread: owned by the event loop.
+Sampling reads channelz (~0.3 ms on a 2-core AMD EPYC) every SAMPLE_S, and only while the
+data plane's handlers hold calls (`handling`) or there was a backlog at the last sample, so
+an idle server does not poll, nor one holding only idle streams (the server's sampler loop).
+The estimate itself does not wait: it reads the time from `clock` (the router's `Clock`)
+when it samples and when it is asked, and `record` takes the time of the counts, so tests
+feed it counts on a fake clock and jump a day between bursts. Thread: owned by the event
+loop — the interceptor, the ends of the calls' tasks, the data plane's counts and the
+sampler all run there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from itertools import pairwise
 from types import MappingProxyType
+from typing import Any
+
+import grpc
 
 from slimserve.router.load import Clock
 
@@ -77,16 +99,57 @@ def newest_server_id() -> int | None:
         return None
 
 
-class GrpcBacklog:
-    """The estimated wait (ms) of a call before its handler runs (module docstring)."""
+class CallCount(grpc.aio.ServerInterceptor):
+    """The calls the event loop has taken up, as a server interceptor: each call is counted
+    when its task first runs (`taken`) and when that task ends (`over`).
 
-    def __init__(self, server_id: int | None, clock: Clock = time.monotonic) -> None:
+    grpc.aio runs the interceptors first thing in a call's own task (`_handle_rpc` →
+    `_find_method_handler`, in the task `_schedule_rpc_coro` created), before it reads the
+    request message, and the task ends when the call does: answered, refused or cancelled.
+    It goes first among the server's interceptors, so that none can keep a call from it
+    (the token check's refusals included), and it only counts: one done-callback on the
+    call's task. Thread: the event loop (interceptors and done-callbacks run there)."""
+
+    def __init__(self) -> None:
+        self.taken = 0  # calls whose task reached the interceptors, ever
+        self.over = 0  # of those, calls whose task has ended, ever
+
+    @property
+    def open(self) -> int:
+        """Calls taken up and not over: handlers at work, streams parked in theirs, calls
+        waiting for a request message."""
+        return self.taken - self.over
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        task = asyncio.current_task()
+        if task is not None:  # always, under grpc.aio: the call's own task
+            self.taken += 1
+            task.add_done_callback(self._end)
+        return await continuation(details)
+
+    def _end(self, task: asyncio.Task[Any]) -> None:
+        self.over += 1
+
+
+class GrpcBacklog:
+    """The estimated wait (ms) of a call before its handler runs (module docstring).
+
+    `calls` is the `CallCount` installed first on the server whose channelz id is
+    `server_id`; without one (no server, or a test that feeds counts), no call is seen taken
+    up and every open call counts as waiting."""
+
+    def __init__(self, server_id: int | None, clock: Clock = time.monotonic, calls: CallCount | None = None) -> None:
         self.server_id = server_id
         self._clock = clock
+        self.calls = calls if calls is not None else CallCount()
         self.backlog = 0
         self.call_ms = 0.0
-        self.handling = 0  # calls inside our handlers now (the data plane counts them)
-        self.handled = 0  # calls our handlers finished, ever
+        self.handling = 0  # calls inside the data plane's handler now (it counts them): worth sampling
+        self.handled = 0  # calls the data plane's handler finished, ever: the time per call is learned from them
         self._last: tuple[float, float, int] | None = (
             None  # (time, CPU time, handled) at the last sample with a backlog
         )
@@ -150,9 +213,10 @@ class GrpcBacklog:
 
     def record(self, now_s: float, started: int, ended: int, cpu_s: float | None = None) -> None:
         """Fold in channelz's counts of calls started and ended at `now_s`, when the process
-        had used `cpu_s` of CPU time (None: as much as the wall time, a process never idle)."""
+        had used `cpu_s` of CPU time (None: as much as the wall time, a process never idle),
+        with the calls taken up and not over now (`calls.open`)."""
         cpu_s = now_s if cpu_s is None else cpu_s
-        self.backlog = max(started - ended - self.handling, 0)
+        self.backlog = max(started - ended - self.calls.open, 0)
         if self.backlog == 0:
             self._last = None
         else:

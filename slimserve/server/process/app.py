@@ -44,7 +44,7 @@ from slimserve.server.core.profiles import ensure_profiles
 from slimserve.server.core.registry import HostedModelFactory, ModelRegistry
 from slimserve.server.core.shadow import ShadowSampler
 from slimserve.server.observe.activity import Activity
-from slimserve.server.observe.backlog import SAMPLE_S, GrpcBacklog, newest_server_id
+from slimserve.server.observe.backlog import SAMPLE_S, CallCount, GrpcBacklog, newest_server_id
 from slimserve.server.observe.feedback import RecentAnswers
 from slimserve.server.observe.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_PERIOD_S, LiveState
 from slimserve.server.observe.load_monitor import LoadMonitor
@@ -122,8 +122,12 @@ class App:
             INFERENCE: settings.inference_token.get_secret_value() if settings.inference_token else None,
             MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,
         })  # fmt: skip
-        self.server = grpc.aio.server(options=grpc_options(settings), interceptors=server_interceptors(tokens))
-        self.backlog = GrpcBacklog(newest_server_id(), clock=clock)  # the server just created is the newest
+        # The call count first, on this server alone: the backlog subtracts every call it has
+        # seen taken up (those the token check refuses too) from this server's channelz counts.
+        calls = CallCount()
+        interceptors = [calls, *server_interceptors(tokens)]
+        self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+        self.backlog = GrpcBacklog(newest_server_id(), clock, calls)  # the server just created is the newest
         self._backlog_watch: asyncio.Task[None] | None = None
         self.shadow = ShadowSampler(settings.shadow_fraction, self.recorder, lambda: self.load.cpu_utilization)
         self.plane = DataPlane(

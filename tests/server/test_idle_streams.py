@@ -1,0 +1,130 @@
+"""Calls that sit open without work cannot switch off SLO inference (issue 23, H1).
+
+The backlog estimate (`observe.backlog`) counts the calls that wait for the event loop.
+Before the fix it counted every open call outside the data plane's handler as waiting: an
+idle grpc.health.v1 Watch stream (open to everyone, tokens or not), or a ModelInfer call
+whose request message never came, looked like a call in the queue, and 200 of them priced
+every call with a 15-ms SLO out (on a 2-core AMD EPYC, 366–397 of these 400 calls refused
+UNAVAILABLE beside the streams, 356–400 beside the silent calls, in eight runs each). Here
+a real server with an inference token answers 400 calls with `slo_ms` 15, one after
+another, beside 200 idle Watch streams and beside 200 ModelInfer calls from a caller with
+no token that sent their headers and never their message, as it answers them alone: every
+one OK.
+
+The idle calls are on connections of their own (a local subchannel pool), as another
+client's would be; a Check on the same connection after them says the server has read all
+their headers (HTTP/2 frames of one connection arrive in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from loadtest.messages import digits_request
+from loadtest.serving import RunningServer
+from slimserve.server.transport.tls import ClientSecurity
+
+TOKEN = "idle-streams-token-0123456789"
+SLO_MS = 15.0
+CALLS = 400
+# The server samples its backlog every 20 ms while a call is in its handler. Calls that
+# follow each other at a steady pace can keep meeting the sampler between two calls, so the
+# caller pauses a random moment before each: the samples land anywhere in the calls' cycle.
+MAX_PAUSE_S = 0.004
+IDLE_CALLS = 200  # under the server's 256 concurrent streams per connection
+CALL_TIMEOUT_S = 30.0
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A fresh server for the module, with an inference token: nothing else calls it."""
+    running = RunningServer(
+        repository, tmp_path_factory.mktemp("idle-streams"), env={"SLIMSERVE_INFERENCE_TOKEN": TOKEN}
+    )
+    yield running
+    assert running.stop() == 0, running.log_tail()
+
+
+async def _slo_calls(address: str) -> Counter[str]:
+    """CALLS digits calls with `slo_ms` SLO_MS, one after another: their status codes, counted."""
+    codes: Counter[str] = Counter()
+    request = digits_request(slo_ms=SLO_MS)
+    pauses = random.Random(0)
+    async with ClientSecurity(token=TOKEN).aio_channel(address, OWN_CONNECTION) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(CALLS):
+            await asyncio.sleep(pauses.uniform(0, MAX_PAUSE_S))
+            try:
+                await stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+    return codes
+
+
+@asynccontextmanager
+async def _idle_watch_streams(address: str) -> AsyncIterator[None]:
+    """IDLE_CALLS Watch streams, each past its first answer (its handler runs), then idle."""
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        streams = [stub.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(IDLE_CALLS)]
+        try:
+            first = await asyncio.gather(*(stream.read() for stream in streams))
+            assert all(answer.status == health_pb2.HealthCheckResponse.SERVING for answer in first)
+            yield
+        finally:
+            for stream in streams:
+                stream.cancel()
+            await asyncio.gather(*(stream.code() for stream in streams))  # over before the channel closes
+
+
+@asynccontextmanager
+async def _bodiless_calls(address: str) -> AsyncIterator[None]:
+    """IDLE_CALLS ModelInfer calls with no token whose headers were sent and whose request
+    message never is: a client-streaming call of the unary method that writes nothing."""
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
+        open_call = channel.stream_unary(MODEL_INFER)
+        calls = [open_call() for _ in range(IDLE_CALLS)]
+        try:
+            await asyncio.gather(*(call.wait_for_connection() for call in calls))  # headers sent
+            health = health_pb2_grpc.HealthStub(channel)
+            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT_S)  # and read
+            assert not any(call.done() for call in calls)
+            yield
+        finally:
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*(call.code() for call in calls))
+
+
+def test_slo_calls_are_answered_alone(server: RunningServer) -> None:
+    """The baseline: a server with nothing else to do answers every call in its SLO."""
+    assert asyncio.run(_slo_calls(server.address)) == {"OK": CALLS}
+
+
+def test_idle_watch_streams_do_not_count_as_waiting_calls(server: RunningServer) -> None:
+    async def scenario() -> Counter[str]:
+        async with _idle_watch_streams(server.address):
+            return await _slo_calls(server.address)
+
+    assert asyncio.run(scenario()) == {"OK": CALLS}
+
+
+def test_calls_whose_message_never_comes_do_not_count_as_waiting_calls(server: RunningServer) -> None:
+    async def scenario() -> Counter[str]:
+        async with _bodiless_calls(server.address):
+            return await _slo_calls(server.address)
+
+    assert asyncio.run(scenario()) == {"OK": CALLS}
