@@ -8,21 +8,32 @@ way Prometheus' own aggregation would treat replicas:
   earliest;
 - gauges (queue depths, router state, CPU utilization) are per worker: each sample gains a
   `worker` label, since a sum of two routers' predictions means nothing.
-`slimserve_worker_up{worker}` says which workers answered this scrape (0: its numbers are
-missing from the sums until it answers again).
+`slimserve_worker_up{worker}` says which workers answered this scrape (0: its gauges are
+missing until it answers again).
+
+The merged sums never fall (`CounterCarry`): Prometheus reads any fall of a counter as a
+reset, so a sum that dropped for one scrape — a worker that missed it, or restarted and
+counts from zero — made `rate()`, the SLO alerts and the HPA's p95 rule spike. A worker that
+misses a scrape is summed with the values it last reported; a worker that restarted (its
+metrics URL changed, or any of its counts fell) is summed with what it had counted before,
+plus what it counts now. A worker whose exposition does not parse counts as not answering
+this scrape: the other workers' metrics are still served.
 
 prometheus-client's multiprocess mode was not used: it supports no custom collectors, and
 the serving metrics read a snapshot the event loop publishes (`observe.live_state`).
 
-Thread: `collect` runs in the exporter's HTTP thread; the supervisor's event loop replaces
-the endpoint mapping whole when a worker restarts, and `collect` reads one reference to it.
+Thread: `collect` runs in the exporter's HTTP threads (one per scrape, possibly several at
+once: `CounterCarry` takes a lock); the supervisor's event loop replaces the endpoint mapping
+whole when a worker restarts, and `collect` reads one reference to it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from prometheus_client.metrics_core import Metric
@@ -34,33 +45,137 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 2.0  # a worker that does not answer in this long is reported down for this scrape
 SUMMED = {"counter", "histogram", "summary"}
 
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 
-def merge(expositions: Mapping[int, str]) -> list[Metric]:
-    """The families of every worker's exposition text, merged (module docstring)."""
-    families: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+
+@dataclass
+class _Family:
+    documentation: str
+    type: str
+    unit: str
+    values: dict[SeriesKey, float] = field(default_factory=dict)
+
+
+def _parse(text: str) -> tuple[dict[str, _Family], dict[SeriesKey, float], dict[SeriesKey, str]]:
+    """A worker's exposition: its families (gauges with their values), the samples of its
+    summed families by series, and each of those series' family. Raises ValueError if it
+    does not parse."""
+    families: dict[str, _Family] = {}
+    summed: dict[SeriesKey, float] = {}
+    owners: dict[SeriesKey, str] = {}
+    for family in text_string_to_metric_families(text):
+        kept = families.setdefault(family.name, _Family(family.documentation, family.type, family.unit))
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if family.type in SUMMED:
+                summed[key] = sample.value
+                owners[key] = family.name
+            else:
+                kept.values[key] = sample.value
+    return families, summed, owners
+
+
+def _is_created(key: SeriesKey) -> bool:
+    return key[0].endswith("_created")
+
+
+@dataclass
+class _WorkerCounts:
+    url: str
+    last: dict[SeriesKey, float]  # the summed samples it last reported
+    carried: dict[SeriesKey, float] = field(default_factory=dict)  # what it counted before its restarts
+
+
+class CounterCarry:
+    """Per worker, the summed samples it last reported and what it counted before it last
+    restarted, so that the merged sums never fall (module docstring). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._workers: dict[int, _WorkerCounts] = {}
+        self._families: dict[str, _Family] = {}  # every summed family seen: its metadata
+        self._owners: dict[SeriesKey, str] = {}  # every summed series seen: its family
+
+    def totals(
+        self,
+        answers: Mapping[int, tuple[str, dict[SeriesKey, float]]],
+        families: Mapping[str, _Family],
+        owners: Mapping[SeriesKey, str],
+    ) -> dict[str, dict[SeriesKey, float]]:
+        """The sums to report per family, given this scrape's answers (worker → (its URL,
+        its summed samples)) and the summed families and series they named; workers known
+        before and missing from `answers` count with their last values."""
+        with self._lock:
+            self._families.update({name: f for name, f in families.items() if f.type in SUMMED})
+            self._owners.update(owners)
+            for worker, (url, values) in answers.items():
+                known = self._workers.get(worker)
+                if known is None:
+                    self._workers[worker] = _WorkerCounts(url, dict(values))
+                    continue
+                restarted = known.url != url or any(
+                    value < known.last[key]
+                    for key, value in values.items()
+                    if key in known.last and not _is_created(key)
+                )
+                if restarted:
+                    for key, value in known.last.items():
+                        if not _is_created(key):
+                            known.carried[key] = known.carried.get(key, 0.0) + value
+                known.url, known.last = url, dict(values)
+            totals: dict[str, dict[SeriesKey, float]] = {name: {} for name in self._families}
+            for counts in self._workers.values():
+                for key in counts.last.keys() | counts.carried.keys():
+                    sums = totals[self._owners[key]]
+                    if _is_created(key):
+                        if key in counts.last:
+                            sums[key] = min(sums.get(key, counts.last[key]), counts.last[key])
+                        continue
+                    sums[key] = sums.get(key, 0.0) + counts.last.get(key, 0.0) + counts.carried.get(key, 0.0)
+            return totals
+
+    def family(self, name: str) -> _Family:
+        with self._lock:
+            return self._families[name]
+
+
+def merge(
+    expositions: Mapping[int, str], carry: CounterCarry | None = None, urls: Mapping[int, str] | None = None
+) -> list[Metric]:
+    """The families of every worker's exposition text, merged (module docstring). With
+    `carry`, the sums go through it: workers it knew that are missing here count with their
+    last values. `urls` names each worker's endpoint, to tell a restart."""
+    carry = carry or CounterCarry()
+    families: dict[str, _Family] = {}
+    owners: dict[SeriesKey, str] = {}
+    gauges: dict[str, dict[SeriesKey, float]] = {}
+    answers: dict[int, tuple[str, dict[SeriesKey, float]]] = {}
     for worker, text in sorted(expositions.items()):
-        for family in text_string_to_metric_families(text):
-            merged = families.get(family.name)
-            if merged is None:
-                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-                values[family.name] = {}
-            found = values[family.name]
-            for sample in family.samples:
-                if family.type in SUMMED:
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
-                    if key not in found:
-                        found[key] = sample.value
-                    elif sample.name.endswith("_created"):
-                        found[key] = min(found[key], sample.value)
-                    else:
-                        found[key] += sample.value
-                else:
-                    labelled = (sample.name, tuple(sorted({**sample.labels, "worker": str(worker)}.items())))
-                    found[labelled] = sample.value
-    for name, merged in families.items():
-        merged.samples = [Sample(sample, dict(labels), value) for (sample, labels), value in values[name].items()]
-    return list(families.values())
+        try:
+            parsed, summed, owned = _parse(text)
+        except Exception as exc:  # foreign input: one worker's bad exposition must not fail the whole /metrics
+            log.warning("worker %d's metrics do not parse; counted as not answering: %s", worker, exc)
+            continue
+        answers[worker] = ((urls or {}).get(worker, ""), summed)
+        owners.update(owned)
+        for name, family in parsed.items():
+            families.setdefault(name, _Family(family.documentation, family.type, family.unit))
+            for (sample, labels), value in family.values.items():
+                labelled = (sample, tuple(sorted({**dict(labels), "worker": str(worker)}.items())))
+                gauges.setdefault(name, {})[labelled] = value
+    merged: list[Metric] = []
+    for name, sums in carry.totals(answers, families, owners).items():
+        family = carry.family(name)
+        metric = Metric(name, family.documentation, family.type, family.unit)
+        metric.samples = [Sample(sample, dict(labels), value) for (sample, labels), value in sums.items()]
+        merged.append(metric)
+    for name, family in families.items():
+        if family.type not in SUMMED:
+            metric = Metric(name, family.documentation, family.type, family.unit)
+            samples = gauges.get(name, {}).items()
+            metric.samples = [Sample(sample, dict(labels), value) for (sample, labels), value in samples]
+            merged.append(metric)
+    return merged
 
 
 class WorkerMetrics(Collector):
@@ -68,6 +183,7 @@ class WorkerMetrics(Collector):
 
     def __init__(self) -> None:
         self.endpoints: Mapping[int, str] = MappingProxyType({})  # worker → its /metrics URL
+        self._carry = CounterCarry()
 
     def collect(self) -> Iterator[Metric]:
         endpoints = self.endpoints  # one snapshot for the whole scrape
@@ -78,7 +194,7 @@ class WorkerMetrics(Collector):
                     texts[worker] = response.read().decode()
             except OSError as exc:
                 log.warning("worker %d did not answer its metrics scrape: %s", worker, exc)
-        yield from merge(texts)
+        yield from merge(texts, self._carry, endpoints)
         up = Metric("slimserve_worker_up", "whether each worker answered this scrape (1) or not (0)", "gauge")
         for worker in endpoints:
             up.add_sample("slimserve_worker_up", {"worker": str(worker)}, 1.0 if worker in texts else 0.0)
