@@ -188,3 +188,16 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
     with grpc.insecure_channel(server.address) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"inference.GRPCInferenceService", "slimserve.v1.Management", "grpc.health.v1.Health"} <= services
+
+
+def test_an_unknown_model_or_variant_is_refused_without_listing_what_is_served(server: RunningServer) -> None:
+    """ModelReady is open to every caller (the health group): its NOT_FOUND names what was
+    asked, never the models and variants served (issue 23, L2)."""
+    stub = inference_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+    for request in (pb.ModelReadyRequest(name="nope"), pb.ModelReadyRequest(name="digits", version="nope")):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelReady(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        details = refused.value.details()
+        assert "'nope'" in details
+        assert not any(name in details for name in ("minilm", "fp32", "int8", "pruned", "distilled")), details

@@ -28,7 +28,7 @@ from slimserve.router.policy import candidates
 from slimserve.server.core.batcher import DynamicBatcher
 from slimserve.server.core.session import VariantSession
 from slimserve.server.core.versions import variant_named
-from slimserve.server.errors import InvalidInputError, NotFoundError
+from slimserve.server.errors import InvalidInputError, NotFoundError, shown
 from slimserve.server.observe.live_state import LiveState, ModelLive, VariantLive
 from slimserve.server.observe.recorder import CallRecorder
 from slimserve.server.observe.statistics import VariantStats
@@ -57,7 +57,9 @@ class HostedModel:
         `core.versions`); NotFoundError if this model has none such."""
         variant = variant_named(self.entry, version)
         if variant not in self.batchers:
-            raise NotFoundError(f"model '{self.name}' has no variant '{variant}'; it has {list(self.batchers)}")
+            # The variants are not listed: ModelReady, which is open to every caller, answers
+            # with this message (ModelConfig's `variants` parameter lists them, to the inference group).
+            raise NotFoundError(f"model '{self.name}' has no variant {shown(variant)}")
         return variant
 
 
@@ -89,7 +91,8 @@ class ModelRegistry:
             check_name(name, "model")  # hosted names pass by construction: only misses pay for it
         except ValueError as exc:
             return InvalidInputError(str(exc))
-        return NotFoundError(f"unknown model '{name}'; serving {sorted(self._models)}")
+        # Not listed: any caller may ask ModelReady (RepositoryIndex lists them, to management).
+        return NotFoundError(f"unknown model {shown(name)}")
 
     def put(self, hosted: HostedModel) -> None:
         """Host `hosted` under its name: every call that resolves it from now on gets it."""
