@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-observability bench-reload bench-first-run soak loadtest test test-unit test-integration test-slow lint typecheck suite clean
+.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-observability bench-reload bench-first-run soak loadtest image test-image test test-unit test-integration test-slow lint typecheck suite clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ build: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile deploy/image/prometheus.Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
 
 typecheck: $(VENV)/.installed-test
@@ -102,6 +102,17 @@ loadtest: $(VENV)/.installed-test
 		-u $(LOADTEST_USERS) -r $(LOADTEST_USERS) -t $(LOADTEST_SECONDS)s --stop-timeout 10 \
 		--csv $(LOADTEST_OUT)/slimserve --only-summary $(LOADTEST_CLASSES)
 	@echo "CSV files and slimserve_summary.json are in $(LOADTEST_OUT)/"
+
+## image: build the container image (IMAGE, default slimserve:0.1.0) with a local Docker engine;
+## IMAGE_REPOSITORY=model_repository carries a built repository instead of building one in the image
+IMAGE ?= slimserve:0.1.0
+IMAGE_REPOSITORY ?=
+image:
+	IMAGE=$(IMAGE) IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) deploy/image/build.sh
+
+## test-image: build the image, then run it for real: health, answers, drain, non-root secrets, Prometheus (tests/image)
+test-image: image $(VENV)/.installed-test
+	SLIMSERVE_IMAGE=$(IMAGE) $(BIN)/pytest -q -p no:cacheprovider -m image tests/image
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="rescan the repository this often and load, reload, unload to match; 0: never")  # fmt: skip
 
     health = commands.add_parser("health", help="exit 0 if a server reports SERVING (container health checks)")
-    health.add_argument("--address", default="127.0.0.1:8001", help="server host:port (default 127.0.0.1:8001)")
+    health.add_argument("--address", help="server host:port (default: 127.0.0.1 and SLIMSERVE_HEALTH_PORT if "
+                        "set, else SLIMSERVE_GRPC_PORT, else 8001: the container's own server)")  # fmt: skip
     health.add_argument("--service", default="", help="service name to check; empty = the whole server")
     health.add_argument("--timeout-s", type=float, default=3.0)
     _client_security_flags(health)
@@ -213,12 +214,24 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_health_address() -> str:
+    """Where this container's server answers health checks, from the settings it was started
+    with: the plaintext health-only port if it has one (no TLS, no token needed), else its gRPC
+    port; so the image's HEALTHCHECK follows a changed port."""
+    port = os.environ.get("SLIMSERVE_HEALTH_PORT", "").strip()
+    if port in ("", "0"):  # none, or one picked at start that only the server knows
+        from slimserve.server.process.settings import Settings
+
+        port = os.environ.get("SLIMSERVE_GRPC_PORT", "").strip() or str(Settings.model_fields["grpc_port"].default)
+    return f"127.0.0.1:{port}"
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     security = _client_security(args)
-    with security.channel(args.address) as channel:
+    with security.channel(args.address or _own_health_address()) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service),
@@ -259,7 +272,7 @@ def _explain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )  # fmt: skip
     security = _client_security(args)
-    with security.channel(args.address) as channel:
+    with security.channel(args.address or _own_health_address()) as channel:
         try:
             answer = slimserve_pb2_grpc.ManagementStub(channel).Explain(
                 request, timeout=10, metadata=security.metadata()

@@ -52,7 +52,7 @@ def test_the_runtime_image_carries_the_serving_set_only() -> None:
     runtime = text.split("FROM ")[2]
     assert "COPY --from=builder /opt/venv /opt/venv" in runtime and "build-venv" not in runtime
     (serving_install,) = [line for line in text.splitlines() if "python -m venv /opt/venv" in line]
-    assert serving_install.rstrip().endswith("pip install --no-cache-dir .")
+    assert serving_install.rstrip().endswith("/opt/venv/bin/pip install .")
 
 
 def test_kubernetes_manifests_match_the_api_schemas() -> None:
@@ -62,6 +62,19 @@ def test_kubernetes_manifests_match_the_api_schemas() -> None:
     # The only resource without a schema is the Prometheus Operator's PodMonitor (a CRD).
     unchecked = [line for line in (result.stdout + result.stderr).splitlines() if "Couldn't find schema" in line]
     assert all("kind PodMonitor" in line for line in unchecked), unchecked
+
+
+def test_the_pod_can_read_its_tls_secret() -> None:
+    """The kubelet mounts secret files root-owned with the pod's fsGroup as their group and
+    defaultMode as their mode: the server's uid reads its key only through that group
+    (tests/image runs the image that way for real)."""
+    (deployment,) = _k8s("deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (tls,) = [volume for volume in pod["volumes"] if volume["name"] == "tls"]
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"].get("fsGroup") is not None, "without fsGroup uid 10001 cannot read tls.key"
+    assert tls["secret"]["defaultMode"] & 0o040, "the group must be allowed to read the secret's files"
+    assert not tls["secret"]["defaultMode"] & 0o007, "nobody else may"
 
 
 def test_kubernetes_objects_agree_with_each_other() -> None:
@@ -113,7 +126,10 @@ def test_compose_prometheus_and_grafana_files_agree() -> None:
             assert (DEPLOY / source).exists(), f"compose mounts {source}, which does not exist"
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert targets == ["slimserve:8002"] and "8002:8002" in services["slimserve"]["ports"]
+    assert targets == ["slimserve:8002"] and "127.0.0.1:8002:8002" in services["slimserve"]["ports"]
+    # Published on loopback only: Grafana's admin/admin and the open metrics are not for the network.
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published), published
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     (source,) = datasource["datasources"]
     assert source["url"] == "http://prometheus:9090"

@@ -108,7 +108,7 @@ def prometheus_and_server(repository: Path, tmp_path_factory: pytest.TempPathFac
     target = urllib.parse.urlparse(server.metrics_url).netloc
     prometheus = Prometheus(binary, target, tmp_path_factory.mktemp("prometheus"))
     try:
-        _drive_traffic(server.address, seconds=12.0)
+        drive_traffic(server.address, seconds=12.0)
         time.sleep(3 * SCRAPE_INTERVAL_S)  # let the last of it be scraped
         yield prometheus
     finally:
@@ -116,7 +116,7 @@ def prometheus_and_server(repository: Path, tmp_path_factory: pytest.TempPathFac
         assert server.stop() == 0
 
 
-def _drive_traffic(address: str, seconds: float) -> None:
+def drive_traffic(address: str, seconds: float) -> None:
     """Routed and pinned requests, some failures, feedback, both models, for `seconds`."""
     split = load_digits_split()[1]
     assert split.labels is not None
