@@ -16,11 +16,15 @@ the workers as fresh processes (never forked from a process with gRPC threads).
 - Health: every worker answers grpc.health.v1 on the shared port (and the health-only port)
   for itself; they load the same repository and report the same.
 - Start: worker 0 first (it measures any missing profile and, with --build-missing, runs the
-  build), then the others; the port file is written once all serve.
-- SIGTERM or SIGINT: passed to every worker, each drains as a single server does; the
+  build, and once it is done measures and stores the profile for the workers' thread count
+  that the others then read: `server.core.profiles`), then the others; the port file is
+  written once all serve.
+- SIGTERM or SIGINT, at any moment (also while a worker starts or restarts): passed to every
+  worker, each drains as a single server does (one still starting just stops); the
   supervisor exits 0 when all did.
 - A worker that dies is started again (at most MAX_RESTARTS within RESTART_WINDOW_S, then the
-  supervisor stops them all and exits 1: a crash loop must be seen, not hidden).
+  supervisor stops them all and exits 1: a crash loop must be seen, not hidden); a restart
+  that fails is tried again after a growing pause while the others serve.
 - State is per worker: statistics, Feedback, Explain and the management RPCs (load, unload)
   reach the one worker that holds the caller's connection. With several workers, change
   models through the repository and `--repository-poll-s` so that every worker follows.
@@ -40,9 +44,10 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Coroutine
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimserve.server.process.port_file import write_port_file
 from slimserve.server.process.settings import Settings
@@ -58,6 +63,8 @@ MAX_RESTARTS = 5  # worker deaths tolerated within RESTART_WINDOW_S
 RESTART_WINDOW_S = 300.0
 START_TIMEOUT_S = 600.0  # a worker measuring profiles or waiting for a first model can take minutes
 STOP_MARGIN_S = 10.0  # beyond the drain and the grace, before a worker that has not exited is killed
+RESTART_PAUSE_S = 1.0  # before trying again to start a worker whose restart failed; doubles per death
+MAX_RESTART_PAUSE_S = 30.0
 SECRETS = {"inference_token", "management_token"}
 
 
@@ -107,6 +114,7 @@ class Supervisor:
         self._holders: list[socket.socket] = []
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._metrics_ports: dict[int, int] = {}
+        self._served: set[int] = set()  # workers whose current process has served
         self._deaths: deque[float] = deque()
         self._scratch = Path(tempfile.mkdtemp(prefix="slimserve-workers-"))
         self.collector: WorkerMetrics | None = None
@@ -133,6 +141,7 @@ class Supervisor:
             sys.executable, "-m", "slimserve.cli", "serve", "--port-file", str(port_file), env=env
         )
         self._processes[index] = process
+        self._served.discard(index)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not port_file.exists():
             if process.returncode is not None:
@@ -146,6 +155,7 @@ class Supervisor:
         if metrics != "off":
             self._metrics_ports[index] = int(metrics)
             self._publish_endpoints()
+        self._served.add(index)
         log.info("worker %d serving (pid %d)", index, process.pid)
 
     def _publish_endpoints(self) -> None:
@@ -191,30 +201,53 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        stopping = asyncio.create_task(stop.wait())
         try:
             if settings.metrics:
                 self._start_metrics()
-            await self._start(0, grpc_port, health_port)  # first: it measures missing profiles, and builds
-            await asyncio.gather(*(self._start(i, grpc_port, health_port) for i in range(1, self.count)))
+            if not await self._unless_stopped(self._start_all(grpc_port, health_port), stopping):
+                log.info("stopped while the workers were starting")
+                return 0
             self._write_port_file(grpc_port, health_port)
             log.info("%d workers serving on port %d", self.count, grpc_port)
-            return await self._watch(stop, grpc_port, health_port)
+            return await self._watch(stopping, grpc_port, health_port)
         except WorkerStartError as exc:
             log.error("%s; stopping the workers", exc)
             return exc.code or 1
         finally:
+            stopping.cancel()
             await self._stop_all()
             for holder in self._holders:
                 holder.close()
             shutil.rmtree(self._scratch, ignore_errors=True)
 
+    async def _start_all(self, grpc_port: int, health_port: int | None) -> None:
+        await self._start(0, grpc_port, health_port)  # first: it measures missing profiles, and builds
+        await asyncio.gather(*(self._start(i, grpc_port, health_port) for i in range(1, self.count)))
+
+    @staticmethod
+    async def _unless_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Task[Any]) -> bool:
+        """Run `work` unless SIGTERM comes first: True when it finished, False when it was
+        cancelled for the stop (a worker still starting is then stopped with the others:
+        SIGTERM is honoured at any moment, not once the starts are over). Its errors propagate."""
+        task = asyncio.ensure_future(work)
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WorkerStartError):
+            await task
+        return False
+
     def _write_port_file(self, grpc_port: int, health_port: int | None) -> None:
         if self.port_file is not None:
             write_port_file(self.port_file, grpc_port, self.metrics_port, health_port)
 
-    async def _watch(self, stop: asyncio.Event, grpc_port: int, health_port: int | None) -> int:
-        """Until SIGTERM: start again any worker that died (bounded)."""
-        stopping = asyncio.create_task(stop.wait())
+    async def _watch(self, stopping: asyncio.Task[Any], grpc_port: int, health_port: int | None) -> int:
+        """Until SIGTERM: start again any worker that died (bounded). A restart that fails
+        counts as another death and is tried again after a pause, while the other workers
+        go on serving; only MAX_RESTARTS deaths within RESTART_WINDOW_S stop them all."""
         while True:
             exits = {asyncio.create_task(p.wait()): i for i, p in self._processes.items()}
             done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
@@ -235,7 +268,18 @@ class Supervisor:
                     return 1
                 self._metrics_ports.pop(index, None)
                 self._publish_endpoints()
-                await self._start(index, grpc_port, health_port)
+                try:
+                    if not await self._unless_stopped(self._start(index, grpc_port, health_port), stopping):
+                        return 0
+                except WorkerStartError as exc:  # its process has exited: the next round restarts it
+                    pause_s = min(RESTART_PAUSE_S * 2 ** (len(self._deaths) - 1), MAX_RESTART_PAUSE_S)
+                    log.error("%s; the other workers go on serving; trying again in %.0f s", exc, pause_s)
+                    if not await self._unless_stopped(asyncio.sleep(pause_s), stopping):
+                        return 0
+                    process = self._processes[index]
+                    if process.returncode is None:  # it did not serve in time: stop it before the next try
+                        process.kill()
+                        await process.wait()
 
     async def _stop_all(self) -> None:
         """SIGTERM to every worker; each drains; SIGKILL only past its grace and a margin."""
@@ -258,9 +302,17 @@ class Supervisor:
     def exit_codes(self) -> list[int | None]:
         return [p.returncode for p in self._processes.values()]
 
+    def stopped_cleanly(self) -> bool:
+        """Every worker exited 0, or was still starting when SIGTERM ended it (it had served
+        nothing, and may not have had its handler yet)."""
+        return all(
+            p.returncode == 0 or (p.returncode == -signal.SIGTERM and i not in self._served)
+            for i, p in self._processes.items()
+        )
+
 
 def serve_workers(settings: Settings, count: int, port_file: Path | None) -> int:
     """Run `count` workers until SIGTERM; 0 when they all stopped cleanly."""
     supervisor = Supervisor(settings, count, port_file)
     code = asyncio.run(supervisor.run())
-    return code or (0 if all(c == 0 for c in supervisor.exit_codes()) else 1)
+    return code or (0 if supervisor.stopped_cleanly() else 1)

@@ -1,0 +1,82 @@
+"""`--workers`: the supervisor honours SIGTERM while a worker starts, and a restart that fails
+does not stop the workers that serve (issue 23, M5). Real supervisors and workers; a worker is
+held in its start with SIGSTOP, or killed before it serves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import service_pb2_grpc
+
+from loadtest.messages import digits_request
+from loadtest.serving import serve_command, wait_until
+
+START_TIMEOUT_S = 300
+EXIT_TIMEOUT_S = 120
+
+
+def _workers(supervisor: int) -> list[int]:
+    path = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+
+def _start(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    port_file, log = tmp_path / "port", tmp_path / "server.log"
+    process = subprocess.Popen(
+        serve_command(repository, "--workers", "2", "--port-file", str(port_file)),
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return process, port_file, log
+
+
+def test_sigterm_while_a_worker_starts_stops_everything_cleanly(repository: Path, tmp_path: Path) -> None:
+    supervisor, port_file, log = _start(repository, tmp_path)
+    try:
+        # Worker 1 is started once worker 0 serves: hold it in its start.
+        second = wait_until(lambda: _workers(supervisor.pid)[1:], START_TIMEOUT_S, "worker 1")[0]
+        os.kill(second, signal.SIGSTOP)
+        supervisor.send_signal(signal.SIGTERM)
+        acted = "stopped while the workers were starting"
+        wait_until(lambda: acted in log.read_text() or supervisor.poll() is not None,
+                   EXIT_TIMEOUT_S, lambda: f"the supervisor to act on SIGTERM:\n{log.read_text()[-3000:]}")  # fmt: skip
+        os.kill(second, signal.SIGCONT)  # its pending SIGTERM (from the supervisor) now reaches it
+        code = supervisor.wait(timeout=EXIT_TIMEOUT_S)
+        assert code == 0, log.read_text()[-3000:]
+        assert not port_file.exists()  # it never claimed to serve with one worker missing
+        assert acted in log.read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+
+def test_a_failed_restart_leaves_the_other_worker_serving(repository: Path, tmp_path: Path) -> None:
+    supervisor, port_file, log = _start(repository, tmp_path)
+    try:
+        wait_until(port_file.exists, START_TIMEOUT_S, lambda: f"the port file:\n{log.read_text()[-3000:]}")
+        address = f"127.0.0.1:{port_file.read_text().split()[0]}"
+        first, second = _workers(supervisor.pid)
+        os.kill(second, signal.SIGKILL)
+        # Its replacement is killed before it serves: the restart fails.
+        replacement = wait_until(lambda: [p for p in _workers(supervisor.pid) if p not in (first, second)],
+                                 START_TIMEOUT_S, "a replacement worker")[0]  # fmt: skip
+        os.kill(replacement, signal.SIGKILL)
+        wait_until(lambda: "go on serving" in log.read_text() or supervisor.poll() is not None, EXIT_TIMEOUT_S,
+                   lambda: f"the failed restart:\n{log.read_text()[-3000:]}")  # fmt: skip
+        assert supervisor.poll() is None, f"one failed restart stopped every worker:\n{log.read_text()[-3000:]}"
+        with grpc.insecure_channel(address) as channel:  # worker 0 served throughout
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(digits_request(), timeout=30)
+        # And the next try brings the second worker back.
+        wait_until(lambda: len([p for p in _workers(supervisor.pid) if p not in (second, replacement)]) == 2
+                   and "worker 1 serving" in log.read_text().split("go on serving")[-1],
+                   START_TIMEOUT_S, lambda: f"worker 1 back:\n{log.read_text()[-3000:]}")  # fmt: skip
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=EXIT_TIMEOUT_S) == 0, log.read_text()[-3000:]
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
