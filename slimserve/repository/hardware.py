@@ -110,3 +110,10 @@ def fingerprint(threads: int, device: str = "cpu") -> HardwareFingerprint:
         threads=threads,
         device=device,
     )
+
+
+def same_machine(a: HardwareFingerprint, b: HardwareFingerprint) -> bool:
+    """Whether `a` and `b` are the same chip, cores, runtime and device, whatever their session
+    thread counts: the one field a profile of this machine measured elsewhere may differ in
+    when `serve --workers N` gives each worker cores ÷ N threads (`server.core.profiles`)."""
+    return a.model_dump(exclude={"threads"}) == b.model_dump(exclude={"threads"})

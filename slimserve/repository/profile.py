@@ -48,8 +48,10 @@ def profile_sessions(
     make_batch: BatchMaker,
     batch_sizes: list[int],
     seconds_per_batch_size: float,
+    bars: bool = True,
 ) -> dict[str, dict[int, LatencyStats]]:
-    """Latency per variant per batch size, all variants interleaved."""
+    """Latency per variant per batch size, all variants interleaved. `bars`: a tqdm bar per
+    batch size on stderr, for a terminal (a server's log gets none)."""
     names = list(sessions)
     results: dict[str, dict[int, LatencyStats]] = {name: {} for name in names}
     for batch in batch_sizes:
@@ -61,7 +63,7 @@ def profile_sessions(
             estimate += elapsed
         reps = int(np.clip(seconds_per_batch_size / max(estimate, 1e-6), MIN_REPS, MAX_REPS))
         samples: dict[str, list[float]] = {name: [] for name in names}
-        for rep in tqdm(range(reps), desc=f"profile batch {batch}", unit="rep", leave=False):
+        for rep in tqdm(range(reps), desc=f"profile batch {batch}", unit="rep", leave=False, disable=not bars):
             shift = rep % len(names)
             for name in names[shift:] + names[:shift]:
                 samples[name].append(_time_call(sessions[name], feed))
@@ -123,10 +125,12 @@ def profile_variants(
     settings: ProfileSettings,
     target: HardwareTarget,
     threads: int | None = None,
+    bars: bool = True,
 ) -> dict[str, Profile]:
     """Profile every graph on this machine as `target`, all side by side.
 
-    `threads` overrides the target's thread count (a server run with --session-threads).
+    `threads` overrides the target's thread count (a server run with --session-threads);
+    `bars` as in `profile_sessions`.
     """
     threads = threads or threads_for(target)
     sessions = {name: make_session(graph, threads) for name, graph in graphs.items()}
@@ -135,6 +139,7 @@ def profile_variants(
         lambda n: synthetic_batch(config.inputs, n, settings.seq_len),
         settings.batch_sizes,
         settings.seconds_per_batch_size,
+        bars,
     )
     note = f"{settings.seq_len} tokens per item" if any(-1 in t.shape[1:] for t in config.inputs) else ""
     return build_profiles(latencies, config.reference_variant, target, fingerprint(threads), note)

@@ -17,7 +17,7 @@ from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
 from slimserve.server.core.data_plane import Admission, DataPlane, LocalCall
 from slimserve.server.core.model_control import ModelControl
-from slimserve.server.core.profiles import ensure_profiles
+from slimserve.server.core.profiles import Profiler
 from slimserve.server.core.registry import HostedModelFactory, ModelRegistry
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.core.shadow import ShadowSampler
@@ -37,8 +37,9 @@ class ServingCore:
     """What `App` builds below the transport, on the real clock, accepting calls at once."""
 
     def __init__(self, repository: Path, executor: Executor, threads: int) -> None:
-        key = fingerprint(threads).key
-        models = ensure_profiles(load_repository(repository), key, "cloud-cpu", threads)
+        profiler = Profiler(fingerprint(threads), "cloud-cpu")
+        key = profiler.key
+        models = profiler.ensure(load_repository(repository))
         self.metrics = ServingMetrics(CollectorRegistry())
         self.recorder = CallRecorder(self.metrics)
         self.recorder.describe(models)
@@ -55,9 +56,7 @@ class ServingCore:
             ShadowSampler(0.0, self.recorder, lambda: 0.0), RecentAnswers(0), outcome_of, time.monotonic,
         )  # fmt: skip
         self.plane.start_accepting()
-        self.control = ModelControl(
-            self.registry, self.factory, self.recorder, repository, key, "cloud-cpu", 1, lambda: None
-        )
+        self.control = ModelControl(self.registry, self.factory, self.recorder, repository, profiler, 1, lambda: None)
 
     async def infer(self, request: InferenceRequest) -> InferenceResult:
         """One call through the data plane, as a front end makes it."""

@@ -4,7 +4,9 @@ gains the rest as they come."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from tritonclient.grpc import service_pb2_grpc
 from loadtest.messages import digits_request
 from loadtest.serving import RunningServer, wait_until
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.repository.format import load_model
+from slimserve.repository.hardware import fingerprint, usable_cores
+from slimserve.server.process.background_build import BackgroundBuild
 from tests.conftest import tiny_digits_recipe
 
 BUILD_TIMEOUT_S = 600
@@ -83,3 +88,63 @@ def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
     assert reported, "ListVariants never showed a variant's progress"
     assert {v.name for v in reported} <= ALL and all(v.progress.stage for v in reported)
     assert any(v.progress.unit == "epoch" and v.progress.total > 0 for v in reported), [v.progress for v in reported]
+
+
+@pytest.mark.slow
+def test_with_workers_no_worker_profiles_a_publication_and_one_stores_the_profile_once(tmp_path: Path) -> None:
+    """`make run`'s default, `--workers` one per core: each worker's sessions get fewer threads
+    than the build profiled with. No worker measures any publication while the build runs
+    (both did, at every publication, taking the cores from the niced build); once it is done,
+    worker 0 measures once and stores it, and worker 1 loads that."""
+    recipe = tmp_path / "digits.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_digits_recipe().model_dump(mode="json")))
+    threads = 1 if usable_cores() > 1 else 2  # not the build's thread count (every core)
+    env = {"SLIMSERVE_BUILD_RECIPES": json.dumps([str(recipe)]), "SLIMSERVE_SESSION_THREADS": str(threads)}
+    repo = tmp_path / "repo"
+    server = RunningServer(repo, tmp_path, "--workers", "2", "--build-missing", env=env, wait=False)
+    key = fingerprint(threads).key
+
+    def stored() -> bool:  # every served variant's file has the profile (the build is done: digits is there)
+        return all(key in v.manifest.profiles for v in load_model(repo / "digits").variants.values())
+
+    def reloaded_after_storing() -> bool:
+        log = server.log_path.read_text()
+        stored_at = log.find("measured this machine's profile")
+        return (
+            stored_at >= 0 and "[worker 1] INFO slimserve.server.core.model_control: reloaded digits" in log[stored_at:]
+        )
+
+    try:
+        wait_until(lambda: "background build finished" in server.log_path.read_text(), BUILD_TIMEOUT_S, "the build")
+        wait_until(stored, 120, lambda: f"the stored profiles; the log:\n{server.log_tail()}")
+        wait_until(reloaded_after_storing, 60, "worker 1 loading the stored profiles")
+    finally:
+        assert server.stop() == 0
+    log = server.log_path.read_text()
+    assert "measured one at start-up" not in log  # no worker profiled a publication
+    assert "[worker 1] INFO slimserve.server.core.profiles: digits: routing on this machine's profile for" in log
+    (line,) = [line for line in log.splitlines() if "measured this machine's profile" in line]
+    assert line.startswith("[worker 0] ") and f"for {threads} session thread(s)" in line
+    assert "%|" not in log
+
+
+def test_the_build_child_waits_passively_unless_told_otherwise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's OpenMP threads in the niced child must not spin for a partner that lost its core
+    to serving; an OMP_WAIT_POLICY in the server's environment is passed on as it is."""
+    report = "import os; print('built: OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+
+    async def child_policy() -> str:
+        build = BackgroundBuild(tmp_path, command=[sys.executable, "-c", report])
+        await build.start()
+        assert await build.wait() == 0
+        (line,) = [r.getMessage() for r in caplog.records if "OMP_WAIT_POLICY" in r.getMessage()]
+        caplog.clear()
+        return line.rsplit("=", 1)[1]
+
+    caplog.set_level("INFO", "slimserve.server.process.background_build")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert asyncio.run(child_policy()) == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert asyncio.run(child_policy()) == "ACTIVE"

@@ -6,7 +6,9 @@ per channel (a local subchannel pool), since the kernel spreads connections, not
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,16 +16,19 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.messages import digits_request
 from loadtest.serving import RunningServer, wait_until
-from slimserve.repository.hardware import usable_cores
+from slimserve.repository.format import VariantEntry, load_model
+from slimserve.repository.hardware import fingerprint, usable_cores
 from slimserve.server.process.metrics_merge import merge
 from slimserve.server.process.settings import Settings
 from slimserve.server.process.workers import WorkersConfigError, worker_count
+from tests.conftest import tiny_digits_recipe
 from tests.server.scrape import scrape, value
 
 CONNECTIONS = 16
@@ -119,6 +124,9 @@ def test_sigterm_drains_every_worker_and_a_dead_worker_is_replaced(repository: P
 
     pids = wait_until(replaced, 120, lambda: f"a worker in place of the killed one; its log:\n{running.log_tail(3000)}")
     assert first in pids  # the other worker kept serving throughout
+    # Once it serves: a SIGTERM during its start would stop it unstarted (test_supervisor.py).
+    wait_until(lambda: running.log_path.read_text().count("worker 1 serving") == 2, 120,
+               lambda: f"the new worker serving; the log:\n{running.log_tail(3000)}")  # fmt: skip
     channels = _channels(running.address)
 
     def call(index: int) -> str:
@@ -144,3 +152,38 @@ def test_sigterm_drains_every_worker_and_a_dead_worker_is_replaced(repository: P
     assert log.count("drained: every admitted call was answered") == 2, log[-3000:]
     for channel in channels:
         channel.close()
+
+
+def test_one_worker_measures_and_stores_the_profile_the_build_lacks_and_the_others_read_it(
+    digits_repo: Path, tmp_path: Path
+) -> None:
+    """`make run` on a built repository: the build (every core) profiled other threads than
+    the workers use. No worker measures on its own; once the build is done, worker 0 measures
+    once and stores, and worker 1 loads what it stored."""
+    recipe = tmp_path / "digits.yaml"  # digits is built: the background build finds nothing to do
+    recipe.write_text(yaml.safe_dump(tiny_digits_recipe().model_dump(mode="json")))
+    threads = 1 if usable_cores() > 1 else 2  # not the build's thread count
+    env = {"SLIMSERVE_BUILD_RECIPES": json.dumps([str(recipe)]), "SLIMSERVE_SESSION_THREADS": str(threads)}
+    running = RunningServer(digits_repo, tmp_path, "--workers", "2", "--build-missing", env=env)
+    key = fingerprint(threads).key
+
+    def served() -> list[VariantEntry]:
+        return list(load_model(digits_repo / "digits").variants.values())
+
+    try:
+        wait_until(lambda: all(key in v.manifest.profiles for v in served()), 120,
+                   lambda: f"the stored profiles; the log:\n{running.log_tail()}")  # fmt: skip
+        # Worker 1 borrowed the build's profile at start-up (unless worker 0 had stored its own
+        # by then): it loads the stored one when its poller sees the files change.
+        borrowed = re.compile(r"^\[worker 1\] INFO [\w.]+: digits: routing on this machine's profile", re.M)
+        reloaded = re.compile(r"^\[worker 1\] INFO [\w.]+: reloaded digits", re.M)
+        if borrowed.search(running.log_path.read_text()):
+            wait_until(lambda: reloaded.search(running.log_path.read_text()), 60, "worker 1 loading the stored profile")
+    finally:
+        assert running.stop() == 0
+    log = running.log_path.read_text()
+    assert "measured one at start-up" not in log  # no worker measured on its own
+    (stored,) = [line for line in log.splitlines() if "measured this machine's profile" in line]
+    assert stored.startswith("[worker 0] ") and f"for {threads} session thread(s)" in stored
+    assert all(v.manifest.profiles[key].hardware.threads == threads for v in served())
+    assert "%|" not in log  # no progress bar

@@ -11,6 +11,13 @@ while calls already admitted to the old batchers are served by them, which are t
 A variant whose graph (SHA-256) and the model's config are unchanged is not reloaded: its
 batcher, session and statistics carry over, and the new router adopts what the old one had
 learned (ModelRouter.adopt). So adding or removing one variant disturbs only that variant.
+Its profile for this machine carries over too when it was measured here; one borrowed from
+another thread count is borrowed again from the new files (`core.profiles`).
+
+`store_profiles` (once a background build has finished, in the process that ran it)
+measures each model of the repository that lacks a profile for this process's hardware,
+writes it into the model's files, and loads the model again from them; the other workers'
+pollers see the files change and do the same, without measuring.
 
 `RepositoryPoller` does the same for a folder that changes: every `--repository-poll-s`
 it compares each model folder's files (names, sizes, modification times) with what it last
@@ -43,10 +50,9 @@ from slimserve.repository.format import (
     model_folders,
     sha256_of,
 )
-from slimserve.repository.hardware import HardwareTarget
 from slimserve.router.build import UnroutableVariantError
 from slimserve.server.core.batcher import DynamicBatcher
-from slimserve.server.core.profiles import ensure_profiles
+from slimserve.server.core.profiles import Profiler
 from slimserve.server.core.registry import HostedModel, HostedModelFactory, ModelRegistry
 from slimserve.server.core.session import VariantSession
 from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
@@ -86,8 +92,7 @@ class ModelControl:
         factory: HostedModelFactory,
         recorder: CallRecorder,
         repository: Path,
-        hardware_key: str,
-        target: HardwareTarget,
+        profiler: Profiler,
         warmup_calls: int,
         on_change: Callable[[], None],
     ) -> None:
@@ -95,8 +100,7 @@ class ModelControl:
         self._factory = factory
         self._recorder = recorder
         self.repository = repository
-        self._hardware_key = hardware_key
-        self._target = target
+        self._profiler = profiler
         self._warmup_calls = warmup_calls
         self._on_change = on_change
         self._lock = asyncio.Lock()
@@ -172,7 +176,7 @@ class ModelControl:
                         f"the onnx_sha256 in its {MANIFEST_FILE} (a graph replaced without rebuilding its measurements)"
                     )
             self._carry_profiles(entry, old)
-            ensure_profiles({name: entry}, self._hardware_key, self._target, self._factory.threads)
+            self._profiler.ensure({name: entry})
             kept = self._unchanged(entry, old)
             sessions: dict[str, VariantSession] = {}
             for variant in set(entry.variants) - set(kept):
@@ -196,18 +200,41 @@ class ModelControl:
 
     def _carry_profiles(self, entry: ModelEntry, old: HostedModel | None) -> None:
         """This machine's profile of an unchanged graph, measured when the old version loaded
-        and kept only in memory, is still true: reuse it rather than profile again."""
+        and kept only in memory, is still true: reuse it rather than profile again. A borrowed
+        one is not carried: the new files may hold a better one to borrow."""
         if old is None:
             return
+        key = self._profiler.key
         for variant, loaded in entry.variants.items():
             previous = old.entry.variants.get(variant)
             if (
-                self._hardware_key not in loaded.manifest.profiles
+                key not in loaded.manifest.profiles
                 and previous is not None
                 and previous.manifest.onnx_sha256 == loaded.manifest.onnx_sha256
-                and self._hardware_key in previous.manifest.profiles
+                and self._profiler.measured_here(previous)
             ):
-                loaded.manifest.profiles[self._hardware_key] = previous.manifest.profiles[self._hardware_key]
+                loaded.manifest.profiles[key] = previous.manifest.profiles[key]
+
+    async def store_profiles(self) -> list[str]:
+        """Measure and store this process's profile of every model of the repository that
+        lacks one in its files, and load each again from them (module docstring); the models
+        done. A model that cannot be measured or written is logged and left as it is."""
+        loop = asyncio.get_running_loop()
+        done = []
+        for folder in model_folders(self.repository):
+            if not (folder / MODEL_FILE).is_file():
+                continue
+            try:
+                async with self._lock:  # no load of this model meanwhile
+                    stored = await loop.run_in_executor(None, self._profiler.store_measured, folder, self.repository)
+            except Exception as exc:  # a folder being replaced, a read-only repository, a graph that fails
+                log.warning("%s: this machine's profile was not stored: %s: %s", folder.name, type(exc).__name__, exc)
+                continue
+            if stored:
+                with contextlib.suppress(ModelLoadError):  # logged and kept for RepositoryIndex
+                    await self.load(folder.name)
+                done.append(folder.name)
+        return done
 
     @staticmethod
     def _unchanged(entry: ModelEntry, old: HostedModel | None) -> dict[str, DynamicBatcher]:

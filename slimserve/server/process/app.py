@@ -40,7 +40,7 @@ from slimserve.router.cpu import CpuAccount
 from slimserve.router.load import Clock
 from slimserve.server.core.data_plane import Admission, DataPlane
 from slimserve.server.core.model_control import ModelControl, RepositoryPoller
-from slimserve.server.core.profiles import ensure_profiles
+from slimserve.server.core.profiles import Profiler
 from slimserve.server.core.registry import HostedModelFactory, ModelRegistry
 from slimserve.server.core.shadow import ShadowSampler
 from slimserve.server.observe.activity import Activity
@@ -81,11 +81,13 @@ class App:
         if settings.hardware_profile == "edge":
             pin_to_one_core()
         threads = settings.session_threads or threads_for(settings.hardware_profile)
-        self.hardware_key = fingerprint(threads).key
+        # While a build publishes (--build-missing), a profile it measured with another thread
+        # count stands in for this process's until one is stored (`core.profiles`).
+        self.profiler = Profiler(fingerprint(threads), settings.hardware_profile, borrow=settings.build_missing)
+        self.hardware_key = self.profiler.key
         if settings.build_missing:
             settings.repository.mkdir(parents=True, exist_ok=True)
-        models = load_repository(settings.repository, allow_empty=settings.build_missing)
-        ensure_profiles(models, self.hardware_key, settings.hardware_profile, threads)
+        models = self.profiler.ensure(load_repository(settings.repository, allow_empty=settings.build_missing))
         # One worker per variant by default: a short batch of a cheap variant then runs beside a
         # long one instead of waiting for it (the cores are shared either way).
         workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
@@ -135,10 +137,11 @@ class App:
             RecentAnswers(settings.feedback_capacity), outcome_of, clock,
         )  # fmt: skip
         self.control = ModelControl(
-            self.registry, self.factory, self.recorder, settings.repository, self.hardware_key,
-            settings.hardware_profile, settings.warmup_calls, self._models_changed,
+            self.registry, self.factory, self.recorder, settings.repository, self.profiler,
+            settings.warmup_calls, self._models_changed,
         )  # fmt: skip
         self._poller: asyncio.Task[None] | None = None
+        self._after_build: asyncio.Task[None] | None = None
         self.build: BackgroundBuild | None = None
         # With --workers, worker 0 builds and the others load what it publishes.
         if settings.build_missing and not settings.worker_index:  # torch: `slimserve[build]`; serving needs none
@@ -244,6 +247,15 @@ class App:
             except Exception:  # the estimate must outlive any one bad sample
                 log.exception("sampling the gRPC backlog failed")
 
+    async def _store_profiles(self) -> None:
+        """Once the background build has finished: this process's profile of every model
+        that lacks one, measured once for every worker and stored (`core.profiles`), rather
+        than each worker measuring each publication while the build needs the cores."""
+        assert self.build is not None
+        await self.build.wait()
+        if self.plane.accepting:  # not stopping
+            await self.control.store_profiles()
+
     async def start(self) -> None:
         """Listen (health NOT_SERVING), warm every variant up, then report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -263,6 +275,7 @@ class App:
             self._poller = asyncio.get_running_loop().create_task(poller.run(), name="repository-poll")
         if self.build is not None:
             await self.build.start()
+            self._after_build = asyncio.get_running_loop().create_task(self._store_profiles(), name="store-profiles")
         self.plane.start_accepting()
         await self._set_health(self._serving_status())
         transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.client_ca else "TLS"
@@ -295,7 +308,7 @@ class App:
         await self.shadow.close()
         await self.registry.close()
         await self.load.stop()
-        for task in (self._publisher, self._backlog_watch, self._poller):
+        for task in (self._publisher, self._backlog_watch, self._poller, self._after_build):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
