@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from loadtest.messages import infer_request
-from loadtest.serving import serve_command
+from loadtest.serving import free_port, serve_command
 from slimserve.repository.sessions import make_session
 
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -90,12 +89,6 @@ class Server:
     command: Callable[[int, Path], list[str]]  # (gRPC port, scratch folder) -> argv
     variant: str = ""
     env: dict[str, str] = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def workloads(repository: Path) -> list[Workload]:
@@ -223,7 +216,7 @@ def in_process(work: Workload, seconds: float, core: int) -> Measured:
 def started(server: Server, scratch: Path, core: int | None, probe: bytes) -> Iterator[tuple[str, int]]:
     """The server running on `core` (None: every core), answering `probe`; stopped (SIGTERM,
     then SIGKILL) after."""
-    port = _free_port()
+    port = free_port()
     log = scratch / f"{server.name.replace(' ', '_')}.log"
     process = subprocess.Popen(
         server.command(port, scratch), stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -259,7 +252,7 @@ def _mlserver(bin_dir: Path, works: list[Workload], *, debug: bool, batching: bo
     def command(port: int, scratch: Path) -> list[str]:
         folder = Path(tempfile.mkdtemp(dir=scratch, prefix="mlserver-"))
         settings = {"debug": debug, "parallel_workers": workers, "host": "127.0.0.1", "grpc_port": port,
-                    "http_port": _free_port(), "metrics_port": _free_port()}  # fmt: skip
+                    "http_port": free_port(), "metrics_port": free_port()}  # fmt: skip
         (folder / "settings.json").write_text(json.dumps(settings, indent=2))
         for work in works:
             model = folder / work.model
@@ -297,7 +290,7 @@ def servers(repository: Path, works: list[Workload], peers: Path, only: set[str]
         def kserve(port: int, scratch: Path) -> list[str]:
             graphs = [f"{w.model}={w.graph.resolve()}" for w in works]
             return [str(ks / "python"), str(PEERS / "kserve_onnx.py"), "--grpc-port", str(port),
-                    "--http-port", str(_free_port()), *graphs]  # fmt: skip
+                    "--http-port", str(free_port()), *graphs]  # fmt: skip
 
         found.append(Server("KServe ModelServer", kserve))
     return [s for s in found if only is None or s.name.split()[0].lower() in only]

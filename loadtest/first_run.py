@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as triton
 
+from loadtest.messages import MINILM_INPUTS, triton_inputs
 from loadtest.serving import cpu_model
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 
@@ -42,11 +43,7 @@ def _digits_ok(client: triton.InferenceServerClient) -> bool:
 
 
 def _minilm_ok(client: triton.InferenceServerClient) -> bool:
-    tensors = []
-    for name in ("input_ids", "attention_mask"):
-        tensor = triton.InferInput(name, [1, 8], "INT64")
-        tensor.set_data_from_numpy(np.ones((1, 8), np.int64))
-        tensors.append(tensor)
+    tensors = triton_inputs({name: np.ones((1, 8), np.int64) for name in MINILM_INPUTS})
     return client.infer("minilm", tensors, client_timeout=10).as_numpy("embedding") is not None
 
 

@@ -12,10 +12,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as pb
 
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}  # what the built-in models take
 DIGITS_SHAPE = (1, 28, 28)  # one row of `digits`: a 28×28 grey image, one channel
+
+
+def _datatype(name: str, array: np.ndarray) -> str:
+    if array.dtype not in DATATYPES:
+        raise ValueError(f"input {name!r}: dtype {array.dtype}, not one of {sorted(map(str, DATATYPES))}")
+    return DATATYPES[array.dtype]
+
+
+def triton_inputs(inputs: Mapping[str, np.ndarray]) -> list[triton.InferInput]:
+    """`inputs` (name → array, in the model's input order) as tritonclient's InferInputs, for
+    `InferenceServerClient.infer`: the same datatypes as `infer_request`."""
+    tensors = []
+    for name, array in inputs.items():
+        tensor = triton.InferInput(name, list(array.shape), _datatype(name, array))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
 
 
 def infer_request(
@@ -31,9 +49,7 @@ def infer_request(
     `variant` empty lets the router choose; `slo_ms` None sends no SLO of its own."""
     request = pb.ModelInferRequest(model_name=model, model_version=variant, id=request_id)
     for name, array in inputs.items():
-        if array.dtype not in DATATYPES:
-            raise ValueError(f"input {name!r}: dtype {array.dtype}, not one of {sorted(map(str, DATATYPES))}")
-        request.inputs.add(name=name, datatype=DATATYPES[array.dtype], shape=list(array.shape))
+        request.inputs.add(name=name, datatype=_datatype(name, array), shape=list(array.shape))
         request.raw_input_contents.append(array.tobytes())
     if slo_ms is not None:
         request.parameters["slo_ms"].double_param = slo_ms
@@ -52,6 +68,9 @@ def digits_request(
     if images is None:
         images = np.zeros((rows, *DIGITS_SHAPE), np.float32)
     return infer_request("digits", {"images": images}, variant=variant, request_id=request_id, slo_ms=slo_ms)
+
+
+MINILM_INPUTS = ("input_ids", "attention_mask")
 
 
 def minilm_request(

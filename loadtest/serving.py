@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,13 @@ def wait_until(
             raise TimeoutError(f"waited {timeout_s:g} s for {what() if callable(what) else what}")
         time.sleep(interval_s)
     return result
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a program that cannot be given port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def serve_command(repository: Path, *extra: str, grpc_port: int = 0, python: str = sys.executable) -> list[str]:

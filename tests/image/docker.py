@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+
+from loadtest.serving import free_port
 
 DOCKER_TIMEOUT_S = 120  # any one CLI call; `docker stop` is given its grace on top
 
@@ -33,12 +34,6 @@ def docker(*args: str, check: bool = True, timeout_s: float = DOCKER_TIMEOUT_S) 
     if check and finished.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} exited {finished.returncode}: {finished.stderr.strip()}")
     return finished
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Container:

@@ -31,10 +31,11 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from loadtest.serving import wait_until
+from loadtest.messages import MINILM_INPUTS, triton_inputs
+from loadtest.serving import free_port, wait_until
 from slimserve.repository.sessions import make_session
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
-from tests.image.docker import Container, docker, docker_missing, free_port
+from tests.image.docker import Container, docker, docker_missing
 from tests.server.pki import make_pki
 from tests.server.test_prometheus import SUBSTITUTIONS, dashboard_queries, drive_traffic
 
@@ -108,9 +109,7 @@ def shipped_repository(serving: Container, tmp_path_factory: pytest.TempPathFact
 
 
 def _digits_input(rows: int) -> triton.InferInput:
-    images = load_digits_split()[1].inputs["images"][:rows]
-    tensor = triton.InferInput("images", list(images.shape), "FP32")
-    tensor.set_data_from_numpy(images)
+    (tensor,) = triton_inputs({"images": load_digits_split()[1].inputs["images"][:rows]})
     return tensor
 
 
@@ -145,11 +144,7 @@ def test_digits_answers_equal_onnx_runtime_in_process(
 
 def test_minilm_answers_equal_onnx_runtime_in_process(serving: Container, shipped_repository: Path) -> None:
     tokens = minilm_tokenizer()(["A container must answer what the library answers."] * 2, pad_to=16)
-    inputs = []
-    for name in ("input_ids", "attention_mask"):
-        tensor = triton.InferInput(name, list(tokens[name].shape), "INT64")
-        tensor.set_data_from_numpy(tokens[name])
-        inputs.append(tensor)
+    inputs = triton_inputs({name: tokens[name] for name in MINILM_INPUTS})
     with triton.InferenceServerClient(serving.address) as client:
         result = client.infer("minilm", inputs, model_version="fp32")
     onnx = shipped_repository / "minilm" / "fp32" / "model.onnx"

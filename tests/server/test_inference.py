@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as inference_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from loadtest.messages import digits_request
+from loadtest.messages import MINILM_INPUTS, digits_request, triton_inputs
 from loadtest.serving import RunningServer
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.repository.format import ModelEntry
@@ -57,11 +57,7 @@ def test_tritonclient_digits_equals_in_process_onnxruntime(
 def test_tritonclient_minilm_equals_in_process_onnxruntime(server: RunningServer, minilm: ModelEntry) -> None:
     tokens = minilm_tokenizer()(["Serving compressed models.", "The quick brown fox."], pad_to=16)
     with triton.InferenceServerClient(server.address) as client:
-        inputs = []
-        for name in ("input_ids", "attention_mask"):
-            tensor = triton.InferInput(name, list(tokens[name].shape), "INT64")
-            tensor.set_data_from_numpy(tokens[name])
-            inputs.append(tensor)
+        inputs = triton_inputs({name: tokens[name] for name in MINILM_INPUTS})
         result = client.infer("minilm", inputs, model_version="int8")
     expected = make_session(str(minilm.variants["int8"].onnx_path), 1).run(None, tokens)[0]
     np.testing.assert_allclose(result.as_numpy("embedding"), expected, atol=TOLERANCE)

@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from loadtest.messages import MINILM_INPUTS, triton_inputs
 from loadtest.serving import RunningServer, wait_until
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.router.cpu import TARGET_UTILIZATION
@@ -94,11 +95,7 @@ def test_shadow_comparison_runs_after_the_answer_and_exports_fidelity(shadowing_
     labels = dict(model="minilm", variant="distilled")
     # A long batch makes the fp32 shadow take far longer than the distilled answer.
     tokens = minilm_tokenizer()(["A sentence to embed, padded to a long length."] * 16, pad_to=256)
-    inputs = []
-    for name in ("input_ids", "attention_mask"):
-        tensor = triton.InferInput(name, list(tokens[name].shape), "INT64")
-        tensor.set_data_from_numpy(tokens[name])
-        inputs.append(tensor)
+    inputs = triton_inputs({name: tokens[name] for name in MINILM_INPUTS})
 
     def counts() -> tuple[float, float, float]:
         """(comparisons of distilled, minilm's skipped samples, agreement of distilled)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -23,7 +22,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from loadtest.serving import RunningServer
+from loadtest.messages import MINILM_INPUTS, triton_inputs
+from loadtest.serving import RunningServer, free_port
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.variants.data import load_digits_split, minilm_tokenizer
 
@@ -38,12 +38,6 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) for every target of every panel."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
     return [(panel["title"], target["expr"]) for panel in panels for target in panel["targets"]]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _prometheus_binary() -> str:
@@ -64,7 +58,7 @@ class Prometheus:
             f"global:\n  scrape_interval: {SCRAPE_INTERVAL_S}s\n  evaluation_interval: {SCRAPE_INTERVAL_S}s\n"
             f"scrape_configs:\n  - job_name: slimserve\n    static_configs:\n      - targets: ['{target}']\n"
         )
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self._log = open(workdir / "prometheus.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
@@ -134,11 +128,7 @@ def drive_traffic(address: str, seconds: float) -> None:
                          parameters={"slo_ms": 0.05 if sent % 7 == 0 else 50})  # fmt: skip
             labels = [int(x) for x in split.labels[sent % 400 : sent % 400 + 2]]
             management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", request_id=f"r{sent}", labels=labels))
-            inputs = []
-            for name in ("input_ids", "attention_mask"):
-                text = triton.InferInput(name, list(tokens[name].shape), "INT64")
-                text.set_data_from_numpy(tokens[name])
-                inputs.append(text)
+            inputs = triton_inputs({name: tokens[name] for name in MINILM_INPUTS})
             client.infer("minilm", inputs, model_version=["", "int8"][sent % 2])
             if sent % 10 == 0:
                 with pytest.raises(InferenceServerException):  # a bad routing hint: INVALID_ARGUMENT
