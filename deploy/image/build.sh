@@ -35,7 +35,7 @@ for folder in ${PIP_FIND_LINKS:-} $(python3 -m pip config get global.find-links 
 done
 [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$local_dir/ca.crt"
 if [ -n "${IMAGE_REPOSITORY:-}" ]; then
-    [ -f "$IMAGE_REPOSITORY/digits/model.yaml" ] || [ -n "$(ls "$IMAGE_REPOSITORY"/*/model.yaml 2>/dev/null)" ] \
+    [ -n "$(ls "$IMAGE_REPOSITORY"/*/model.yaml 2>/dev/null)" ] \
         || { echo "make image: $IMAGE_REPOSITORY holds no built model (*/model.yaml)" >&2; exit 2; }
     # Hard links where the file system allows (no copy of the graphs); dot-folders are builds in progress.
     mkdir -p "$local_dir/model_repository"
