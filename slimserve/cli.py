@@ -311,7 +311,13 @@ def _serve(args: argparse.Namespace) -> int:
     from slimserve.server.process.app import BindError
     from slimserve.server.process.serve import serve
     from slimserve.server.process.settings import Settings
-    from slimserve.server.process.workers import WORKER_SETTINGS_ENV, WorkersConfigError, serve_workers, worker_count
+    from slimserve.server.process.workers import (
+        WORKER_SETTINGS_ENV,
+        WorkersConfigError,
+        die_with_supervisor,
+        serve_workers,
+        worker_count,
+    )
     from slimserve.server.transport.auth import AuthConfigError
     from slimserve.server.transport.tls import TlsConfigError
 
@@ -332,6 +338,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"slimserve serve: invalid settings: {problems}", file=sys.stderr)
         return 2
     try:
+        if worker:
+            die_with_supervisor()
         count = worker_count(settings)
         if count > 1:
             return serve_workers(settings, count, args.port_file)

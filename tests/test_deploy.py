@@ -93,7 +93,8 @@ def test_kubernetes_objects_agree_with_each_other() -> None:
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
     assert any(s["spec"].get("clusterIP") == "None" for s in services), "a headless Service for client-side LB"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "metrics"
     env = {e["name"]: e for e in container["env"]}
     # Every variable is a setting the server reads; probes use the plaintext health-only port
     # (kubelet's gRPC probes cannot do TLS); TLS files come from a mounted Secret; tokens only
@@ -105,8 +106,12 @@ def test_kubernetes_objects_agree_with_each_other() -> None:
     secrets = {v["name"] for v in pod["spec"]["volumes"] if "secret" in v}
     for variable in ("SLIMSERVE_TLS_CERT", "SLIMSERVE_TLS_KEY"):
         assert mounts[str(Path(env[variable]["value"]).parent)] in secrets
-    for variable in ("SLIMSERVE_INFERENCE_TOKEN", "SLIMSERVE_MANAGEMENT_TOKEN"):
+    for variable in ("SLIMSERVE_INFERENCE_TOKEN", "SLIMSERVE_MANAGEMENT_TOKEN", "SLIMSERVE_METRICS_TOKEN"):
         assert "value" not in env[variable] and env[variable]["valueFrom"]["secretKeyRef"]["name"]
+    # The gRPC port takes tokens, so /metrics does: Prometheus scrapes over HTTPS (the server
+    # serves /metrics with TLS) with the very Secret key the server reads its metrics token from.
+    assert env["SLIMSERVE_METRICS_TLS"]["value"] == "true" and endpoint["scheme"] == "https"
+    assert endpoint["authorization"]["credentials"] == env["SLIMSERVE_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
     grace_s = float(env["SLIMSERVE_SHUTDOWN_GRACE_S"]["value"])
     pre_stop_s = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["spec"]["terminationGracePeriodSeconds"] > grace_s + pre_stop_s

@@ -11,6 +11,7 @@ import os
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ INFERENCE_TOKEN = "inference-token-0123456789"
 MANAGEMENT_TOKEN = "management-token-0123456789"
 BOTH_TOKEN = "both-groups-token-0123456789"  # from the tokens file: inference and management
 OTHER_BOTH_TOKEN = "other-both-token-0123456789"
+METRICS_TOKEN = "metrics-token-0123456789"  # the metrics group alone: what Prometheus holds
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +56,15 @@ def tls_server(repository: Path, pki: Pki, tmp_path_factory: pytest.TempPathFact
     running = RunningServer(
         repository, workdir, "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
         "--auth-tokens-file", str(tokens), "--health-port", "0", "--metrics-tls",
-        env={"SLIMSERVE_INFERENCE_TOKEN": INFERENCE_TOKEN, "SLIMSERVE_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN},
+        env={"SLIMSERVE_INFERENCE_TOKEN": INFERENCE_TOKEN, "SLIMSERVE_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN,
+             "SLIMSERVE_METRICS_TOKEN": METRICS_TOKEN},
         client=ClientSecurity(ca=pki.ca),
     )  # fmt: skip
     yield running
     assert running.stop() == 0
     log = running.log_path.read_text()
     assert "(TLS, tokens on;" in log and "SECURITY" not in log  # loopback anyway, and both on
-    for token in (INFERENCE_TOKEN, MANAGEMENT_TOKEN, BOTH_TOKEN, OTHER_BOTH_TOKEN):
+    for token in (INFERENCE_TOKEN, MANAGEMENT_TOKEN, BOTH_TOKEN, OTHER_BOTH_TOKEN, METRICS_TOKEN):
         assert token not in log  # never logged, not even when refused
 
 
@@ -227,10 +230,43 @@ def test_probes_and_scrapes_of_a_tls_server(tls_server: RunningServer, pki: Pki)
     assert tls_server.metrics_url is not None
     https_url = tls_server.metrics_url.replace("http://", "https://")
     context = ssl.create_default_context(cafile=str(pki.ca))
-    with urllib.request.urlopen(https_url, context=context, timeout=TIMEOUT_S) as response:
-        assert b"slimserve_requests" in response.read()
+
+    def scrape_with(token: str | None) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(https_url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=TIMEOUT_S) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
+
+    # The gRPC port takes tokens, so /metrics does: what ModelStatistics keeps behind the
+    # management token is not open on the metrics port.
+    for token in (METRICS_TOKEN, MANAGEMENT_TOKEN, BOTH_TOKEN):
+        status, body = scrape_with(token)
+        assert status == 200 and b"slimserve_requests" in body
+    status, body = scrape_with(None)
+    assert status == 401 and b"no bearer token" in body and b"slimserve_requests" not in body
+    assert scrape_with("not-a-token-0123456789")[0] == 401
+    status, body = scrape_with(INFERENCE_TOKEN)
+    assert status == 403 and b"slimserve_requests" not in body
     with pytest.raises(OSError):  # plain HTTP to a TLS port gets no metrics
         urllib.request.urlopen(tls_server.metrics_url, timeout=TIMEOUT_S).read()
+    with tls_server.client.channel(tls_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as metrics_only:  # a metrics token reads /metrics and nothing more
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest(), timeout=TIMEOUT_S, metadata=(("authorization", f"Bearer {METRICS_TOKEN}"),)
+            )
+        assert metrics_only.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+
+def test_plaintext_metrics_beside_a_tls_port_warn_at_start(repository: Path, pki: Pki, tmp_path: Path) -> None:
+    running = RunningServer(
+        repository, tmp_path, "--host", "0.0.0.0", "--tls-cert", str(pki.server_cert), "--tls-key",
+        str(pki.server_key), client=ClientSecurity(ca=pki.ca),
+    )  # fmt: skip
+    assert running.stop() == 0
+    assert "SECURITY: /metrics is plaintext on 0.0.0.0 while the gRPC port has TLS" in running.log_path.read_text()
 
 
 def test_an_exposed_plaintext_server_warns_at_start(repository: Path, tmp_path: Path) -> None:

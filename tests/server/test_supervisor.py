@@ -80,3 +80,34 @@ def test_a_failed_restart_leaves_the_other_worker_serving(repository: Path, tmp_
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited: it only waits for its parent to read its status)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_workers_stop_when_their_supervisor_is_killed(repository: Path, tmp_path: Path) -> None:
+    """SIGKILL gives the supervisor no chance to stop its workers: the kernel does it
+    (PR_SET_PDEATHSIG), so no orphan keeps serving the port with nobody watching it."""
+    supervisor, port_file, log = _start(repository, tmp_path)
+    workers: list[int] = []
+    try:
+        wait_until(port_file.exists, START_TIMEOUT_S, lambda: f"the port file:\n{log.read_text()[-3000:]}")
+        workers = _workers(supervisor.pid)
+        assert len(workers) == 2
+        supervisor.kill()
+        supervisor.wait()
+        wait_until(lambda: not any(_alive(pid) for pid in workers), EXIT_TIMEOUT_S,
+                   lambda: f"the workers to stop:\n{log.read_text()[-3000:]}")  # fmt: skip
+        assert "signal received; draining" in log.read_text()  # SIGTERM: each drained, as on a stop
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

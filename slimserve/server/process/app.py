@@ -24,13 +24,13 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from slimserve.protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
 from slimserve.repository.format import load_repository
@@ -50,8 +50,9 @@ from slimserve.server.observe.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_P
 from slimserve.server.observe.load_monitor import LoadMonitor
 from slimserve.server.observe.metrics import ServingMetrics
 from slimserve.server.observe.recorder import CallRecorder
-from slimserve.server.process.settings import Settings
-from slimserve.server.transport.auth import INFERENCE, MANAGEMENT, load_tokens, server_interceptors
+from slimserve.server.process.metrics_http import MetricsAccess, MetricsTls, start_metrics_http
+from slimserve.server.process.settings import Settings, token_table
+from slimserve.server.transport.auth import server_interceptors
 from slimserve.server.transport.inference import InferenceServicer, add_inference_service
 from slimserve.server.transport.management import ManagementServicer
 from slimserve.server.transport.status import outcome_of
@@ -111,7 +112,7 @@ class App:
         for entry in models.values():
             self.registry.put(self.factory.build(entry, self.factory.sessions(entry)))
         self.metrics_port: int | None = None
-        self._metrics_http: WSGIServer | None = None
+        self._metrics_http: ThreadingHTTPServer | None = None
         self._metrics_thread: threading.Thread | None = None
         self.live: LiveState | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -120,10 +121,7 @@ class App:
         self.tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.metrics_tls and self.tls is None:
             raise TlsConfigError("--metrics-tls serves /metrics with --tls-cert and --tls-key: give them too")
-        tokens = load_tokens(settings.auth_tokens_file, {
-            INFERENCE: settings.inference_token.get_secret_value() if settings.inference_token else None,
-            MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,
-        })  # fmt: skip
+        tokens = token_table(settings)
         # The call count first, on this server alone: the backlog subtracts every call it has
         # seen taken up (those the token check refuses too) from this server's channelz counts.
         calls = CallCount()
@@ -166,6 +164,7 @@ class App:
 
     def _warn_if_exposed(self, authenticated: bool) -> None:
         """Loudly, at start-up: a port anyone on the network can use for everything."""
+        self._warn_if_metrics_exposed(authenticated)
         if is_loopback(self.settings.host) or (authenticated and self.tls is not None):
             return
         missing = [
@@ -179,6 +178,20 @@ class App:
             "run inference, read every measurement and send feedback" if not authenticated
             else "read tokens and answers off the wire",
         )  # fmt: skip
+
+    def _warn_if_metrics_exposed(self, authenticated: bool) -> None:
+        """/metrics in plaintext beyond this host while the gRPC port has TLS: its token (a
+        scrape needs one when the gRPC port takes tokens) and the figures cross the wire in
+        clear. A worker's endpoint is on loopback, for its supervisor alone."""
+        host = self.settings.metrics_host or self.settings.host
+        if not self.settings.metrics or is_loopback(host) or self.settings.worker_index is not None:
+            return
+        if self.tls is not None and not self.settings.metrics_tls:
+            log.warning(
+                "SECURITY: /metrics is plaintext on %s while the gRPC port has TLS: %s crosses the network in "
+                "clear. Set --metrics-tls, or SLIMSERVE_METRICS_HOST=127.0.0.1 (README: Security).",
+                host, "the scrape token and every figure" if authenticated else "every figure",
+            )  # fmt: skip
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", *SERVICE_NAMES):
@@ -203,12 +216,12 @@ class App:
 
     def _start_metrics_http(self) -> None:
         port = self.metrics_port if self.metrics_port is not None else self.settings.metrics_port
-        tls = self.tls.http_arguments() if self.tls is not None and self.settings.metrics_tls else {}
-        self._metrics_http, self._metrics_thread = start_http_server(
+        self._metrics_http, self._metrics_thread = start_metrics_http(
             port,
             self.settings.metrics_host or self.settings.host,
-            registry=self.metrics.registry,
-            **tls,  # type: ignore[arg-type]
+            self.metrics.registry,
+            MetricsAccess.of(self.settings),
+            MetricsTls.of(self.settings, self.tls),
         )
         self.metrics_port = self._metrics_http.server_port
 
@@ -315,6 +328,7 @@ class App:
                     await task
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         self._executor.shutdown(wait=True)
         log.info("stopped")
 

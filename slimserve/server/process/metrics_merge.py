@@ -181,16 +181,18 @@ def merge(
 class WorkerMetrics(Collector):
     """A collector that scrapes the workers' endpoints and yields their merged metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, scrape_token: str) -> None:
         self.endpoints: Mapping[int, str] = MappingProxyType({})  # worker → its /metrics URL
         self._carry = CounterCarry()
+        self._headers = {"Authorization": f"Bearer {scrape_token}"}  # the workers' endpoints take it alone
 
     def collect(self) -> Iterator[Metric]:
         endpoints = self.endpoints  # one snapshot for the whole scrape
         texts: dict[int, str] = {}
         for worker, url in endpoints.items():
             try:
-                with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
+                request = urllib.request.Request(url, headers=self._headers)
+                with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
                     texts[worker] = response.read().decode()
             except OSError as exc:
                 log.warning("worker %d did not answer its metrics scrape: %s", worker, exc)

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slimserve.router.cpu import TARGET_UTILIZATION
+from slimserve.server.transport.auth import INFERENCE, MANAGEMENT, METRICS, TokenTable, load_tokens
 
 
 class Settings(BaseSettings):
@@ -96,6 +97,12 @@ class Settings(BaseSettings):
     )
     inference_token: SecretStr | None = Field(default=None, description="a token for the inference group")
     management_token: SecretStr | None = Field(default=None, description="a token for the management group")
+    metrics_token: SecretStr | None = Field(default=None, description="a token for the metrics group (/metrics)")
+    worker_scrape_token: SecretStr | None = Field(
+        default=None,
+        description="set by --workers, not by hand: the one token this worker's loopback /metrics takes (the "
+        "supervisor's scrape)",
+    )
     health_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="a plaintext port serving only grpc.health.v1, for probes that cannot do TLS (kubelet); "
@@ -125,3 +132,13 @@ class Settings(BaseSettings):
     build_recipes: list[Path] = Field(
         default_factory=list, description="with build_missing: recipe files to build instead of the default models"
     )
+
+
+def token_table(settings: Settings) -> TokenTable:
+    """The bearer tokens the server takes: the tokens file and the one token per group from
+    the environment (transport.auth). Empty: authentication is off."""
+    return load_tokens(settings.auth_tokens_file, {
+        INFERENCE: settings.inference_token.get_secret_value() if settings.inference_token else None,
+        MANAGEMENT: settings.management_token.get_secret_value() if settings.management_token else None,
+        METRICS: settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+    })  # fmt: skip

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,7 +67,10 @@ START_TIMEOUT_S = 600.0  # a worker measuring profiles or waiting for a first mo
 STOP_MARGIN_S = 10.0  # beyond the drain and the grace, before a worker that has not exited is killed
 RESTART_PAUSE_S = 1.0  # before trying again to start a worker whose restart failed; doubles per death
 MAX_RESTART_PAUSE_S = 30.0
-SECRETS = {"inference_token", "management_token"}
+SECRETS = {"inference_token", "management_token", "metrics_token", "worker_scrape_token"}
+SCRAPE_TOKEN_ENV = "SLIMSERVE_WORKER_SCRAPE_TOKEN"  # Settings.worker_scrape_token, in the worker's environment
+SUPERVISOR_PID_ENV = "SLIMSERVE_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal the kernel sends a process when its parent dies
 
 
 class WorkersConfigError(ValueError):
@@ -116,6 +121,7 @@ class Supervisor:
         self._metrics_ports: dict[int, int] = {}
         self._served: set[int] = set()  # workers whose current process has served
         self._deaths: deque[float] = deque()
+        self._scrape_token = secrets.token_urlsafe(32)  # the workers' /metrics answer this supervisor alone
         self._scratch = Path(tempfile.mkdtemp(prefix="slimserve-workers-"))
         self.collector: WorkerMetrics | None = None
         self.metrics_port: int | None = None
@@ -136,7 +142,12 @@ class Supervisor:
     async def _start(self, index: int, grpc_port: int, health_port: int | None) -> None:
         port_file = self._scratch / f"worker-{index}"
         port_file.unlink(missing_ok=True)
-        env = {**os.environ, WORKER_SETTINGS_ENV: self._worker_settings(index, grpc_port, health_port)}
+        env = {
+            **os.environ,
+            WORKER_SETTINGS_ENV: self._worker_settings(index, grpc_port, health_port),
+            SCRAPE_TOKEN_ENV: self._scrape_token,
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+        }
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "slimserve.cli", "serve", "--port-file", str(port_file), env=env
         )
@@ -164,22 +175,22 @@ class Supervisor:
             self.collector.endpoints = MappingProxyType(urls)
 
     def _start_metrics(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
+        from slimserve.server.process.metrics_http import MetricsAccess, MetricsTls, start_metrics_http
         from slimserve.server.process.metrics_merge import WorkerMetrics
 
-        self.collector = WorkerMetrics()
+        self.collector = WorkerMetrics(self._scrape_token)
         self._publish_endpoints()
         registry = CollectorRegistry()
         registry.register(self.collector)
         settings = self.settings
-        tls = self._tls
-        arguments = tls.http_arguments() if tls is not None and settings.metrics_tls else {}
-        http, _ = start_http_server(
+        http, _ = start_metrics_http(
             settings.metrics_port,
             settings.metrics_host or settings.host,
-            registry=registry,
-            **arguments,  # type: ignore[arg-type]
+            registry,
+            MetricsAccess.of(settings),
+            MetricsTls.of(settings, self._tls),
         )
         self.metrics_port = http.server_port
 
@@ -309,6 +320,21 @@ class Supervisor:
             p.returncode == 0 or (p.returncode == -signal.SIGTERM and i not in self._served)
             for i, p in self._processes.items()
         )
+
+
+def die_with_supervisor() -> None:
+    """In a worker: have the kernel send SIGTERM when the supervisor dies, however it dies
+    (SIGKILL, OOM), so that no orphan keeps serving on the port with nobody watching it; a
+    worker whose supervisor is already gone (it died before this call) stops at once."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor is None:
+        return  # started by hand, not by a supervisor
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive its supervisor",
+                    ctypes.get_errno())  # fmt: skip
+    if os.getppid() != int(supervisor):
+        raise WorkersConfigError(f"the supervisor (pid {supervisor}) is gone: this worker stops")
 
 
 def serve_workers(settings: Settings, count: int, port_file: Path | None) -> int:

@@ -6,16 +6,18 @@ In the spirit of Triton's restricted protocols, every method belongs to one grou
   probes and load balancers work without a secret;
 - `inference` — ModelInfer, ModelMetadata, ServerMetadata, ModelConfig and reflection;
 - `management` — Feedback, Explain, ListVariants, ModelStatistics, RepositoryIndex,
-  RepositoryModelLoad and RepositoryModelUnload, and any method not named here.
+  RepositoryModelLoad and RepositoryModelUnload, and any method not named here;
+- `metrics` — no gRPC method: the HTTP /metrics endpoint (process.metrics_http), which also
+  takes a management token, so that Prometheus holds a token that can read and nothing more.
 
 A token grants one or more groups. Tokens come from a file (`--auth-tokens-file`, lines of
 `group[,group] token`) or from the environment (`SLIMSERVE_INFERENCE_TOKEN`,
-`SLIMSERVE_MANAGEMENT_TOKEN`), never from a flag, whose value anyone can read in `ps`. The
-client sends `authorization: Bearer <token>`. No or an unknown token → UNAUTHENTICATED; a
-token without the method's group → PERMISSION_DENIED. Only SHA-256 digests are kept, every
-digest is compared in constant time (hmac.compare_digest, all of them, no early exit), and
-no token is ever logged. `caller_of` names a caller by its digest, so that Feedback can
-score only answers given to the same token.
+`SLIMSERVE_MANAGEMENT_TOKEN`, `SLIMSERVE_METRICS_TOKEN`), never from a flag, whose value
+anyone can read in `ps`. The client sends `authorization: Bearer <token>`. No or an unknown
+token → UNAUTHENTICATED; a token without the method's group → PERMISSION_DENIED. Only
+SHA-256 digests are kept, every digest is compared in constant time (hmac.compare_digest,
+all of them, no early exit), and no token is ever logged. `caller_of` names a caller by its
+digest, so that Feedback can score only answers given to the same token.
 
 Thread: the table is immutable once built; the interceptor runs on the event loop.
 """
@@ -31,9 +33,14 @@ from typing import Any
 
 import grpc
 
-HEALTH, INFERENCE, MANAGEMENT = "health", "inference", "management"
-GROUPS = (HEALTH, INFERENCE, MANAGEMENT)
-TOKEN_ENVIRONMENT = {INFERENCE: "SLIMSERVE_INFERENCE_TOKEN", MANAGEMENT: "SLIMSERVE_MANAGEMENT_TOKEN"}
+HEALTH, INFERENCE, MANAGEMENT, METRICS = "health", "inference", "management", "metrics"
+GROUPS = (HEALTH, INFERENCE, MANAGEMENT, METRICS)
+TOKEN_GROUPS = frozenset({INFERENCE, MANAGEMENT, METRICS})  # the groups a token can grant
+TOKEN_ENVIRONMENT = {
+    INFERENCE: "SLIMSERVE_INFERENCE_TOKEN",
+    MANAGEMENT: "SLIMSERVE_MANAGEMENT_TOKEN",
+    METRICS: "SLIMSERVE_METRICS_TOKEN",
+}
 MIN_TOKEN_CHARS = 16  # shorter secrets are guessable; refused at start-up
 CALLER_ID_CHARS = 16  # hex characters of the digest that name a caller
 
@@ -94,9 +101,9 @@ def _token(value: str, where: str) -> str:
 
 def _parse_groups(text: str, where: str) -> frozenset[str]:
     groups = frozenset(g.strip() for g in text.split(","))
-    unknown = groups - {INFERENCE, MANAGEMENT}
+    unknown = groups - TOKEN_GROUPS
     if unknown:
-        raise AuthConfigError(f"{where}: unknown group(s) {sorted(unknown)}; use inference and/or management")
+        raise AuthConfigError(f"{where}: unknown group(s) {sorted(unknown)}; use {', '.join(sorted(TOKEN_GROUPS))}")
     return groups
 
 

@@ -71,13 +71,6 @@ class ServerTls:
             [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
 
-    def http_arguments(self) -> dict[str, object]:
-        """prometheus_client.start_http_server's TLS arguments (the files are read again there)."""
-        arguments: dict[str, object] = {"certfile": str(self.cert), "keyfile": str(self.key)}
-        if self.client_ca is not None:
-            arguments.update(client_cafile=str(self.client_ca), client_auth_required=True)
-        return arguments
-
 
 @dataclass(frozen=True)
 class ClientSecurity:
