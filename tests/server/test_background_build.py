@@ -21,7 +21,7 @@ from slimserve.server.observe.backlog import GrpcBacklog
 from slimserve.server.observe.feedback import RecentAnswers
 from slimserve.server.observe.metrics import ServingMetrics
 from slimserve.server.observe.recorder import CallRecorder
-from slimserve.server.process.background_build import BackgroundBuild
+from slimserve.server.process.background_build import BUILD_NICENESS, BackgroundBuild
 from slimserve.server.transport.management import ManagementServicer
 from slimserve.server.transport.status import outcome_of
 from slimserve.variants.progress import ProgressLine
@@ -54,6 +54,42 @@ def test_long_progress_lines_never_block_the_child_and_progress_is_relayed(
     assert "build: digits: published fp32, int8 after 3 s" in messages
     assert any("background build failed (exit code 3)" in m for m in messages)
     assert not any("building:" in m for m in messages)  # progress bars are not relayed
+
+
+# What the child sees of its process: its niceness and its environment's names (a line the relay keeps).
+ENVIRONMENT_CHILD = r"""
+import os
+print("INFO variants.build: built nice", os.nice(0), "env", " ".join(sorted(os.environ)), flush=True)
+"""
+
+
+def test_the_build_child_runs_niced_without_any_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "SLIMSERVE_INFERENCE_TOKEN": "inference-token-0123456789",
+        "SLIMSERVE_MANAGEMENT_TOKEN": "management-token-0123456789",
+        "SLIMSERVE_METRICS_TOKEN": "metrics-token-0123456789",
+        "SLIMSERVE_WORKER_SCRAPE_TOKEN": "scrape-token-0123456789",
+        "SLIMSERVE_TOKEN": "client-0123456789",
+    }
+    for name, token in secrets.items():  # fmt: skip
+        monkeypatch.setenv(name, token)
+    monkeypatch.setenv("SLIMSERVE_REPOSITORY_POLL_S", "2")  # a setting, not a secret: passed on
+
+    async def scenario() -> BackgroundBuild:
+        build = BackgroundBuild(tmp_path, command=[sys.executable, "-c", ENVIRONMENT_CHILD])
+        await build.start()
+        await asyncio.wait_for(build.wait(), timeout=60)
+        return build
+
+    with caplog.at_level(logging.INFO, logger="slimserve.server.process.background_build"):
+        assert asyncio.run(scenario()).exit_code == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("build: built nice")]
+    nice, names = line.removeprefix("build: built nice ").split(" env ")
+    assert int(nice) >= BUILD_NICENESS  # from `nice`: no preexec_fn ran in a threaded server
+    assert "SLIMSERVE_REPOSITORY_POLL_S" in names.split()
+    assert not set(secrets) & set(names.split())
 
 
 def test_what_is_still_building(tmp_path: Path) -> None:

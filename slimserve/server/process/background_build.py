@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,12 @@ BUILD_NICENESS = 10  # the build yields the CPU to serving
 RELAYED = (f"{PREFIX} model=", "published", "built", "already built", "missing", "error", "Error", "Traceback")
 CHILD_ENV = {"TQDM_DISABLE": "1"}  # bars redraw for a terminal; the child writes into a pipe
 CHILD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}  # a niced build must not spin (module docstring)
+NICE = shutil.which("nice") or "/usr/bin/nice"  # coreutils: on every Debian system and image
+
+
+def _withheld(variable: str) -> bool:
+    """Not for the build child: the worker settings and every token (server or client)."""
+    return variable == WORKER_SETTINGS_ENV or (variable.startswith("SLIMSERVE_") and "TOKEN" in variable)
 
 
 class BackgroundBuild:
@@ -109,11 +116,14 @@ class BackgroundBuild:
 
     async def start(self) -> None:
         self.repository.mkdir(parents=True, exist_ok=True)
-        # The child is no worker of `--workers` (its log lines would carry worker 0's prefix).
-        env = CHILD_DEFAULTS | {k: v for k, v in os.environ.items() if k != WORKER_SETTINGS_ENV} | CHILD_ENV
+        # The child is no worker of `--workers` (its log lines would carry worker 0's prefix),
+        # and it serves nothing: it gets no token. It is niced by `nice`, not by a preexec_fn,
+        # which runs Python between fork and exec in a process whose other threads (gRPC's,
+        # ONNX Runtime's) may hold locks the forked copy can never release.
+        env = CHILD_DEFAULTS | {k: v for k, v in os.environ.items() if not _withheld(k)} | CHILD_ENV
         self._process = await asyncio.create_subprocess_exec(
-            *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=lambda: os.nice(BUILD_NICENESS), env=env,
+            NICE, "-n", str(BUILD_NICENESS), *self.command, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env,
         )  # fmt: skip
         log.info("building the missing models in the background (pid %d); serving what is ready meanwhile",
                  self._process.pid)  # fmt: skip
