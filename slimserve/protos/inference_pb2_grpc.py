@@ -64,6 +64,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=slimserve_dot_protos_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=slimserve_dot_protos_dot_inference__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=slimserve_dot_protos_dot_inference__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=slimserve_dot_protos_dot_inference__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
                 request_serializer=slimserve_dot_protos_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
@@ -126,6 +131,19 @@ class GRPCInferenceServiceServicer:
 
     def ModelInfer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStreamInfer(self, request_iterator, context):
+        """Triton's bidirectional stream: each request is served as ModelInfer serves it (the same
+        routing, admission and statistics), several at once; answers leave in the order the
+        requests came (as Triton answers a model that is not decoupled), each with its request's
+        `id`. A request that fails is answered with `error_message` and an `infer_response`
+        holding only that `id` and a `code` parameter (the status name ModelInfer would have
+        ended with: INVALID_ARGUMENT, UNAVAILABLE, ...); the stream goes on. It ends OK once the
+        client has half-closed and every answer is sent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,6 +216,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=slimserve_dot_protos_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=slimserve_dot_protos_dot_inference__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=slimserve_dot_protos_dot_inference__pb2.ModelInferRequest.FromString,
+                    response_serializer=slimserve_dot_protos_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
@@ -387,6 +410,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             slimserve_dot_protos_dot_inference__pb2.ModelInferRequest.SerializeToString,
             slimserve_dot_protos_dot_inference__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            slimserve_dot_protos_dot_inference__pb2.ModelInferRequest.SerializeToString,
+            slimserve_dot_protos_dot_inference__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,

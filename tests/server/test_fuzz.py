@@ -12,6 +12,11 @@ model with narrow integer inputs and unbounded dimensions (`narrow_model`): shap
 element count overflows int64, typed values beyond INT8 and UINT8 in their wider wire fields.
 Each must be INVALID_ARGUMENT naming the input, with nothing in the server's log, and every
 answer must be the right one.
+
+A third sends the same messages (and some only a stream makes cheap to send in numbers: ids
+at and far past the limit, thousands of outputs) in ModelStreamInfer streams of up to eight:
+each message gets its own answer, in order, with its id (or none when the id is too long to
+echo), none INTERNAL, and every stream ends OK.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
@@ -35,6 +41,7 @@ from loadtest.messages import digits_request
 from loadtest.serving import RunningServer
 from slimserve.repository.format import ModelEntry
 from slimserve.repository.sessions import make_session
+from slimserve.server.transport.status import INTERNAL_MESSAGE
 from slimserve.variants.data import load_digits_split
 from tests.server import narrow_model
 
@@ -343,3 +350,74 @@ def test_narrow_types_and_overflowing_shapes_are_refused_by_name(narrow_server: 
     assert codes[grpc.StatusCode.OK] > 0 and codes[grpc.StatusCode.INVALID_ARGUMENT] > 0
     log = narrow_server.log_path.read_text().splitlines()
     assert not [line for line in log if line.startswith(("Traceback", "ERROR", "CRITICAL"))], log[-40:]
+
+
+STREAM_EXAMPLES = max(FUZZ_EXAMPLES // 10, 50)
+STREAM_MESSAGES = 8  # at most, per stream
+MAX_ID_CHARS = 256  # transport.codec.MAX_ID_CHARS (its module imports slimserve's own stubs)
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+@st.composite
+def stream_messages(draw: st.DrawFn) -> bytes:
+    """One message of a stream: mostly one of `requests`, else a well-formed digits request
+    with an id around or far past the limit, or with many outputs (repeated or unknown)."""
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    roll = rng.random()
+    if roll < 0.7:
+        return draw(requests())
+    request = digits_request(rows=rng.randint(1, 3), request_id="s")
+    if roll < 0.85:
+        request.id = rng.choice(["i" * MAX_ID_CHARS, "i" * (MAX_ID_CHARS + 1), "i" * MEGABYTE, "🙂" * 200])
+    else:
+        count = rng.choice([2, 100, 10_000])
+        names = ["logits"] * count if rng.random() < 0.5 else [f"o{n}" for n in range(count)]
+        for name in names:
+            request.outputs.add(name=name)
+    return request.SerializeToString()
+
+
+def _echoed_id(message: bytes) -> str:
+    """The id an answer to `message` carries: the request's, unless it is too long to echo or
+    the bytes are no request."""
+    try:
+        request_id = pb.ModelInferRequest.FromString(message).id
+    except DecodeError:
+        return ""
+    return request_id if len(request_id) <= MAX_ID_CHARS else ""
+
+
+def test_malformed_messages_in_a_stream_are_answered_one_by_one_and_the_stream_lives(
+    fuzz_server: RunningServer,
+) -> None:
+    codes: Counter[str] = Counter()
+    internal: list[str] = []
+    wrong: list[str] = []
+    options = [("grpc.max_send_message_length", 16 * MEGABYTE), ("grpc.max_receive_message_length", 16 * MEGABYTE)]
+    with grpc.insecure_channel(fuzz_server.address, options=options) as channel:
+        stream = channel.stream_stream(MODEL_STREAM_INFER)  # bytes in, bytes out
+
+        @seed(20261126)
+        @settings(max_examples=STREAM_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(stream_messages(), min_size=1, max_size=STREAM_MESSAGES))
+        def one(messages: list[bytes]) -> None:
+            # A stream that does not end OK raises here, and the case fails.
+            raw = list(stream(iter(messages), timeout=CALL_TIMEOUT_S))
+            answers = [pb.ModelStreamInferResponse.FromString(answer) for answer in raw]
+            if len(answers) != len(messages):
+                wrong.append(f"{len(answers)} answers to {len(messages)} messages")
+                return
+            for message, answer in zip(messages, answers, strict=True):
+                code = answer.infer_response.parameters["code"].string_param if answer.error_message else "OK"
+                codes[code] += 1
+                if code in ("INTERNAL", "UNKNOWN", "") or answer.error_message == INTERNAL_MESSAGE:
+                    internal.append(f"{code}: {answer.error_message[:200]} ← {message[:200]!r}")
+                if answer.infer_response.id != _echoed_id(message):
+                    wrong.append(f"id {answer.infer_response.id[:40]!r} ← {message[:200]!r}")
+
+        one()
+    print(f"\nstream fuzz: {STREAM_EXAMPLES} streams, answers by code {dict(codes)}")
+    assert not internal, internal[:5]
+    assert not wrong, wrong[:5]
+    assert codes["OK"] > 0 and len(codes) >= 3
+    assert fuzz_server.process.poll() is None

@@ -7,9 +7,10 @@ whose request message never came, looked like a call in the queue, and 200 of th
 every call with a 15-ms SLO out (on a 2-core AMD EPYC, 366–397 of these 400 calls refused
 UNAVAILABLE beside the streams, 356–400 beside the silent calls, in eight runs each). Here
 a real server with an inference token answers 400 calls with `slo_ms` 15, one after
-another, beside 200 idle Watch streams and beside 200 ModelInfer calls from a caller with
-no token that sent their headers and never their message, as it answers them alone: every
-one OK.
+another, beside 200 idle Watch streams, beside 200 ModelInfer calls from a caller with no
+token that sent their headers and never their message, and beside 200 ModelStreamInfer
+streams with the token, each answered once and then left open without a request, as it
+answers them alone: every one OK.
 
 The idle calls are on connections of their own (a local subchannel pool), as another
 client's would be; a Check on the same connection after them says the server has read all
@@ -109,6 +110,28 @@ async def _bodiless_calls(address: str) -> AsyncIterator[None]:
             await asyncio.gather(*(call.code() for call in calls))
 
 
+@asynccontextmanager
+async def _idle_inference_streams(address: str) -> AsyncIterator[None]:
+    """IDLE_CALLS ModelStreamInfer streams with the inference token, each past one answered
+    request (its handler runs and waits for the next), then idle; half-closed at the end,
+    when each must end OK."""
+    async with ClientSecurity(token=TOKEN).aio_channel(address, OWN_CONNECTION) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        token = ClientSecurity(token=TOKEN).metadata()  # the channel adds it to unary calls only
+        streams = [stub.ModelStreamInfer(metadata=token) for _ in range(IDLE_CALLS)]
+        try:
+            await asyncio.gather(*(stream.write(digits_request(request_id="idle")) for stream in streams))
+            first = await asyncio.gather(*(stream.read() for stream in streams))
+            assert all(not answer.error_message and answer.infer_response.id == "idle" for answer in first)
+            yield
+            await asyncio.gather(*(stream.done_writing() for stream in streams))
+            assert await asyncio.gather(*(stream.code() for stream in streams)) == [grpc.StatusCode.OK] * IDLE_CALLS
+        finally:
+            for stream in streams:
+                stream.cancel()
+            await asyncio.gather(*(stream.code() for stream in streams))
+
+
 def test_slo_calls_are_answered_alone(server: RunningServer) -> None:
     """The baseline: a server with nothing else to do answers every call in its SLO."""
     assert asyncio.run(_slo_calls(server.address)) == {"OK": CALLS}
@@ -125,6 +148,14 @@ def test_idle_watch_streams_do_not_count_as_waiting_calls(server: RunningServer)
 def test_calls_whose_message_never_comes_do_not_count_as_waiting_calls(server: RunningServer) -> None:
     async def scenario() -> Counter[str]:
         async with _bodiless_calls(server.address):
+            return await _slo_calls(server.address)
+
+    assert asyncio.run(scenario()) == {"OK": CALLS}
+
+
+def test_idle_inference_streams_do_not_count_as_waiting_calls(server: RunningServer) -> None:
+    async def scenario() -> Counter[str]:
+        async with _idle_inference_streams(server.address):
             return await _slo_calls(server.address)
 
     assert asyncio.run(scenario()) == {"OK": CALLS}

@@ -4,7 +4,8 @@ In the spirit of Triton's restricted protocols, every method belongs to one grou
 
 - `health` — grpc.health.v1, ServerLive, ServerReady, ModelReady: always open, so that
   probes and load balancers work without a secret;
-- `inference` — ModelInfer, ModelMetadata, ServerMetadata, ModelConfig and reflection;
+- `inference` — ModelInfer, ModelStreamInfer, ModelMetadata, ServerMetadata, ModelConfig
+  and reflection;
 - `management` — Feedback, Explain, ListVariants, ModelStatistics, RepositoryIndex,
   RepositoryModelLoad and RepositoryModelUnload, and any method not named here;
 - `metrics` — no gRPC method: the HTTP /metrics endpoint (process.metrics_http), which also
@@ -47,7 +48,10 @@ CALLER_ID_CHARS = 16  # hex characters of the digest that name a caller
 _INFERENCE_SERVICE = "/inference.GRPCInferenceService/"
 METHOD_GROUPS: Mapping[str, str] = {
     **{f"{_INFERENCE_SERVICE}{m}": HEALTH for m in ("ServerLive", "ServerReady", "ModelReady")},
-    **{f"{_INFERENCE_SERVICE}{m}": INFERENCE for m in ("ModelInfer", "ModelMetadata", "ServerMetadata", "ModelConfig")},
+    **{
+        f"{_INFERENCE_SERVICE}{m}": INFERENCE
+        for m in ("ModelInfer", "ModelStreamInfer", "ModelMetadata", "ServerMetadata", "ModelConfig")
+    },
 }
 SERVICE_GROUPS: Mapping[str, str] = {
     "/grpc.health.v1.Health/": HEALTH,

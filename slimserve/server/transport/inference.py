@@ -10,10 +10,17 @@ several did): for a routed model, the share of the traffic that variant served. 
 
 A model or version name longer than any name can be (`format.MAX_NAME_CHARS`) is refused
 here, quoted short, before it is looked up: no message further on quotes a megabyte name.
+
+ModelStreamInfer serves each request of its stream through the same `_infer` as ModelInfer
+(`transport.stream` moves the messages). ServerMetadata lists the Triton extensions whose
+calls are here: `model_configuration` (ModelConfig), `model_repository` (RepositoryIndex,
+RepositoryModelLoad, RepositoryModelUnload; a load's `config` override is refused),
+`parameters` (request parameters are read, unknown ones left alone) and `statistics`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -35,10 +42,12 @@ from slimserve.server.transport.codec import (
     read_parameters,
 )
 from slimserve.server.transport.status import maps_errors
+from slimserve.server.transport.stream import serve_stream
 from slimserve.server.transport.triton_config import PLATFORM, triton_model_config
 
 SERVER_NAME = "slimserve"
 SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("model_configuration", "model_repository", "parameters", "statistics")  # module docstring
 
 
 def named(name: str, what: str = "model") -> str:
@@ -109,7 +118,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["statistics"])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     @maps_errors
     async def ModelMetadata(
@@ -137,6 +146,19 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        return await self._infer(request, context)
+
+    @maps_errors
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest | MalformedRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        await serve_stream(requests, context, lambda request: self._infer(request, context))
+
+    async def _infer(
+        self, request: pb.ModelInferRequest | MalformedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """One request through the data plane; its deadline is the call's (a stream's, for
+        each request in it)."""
         remaining_s = context.time_remaining()
         deadline_s = None if remaining_s is None else self._plane.now() + remaining_s
         return await self._plane.infer(OipCall(request, context, deadline_s))
@@ -232,8 +254,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register the inference service as the generated code does, except that ModelInfer's
-    request is parsed by `parse_infer_request`, so that bytes which are not a request get
-    INVALID_ARGUMENT rather than gRPC's INTERNAL for a deserializer that raised."""
+    and ModelStreamInfer's requests are parsed by `parse_infer_request`, so that bytes which
+    are not a request get INVALID_ARGUMENT (in a stream, that request's `error_message`)
+    rather than gRPC's INTERNAL for a deserializer that raised, which ends a whole stream."""
 
     class _Capture:
         def __init__(self) -> None:
@@ -252,6 +275,11 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
         servicer.ModelInfer,
         request_deserializer=parse_infer_request,
         response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer,
+        request_deserializer=parse_infer_request,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
     )
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
