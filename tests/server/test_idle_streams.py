@@ -7,8 +7,9 @@ whose request message never came, looked like a call in the queue, and 200 of th
 every call with a 15-ms SLO out (on a 2-core AMD EPYC, 366–397 of these 400 calls refused
 UNAVAILABLE beside the streams, 356–400 beside the silent calls, in eight runs each). Here
 a real server with an inference token answers 400 calls with `slo_ms` 15, one after
-another, beside 200 idle Watch streams, beside 200 ModelInfer calls from a caller with no
-token that sent their headers and never their message, and beside 200 ModelStreamInfer
+another, beside 200 idle Watch streams, beside 200 ModelInfer calls with the token that
+sent their headers and never their message (without a token such a call is refused at
+once, its message unread: `transport.auth`), and beside 200 ModelStreamInfer
 streams with the token, each answered once and then left open without a request, as it
 answers them alone: every one OK.
 
@@ -93,11 +94,12 @@ async def _idle_watch_streams(address: str) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def _bodiless_calls(address: str) -> AsyncIterator[None]:
-    """IDLE_CALLS ModelInfer calls with no token whose headers were sent and whose request
-    message never is: a client-streaming call of the unary method that writes nothing."""
+    """IDLE_CALLS ModelInfer calls with the token whose headers were sent and whose request
+    message never is: a client-streaming call of the unary method that writes nothing. Past
+    the token check, each waits for its message in the server."""
     async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         open_call = channel.stream_unary(MODEL_INFER)
-        calls = [open_call() for _ in range(IDLE_CALLS)]
+        calls = [open_call(metadata=ClientSecurity(token=TOKEN).metadata()) for _ in range(IDLE_CALLS)]
         try:
             await asyncio.gather(*(call.wait_for_connection() for call in calls))  # headers sent
             health = health_pb2_grpc.HealthStub(channel)
@@ -151,6 +153,17 @@ def test_calls_whose_message_never_comes_do_not_count_as_waiting_calls(server: R
             return await _slo_calls(server.address)
 
     assert asyncio.run(scenario()) == {"OK": CALLS}
+
+
+def test_a_bodiless_call_without_a_token_is_refused_at_once(server: RunningServer) -> None:
+    """The token check does not wait for the message it would not read (issue 23, M2)."""
+
+    async def scenario() -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(server.address, options=OWN_CONNECTION) as channel:
+            call = channel.stream_unary(MODEL_INFER)()  # headers, and no message ever
+            return await asyncio.wait_for(call.code(), CALL_TIMEOUT_S)  # type: ignore[no-any-return]
+
+    assert asyncio.run(scenario()) == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_idle_inference_streams_do_not_count_as_waiting_calls(server: RunningServer) -> None:

@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -26,7 +27,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtest.messages import digits_request
-from loadtest.serving import RunningServer
+from loadtest.serving import RunningServer, rss_mib
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.server.transport.auth import AuthConfigError, TokenTable, group_of, load_tokens
 from slimserve.server.transport.tls import ClientSecurity
@@ -267,6 +268,44 @@ def test_plaintext_metrics_beside_a_tls_port_warn_at_start(repository: Path, pki
     )  # fmt: skip
     assert running.stop() == 0
     assert "SECURITY: /metrics is plaintext on 0.0.0.0 while the gRPC port has TLS" in running.log_path.read_text()
+
+
+BODY_MIB = 60  # each unauthenticated body: under the 64-MiB message limit, so only the token refuses it
+BODIES = 8
+INFLATED_MIB = 400  # a gzip body of ~0.4 MB that inflates to this, past the message limit
+
+
+def test_refusals_read_no_body_and_compressed_bodies_are_not_inflated(repository: Path, tmp_path: Path) -> None:
+    """Issue 23 M2: a call refused for its token is refused before its body is read (HTTP/2
+    flow control holds the rest at the client), and a gzip body is refused unread (grpcio
+    inflates a whole message before its size check). Both measured in the server's RSS:
+    before, 8 refused 60-MiB bodies were all received (RSS grew by about their sum), and the
+    gzip body was inflated in full before RESOURCE_EXHAUSTED."""
+    running = RunningServer(repository, tmp_path, env={"SLIMSERVE_INFERENCE_TOKEN": INFERENCE_TOKEN})
+    try:
+        before_mib = rss_mib(running.process.pid)
+        options = [("grpc.max_send_message_length", -1)]
+
+        def call(mib: int, token: str | None, compression: grpc.Compression | None = None) -> grpc.StatusCode:
+            request = pb.ModelInferRequest(model_name="digits", raw_input_contents=[bytes(mib << 20)])
+            metadata = (("authorization", f"Bearer {token}"),) if token else None
+            with grpc.insecure_channel(running.address, options=options) as channel:
+                try:
+                    service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                        request, timeout=120, compression=compression, metadata=metadata
+                    )
+                except grpc.RpcError as refused:
+                    return refused.code()  # type: ignore[attr-defined, no-any-return]
+            return grpc.StatusCode.OK
+
+        with ThreadPoolExecutor(BODIES) as pool:
+            codes = list(pool.map(lambda _: call(BODY_MIB, None), range(BODIES)))
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] * BODIES
+        assert call(INFLATED_MIB, INFERENCE_TOKEN, grpc.Compression.Gzip) == grpc.StatusCode.UNIMPLEMENTED
+        # Half of what receiving the bodies would take, or inflating the gzip body alone.
+        assert rss_mib(running.process.pid) - before_mib < BODIES * BODY_MIB / 2
+    finally:
+        assert running.stop() == 0
 
 
 def test_an_exposed_plaintext_server_warns_at_start(repository: Path, tmp_path: Path) -> None:

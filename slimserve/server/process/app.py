@@ -359,6 +359,9 @@ def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCrede
         raise BindError(f"cannot listen on {address}: is another server using the port? ({exc})") from exc
 
 
+IDENTITY_ONLY_BITSET = 1  # grpc_compression_algorithm bit 0: GRPC_COMPRESS_NONE
+
+
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     """The gRPC core's channel arguments for the server's limits (README: Failure modes)."""
     options = [
@@ -372,6 +375,11 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(settings.keepalive_min_ping_interval_s * 1000)),
         ("grpc.http2.max_ping_strikes", settings.keepalive_max_ping_strikes),
     ]
+    if not settings.compressed_requests:
+        # Identity only: grpcio 1.81.1 inflates a whole gzip message before its size check
+        # (one 1-MB gzip body of a 1,000-MiB message grew the server by 1,065 MiB, then
+        # RESOURCE_EXHAUSTED). A compressed call is refused UNIMPLEMENTED, unread.
+        options.append(("grpc.compression_enabled_algorithms_bitset", IDENTITY_ONLY_BITSET))
     options.append(_reuse_port(settings))
     if settings.max_connection_age_s > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     max_connection_age_grace_s: float = Field(
         default=10.0, ge=0, description="calls on a connection past its age get this long to finish"
     )
+    compressed_requests: bool = Field(
+        default=False,
+        description="accept gzip/deflate request messages; off: refused UNIMPLEMENTED unread, since grpcio "
+        "inflates a whole message before its size check (README: Failure modes)",
+    )
     max_metadata_bytes: int = Field(default=16 * 1024, ge=1024, description="request header (metadata) size limit")
     handshake_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection must finish its HTTP/2 handshake within this"
