@@ -30,9 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--recipe", type=Path, action="append", default=[], help="recipe YAML (repeatable)")
     build.add_argument("--models", nargs="*", help="only these built-in models (digits, minilm)")
     build.add_argument("--entry-point", help="a torch classifier: module:function returning a ClassifierSpec")
-    build.add_argument("--onnx", type=Path, help="a user ONNX model (builds fp32 + int8)")
-    build.add_argument("--calibration", type=Path, help="with --onnx: calibration rows, .npy or .npz")
-    build.add_argument("--task", choices=["classifier", "encoder"], default="classifier", help="with --onnx")
+    build.add_argument("--onnx", type=Path,
+                       help="a user ONNX model: fp32 as given, plus int8/fp16/int4 where they apply")  # fmt: skip
+    build.add_argument("--calibration", type=Path,
+                       help="with --onnx: rows along the first dimension, .npy (one input) or .npz "
+                            "(an array per input name); the last 20%% measure fidelity. None: fp32 alone")  # fmt: skip
+    build.add_argument("--task", choices=["generic", "classifier", "encoder"], default="generic",
+                       help="with --onnx: generic (any inputs and outputs; quality = fidelity over every output), "
+                            "classifier (top-1 agreement) or encoder (cosine) on the first output")  # fmt: skip
     build.add_argument("--name", help="model name, with --entry-point or --onnx")
     build.add_argument("--skip-existing", action="store_true",
                        help="keep models already in the repository with every variant their recipe makes")  # fmt: skip
@@ -133,17 +138,9 @@ def _recipes(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
         if not args.name:
             raise SystemExit("slimserve build: --name is required with --entry-point or --onnx")
         if args.onnx:
-            if not args.calibration:
-                raise SystemExit("slimserve build: --calibration is required with --onnx")
-            recipes.append(
-                OnnxRecipe(
-                    name=args.name,
-                    path=args.onnx,
-                    calibration=args.calibration,
-                    task=args.task,
-                    quantization="static" if args.task == "classifier" else "dynamic",
-                )
-            )
+            if not args.calibration and args.task != "generic":
+                raise SystemExit(f"slimserve build: --calibration is required with --onnx --task {args.task}")
+            recipes.append(OnnxRecipe(name=args.name, path=args.onnx, calibration=args.calibration, task=args.task))
         else:
             recipes.append(ClassifierRecipe(name=args.name, entry_point=args.entry_point))
     if not recipes:

@@ -27,7 +27,22 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Datatype = Literal["FP32", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL"]
+# The Open Inference Protocol's tensor datatypes that ONNX Runtime runs (BYTES: string tensors).
+Datatype = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64", "BYTES"
+]  # fmt: skip
+# The numpy type of each datatype (BYTES: object arrays of str, what ONNX Runtime's string
+# tensors hold); the codec reads and writes these on the wire.
+DATATYPE_DTYPES: dict[str, str] = {
+    "BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
+    "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "FP16": "float16", "FP32": "float32",
+    "FP64": "float64", "BYTES": "object",
+}  # fmt: skip
+# What a model does, which decides how its quality and live fidelity are measured: a
+# classifier by top-1 agreement (and Feedback takes class labels), an encoder by cosine, and
+# a generic model (any ONNX graph: any inputs and outputs) by fidelity to its reference
+# (repository.fidelity).
+Task = Literal["classifier", "encoder", "generic"]
 # A variant's kind is the last step of its chain (variants.chains): `pruned-int8` is an int8.
 VariantKind = Literal["fp32", "int8", "int4", "pruned", "distilled", "lowrank", "fp16"]
 MODEL_FILE = "model.yaml"
@@ -84,6 +99,10 @@ class TensorSpec(_Strict):
 
     @model_validator(mode="after")
     def _limits(self) -> TensorSpec:
+        if self.datatype == "BYTES" and (
+            self.min_value is not None or self.max_value is not None or self.pad_value is not None
+        ):
+            raise ValueError("a BYTES tensor takes no min_value, max_value or pad_value")
         if self.max_shape is not None and (len(self.max_shape) != len(self.shape) or not _valid_dims(self.max_shape)):
             raise ValueError(f"max_shape {self.max_shape} must have {len(self.shape)} dimensions, each > 0 or -1")
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
@@ -126,7 +145,7 @@ class ModelConfig(_Strict):
     """`model.yaml`: what the model takes and returns and how it is served."""
 
     name: str = Field(min_length=1)
-    task: Literal["classifier", "encoder"]
+    task: Task
     description: str = ""
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
@@ -144,6 +163,11 @@ class ModelConfig(_Strict):
         default=None,
         description="the variants the server loads (the reference and default among them); "
         "None serves every variant built. The others stay in the repository as measured candidates.",
+    )
+    skipped_variants: dict[str, str] | None = Field(
+        default=None,
+        description="variants the build tried and left out, each with the reason (cannot be made, or "
+        "slower and not smaller on the build machine); None when the build skipped none",
     )
 
     @field_validator("name")
@@ -198,6 +222,8 @@ class SeedFormulas(_Strict):
 
     @classmethod
     def of(cls, ref_params: int, params: int, ref_bytes: int, size_bytes: int) -> SeedFormulas:
+        """A graph without weights (a user's Add/Sub graph) counts as one parameter: α 1, β 0."""
+        ref_params, params = max(ref_params, 1), max(params, 1)
         return cls(
             alpha_params=ref_params / params,
             beta_params=(ref_params - params) / params,

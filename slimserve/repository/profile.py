@@ -8,6 +8,7 @@ batch size, so a profile of a slow model takes about as long as one of a fast mo
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -16,7 +17,15 @@ import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from slimserve.repository.format import HardwareFingerprint, LatencyStats, ModelConfig, Profile, TensorSpec, now
+from slimserve.repository.format import (
+    DATATYPE_DTYPES,
+    HardwareFingerprint,
+    LatencyStats,
+    ModelConfig,
+    Profile,
+    TensorSpec,
+    now,
+)
 from slimserve.repository.hardware import HardwareTarget, fingerprint, threads_for
 from slimserve.repository.sessions import make_session
 
@@ -98,24 +107,51 @@ def build_profiles(
     return profiles
 
 
-def synthetic_batch(inputs: list[TensorSpec], batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of the right shape for timing: variable dims become `seq_len`.
+# Integers are drawn from this window where the tensor's declared range and datatype allow it
+# (token ids of a vocabulary beyond the special tokens), else from the bottom of what they allow.
+INTEGER_WINDOW = (1000, 2000)
+INTEGER_FALLBACK_SPAN = 100
+SYNTHETIC_TEXT = "slimserve"  # every element of a BYTES input
 
-    Values do not change the work these models do, only shapes do; integer inputs named
-    like a mask are all ones so that no token is skipped.
+
+def _integers(spec: TensorSpec, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    dtype = np.dtype(DATATYPE_DTYPES[spec.datatype])
+    info = np.iinfo(dtype)
+    low = max(info.min, math.ceil(spec.min_value) if spec.min_value is not None else info.min)
+    high = min(info.max, math.floor(spec.max_value) if spec.max_value is not None else info.max)
+    if "mask" in spec.name and low <= 1 <= high:
+        return np.ones(shape, dtype=dtype)
+    start, stop = max(low, INTEGER_WINDOW[0]), min(high, INTEGER_WINDOW[1] - 1)
+    if start > stop:  # the window is outside what the tensor takes: the bottom of its range
+        start = max(low, 0) if low <= 0 <= high else low
+        stop = min(high, start + INTEGER_FALLBACK_SPAN)
+    return rng.integers(start, stop, size=shape, endpoint=True, dtype=dtype)
+
+
+def synthetic_batch(inputs: list[TensorSpec], batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Valid inputs of the right shape for timing and warm-up: variable dims become `seq_len`;
+    a first dimension the graph fixes stays as fixed (a fixed-shape graph takes nothing else).
+
+    Values do not change the work these models do, only shapes do, but they must be values
+    the model takes: integers within the tensor's declared range and its datatype's (all
+    ones for inputs named like a mask, so that no token is skipped), floats in [0, 1), bools
+    at random, BYTES as SYNTHETIC_TEXT (a numpy str array).
     """
     rng = np.random.default_rng(seed)
-    feed = {}
+    feed: dict[str, np.ndarray] = {}
     for spec in inputs:
-        shape = [batch, *(seq_len if d == -1 else d for d in spec.shape[1:])]
-        if spec.datatype in ("INT64", "INT32"):
-            dtype = np.int64 if spec.datatype == "INT64" else np.int32
-            if "mask" in spec.name:
-                feed[spec.name] = np.ones(shape, dtype=dtype)
-            else:
-                feed[spec.name] = rng.integers(1000, 2000, size=shape).astype(dtype)
+        first = batch if spec.shape[0] == -1 else spec.shape[0]
+        shape = [first, *(seq_len if d == -1 else d for d in spec.shape[1:])]
+        if spec.datatype == "BYTES":
+            # numpy str, not object: ONNX Runtime takes both, and a str array is saved and
+            # loaded without pickle (variants.memory measures a session in another process).
+            feed[spec.name] = np.full(shape, SYNTHETIC_TEXT)
+        elif spec.datatype == "BOOL":
+            feed[spec.name] = rng.random(shape) < 0.5
+        elif np.dtype(DATATYPE_DTYPES[spec.datatype]).kind in "iu":
+            feed[spec.name] = _integers(spec, shape, rng)
         else:
-            feed[spec.name] = rng.random(shape, dtype=np.float32)
+            feed[spec.name] = rng.random(shape).astype(DATATYPE_DTYPES[spec.datatype])
     return feed
 
 

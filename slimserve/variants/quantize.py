@@ -41,6 +41,7 @@ Scorer = Callable[[bytes], float]
 QUALITY_TIE = 0.002
 SPEED_TIE = 0.05
 TIMING_SECONDS = 2.0
+CALIBRATION_ROWS_PER_CALL = 16
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ class _ArrayReader(CalibrationDataReader):
         return self._batches[self._index - 1]
 
 
-def _quantize(source: Path, candidate: QuantCandidate, calibration: dict[str, np.ndarray] | None, work: Path) -> bytes:
+def _quantize(
+    source: Path, candidate: QuantCandidate, calibration: dict[str, np.ndarray] | None, work: Path, rows_per_call: int
+) -> bytes:
     target = work / f"{candidate.label.replace('/', '_')}.onnx"
     weight_type = getattr(QuantType, candidate.weight_type)
     if calibration is None:
@@ -108,7 +111,7 @@ def _quantize(source: Path, candidate: QuantCandidate, calibration: dict[str, np
         quantize_static(
             source,
             target,
-            _ArrayReader(calibration),
+            _ArrayReader(calibration, rows_per_call),
             quant_format=QuantFormat.QDQ,
             per_channel=candidate.per_channel,
             reduce_range=candidate.reduce_range,
@@ -127,6 +130,7 @@ def quantize_best(
     threads: int,
     candidates: tuple[QuantCandidate, ...] | None = None,
     progress: ModelProgress | None = None,
+    calibration_rows_per_call: int = CALIBRATION_ROWS_PER_CALL,
 ) -> tuple[bytes, QuantCandidate, dict[str, dict[str, float]]]:
     """Quantize with every candidate; keep the fastest of those that preserve quality.
 
@@ -136,7 +140,8 @@ def quantize_best(
     best-scoring of those within SPEED_TIE of the fastest wins. Which settings are fast
     depends on the chip (VNNI, AMX), so this is measured, not assumed.
     Returns (graph, settings, {label: {score, p50_ms (finalists only)}}); `progress`, when
-    given, counts the candidates.
+    given, counts the candidates. Calibration feeds `calibration_rows_per_call` rows a call
+    (a graph with a fixed first dimension takes exactly that many).
     """
     chosen = candidates or (DYNAMIC_CANDIDATES if calibration is None else STATIC_CANDIDATES)
     graphs: dict[str, tuple[bytes, QuantCandidate]] = {}
@@ -153,7 +158,7 @@ def quantize_best(
         if progress is not None:
             progress.loop(len(chosen), unit="candidate")
         for candidate in chosen:
-            graph = _quantize(source, candidate, calibration, work)
+            graph = _quantize(source, candidate, calibration, work, calibration_rows_per_call)
             graphs[candidate.label] = (graph, candidate)
             report[candidate.label] = {"score": score(graph)}
             log.info("int8 %s: selection score %.4f", candidate.label, report[candidate.label]["score"])

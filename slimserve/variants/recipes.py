@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from slimserve.repository.format import RepositoryError
+from slimserve.repository.format import RepositoryError, Task
 from slimserve.repository.profile import ProfileSettings
 from slimserve.variants.chains import parse_chain
 
@@ -206,18 +206,50 @@ class EncoderRecipe(_Strict):
         return self
 
 
+class OnnxInt4(_Strict):
+    """Weight-only 4-bit MatMuls of a generic ONNX model (variants.weight_only)."""
+
+    max_drop: float = Field(default=0.01, gt=0, lt=1, description="fidelity the int4 graph may lose on selection rows")
+    block_size: int = Field(default=32, ge=16, description="weights per scale (a power of two)")
+
+
 class OnnxRecipe(_Strict):
-    """A user's ONNX model → fp32 (as given) + int8. Quality = fidelity to the fp32 graph."""
+    """A user's ONNX model → fp32 (as given) + the compressed variants its graph allows.
+
+    Quality is fidelity to the fp32 graph on held-out calibration rows: top-1 agreement for
+    a classifier, cosine for an encoder, and for a generic model (any inputs and outputs)
+    `repository.fidelity` over every output. A generic model tries each of `variants` and
+    keeps those that can be made and are faster or smaller (variants.onnx_pipeline); without
+    calibration rows it is served as fp32 alone."""
 
     kind: Literal["onnx"] = "onnx"
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: Path
-    calibration: Path = Field(description=".npy (one input) or .npz (one array per input name)")
-    task: Literal["classifier", "encoder"] = "classifier"
-    quantization: Literal["static", "dynamic"] = "static"
+    calibration: Path | None = Field(
+        default=None, description=".npy (one input) or .npz (one array per input name); needed but for generic"
+    )
+    # A recipe file without `task` meant a classifier before generic models existed, and still does.
+    task: Task = "classifier"
+    quantization: Literal["auto", "static", "dynamic"] = Field(
+        default="auto",
+        description="int8: 'auto' is static QDQ for a classifier or a graph with Conv, dynamic otherwise",
+    )
+    variants: list[Literal["int8", "fp16", "int4"]] = Field(
+        default=["int8", "fp16", "int4"], description="generic: the compressed variants to try (int8 alone otherwise)"
+    )
+    int4: OnnxInt4 = OnnxInt4()
+    min_fidelity: float = Field(
+        default=0.9, ge=0, le=1, description="generic: a variant below this fidelity on held-out rows is skipped"
+    )
     held_out_fraction: float = Field(default=0.2, gt=0, lt=1)
     profile: ProfileSettings = ProfileSettings()
     serving: ServingSettings = ServingSettings()
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> OnnxRecipe:
+        if self.calibration is None and self.task != "generic":
+            raise ValueError(f"a {self.task} needs calibration rows to measure its int8 variant's fidelity")
+        return self
 
 
 Recipe = Annotated[ClassifierRecipe | EncoderRecipe | OnnxRecipe, Field(discriminator="kind")]
@@ -270,5 +302,8 @@ AnyRecipe = ClassifierRecipe | EncoderRecipe | OnnxRecipe
 
 
 def planned_variants(recipe: AnyRecipe) -> list[str]:
-    """The variants the recipe builds (a user ONNX model: fp32 and int8)."""
-    return list(recipe.variants) if isinstance(recipe, ClassifierRecipe | EncoderRecipe) else ["fp32", "int8"]
+    """The variants the recipe builds: a classifier or encoder ONNX model fp32 and int8; a
+    generic one fp32, and whichever of its `variants` the graph allows (decided in the build)."""
+    if isinstance(recipe, ClassifierRecipe | EncoderRecipe):
+        return list(recipe.variants)
+    return ["fp32"] if recipe.task == "generic" else ["fp32", "int8"]

@@ -98,7 +98,7 @@ def quantize_weight_only(
     score: Scorer,
     max_drop: float,
     block_size: int,
-    embedding_block_size: int,
+    embedding_block_size: int | None,
     rank_score: Scorer | None = None,
     progress: ModelProgress | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
@@ -107,8 +107,10 @@ def quantize_weight_only(
 
     `score(graph)` compares a graph's outputs with the parent's (1.0 = the same);
     `rank_score`, a cheaper one on fewer inputs, ranks the MatMuls (default: `score`).
-    Returns the graph and what was chosen: which MatMuls stay 8-bit, each one's measured
-    loss at 4 bits alone, and the final score. `progress`, when given, counts the MatMuls ranked.
+    `embedding_block_size` None leaves embedding tables (Gather) as they are (a generic graph's
+    Gathers need not be embeddings). Returns the graph and what was chosen: which MatMuls stay
+    8-bit, each one's measured loss at 4 bits alone, and the final score. `progress`, when
+    given, counts the MatMuls ranked.
     """
     rank_score = rank_score or score
     model = onnx.version_converter.convert_version(onnx.load_from_string(parent_onnx), INT4_OPSET)

@@ -316,7 +316,9 @@ class DataPlane:
         """Score a remembered classifier answer with its true labels (observe.feedback)."""
         hosted = self.registry.get(model)
         if hosted.entry.config.task != "classifier":
-            raise InvalidInputError(f"model '{model}' is an encoder; feedback takes class labels")
+            task = hosted.entry.config.task
+            raise InvalidInputError(f"model '{model}' is {'an' if task == 'encoder' else 'a'} {task} model; "
+                                    "feedback takes class labels of a classifier's answers")  # fmt: skip
         answer, correct = self._answers.score(hosted.name, request_id, labels, caller)
         self._recorder.record_feedback(answer, correct)
         return answer, correct

@@ -4,8 +4,10 @@ A sampled fraction of requests served by a compressed variant is run again on th
 reference variant *after* the caller has its answer, in a background task, and only when
 the model has spare capacity: no queue in any of its variants and no other shadow of the
 model running. Under load the check fails and shadowing stops by itself. Agreement per
-request — top-1 match rate for classifiers, mean cosine for encoders — is exported per
-variant; divided by the number of comparisons it is the variant's live fidelity.
+request — top-1 match rate for classifiers, mean cosine for encoders, and for a generic model
+the fidelity its build measured (repository.fidelity: exact match for integer, bool and
+BYTES outputs, 1 − relative L2 error for float ones, the minimum over every output) — is
+exported per variant; divided by the number of comparisons it is the variant's live fidelity.
 
 The comparison is run through the data plane (`rerun`, which the data plane passes with
 each answer), on the model hosted at that moment, and recorded by the recorder.
@@ -20,6 +22,8 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from slimserve.repository.fidelity import fidelity
+from slimserve.repository.format import ModelConfig
 from slimserve.server.core.registry import HostedModel
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.observe.recorder import CallRecorder
@@ -29,12 +33,17 @@ MAX_CPU_UTILIZATION = 0.6
 Rerun = Callable[[str, str, InferenceRequest], Awaitable[InferenceResult]]  # (model, variant, request)
 
 
-def agreement(task: str, served: np.ndarray, reference: np.ndarray) -> float:
-    """Top-1 agreement (classifier) or mean cosine similarity (encoder), in [0, 1]."""
-    if task == "classifier":
-        return float(np.mean(served.argmax(axis=-1) == reference.argmax(axis=-1)))
-    a = served.reshape(len(served), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
+def agreement(config: ModelConfig, served: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """Top-1 agreement (classifier) or mean cosine similarity (encoder) of the first output,
+    or fidelity over every output (generic), in [0, 1]."""
+    if config.task == "generic":
+        return fidelity(served, {spec.name: reference[spec.name] for spec in config.outputs})[0]
+    output = config.outputs[0].name
+    mine, theirs = served[output], reference[output]
+    if config.task == "classifier":
+        return float(np.mean(mine.argmax(axis=-1) == theirs.argmax(axis=-1)))
+    a = mine.reshape(len(mine), -1).astype(np.float64)
+    b = theirs.reshape(len(theirs), -1).astype(np.float64)
     cosine = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return float(np.clip(cosine, 0.0, 1.0).mean())
 
@@ -81,8 +90,7 @@ class ShadowSampler:
         try:
             shadow = InferenceRequest(config.name, config.reference_variant, request.inputs)
             reference = await rerun(config.name, config.reference_variant, shadow)
-            output = config.outputs[0].name
-            value = agreement(config.task, result.outputs[output], reference.outputs[output])
+            value = agreement(config, result.outputs, reference.outputs)
             self._recorder.record_shadow(config.name, result.variant, value)
         except Exception:  # a failed shadow must never surface anywhere but the log
             log.exception("shadow comparison for %s/%s failed", config.name, result.variant)

@@ -9,6 +9,16 @@ and size of parameters, typed contents (converted on the event loop, so above
 MAX_TYPED_VALUES they are refused in favour of raw contents), and each input's declared
 shape limits and value range (`TensorSpec.max_shape`, `min_value`, `max_value`).
 
+BYTES tensors travel as Triton serializes them (tritonclient.utils.serialize_byte_tensor):
+in raw contents, each element is a 4-byte little-endian length followed by that many bytes,
+elements in row-major order; in typed contents, one `bytes_contents` entry per element.
+They become numpy object arrays of `str`: ONNX Runtime's string tensors hold text (it would
+turn a `bytes` element into its repr), so each element must be UTF-8 and is decoded here;
+string outputs are encoded back the same way, as UTF-8. A BYTES input is bounded by its
+element count (MAX_BYTES_ELEMENTS: parsing walks the elements on the event loop) and its
+total length (MAX_BYTES_TOTAL_BYTES); a length prefix that runs past the end, or bytes left
+over after the last element, is refused naming the input and the element.
+
 Sizes are Python ints: a shape's element count is exact however large its dimensions (a
 numpy product wraps around, and [4, 2**62] would claim to hold no element), and it must
 match the bytes or values the request carries. Typed contents travel in a wider field than
@@ -19,6 +29,7 @@ it is narrowed. Names and lists the caller sent are quoted through `errors.shown
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,34 +38,33 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from slimserve.protos import inference_pb2 as pb
-from slimserve.repository.format import ModelConfig, TensorSpec
+from slimserve.repository.format import DATATYPE_DTYPES, ModelConfig, TensorSpec
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.errors import InvalidInputError, listed, shown
 from slimserve.server.transport.parameters import parameter_value
 
-DTYPES: dict[str, np.dtype] = {
-    "FP32": np.dtype(np.float32),
-    "FP16": np.dtype(np.float16),
-    "FP64": np.dtype(np.float64),
-    "INT64": np.dtype(np.int64),
-    "INT32": np.dtype(np.int32),
-    "INT8": np.dtype(np.int8),
-    "UINT8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-}
+# BYTES: each element a `str` (module docstring)
+DTYPES: dict[str, np.dtype] = {name: np.dtype(numpy_type) for name, numpy_type in DATATYPE_DTYPES.items()}
 MAX_ID_CHARS = 256  # request ids are remembered for Feedback: bounded in bytes
 MAX_PARAMETERS = 32
 MAX_PARAMETER_NAME_CHARS = 64
 MAX_PARAMETER_STRING_CHARS = 1024
 MAX_TYPED_VALUES = 65_536  # 2.8 ms of conversion on the event loop (AMD EPYC); raw bytes beyond
+MAX_BYTES_ELEMENTS = 65_536  # strings in one BYTES input: each is parsed by a Python step on the loop
+MAX_BYTES_TOTAL_BYTES = 16 * 1024 * 1024  # one BYTES input's serialized length, prefixes included
+BYTES_PREFIX = struct.Struct("<I")  # Triton's length prefix of each BYTES element
 # Which repeated field of InferTensorContents carries each datatype, and the type its values
-# have on the wire: wider than INT8 and UINT8 (FP16 has no field: raw only).
+# have on the wire: wider than 8 and 16 bits (FP16 has no field: raw only; BYTES: bytes_contents).
 _TYPED_FIELD: dict[str, tuple[str, np.dtype]] = {
     "FP32": ("fp32_contents", np.dtype(np.float32)),
     "FP64": ("fp64_contents", np.dtype(np.float64)),
     "INT64": ("int64_contents", np.dtype(np.int64)),
     "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT16": ("int_contents", np.dtype(np.int32)),
     "INT8": ("int_contents", np.dtype(np.int32)),
+    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
+    "UINT32": ("uint_contents", np.dtype(np.uint32)),
+    "UINT16": ("uint_contents", np.dtype(np.uint32)),
     "UINT8": ("uint_contents", np.dtype(np.uint32)),
     "BOOL": ("bool_contents", np.dtype(np.bool_)),
 }
@@ -112,6 +122,11 @@ def _check_shape(name: str, shape: list[int], spec: TensorSpec, max_batch_size: 
         )
     if any(d < 0 for d in shape):
         raise InvalidInputError(f"input {shown(name)}: shape {shape} has a negative dimension")
+    if spec.shape[0] != -1 and shape[0] != spec.shape[0]:
+        raise InvalidInputError(
+            f"input {shown(name)}: dimension 0 is {shape[0]}; the model's graph fixes it at {spec.shape[0]} "
+            f"(shape {spec.shape})"
+        )
     if shape[0] < 1 or shape[0] > max_batch_size:
         raise InvalidInputError(f"input {shown(name)}: batch size {shape[0]} outside 1..{max_batch_size}")
     for axis, (got, want) in enumerate(zip(shape[1:], spec.shape[1:], strict=True), start=1):
@@ -151,6 +166,8 @@ def _decode_tensor(
     _check_shape(name, shape, spec, max_batch_size)
     dtype = DTYPES[spec.datatype]
     count = math.prod(shape)  # exact (module docstring): every size below compares Python ints
+    if spec.datatype == "BYTES":
+        return _decode_bytes(tensor, shape, count, raw)
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise InvalidInputError(
@@ -175,6 +192,94 @@ def _decode_tensor(
     array = np.asarray(values, dtype=wire)  # the field's own type: every value fits
     _check_range(name, spec.datatype, field, array)
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _decode_bytes(
+    tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int], count: int, raw: bytes | None
+) -> np.ndarray:
+    """A BYTES input as an object array of `str` (module docstring: the wire format, bounds)."""
+    name = tensor.name
+    if count > MAX_BYTES_ELEMENTS:
+        raise InvalidInputError(f"input {shown(name)}: {count} BYTES elements; at most {MAX_BYTES_ELEMENTS}")
+    if raw is None:
+        values = tensor.contents.bytes_contents
+        if len(values) != count:
+            raise InvalidInputError(
+                f"input {shown(name)}: {len(values)} values in contents.bytes_contents, expected {count} "
+                f"for shape {shape}"
+            )
+        if sum(len(v) for v in values) > MAX_BYTES_TOTAL_BYTES:
+            raise InvalidInputError(f"input {shown(name)}: more than {MAX_BYTES_TOTAL_BYTES} bytes of BYTES contents")
+        elements = _text(name, list(values))
+    else:
+        if len(raw) > MAX_BYTES_TOTAL_BYTES:
+            raise InvalidInputError(
+                f"input {shown(name)}: {len(raw)} bytes of raw BYTES; at most {MAX_BYTES_TOTAL_BYTES}"
+            )
+        elements = _text(name, _split_bytes(name, raw, count, shape))
+    array = np.empty(count, dtype=np.object_)
+    array[:] = elements
+    return array.reshape(shape)
+
+
+def _text(name: str, elements: list[bytes]) -> list[str]:
+    try:
+        return [element.decode() for element in elements]
+    except UnicodeDecodeError:
+        index = next(i for i, e in enumerate(elements) if not _is_utf8(e))
+        raise InvalidInputError(
+            f"input {shown(name)}: BYTES element {index} is not UTF-8; ONNX Runtime's string tensors take text"
+        ) from None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _split_bytes(name: str, raw: bytes, count: int, shape: list[int]) -> list[bytes]:
+    """Triton's serialization of `count` BYTES elements: length prefix, bytes, and nothing after."""
+    if count * BYTES_PREFIX.size > len(raw):
+        raise InvalidInputError(
+            f"input {shown(name)}: {len(raw)} bytes of raw contents cannot hold {count} BYTES elements "
+            f"for shape {shape} (each needs a {BYTES_PREFIX.size}-byte length prefix)"
+        )
+    elements: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    for index in range(count):
+        if offset + BYTES_PREFIX.size > len(raw):
+            raise InvalidInputError(
+                f"input {shown(name)}: raw contents end at element {index} of {count}, before its length prefix"
+            )
+        (length,) = BYTES_PREFIX.unpack_from(raw, offset)
+        offset += BYTES_PREFIX.size
+        if offset + length > len(raw):
+            raise InvalidInputError(
+                f"input {shown(name)}: element {index} declares {length} bytes; only {len(raw) - offset} remain "
+                "in raw contents (each BYTES element is a 4-byte little-endian length, then the bytes)"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != len(raw):
+        raise InvalidInputError(
+            f"input {shown(name)}: {len(raw) - offset} bytes of raw contents left after the {count} BYTES "
+            f"elements of shape {shape}"
+        )
+    return elements
+
+
+def _serialize_bytes(array: np.ndarray) -> bytes:
+    """Triton's serialization of a string tensor, row-major; str elements as UTF-8."""
+    parts: list[bytes] = []
+    for element in array.reshape(-1):
+        data = element.encode() if isinstance(element, str) else bytes(element)
+        parts.append(BYTES_PREFIX.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
 
 
 def read_parameters(request: pb.ModelInferRequest) -> dict[str, bool | int | float | str]:
@@ -246,14 +351,15 @@ def _parameter(value: str | float) -> pb.InferParameter:
 
 
 def encode_response(request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
-    """Numeric outputs go in raw_output_contents, in the order of `outputs`."""
+    """Every output goes in raw_output_contents, in the order of `outputs` (BYTES serialized
+    as Triton does: module docstring)."""
     response = pb.ModelInferResponse(model_name=config.name, model_version=result.variant, id=request.id)
     wanted = request.outputs or [spec.name for spec in config.outputs]
     datatypes = {spec.name: spec.datatype for spec in config.outputs}
     for name in wanted:
         array = np.ascontiguousarray(result.outputs[name], dtype=DTYPES[datatypes[name]])
         response.outputs.add(name=name, datatype=datatypes[name], shape=list(array.shape))
-        response.raw_output_contents.append(array.tobytes())
+        response.raw_output_contents.append(_serialize_bytes(array) if datatypes[name] == "BYTES" else array.tobytes())
     response.parameters["variant"].CopyFrom(_parameter(result.variant))
     response.parameters["device"].CopyFrom(_parameter(result.device))
     response.parameters["reason"].CopyFrom(_parameter(result.reason))
