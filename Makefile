@@ -6,7 +6,7 @@ REPOSITORY ?= model_repository
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-observability bench-reload bench-first-run soak loadtest image test-image test test-unit test-integration test-slow lint typecheck suite clean
+.PHONY: run build serve protos bench-server bench-peers bench-workers bench-router bench-router-sim bench-observability bench-reload bench-first-run soak loadtest image test-image test test-unit test-integration test-slow lint typecheck suite clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ bench-workers: $(VENV)/.installed-test
 ## bench-router: router vs pinned variants vs ablated routers on a production arrival trace (needs `make run`'s repository)
 bench-router: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_router --repository $(REPOSITORY) --out docs/bench
+
+## bench-router-sim: the router vs best static, hindsight-best mix and fluid bound in the calibrated simulator (needs `make run`'s repository)
+bench-router-sim: $(VENV)/.installed-test
+	$(BIN)/python -m loadtest.bench_router_sim --repository $(REPOSITORY) --out docs/bench
 
 ## bench-observability: saturation throughput with metrics + shadow sampling on vs off, one run
 bench-observability: $(VENV)/.installed-test

@@ -1,64 +1,22 @@
-"""Real request arrivals for benchmarks: a production trace, time-compressed to a target rate.
+"""Real request arrivals for benchmarks: the Azure conversation trace beside the repository.
 
-The trace is `../shared/traces/azure_llm_inference_2023_conv.csv`: one hour of requests to
-a production inference service in Azure (Patel et al., "Splitwise: Efficient generative LLM
-inference using phase splitting", ISCA 2024; Azure/AzurePublicDataset, CC-BY 4.0 — keep
-this attribution with any figure derived from it). Its timestamps are used as arrival
-times, open loop; its ContextTokens as each request's input size.
-
-Compressing time keeps the trace's burstiness (the shape of its gaps) while setting its
-mean rate to whatever the capacity under test needs.
+The reading and time compression are `slimserve.simulate.trace` (the simulator replays the
+same windows); this module adds where the shared trace lies on these machines. The trace is
+`../shared/traces/azure_llm_inference_2023_conv.csv` (Azure/AzurePublicDataset, CC-BY 4.0;
+Patel et al., Splitwise, ISCA 2024 — keep ATTRIBUTION with any figure derived from it).
 """
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
+from slimserve.simulate.trace import ATTRIBUTION, Trace
 
-DEFAULT_TRACE = Path(__file__).resolve().parents[3] / "shared" / "traces" / "azure_llm_inference_2023_conv.csv"
-ATTRIBUTION = (
-    "Arrivals: Azure LLM inference trace 2023 (conversation), Azure/AzurePublicDataset, CC-BY 4.0; "
-    "Patel et al., Splitwise, ISCA 2024."
+_TRACE_NAME = Path("shared") / "traces" / "azure_llm_inference_2023_conv.csv"
+# ../shared beside the checkout (parents[2]), or one level up for a checkout in a subfolder.
+DEFAULT_TRACE = next(
+    (p / _TRACE_NAME for p in Path(__file__).resolve().parents[2:4] if (p / _TRACE_NAME).exists()),
+    Path(__file__).resolve().parents[2] / _TRACE_NAME,
 )
 
-
-@dataclass(frozen=True)
-class Trace:
-    """Arrival offsets from the first request (seconds) and each request's context tokens."""
-
-    offsets_s: np.ndarray
-    context_tokens: np.ndarray
-
-    @classmethod
-    def load(cls, path: Path = DEFAULT_TRACE) -> Trace:
-        if not path.exists():
-            raise SystemExit(f"{path}: arrival trace not found (expected ../shared/traces/ beside the repository)")
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if not rows:
-            raise SystemExit(f"{path}: no rows")
-        # Timestamps carry 7 fractional digits; datetime takes 6.
-        stamps = np.array([datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp() for row in rows])
-        order = np.argsort(stamps, kind="stable")
-        tokens = np.array([int(row["ContextTokens"]) for row in rows])[order]
-        return cls(stamps[order] - stamps[order][0], tokens)
-
-    def window(self, start: int, count: int) -> Trace:
-        """`count` consecutive arrivals from the `start`-th, offsets from the first of them."""
-        if start + count > len(self.offsets_s):
-            raise ValueError(f"the trace has {len(self.offsets_s)} arrivals; asked for {start}..{start + count}")
-        offsets = self.offsets_s[start : start + count]
-        return Trace(offsets - offsets[0], self.context_tokens[start : start + count])
-
-    @property
-    def mean_rate_rps(self) -> float:
-        span = float(self.offsets_s[-1])
-        return (len(self.offsets_s) - 1) / span if span > 0 else float("inf")
-
-    def at_rate(self, rate_rps: float) -> np.ndarray:
-        """Arrival times (s) compressed so that the mean rate is `rate_rps`."""
-        return self.offsets_s * (self.mean_rate_rps / rate_rps)
+__all__ = ["ATTRIBUTION", "DEFAULT_TRACE", "Trace"]

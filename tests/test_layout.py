@@ -23,6 +23,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "server/transport": ("slimserve.server.process",),
     "router": ("slimserve.server", "slimserve.protos", "grpc"),
     "repository": ("slimserve.server", "slimserve.variants", "slimserve.router", "torch"),
+    # the simulator drives the real router on its own clock: no server, no gRPC, no torch
+    "simulate": ("slimserve.server", "slimserve.variants", "slimserve.protos", "grpc", "torch"),
 }
 ANYWHERE_IN_PACKAGE = ("loadtest", "tests", "tools")  # outside the wheel
 

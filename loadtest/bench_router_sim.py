@@ -1,0 +1,388 @@
+"""`make bench-router-sim`: the router against the best static variant, the hindsight-best mix and
+the fluid bound, in the trace-driven simulator (slimserve.simulate), with 95 % intervals.
+
+1. **Calibration.** Every minilm cell `make bench-router` measured (docs/bench/bench_router.csv:
+   4 variants, trace window from arrival 2000, 600 arrivals, edge profile, each run's own
+   SLOs, fp32 capacity and kind draws) is simulated; two physical parameters are fitted on
+   the pinned cells by grid search — the machine's speed against the one that measured the
+   service curves, and the per-call CPU of the event loop — and the router cells (the router
+   and its three ablations) are the check. Printed: simulated vs measured effective accuracy
+   and SLO attainment per cell, mean and max |difference|.
+2. **Ceiling.** For each variant set (the 4 the bench served, the 7 minilm serves now), load
+   (× fp32's simulated capacity) and window (`--windows` spread over the whole trace, the
+   same windows and seeds for every policy): every static variant, the router, the
+   hindsight-best fixed mix (`ceiling.best_mix`) and the fluid bound (`ceiling.fluid_bound`).
+   Reported: means with 95 % t-intervals, router − best static (paired), gap closed =
+   (router − static) / (mix − static).
+
+Physics: `--service-curves` (docs/bench/router_sim_service.json: minilm's edge service
+times at 128 tokens, the bench's length, and 32, the length the server profiles at start
+and the router's starting belief). Writes router_sim.md / .csv under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import Pool
+from multiprocessing.pool import Pool as PoolType
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.serving import cpu_model
+from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE
+from slimserve.router.config import RouterConfig
+from slimserve.simulate.ceiling import best_mix, efficient, fluid_bound
+from slimserve.simulate.engine import Mix, Pinned, Policy, Result, Routed, simulate
+from slimserve.simulate.server import ServerParams, VariantSpec, variants_from_repository, with_physics
+from slimserve.simulate.stats import Interval
+from slimserve.simulate.trace import Trace
+from slimserve.simulate.workload import MAX_TOKENS, SloClasses, capacity_rps, replay, round_trip_ms
+
+FOUR = ("fp32", "int8", "pruned", "distilled")
+SEVEN = ("fp32", "int8", "pruned", "distilled", "int4", "pruned-int8", "distilled-int8")
+BENCH_START, BENCH_ARRIVALS = 2000, 600
+BENCH_SCALES = (0.5, 1.0, 1.5, 2.0)
+ROUTERS = {"router": (), "router-no-correction": ("correction",), "router-no-ratios": ("ratios",),
+           "router-no-price": ("price",)}  # fmt: skip
+# Grid of the two calibrated parameters: speed (× the curves' machine) and loop CPU per call (ms).
+SPEEDS = (0.35, 0.4, 0.45, 0.5, 0.55)
+OVERHEADS_MS = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+PRE_SHARE = 2.0 / 3.0  # of the per-call CPU, before the session call (read, decode, route)
+DEFAULT_SLO_MS = 100.0  # minilm's model.yaml default_slo_ms
+
+
+def load_specs(repository: Path, curves_path: Path, served: Sequence[str]) -> list[VariantSpec]:
+    data = json.loads(curves_path.read_text())["tokens"]
+    measured = {v: {int(t): {int(b): ms for b, ms in data[t][v].items()} for t in data} for v in served}
+    belief = {v: {int(b): ms for b, ms in data["32"][v].items()} for v in served}
+    return with_physics(variants_from_repository(repository / "minilm", "cloud-cpu", served), measured, belief)
+
+
+def params_for(speed: float, overhead_ms: float) -> ServerParams:
+    return ServerParams(speed=speed, pre_ms=overhead_ms * PRE_SHARE, post_ms=overhead_ms * (1 - PRE_SHARE))
+
+
+def policy_of(name: str) -> tuple[Policy, RouterConfig]:
+    if name in ROUTERS:
+        return Routed(), RouterConfig.without(ROUTERS[name])
+    return Pinned(name), RouterConfig()
+
+
+# -- 1. calibration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    run: int
+    scale: float
+    policy: str
+    capacity_rps: float
+    slo: SloClasses
+    effective_accuracy: float
+    slo_attainment: float
+
+
+def measured_cells(path: Path) -> list[Cell]:
+    cells = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["workload"] != "minilm":
+                continue
+            scale, n = float(row["scale"]), int(row["requests"])
+            cells.append(Cell(
+                int(row["run"]), scale, row["policy"], float(row["offered_rps"]) / scale * (n - 1) / n,
+                SloClasses(float(row["interactive_slo_ms"]), float(row["background_slo_ms"])),
+                float(row["effective_accuracy"]), float(row["slo_attainment"]),
+            ))  # fmt: skip
+    return cells
+
+
+def simulate_cell(cell: Cell, specs: list[VariantSpec], params: ServerParams, window: Trace) -> Result:
+    seed = 1000 * cell.run + BENCH_SCALES.index(cell.scale)  # bench_router.trace_workload's seed
+    arrivals = replay(window, cell.scale * cell.capacity_rps, cell.slo, seed, warm_rate_rps=cell.capacity_rps)
+    policy, config = policy_of(cell.policy)
+    return simulate(specs, params, policy, arrivals, DEFAULT_SLO_MS, config, seed)
+
+
+def _cell_job(job: tuple[Cell, list[VariantSpec], ServerParams, Trace]) -> tuple[float, float]:
+    result = simulate_cell(*job)
+    return result.effective_accuracy, result.slo_attainment
+
+
+def calibrate(cells: list[Cell], specs: list[VariantSpec], window: Trace, pool: PoolType) -> tuple[ServerParams, list]:  # type: ignore[type-arg]
+    pinned = [c for c in cells if c.policy in FOUR]
+    best: tuple[float, ServerParams] | None = None
+    for speed in SPEEDS:
+        for overhead in OVERHEADS_MS:
+            params = params_for(speed, overhead)
+            sims = pool.map(_cell_job, [(c, specs, params, window) for c in pinned])
+            error = float(np.mean([abs(s[0] - c.effective_accuracy) + abs(s[1] - c.slo_attainment)
+                                   for s, c in zip(sims, pinned, strict=True)]))  # fmt: skip
+            print(f"  calibration: speed {speed:.2f}, loop CPU {overhead:.1f} ms/call: "
+                  f"mean |diff| {error / 2 * 100:.2f} points",
+                  flush=True)  # fmt: skip
+            if best is None or error < best[0]:
+                best = (error, params)
+    assert best is not None
+    params = best[1]
+    sims = pool.map(_cell_job, [(c, specs, params, window) for c in cells])
+    return params, list(zip(cells, sims, strict=True))
+
+
+# -- 2. ceiling ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    served: tuple[str, ...]
+    scale: float
+    window_index: int
+    start: int
+    specs: list[VariantSpec]
+    params: ServerParams
+    trace: Trace
+    arrivals: int
+
+
+def window_job(job: WindowJob) -> dict[str, object]:
+    """Every policy on one window at one load: effective accuracy and attainment of each."""
+    fp32 = next(s for s in job.specs if s.name == "fp32")
+    capacity = capacity_rps(fp32, job.params)
+    slo = SloClasses.from_round_trip(round_trip_ms(fp32, job.params))
+    window = job.trace.window(job.start, job.arrivals)
+    seed = 10_000 + job.window_index
+    arrivals = replay(window, job.scale * capacity, slo, seed, warm_rate_rps=capacity)
+    out: dict[str, object] = {"served": len(job.served), "scale": job.scale, "window": job.window_index}
+    timing: dict[str, tuple[float, float]] = {}
+
+    def run(name: str, policy: Policy, config: RouterConfig) -> Result:
+        started = time.perf_counter()
+        result = simulate(job.specs, job.params, policy, arrivals, DEFAULT_SLO_MS, config, seed)
+        timing[name] = (result.sim_s, time.perf_counter() - started)
+        return result
+
+    for name in job.served:
+        r = run(name, Pinned(name), RouterConfig())
+        out[name] = (r.effective_accuracy, r.slo_attainment)
+    r = run("router", Routed(), RouterConfig())
+    out["router"] = (r.effective_accuracy, r.slo_attainment)
+    out["router_shares"] = r.shares()
+    draws = np.random.default_rng(seed + 1).random(len(window))
+    names = [s.name for s in efficient(job.specs, MAX_TOKENS)]
+    cache: dict[str, Result] = {}
+
+    def evaluate(weights: dict[str, float]) -> float:
+        result = run("mix", Mix(weights, draws), RouterConfig())
+        cache[repr(sorted(weights.items()))] = result
+        return result.effective_accuracy
+
+    mix = best_mix(names, evaluate)
+    best = cache[repr(sorted(mix.weights.items()))]
+    out["mix"] = (best.effective_accuracy, best.slo_attainment)
+    out["mix_weights"] = mix.weights
+    out["bound"] = (fluid_bound(job.specs, job.params, arrivals).effective_accuracy, float("nan"))
+    out["timing"] = timing
+    return out
+
+
+def ceiling_table(rows: list[dict[str, object]], served: tuple[str, ...], scales: Sequence[float]) -> list[dict]:  # type: ignore[type-arg]
+    table = []
+    for scale in scales:
+        mine = [r for r in rows if r["scale"] == scale and r["served"] == len(served)]
+
+        def ea(key: str, mine: list[dict[str, object]] = mine) -> list[float]:
+            return [r[key][0] for r in mine]  # type: ignore[index]
+
+        static = max(served, key=lambda v: float(np.mean(ea(v))))
+        router, mix, bound, best = ea("router"), ea("mix"), ea("bound"), ea(static)
+        gained = Interval.paired(router, best).mean
+        headroom = Interval.paired(mix, best).mean
+        shares: dict[str, float] = {}
+        for r in mine:
+            for v, s in r["router_shares"].items():  # type: ignore[attr-defined]
+                shares[v] = shares.get(v, 0.0) + s / len(mine)
+        weights: dict[str, float] = {}
+        for r in mine:
+            for v, w in r["mix_weights"].items():  # type: ignore[attr-defined]
+                weights[v] = weights.get(v, 0.0) + w / len(mine)
+        table.append({
+            "served": len(served), "scale": scale, "windows": len(mine), "best_static": static,
+            "static": Interval.of(best), "router": Interval.of(router), "mix": Interval.of(mix),
+            "bound": Interval.of(bound), "router_minus_static": Interval.paired(router, best),
+            "mix_minus_router": Interval.paired(mix, router),
+            "gap_closed": gained / headroom if headroom > 1e-9 else float("nan"),
+            "router_attainment": Interval.of([r["router"][1] for r in mine]),  # type: ignore[index]
+            "static_attainment": Interval.of([r[static][1] for r in mine]),  # type: ignore[index]
+            "router_shares": shares, "mix_weights": weights,
+        })  # fmt: skip
+    return table
+
+
+def _gap_text(t: dict) -> str:  # type: ignore[type-arg]
+    """Gap closed, where the mix beats the best static by more than its interval: else n/a."""
+    headroom = t["mix"].mean - t["static"].mean
+    return f"{t['gap_closed'] * 100:.0f}%" if headroom > t["static"].half_width else "n/a (no headroom)"
+
+
+def _mix_text(weights: dict[str, float]) -> str:
+    return ", ".join(f"{v} {w * 100:.0f}%" for v, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w >= 0.01)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--service-curves", type=Path, default=Path("docs/bench/router_sim_service.json"))
+    parser.add_argument("--measured", type=Path, default=Path("docs/bench/bench_router.csv"))
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"))
+    parser.add_argument("--windows", type=int, default=50)
+    parser.add_argument("--arrivals", type=int, default=BENCH_ARRIVALS, help="arrivals per window")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0])
+    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--skip-calibration", nargs=2, type=float, metavar=("SPEED", "LOOP_MS"),
+                        help="use these calibrated parameters instead of fitting them")  # fmt: skip
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    trace = Trace.load(args.trace)
+    cpu = f"{cpu_model()}; {args.processes} processes"
+    print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
+    four = load_specs(args.repository, args.service_curves, FOUR)
+    seven = load_specs(args.repository, args.service_curves, SEVEN)
+    lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
+    csv_rows: list[dict[str, object]] = []
+    with Pool(args.processes) as pool:
+        cells = measured_cells(args.measured)
+        bench_window = trace.window(BENCH_START, BENCH_ARRIVALS)
+        if args.skip_calibration:
+            params = params_for(*args.skip_calibration)
+            sims = pool.map(_cell_job, [(c, four, params, bench_window) for c in cells])
+            calibrated = list(zip(cells, sims, strict=True))
+        else:
+            params, calibrated = calibrate(cells, four, bench_window, pool)
+        lines += calibration_lines(params, calibrated, four, csv_rows)
+        print("\n".join(lines[-40:]), flush=True)
+        starts = trace.window_starts(args.arrivals, args.windows)
+        jobs = [WindowJob(served, scale, i, start, specs, params, trace, args.arrivals)
+                for served, specs in ((FOUR, four), (SEVEN, seven)) for scale in args.scales
+                for i, start in enumerate(starts)]  # fmt: skip
+        started = time.perf_counter()
+        rows = pool.map(window_job, jobs, chunksize=1)
+        wall_s = time.perf_counter() - started
+    lines += ceiling_lines(rows, args, csv_rows, wall_s)
+    lines += speed_lines(rows, cpu)
+    text = "\n".join(lines) + "\n"
+    (args.out / "router_sim.md").write_text(text)
+    with open(args.out / "router_sim.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in csv_rows for k in r)))
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    print(text)
+    return 0
+
+
+def calibration_lines(params: ServerParams, calibrated: list, specs: list[VariantSpec], csv_rows: list) -> list[str]:  # type: ignore[type-arg]
+    fp32 = specs[0]
+    lines = [
+        "## Calibration against `make bench-router` (minilm, 4 variants, 600 arrivals from the 2000th, edge)",
+        "",
+        f"Calibrated: speed **{params.speed:.2f}** × the service curves of docs/bench/router_sim_service.json; "
+        f"event-loop CPU **{params.overhead_ms:.1f} ms** per call ({params.pre_ms:.2f} before the session call, "
+        f"{params.post_ms:.2f} after); fixed: 1 core shared by processor sharing, one thread per session, "
+        f"refusal {params.refuse_ms} ms, outside {params.outside_ms} ms. Simulated fp32 round trip "
+        f"{round_trip_ms(fp32, params):.1f} ms and capacity {capacity_rps(fp32, params):.1f} calls/s "
+        "(the bench measured 18.3 / 19.9 ms and 66.0 / 57.5 calls/s in its two runs). Fitted on the pinned "
+        "cells; the router cells are the check.",
+        "",
+        "| load | policy | effective accuracy: simulated / measured (runs 1, 2) | diff "
+        "| SLO attainment: simulated / measured | diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    keyed: dict[tuple[float, str], list] = {}  # type: ignore[type-arg]
+    for cell, sim in calibrated:
+        keyed.setdefault((cell.scale, cell.policy), []).append((cell, sim))
+    diffs: dict[str, list[float]] = {"pinned": [], "router": []}
+    for (scale, policy), pairs in sorted(keyed.items()):
+        sim_ea = float(np.mean([s[0] for _, s in pairs]))
+        sim_at = float(np.mean([s[1] for _, s in pairs]))
+        meas_ea = float(np.mean([c.effective_accuracy for c, _ in pairs]))
+        meas_at = float(np.mean([c.slo_attainment for c, _ in pairs]))
+        runs = " / ".join(f"{c.effective_accuracy * 100:.1f}" for c, _ in sorted(pairs, key=lambda p: p[0].run))
+        kind = "pinned" if policy in FOUR else "router"
+        diffs[kind] += [abs(sim_ea - meas_ea), abs(sim_at - meas_at)]
+        lines.append(f"| {scale:.2f} | {policy} | {sim_ea * 100:.1f}% / {meas_ea * 100:.1f}% ({runs}) | "
+                     f"{(sim_ea - meas_ea) * 100:+.1f} | {sim_at * 100:.1f}% / {meas_at * 100:.1f}% | "
+                     f"{(sim_at - meas_at) * 100:+.1f} |")  # fmt: skip
+        csv_rows.append({"table": "calibration", "scale": scale, "policy": policy,
+                         "simulated_effective_accuracy": sim_ea,
+                         "measured_effective_accuracy": meas_ea, "simulated_slo_attainment": sim_at,
+                         "measured_slo_attainment": meas_at})  # fmt: skip
+    every = diffs["pinned"] + diffs["router"]
+    lines += [
+        "",
+        f"Mean |diff| over every cell and both measures: **{np.mean(every) * 100:.1f} points** (max "
+        f"{max(every) * 100:.1f}); pinned cells (fitted) {np.mean(diffs['pinned']) * 100:.1f} (max "
+        f"{max(diffs['pinned']) * 100:.1f}); router cells (not fitted) {np.mean(diffs['router']) * 100:.1f} (max "
+        f"{max(diffs['router']) * 100:.1f}). The bench's own run-to-run noise was 6.1 points.",
+        "",
+    ]
+    return lines
+
+
+def ceiling_lines(rows: list, args: argparse.Namespace, csv_rows: list, wall_s: float) -> list[str]:  # type: ignore[type-arg]
+    lines = []
+    for served in (FOUR, SEVEN):
+        table = ceiling_table(rows, served, args.scales)
+        lines += [
+            f"## {len(served)} variants ({', '.join(served)}): effective accuracy, mean ± 95 % CI over "
+            f"{table[0]['windows']} windows of {args.arrivals} arrivals",
+            "",
+            "| load × fp32 | best static | router | hindsight mix | fluid bound | router − static (paired) | "
+            "mix − router (paired) | gap closed | SLO attainment static / router | router's shares "
+            "| mix (mean weights) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for t in table:
+            lines.append(
+                f"| {t['scale']:.1f} | {t['best_static']} {t['static'].points()} | {t['router'].points()} | "
+                f"{t['mix'].points()} | {t['bound'].points()} | {t['router_minus_static'].points(True)} | "
+                f"{t['mix_minus_router'].points(True)} | {_gap_text(t)} | "
+                f"{t['static_attainment'].mean * 100:.1f}% / {t['router_attainment'].mean * 100:.1f}% | "
+                f"{_mix_text(t['router_shares'])} | {_mix_text(t['mix_weights'])} |"
+            )
+            row = {"table": f"ceiling_{len(served)}", "scale": t["scale"], "policy": t["best_static"]}
+            for key in ("static", "router", "mix", "bound", "router_minus_static", "mix_minus_router"):
+                row[f"{key}_mean"], row[f"{key}_ci95"] = t[key].mean, t[key].half_width
+            row["gap_closed"] = t["gap_closed"]
+            csv_rows.append(row)
+        lines.append("")
+    lines += [
+        f"Ceiling runs: {len(rows)} window × load × set jobs in {wall_s:.0f} s wall on {args.processes} processes.",
+        "",
+    ]
+    return lines
+
+
+def speed_lines(rows: list, cpu: str) -> list[str]:  # type: ignore[type-arg]
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        for name, (sim_s, wall_s) in r["timing"].items():
+            kind = name if name in ("router", "mix") else "static"
+            t = totals.setdefault(kind, [0.0, 0.0])
+            t[0] += sim_s
+            t[1] += wall_s
+    parts = [
+        f"{kind} {sim / wall:.0f}× ({sim:.0f} simulated s in {wall:.1f} s)" for kind, (sim, wall) in totals.items()
+    ]
+    return [f"Speed against real time, one process each on {cpu}: " + "; ".join(parts) + ".", ""]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
