@@ -111,7 +111,17 @@ class ModelControl:
                 self.signatures[name] = folder_signature(repository / name)
 
     async def load(self, name: str) -> str:
-        """Load or reload `name`; returns what changed. ModelLoadError: the old one still serves."""
+        """Load or reload `name` where the server serves it (a call's change: under --workers,
+        every worker; process.peers); returns what changed."""
+        return await self.load_here(name)
+
+    async def unload(self, name: str) -> str:
+        """Unload `name` where the server serves it (a call's change; process.peers)."""
+        return await self.unload_here(name)
+
+    async def load_here(self, name: str) -> str:
+        """Load or reload `name` in this process; returns what changed. ModelLoadError: the old
+        one still serves."""
         try:
             check_name(name, "model")
         except ValueError as exc:
@@ -147,8 +157,9 @@ class ModelControl:
             self._changed()
             return summary
 
-    async def unload(self, name: str) -> str:
-        """Stop serving `name`: new calls get NOT_FOUND, admitted ones finish, then it is released."""
+    async def unload_here(self, name: str) -> str:
+        """Stop serving `name` in this process: new calls get NOT_FOUND, admitted ones finish,
+        then it is released."""
         async with self._lock:
             hosted = self._registry.remove(name)
             if hosted is None:
@@ -306,11 +317,11 @@ class RepositoryPoller:
         for name, signature in present.items():
             if control.signatures.get(name) != signature:
                 with contextlib.suppress(ModelLoadError, InvalidInputError, NotFoundError):
-                    done.append(await control.load(name))
+                    done.append(await control.load_here(name))  # every worker follows the folder itself
         gone = {name for name in control.hosted if name not in present}
         for name in gone & self._missing:
             with contextlib.suppress(NotFoundError):
-                done.append(await control.unload(name))
+                done.append(await control.unload_here(name))
         self._missing = gone
         return done
 

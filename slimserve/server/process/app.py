@@ -51,7 +51,9 @@ from slimserve.server.observe.load_monitor import LoadMonitor
 from slimserve.server.observe.metrics import ServingMetrics
 from slimserve.server.observe.recorder import CallRecorder
 from slimserve.server.process.metrics_http import MetricsAccess, MetricsTls, start_metrics_http
+from slimserve.server.process.peers import PeerPort, WorkerModelControl
 from slimserve.server.process.settings import Settings, token_table
+from slimserve.server.process.worker_state import unloaded_models
 from slimserve.server.transport.auth import server_interceptors
 from slimserve.server.transport.inference import InferenceServicer, add_inference_service
 from slimserve.server.transport.management import ManagementServicer
@@ -79,6 +81,8 @@ class App:
     def __init__(self, settings: Settings, clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
+        # A worker of --workers, whose supervisor passed what its siblings share with it.
+        self._worker = settings.worker_scratch is not None and settings.worker_scrape_token is not None
         if settings.hardware_profile == "edge":
             pin_to_one_core()
         threads = settings.session_threads or threads_for(settings.hardware_profile)
@@ -88,7 +92,12 @@ class App:
         self.hardware_key = self.profiler.key
         if settings.build_missing:
             settings.repository.mkdir(parents=True, exist_ok=True)
-        models = self.profiler.ensure(load_repository(settings.repository, allow_empty=settings.build_missing))
+        repository = load_repository(settings.repository, allow_empty=settings.build_missing)
+        if self._worker:  # a restarted worker agrees with the others on what was unloaded meanwhile
+            assert settings.worker_scratch is not None
+            unloaded = unloaded_models(settings.worker_scratch)
+            repository = {name: entry for name, entry in repository.items() if name not in unloaded}
+        models = self.profiler.ensure(repository)
         # One worker per variant by default: a short batch of a cheap variant then runs beside a
         # long one instead of waiting for it (the cores are shared either way).
         workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
@@ -134,10 +143,20 @@ class App:
             self.registry, self.recorder, Admission(settings.shed_late), self.backlog, self.activity, self.shadow,
             RecentAnswers(settings.feedback_capacity), outcome_of, clock,
         )  # fmt: skip
-        self.control = ModelControl(
-            self.registry, self.factory, self.recorder, settings.repository, self.profiler,
-            settings.warmup_calls, self._models_changed,
-        )  # fmt: skip
+        control_arguments = (self.registry, self.factory, self.recorder, settings.repository, self.profiler,
+                             settings.warmup_calls, self._models_changed)  # fmt: skip
+        self.peers: PeerPort | None = None
+        if self._worker:  # a load or unload reaches every worker (process.peers)
+            assert settings.worker_index is not None and settings.worker_scratch is not None
+            assert settings.worker_scrape_token is not None
+            token = settings.worker_scrape_token.get_secret_value()
+            worker_control = WorkerModelControl(
+                *control_arguments, index=settings.worker_index, scratch=settings.worker_scratch, token=token
+            )
+            self.peers = PeerPort(worker_control, token)
+            self.control: ModelControl = worker_control
+        else:
+            self.control = ModelControl(*control_arguments)
         self._poller: asyncio.Task[None] | None = None
         self._after_build: asyncio.Task[None] | None = None
         self.build: BackgroundBuild | None = None
@@ -275,6 +294,8 @@ class App:
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
+        if self.peers is not None:
+            await self.peers.server.start()
         if self.settings.metrics:
             self._start_metrics_http()
         await asyncio.get_running_loop().run_in_executor(None, self.registry.warm_up, self.settings.warmup_calls)
@@ -313,6 +334,8 @@ class App:
         await self.server.stop(self.settings.shutdown_grace_s)
         if self.health_server is not None:
             await self.health_server.stop(None)
+        if self.peers is not None:
+            await self.peers.server.stop(None)
         if self.plane.cut_off:
             log.error("%d admitted calls were cut off when the %.1f-s grace ran out",
                       self.plane.cut_off, self.settings.shutdown_grace_s)  # fmt: skip

@@ -28,7 +28,7 @@ async def serve(settings: Settings, port_file: Path | None = None) -> int:
     gc.collect()
     gc.freeze()
     if port_file is not None:
-        write_port_file(port_file, app.port, app.metrics_port, app.health_port)
+        write_port_file(port_file, app.port, app.metrics_port, app.health_port, app.peers.port if app.peers else None)
     await stop.wait()
     log.info("signal received; draining for up to %.1f s", settings.shutdown_grace_s)
     await app.stop()

@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(default=None, description="a token for the metrics group (/metrics)")
     worker_scrape_token: SecretStr | None = Field(
         default=None,
-        description="set by --workers, not by hand: the one token this worker's loopback /metrics takes (the "
-        "supervisor's scrape)",
+        description="set by --workers, not by hand: the one token this worker's loopback /metrics and peer port "
+        "take (the supervisor's scrape, its siblings' model changes)",
     )
     health_port: int | None = Field(
         default=None, ge=0, le=65535,
@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         "router, like replicas behind a load balancer (docs/scaling.md); 0: one per usable core (the cgroup "
         "quota, at most the cores), 1 with the edge profile",
     )  # fmt: skip
+    worker_scratch: Path | None = Field(
+        default=None,
+        description="set by --workers, not by hand: the supervisor's folder of the workers' peer ports and of "
+        "the models unloaded during the run (process.peers)",
+    )
     worker_index: int | None = Field(
         default=None, ge=0,
         description="set by --workers, not by hand: this process is worker N of several on a shared port",

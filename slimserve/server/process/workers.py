@@ -25,9 +25,11 @@ the workers as fresh processes (never forked from a process with gRPC threads).
 - A worker that dies is started again (at most MAX_RESTARTS within RESTART_WINDOW_S, then the
   supervisor stops them all and exits 1: a crash loop must be seen, not hidden); a restart
   that fails is tried again after a growing pause while the others serve.
-- State is per worker: statistics, Feedback, Explain and the management RPCs (load, unload)
-  reach the one worker that holds the caller's connection. With several workers, change
-  models through the repository and `--repository-poll-s` so that every worker follows.
+- Model changes reach every worker: the worker that receives RepositoryModelLoad or
+  RepositoryModelUnload applies it and passes it on over the others' loopback peer ports,
+  and answers once all have (`process.peers`); a restarted worker leaves out what a call
+  unloaded. Statistics, Feedback and Explain are per worker: they reach the one worker that
+  holds the caller's connection.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimserve.server.process.port_file import write_port_file
 from slimserve.server.process.settings import Settings
+from slimserve.server.process.worker_state import write_peers
 from slimserve.server.transport.tls import ServerTls, TlsConfigError
 
 if TYPE_CHECKING:
@@ -119,6 +122,7 @@ class Supervisor:
         self._holders: list[socket.socket] = []
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._metrics_ports: dict[int, int] = {}
+        self._peer_ports: dict[int, int] = {}  # process.peers: each serving worker's peer port
         self._served: set[int] = set()  # workers whose current process has served
         self._deaths: deque[float] = deque()
         self._scrape_token = secrets.token_urlsafe(32)  # the workers' /metrics answer this supervisor alone
@@ -136,6 +140,7 @@ class Supervisor:
         fields.update(
             grpc_port=grpc_port, health_port=health_port, metrics_port=0, metrics_host="127.0.0.1",
             metrics_tls=False, session_threads=threads, workers=1, worker_index=index,
+            worker_scratch=str(self._scratch),
         )  # fmt: skip
         return json.dumps(fields)
 
@@ -162,10 +167,12 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"worker {index} did not serve within {START_TIMEOUT_S:.0f} s", 1)
             await asyncio.sleep(0.1)
-        metrics = port_file.read_text().split()[1]
+        _, metrics, _, peer = port_file.read_text().split()
         if metrics != "off":
             self._metrics_ports[index] = int(metrics)
             self._publish_endpoints()
+        self._peer_ports[index] = int(peer)
+        write_peers(self._scratch, self._peer_ports)
         self._served.add(index)
         log.info("worker %d serving (pid %d)", index, process.pid)
 
@@ -279,6 +286,8 @@ class Supervisor:
                     return 1
                 self._metrics_ports.pop(index, None)
                 self._publish_endpoints()
+                self._peer_ports.pop(index, None)
+                write_peers(self._scratch, self._peer_ports)
                 try:
                     if not await self._unless_stopped(self._start(index, grpc_port, health_port), stopping):
                         return 0
