@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from loadtest.serving import rewrite_description
+from loadtest.serving import rewrite_description, serve_command
 from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, sha256_of
 from slimserve.server.core.model_control import ModelControl, RepositoryPoller
 from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
@@ -180,3 +181,15 @@ def test_unloading_drains_and_forgets(digits_repo: Path) -> None:
             await host.registry.close()
 
     asyncio.run(scenario())
+
+
+def test_a_server_does_not_start_on_a_graph_that_does_not_match_its_manifest(digits_repo: Path, tmp_path: Path) -> None:
+    """Issue 23 L4: at start too, each session opens the bytes it checked (it once opened the
+    file by path, unchecked at start and checked and then reopened on a load)."""
+    int8, fp32 = digits_repo / "digits" / "int8" / "model.onnx", digits_repo / "digits" / "fp32" / "model.onnx"
+    int8.write_bytes(fp32.read_bytes())  # a real graph, under int8's measurements
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        code = subprocess.run(serve_command(digits_repo), stdout=out, stderr=subprocess.STDOUT, timeout=300).returncode
+    assert code == 2
+    assert "variant 'int8': model.onnx does not match the onnx_sha256" in log.read_text()

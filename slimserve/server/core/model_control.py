@@ -40,7 +40,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from slimserve.repository.format import (
-    MANIFEST_FILE,
     MODEL_FILE,
     ModelConfig,
     ModelEntry,
@@ -48,13 +47,12 @@ from slimserve.repository.format import (
     check_name,
     load_model,
     model_folders,
-    sha256_of,
 )
 from slimserve.router.build import UnroutableVariantError
 from slimserve.server.core.batcher import DynamicBatcher
 from slimserve.server.core.profiles import Profiler
 from slimserve.server.core.registry import HostedModel, HostedModelFactory, ModelRegistry
-from slimserve.server.core.session import VariantSession
+from slimserve.server.core.session import VariantSession, verified_graph
 from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
 from slimserve.server.observe.recorder import CallRecorder
 
@@ -180,12 +178,8 @@ class ModelControl:
         name = folder.name
         try:
             entry = load_model(folder, self.repository)
-            for variant, loaded in entry.variants.items():
-                if sha256_of(loaded.onnx_path.read_bytes()) != loaded.manifest.onnx_sha256:
-                    raise ModelLoadError(
-                        f"model '{name}' was not loaded: variant '{variant}': {loaded.onnx_path.name} does not match "
-                        f"the onnx_sha256 in its {MANIFEST_FILE} (a graph replaced without rebuilding its measurements)"
-                    )
+            for loaded in entry.variants.values():  # refused before any profiling; each session checks its own bytes
+                verified_graph(loaded)
             self._carry_profiles(entry, old)
             self._profiler.ensure({name: entry})
             kept = self._unchanged(entry, old)

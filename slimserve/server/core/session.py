@@ -1,22 +1,41 @@
-"""One ONNX Runtime session per variant; variants are data, so one class serves them all."""
+"""One ONNX Runtime session per variant; variants are data, so one class serves them all.
+
+A session is opened from the very bytes that were checked against the variant's manifest
+(`verified_graph`), never by path after the check: a graph replaced between the two could
+otherwise be served under the old measurements. Opened from bytes, ONNX Runtime cannot
+follow a graph's external-data references, so such a graph is refused rather than served
+with weights no hash covered.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from slimserve.repository.format import ModelConfig, VariantEntry
+from slimserve.repository.format import MANIFEST_FILE, ModelConfig, RepositoryError, VariantEntry, sha256_of
 from slimserve.repository.profile import synthetic_batch
 from slimserve.repository.sessions import make_session
+
+
+def verified_graph(variant: VariantEntry) -> bytes:
+    """The variant's graph, read once; RepositoryError if it does not match its manifest."""
+    graph = variant.onnx_path.read_bytes()
+    if sha256_of(graph) != variant.manifest.onnx_sha256:
+        raise RepositoryError(
+            f"variant '{variant.manifest.name}': {variant.onnx_path.name} does not match the onnx_sha256 in its "
+            f"{MANIFEST_FILE} (a graph replaced without rebuilding its measurements)"
+        )
+    return graph
 
 
 class VariantSession:
     """A loaded variant: runs a dict of input arrays, returns a dict of output arrays."""
 
     def __init__(self, config: ModelConfig, variant: VariantEntry, threads: int) -> None:
+        """RepositoryError if the graph does not match its manifest (`verified_graph`)."""
         self.config = config
         self.name = variant.manifest.name
         self.device = variant.manifest.device
-        self._session = make_session(str(variant.onnx_path), threads)
+        self._session = make_session(verified_graph(variant), threads)
         self._output_names = [o.name for o in self._session.get_outputs()]
         expected = [spec.name for spec in config.outputs]
         if self._output_names != expected:
