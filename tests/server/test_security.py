@@ -228,6 +228,11 @@ def test_probes_and_scrapes_of_a_tls_server(tls_server: RunningServer, pki: Pki)
         with pytest.raises(grpc.RpcError) as other_method:
             stub.ModelInfer(digits_request(variant="fp32"), timeout=TIMEOUT_S)
         assert other_method.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as huge:  # the open plaintext port has the gRPC port's limits, and less
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="x" * (1 << 20)), timeout=TIMEOUT_S
+            )
+        assert huge.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     assert tls_server.metrics_url is not None
     https_url = tls_server.metrics_url.replace("http://", "https://")
     context = ssl.create_default_context(cafile=str(pki.ca))

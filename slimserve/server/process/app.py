@@ -175,7 +175,7 @@ class App:
         self.health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         if settings.health_port is not None:  # plaintext, grpc.health.v1 only: for kubelet's probes
-            self.health_server = grpc.aio.server(options=[_reuse_port(settings)])
+            self.health_server = grpc.aio.server(options=health_port_options(settings))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = _listen(self.health_server, f"{settings.host}:{settings.health_port}")
         self.tokens_enabled = tokens.enabled
@@ -383,6 +383,7 @@ def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCrede
 
 
 IDENTITY_ONLY_BITSET = 1  # grpc_compression_algorithm bit 0: GRPC_COMPRESS_NONE
+HEALTH_MAX_MESSAGE_BYTES = 64 * 1024  # a health request names a service: far below this
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -408,3 +409,12 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)))
     return options
+
+
+def health_port_options(settings: Settings) -> list[tuple[str, int]]:
+    """The health-only port's limits: the gRPC port's (pings, metadata, streams, handshake,
+    connection age, no compression), with messages capped at what a health request needs:
+    the port is plaintext and open to anyone who reaches it."""
+    sizes = {"grpc.max_receive_message_length", "grpc.max_send_message_length"}
+    options = [(name, value) for name, value in grpc_options(settings) if name not in sizes]
+    return [*options, *((name, HEALTH_MAX_MESSAGE_BYTES) for name in sorted(sizes))]
