@@ -22,6 +22,11 @@ window (`slimserve_batch_size` sum / count, scraped before and after it), interp
 linearly between the two whole batch sizes around it, divided by that batch. The report
 gives each figure's mean and 95 % confidence interval over the rounds (Student's t), and
 the ratio B / A per round.
+
+`--stream-a` / `--stream-b` make a tree's callers use Triton's ModelStreamInfer instead of
+unary ModelInfer (give the same tree twice to compare the two on one server build): each
+caller holds one stream and sends its next request when the last is answered, as
+perf_analyzer --streaming does, so the per-call setup of gRPC is paid once per caller.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class Tree:
 
     label: str
     root: Path
+    stream: bool = False  # callers use ModelStreamInfer (module docstring)
 
     @property
     def cli_module(self) -> str:
@@ -193,8 +199,17 @@ def serving(tree: Tree, repository: Path, core: int, scratch: Path) -> Iterator[
                 process.wait()
 
 
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
 async def load(
-    server: Started, payload: bytes, callers: int, warmup_s: float, seconds: float, batch_of: tuple[str, str]
+    server: Started,
+    payload: bytes,
+    callers: int,
+    warmup_s: float,
+    seconds: float,
+    batch_of: tuple[str, str],
+    stream: bool = False,
 ) -> tuple[int, float, float, float, bytes]:
     """`callers` concurrent callers, each sending its next request when the last is answered.
     Returns (answered, elapsed s, server CPU s, average batch, last answer) over the window
@@ -212,7 +227,20 @@ async def load(
             last = await call(payload, timeout=60)
             answered += 1
 
-    tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
+    async def stream_caller(index: int) -> None:
+        nonlocal answered, last
+        call = channels[index % len(channels)].stream_stream(STREAM_METHOD)()
+        while not stop:
+            await call.write(payload)
+            answer = pb.ModelStreamInferResponse.FromString(await call.read())
+            if answer.error_message:
+                raise RuntimeError(f"stream answered an error: {answer.error_message}")
+            last = answer.infer_response.SerializeToString()
+            answered += 1
+        await call.done_writing()
+        await call.code()
+
+    tasks = [asyncio.create_task((stream_caller if stream else caller)(i)) for i in range(callers)]
     await asyncio.sleep(warmup_s)
     # The scrapes cost the server CPU: they stay outside the CPU window, around it.
     rows_0, calls_0 = await asyncio.to_thread(batch_totals, server.metrics_url, *batch_of)
@@ -236,11 +264,11 @@ def measure_tree(tree: Tree, args: argparse.Namespace, cores: tuple[int, int], r
     windows = []
     with tempfile.TemporaryDirectory() as scratch, serving(tree, args.repository, cores[0], Path(scratch)) as server:
         batch_of = (args.model, args.variant)
-        *_, last = asyncio.run(load(server, payload, max(CONCURRENCIES), SERVER_WARMUP_S, 0.0, batch_of))
+        *_, last = asyncio.run(load(server, payload, max(CONCURRENCIES), SERVER_WARMUP_S, 0.0, batch_of, tree.stream))
         check_answer(last, args.variant, reference)
         for callers in CONCURRENCIES:
             answered, elapsed, cpu, batch, last = asyncio.run(
-                load(server, payload, callers, WINDOW_WARMUP_S, args.seconds, batch_of)
+                load(server, payload, callers, WINDOW_WARMUP_S, args.seconds, batch_of, tree.stream)
             )
             check_answer(last, args.variant, reference)
             window = Window(tree.label, round_, callers, answered, elapsed, cpu, batch)
@@ -301,7 +329,8 @@ def report(measured: list[tuple[Window, dict[int, float]]], trees: list[Tree], a
     """Markdown: per tree and callers, each figure's mean ± 95 % CI; then B / A per round."""
     at = {(w.tree, w.callers, w.round): (w, per_call) for w, per_call in measured}
     out = [f"# Server CPU per request beyond the session call: {args.model} {args.variant}\n"]
-    out += [f"- tree {t.label}: `{t.root}` (`python -m {t.cli_module}`)" for t in trees]
+    out += [f"- tree {t.label}: `{t.root}` (`python -m {t.cli_module}`){', ModelStreamInfer' if t.stream else ''}"
+            for t in trees]  # fmt: skip
     out += [
         f"- {args.rounds} round(s), {args.seconds:g} s windows; server on core {args.cores[0]} "
         f"(--workers 1 --hardware-profile edge), client on core {args.cores[1]}\n",
@@ -340,6 +369,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement window per figure")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--stream-a", action="store_true", help="tree A's callers use ModelStreamInfer")
+    parser.add_argument("--stream-b", action="store_true", help="tree B's callers use ModelStreamInfer")
     args = parser.parse_args()
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
@@ -347,7 +378,7 @@ def main() -> int:
     args.cores = (allowed[0], allowed[1])
     # Before any gRPC object exists: the threads it starts inherit this core.
     os.sched_setaffinity(0, {args.cores[1]})
-    trees = [Tree("A", args.tree_a.resolve()), Tree("B", args.tree_b.resolve())]
+    trees = [Tree("A", args.tree_a.resolve(), args.stream_a), Tree("B", args.tree_b.resolve(), args.stream_b)]
     for tree in trees:
         if not (tree.root / "slimserve").is_dir():
             raise SystemExit(f"tree {tree.label}: {tree.root} holds no slimserve package")
