@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from slimserve.repository.format import ModelEntry, Profile
 from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
-from slimserve.router.latency import LatencyModel, QueueView, ServiceCurve
+from slimserve.router.latency import IsolatingQueueView, LatencyModel, QueueView, ServiceCurve
 from slimserve.router.load import Clock
 from slimserve.router.model_router import ModelRouter, VariantRoute
 
@@ -62,7 +62,10 @@ def build_model_router(
                 device=variant.manifest.device,
                 quality=measured[metric],
                 latency=LatencyModel(
-                    curve, config.max_batch_size, router_config.correction_weight, router_config.correction_bounds
+                    curve,
+                    _batch_rows(config.max_batch_size, queues[name]),
+                    router_config.correction_weight,
+                    router_config.correction_bounds,
                 ),
                 queue=queues[name],
             )
@@ -72,3 +75,9 @@ def build_model_router(
         config.name, routes, config.default_slo_ms, config.throughput_slo_rps, router_config, side_by_side,
         clock, cpu, loop_lag_ms,
     )  # fmt: skip
+
+
+def _batch_rows(max_batch_size: int, queue: QueueView) -> int:
+    """The rows of the largest session call the variant's queue runs: its model's batch, or
+    one request's (a batch-1 request's: 1) where the queue runs each request alone."""
+    return 1 if isinstance(queue, IsolatingQueueView) and not queue.merges_requests else max_batch_size

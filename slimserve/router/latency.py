@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from slimserve.router.config import RouterConfig
 
@@ -39,6 +39,15 @@ class QueueView(Protocol):
 
     @property
     def running_started_s(self) -> float | None: ...  # monotonic start of the batch in flight; None: not started
+
+
+@runtime_checkable
+class IsolatingQueueView(QueueView, Protocol):
+    """A queue that may run each request alone (server.core.batcher, for a dynamically
+    quantized variant): its session calls are then one request's rows, never a merged batch."""
+
+    @property
+    def merges_requests(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ queued is still served before the loop ends, so a graceful shutdown loses nothin
 
 Isolation: when a merged session call fails, its requests are run again one by one, so
 only the request the session cannot run fails (ModelExecutionError), never its batch-mates.
+A session that quantizes activations at run time (`VariantSession.merges_requests` False)
+runs every request alone: an answer must not depend on who else was in the batch.
 
 Supervision: an unexpected error in one iteration fails that batch's calls and the loop
 goes on. If the loop task itself ends other than by `close` (cancelled from outside, a
@@ -143,6 +145,11 @@ class DynamicBatcher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def merges_requests(self) -> bool:
+        """Whether requests share session calls (the router's `IsolatingQueueView`)."""
+        return bool(self.session.merges_requests)
 
     @property
     def queued_rows(self) -> int:
@@ -335,6 +342,12 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         self._in_flight = batch
+        if len(batch) > 1 and not self.session.merges_requests:
+            # Each request alone: its activation scales must not depend on its batch-mates
+            # (core.session); the batch taken still bounds how much leaves the queue at once.
+            for pending in batch:
+                await self._run_alone(pending)
+            return
         if len(batch) == 1:
             merged = batch[0].request.inputs
         else:

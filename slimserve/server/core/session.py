@@ -5,6 +5,14 @@ A session is opened from the very bytes that were checked against the variant's 
 otherwise be served under the old measurements. Opened from bytes, ONNX Runtime cannot
 follow a graph's external-data references, so such a graph is refused rather than served
 with weights no hash covered.
+
+Batch-mates: a graph that quantizes its activations at run time (ONNX Runtime's dynamic
+int8: DynamicQuantizeLinear and the fused ops that contain it) computes one scale over the
+whole tensor it is given, so in a merged batch one caller's outlier tokens, or the padding
+of the longest request, would move another caller's answer. Such a session `merges_requests`
+False: its batcher runs each request alone (`core.batcher`). Every output's first axis must
+be the batch: warm-up checks it, so a graph that answers otherwise is refused at load rather
+than sliced by rows it does not have.
 """
 
 from __future__ import annotations
@@ -14,6 +22,10 @@ import numpy as np
 from slimserve.repository.format import MANIFEST_FILE, ModelConfig, RepositoryError, VariantEntry, sha256_of
 from slimserve.repository.profile import synthetic_batch
 from slimserve.repository.sessions import make_session
+
+# Operators that compute an activation's quantization scale from the tensor at run time. Their
+# names are stored as plain strings in the ONNX protobuf, so the graph's bytes are searched.
+DYNAMIC_QUANTIZATION_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul", b"DynamicQuantizeLSTM")
 
 
 def verified_graph(variant: VariantEntry) -> bytes:
@@ -35,7 +47,10 @@ class VariantSession:
         self.config = config
         self.name = variant.manifest.name
         self.device = variant.manifest.device
-        self._session = make_session(verified_graph(variant), threads)
+        graph = verified_graph(variant)
+        self._session = make_session(graph, threads)
+        # One activation scale per session call: requests share one only when none is dynamic.
+        self.merges_requests = not any(op in graph for op in DYNAMIC_QUANTIZATION_OPS)
         self._output_names = [o.name for o in self._session.get_outputs()]
         expected = [spec.name for spec in config.outputs]
         if self._output_names != expected:
@@ -47,5 +62,14 @@ class VariantSession:
         return dict(zip(self._output_names, self._session.run(self._output_names, inputs), strict=True))
 
     def warm_up(self, calls: int, seq_len: int = 16) -> None:
-        for batch in (1, self.config.max_batch_size)[: max(calls, 0)]:
-            self.run(synthetic_batch(self.config.inputs, batch, seq_len))
+        """Run the session at batch 1 and at the largest batch (`calls` of them); ValueError if
+        an output's first axis is not the batch (module docstring). At least one call checks."""
+        for batch in (1, self.config.max_batch_size)[: max(calls, 1)]:
+            feed = synthetic_batch(self.config.inputs, batch, seq_len)
+            rows = len(next(iter(feed.values())))
+            for name, output in self.run(feed).items():
+                if output.ndim == 0 or output.shape[0] != rows:
+                    raise ValueError(
+                        f"output '{name}' has shape {list(output.shape)} for {rows} input row(s): the first axis of "
+                        "every output must be the batch, so that each request gets its own rows"
+                    )
