@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="output repository folder")
     build.add_argument("--recipe", type=Path, action="append", default=[], help="recipe YAML (repeatable)")
     build.add_argument("--models", nargs="*", help="only these built-in models (digits, minilm)")
-    build.add_argument("--entry-point", help="a torch classifier: module:function returning a ClassifierSpec")
+    build.add_argument("--entry-point", help="a torch model: module:function returning a ClassifierSpec or a ModelSpec")
     build.add_argument("--onnx", type=Path,
                        help="a user ONNX model: fp32 as given, plus int8/fp16/int4 where they apply")  # fmt: skip
     build.add_argument("--calibration", type=Path,

@@ -36,15 +36,18 @@ from slimserve.repository.format import (
 from slimserve.repository.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
 from slimserve.repository.profile import ProfileSettings, profile_variants, synthetic_batch
 from slimserve.repository.sessions import make_session, run_batched
-from slimserve.variants.classifier_pipeline import classifier_stages
+from slimserve.variants.classifier_pipeline import checked_spec, classifier_stages
 from slimserve.variants.coded_size import coded_bytes
 from slimserve.variants.encoder_pipeline import encoder_stages
 from slimserve.variants.memory import session_rss_bytes
+from slimserve.variants.model_pipeline import model_stages
 from slimserve.variants.onnx_pipeline import onnx_pipeline
 from slimserve.variants.pareto import served_set
 from slimserve.variants.pipeline import PipelineResult, last_stage
 from slimserve.variants.progress import ModelProgress
-from slimserve.variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, planned_variants
+from slimserve.variants.recipes import AnyRecipe, ClassifierRecipe, EncoderRecipe, ModelRecipe, planned_variants
+from slimserve.variants.spec import ModelSpec
+from slimserve.variants.torch_steps import load_entry_point
 
 log = logging.getLogger(__name__)
 FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile
@@ -52,9 +55,19 @@ ProgressFor = Callable[[str], ModelProgress]  # a model's name → its progress 
 
 
 def pipeline_stages(recipe: AnyRecipe, progress: ModelProgress) -> Iterator[PipelineResult]:
-    """The recipe's pipeline, stage by stage (variants.pipeline.FIRST_STAGE first)."""
+    """The recipe's pipeline, stage by stage (variants.pipeline.FIRST_STAGE first).
+
+    A torch entry point (`--entry-point`, `kind: torch-classifier`) is called once here, and
+    what it returns picks the pipeline: a ModelSpec runs the torch-model pipeline with the
+    recipe's shared settings, anything else the classifier's (which checks it)."""
     if isinstance(recipe, ClassifierRecipe):
-        yield from classifier_stages(recipe, progress)
+        spec = load_entry_point(recipe.entry_point)
+        if isinstance(spec, ModelSpec):
+            yield from model_stages(ModelRecipe.from_classifier(recipe), progress, spec)
+        else:
+            yield from classifier_stages(recipe, progress, checked_spec(recipe.entry_point, spec))
+    elif isinstance(recipe, ModelRecipe):
+        yield from model_stages(recipe, progress)
     elif isinstance(recipe, EncoderRecipe):
         yield from encoder_stages(recipe, progress)
     else:

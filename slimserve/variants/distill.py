@@ -5,17 +5,26 @@
   gradients on the same scale as the hard-target ones when T changes.
 - `embedding_loss`: for the encoder, MSE to the teacher's embedding plus (1 − cosine), both
   on the normalised embeddings the model serves.
+- `output_matching_loss`: for any network (variants.model_pipeline), task-agnostic: the
+  mean over its float outputs of ‖s − t‖² / v, where v is the teacher output's total
+  variance over the training rows (1 − R² per output). Dividing by the variance makes
+  outputs in different units count alike (a price in dollars, a unit-norm embedding), as
+  fidelity's minimum over outputs does; the variance rather than the mean square because
+  an output that varies little around a large mean would otherwise look matched while the
+  student had learned none of its variation. Integer and bool outputs have no gradient and
+  are left out (fidelity still scores them).
 
-The loops are used for three jobs: training a classifier from labels (the teacher),
-distilling a student, and fine-tuning a pruned model between pruning steps (the pruned
-model is distilled from the unpruned teacher, which recovers more than labels alone).
+The loops (`fit_classifier`, `fit_outputs`, `fit_encoder`) are used for three jobs: training
+a classifier from labels (the teacher), distilling a student, and fine-tuning a pruned model
+between pruning steps (the pruned model is distilled from the unpruned teacher, which
+recovers more than labels alone).
 Each tells a `ModelProgress`, when given one, that its epochs begin and each one's end
 (the lines a log and the server's ListVariants show); the tqdm bar is for a terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimserve.variants.models.encoder import SentenceEncoder
+from slimserve.variants.named_outputs import as_named, run_named
 from slimserve.variants.progress import ModelProgress
 
 
@@ -123,6 +133,87 @@ def fit_classifier(
                         target = teacher(*x)
                     loss = hinton_loss(logits, target, y, temperature, alpha)
                 _step(optimizer, schedule, loss, bar)
+            if progress is not None:
+                progress.tick()
+    return model.eval()
+
+
+# An output whose variance is below this share of its mean square is treated as constant: its
+# error is measured against the mean square instead, so a near-constant output cannot dominate.
+VARIANCE_FLOOR_SHARE = 1e-6
+TINY = 1e-12
+
+
+def teacher_outputs(
+    teacher: nn.Module, inputs: dict[str, np.ndarray], names: Sequence[str], batch_size: int = 256
+) -> dict[str, np.ndarray]:
+    """The teacher's outputs for every row, computed once: the targets of every fine-tuning."""
+    count = len(next(iter(inputs.values())))
+    parts = [run_named(teacher, {k: v[start : start + batch_size] for k, v in inputs.items()}, names)
+             for start in range(0, count, batch_size)]  # fmt: skip
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+
+def output_variances(targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each float output's total variance over the rows (the sum over its elements), floored."""
+    variances = {}
+    for name, rows in targets.items():
+        if rows.dtype.kind != "f":
+            continue  # no gradient through an integer or bool output
+        flat = rows.reshape(len(rows), -1).astype(np.float64)
+        mean_square = float(np.mean(np.sum(flat**2, axis=1)))
+        variance = float(np.sum(np.var(flat, axis=0)))
+        variances[name] = max(variance, VARIANCE_FLOOR_SHARE * mean_square, TINY)
+    return variances
+
+
+def output_matching_loss(
+    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], variances: dict[str, float]
+) -> torch.Tensor:
+    """Mean over the outputs in `variances` of mean_rows ‖s − t‖² / variance (module docstring)."""
+    terms = [
+        (student[name] - teacher[name]).reshape(len(teacher[name]), -1).pow(2).sum(dim=1).mean() / variance
+        for name, variance in variances.items()
+    ]
+    return torch.stack(terms).mean()
+
+
+def fit_outputs(
+    model: nn.Module,
+    inputs: dict[str, np.ndarray],
+    targets: dict[str, np.ndarray],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 64,
+    seed: int = 0,
+    desc: str = "distil",
+    progress: ModelProgress | None = None,
+) -> nn.Module:
+    """Distil `model` to reproduce the teacher's `targets` (teacher_outputs) on `inputs`, with
+    `output_matching_loss`. No labels: any network with float outputs."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    names = list(targets)
+    variances = output_variances(targets)
+    if not variances:
+        raise ValueError(f"outputs {names} are all integer or bool: there is nothing to distil against")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    count = len(next(iter(inputs.values())))
+    steps = max(1, epochs * -(-count // batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    model.train()
+    if progress is not None:
+        progress.loop(epochs)
+    with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
+        for _ in range(epochs):
+            for rows in _batches(count, batch_size, rng):
+                if len(rows) < 2:  # BatchNorm cannot train on one row (a last batch of one)
+                    bar.update()
+                    continue
+                want = {name: torch.from_numpy(targets[name][rows]) for name in variances}
+                got = as_named(model(*_as_tensors(inputs, rows)), names)
+                _step(optimizer, schedule, output_matching_loss(got, want, variances), bar)
             if progress is not None:
                 progress.tick()
     return model.eval()
