@@ -105,11 +105,50 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     _client_security_flags(explain)
 
+    _plan_parser(commands)
+
     profile = commands.add_parser("profile", help="add this machine's latency profile to a repository")
     profile.add_argument("repository", type=Path)
     profile.add_argument("--hardware-profile", choices=["cloud-cpu", "edge"], default="cloud-cpu")
     profile.add_argument("--seconds-per-batch-size", type=float, default=3.0)
     return parser
+
+
+def _plan_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    plan = commands.add_parser(
+        "plan", help="simulate: the load each variant and the router sustain, and the cores a traffic needs",
+        description="Capacity planning on the calibrated simulator (docs/routing.md): at which load the router "
+        "and each pinned variant keep the targets, and how many cores a traffic rate needs, cloud-cpu and edge "
+        "side by side. Figures are simulated, not measured.",
+    )  # fmt: skip
+    plan.add_argument("repository", type=Path)
+    plan.add_argument("model")
+    plan.add_argument("--hardware-profile", choices=["cloud-cpu", "edge", "both"], default="both")
+    plan.add_argument("--trace", type=Path,
+                      help="arrival CSV: the Azure LLM trace's format (TIMESTAMP, ContextTokens) or one "
+                           "timestamp_s column; its shape is kept, its rate set by --rate")  # fmt: skip
+    plan.add_argument("--rate", type=float, help="traffic, requests/s (default with --trace: the trace's own)")
+    plan.add_argument("--arrival-process", choices=["poisson", "constant"], default="poisson",
+                      help="without --trace: how calls arrive at --rate")  # fmt: skip
+    plan.add_argument("--slo-ms", help="SLO mix, SLO_MS:SHARE,...: 55:0.7,183:0.3; default: the model's default_slo_ms")
+    plan.add_argument("--min-quality", type=float, default=0.0, help="leave variants below this quality out")
+    plan.add_argument("--target-accuracy", type=float, default=0.0, help="effective accuracy to keep, in [0, 1]")
+    plan.add_argument("--target-slo", type=float, default=0.95, help="SLO attainment to keep, in [0, 1]")
+    plan.add_argument("--cores", default="1,2,4", help="core counts to compare, e.g. 1,2,4")
+    plan.add_argument("--workers", type=int, help="cloud-cpu serving processes per machine (default: one per core)")
+    plan.add_argument("--loads", help="load grid, × fp32's capacity (default 0.25,0.5,0.75,1,1.25,1.5,2,3)")
+    plan.add_argument("--windows", type=int, default=10, help="trace windows per cell (more: tighter, slower)")
+    plan.add_argument("--arrivals", type=int, default=300, help="arrivals per window")
+    plan.add_argument("--max-seconds", type=float, help="time budget: stop and report what was run")
+    plan.add_argument("--service-curves", type=Path,
+                      help="service times by input length (docs/bench/router_sim_service.json's layout) "
+                           "instead of the profile's")  # fmt: skip
+    plan.add_argument("--variants", help="served variants to consider, comma-separated (default: all served)")
+    plan.add_argument("--speed", type=float, help="time here ÷ service time (default: the calibrated one)")
+    plan.add_argument("--loop-cpu-ms", type=float, help="event-loop CPU per call (default: the calibrated one)")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--png", type=Path, default=Path("plan.png"), help="where to draw the plot")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of the Markdown report")
 
 
 def _client_security_flags(parser: argparse.ArgumentParser) -> None:
@@ -258,6 +297,64 @@ def _tradeoff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from slimserve.simulate.plan_inputs import PlanError
+
+    try:
+        return _run_plan(args)
+    except PlanError as exc:
+        print(f"slimserve plan: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    """The flags as a PlanRequest, the plan run with progress on stderr, the report and plot written."""
+    from slimserve.simulate.calibration import Calibration
+    from slimserve.simulate.plan import DEFAULT_LOADS_X, Planner, PlanRequest
+    from slimserve.simulate.plan_inputs import PlanError, SloMix, Traffic, parse_numbers, rate_trace, read_trace_csv
+    from slimserve.simulate.plan_report import plot, render_json, render_markdown
+
+    for flag, value in (("--target-accuracy", args.target_accuracy), ("--target-slo", args.target_slo),
+                        ("--min-quality", args.min_quality)):  # fmt: skip
+        if not 0.0 <= value <= 1.0:
+            raise PlanError(f"{flag} must be a fraction in [0, 1], got {value:g}")
+    for flag, count in (("--windows", args.windows), ("--arrivals", args.arrivals), ("--workers", args.workers)):
+        if count is not None and count < (2 if flag == "--arrivals" else 1):
+            raise PlanError(f"{flag} must be at least {2 if flag == '--arrivals' else 1}, got {count}")
+    if args.rate is not None and not args.rate > 0:
+        raise PlanError(f"--rate must be > 0 requests/s, got {args.rate:g}")
+    if args.trace is not None:
+        trace, azure = read_trace_csv(args.trace)
+        rate = args.rate or trace.mean_rate_rps
+        source = f"{args.trace} ({'the Azure trace format' if azure else 'timestamp_s'}) at {rate:.1f} req/s"
+        traffic = Traffic(trace, rate, source, azure)
+    elif args.rate is not None:
+        count = args.windows * args.arrivals  # windows that do not overlap
+        trace = rate_trace(args.rate, args.arrival_process, count, args.seed)
+        traffic = Traffic(trace, args.rate, f"{args.arrival_process} arrivals at {args.rate:.1f} req/s")
+    else:
+        raise PlanError("give the traffic: --rate REQUESTS_PER_S, --trace CSV, or both")
+    calibration = Calibration()
+    calibration = Calibration(args.speed or calibration.speed, args.loop_cpu_ms or calibration.loop_cpu_ms)
+    request = PlanRequest(
+        repository=args.repository, model=args.model,
+        hardware=("cloud-cpu", "edge") if args.hardware_profile == "both" else (args.hardware_profile,),
+        traffic=traffic, slo=SloMix.parse(args.slo_ms) if args.slo_ms else None,
+        target_accuracy=args.target_accuracy, target_slo=args.target_slo,
+        cores=tuple(sorted({int(n) for n in parse_numbers(args.cores, "--cores", integer=True)})), workers=args.workers,
+        min_quality=args.min_quality,
+        loads_x=parse_numbers(args.loads, "--loads") if args.loads else DEFAULT_LOADS_X,
+        windows=args.windows, arrivals=args.arrivals, max_seconds=args.max_seconds, calibration=calibration,
+        service_curves=args.service_curves,
+        variants=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None, seed=args.seed,
+    )  # fmt: skip
+    result = Planner(request, lambda line: print(line, file=sys.stderr, flush=True)).run()
+    plot(result, args.png)
+    print(render_json(result) if args.json else render_markdown(result))
+    print(f"slimserve plan: wrote {args.png}", file=sys.stderr)
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToJson
@@ -366,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "explain": _explain,
         "tradeoff": _tradeoff,
         "health": _health,
+        "plan": _plan,
     }
     try:
         return handlers[args.command](args)

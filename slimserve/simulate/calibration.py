@@ -1,0 +1,74 @@
+"""The simulator's calibrated parameters, in one place: `make bench-router-sim` fits them, `slimserve plan` uses them.
+
+Two physical quantities no repository records were fitted by grid search on the 16 pinned
+cells `make bench-router` measured (docs/bench/bench_router.csv: minilm, the edge profile,
+4 variants; docs/bench/router_sim.md): the machine's **speed** against the one that measured
+the service curves (`SERVICE_CURVES`: minilm's one-thread service times at 32 and 128
+tokens) and the **CPU the event loop spends per call** (gRPC, decoding, routing, encoding).
+The bench searches them again on every run (`SPEEDS_GRID`, `LOOP_CPU_MS_GRID`); the values
+below are the fit it reported, so that a planning run costs no calibration and says which
+parameters its figures rest on. A fit that moves should be copied here with the report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimserve.simulate.server import ServerParams
+
+# Where the fitted values come from (a sentence for reports that quote them).
+SOURCE = (
+    "fitted by `make bench-router-sim` on the 16 pinned cells of docs/bench/bench_router.csv "
+    "(minilm, edge, 4 variants; docs/bench/router_sim.md)"
+)
+SERVICE_CURVES = Path("docs/bench/router_sim_service.json")  # the curves the speed is relative to
+CALIBRATED_SPEED = 0.50  # time here = curve time × this (the bench's machine was 2× this session's)
+CALIBRATED_LOOP_CPU_MS = 3.0  # event-loop CPU per call, ms
+PRE_SHARE = 2.0 / 3.0  # of the loop's CPU per call, the share before the session call (read, decode, route)
+# The bench's search grid around the fit.
+SPEEDS_GRID = (0.35, 0.4, 0.45, 0.5, 0.55)
+LOOP_CPU_MS_GRID = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The two fitted parameters: speed (× the service times) and the loop's CPU per call (ms)."""
+
+    speed: float = CALIBRATED_SPEED
+    loop_cpu_ms: float = CALIBRATED_LOOP_CPU_MS
+
+    def params(self, cores: float = 1.0, workers: int = 1, session_threads: int = 1) -> ServerParams:
+        """A simulated server with these parameters, the loop's CPU split as PRE_SHARE says."""
+        return ServerParams(
+            cores=cores,
+            workers=workers,
+            session_threads=session_threads,
+            speed=self.speed,
+            pre_ms=self.loop_cpu_ms * PRE_SHARE,
+            post_ms=self.loop_cpu_ms * (1 - PRE_SHARE),
+        )
+
+    @property
+    def is_default(self) -> bool:
+        return (self.speed, self.loop_cpu_ms) == (CALIBRATED_SPEED, CALIBRATED_LOOP_CPU_MS)
+
+
+def params_for(speed: float, loop_cpu_ms: float) -> ServerParams:
+    """One core, one worker, with these two parameters (the bench's calibration cells)."""
+    return Calibration(speed, loop_cpu_ms).params()
+
+
+ServiceTimes = dict[str, dict[int, dict[int, float]]]  # variant → input tokens → batch size → ms
+
+
+def read_service_curves(path: Path) -> ServiceTimes:
+    """A service-curve file (docs/bench/router_sim_service.json's layout: {"tokens": {tokens:
+    {variant: {batch: ms}}}}) as variant → tokens → batch → ms."""
+    data = json.loads(path.read_text())["tokens"]
+    out: ServiceTimes = {}
+    for tokens, variants in data.items():
+        for variant, points in variants.items():
+            out.setdefault(variant, {})[int(tokens)] = {int(b): float(ms) for b, ms in points.items()}
+    return out
