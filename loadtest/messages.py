@@ -1,10 +1,13 @@
 """The ModelInferRequest messages that tests, benchmarks and Locust users send.
 
 One builder, so that every client puts tensors on the wire the same way: each input in
-`raw_input_contents` (C order, the array's own bytes), its datatype from the array's dtype,
-`slo_ms` as a double parameter. Messages are tritonclient's (`service_pb2`), the stubs a
-user of the Open Inference Protocol has; they cannot share a process with the server's own
-generated module (both define `inference.*`), and the bytes are the same.
+`raw_input_contents` (C order, the array's own bytes; a BYTES tensor — a numpy object or
+`bytes_` array — serialized as tritonclient does, each element a 4-byte little-endian length
+and its bytes), its datatype from the array's dtype by tritonclient's own table
+(`np_to_triton_dtype`: every Open Inference Protocol datatype), `slo_ms` as a double
+parameter. Messages are tritonclient's (`service_pb2`), the stubs a user of the Open Inference
+Protocol has; they cannot share a process with the server's own generated module (both define
+`inference.*`), and the bytes are the same.
 """
 
 from __future__ import annotations
@@ -14,15 +17,29 @@ from collections.abc import Mapping
 import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
 
-DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}  # what the built-in models take
 DIGITS_SHAPE = (1, 28, 28)  # one row of `digits`: a 28×28 grey image, one channel
 
 
-def _datatype(name: str, array: np.ndarray) -> str:
-    if array.dtype not in DATATYPES:
-        raise ValueError(f"input {name!r}: dtype {array.dtype}, not one of {sorted(map(str, DATATYPES))}")
-    return DATATYPES[array.dtype]
+def datatype(name: str, array: np.ndarray) -> str:
+    """The Open Inference Protocol datatype of `array` (the input `name`'s), as tritonclient
+    names it; ValueError naming the input for a dtype no datatype carries."""
+    found = np_to_triton_dtype(array.dtype)
+    if found is None:
+        raise ValueError(
+            f"input {name!r}: dtype {array.dtype} has no Open Inference Protocol datatype "
+            "(text goes in a numpy object array of str or bytes: BYTES)"
+        )
+    return str(found)
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """`array` as raw contents: its own bytes in C order, or serialized for BYTES (module docstring)."""
+    if np_to_triton_dtype(array.dtype) == "BYTES":
+        serialized = serialize_byte_tensor(array)
+        return bytes(serialized.item()) if serialized.size else b""
+    return np.ascontiguousarray(array).tobytes()
 
 
 def triton_inputs(inputs: Mapping[str, np.ndarray]) -> list[triton.InferInput]:
@@ -30,7 +47,7 @@ def triton_inputs(inputs: Mapping[str, np.ndarray]) -> list[triton.InferInput]:
     `InferenceServerClient.infer`: the same datatypes as `infer_request`."""
     tensors = []
     for name, array in inputs.items():
-        tensor = triton.InferInput(name, list(array.shape), _datatype(name, array))
+        tensor = triton.InferInput(name, list(array.shape), datatype(name, array))
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     return tensors
@@ -49,8 +66,8 @@ def infer_request(
     `variant` empty lets the router choose; `slo_ms` None sends no SLO of its own."""
     request = pb.ModelInferRequest(model_name=model, model_version=variant, id=request_id)
     for name, array in inputs.items():
-        request.inputs.add(name=name, datatype=_datatype(name, array), shape=list(array.shape))
-        request.raw_input_contents.append(array.tobytes())
+        request.inputs.add(name=name, datatype=datatype(name, array), shape=list(array.shape))
+        request.raw_input_contents.append(tensor_bytes(array))
     if slo_ms is not None:
         request.parameters["slo_ms"].double_param = slo_ms
     return request

@@ -1,4 +1,12 @@
-"""The variant table a person reads after a build, and its JSON twin."""
+"""The variant table a person reads after a build, and its JSON twin.
+
+Both also say which variants the build tried and left out, with why (model.yaml's
+`skipped_variants`: a generic ONNX graph with nothing to quantize, or a variant slower and not
+smaller on the build machine), so that an absent int8 is never a silent mystery: the table ends
+with a `skipped:` line, and the JSON has a row for each with `built` false and `skipped` the
+reason (every measurement None). Built rows have `built` true and `skipped` None, so every row
+has the same keys and a reader keeps `[r for r in rows if r["built"]]` for the measured ones.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ def pick_profile(profiles: dict[str, Profile], hardware_key: str | None) -> Prof
 
 
 def table_rows(entry: ModelEntry, hardware_key: str | None = None) -> list[dict[str, Any]]:
-    """Every built variant (served or not) on this machine's profile, its Pareto standing marked."""
+    """Every built variant (served or not) on this machine's profile, its Pareto standing marked;
+    then every skipped variant with its reason (module docstring)."""
     rows = []
     manifests = {name: variant.manifest for name, variant in entry.candidates.items()}
     shown = pick_profile(manifests[entry.config.reference_variant].profiles, hardware_key)
@@ -66,9 +75,21 @@ def table_rows(entry: ModelEntry, hardware_key: str | None = None) -> list[dict[
                 "quality": m.quality,
                 "agreement": m.agreement,
                 "architecture": variant.manifest.architecture,
+                "built": True,
+                "skipped": None,
             }
         )
+    keys = list(rows[0]) if rows else []
+    for name, reason in skipped(entry).items():
+        blank: dict[str, Any] = dict.fromkeys(keys)
+        rows.append({**blank, "variant": name, "served": False, "pareto_front": False, "built": False,
+                     "skipped": reason})  # fmt: skip
     return rows
+
+
+def skipped(entry: ModelEntry) -> dict[str, str]:
+    """The variants the build left out, each with why (none for a model built before it said)."""
+    return dict(entry.config.skipped_variants or {})
 
 
 def _fmt_scores(scores: dict[str, float]) -> str:
@@ -81,6 +102,8 @@ def render_table(entry: ModelEntry, hardware_key: str | None = None) -> str:
               "p50@1 ms", "quality", "agreement"]  # fmt: skip
     lines = []
     for row in table_rows(entry, hardware_key):
+        if not row["built"]:
+            continue  # on the `skipped:` line below
         lines.append(
             [
                 row["variant"] + (" ★" if row["pareto_front"] else ""),
@@ -107,6 +130,11 @@ def render_table(entry: ModelEntry, hardware_key: str | None = None) -> str:
     title += "\n★ Pareto front (quality, p95 at batch 1, size) on the profile shown; memory = session RSS at max batch"
     out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    by_reason: dict[str, list[str]] = {}  # one reason often covers several (no calibration rows)
+    for name, reason in skipped(entry).items():
+        by_reason.setdefault(reason, []).append(name)
+    if by_reason:
+        out.append("skipped: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items()))
     return "\n".join(out)
 
 

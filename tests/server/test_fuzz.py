@@ -13,6 +13,10 @@ element count overflows int64, typed values beyond INT8 and UINT8 in their wider
 Each must be INVALID_ARGUMENT naming the input, with nothing in the server's log, and every
 answer must be the right one.
 
+Some tensors and requested outputs name a system shared memory region (the one the fuzz
+server has registered, another, none) with offsets and sizes in and around it, of any
+parameter type: those are answered or refused INVALID_ARGUMENT as well.
+
 A third sends the same messages (and some only a stream makes cheap to send in numbers: ids
 at and far past the limit, thousands of outputs) in ModelStreamInfer streams of up to eight:
 each message gets its own answer, in order, with its id (or none when the id is too long to
@@ -27,10 +31,13 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
+import tritonclient.utils.shared_memory as shm
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
@@ -73,9 +80,38 @@ def _rss_kib(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def fuzz_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The server under fuzz, with the shared memory region SHM_REGION registered."""
     running = RunningServer(repository, tmp_path_factory.mktemp("fuzz"), env={"SLIMSERVE_SHADOW_FRACTION": "0"})
-    yield running
-    assert running.stop() == 0
+    region = shm.create_shared_memory_region(SHM_REGION, f"/slimserve-fuzz-{os.getpid()}", SHM_REGION_BYTES)
+    try:
+        with triton.InferenceServerClient(running.address) as client:
+            client.register_system_shared_memory(SHM_REGION, f"/slimserve-fuzz-{os.getpid()}", SHM_REGION_BYTES)
+        yield running
+        assert running.stop() == 0
+    finally:
+        shm.destroy_shared_memory_region(region)
+
+
+SHM_REGION = "fuzz"
+SHM_REGION_BYTES = 4 * 28 * 28 * 4  # four digits rows
+
+
+def _shm_parameters(draw: st.DrawFn, parameters: Any) -> None:
+    """Shared memory parameters (module docstring): a region, an offset and a size, each
+    sometimes left out or of the wrong parameter type."""
+    keys = ["shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"]
+    for key in draw(st.lists(st.sampled_from(keys), min_size=1, max_size=3, unique=True)):
+        if key == "shared_memory_region" and draw(st.integers(0, 4)):
+            parameters[key].string_param = draw(st.sampled_from([SHM_REGION, SHM_REGION, "nope", "", "../fuzz"]))
+        elif draw(st.integers(0, 5)):
+            parameters[key].int64_param = draw(
+                st.sampled_from([0, 40, 3136, SHM_REGION_BYTES, SHM_REGION_BYTES + 1, 2**63 - 1, -1])
+                | st.integers(0, SHM_REGION_BYTES)
+            )
+        else:
+            parameters[key].CopyFrom(draw(st.sampled_from([pb.InferParameter(bool_param=True),
+                                                           pb.InferParameter(double_param=8.0),
+                                                           pb.InferParameter(uint64_param=2**64 - 1)])))  # fmt: skip
 
 
 def _raw_for(datatype: str, shape: list[int], draw: st.DrawFn) -> bytes:
@@ -134,6 +170,9 @@ def tensors(draw: st.DrawFn, model: str, position: int) -> tuple[pb.ModelInferRe
         else:
             getattr(tensor.contents, field).extend([draw(st.integers(-(2**31), 2**31 - 1))] * count)
         return tensor, None
+    if draw(st.integers(0, 7)) == 0:  # in shared memory: no raw contents of its own
+        _shm_parameters(draw, tensor.parameters)
+        return tensor, None
     return tensor, _raw_for(datatype, shape, draw)
 
 
@@ -191,7 +230,9 @@ def requests(draw: st.DrawFn) -> bytes:
         request.raw_input_contents.extend(raws)
     if rng.random() < 0.2:
         for name in draw(st.lists(st.sampled_from(["logits", "embedding", "nope"]), max_size=2)):
-            request.outputs.add(name=name)
+            output = request.outputs.add(name=name)
+            if rng.random() < 0.3:
+                _shm_parameters(draw, output.parameters)
     return request.SerializeToString()
 
 

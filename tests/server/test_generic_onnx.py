@@ -2,26 +2,33 @@
 
 The zoo (tests.variants.onnx_zoo) is built through `slimserve build --onnx` into one
 repository, served on port 0, and called with `tritonclient.grpc`: each answer equals ONNX
-Runtime's on the fp32 graph; BYTES travel both ways; a malformed BYTES length prefix is
-INVALID_ARGUMENT naming the input; every numeric datatype decodes from raw and typed contents.
-Raw requests use tritonclient's own messages (slimserve's generated `inference` module cannot
-share a process with them), as tests/server/test_codec_limits.py does.
+Runtime's on the fp32 graph; BYTES travel both ways, over the wire and through system shared
+memory; a malformed BYTES length prefix is INVALID_ARGUMENT naming the input; every numeric
+datatype decodes from raw and typed contents; Triton's ModelConfig names every datatype, and
+says max_batch_size 0 with whole shapes for a graph that fixes its first dimension (as Triton
+configures such a model). Raw requests use tritonclient's own messages (slimserve's generated
+`inference` module cannot share a process with them), as tests/server/test_codec_limits.py does.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+import tritonclient.utils.shared_memory as shm
+from onnx import TensorProto, helper
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor
 
+from loadtest.messages import triton_inputs
 from loadtest.serving import RunningServer
 from slimserve.cli import main
 from tests.variants import onnx_zoo
@@ -42,8 +49,24 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]
         args = ["--onnx", str(graph), "--name", name, "--calibration", str(calibration)]
         assert main(["build", "--repository", str(folder / "repo"), *args]) == 0
     graphs["types"] = onnx_zoo.types(folder)  # no calibration: fp32 alone
-    assert main(["build", "--repository", str(folder / "repo"), "--onnx", str(graphs["types"]), "--name", "types"]) == 0
+    graphs["fixed"] = _fixed(folder)
+    for name in ("types", "fixed"):
+        assert main(["build", "--repository", str(folder / "repo"), "--onnx", str(graphs[name]), "--name", name]) == 0
     return folder / "repo", graphs
+
+
+def _fixed(folder: Path) -> Path:
+    """A graph exported with its first dimension fixed at 2: FP64 [2, 3] doubled."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "X"], ["Y"])],
+        "fixed",
+        [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [2, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_zoo.OPSET)])
+    model.ir_version = 8
+    onnx.save(model, folder / "fixed.onnx")
+    return folder / "fixed.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +74,6 @@ def server(zoo: tuple[Path, dict[str, Path]], tmp_path_factory: pytest.TempPathF
     running = RunningServer(zoo[0], tmp_path_factory.mktemp("server"))
     yield running
     assert running.stop() == 0
-
-
-def _inputs(arrays: dict[str, np.ndarray]) -> list[triton.InferInput]:
-    tensors = []
-    for name, array in arrays.items():
-        tensor = triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
 
 
 def _fp32(graph: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -71,7 +85,7 @@ def test_tritons_simple_model_adds_and_subtracts(server: RunningServer, zoo: tup
     rng = np.random.default_rng(5)
     arrays = {n: rng.integers(-100, 100, (3, 16), dtype=np.int32) for n in ("INPUT0", "INPUT1")}
     client = triton.InferenceServerClient(server.address)
-    answer = client.infer("simple", _inputs(arrays))
+    answer = client.infer("simple", triton_inputs(arrays))
     expected = _fp32(zoo[1]["simple"], arrays)
     assert answer.as_numpy("OUTPUT0").dtype == np.int32
     assert np.array_equal(answer.as_numpy("OUTPUT0"), arrays["INPUT0"] + arrays["INPUT1"])
@@ -81,20 +95,48 @@ def test_tritons_simple_model_adds_and_subtracts(server: RunningServer, zoo: tup
 def test_bytes_travel_both_ways(server: RunningServer) -> None:
     words = np.array([["hello", "wörld"], ["", "ünïcode 7"]], dtype=np.object_)
     client = triton.InferenceServerClient(server.address)
-    answer = client.infer("echo", _inputs({"TEXT": words}))
+    answer = client.infer("echo", triton_inputs({"TEXT": words}))
     assert [b.decode() for b in answer.as_numpy("ECHO").ravel()] == words.ravel().tolist()
     encoded = np.array([w.encode() for w in words.ravel()], dtype=np.object_).reshape(2, 2)
     assert answer.as_numpy("ECHO").tolist() == encoded.tolist()
 
 
+def test_bytes_travel_through_system_shared_memory(server: RunningServer) -> None:
+    words = np.array([["shared", "mémoire"], ["", "x" * 300]], dtype=np.object_)
+    serialized = serialize_byte_tensor(words)  # Triton's serialization: each element's length, then its bytes
+    size = len(serialized.item())
+    key = f"/slimserve-test-{os.getpid()}-echo"
+    handle = shm.create_shared_memory_region("echo", key, 2 * size)
+    try:
+        shm.set_shared_memory_region(handle, [serialized])
+        with triton.InferenceServerClient(server.address) as client:
+            client.register_system_shared_memory("echo", key, 2 * size)
+            try:
+                text = triton.InferInput("TEXT", [2, 2], "BYTES")
+                text.set_shared_memory("echo", size)
+                echoed = triton.InferRequestedOutput("ECHO")
+                echoed.set_shared_memory("echo", size, offset=size)
+                client.infer("echo", [text], outputs=[echoed])
+                tight = triton.InferRequestedOutput("ECHO")
+                tight.set_shared_memory("echo", size - 1, offset=size)
+                with pytest.raises(InferenceServerException, match=f"output 'ECHO': {size} bytes do not fit"):
+                    client.infer("echo", [text], outputs=[tight])
+            finally:
+                client.unregister_system_shared_memory()
+        answer = shm.get_contents_as_numpy(handle, np.object_, [2, 2], offset=size)
+        assert [[b.decode() for b in row] for row in answer] == words.tolist()
+    finally:
+        shm.destroy_shared_memory_region(handle)
+
+
 def test_a_multi_output_model_answers_as_onnx_runtime(server: RunningServer, zoo: tuple[Path, dict[str, Path]]) -> None:
     rows = np.random.default_rng(6).standard_normal((4, 64)).astype(np.float32)
     client = triton.InferenceServerClient(server.address)
-    answer = client.infer("mlp", _inputs({"X": rows}), model_version="fp32")
+    answer = client.infer("mlp", triton_inputs({"X": rows}), model_version="fp32")
     expected = _fp32(zoo[1]["mlp"], {"X": rows})
     for name in ("EMBED", "SCORE", "LABEL"):
         assert np.array_equal(answer.as_numpy(name), expected[name]), name
-    routed = client.infer("mlp", _inputs({"X": rows}))  # whichever variant the router picks: every output there
+    routed = client.infer("mlp", triton_inputs({"X": rows}))  # whichever variant the router picks: every output there
     assert routed.as_numpy("LABEL").dtype == np.int64 and routed.as_numpy("EMBED").shape == (4, 32)
 
 
@@ -111,7 +153,7 @@ def test_a_malformed_bytes_length_prefix_is_invalid_argument(server: RunningServ
 def test_a_wrong_datatype_names_the_input(server: RunningServer) -> None:
     arrays = {n: np.zeros((1, 16), dtype=np.int64) for n in ("INPUT0", "INPUT1")}
     with pytest.raises(InferenceServerException, match="input 'INPUT0': datatype 'INT64', expected INT32"):
-        triton.InferenceServerClient(server.address).infer("simple", _inputs(arrays))
+        triton.InferenceServerClient(server.address).infer("simple", triton_inputs(arrays))
 
 
 @pytest.mark.parametrize(
@@ -130,7 +172,7 @@ def test_every_numeric_datatype_travels_raw_and_typed(
 ) -> None:
     expected: np.ndarray = np.array([values], dtype=dtype)
     others: dict[str, np.ndarray] = {n: np.zeros((1, 2), dtype=t) for n, t in DTYPES.items() if n != name}
-    raw = triton.InferenceServerClient(server.address).infer("types", _inputs({name: expected, **others}))
+    raw = triton.InferenceServerClient(server.address).infer("types", triton_inputs({name: expected, **others}))
     assert np.array_equal(raw.as_numpy(f"{name}_OUT"), expected)
     request = service_pb2.ModelInferRequest(model_name="types")
     for input_name in onnx_zoo.TYPES:
@@ -167,3 +209,34 @@ def test_typed_bytes_contents_and_bad_utf8(server: RunningServer) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(request, timeout=10)
     assert "input 'TEXT': BYTES element 1 is not UTF-8" in caught.value.details()  # type: ignore[attr-defined]
+
+
+def test_model_config_names_every_datatype(server: RunningServer) -> None:
+    with triton.InferenceServerClient(server.address) as client:
+        types = client.get_model_config("types").config
+        echo = client.get_model_config("echo").config
+    data_type = model_config_pb2.DataType.Name
+    expected = {"I16": "TYPE_INT16", "U16": "TYPE_UINT16", "U32": "TYPE_UINT32", "U64": "TYPE_UINT64",
+                "F64": "TYPE_FP64", "FLAG": "TYPE_BOOL"}  # fmt: skip
+    assert {t.name: data_type(t.data_type) for t in types.input} == expected
+    assert {t.name: data_type(t.data_type) for t in types.output} == {f"{n}_OUT": t for n, t in expected.items()}
+    assert all(list(t.dims) == [2] for t in types.input)  # batched: the dims leave the batch out
+    assert types.max_batch_size > 0 and types.HasField("dynamic_batching")
+    assert [(t.name, data_type(t.data_type)) for t in echo.input] == [("TEXT", "TYPE_STRING")]  # Triton's BYTES
+    assert [(t.name, data_type(t.data_type)) for t in echo.output] == [("ECHO", "TYPE_STRING")]
+
+
+def test_a_fixed_shape_graph_is_configured_as_tritons_max_batch_size_0(server: RunningServer) -> None:
+    with triton.InferenceServerClient(server.address) as client:
+        config = client.get_model_config("fixed").config
+        metadata = client.get_model_metadata("fixed")
+        # What a Triton client does with that config: the dims are the whole shape to send.
+        rows = np.arange(6, dtype=np.float64).reshape(list(config.input[0].dims))
+        answer = client.infer("fixed", triton_inputs({"X": rows}))
+        with pytest.raises(InferenceServerException, match="dimension 0 is 1; the model's graph fixes it at 2"):
+            client.infer("fixed", triton_inputs({"X": rows[:1]}))
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in config.input] == [("X", [2, 3])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("Y", [2, 3])]
+    assert [list(t.shape) for t in metadata.inputs] == [[2, 3]]  # Triton's metadata for max_batch_size 0
+    assert np.array_equal(answer.as_numpy("Y"), rows * 2)

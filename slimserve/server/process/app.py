@@ -57,6 +57,7 @@ from slimserve.server.process.worker_state import unloaded_models
 from slimserve.server.transport.auth import server_interceptors
 from slimserve.server.transport.inference import InferenceServicer, add_inference_service
 from slimserve.server.transport.management import ManagementServicer
+from slimserve.server.transport.shared_memory import SharedMemory
 from slimserve.server.transport.status import outcome_of
 from slimserve.server.transport.tls import ServerTls, TlsConfigError
 
@@ -165,7 +166,9 @@ class App:
             from slimserve.server.process.background_build import BackgroundBuild
 
             self.build = BackgroundBuild(settings.repository, settings.build_recipes)
-        add_inference_service(InferenceServicer(self.plane, self.control), self.server)
+        # Triton's system shared memory regions: per token when tokens are set; unmapped in stop().
+        self.shared_memory = SharedMemory(per_caller=tokens.enabled)
+        add_inference_service(InferenceServicer(self.plane, self.control, self.shared_memory), self.server)
         management = ManagementServicer(self.plane, self.registry, self.hardware_key, self.build)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -341,6 +344,7 @@ class App:
                       self.plane.cut_off, self.settings.shutdown_grace_s)  # fmt: skip
         else:
             log.info("drained: every admitted call was answered")
+        self.shared_memory.close()  # after the server stopped: no call is left to read or write a region
         await self.shadow.close()
         await self.registry.close()
         await self.load.stop()

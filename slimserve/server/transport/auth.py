@@ -50,7 +50,16 @@ METHOD_GROUPS: Mapping[str, str] = {
     **{f"{_INFERENCE_SERVICE}{m}": HEALTH for m in ("ServerLive", "ServerReady", "ModelReady")},
     **{
         f"{_INFERENCE_SERVICE}{m}": INFERENCE
-        for m in ("ModelInfer", "ModelStreamInfer", "ModelMetadata", "ServerMetadata", "ModelConfig")
+        for m in (
+            "ModelInfer",
+            "ModelStreamInfer",
+            "ModelMetadata",
+            "ServerMetadata",
+            "ModelConfig",
+            "SystemSharedMemoryRegister",
+            "SystemSharedMemoryStatus",
+            "SystemSharedMemoryUnregister",
+        )
     },
 }
 SERVICE_GROUPS: Mapping[str, str] = {

@@ -19,6 +19,17 @@ element count (MAX_BYTES_ELEMENTS: parsing walks the elements on the event loop)
 total length (MAX_BYTES_TOTAL_BYTES); a length prefix that runs past the end, or bytes left
 over after the last element, is refused naming the input and the element.
 
+Shared memory (transport.shared_memory). An input whose parameters name a
+`shared_memory_region` (with `shared_memory_byte_size` and optionally `shared_memory_offset`)
+is read from that region of the caller's instead of the request: it carries no contents, and
+`raw_input_contents` then holds one entry per input *not* in shared memory, in order (as
+tritonclient sends them). Its byte size must be the tensor's (for BYTES: its serialized length,
+at most MAX_BYTES_TOTAL_BYTES), checked before a byte is copied out; the bytes are copied when
+the request is decoded, so nothing refers to the mapping afterwards. A requested output with
+those parameters is written into its region when the response is encoded (after checking it
+fits), and its `raw_output_contents` entry is empty, so that the entries still line up with
+`outputs` (tritonclient reads each output's contents by its position).
+
 Sizes are Python ints: a shape's element count is exact however large its dimensions (a
 numpy product wraps around, and [4, 2**62] would claim to hold no element), and it must
 match the bytes or values the request carries. Typed contents travel in a wider field than
@@ -33,6 +44,7 @@ import struct
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -42,6 +54,7 @@ from slimserve.repository.format import DATATYPE_DTYPES, ModelConfig, TensorSpec
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.errors import InvalidInputError, listed, shown
 from slimserve.server.transport.parameters import parameter_value
+from slimserve.server.transport.shared_memory import CallerRegions, Slot
 
 # BYTES: each element a `str` (module docstring)
 DTYPES: dict[str, np.dtype] = {name: np.dtype(numpy_type) for name, numpy_type in DATATYPE_DTYPES.items()}
@@ -53,6 +66,8 @@ MAX_TYPED_VALUES = 65_536  # 2.8 ms of conversion on the event loop (AMD EPYC); 
 MAX_BYTES_ELEMENTS = 65_536  # strings in one BYTES input: each is parsed by a Python step on the loop
 MAX_BYTES_TOTAL_BYTES = 16 * 1024 * 1024  # one BYTES input's serialized length, prefixes included
 BYTES_PREFIX = struct.Struct("<I")  # Triton's length prefix of each BYTES element
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+_SHM_KEYS = frozenset({SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE})
 # Which repeated field of InferTensorContents carries each datatype, and the type its values
 # have on the wire: wider than 8 and 16 bits (FP16 has no field: raw only; BYTES: bytes_contents).
 _TYPED_FIELD: dict[str, tuple[str, np.dtype]] = {
@@ -156,9 +171,14 @@ def _check_range(name: str, datatype: str, field: str, values: np.ndarray) -> No
 
 
 def _decode_tensor(
-    tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, raw: bytes | None, max_batch_size: int
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    spec: TensorSpec,
+    raw: bytes | None,
+    max_batch_size: int,
+    slot: Slot | None = None,
 ) -> np.ndarray:
-    """One input as numpy, from its raw bytes (`raw`) or else its typed contents."""
+    """One input as numpy, from its shared memory (`slot`), its raw bytes (`raw`) or else its
+    typed contents."""
     name = tensor.name
     if tensor.datatype != spec.datatype:
         raise InvalidInputError(f"input {shown(name)}: datatype {shown(tensor.datatype)}, expected {spec.datatype}")
@@ -166,6 +186,17 @@ def _decode_tensor(
     _check_shape(name, shape, spec, max_batch_size)
     dtype = DTYPES[spec.datatype]
     count = math.prod(shape)  # exact (module docstring): every size below compares Python ints
+    if slot is not None:  # sized before a byte is copied out of the region
+        if spec.datatype == "BYTES" and slot.size > MAX_BYTES_TOTAL_BYTES:
+            raise InvalidInputError(
+                f"input {shown(name)}: {SHM_BYTE_SIZE} {slot.size} for BYTES; at most {MAX_BYTES_TOTAL_BYTES}"
+            )
+        if spec.datatype != "BYTES" and slot.size != count * dtype.itemsize:
+            raise InvalidInputError(
+                f"input {shown(name)}: {SHM_BYTE_SIZE} {slot.size}, expected {count * dtype.itemsize} "
+                f"for shape {shape} of {spec.datatype}"
+            )
+        raw = slot.read()
     if spec.datatype == "BYTES":
         return _decode_bytes(tensor, shape, count, raw)
     if raw is not None:
@@ -282,6 +313,27 @@ def _serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def _slot(what: str, parameters: Mapping[str, Any], memory: CallerRegions | None) -> Slot | None:
+    """Where the tensor `what` names lies in shared memory, from its parameters; None when
+    they name no region (module docstring: Shared memory)."""
+    given = {key: parameter_value(parameters[key]) for key in sorted(_SHM_KEYS) if key in parameters}
+    if not given:
+        return None
+    region = given.get(SHM_REGION)
+    if not isinstance(region, str) or not region:
+        raise InvalidInputError(f"{what}: {listed(sorted(given))} given without a {SHM_REGION} name (a string)")
+    if SHM_BYTE_SIZE not in given:
+        raise InvalidInputError(f"{what}: {SHM_REGION} given without {SHM_BYTE_SIZE}")
+    offset, size = given.get(SHM_OFFSET, 0), given[SHM_BYTE_SIZE]
+    for key, value in ((SHM_OFFSET, offset), (SHM_BYTE_SIZE, size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInputError(f"{what}: {key} must be a whole number of bytes, 0 or more; got {value!r:.40}")
+    assert isinstance(offset, int) and isinstance(size, int)  # checked just above
+    if memory is None:
+        raise InvalidInputError(f"{what}: shared memory is not available on this path")
+    return memory.slot(region, offset, size, what)
+
+
 def read_parameters(request: pb.ModelInferRequest) -> dict[str, bool | int | float | str]:
     """The request's id and parameters checked for size, and the parameters as plain values
     (read before decoding: the data plane parses the routing hints from them)."""
@@ -290,10 +342,14 @@ def read_parameters(request: pb.ModelInferRequest) -> dict[str, bool | int | flo
 
 
 def decode_request(
-    request: pb.ModelInferRequest, config: ModelConfig, parameters: Mapping[str, bool | int | float | str]
+    request: pb.ModelInferRequest,
+    config: ModelConfig,
+    parameters: Mapping[str, bool | int | float | str],
+    memory: CallerRegions | None = None,
 ) -> InferenceRequest:
     """Validate a ModelInferRequest against the model's config and turn it into numpy;
-    `parameters` are `read_parameters(request)`."""
+    `parameters` are `read_parameters(request)`; `memory` the shared memory regions the
+    caller may read inputs from (module docstring)."""
     specs = {spec.name: spec for spec in config.inputs}
     given = [tensor.name for tensor in request.inputs]
     unknown = [name for name in given if name not in specs]
@@ -302,15 +358,26 @@ def decode_request(
     missing = [name for name in specs if name not in given]
     if missing or len(given) != len(set(given)):
         raise InvalidInputError(f"inputs must be exactly {list(specs)} once each; got {listed(given)}")
+    # Which inputs are in shared memory, from their parameters alone: the request's shape is
+    # checked before any region is looked up.
+    in_memory = [tensor for tensor in request.inputs if _SHM_KEYS & set(tensor.parameters)]
+    for tensor in in_memory:
+        if tensor.HasField("contents"):
+            raise InvalidInputError(f"input {shown(tensor.name)}: both {SHM_REGION} and contents given; use one")
+    on_wire = [tensor.name for tensor in request.inputs if not _SHM_KEYS & set(tensor.parameters)]
     raw = list(request.raw_input_contents)
     if raw and any(tensor.HasField("contents") for tensor in request.inputs):
         raise InvalidInputError("both raw_input_contents and typed contents given; use one or the other")
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInputError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    if raw and len(raw) != len(on_wire):
+        besides = f" ({len(in_memory)} more in shared memory)" if in_memory else ""
+        raise InvalidInputError(f"{len(raw)} raw_input_contents for {len(on_wire)} inputs{besides}")
+    slots = {tensor.name: _slot(f"input {shown(tensor.name)}", tensor.parameters, memory) for tensor in in_memory}
+    raw_of = dict(zip(on_wire, raw, strict=True)) if raw else {}
     arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
+    for tensor in request.inputs:
         spec = specs[tensor.name]
-        array = _decode_tensor(tensor, spec, raw[index] if raw else None, config.max_batch_size)
+        slot = slots.get(tensor.name)
+        array = _decode_tensor(tensor, spec, raw_of.get(tensor.name), config.max_batch_size, slot)
         _check_values(tensor.name, array, spec)
         arrays[tensor.name] = array
     batch_sizes = {a.shape[0] for a in arrays.values()}
@@ -344,22 +411,46 @@ def decode_request(
     )
 
 
+def output_slots(request: pb.ModelInferRequest, memory: CallerRegions | None) -> dict[str, Slot]:
+    """The requested outputs to write into shared memory, by name (module docstring); read
+    after `decode_request`, which checked the names."""
+    slots = {}
+    for output in request.outputs:
+        slot = _slot(f"output {shown(output.name)}", output.parameters, memory)
+        if slot is not None:
+            slots[output.name] = slot
+    return slots
+
+
 def _parameter(value: str | float) -> pb.InferParameter:
     if isinstance(value, str):
         return pb.InferParameter(string_param=value)
     return pb.InferParameter(double_param=float(value))
 
 
-def encode_response(request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
+def encode_response(
+    request: InferenceRequest,
+    result: InferenceResult,
+    config: ModelConfig,
+    slots: Mapping[str, Slot] | None = None,
+) -> pb.ModelInferResponse:
     """Every output goes in raw_output_contents, in the order of `outputs` (BYTES serialized
-    as Triton does: module docstring)."""
+    as Triton does), or into its shared memory `slots` with an empty entry there (module
+    docstring)."""
     response = pb.ModelInferResponse(model_name=config.name, model_version=result.variant, id=request.id)
     wanted = request.outputs or [spec.name for spec in config.outputs]
     datatypes = {spec.name: spec.datatype for spec in config.outputs}
     for name in wanted:
         array = np.ascontiguousarray(result.outputs[name], dtype=DTYPES[datatypes[name]])
         response.outputs.add(name=name, datatype=datatypes[name], shape=list(array.shape))
-        response.raw_output_contents.append(_serialize_bytes(array) if datatypes[name] == "BYTES" else array.tobytes())
+        slot = (slots or {}).get(name)
+        if slot is None:
+            response.raw_output_contents.append(
+                _serialize_bytes(array) if datatypes[name] == "BYTES" else array.tobytes()
+            )
+        else:  # the bytes go once, straight into the region
+            slot.write(_serialize_bytes(array) if datatypes[name] == "BYTES" else array.reshape(-1).view(np.uint8).data)
+            response.raw_output_contents.append(b"")
     response.parameters["variant"].CopyFrom(_parameter(result.variant))
     response.parameters["device"].CopyFrom(_parameter(result.device))
     response.parameters["reason"].CopyFrom(_parameter(result.reason))

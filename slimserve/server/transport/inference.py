@@ -15,13 +15,16 @@ ModelStreamInfer serves each request of its stream through the same `_infer` as 
 (`transport.stream` moves the messages). ServerMetadata lists the Triton extensions whose
 calls are here: `model_configuration` (ModelConfig), `model_repository` (RepositoryIndex,
 RepositoryModelLoad, RepositoryModelUnload; a load's `config` override is refused),
-`parameters` (request parameters are read, unknown ones left alone) and `statistics`.
+`parameters` (request parameters are read, unknown ones left alone), `statistics` and
+`system_shared_memory` (SystemSharedMemoryRegister, Status, Unregister: `transport.shared_memory`;
+a request names the caller's regions in its tensors' parameters, and is served through the data
+plane like any other: the codec reads inputs from the regions and writes outputs into them).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -38,16 +41,18 @@ from slimserve.server.transport.codec import (
     MalformedRequest,
     decode_request,
     encode_response,
+    output_slots,
     parse_infer_request,
     read_parameters,
 )
+from slimserve.server.transport.shared_memory import CallerRegions, SharedMemory, Slot
 from slimserve.server.transport.status import maps_errors
 from slimserve.server.transport.stream import serve_stream
 from slimserve.server.transport.triton_config import PLATFORM, triton_model_config
 
 SERVER_NAME = "slimserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("model_configuration", "model_repository", "parameters", "statistics")  # module docstring
+EXTENSIONS = ("model_configuration", "model_repository", "parameters", "statistics", "system_shared_memory")
 
 
 def named(name: str, what: str = "model") -> str:
@@ -60,11 +65,15 @@ def named(name: str, what: str = "model") -> str:
 
 @dataclass
 class OipCall:
-    """One ModelInfer call as the data plane sees it (`core.data_plane.Call`)."""
+    """One ModelInfer call as the data plane sees it (`core.data_plane.Call`). `memory` is the
+    caller's shared memory regions; `decode` keeps where the requested outputs go in them for
+    `encode`."""
 
     message: pb.ModelInferRequest | MalformedRequest
     context: grpc.aio.ServicerContext
     deadline_s: float | None
+    memory: CallerRegions
+    _slots: dict[str, Slot] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -82,21 +91,25 @@ class OipCall:
 
     def decode(self, config: ModelConfig, parameters: Parameters) -> InferenceRequest:
         assert not isinstance(self.message, MalformedRequest)  # `model` refused it
-        return decode_request(self.message, config, parameters)
+        request = decode_request(self.message, config, parameters, self.memory)
+        self._slots = output_slots(self.message, self.memory)  # checked now, before the model runs
+        return request
 
     def encode(self, request: InferenceRequest, result: InferenceResult, config: ModelConfig) -> pb.ModelInferResponse:
-        return encode_response(request, result, config)
+        return encode_response(request, result, config, self._slots)
 
     def caller(self) -> str:
         return caller_of(self.context.invocation_metadata())
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    """Open Inference Protocol v2 over the data plane; model control beside it."""
+    """Open Inference Protocol v2 over the data plane; model control and the shared memory
+    regions beside it."""
 
-    def __init__(self, plane: DataPlane, control: ModelControl) -> None:
+    def __init__(self, plane: DataPlane, control: ModelControl, memory: SharedMemory) -> None:
         self._plane = plane
         self._control = control
+        self._memory = memory
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -161,7 +174,33 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         each request in it)."""
         remaining_s = context.time_remaining()
         deadline_s = None if remaining_s is None else self._plane.now() + remaining_s
-        return await self._plane.infer(OipCall(request, context, deadline_s))
+        memory = self._memory.of(context.invocation_metadata())
+        return await self._plane.infer(OipCall(request, context, deadline_s, memory))
+
+    @maps_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        owner = self._memory.owner(context.invocation_metadata())
+        self._memory.register(owner, request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @maps_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        regions = self._memory.status(self._memory.owner(context.invocation_metadata()), request.name)
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions}
+        )
+
+    @maps_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._memory.unregister(self._memory.owner(context.invocation_metadata()), request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     @maps_errors
     async def ModelStatistics(
