@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -39,8 +38,17 @@ import numpy as np
 from loadtest.serving import cpu_model
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE
 from slimserve.router.config import RouterConfig
+from slimserve.simulate.calibration import (
+    CALIBRATED_LOOP_CPU_MS,
+    CALIBRATED_SPEED,
+    LOOP_CPU_MS_GRID,
+    SERVICE_CURVES,
+    SPEEDS_GRID,
+    params_for,
+    read_service_curves,
+)
 from slimserve.simulate.ceiling import best_mix, efficient, fluid_bound
-from slimserve.simulate.engine import Mix, Pinned, Policy, Result, Routed, simulate
+from slimserve.simulate.engine import Arrival, Mix, Pinned, Policy, Result, Routed, simulate
 from slimserve.simulate.server import ServerParams, VariantSpec, variants_from_repository, with_physics
 from slimserve.simulate.stats import Interval
 from slimserve.simulate.trace import Trace
@@ -50,30 +58,26 @@ FOUR = ("fp32", "int8", "pruned", "distilled")
 SEVEN = ("fp32", "int8", "pruned", "distilled", "int4", "pruned-int8", "distilled-int8")
 BENCH_START, BENCH_ARRIVALS = 2000, 600
 BENCH_SCALES = (0.5, 1.0, 1.5, 2.0)
-ROUTERS = {"router": (), "router-no-correction": ("correction",), "router-no-ratios": ("ratios",),
-           "router-no-price": ("price",)}  # fmt: skip
-# Grid of the two calibrated parameters: speed (× the curves' machine) and loop CPU per call (ms).
-SPEEDS = (0.35, 0.4, 0.45, 0.5, 0.55)
-OVERHEADS_MS = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5)
-PRE_SHARE = 2.0 / 3.0  # of the per-call CPU, before the session call (read, decode, route)
+# The two calibrated parameters, their grid and the fit last reported live in
+# slimserve.simulate.calibration, which `slimserve plan` reads too.
 DEFAULT_SLO_MS = 100.0  # minilm's model.yaml default_slo_ms
 
 
 def load_specs(repository: Path, curves_path: Path, served: Sequence[str]) -> list[VariantSpec]:
-    data = json.loads(curves_path.read_text())["tokens"]
-    measured = {v: {int(t): {int(b): ms for b, ms in data[t][v].items()} for t in data} for v in served}
-    belief = {v: {int(b): ms for b, ms in data["32"][v].items()} for v in served}
+    curves = read_service_curves(curves_path)
+    measured = {v: curves[v] for v in served}
+    belief = {v: curves[v][32] for v in served}
     return with_physics(variants_from_repository(repository / "minilm", "cloud-cpu", served), measured, belief)
 
 
-def params_for(speed: float, overhead_ms: float) -> ServerParams:
-    return ServerParams(speed=speed, pre_ms=overhead_ms * PRE_SHARE, post_ms=overhead_ms * (1 - PRE_SHARE))
-
-
 def policy_of(name: str) -> tuple[Policy, RouterConfig]:
-    if name in ROUTERS:
-        return Routed(), RouterConfig.without(ROUTERS[name])
-    return Pinned(name), RouterConfig()
+    """A static variant by its name, or a router: `router`, `router-no-A[-no-B…]` (mechanisms
+    off, MECHANISMS) and `@field=value,…` for RouterConfig fields, e.g. `router@price_wait_share=0.3`."""
+    base, _, fields = name.partition("@")
+    if not base.startswith("router"):
+        return Pinned(name), RouterConfig()
+    overrides = {k: float(v) for k, v in (f.split("=") for f in fields.split(",") if f)}
+    return Routed(), RouterConfig.without(base.split("-no-")[1:], **overrides)
 
 
 # -- 1. calibration -------------------------------------------------------------------------
@@ -120,8 +124,8 @@ def _cell_job(job: tuple[Cell, list[VariantSpec], ServerParams, Trace]) -> tuple
 def calibrate(cells: list[Cell], specs: list[VariantSpec], window: Trace, pool: PoolType) -> tuple[ServerParams, list]:  # type: ignore[type-arg]
     pinned = [c for c in cells if c.policy in FOUR]
     best: tuple[float, ServerParams] | None = None
-    for speed in SPEEDS:
-        for overhead in OVERHEADS_MS:
+    for speed in SPEEDS_GRID:
+        for overhead in LOOP_CPU_MS_GRID:
             params = params_for(speed, overhead)
             sims = pool.map(_cell_job, [(c, specs, params, window) for c in pinned])
             error = float(np.mean([abs(s[0] - c.effective_accuracy) + abs(s[1] - c.slo_attainment)
@@ -236,10 +240,82 @@ def _mix_text(weights: dict[str, float]) -> str:
     return ", ".join(f"{v} {w * 100:.0f}%" for v, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w >= 0.01)
 
 
+# -- 3. ablation ----------------------------------------------------------------------------
+
+
+def _window_arrivals(job: WindowJob) -> tuple[list[Arrival], int]:
+    fp32 = next(s for s in job.specs if s.name == "fp32")
+    capacity = capacity_rps(fp32, job.params)
+    slo = SloClasses.from_round_trip(round_trip_ms(fp32, job.params))
+    seed = 10_000 + job.window_index
+    return replay(job.trace.window(job.start, job.arrivals), job.scale * capacity, slo, seed, capacity), seed
+
+
+def ablation_job(job: tuple[WindowJob, tuple[str, ...]]) -> list[dict[str, object]]:
+    """The named policies (`policy_of`) on one window at one load, on the same arrivals and
+    seed as `window_job`; a static variant the set does not serve is skipped."""
+    window, names = job
+    arrivals, seed = _window_arrivals(window)
+    rows: list[dict[str, object]] = []
+    for name in names:
+        policy, config = policy_of(name)
+        if isinstance(policy, Pinned) and name not in window.served:
+            continue
+        r = simulate(window.specs, window.params, policy, arrivals, DEFAULT_SLO_MS, config, seed)
+        rows.append({"served": len(window.served), "scale": window.scale, "window": window.window_index,
+                     "policy": name, "effective_accuracy": r.effective_accuracy,
+                     "slo_attainment": r.slo_attainment, "refused": r.outcomes.count("REFUSED") / len(r.outcomes),
+                     "shares": " ".join(f"{v}={s:.4f}" for v, s in r.shares().items())})  # fmt: skip
+    return rows
+
+
+Values = dict[int, tuple[float, float, float]]  # window → (effective accuracy, attainment, refused)
+
+
+def _paired(mine: Values, theirs: Values) -> str:
+    common = sorted(set(mine) & set(theirs))
+    return Interval.paired([mine[w][0] for w in common], [theirs[w][0] for w in common]).points(True) if common else ""
+
+
+def ablation_report(paths: Sequence[Path | str], baseline: str) -> list[str]:
+    """Per set and load, every policy in the per-window CSVs `paths`: effective accuracy and
+    SLO attainment (mean ± 95 % CI over windows), and paired differences against the best
+    static variant and against `baseline`, on the windows both ran."""
+    by: dict[tuple[int, float, str], Values] = {}
+    for spec in paths:
+        tag, _, path = str(spec).rpartition("=")  # TAG=PATH: its policies are named "policy [TAG]"
+        with open(path, newline="") as handle:
+            for r in csv.DictReader(handle):
+                measured = (float(r["effective_accuracy"]), float(r["slo_attainment"]), float(r["refused"]))
+                policy = f"{r['policy']} [{tag}]" if tag else r["policy"]
+                by.setdefault((int(r["served"]), float(r["scale"]), policy), {})[int(r["window"])] = measured
+    lines: list[str] = []
+    for served, scale in sorted({k[:2] for k in by}):
+        policies = sorted((k[2] for k in by if k[:2] == (served, scale)), key=lambda p: (not p.startswith("router"), p))
+        statics = [p for p in policies if not p.startswith("router") and "[" not in p]  # untagged ones
+        best = max(
+            statics, default="no static", key=lambda p: float(np.mean([v[0] for v in by[(served, scale, p)].values()]))
+        )
+        lines += [f"### {served} variants, {scale:g}× fp32's capacity (best static: {best})", "",
+                  f"| policy | effective accuracy | SLO attainment | refused | − {best} (paired) "
+                  f"| − {baseline} (paired) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for p in policies:
+            mine = by[(served, scale, p)]
+            values = list(mine.values())
+            vs_best = _paired(mine, by.get((served, scale, best), {})) if p != best else ""
+            vs_base = _paired(mine, by.get((served, scale, baseline), {})) if p != baseline else ""
+            refused = float(np.mean([v[2] for v in values])) * 100
+            lines.append(f"| {p} | {Interval.of([v[0] for v in values]).points()} (n={len(values)}) | "
+                         f"{Interval.of([v[1] for v in values]).points()} | {refused:.1f}% | {vs_best} | "
+                         f"{vs_base} |")  # fmt: skip
+        lines.append("")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--service-curves", type=Path, default=Path("docs/bench/router_sim_service.json"))
+    parser.add_argument("--service-curves", type=Path, default=SERVICE_CURVES)
     parser.add_argument("--measured", type=Path, default=Path("docs/bench/bench_router.csv"))
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
@@ -248,9 +324,30 @@ def main() -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--skip-calibration", nargs=2, type=float, metavar=("SPEED", "LOOP_MS"),
-                        help="use these calibrated parameters instead of fitting them")  # fmt: skip
+                        help="use these calibrated parameters instead of fitting them (the last fit: "
+                             "slimserve.simulate.calibration)")  # fmt: skip
+    parser.add_argument("--policies", nargs="+", metavar="POLICY",
+                        help="ablation: only these policies (static variants, `router`, `router-no-MECHANISM`, "
+                             "`router@field=value`) per window, no calibration or mix; per-window rows to "
+                             "--windows-csv")  # fmt: skip
+    parser.add_argument("--sets", type=int, nargs="+", default=[4, 7], choices=[4, 7])
+    parser.add_argument("--windows-csv", type=Path, default=Path("router_sim_windows.csv"))
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="[TAG=]CSV",
+        help="ablation tables from per-window CSVs (written to --out/router_sim_ablation.md); a TAG names "
+        "that file's policies 'policy [TAG]', and its static variants are not candidates for the best static",
+    )
+    parser.add_argument("--baseline", default="router", help="the policy --report pairs every other one with")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        text = "\n".join(ablation_report(args.report, args.baseline)) + "\n"
+        (args.out / "router_sim_ablation.md").write_text(text)
+        print(text)
+        return 0
     trace = Trace.load(args.trace)
     cpu = f"{cpu_model()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
@@ -259,6 +356,24 @@ def main() -> int:
     lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
     csv_rows: list[dict[str, object]] = []
     with Pool(args.processes) as pool:
+        if args.policies:  # the ablation (section 3) instead of the calibration and the ceiling
+            params = params_for(*(args.skip_calibration or (CALIBRATED_SPEED, CALIBRATED_LOOP_CPU_MS)))
+            starts = trace.window_starts(args.arrivals, args.windows)
+            sets = {4: (FOUR, four), 7: (SEVEN, seven)}
+            jobs_a = [(WindowJob(sets[n][0], scale, i, start, sets[n][1], params, trace, args.arrivals),
+                       tuple(args.policies)) for n in args.sets for scale in args.scales
+                      for i, start in enumerate(starts)]  # fmt: skip
+            found: list[dict[str, object]] = []
+            for done, rows_a in enumerate(pool.imap(ablation_job, jobs_a, chunksize=1), 1):
+                found += rows_a
+                if done % 50 == 0:
+                    print(f"  {done}/{len(jobs_a)} window jobs", flush=True)
+            with open(args.windows_csv, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(found[0]))
+                writer.writeheader()
+                writer.writerows(found)
+            print("\n".join(ablation_report([args.windows_csv], args.baseline)))
+            return 0
         cells = measured_cells(args.measured)
         bench_window = trace.window(BENCH_START, BENCH_ARRIVALS)
         if args.skip_calibration:

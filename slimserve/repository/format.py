@@ -52,6 +52,9 @@ MANIFEST_FILE = "variant.json"
 KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8", "int4", "pruned", "lowrank", "distilled")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_NAME_CHARS = 128
+# A batcher keeps one queue per priority level and the router reads every level's rows per
+# snapshot: a handful of levels is what scheduling needs, and the bound keeps both small.
+MAX_PRIORITY_LEVELS = 16
 
 
 class RepositoryError(Exception):
@@ -158,6 +161,19 @@ class ModelConfig(_Strict):
     max_batch_size: int = Field(default=32, ge=1)
     max_queue_delay_ms: float = Field(default=0.0, ge=0)
     throughput_slo_rps: float | None = Field(default=None, gt=0, description="requests/s the router must sustain")
+    priority_levels: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_PRIORITY_LEVELS,
+        description="levels of the request parameter `priority` (Triton's dynamic_batching priority_levels): "
+        "each variant's batcher takes level 1 first, then 2, …; 0: no levels, one queue in arrival order",
+    )
+    default_priority_level: int = Field(
+        default=0,
+        ge=0,
+        description="the level of a request that sends no priority (or 0): in [1, priority_levels], "
+        "0 when the model has no levels (as Triton requires)",
+    )
     labels: list[str] | None = None
     served_variants: list[str] | None = Field(
         default=None,
@@ -174,6 +190,15 @@ class ModelConfig(_Strict):
     @classmethod
     def _name(cls, name: str) -> str:
         return check_name(name, "model")
+
+    @model_validator(mode="after")
+    def _priority(self) -> ModelConfig:
+        levels, default = self.priority_levels, self.default_priority_level
+        if levels == 0 and default != 0:
+            raise ValueError(f"default_priority_level is {default} but priority_levels is 0 (no levels): set both")
+        if levels > 0 and not 1 <= default <= levels:
+            raise ValueError(f"default_priority_level must be in [1, {levels}] (priority_levels), got {default}")
+        return self
 
 
 class LatencyStats(_Strict):

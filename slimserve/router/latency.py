@@ -14,7 +14,9 @@ What the snapshots cannot see is learned as a distribution of observed / modelle
 (`router.ratios`), from which the router takes the probability of meeting an SLO.
 
 Queue wait: a request joins the variant's queue behind `queued_rows` and waits for the
-batch in flight; the other variants' work shares the cores with it.
+batch in flight; the other variants' work shares the cores with it. Where the batcher serves
+by priority level (`LevelledQueueView`), a request of level k waits only behind the rows
+queued at levels 1..k (`RouterSnapshot.at_level`).
 `RouterSnapshot.modelled_ms` puts these together.
 """
 
@@ -39,6 +41,15 @@ class QueueView(Protocol):
 
     @property
     def running_started_s(self) -> float | None: ...  # monotonic start of the batch in flight; None: not started
+
+
+@runtime_checkable
+class LevelledQueueView(QueueView, Protocol):
+    """A queue that serves by priority level (server.core.batcher); one that is not (the
+    simulator's) is read as one level. Checked once, when the router is built."""
+
+    @property
+    def rows_by_level(self) -> tuple[int, ...]: ...  # rows queued at each level, level 1's first; (): no levels
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
 from slimserve.router.hints import RequestHints
-from slimserve.router.latency import LatencyModel, QueueView, ServiceCurve
+from slimserve.router.latency import LatencyModel, LevelledQueueView, QueueView, ServiceCurve
 from slimserve.router.load import Clock, RateMeter
 from slimserve.router.policy import Decision, decide, pinned
 from slimserve.router.price import Budget, Offer, Price, cpu_price
@@ -82,6 +82,8 @@ class ModelRouter:
         self.model = model
         self.config = config = config or RouterConfig()
         self.variants = {v.name: v for v in variants}
+        # The queues that serve by priority level, found once: each snapshot reads their levels.
+        self._levelled = {v.name: v.queue for v in variants if isinstance(v.queue, LevelledQueueView)}
         self.default_slo_ms = default_slo_ms
         self.throughput_slo_rps = throughput_slo_rps
         # The server's event-loop lag and its CPU account, shared by every model; alone, its own.
@@ -159,6 +161,8 @@ class ModelRouter:
                 queued_rows=v.queue.queued_rows,
                 arriving_rows_s=self._shares[name].rows_per_second(),
                 capacity_rows_s=v.latency.capacity_rows_s(per_row),
+                rows_by_level=self._levelled[name].rows_by_level if name in self._levelled else (),
+                running_rows=v.queue.running_rows,
             )
             for name, v in self.variants.items()
         )
@@ -181,32 +185,39 @@ class ModelRouter:
     # -- decisions ----------------------------------------------------------------------
 
     def route(self, hints: RequestHints, rows: int) -> Decision:
-        """Choose a variant for a request and count it as arrived."""
-        decision = decide(self.snapshot(), hints, rows, self.config)
+        """Choose a variant for a request and count it as arrived; a request with a priority
+        level is predicted behind the work of its level and higher only (`RouterSnapshot.at_level`).
+        A shed request (`Decision.shed`) counts as arrived but not as sent to its variant:
+        its rows will not join that queue."""
+        snapshot = self.snapshot()
+        decision = decide(snapshot.at_level(hints.priority) if hints.priority else snapshot, hints, rows, self.config)
         self._arrive(rows)
-        self._shares[decision.variant].add(rows)
+        if not decision.shed:
+            self._shares[decision.variant].add(rows)
         return decision
 
-    def pinned(self, variant: str, rows: int) -> Decision:
-        """The caller named the variant: no choice, but the prediction is still useful.
+    def pinned(self, variant: str, rows: int, level: int = 0, hints: RequestHints | None = None) -> Decision:
+        """The caller named the variant: no choice, but the prediction is still useful, and
+        given the request's `hints`, admission decides as for a routed request (`policy.sheds`).
 
         A pinned call weighs nothing, so its prediction may come from the last snapshot while
         that is younger than `snapshot_max_age_s`, even if queues moved since: rebuilding every
         variant's view for each call was a third of the handler's own CPU under load. Such a
         prediction is a few milliseconds stale, so it does not teach the ratio distribution;
-        a pinned call that takes a fresh snapshot does."""
+        a pinned call that takes a fresh snapshot does. `level`: its priority level, as in `route`."""
         recent = self._taken
         if recent is not None and self._clock() - recent.taken_s < self.config.snapshot_max_age_s:
-            decision = pinned(recent, variant, rows, learns=False)
+            decision = pinned(recent.at_level(level), variant, rows, False, hints, self.config)
         else:
-            decision = pinned(self.snapshot(), variant, rows)
+            decision = pinned(self.snapshot().at_level(level), variant, rows, True, hints, self.config)
         self._arrive(rows)
-        self._shares[variant].add(rows)
+        if not decision.shed:
+            self._shares[variant].add(rows)
         return decision
 
     def explain(self, hints: RequestHints, rows: int) -> Decision:
         """What `route` would decide now, without counting an arrival."""
-        return decide(self.snapshot(), hints, rows, self.config)
+        return decide(self.snapshot().at_level(hints.priority), hints, rows, self.config)
 
     def _arrive(self, rows: int) -> None:
         self._arrivals.add(rows)

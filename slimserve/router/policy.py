@@ -14,8 +14,17 @@ In order:
    loose request (SLO at least the model's default) goes only to variants with that
    capacity, if there are any.
 3. `slo`: the best score as above (ties: the more accurate); reason `cpu_budget` when the
-   price changed the choice. None likely in time → the fastest, reason `best_effort`.
+   price changed the choice. None likely in time → the best score among all of them (ties:
+   the faster), reason `best_effort`: the most expected quality for the CPU it takes, not
+   the fastest, which under load is an idle variant slower per row and less accurate than
+   the busy one (RouterConfig.best_effort_quality_on; off: the fastest).
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
+4. Admission (`sheds`): a request that states an SLO (not the model's default) is refused,
+   reason `shed_predicted_late`, when its variant is predicted (`predicted_ms`) to answer
+   past that SLO and there is work ahead of it — on that variant, or, past saturation
+   (RouterConfig.shed_idle_on), on any variant, since the cores are shared. An idle
+   machine never sheds: the prediction may be wrong, and only served calls correct it.
+   The data plane refuses what the decision says, so Explain says exactly what happens.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ MOST_ACCURATE = "most_accurate"
 THROUGHPUT_SLO = "throughput_slo"
 CPU_BUDGET = "cpu_budget"
 PINNED = "pinned"
-REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED)
+SHED_PREDICTED_LATE = "shed_predicted_late"  # refused: predicted past its stated SLO with work ahead
+REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED, SHED_PREDICTED_LATE)
 
 
 class Candidate(NamedTuple):
@@ -79,6 +89,7 @@ class Grounds:
     price: float
     required_rows_s: float | None  # the throughput guard's demand, where it applied
     min_p_in_time: float
+    chosen_as: str = ""  # a shed decision: the reason its variant was chosen with
 
 
 @dataclass(frozen=True)
@@ -95,11 +106,22 @@ class Decision:
     grounds: Grounds | None = None  # None: pinned, nothing was weighed
     learns: bool = True  # whether its prediction is exact enough to teach the ratio distribution
 
+    @property
+    def shed(self) -> bool:
+        """Admission refuses it (UNAVAILABLE): predicted past its stated SLO with work ahead."""
+        return self.reason == SHED_PREDICTED_LATE
+
     @cached_property
     def verdicts(self) -> tuple[Verdict, ...]:
         return tuple(Verdict(c, c is self.chosen, self._why(c)) for c in self.candidates)
 
     def _why(self, c: Candidate) -> str:
+        if c is self.chosen and self.shed and self.grounds is not None:
+            chosen_as = f" (chosen as {self.grounds.chosen_as})" if self.grounds.chosen_as else ""
+            return (
+                f"{SHED_PREDICTED_LATE}{chosen_as}: predicted {c.predicted_ms:.2f} ms past the "
+                f"{self.grounds.hints.slo_ms:g} ms SLO with work ahead; refused, retry later or elsewhere"
+            )
         if c is self.chosen or self.grounds is None:
             return self.reason
         hints, price, required = self.grounds.hints, self.grounds.price, self.grounds.required_rows_s
@@ -109,7 +131,7 @@ class Decision:
             return f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required:.0f} needed"
         if hints.policy == "slo" and c.p_in_time < self.grounds.min_p_in_time:
             return f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms"
-        if hints.policy == "slo" and self.reason != BEST_EFFORT:
+        if hints.policy == "slo" and BEST_EFFORT not in (self.reason, self.grounds.chosen_as):
             cpu = f" less CPU {price * c.cost_per_row_ms:.4f}" if price > 0 else ""
             return (
                 f"expected quality {c.expected_quality:.4f} (P(within SLO) {c.p_in_time:.3f}){cpu} "
@@ -141,10 +163,31 @@ def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None) -> lis
     return [candidate(snapshot, view, rows, slo_ms) for view in snapshot.variants]
 
 
-def pinned(snapshot: RouterSnapshot, variant: str, rows: int, learns: bool = True) -> Decision:
-    """The caller named the variant: no choice, but the prediction is still useful."""
+def pinned(
+    snapshot: RouterSnapshot,
+    variant: str,
+    rows: int,
+    learns: bool = True,
+    hints: RequestHints | None = None,
+    config: RouterConfig | None = None,
+) -> Decision:
+    """The caller named the variant: no choice, but the prediction is still useful, and
+    admission (step 4) applies to it as to a routed request, given its `hints`."""
     chosen = candidate(snapshot, snapshot.view(variant), rows, None)
+    if hints is not None and config is not None and sheds(snapshot, hints, chosen, config):
+        grounds = Grounds(hints, snapshot.price, None, config.min_p_in_time, PINNED)
+        return Decision(variant, SHED_PREDICTED_LATE, chosen.predicted_ms, chosen.device, chosen, (chosen,), grounds)
     return Decision(variant, PINNED, chosen.predicted_ms, chosen.device, chosen, (chosen,), learns=learns)
+
+
+def sheds(snapshot: RouterSnapshot, hints: RequestHints, chosen: Candidate, config: RouterConfig) -> bool:
+    """Step 4, admission: whether a request sent to `chosen` is refused (module docstring).
+    Never one that states no SLO (it gets the model's default and waits its turn)."""
+    if hints.slo_source == "model_default" or chosen.predicted_ms <= hints.slo_ms:
+        return False
+    if snapshot.view(chosen.variant).busy:
+        return True
+    return config.shed_idle_on and snapshot.saturated and any(v.busy for v in snapshot.variants)
 
 
 def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:
@@ -164,21 +207,26 @@ def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: Rou
         roomy = [c for c in qualifying if c.capacity_rows_s >= required]
         guarded = bool(roomy) and len(roomy) < len(qualifying)
         qualifying = roomy if guarded else qualifying
-    chosen, reason = _choose(qualifying, hints, snapshot.price, config.min_p_in_time)
+    chosen, reason = _choose(qualifying, hints, snapshot.price, config)
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
-    grounds = Grounds(hints, snapshot.price, required if guarded else None, config.min_p_in_time)
+    chosen_as = ""
+    if sheds(snapshot, hints, chosen, config):  # step 4
+        reason, chosen_as = SHED_PREDICTED_LATE, reason
+    grounds = Grounds(hints, snapshot.price, required if guarded else None, config.min_p_in_time, chosen_as)
     return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
 
 
-def _choose(pool: list[Candidate], hints: RequestHints, price: float, min_p_in_time: float) -> tuple[Candidate, str]:
+def _choose(pool: list[Candidate], hints: RequestHints, price: float, config: RouterConfig) -> tuple[Candidate, str]:
     """Step 3 of the rule, over the candidates steps 1 and 2 left."""
     if hints.policy == "fastest":
         return min(pool, key=lambda c: c.predicted_ms), FASTEST
     if hints.policy == "most_accurate":
         return min(pool, key=lambda c: (-c.quality, c.predicted_ms)), MOST_ACCURATE
-    likely = [c for c in pool if c.p_in_time >= min_p_in_time]
+    likely = [c for c in pool if c.p_in_time >= config.min_p_in_time]
     if not likely:
+        if config.best_effort_quality_on:
+            return max(pool, key=lambda c: (c.score(price), -c.predicted_ms)), BEST_EFFORT
         return min(pool, key=lambda c: c.predicted_ms), BEST_EFFORT
     chosen = max(likely, key=lambda c: (c.score(price), c.quality))
     if price > 0 and chosen is not max(likely, key=lambda c: (c.expected_quality, c.quality)):

@@ -3,12 +3,15 @@
 The event loop takes a snapshot (`ModelRouter.snapshot`) at most every few milliseconds,
 and again as soon as a queue changes; from it, `predicted_ms` and `p_in_time` give any
 request's prediction without touching live state. So Explain, asked with the same hints
-on the same snapshot, says exactly what `route` does.
+on the same snapshot, says exactly what `route` does. A request of a priority level with
+lower-priority work queued behind it is predicted on `at_level(level)`: the same snapshot,
+its own variant's queue counted only down to that level.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from slimserve.router.latency import ServiceCurve
 from slimserve.router.ratios import RatioSnapshot
@@ -28,6 +31,8 @@ class VariantView:
     queued_rows: int
     arriving_rows_s: float  # rows per second the router has been sending it
     capacity_rows_s: float  # rows per second it sustains alone, its overhead counted
+    rows_by_level: tuple[int, ...] = ()  # queued rows per priority level, level 1's first; (): no levels
+    running_rows: int = 0  # rows of the batch in flight (its `in_flight_ms` is 0 once it overruns its time)
     # Derived once (each decision reads them for every variant): a full batch's service
     # time, and the work left — the batch in flight and the queue.
     full_batch_ms: float = field(init=False)
@@ -39,6 +44,21 @@ class VariantView:
 
     def service_ms(self, rows: float) -> float:
         return self.curve.ms(rows) * self.correction
+
+    @property
+    def busy(self) -> bool:
+        """Work ahead of a request sent now: a batch in flight or rows queued (admission)."""
+        return self.running_rows > 0 or self.queued_rows > 0
+
+    def rows_ahead(self, level: int) -> int:
+        """Queued rows a request of priority `level` waits behind: those of levels 1..level
+        (the batcher takes higher levels first); all of them at level 0 or without levels."""
+        return sum(self.rows_by_level[:level]) if level and self.rows_by_level else self.queued_rows
+
+    @property
+    def lowest_queued_level(self) -> int:
+        """The lowest priority (largest level) with rows queued; 0 when none or no levels."""
+        return next((i for i in range(len(self.rows_by_level), 0, -1) if self.rows_by_level[i - 1]), 0)
 
     def drain_ms(self, rows: float) -> float:
         """Time to compute `rows` rows in full batches of max_batch_size, then the rest."""
@@ -64,9 +84,22 @@ class RouterSnapshot:
     required_rows_s: float | None  # the throughput guard's demand on loose requests; None: off
     side_by_side: bool  # every variant has a worker thread of its own
     stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
+    level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
 
     def view(self, variant: str) -> VariantView:
         return next(v for v in self.variants if v.name == variant)
+
+    @cached_property
+    def _lowest_queued_level(self) -> int:
+        return max(v.lowest_queued_level for v in self.variants)
+
+    def at_level(self, level: int) -> RouterSnapshot:
+        """This snapshot as a request of priority `level` sees it: its variant's queue counted
+        down to that level only. Itself when nothing of a lower priority is queued (always,
+        for a model without levels), so ordinary requests pay one comparison."""
+        if level == 0 or level >= self._lowest_queued_level:
+            return self
+        return replace(self, level=level)
 
     @property
     def floor_ms(self) -> float:
@@ -80,7 +113,9 @@ class RouterSnapshot:
         = per-request overhead (decode, encode, the handler)
         + the variant's batch in flight
         + the batches that drain its queue, the last of which carries this request; rows that
-          arrive while the batch in flight finishes join that batch too, so they are counted
+          arrive while the batch in flight finishes join that batch too, so they are counted.
+          At a priority `level`, only the queued rows of levels 1..level are ahead of it
+          (the others' queues count in full: their lower levels still share the cores)
         + the other variants' work. When every variant has its own worker thread, their
           batches run at once and share the cores (processor sharing): a variant with r ms
           of work left — its batch in flight and its queue, which its batcher hands over
@@ -95,7 +130,8 @@ class RouterSnapshot:
           the delay is what is left of their batches in flight.
         """
         waiting = variant.in_flight_ms
-        joining = variant.queued_rows + rows + variant.arriving_rows_s * waiting / 1e3
+        ahead = variant.rows_ahead(self.level) if self.level else variant.queued_rows
+        joining = ahead + rows + variant.arriving_rows_s * waiting / 1e3
         own = waiting + variant.drain_ms(joining)
         others = 0.0
         for other in self.variants:

@@ -12,7 +12,7 @@ What runs, per worker process (`ServerParams.workers`; each call goes to one at 
   is sampled every SAMPLE_PERIOD_S with the simulated CPU time, its loop lag by a 5-ms
   timer whose lateness is what is left of the loop's current task — as the server's load
   monitor does. Pinned calls (static variants and fixed mixes) go through `router.pinned`,
-  as a named `model_version` does, so the same predicted-late refusal applies to them.
+  as a named `model_version` does, so the same admission (`Decision.shed`) applies to them.
 - **one batcher per variant** (`server.core.batcher`'s rule): first in, first out; when
   idle it waits up to `max_queue_delay_ms` after the first queued call unless the batch
   fills, then takes calls while their rows fit `max_batch_size`, dropping those whose
@@ -391,11 +391,11 @@ class Simulation:
     def _route_and_submit(self, worker: _Worker, call: Call) -> None:
         router, rows = worker.router, call.arrival.rows
         named = self.policy.variant(call.index) if call.index >= 0 else None  # warm-up calls are routed
-        decision = router.pinned(named, rows) if named else router.route(self._hints_for(call.arrival.slo_ms), rows)
+        hints = self._hints_for(call.arrival.slo_ms)
+        decision = router.pinned(named, rows, hints=hints) if named else router.route(hints, rows)
         call.decision, call.variant = decision, decision.variant
         batcher = worker.batchers[decision.variant]
-        busy = batcher.queued_rows or batcher.running_rows
-        if self.params.shed_late and busy and decision.predicted_ms > call.arrival.slo_ms:
+        if self.params.shed_late and decision.shed:  # the data plane's predicted-late refusal
             router.observe_request(None)
             self._finish(worker, call, "REFUSED")
             return

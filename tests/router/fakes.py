@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from slimserve.router.latency import ServiceCurve
@@ -38,16 +38,21 @@ def snapshot_of(
     required_rows_s: float | None = None,
     ratios: RatioSnapshot | None = None,
     default_slo_ms: float = 20.0,
+    busy: Collection[str] = (),
+    saturated: bool = False,
 ) -> RouterSnapshot:
     """A snapshot of idle variants, each (name, quality, ms per call of any size, capacity rows/s),
-    with no overhead and no time outside the server: each predicts exactly its `ms`."""
+    with no overhead and no time outside the server: each predicts exactly its `ms`. Those in
+    `busy` have a batch in flight that has overrun its time: work ahead, the prediction unchanged."""
     views = tuple(
-        VariantView(name, "cpu", quality, ServiceCurve.of({1: ms}), 1.0, 32, 0.0, 0, 0.0, capacity)
+        VariantView(
+            name, "cpu", quality, ServiceCurve.of({1: ms}), 1.0, 32, 0.0, 0, 0.0, capacity, (), int(name in busy)
+        )
         for name, quality, ms, capacity in variants
     )
     stretch = ratios.quantile(0.9) if ratios else 1.0
     return RouterSnapshot(
-        0.0, views, default_slo_ms, 0.0, 0.0, 0.0, ratios, price, False, required_rows_s, True, stretch
+        0.0, views, default_slo_ms, 0.0, 0.0, 0.0, ratios, price, saturated, required_rows_s, True, stretch
     )
 
 

@@ -15,6 +15,7 @@ from slimserve.router.policy import (
     BEST_EFFORT,
     CPU_BUDGET,
     PINNED,
+    SHED_PREDICTED_LATE,
     THROUGHPUT_SLO,
     WITHIN_SLO,
     Candidate,
@@ -305,3 +306,17 @@ def test_a_pinned_call_reuses_a_recent_snapshot_and_then_does_not_teach_the_rati
     clock.advance(router.config.snapshot_max_age_s)
     third = router.pinned("int8", 1)  # the last snapshot is too old: a fresh one sees the queue
     assert third.learns and third.predicted_ms > first.predicted_ms
+
+
+def test_a_shed_request_counts_as_arrived_but_not_as_sent_to_its_variant() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    for name in queues:  # every variant far behind: a 10-ms SLO is out of reach everywhere
+        queues[name].queued_rows, queues[name].running_rows, queues[name].running_started_s = 400, 32, clock()
+    shed = router.route(SLO, 1)
+    assert (shed.reason, shed.shed) == (SHED_PREDICTED_LATE, True)
+    assert router._shares[shed.variant].rows_per_second() == 0.0  # its rows never join that queue
+    assert router._arrivals.rows_per_second() > 0.0  # but the demand was real
+    pinned_late = router.pinned("fp32", 1, hints=SLO)
+    assert (pinned_late.variant, pinned_late.reason) == ("fp32", SHED_PREDICTED_LATE)
+    assert router.pinned("fp32", 1).reason == PINNED  # no hints: nothing to admit by

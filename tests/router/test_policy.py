@@ -7,7 +7,18 @@ import pytest
 from slimserve.router.config import RouterConfig
 from slimserve.router.errors import QualityUnreachableError
 from slimserve.router.hints import RequestHints
-from slimserve.router.policy import BEST_EFFORT, CPU_BUDGET, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, WITHIN_SLO, decide
+from slimserve.router.policy import (
+    BEST_EFFORT,
+    CPU_BUDGET,
+    FASTEST,
+    MOST_ACCURATE,
+    PINNED,
+    SHED_PREDICTED_LATE,
+    THROUGHPUT_SLO,
+    WITHIN_SLO,
+    decide,
+    pinned,
+)
 from tests.router.fakes import ratios_of, snapshot_of
 
 CONFIG = RouterConfig()
@@ -16,8 +27,10 @@ DEFAULT_SLO_MS = 20.0
 THREE = [("fp32", 1.00, 5.0, 1_000), ("int8", 0.99, 2.0, 3_000), ("distilled", 0.97, 0.5, 20_000)]
 
 
-def hints(slo_ms: float = DEFAULT_SLO_MS, min_quality: float = 0.0, policy: str = "slo") -> RequestHints:
-    return RequestHints(slo_ms, "parameter", min_quality, policy)  # type: ignore[arg-type]
+def hints(
+    slo_ms: float = DEFAULT_SLO_MS, min_quality: float = 0.0, policy: str = "slo", source: str = "parameter"
+) -> RequestHints:
+    return RequestHints(slo_ms, source, min_quality, policy)  # type: ignore[arg-type]
 
 
 def test_most_accurate_variant_that_meets_the_slo() -> None:
@@ -76,11 +89,73 @@ def test_a_cpu_price_moves_requests_to_variants_that_buy_more_quality_per_millis
     assert decide(snapshot_of(costly, price=1.0), hints(slo_ms=10, min_quality=0.999), 1, CONFIG).variant == "fp32"
 
 
-def test_unlikely_to_make_it_anywhere_is_best_effort_with_the_fastest() -> None:
+def test_unlikely_to_make_it_anywhere_is_best_effort_with_the_most_expected_quality() -> None:
+    # Changed with the best-effort rule (issue 22): both are one in three likely in time, so
+    # the more accurate one is worth more in expectation; the old rule took the faster.
     hopeless = snapshot_of([("fp32", 1.0, 6.0, 1_000), ("int8", 0.99, 4.0, 3_000)], ratios=ratios_of([1.0, 3.0, 3.0]))
     decision = decide(hopeless, hints(slo_ms=10), 1, CONFIG)  # two in three take 3×: both late
-    assert (decision.variant, decision.reason) == ("int8", BEST_EFFORT)
-    assert decision.verdicts[0].why.startswith("P(within SLO 10.00 ms) = 0.333")
+    assert (decision.variant, decision.reason) == ("fp32", BEST_EFFORT)
+    assert decision.verdicts[1].why.startswith("P(within SLO 10.00 ms) = 0.333")
+    old_rule = decide(hopeless, hints(slo_ms=10), 1, RouterConfig.without(["best_effort_quality"]))
+    assert (old_rule.variant, old_rule.reason) == ("int8", BEST_EFFORT)
+
+
+def test_best_effort_does_not_escape_to_an_idle_variant_that_is_slower_per_row_and_worse() -> None:
+    # int8 is behind work, distilled idle and faster for this request, both unlikely in
+    # time: int8's P(in time) × quality is higher, so it is chosen (and shed, below), where
+    # the fastest would have sent the call to distilled and taken the core from int8.
+    variants = [("int8", 0.99, 4.0, 3_000), ("distilled", 0.70, 2.0, 2_000)]
+    late = ratios_of([1.0, 6.0, 6.0])  # P(int8) = P(ratio ≤ 2.5) = 1/3, P(distilled) = P(ratio ≤ 5) = 1/3
+    decision = decide(snapshot_of(variants, ratios=late), hints(slo_ms=10), 1, CONFIG)
+    assert (decision.variant, decision.reason, decision.shed) == ("int8", BEST_EFFORT, False)  # idle: served
+    busy = decide(snapshot_of(variants, ratios=late, busy={"int8"}), hints(slo_ms=10), 1, CONFIG)
+    assert (busy.variant, busy.reason, busy.shed) == ("int8", SHED_PREDICTED_LATE, True)
+    old_rule = RouterConfig.without(["best_effort_quality"])
+    escaped = decide(snapshot_of(variants, ratios=late, busy={"int8"}), hints(slo_ms=10), 1, old_rule)
+    assert (escaped.variant, escaped.reason) == ("distilled", BEST_EFFORT)
+
+
+def test_admission_is_part_of_the_decision_and_explained() -> None:
+    busy = snapshot_of(THREE, busy={"distilled"})
+    decision = decide(busy, hints(slo_ms=0.1), 1, CONFIG)
+    assert (decision.variant, decision.reason, decision.shed) == ("distilled", SHED_PREDICTED_LATE, True)
+    assert decision.grounds is not None and decision.grounds.chosen_as == BEST_EFFORT
+    chosen = next(v for v in decision.verdicts if v.chosen)
+    assert chosen.why.startswith("shed_predicted_late (chosen as best_effort): predicted 0.50 ms past the 0.1 ms SLO")
+    # In time, nothing is shed however busy; an idle machine never sheds (its prediction
+    # may be wrong, and only served calls correct it).
+    assert not decide(busy, hints(slo_ms=10), 1, CONFIG).shed
+    assert decide(snapshot_of(THREE), hints(slo_ms=0.1), 1, CONFIG).reason == BEST_EFFORT
+
+
+def test_a_call_that_states_no_slo_is_never_shed() -> None:
+    busy = snapshot_of(THREE, busy={"fp32", "int8", "distilled"}, saturated=True)
+    decision = decide(busy, hints(slo_ms=0.1, source="model_default"), 1, CONFIG)
+    assert (decision.reason, decision.shed) == (BEST_EFFORT, False)
+    assert decide(busy, hints(slo_ms=0.1, source="deadline"), 1, CONFIG).shed  # a deadline is stated
+
+
+def test_past_saturation_an_idle_variant_sheds_while_another_has_work() -> None:
+    # The cores are shared: a late call on an idle variant still takes them from the busy one.
+    variants = [("int8", 0.99, 4.0, 3_000), ("distilled", 0.70, 2.0, 2_000)]
+    hint = hints(slo_ms=3)  # distilled in time at its profile, but its prediction is past it below
+    late = ratios_of([1.0, 2.0, 2.0])  # P(distilled) = P(ratio ≤ 1.5) = 1/3; P(int8) = P(ratio ≤ 0.75) = 0
+    saturated = snapshot_of(variants, ratios=late, busy={"int8"}, saturated=True)
+    decision = decide(saturated, hint, 1, CONFIG)
+    assert (decision.variant, decision.reason) == ("distilled", SHED_PREDICTED_LATE)
+    assert decide(saturated, hint, 1, RouterConfig.without(["shed_idle"])).reason == BEST_EFFORT
+    below = snapshot_of(variants, ratios=late, busy={"int8"}, saturated=False)
+    assert decide(below, hint, 1, CONFIG).reason == BEST_EFFORT  # below saturation an idle variant serves
+
+
+def test_a_pinned_call_is_admitted_by_the_same_rule() -> None:
+    busy = snapshot_of(THREE, busy={"fp32"})
+    shed = pinned(busy, "fp32", 1, hints=hints(slo_ms=1), config=CONFIG)
+    assert (shed.variant, shed.reason, shed.shed) == ("fp32", SHED_PREDICTED_LATE, True)
+    assert "chosen as pinned" in shed.verdicts[0].why
+    assert pinned(busy, "fp32", 1, hints=hints(slo_ms=10), config=CONFIG).reason == PINNED  # in time
+    assert pinned(busy, "fp32", 1).reason == PINNED  # no hints: nothing to admit by
+    assert pinned(snapshot_of(THREE), "fp32", 1, hints=hints(slo_ms=1), config=CONFIG).reason == PINNED  # idle
 
 
 def test_every_candidate_gets_a_verdict_and_exactly_one_is_chosen() -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from slimserve.repository.format import ModelEntry
-from slimserve.server.core.batcher import RESTART_WINDOW_S, BatchListener, DynamicBatcher
-from slimserve.server.core.request import InferenceRequest
+from slimserve.server.core.batcher import RESTART_WINDOW_S, BatchListener, DynamicBatcher, RequestTimeoutError
+from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.core.session import VariantSession
 from slimserve.server.errors import (
     DeadlineExceededError,
@@ -33,6 +33,14 @@ def _request(rows: int = 1, side: int = 28) -> InferenceRequest:
     return InferenceRequest("digits", "fp32", {"images": np.zeros((rows, 1, side, side), dtype=np.float32)})
 
 
+def _in_answer_order(calls: dict[str, asyncio.Task[InferenceResult]]) -> list[str]:
+    """The names of `calls` in the order they will be answered (a batch's calls in its order)."""
+    order: list[str] = []
+    for name, call in calls.items():
+        call.add_done_callback(lambda _, name=name: order.append(name))  # type: ignore[misc]
+    return order
+
+
 def _batcher(
     digits: ModelEntry,
     executor: ThreadPoolExecutor,
@@ -40,11 +48,14 @@ def _batcher(
     queue: int = 8,
     on_batch: BatchListener | None = None,
     on_failure: Callable[[], None] | None = None,
+    levels: int = 0,
 ) -> DynamicBatcher:
+    """A batcher of digits' fp32 (8 rows, a 50-ms wait); `levels` priority levels, 2 the default."""
     session = VariantSession(digits.config, digits.variants["fp32"], threads=1)
     return DynamicBatcher(
         session, executor, max_batch_size=8, max_queue_delay_ms=MAX_DELAY_S * 1e3, max_queue_size=queue,
         on_batch=on_batch, on_failure=on_failure, clock=clock,
+        priority_levels=levels, default_priority_level=2 if levels else 0,
     )  # fmt: skip
 
 
@@ -311,3 +322,123 @@ def test_inputs_without_a_pad_value_are_never_padded(digits: ModelEntry) -> None
             await batcher.close()
 
     run_on(clock, scenario())
+
+
+def test_higher_priority_levels_go_first_each_level_in_arrival_order(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor, clock, levels=3)  # not started: everything queues first
+            arrivals = [("low", 3, 4), ("plain", 0, 4), ("first", 1, 4), ("second", 1, 4), ("plain-2", 2, 4)]
+            calls = {
+                name: asyncio.create_task(batcher.submit(_request(rows), None, level)) for name, level, rows in arrivals
+            }
+            order = _in_answer_order(calls)
+            await asyncio.sleep(0)
+            assert (batcher.queue_depth, batcher.queued_rows, batcher.rows_by_level) == (5, 20, (8, 8, 4))
+            batcher.start()
+            results = {name: await call for name, call in calls.items()}
+            assert order == ["first", "second", "plain", "plain-2", "low"]
+            assert [results[n].batch_size for n in order] == [8, 8, 8, 8, 4]
+            assert batcher.executions == {8: 2, 4: 1} and batcher.rows_by_level == (0, 0, 0)
+            await batcher.close()
+
+    run_on(clock, scenario())
+
+
+def test_a_request_that_does_not_fit_ends_the_batch_and_nothing_lower_slips_ahead(digits: ModelEntry) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor, clock, levels=2)
+            arrivals = [("small", 2, 2), ("urgent", 1, 4), ("urgent-big", 1, 6)]
+            calls = {
+                name: asyncio.create_task(batcher.submit(_request(rows), None, level)) for name, level, rows in arrivals
+            }
+            order = _in_answer_order(calls)
+            await asyncio.sleep(0)
+            batcher.start()
+            results = {name: await call for name, call in calls.items()}
+            # 4 + 6 rows pass 8: "urgent" goes alone, though "small" would have filled its batch.
+            assert order == ["urgent", "urgent-big", "small"]
+            assert [results[n].batch_size for n in order] == [4, 8, 8]
+            await batcher.close()
+
+    run_on(clock, scenario())
+
+
+def test_levels_merge_only_requests_of_one_shape(minilm: ModelEntry) -> None:
+    """Without a pad value (taken away here), sentences of two lengths never share a batch:
+    the first request taken sets the shape, across levels; the others keep their places."""
+    clock = FakeClock()
+    unpadded = minilm.config.model_copy(
+        update={"inputs": [spec.model_copy(update={"pad_value": None}) for spec in minilm.config.inputs]}
+    )
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            session = VariantSession(unpadded, minilm.variants["fp32"], threads=1)
+            batcher = DynamicBatcher(
+                session, executor, max_batch_size=8, max_queue_delay_ms=0, max_queue_size=8, clock=clock,
+                priority_levels=2, default_priority_level=2,
+            )  # fmt: skip
+            sentences = {
+                "short-low": (_sentence([101, 2023, 102], 8), 2),
+                "long-high": (_sentence([101, 7592, 2088, 999, 102], 16), 1),
+                "long-low": (_sentence([101, 2182, 2003, 102], 16), 2),
+                "short-high": (_sentence([101, 999, 102], 8), 1),
+            }
+            calls = {
+                name: asyncio.create_task(batcher.submit(request, None, level))
+                for name, (request, level) in sentences.items()
+            }
+            order = _in_answer_order(calls)
+            await asyncio.sleep(0)
+            batcher.start()
+            results = {name: await call for name, call in calls.items()}
+            assert order == ["long-high", "long-low", "short-high", "short-low"]
+            assert batcher.executions == {2: 2}
+            for name, (request, _) in sentences.items():
+                expected = session.run(request.inputs)["embedding"]
+                np.testing.assert_allclose(results[name].outputs["embedding"], expected, atol=1e-5)
+            await batcher.close()
+
+    run_on(clock, scenario())
+
+
+def test_a_queued_request_is_answered_unavailable_when_its_timeout_ends(digits: ModelEntry) -> None:
+    """Triton's `timeout`: answered "Request timeout expired" (UNAVAILABLE) at that moment,
+    while the batcher is still busy elsewhere (here: not started), and never computed."""
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor, clock, levels=2)
+            queued_s = clock()
+            with pytest.raises(
+                RequestTimeoutError, match=r"^Request timeout expired: .* before the request was queued"
+            ):
+                await batcher.submit(_request(), None, 1, timeout_at_s=queued_s)
+            patient = asyncio.create_task(batcher.submit(_request(), queued_s + 60, 2))
+            with pytest.raises(RequestTimeoutError, match=r"^Request timeout expired: .* while queued; not computed"):
+                await batcher.submit(_request(3), queued_s + 60, 1, timeout_at_s=queued_s + 0.01)
+            assert clock() == pytest.approx(queued_s + 0.01)  # at its end, with nothing else happening
+            assert (batcher.queue_depth, batcher.queued_rows, batcher.rows_by_level) == (1, 1, (0, 1))
+            # A gRPC deadline before the timeout is still the gRPC deadline: DEADLINE_EXCEEDED.
+            with pytest.raises(DeadlineExceededError, match="not computed"):
+                await asyncio.gather(
+                    batcher.submit(_request(), clock() + 0.02, 1, timeout_at_s=clock() + 30), _start_in(batcher, 0.03)
+                )
+            assert (await patient).batch_size == 1 and sum(batcher.executions.values()) == 1
+            # A timeout that does not end is no different from none.
+            assert (await batcher.submit(_request(), None, 1, timeout_at_s=clock() + 30)).batch_size == 1
+            await batcher.close()
+
+    run_on(clock, scenario())
+
+
+async def _start_in(batcher: DynamicBatcher, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    batcher.start()

@@ -1,13 +1,23 @@
 """Dynamic batching per variant: merge requests that arrive together into one session call.
 
-Algorithm: requests wait in a bounded FIFO. When the first one arrives the batcher waits
-at most `max_queue_delay_ms` for more, then takes requests in order while their rows fit in
-`max_batch_size` and their non-batch shapes equal the first one's (as Triton does without
-ragged batching, so no padding can change a result) — except inputs that declare a
-`pad_value` (a masked encoder's token ids and mask): requests that differ only in such
-inputs' lengths share a batch, each padded to the longest with that value. Requests whose
-deadline has passed are answered DEADLINE_EXCEEDED before compute; cancelled calls leave
-the queue at once.
+Algorithm: requests wait in a bounded queue, one FIFO per priority level (`priority_levels`
+of model.yaml, Triton's dynamic_batching levels; one FIFO when the model has none). While
+requests wait, the batcher waits for more until `max_queue_delay_ms` after the oldest one
+arrived, then takes requests — level 1 first, then 2, …, each level in arrival order —
+while their rows fit in `max_batch_size` and their non-batch shapes equal the first one's
+(as Triton does without ragged batching, so no padding can change a result) — except inputs
+that declare a `pad_value` (a masked encoder's token ids and mask): requests that differ only
+in such inputs' lengths share a batch, each padded to the longest with that value. A request
+of another shape is passed over and keeps its place; the first one whose rows do not fit
+ends the batch, so no lower-priority or later request slips in ahead of it. Priority is
+strict: while higher levels keep the variant busy the lower ones wait (Triton has no
+starvation guard either); their deadlines, timeouts and the queue bound still apply, and the
+bound (`max_queue_size`, `max_queue_bytes`) counts every level together.
+Requests whose gRPC deadline has passed are answered DEADLINE_EXCEEDED before compute.
+A request whose own `timeout` parameter ends first (router.hints) is answered as Triton
+answers it, UNAVAILABLE "Request timeout expired" (RequestTimeoutError), by a timer at that
+moment: a caller whose gRPC deadline passes cancels its call itself, but one that sent a
+`timeout` keeps waiting for the server's word. Cancelled calls leave the queue at once.
 The session runs in a worker thread; its outputs are split back by rows. A session call that
 this batcher measured shorter than INLINE_BELOW_MS for the same number of rows runs on the
 event loop instead: handing it to a thread and back costs more CPU than that (~0.1 ms on a
@@ -51,7 +61,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -62,6 +72,7 @@ from slimserve.server.errors import (
     DeadlineExceededError,
     ModelExecutionError,
     QueueFullError,
+    ServingError,
     ShuttingDownError,
     VariantUnavailableError,
 )
@@ -73,6 +84,14 @@ RESTART_WINDOW_S = 60.0
 SESSION_MESSAGE_CHARS = 300  # how much of ONNX Runtime's error a caller is shown
 INLINE_BELOW_MS = 0.5  # session calls measured shorter than this run on the event loop (module docstring)
 INLINE_WEIGHT = 0.2  # weight of one call in the running compute time per row count
+TIMEOUT_EXPIRED = "Request timeout expired"  # Triton's words, which its clients may look for
+
+
+class RequestTimeoutError(QueueFullError):
+    """The request's own `timeout` parameter ended before it was computed. A queue too long
+    for the time the caller gave: UNAVAILABLE, as Triton answers it and as a full queue is
+    (the caller may retry, elsewhere), not DEADLINE_EXCEEDED — the caller's gRPC deadline,
+    if it set one, has not passed."""
 
 
 @dataclass(eq=False)  # identity: finding a call in the queue must not compare its tensors
@@ -80,7 +99,16 @@ class _Pending:
     request: InferenceRequest
     future: asyncio.Future[InferenceResult]
     enqueued_s: float
-    deadline_s: float | None
+    deadline_s: float | None  # the earlier of the gRPC deadline and the `timeout`'s end
+    level: int = 0  # index of its priority level's queue (0: the highest)
+    by_timeout: bool = False  # deadline_s is the `timeout`'s end, not the gRPC deadline
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)  # answers it when the timeout ends
+
+    def expired(self, where: str) -> ServingError:
+        """What a request whose deadline passed `where` is answered."""
+        if self.by_timeout:
+            return RequestTimeoutError(f"{TIMEOUT_EXPIRED}: its 'timeout' passed {where}; not computed")
+        return DeadlineExceededError(f"deadline passed {where}; not computed")
 
     def shape_key(self, padded: Collection[str]) -> tuple[tuple[int, ...], ...]:
         """What batch-mates must share: every input's non-batch shape, or only its rank where
@@ -97,11 +125,12 @@ class _Pending:
 
 
 class DynamicBatcher:
-    """Bounded queue + batching loop for one variant's session.
+    """Bounded queue (one FIFO per priority level) + batching loop for one variant's session.
 
-    Exposes its queue state (`queued_rows`, `running_rows`, `running_started_s`) for the
-    router's latency model, and calls `on_batch(batcher, rows, compute_ms)` after every
-    session call and `on_failure()` once if its loop is gone for good (module docstring).
+    Exposes its queue state (`queued_rows`, `rows_by_level`, `running_rows`,
+    `running_started_s`) for the router's latency model, and calls `on_batch(batcher, rows,
+    compute_ms)` after every session call and `on_failure()` once if its loop is gone for good
+    (module docstring).
     """
 
     def __init__(
@@ -116,6 +145,8 @@ class DynamicBatcher:
         on_batch: BatchListener | None = None,
         on_failure: Callable[[], None] | None = None,
         clock: Clock = time.monotonic,
+        priority_levels: int = 0,
+        default_priority_level: int = 0,
     ) -> None:
         self.session = session
         self._executor = executor
@@ -126,7 +157,12 @@ class DynamicBatcher:
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
         self._pad_values = {spec.name: spec.pad_value for spec in session.config.inputs if spec.pad_value is not None}
-        self._queue: deque[_Pending] = deque()
+        self._priority_levels = priority_levels  # 0: none, one FIFO
+        self._default_level = default_priority_level or 1  # what level 0 (unstated) means
+        # One FIFO per level, level 1's first; the counts below cover all of them.
+        self._queues: tuple[deque[_Pending], ...] = tuple(deque() for _ in range(max(priority_levels, 1)))
+        self._level_rows = [0] * len(self._queues)
+        self._queued = 0
         self._queued_bytes = 0
         self._arrived = asyncio.Event()
         self._closing = False
@@ -144,7 +180,7 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     @property
     def merges_requests(self) -> bool:
@@ -154,6 +190,12 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    @property
+    def rows_by_level(self) -> tuple[int, ...]:
+        """Rows queued at each priority level, level 1's first; () when the model has none
+        (the router's `LevelledQueueView`)."""
+        return tuple(self._level_rows) if self._priority_levels else ()
 
     @property
     def running_rows(self) -> int:
@@ -202,11 +244,13 @@ class DynamicBatcher:
             self._on_failure()
 
     def _fail_everything(self, error: Exception) -> None:
-        for pending in (*self._in_flight, *self._queue):
+        for pending in (*self._in_flight, *(p for queue in self._queues for p in queue)):
             pending.fail(error)
         self._in_flight = []
-        self._queue.clear()
-        self._queued_rows = self._queued_bytes = 0
+        for queue in self._queues:
+            queue.clear()
+        self._level_rows = [0] * len(self._queues)
+        self._queued = self._queued_rows = self._queued_bytes = 0
 
     @property
     def closed(self) -> bool:
@@ -220,43 +264,76 @@ class DynamicBatcher:
         if self._task is not None and not self._task.done():
             await self._task
 
-    async def submit(self, request: InferenceRequest, deadline_s: float | None) -> InferenceResult:
+    async def submit(
+        self, request: InferenceRequest, deadline_s: float | None, level: int = 0, timeout_at_s: float | None = None
+    ) -> InferenceResult:
+        """Queue `request` and wait for its answer. `deadline_s`: the gRPC deadline; `level`:
+        its priority level (0: the model's default; router.hints checked it); `timeout_at_s`:
+        when its `timeout` parameter ends (module docstring), all on `clock`."""
         if self._closing:
             raise ShuttingDownError("server is shutting down; retry on another replica")
         if self.failed:
             raise VariantUnavailableError(f"variant '{self.session.name}' is not serving (its batcher failed)")
-        if len(self._queue) >= self._max_queue_size:
+        if not 0 <= level <= self._priority_levels:  # the data plane's mistake, not the caller's
+            raise ValueError(f"priority level {level} is not in [0, {self._priority_levels}] ({self.session.name})")
+        if self._queued >= self._max_queue_size:
             raise QueueFullError(
                 f"queue of variant '{self.session.name}' is full ({self._max_queue_size} waiting); retry later"
             )
         now = self._clock()
-        if deadline_s is not None and deadline_s <= now:
-            raise DeadlineExceededError("deadline passed before the request was queued")
-        pending = _Pending(request, asyncio.get_running_loop().create_future(), now, deadline_s)
+        by_timeout = timeout_at_s is not None and (deadline_s is None or timeout_at_s < deadline_s)
+        expires_s = timeout_at_s if by_timeout else deadline_s
+        loop = asyncio.get_running_loop()
+        index = (level or self._default_level) - 1
+        pending = _Pending(request, loop.create_future(), now, expires_s, index, by_timeout)
+        if expires_s is not None and expires_s <= now:
+            raise pending.expired("before the request was queued")
         size = pending.nbytes
         # One request larger than the limit is still taken into an empty queue: the message
         # size limit bounds it, and refusing it forever would help nobody.
-        if self._queue and self._queued_bytes + size > self._max_queue_bytes:
+        if self._queued and self._queued_bytes + size > self._max_queue_bytes:
             raise QueueFullError(
                 f"queue of variant '{self.session.name}' holds {self._queued_bytes} bytes; "
                 f"{size} more would pass its {self._max_queue_bytes}-byte limit; retry later"
             )
-        self._queue.append(pending)
+        self._queues[index].append(pending)
+        self._queued += 1
+        self._level_rows[index] += request.batch_size
         self._queued_rows += request.batch_size
         self._queued_bytes += size
+        if by_timeout and timeout_at_s is not None:  # O(log n) on the loop's timer heap; cancelled once answered
+            pending.timer = loop.call_later(timeout_at_s - now, self._expire, pending)
         self._arrived.set()
         try:
             return await pending.future
         except asyncio.CancelledError:
-            if pending in self._queue:  # a cancelled call frees its slot at once
-                self._queue.remove(pending)
-                self._queued_rows -= request.batch_size
-                self._queued_bytes -= size
+            self._unqueue(pending)  # a cancelled call frees its slot at once
             raise
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()  # and lets go of the request's tensors
+
+    def _unqueue(self, pending: _Pending) -> bool:
+        """Take `pending` out of its queue; False if it is not there (in a batch, or answered)."""
+        try:
+            self._queues[pending.level].remove(pending)
+        except ValueError:
+            return False
+        rows = pending.request.batch_size
+        self._queued -= 1
+        self._level_rows[pending.level] -= rows
+        self._queued_rows -= rows
+        self._queued_bytes -= pending.nbytes
+        return True
+
+    def _expire(self, pending: _Pending) -> None:
+        """The timer of a request's `timeout`: answer it now if it is still queued."""
+        if not pending.future.done() and self._unqueue(pending):
+            pending.fail(pending.expired("while queued"))
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queued:
                 if self._closing:
                     return
                 self._arrived.clear()
@@ -277,13 +354,12 @@ class DynamicBatcher:
             self._in_flight = []
 
     async def _wait_for_more(self) -> None:
-        """Up to max_queue_delay after the first call, unless the batch fills: a timer on the
-        event loop, as long as `clock` says is left (module docstring)."""
-        first = self._queue[0]
-        while not self._closing:
-            rows = sum(p.request.batch_size for p in self._queue)
-            remaining = first.enqueued_s + self._max_delay_s - self._clock()
-            if rows >= self._max_batch_size or remaining <= 0:
+        """Up to max_queue_delay after the oldest call waiting, unless the batch fills: a timer
+        on the event loop, as long as `clock` says is left (module docstring)."""
+        while not self._closing and self._queued:
+            oldest_s = min(queue[0].enqueued_s for queue in self._queues if queue)  # each level's head is its oldest
+            remaining = oldest_s + self._max_delay_s - self._clock()
+            if self._queued_rows >= self._max_batch_size or remaining <= 0:
                 return
             self._arrived.clear()
             try:
@@ -292,31 +368,39 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Pending]:
+        """The next batch, highest priority level first (module docstring)."""
         now = self._clock()
         batch: list[_Pending] = []
         rows = 0
         key = None
-        kept: deque[_Pending] = deque()
-        while self._queue:
-            pending = self._queue.popleft()
-            if pending.future.done():
-                continue
-            if pending.deadline_s is not None and pending.deadline_s <= now:
-                pending.future.set_exception(DeadlineExceededError("deadline passed while queued; not computed"))
-                continue
-            fits = rows + pending.request.batch_size <= self._max_batch_size
-            shape_key = pending.shape_key(self._pad_values)
-            if (key is None or shape_key == key) and fits:
-                key = shape_key
-                batch.append(pending)
-                rows += pending.request.batch_size
-            else:
-                kept.append(pending)
-                if not fits:
-                    break
-        self._queue.extendleft(reversed(kept))
-        self._queued_rows = sum(p.request.batch_size for p in self._queue)
-        self._queued_bytes = sum(p.nbytes for p in self._queue)
+        full = False
+        for queue in self._queues:
+            kept: deque[_Pending] = deque()
+            while queue:
+                pending = queue.popleft()
+                if pending.future.done():
+                    continue
+                if pending.deadline_s is not None and pending.deadline_s <= now:
+                    pending.fail(pending.expired("while queued"))
+                    continue
+                fits = rows + pending.request.batch_size <= self._max_batch_size
+                shape_key = pending.shape_key(self._pad_values)
+                if (key is None or shape_key == key) and fits:
+                    key = shape_key
+                    batch.append(pending)
+                    rows += pending.request.batch_size
+                else:
+                    kept.append(pending)
+                    if not fits:
+                        full = True
+                        break
+            queue.extendleft(reversed(kept))
+            if full:
+                break
+        self._level_rows = [sum(p.request.batch_size for p in queue) for queue in self._queues]
+        self._queued = sum(len(queue) for queue in self._queues)
+        self._queued_rows = sum(self._level_rows)
+        self._queued_bytes = sum(p.nbytes for queue in self._queues for p in queue)
         return batch
 
     def _merge(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:

@@ -8,7 +8,8 @@ the internal types. The data plane then, in this order and each once:
    meanwhile swaps the registry's entry, not this call's) — refusing first, UNAVAILABLE,
    while the server is not accepting (starting or draining);
 2. reads the request's parameters (bounded by the front end) and its hints
-   (`router.hints.parse_hints`: `slo_ms`, `min_quality`, `policy`, the deadline) — one
+   (`router.hints.parse_hints`: `slo_ms`, `min_quality`, `policy`, Triton's `priority` and
+   `timeout`, the deadline — the earlier of the gRPC deadline and the `timeout`) — one
    rule, before any tensor is decoded;
 3. admits or refuses it: a call that states an SLO and has already waited inside gRPC
    longer than the backlog estimate allows (`observe.backlog`) is refused UNAVAILABLE
@@ -17,7 +18,9 @@ the internal types. The data plane then, in this order and each once:
 5. decides the variant — the one named, or the router's choice — and refuses a call that
    states an SLO when the chosen variant has work ahead of it and is predicted to answer
    past that SLO (refusing costs a fraction of serving; see README: Failure modes);
-6. submits it to the variant's batcher, which runs the session;
+6. submits it to the variant's batcher at its priority level, which runs the session (and
+   answers it DEADLINE_EXCEEDED, or UNAVAILABLE "Request timeout expired" for a `timeout`,
+   if its time ends while queued);
 7. teaches the router, remembers a classifier's answer for Feedback, offers the answer to
    the shadow sampler, and encodes the answer (the front end's converter);
 8. records the outcome once, in one `finally` (`observe.recorder`: Prometheus series and
@@ -41,6 +44,7 @@ from slimserve.repository.format import ModelConfig
 from slimserve.router.hints import RequestHints, parse_hints
 from slimserve.router.load import Clock
 from slimserve.router.policy import Decision
+from slimserve.server.core.batcher import RequestTimeoutError
 from slimserve.server.core.registry import HostedModel, ModelRegistry
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.core.shadow import ShadowSampler
@@ -237,7 +241,10 @@ class DataPlane:
         hosted: HostedModel, parameters: Parameters, deadline_s: float | None, received_s: float
     ) -> RequestHints:
         remaining_ms = None if deadline_s is None else (deadline_s - received_s) * 1e3
-        return parse_hints(parameters, remaining_ms, hosted.entry.config.default_slo_ms)
+        config = hosted.entry.config
+        return parse_hints(
+            parameters, remaining_ms, config.default_slo_ms, config.priority_levels, config.default_priority_level
+        )
 
     def _shed_if_waited_too_long(self, hints: RequestHints) -> None:
         """Refuse, before any work, a call that has waited for its handler longer than the SLO
@@ -251,12 +258,11 @@ class DataPlane:
                 f"{hints.slo_ms:g} ms SLO; retry later or elsewhere"
             )
 
-    def _shed_if_predicted_late(self, decision: Decision, hints: RequestHints, busy: bool) -> None:
-        """Refuse a call that states an SLO when its variant has work ahead of it and is
-        predicted to answer past that SLO: an idle variant never sheds, and a caller that
-        stated no SLO (and so gets the model's default) waits its turn."""
-        stated = hints.slo_source != "model_default"
-        if self._admission.shed_late and stated and busy and decision.predicted_ms > hints.slo_ms:
+    def _shed_if_predicted_late(self, decision: Decision, hints: RequestHints) -> None:
+        """Refuse the call the router's decision sheds (`router.policy.sheds`: it states an SLO,
+        there is work ahead of it and it is predicted to answer past that SLO; a caller that
+        stated no SLO waits its turn), so that Explain says exactly what happens."""
+        if self._admission.shed_late and decision.shed:
             raise OverloadedError(
                 f"overloaded: variant '{decision.variant}' is predicted to answer in "
                 f"{decision.predicted_ms:.1f} ms, past the {hints.slo_ms:g} ms SLO; retry later or elsewhere"
@@ -274,17 +280,19 @@ class DataPlane:
         """Decide, submit, learn: the part of a call that occupies a variant."""
         router = hosted.router
         rows = request.batch_size
-        decision = router.pinned(pinned, rows) if pinned else router.route(hints, rows)
+        decision = router.pinned(pinned, rows, hints.priority, hints) if pinned else router.route(hints, rows)
         record.variant, record.reason, record.rows = decision.variant, decision.reason, rows
         record.routed_s = self._clock()
         stats = hosted.stats[decision.variant]
         batcher = hosted.batchers[decision.variant]
         stats.in_flight += 1
         try:
-            self._shed_if_predicted_late(decision, hints, bool(batcher.queued_rows or batcher.running_rows))
-            result = await batcher.submit(request, deadline_s)
+            self._shed_if_predicted_late(decision, hints)
+            # The `timeout` counts from the call's arrival, as the remaining deadline does.
+            timeout_at_s = None if hints.timeout_ms is None else record.received_s + hints.timeout_ms / 1e3
+            result = await batcher.submit(request, deadline_s, hints.priority, timeout_at_s)
         except BaseException as exc:  # CancelledError too: the router learns how long it waited
-            if isinstance(exc, asyncio.CancelledError | DeadlineExceededError):
+            if isinstance(exc, asyncio.CancelledError | DeadlineExceededError | RequestTimeoutError):
                 router.observe_timeout(decision, (self._clock() - record.received_s) * 1e3)
             else:
                 router.observe_request(None)

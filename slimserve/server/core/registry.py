@@ -205,6 +205,7 @@ class HostedModelFactory:
                 sessions[variant], self._executor, config.max_batch_size, config.max_queue_delay_ms,
                 self._max_queue_size, self._max_queue_bytes,
                 on_batch=self._batch_listener(config.name, variant), on_failure=self._on_failure, clock=self._clock,
+                priority_levels=config.priority_levels, default_priority_level=config.default_priority_level,
             )  # fmt: skip
         router = build_model_router(
             entry, self._hardware_key, batchers, self._router_config, self._workers,
