@@ -4,8 +4,8 @@ In the spirit of Triton's restricted protocols, every method belongs to one grou
 
 - `health` — grpc.health.v1, ServerLive, ServerReady, ModelReady: always open, so that
   probes and load balancers work without a secret;
-- `inference` — ModelInfer, ModelStreamInfer, ModelMetadata, ServerMetadata, ModelConfig
-  and reflection;
+- `inference` — ModelInfer, ModelStreamInfer, ModelMetadata, ServerMetadata, ModelConfig,
+  SystemSharedMemoryRegister/Status/Unregister and reflection;
 - `management` — Feedback, Explain, ListVariants, ModelStatistics, RepositoryIndex,
   RepositoryModelLoad and RepositoryModelUnload, and any method not named here;
 - `metrics` — no gRPC method: the HTTP /metrics endpoint (process.metrics_http), which also
