@@ -120,9 +120,10 @@ def test_calls_taken_up_do_not_wait_and_calls_never_taken_up_leave_nothing_behin
 
 def test_calls_taken_up_are_counted_until_their_task_ends() -> None:
     """On a real grpc.aio server, the count first and the token check after it, as the app
-    installs them: calls with no token whose request message never comes (client-streaming
+    installs them: calls with the token whose request message never comes (client-streaming
     calls of a unary method that write nothing) are taken up and open until their callers
-    cancel them, and never count as waiting; an answered call is over once answered."""
+    cancel them, and never count as waiting; an answered call is over once answered; a call
+    without a token is refused at once, its message unread (transport.auth), and is over."""
     token = "backlog-test-token-0123456789"
     tokens = load_tokens(None, {MANAGEMENT: token})  # /t.S/M is no method the table names: management
 
@@ -143,23 +144,25 @@ def test_calls_taken_up_are_counted_until_their_task_ends() -> None:
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                silent = [channel.stream_unary("/t.S/M")() for _ in range(3)]
+                bearer = (("authorization", f"Bearer {token}"),)
+                silent = [channel.stream_unary("/t.S/M")(metadata=bearer) for _ in range(3)]
                 try:
                     await asyncio.wait_for(until(lambda: calls.taken == 3), 30)
                     backlog.sample()
                     assert calls.open == 3 and backlog.backlog == 0  # open, and waiting for their client
-                    answered = await channel.unary_unary("/t.S/M")(
-                        b"x", metadata=(("authorization", f"Bearer {token}"),), timeout=30
-                    )
+                    answered = await channel.unary_unary("/t.S/M")(b"x", metadata=bearer, timeout=30)
                     assert answered == b"x"
                     await asyncio.wait_for(until(lambda: calls.over == 1), 30)
+                    refused = channel.stream_unary("/t.S/M")()  # no token, and no message ever
+                    assert await asyncio.wait_for(refused.code(), 30) == grpc.StatusCode.UNAUTHENTICATED
+                    await asyncio.wait_for(until(lambda: calls.over == 2), 30)
                 finally:
                     for call in silent:
                         call.cancel()
                     await asyncio.gather(*(call.code() for call in silent))
-            await asyncio.wait_for(until(lambda: calls.open == 0 and _ended(backlog.server_id) == 4), 30)
+            await asyncio.wait_for(until(lambda: calls.open == 0 and _ended(backlog.server_id) == 5), 30)
             backlog.sample()
-            assert (calls.taken, calls.over, backlog.backlog) == (4, 4, 0)
+            assert (calls.taken, calls.over, backlog.backlog) == (5, 5, 0)
         finally:
             await server.stop(None)
 
