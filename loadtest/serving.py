@@ -105,13 +105,17 @@ class RunningServer:
         except (TimeoutError, RuntimeError) as exc:
             self.stop()
             raise RuntimeError(f"server did not start ({exc}); its log:\n{self.log_tail()}") from None
-        grpc_port, metrics_port, health_port = port_file.read_text().split()
-        self.port = int(grpc_port)
-        self.health_port = None if health_port == "off" else int(health_port)
-        self.address = f"127.0.0.1:{self.port}"
-        self.metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
-        if wait:
-            self.wait_serving()
+        try:
+            grpc_port, metrics_port, health_port = port_file.read_text().split()[:3]
+            self.port = int(grpc_port)
+            self.health_port = None if health_port == "off" else int(health_port)
+            self.address = f"127.0.0.1:{self.port}"
+            self.metrics_url = None if metrics_port == "off" else f"http://127.0.0.1:{metrics_port}/metrics"
+            if wait:
+                self.wait_serving()
+        except BaseException:
+            self.stop()  # a server that is not handed to the caller must not outlive this
+            raise
 
     def _started(self, port_file: Path) -> bool:
         if self.process.poll() is not None:
