@@ -398,7 +398,8 @@ class Planner:
 
     def _report(self, what: str) -> None:
         now = self.clock()
-        if now - self.last_report < PROGRESS_PERIOD_S and self.done < self.total:
+        # The first replay always reports (a first estimate at once), then every period.
+        if self.done > 1 and now - self.last_report < PROGRESS_PERIOD_S and self.done < self.total:
             return
         self.last_report = now
         elapsed = now - self.started
