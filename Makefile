@@ -88,9 +88,9 @@ bench-first-run: $(VENV)/.installed-test
 bench-reload: $(VENV)/.installed-test
 	$(BIN)/python -m loadtest.bench_reload --repository $(REPOSITORY) --out docs/bench
 
-## soak: 12,000 fuzzed requests; 5 minutes at 3x capacity and a SIGTERM, digits then minilm (needs `make run`'s repository)
+## soak: 20,000 fuzzed requests; 5 minutes at 3x capacity and a SIGTERM, digits then minilm (needs `make run`'s repository)
 soak: $(VENV)/.installed-test
-	SLIMSERVE_FUZZ_EXAMPLES=12000 $(BIN)/pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py
+	SLIMSERVE_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py
 	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model digits
 	$(BIN)/python -m loadtest.soak_overload --repository $(REPOSITORY) --out docs/bench --model minilm --seconds 120 --slo-ms 200
 

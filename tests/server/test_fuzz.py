@@ -5,7 +5,7 @@ byte lengths, NaN/Inf, empty tensors, unknown parameters, every datatype, ids an
 parameter strings of a megabyte — and sends them to a real server. None may get INTERNAL
 (or UNKNOWN), the process must not crash or grow without bound, and a well-formed call
 afterwards must still be answered correctly. `make test` runs SLIMSERVE_FUZZ_EXAMPLES=2000
-cases; `make soak` runs 12,000.
+cases; `make soak` runs 20,000.
 
 A second, structure-aware run aims at what a dimension-by-dimension check lets through on a
 model with narrow integer inputs and unbounded dimensions (`narrow_model`): shapes whose

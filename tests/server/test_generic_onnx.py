@@ -13,6 +13,9 @@ configures such a model). Raw requests use tritonclient's own messages (slimserv
 from __future__ import annotations
 
 import os
+import random
+import struct
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +243,61 @@ def test_a_fixed_shape_graph_is_configured_as_tritons_max_batch_size_0(server: R
     assert [(t.name, list(t.dims)) for t in config.output] == [("Y", [2, 3])]
     assert [list(t.shape) for t in metadata.inputs] == [[2, 3]]  # Triton's metadata for max_batch_size 0
     assert np.array_equal(answer.as_numpy("Y"), rows * 2)
+
+
+BYTES_FUZZ_CASES = 600
+VALID_SHARE = 0.25  # of the cases: well formed, so that answering them is tested too
+
+
+def _bytes_case(rng: random.Random) -> service_pb2.ModelInferRequest:
+    """A BYTES request to the echo model, well formed or broken in one of the ways a client
+    can break Triton's serialization: prefixes past the end or short, bytes left over, not
+    UTF-8, a shape that disagrees with the elements, typed and raw contents mixed, huge counts."""
+    if rng.random() < VALID_SHARE:  # a well-formed request: it must be echoed
+        rows = rng.randrange(1, 4)  # the echo model's TEXT is [-1, 2]
+        words = ["".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(160, 0x2FFF)])) for _ in range(n))
+                 for n in (rng.randrange(0, 30) for _ in range(2 * rows))]  # fmt: skip
+        valid = service_pb2.ModelInferRequest(model_name="echo")
+        valid.inputs.add(name="TEXT", datatype="BYTES", shape=[rows, 2])
+        valid.raw_input_contents.append(b"".join(struct.pack("<I", len(w.encode())) + w.encode() for w in words))
+        return valid
+    count = rng.choice([0, 1, 2, 3, 7, 1 << 20, 1 << 62])
+    shape = rng.choice([[1, count], [count, 1], [1, max(count - 1, 0)], [1, count, 1], [-1, count]])
+    request = service_pb2.ModelInferRequest(model_name="echo", id=rng.choice(["", "bytes-fuzz"]))
+    request.inputs.add(name=rng.choice(["TEXT", "TEXT", "text", ""]), datatype=rng.choice(["BYTES"] * 4 + ["INT8"]),
+                       shape=shape)  # fmt: skip
+    elements = [bytes(rng.getrandbits(8) for _ in range(rng.choice([0, 1, 5, 40]))) for _ in range(min(count, 8))]
+    if rng.random() < 0.6:
+        elements = [e.decode("latin-1").encode() for e in elements]  # valid UTF-8 most of the time
+    if rng.random() < 0.2:
+        request.inputs[0].contents.bytes_contents.extend(elements)
+    else:
+        parts = []
+        for element in elements:
+            declared = len(element) + rng.choice([0, 0, 0, 1, -1, 1 << 31, rng.getrandbits(32)])
+            parts.append(struct.pack("<I", max(declared, 0) % (1 << 32)) + element)
+        tail = rng.choice([b"", b"", b"\x00", b"\x01\x00\x00", bytes(5)])
+        request.raw_input_contents.append(b"".join(parts) + tail)
+        if rng.random() < 0.1:
+            request.inputs[0].contents.bytes_contents.append(b"mixed")
+    return request
+
+
+def test_bytes_fuzz_gets_no_internal_error(server: RunningServer) -> None:
+    """Issue 24: seeded BYTES cases against the echo model; every answer a defined status,
+    never INTERNAL, and the server still echoes afterwards."""
+    rng = random.Random(24)
+    codes: Counter[str] = Counter()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(BYTES_FUZZ_CASES):
+            try:
+                stub.ModelInfer(_bytes_case(rng), timeout=30)
+                codes["OK"] += 1
+            except grpc.RpcError as refused:
+                codes[refused.code().name] += 1  # type: ignore[attr-defined]
+    print(f"\nbytes fuzz: {dict(codes)}")
+    assert not {"INTERNAL", "UNKNOWN"} & set(codes) and codes["OK"] > 0 and codes["INVALID_ARGUMENT"] > 0
+    still = np.array([[b"still", b"here"]], dtype=np.object_)
+    answer = triton.InferenceServerClient(server.address).infer("echo", triton_inputs({"TEXT": still}))
+    assert answer.as_numpy("ECHO").tolist() == still.tolist()
