@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from slimserve.variants.data import Split
+from slimserve.variants.models.examples import Residual
 from slimserve.variants.spec import ClassifierSpec
 
 
@@ -32,30 +33,13 @@ def not_a_spec() -> str:
     return "oops"
 
 
-class _Residual(nn.Module):
-    """conv-BN-ReLU-conv-BN added to its input, then ReLU: the ResNet basic block."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.body(x))
-
-
 class TinyResNet(nn.Module):
     """A stem, two residual blocks that add into one stream, a head: not an nn.Sequential."""
 
     def __init__(self, width: int = 16, classes: int = 3) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.blocks = nn.Sequential(_Residual(width), _Residual(width))
+        self.blocks = nn.Sequential(Residual(width), Residual(width))
         self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

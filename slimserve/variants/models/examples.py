@@ -97,7 +97,7 @@ def regression(train_epochs: int = 150, width: int = 128) -> ModelSpec:
     )
 
 
-class _Residual(nn.Module):
+class Residual(nn.Module):
     """conv-BN-ReLU-conv-BN added to its input, then ReLU: the ResNet basic block."""
 
     def __init__(self, channels: int) -> None:
@@ -120,7 +120,7 @@ class ResidualCodes(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.blocks = nn.Sequential(_Residual(width), _Residual(width))
+        self.blocks = nn.Sequential(Residual(width), Residual(width))
         self.embedding = nn.Linear(width, EMBEDDING_WIDTH)
         self.logits = nn.Linear(width, DIGITS_CLASSES)
 
