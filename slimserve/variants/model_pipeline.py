@@ -19,7 +19,7 @@ exported with all of its outputs named and a variable batch axis, and checked ag
 
 variants.build scores a variant from its *first* output; this pipeline measures each
 variant's fidelity over every output as soon as it is built and hands build a scorer that
-looks the figures up by that first output (onnx_pipeline's `_MeasuredScorer`).
+looks the figures up by that first output (onnx_pipeline's `MeasuredScorer`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.distill import fit_outputs, teacher_outputs
 from slimserve.variants.named_outputs import as_named, check_named, export_named, head_layers, output_names_of
 from slimserve.variants.onnx_graph import ONNX_DATATYPES, run_all
-from slimserve.variants.onnx_pipeline import FIDELITY_DESCRIPTION, _MeasuredScorer
+from slimserve.variants.onnx_pipeline import FIDELITY_DESCRIPTION, MeasuredScorer
 from slimserve.variants.pipeline import (
     BuiltVariant,
     PipelineResult,
@@ -113,7 +113,7 @@ class _Fidelity:
     computes is the one recorded here, bit for bit."""
 
     def __init__(self, recipe_name: str, held_out: dict[str, np.ndarray]) -> None:
-        self.scorer = _MeasuredScorer()
+        self.scorer = MeasuredScorer()
         self._name = recipe_name
         self._held_out = held_out
         self._threads = threads_for("cloud-cpu")

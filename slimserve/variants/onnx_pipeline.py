@@ -14,7 +14,7 @@ There are no labels, so quality is fidelity to the fp32 graph on held-out calibr
 `variants.build` evaluates a variant by its *first* output on the held-out rows
 (`sessions.run_batched`); a generic model's quality covers every output, so this pipeline
 measures it here and hands build a scorer that finds each variant's figures by that first
-output (`_MeasuredScorer`). For a graph with a fixed first dimension N, build is handed the
+output (`MeasuredScorer`). For a graph with a fixed first dimension N, build is handed the
 first N held-out rows (run_batched would feed more); the figures cover every held-out row.
 """
 
@@ -93,7 +93,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
 
 
-class _MeasuredScorer:
+class MeasuredScorer:
     """build's Scorer for a generic model (module docstring): given a variant's first output
     on build's held-out rows, the fidelity this pipeline measured for that variant over every
     output and every held-out row. Two variants with the same first output but different
@@ -125,7 +125,7 @@ def _generic(
         # One batch size is all a fixed graph runs: profile that one (build reads the recipe's).
         recipe.profile = recipe.profile.model_copy(update={"batch_sizes": [fixed]})
     variants = [fp32]
-    scorer = _MeasuredScorer()
+    scorer = MeasuredScorer()
     if recipe.calibration is None:
         log.warning("%s: %s; serving fp32 alone (%s would need them)", recipe.name, NO_CALIBRATION,
                     ", ".join(recipe.variants))  # fmt: skip
