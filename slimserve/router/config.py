@@ -33,6 +33,9 @@ class RouterConfig:
     best_effort_quality_on: bool = True
     # Past saturation, shed a request predicted late on an idle variant too while any variant has work.
     shed_idle_on: bool = True
+    # Admission at all (settings' shed_late, SLIMSERVE_SHED_LATE): off, the decision never sheds,
+    # so Explain and the data plane agree that nothing is refused for a predicted lateness.
+    shed_late_on: bool = True
 
     # Policy.
     min_p_in_time: float = 0.5  # least P(within SLO) for a variant to be chosen in time

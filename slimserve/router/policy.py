@@ -183,7 +183,7 @@ def pinned(
 def sheds(snapshot: RouterSnapshot, hints: RequestHints, chosen: Candidate, config: RouterConfig) -> bool:
     """Step 4, admission: whether a request sent to `chosen` is refused (module docstring).
     Never one that states no SLO (it gets the model's default and waits its turn)."""
-    if hints.slo_source == "model_default" or chosen.predicted_ms <= hints.slo_ms:
+    if not config.shed_late_on or hints.slo_source == "model_default" or chosen.predicted_ms <= hints.slo_ms:
         return False
     if snapshot.view(chosen.variant).busy:
         return True

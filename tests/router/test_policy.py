@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from slimserve.router.config import RouterConfig
@@ -183,3 +185,12 @@ def test_the_same_snapshot_and_hints_give_the_same_decision() -> None:
     for slo_ms in (0.4, 1.0, 2.5, 6.0, 12.0):
         first, second = (decide(snapshot, hints(slo_ms=slo_ms), 4, CONFIG) for _ in range(2))
         assert first == second
+
+
+def test_with_admission_off_the_decision_never_sheds() -> None:
+    """SLIMSERVE_SHED_LATE=false reaches the decision (RouterConfig.shed_late_on), so Explain
+    never names a refusal the data plane would not make."""
+    busy = snapshot_of(THREE, busy={"distilled"})
+    assert decide(busy, hints(slo_ms=0.1), 1, CONFIG).shed
+    off = decide(busy, hints(slo_ms=0.1), 1, replace(CONFIG, shed_late_on=False))
+    assert not off.shed and off.reason == BEST_EFFORT

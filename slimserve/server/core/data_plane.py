@@ -135,9 +135,10 @@ class LocalCall:
 
 @dataclass(frozen=True)
 class Admission:
-    """When the data plane refuses a call before it is served (module docstring, 3 and 5)."""
+    """When the data plane refuses a call before it is decoded (module docstring, 3). The refusal
+    after routing (5) is the router's decision (`RouterConfig.shed_late_on`, the same setting)."""
 
-    shed_late: bool = True  # refuse calls that state an SLO they can no longer make
+    shed_late: bool = True  # refuse calls that state an SLO and have already waited past it
 
 
 class DataPlane:
@@ -262,7 +263,7 @@ class DataPlane:
         """Refuse the call the router's decision sheds (`router.policy.sheds`: it states an SLO,
         there is work ahead of it and it is predicted to answer past that SLO; a caller that
         stated no SLO waits its turn), so that Explain says exactly what happens."""
-        if self._admission.shed_late and decision.shed:
+        if decision.shed:  # RouterConfig.shed_late_on carries SLIMSERVE_SHED_LATE into the decision
             raise OverloadedError(
                 f"overloaded: variant '{decision.variant}' is predicted to answer in "
                 f"{decision.predicted_ms:.1f} ms, past the {hints.slo_ms:g} ms SLO; retry later or elsewhere"

@@ -112,8 +112,9 @@ class App:
         self.load = LoadMonitor(CpuAccount(settings.cpu_target), self.activity, clock=clock)
         self.registry = ModelRegistry()
         router_config = RouterConfig.without(
-            settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target
-        )
+            settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target,
+            shed_late_on=settings.shed_late,
+        )  # fmt: skip
         self.factory = HostedModelFactory(
             self.registry, self.recorder, self._executor, workers, threads, settings.max_queue_size,
             settings.max_queue_bytes, self.hardware_key, router_config, self.load.cpu, lambda: self.load.lag_ms,
