@@ -271,7 +271,10 @@ def test_a_cancelled_stream_stops_its_queued_requests_and_leaves_nothing_behind(
 def test_server_metadata_lists_extensions_whose_calls_answer(server: RunningServer) -> None:
     with triton.InferenceServerClient(server.address) as client:
         extensions = list(client.get_server_metadata().extensions)
-        assert extensions == ["model_configuration", "model_repository", "parameters", "statistics"]
+        assert extensions == [
+            "model_configuration", "model_repository", "parameters", "statistics", "system_shared_memory"
+        ]  # fmt: skip
+        assert len(client.get_system_shared_memory_status().regions) == 0  # system_shared_memory
         assert client.get_model_config("digits").config.name == "digits"  # model_configuration
         assert {m.name for m in client.get_model_repository_index().models} == {"digits", "minilm"}
         assert client.get_inference_statistics("digits").model_stats  # statistics
