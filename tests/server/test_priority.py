@@ -90,8 +90,10 @@ def wait_queued(server: RunningServer, requests: int) -> None:
 def test_a_priority_one_request_joins_the_batch_ahead_of_queued_ones(
     server: RunningServer, client: triton.InferenceServerClient
 ) -> None:
-    plain = [send(client, 1) for _ in range(3)]  # 3 of 4 rows: they wait for more
-    wait_queued(server, 3)
+    plain = []
+    for queued in range(1, 4):  # 3 of 4 rows: they wait for more
+        plain.append(send(client, 1))
+        wait_queued(server, queued)  # one at a time: async sends may arrive in any order
     urgent = send(client, 2, priority=1)  # 5 rows queued: a batch leaves now, urgent first
     # In arrival order the three would go (3 rows) and urgent after them; by priority, urgent
     # and the first two fill the batch, and the third waits for the next one.
