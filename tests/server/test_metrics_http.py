@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter
 from slimserve.server.process.metrics_http import (
     METRICS_MAX_CONNECTIONS,
     MetricsAccess,
-    MetricsTls,
     start_metrics_http,
 )
 from slimserve.server.transport.auth import load_tokens
+from slimserve.server.transport.tls import ServerTls
 from tests.server.pki import Pki, make_pki
 
 CLIENT_TIMEOUT_S = 30.0  # a generous bound for the client's reads: the server must act first
@@ -38,7 +38,7 @@ def _registry() -> CollectorRegistry:
 @contextmanager
 def _endpoint(
     access: MetricsAccess | None = None,
-    tls: MetricsTls | None = None,
+    tls: ServerTls | None = None,
     socket_timeout_s: float = SERVER_SOCKET_TIMEOUT_S,
 ) -> Iterator[int]:
     server, thread = start_metrics_http(0, "127.0.0.1", _registry(), access, tls, socket_timeout_s)
@@ -105,7 +105,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def test_a_client_that_never_starts_its_tls_handshake_stalls_nobody(pki: Pki) -> None:
     """The handshake runs in the connection's thread under its timeout, not in the accept loop."""
-    tls = MetricsTls(pki.server_cert, pki.server_key)
+    tls = ServerTls(pki.server_cert, pki.server_key)
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.check_hostname = False  # the test certificate names the server, not 127.0.0.1
     with _endpoint(tls=tls) as port, closing(_silent(port)) as silent:

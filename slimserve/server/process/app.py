@@ -50,7 +50,7 @@ from slimserve.server.observe.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_P
 from slimserve.server.observe.load_monitor import LoadMonitor
 from slimserve.server.observe.metrics import ServingMetrics
 from slimserve.server.observe.recorder import CallRecorder
-from slimserve.server.process.metrics_http import MetricsAccess, MetricsTls, start_metrics_http
+from slimserve.server.process.metrics_http import MetricsAccess, metrics_tls, start_metrics_http
 from slimserve.server.process.peers import PeerPort, WorkerModelControl
 from slimserve.server.process.settings import Settings, token_table
 from slimserve.server.process.worker_state import unloaded_models
@@ -244,7 +244,7 @@ class App:
             self.settings.metrics_host or self.settings.host,
             self.metrics.registry,
             MetricsAccess.of(self.settings),
-            MetricsTls.of(self.settings, self.tls),
+            metrics_tls(self.settings, self.tls),
         )
         self.metrics_port = self._metrics_http.server_port
 

@@ -28,14 +28,13 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
 
 from slimserve.server.process.settings import Settings, token_table
-from slimserve.server.transport.auth import MANAGEMENT, METRICS, TokenTable, load_tokens
+from slimserve.server.transport.auth import MANAGEMENT, METRICS, TokenTable, load_tokens, token_of
 from slimserve.server.transport.tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class MetricsAccess:
         """None if a request with this `Authorization` header may scrape, else (status, why)."""
         if not self.tokens.enabled:
             return None
-        token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
+        token = token_of(authorization)
         granted = self.tokens.groups_of(token) if token else None
         if granted is None:
             why = "no bearer token" if token is None else "an unknown token"
@@ -73,27 +72,20 @@ class MetricsAccess:
         return None
 
 
-@dataclass(frozen=True)
-class MetricsTls:
-    """The endpoint's TLS files: the gRPC port's (transport.tls.ServerTls), under --metrics-tls."""
+def metrics_tls(settings: Settings, tls: ServerTls | None) -> ServerTls | None:
+    """The gRPC port's TLS files under --metrics-tls, else None (plain HTTP)."""
+    return tls if settings.metrics_tls else None
 
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
 
-    @classmethod
-    def of(cls, settings: Settings, tls: ServerTls | None) -> MetricsTls | None:
-        """The files under --metrics-tls, else None (plain HTTP)."""
-        return cls(tls.cert, tls.key, tls.client_ca) if tls is not None and settings.metrics_tls else None
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.cert), str(self.key))
-        if self.client_ca is not None:
-            context.load_verify_locations(str(self.client_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+def _ssl_context(tls: ServerTls) -> ssl.SSLContext:
+    """An HTTPS server context from the gRPC port's files (mutual when it has a client CA)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.client_ca is not None:
+        context.load_verify_locations(str(tls.client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class _BoundedServer(ThreadingHTTPServer):
@@ -169,7 +161,7 @@ def start_metrics_http(
     host: str,
     registry: CollectorRegistry,
     access: MetricsAccess | None = None,
-    tls: MetricsTls | None = None,
+    tls: ServerTls | None = None,
     socket_timeout_s: float = METRICS_SOCKET_TIMEOUT_S,
 ) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve `registry` on host:port (0: any free port) in a daemon thread; the server and its
@@ -179,7 +171,7 @@ def start_metrics_http(
     if tls is not None:
         # The handshake is left to the connection's own thread (first read, under its timeout):
         # a client that connects and says nothing must not stall the accept loop.
-        server.socket = tls.context().wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.socket = _ssl_context(tls).wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return server, thread

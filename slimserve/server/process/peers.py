@@ -38,6 +38,7 @@ import grpc
 from slimserve.server.core.model_control import ModelControl
 from slimserve.server.errors import ModelLoadError, NotFoundError
 from slimserve.server.process.worker_state import read_peers, remember_unloaded
+from slimserve.server.transport.auth import bearer_token
 from slimserve.server.transport.status import status_for
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class PeerPort:
 
     def __init__(self, control: WorkerModelControl, token: str) -> None:
         self._control = control
-        self._expected = f"Bearer {token}"
+        self._token = token.encode()
         self.server = grpc.aio.server()
         handler = grpc.unary_unary_rpc_method_handler(self._apply)
         self.server.add_generic_rpc_handlers(
@@ -102,8 +103,8 @@ class PeerPort:
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     async def _apply(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = dict(context.invocation_metadata() or ())
-        if not hmac.compare_digest(str(metadata.get("authorization", "")).encode(), self._expected.encode()):
+        presented = bearer_token(context.invocation_metadata()) or ""
+        if not hmac.compare_digest(presented.encode(), self._token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the peer port answers this run's workers only")
         try:
             request = json.loads(body)

@@ -184,7 +184,7 @@ class Supervisor:
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry
 
-        from slimserve.server.process.metrics_http import MetricsAccess, MetricsTls, start_metrics_http
+        from slimserve.server.process.metrics_http import MetricsAccess, metrics_tls, start_metrics_http
         from slimserve.server.process.metrics_merge import WorkerMetrics
 
         self.collector = WorkerMetrics(self._scrape_token)
@@ -197,7 +197,7 @@ class Supervisor:
             settings.metrics_host or settings.host,
             registry,
             MetricsAccess.of(settings),
-            MetricsTls.of(settings, self._tls),
+            metrics_tls(settings, self._tls),
         )
         self.metrics_port = http.server_port
 

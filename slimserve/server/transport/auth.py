@@ -145,11 +145,18 @@ def load_tokens(tokens_file: Path | None, group_tokens: Mapping[str, str | None]
     return TokenTable(tuple((_digest(token), frozenset(groups)) for token, groups in granted.items()))
 
 
+def token_of(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value (gRPC metadata or an HTTP header)."""
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     """The token of an `authorization: Bearer …` header, if the call sent one."""
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value[:7].lower() == "bearer ":
-            return value[7:].strip()
+        if key == "authorization" and isinstance(value, str) and (token := token_of(value)) is not None:
+            return token
     return None
 
 
