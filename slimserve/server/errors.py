@@ -67,3 +67,7 @@ class ModelExecutionError(ServingError):
 
 class ModelLoadError(ServingError):
     """A model's new version failed to load; the old one (if any) keeps serving."""
+
+
+class PeerUnavailableError(ServingError):
+    """Another worker of this server, which holds what the call needs, could not be reached."""

@@ -153,29 +153,44 @@ def test_shadow_sampling_stops_when_the_model_is_busy(shadowing_server: RunningS
     assert skipped > 0 and compared < 200
 
 
-def test_feedback_scores_an_answer_once_and_rejects_unknown_ids(shadowing_server: RunningServer) -> None:
+def test_feedback_scores_an_answer_once_by_its_ticket(shadowing_server: RunningServer) -> None:
+    """Without tokens an answer is named by its unguessable ticket, not by its (shared) id."""
     assert shadowing_server.metrics_url
     split = load_digits_split()[1]
     assert split.labels is not None
+    images = split.inputs["images"][:3]
+    tensor = triton.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
     with triton.InferenceServerClient(shadowing_server.address) as client:
-        logits = _digits(client, 3, "distilled", request_id="req-42")
+        result = client.infer("digits", [tensor], model_version="distilled", request_id="req-42")
+        unremembered = client.infer("digits", [tensor], model_version="distilled")  # no id: nothing kept
+    ticket = result.get_response().parameters["feedback_ticket"].string_param
+    assert len(ticket) >= 32 and "feedback_ticket" not in unremembered.get_response().parameters
+    logits = result.as_numpy("logits")
     with grpc.insecure_channel(shadowing_server.address) as channel:
         management = slimserve_pb2_grpc.ManagementStub(channel)
         labels = [int(x) for x in split.labels[:3]]
-        answer = management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", request_id="req-42", labels=labels))
-        assert answer.variant == "distilled"
-        assert list(answer.predicted) == [int(c) for c in logits.argmax(axis=1)]
-        assert answer.correct == sum(p == t for p, t in zip(answer.predicted, labels, strict=True))
-        for request_id, labels_sent, code, message in (
-            ("req-42", labels, grpc.StatusCode.NOT_FOUND, "already scored"),
-            ("never-sent", [1], grpc.StatusCode.NOT_FOUND, "request id 'never-sent'"),
-            ("", [1], grpc.StatusCode.INVALID_ARGUMENT, "request_id is empty"),
+        for request_id, ticket_sent, labels_sent, code, message in (
+            ("req-42", "", labels, grpc.StatusCode.INVALID_ARGUMENT, "guessable"),  # an id names nothing here
+            ("", "", labels, grpc.StatusCode.INVALID_ARGUMENT, "feedback_ticket"),
+            ("", ticket + "0", labels, grpc.StatusCode.NOT_FOUND, "is remembered"),
+            ("", ticket, [1], grpc.StatusCode.INVALID_ARGUMENT, "one label per row"),
         ):
             with pytest.raises(grpc.RpcError) as error:
                 management.Feedback(
-                    slimserve_pb2.FeedbackRequest(model="digits", request_id=request_id, labels=labels_sent)
+                    slimserve_pb2.FeedbackRequest(
+                        model="digits", request_id=request_id, ticket=ticket_sent, labels=labels_sent
+                    )
                 )
             assert error.value.code() == code and message in error.value.details()  # type: ignore[attr-defined]
+        answer = management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", ticket=ticket, labels=labels))
+        assert answer.variant == "distilled"
+        assert list(answer.predicted) == [int(c) for c in logits.argmax(axis=1)]
+        assert answer.correct == sum(p == t for p, t in zip(answer.predicted, labels, strict=True))
+        with pytest.raises(grpc.RpcError) as twice:
+            management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", ticket=ticket, labels=labels))
+        assert twice.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        assert "already scored" in twice.value.details()  # type: ignore[attr-defined]
     samples = scrape(shadowing_server.metrics_url)
     scored = value(samples, "slimserve_feedback", "slimserve_feedback_total", model="digits", variant="distilled")
     assert scored == 3

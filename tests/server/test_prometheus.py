@@ -124,10 +124,11 @@ def drive_traffic(address: str, seconds: float) -> None:
             tensor = triton.InferInput("images", list(images.shape), "FP32")
             tensor.set_data_from_numpy(images)
             variant = ["", "fp32", "int8", "pruned", "distilled"][sent % 5]
-            client.infer("digits", [tensor], model_version=variant, request_id=f"r{sent}",
-                         parameters={"slo_ms": 0.05 if sent % 7 == 0 else 50})  # fmt: skip
+            answer = client.infer("digits", [tensor], model_version=variant, request_id=f"r{sent}",
+                                  parameters={"slo_ms": 0.05 if sent % 7 == 0 else 50})  # fmt: skip
             labels = [int(x) for x in split.labels[sent % 400 : sent % 400 + 2]]
-            management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", request_id=f"r{sent}", labels=labels))
+            ticket = answer.get_response().parameters["feedback_ticket"].string_param
+            management.Feedback(slimserve_pb2.FeedbackRequest(model="digits", ticket=ticket, labels=labels))
             inputs = triton_inputs({name: tokens[name] for name in MINILM_INPUTS})
             client.infer("minilm", inputs, model_version=["", "int8"][sent % 2])
             if sent % 10 == 0:

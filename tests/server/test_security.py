@@ -193,12 +193,14 @@ def test_tritonclient_with_ssl_and_a_token(tls_server: RunningServer, mtls_serve
 def test_feedback_scores_only_answers_given_to_the_same_token(tls_server: RunningServer, pki: Pki) -> None:
     owner = ClientSecurity(ca=pki.ca, token=BOTH_TOKEN)
     other = ClientSecurity(ca=pki.ca, token=OTHER_BOTH_TOKEN)
+    tickets = {}
     for request_id in ("shared-id", "owned-id"):  # the other token's answer under the same id must not collide
         for security in (owner, other):
             request = digits_request(variant="fp32", request_id=request_id)
             with security.channel(tls_server.address) as channel:
                 stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-                stub.ModelInfer(request, timeout=TIMEOUT_S, metadata=security.metadata())
+                response = stub.ModelInfer(request, timeout=TIMEOUT_S, metadata=security.metadata())
+            tickets[(security.token, request_id)] = response.parameters["feedback_ticket"].string_param
     feedback = slimserve_pb2.FeedbackRequest(model="digits", request_id="owned-id", labels=[3])
     with other.channel(tls_server.address) as channel:
         management = slimserve_pb2_grpc.ManagementStub(channel)
@@ -206,16 +208,27 @@ def test_feedback_scores_only_answers_given_to_the_same_token(tls_server: Runnin
         with pytest.raises(grpc.RpcError) as scored_twice:  # its own answer is scored once and forgotten
             management.Feedback(feedback, timeout=TIMEOUT_S, metadata=other.metadata())
         assert scored_twice.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
-    with owner.channel(tls_server.address) as channel:  # the owner's answer was not the one scored
+        stolen = slimserve_pb2.FeedbackRequest(model="digits", ticket=tickets[(BOTH_TOKEN, "shared-id")], labels=[3])
+        with pytest.raises(grpc.RpcError) as not_its_ticket:  # another token's ticket names nothing
+            management.Feedback(stolen, timeout=TIMEOUT_S, metadata=other.metadata())
+        assert not_its_ticket.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    with owner.channel(tls_server.address) as channel:  # the owner's answers were not the ones scored
         management = slimserve_pb2_grpc.ManagementStub(channel)
         assert management.Feedback(feedback, timeout=TIMEOUT_S, metadata=owner.metadata()).variant == "fp32"
-    with ClientSecurity(ca=pki.ca, token=MANAGEMENT_TOKEN).channel(tls_server.address) as channel:
-        with pytest.raises(grpc.RpcError) as stranger:  # a management token cannot score others' answers
+        assert management.Feedback(stolen, timeout=TIMEOUT_S, metadata=owner.metadata()).variant == "fp32"
+    shared = slimserve_pb2.FeedbackRequest(model="digits", request_id="shared-id", labels=[3])
+    with ClientSecurity(ca=pki.ca, token=INFERENCE_TOKEN).channel(tls_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as stranger:  # an inference token may score, but only its own answers
             slimserve_pb2_grpc.ManagementStub(channel).Feedback(
-                slimserve_pb2.FeedbackRequest(model="digits", request_id="shared-id", labels=[3]),
-                timeout=TIMEOUT_S, metadata=(("authorization", f"Bearer {MANAGEMENT_TOKEN}"),),
-            )  # fmt: skip
+                shared, timeout=TIMEOUT_S, metadata=(("authorization", f"Bearer {INFERENCE_TOKEN}"),)
+            )
         assert stranger.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    with ClientSecurity(ca=pki.ca, token=MANAGEMENT_TOKEN).channel(tls_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as manager:  # Feedback is an application's call: the inference group
+            slimserve_pb2_grpc.ManagementStub(channel).Feedback(
+                shared, timeout=TIMEOUT_S, metadata=(("authorization", f"Bearer {MANAGEMENT_TOKEN}"),)
+            )
+        assert manager.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
 
 
 def test_probes_and_scrapes_of_a_tls_server(tls_server: RunningServer, pki: Pki) -> None:
@@ -324,7 +337,8 @@ def test_method_groups() -> None:
     assert group_of("/inference.GRPCInferenceService/ServerReady") == "health"
     assert group_of("/inference.GRPCInferenceService/ModelInfer") == "inference"
     assert group_of("/inference.GRPCInferenceService/RepositoryModelLoad") == "management"
-    assert group_of("/slimserve.v1.Management/Feedback") == "management"
+    assert group_of("/slimserve.v1.Management/Feedback") == "inference"  # the answered token scores
+    assert group_of("/slimserve.v1.Management/Explain") == "management"
     assert group_of("/some.Unknown/Method") == "management"  # not listed: the strictest group
 
 

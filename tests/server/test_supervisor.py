@@ -1,6 +1,6 @@
 """`--workers`: the supervisor honours SIGTERM while a worker starts, and a restart that fails
-does not stop the workers that serve (issue 23, M5). Real supervisors and workers; a worker is
-held in its start with SIGSTOP, or killed before it serves."""
+does not stop the workers that serve and is said in /metrics and health (issue 23, M5). Real
+supervisors and workers; a worker is held in its start with SIGSTOP, or killed before it serves."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import subprocess
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.messages import digits_request
 from loadtest.serving import serve_command, wait_until
+from tests.server.scrape import scrape, value
 
 START_TIMEOUT_S = 300
 EXIT_TIMEOUT_S = 120
@@ -33,8 +35,8 @@ def _start(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], P
     return process, port_file, log
 
 
-def test_sigterm_while_a_worker_starts_stops_everything_cleanly(repository: Path, tmp_path: Path) -> None:
-    supervisor, port_file, log = _start(repository, tmp_path)
+def test_sigterm_while_a_worker_starts_stops_everything_cleanly(digits_repo: Path, tmp_path: Path) -> None:
+    supervisor, port_file, log = _start(digits_repo, tmp_path)
     try:
         # Worker 1 is started once worker 0 serves: hold it in its start.
         second = wait_until(lambda: _workers(supervisor.pid)[1:], START_TIMEOUT_S, "worker 1")[0]
@@ -54,8 +56,23 @@ def test_sigterm_while_a_worker_starts_stops_everything_cleanly(repository: Path
             supervisor.wait()
 
 
-def test_a_failed_restart_leaves_the_other_worker_serving(repository: Path, tmp_path: Path) -> None:
-    supervisor, port_file, log = _start(repository, tmp_path)
+def _restarts(metrics_url: str) -> dict[str, float]:
+    """slimserve_worker_restarts_total of worker 1, by outcome."""
+    samples = scrape(metrics_url).get("slimserve_worker_restarts", [])
+    return {s.labels["outcome"]: s.value for s in samples if s.labels.get("worker") == "1"}
+
+
+def _workers_health(address: str) -> str:
+    """grpc.health.v1 for service `slimserve.workers`, asked of whichever worker answers."""
+    with grpc.insecure_channel(address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="slimserve.workers"), timeout=30
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+def test_a_failed_restart_leaves_the_other_worker_serving(digits_repo: Path, tmp_path: Path) -> None:
+    supervisor, port_file, log = _start(digits_repo, tmp_path)
     try:
         wait_until(port_file.exists, START_TIMEOUT_S, lambda: f"the port file:\n{log.read_text()[-3000:]}")
         address = f"127.0.0.1:{port_file.read_text().split()[0]}"
@@ -70,10 +87,22 @@ def test_a_failed_restart_leaves_the_other_worker_serving(repository: Path, tmp_
         assert supervisor.poll() is None, f"one failed restart stopped every worker:\n{log.read_text()[-3000:]}"
         with grpc.insecure_channel(address) as channel:  # worker 0 served throughout
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(digits_request(), timeout=30)
-        # And the next try brings the second worker back.
+        metrics_url = f"http://127.0.0.1:{port_file.read_text().split()[1]}/metrics"
+        assert _restarts(metrics_url) == {"failed": 1.0}
+        # The next try: held in its start, while health says that a worker is missing.
+        retry = wait_until(lambda: [p for p in _workers(supervisor.pid) if p not in (first, second, replacement)],
+                           START_TIMEOUT_S, "the next try")[0]  # fmt: skip
+        os.kill(retry, signal.SIGSTOP)
+        wait_until(lambda: _workers_health(address) == "NOT_SERVING", EXIT_TIMEOUT_S, "health to say so")
+        samples = scrape(metrics_url)
+        assert value(samples, "slimserve_worker_restarting", "slimserve_worker_restarting", worker="1") == 1
+        os.kill(retry, signal.SIGCONT)
+        # And it brings the second worker back.
         wait_until(lambda: len([p for p in _workers(supervisor.pid) if p not in (second, replacement)]) == 2
                    and "worker 1 serving" in log.read_text().split("go on serving")[-1],
                    START_TIMEOUT_S, lambda: f"worker 1 back:\n{log.read_text()[-3000:]}")  # fmt: skip
+        wait_until(lambda: _workers_health(address) == "SERVING", EXIT_TIMEOUT_S, "health to say all serve")
+        assert _restarts(metrics_url) == {"failed": 1.0, "served": 1.0}
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=EXIT_TIMEOUT_S) == 0, log.read_text()[-3000:]
     finally:
@@ -90,10 +119,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_workers_stop_when_their_supervisor_is_killed(repository: Path, tmp_path: Path) -> None:
+def test_workers_stop_when_their_supervisor_is_killed(digits_repo: Path, tmp_path: Path) -> None:
     """SIGKILL gives the supervisor no chance to stop its workers: the kernel does it
     (PR_SET_PDEATHSIG), so no orphan keeps serving the port with nobody watching it."""
-    supervisor, port_file, log = _start(repository, tmp_path)
+    supervisor, port_file, log = _start(digits_repo, tmp_path)
     workers: list[int] = []
     try:
         wait_until(port_file.exists, START_TIMEOUT_S, lambda: f"the port file:\n{log.read_text()[-3000:]}")

@@ -309,9 +309,8 @@ class DataPlane:
         config = hosted.entry.config
         if request.id and config.task == "classifier":
             top1 = result.outputs[config.outputs[0].name].argmax(axis=-1)
-            self._answers.remember(
-                request.id, Answer(hosted.name, result.variant, tuple(int(c) for c in top1), record.caller)
-            )
+            answer = Answer(hosted.name, result.variant, tuple(int(c) for c in top1), record.caller)
+            result = replace(result, feedback_ticket=self._answers.remember(request.id, answer))
         self._shadow.after_answer(hosted, request, result, self.rerun)
         return result
 
@@ -321,13 +320,16 @@ class DataPlane:
         hosted = self.registry.get(model)
         return await hosted.batchers[hosted.variant(variant)].submit(request, None)
 
-    def feedback(self, model: str, request_id: str, labels: list[int], caller: str) -> tuple[Answer, int]:
-        """Score a remembered classifier answer with its true labels (observe.feedback)."""
+    def feedback(
+        self, model: str, labels: list[int], caller: str, *, request_id: str = "", ticket: str = ""
+    ) -> tuple[Answer, int]:
+        """Score a remembered classifier answer, named by its ticket or request id, with its
+        true labels (observe.feedback)."""
         hosted = self.registry.get(model)
         if hosted.entry.config.task != "classifier":
             task = hosted.entry.config.task
             raise InvalidInputError(f"model '{model}' is {'an' if task == 'encoder' else 'a'} {task} model; "
                                     "feedback takes class labels of a classifier's answers")  # fmt: skip
-        answer, correct = self._answers.score(hosted.name, request_id, labels, caller)
+        answer, correct = self._answers.score(hosted.name, labels, caller, request_id=request_id, ticket=ticket)
         self._recorder.record_feedback(answer, correct)
         return answer, correct

@@ -37,3 +37,4 @@ class InferenceResult:
     device: str = "cpu"
     predicted_ms: float = 0.0  # the router's prediction when it chose the variant
     reason: str = ""  # why this variant (router.policy.REASONS)
+    feedback_ticket: str = ""  # names a remembered classifier answer for Feedback (observe.feedback)

@@ -51,9 +51,16 @@ from slimserve.server.observe.load_monitor import LoadMonitor
 from slimserve.server.observe.metrics import ServingMetrics
 from slimserve.server.observe.recorder import CallRecorder
 from slimserve.server.process.metrics_http import MetricsAccess, metrics_tls, start_metrics_http
-from slimserve.server.process.peers import PeerPort, WorkerModelControl
+from slimserve.server.process.peers import (
+    PeerPort,
+    Peers,
+    PeerStatistics,
+    WorkerFeedback,
+    WorkerModelControl,
+    ticket_prefix,
+)
 from slimserve.server.process.settings import Settings, token_table
-from slimserve.server.process.worker_state import unloaded_models
+from slimserve.server.process.worker_state import read_worker_states, unloaded_models
 from slimserve.server.transport.auth import server_interceptors
 from slimserve.server.transport.inference import InferenceServicer, add_inference_service
 from slimserve.server.transport.management import ManagementServicer
@@ -70,6 +77,7 @@ SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     slimserve_pb2.DESCRIPTOR.services_by_name["Management"].full_name,
 )
+WORKERS_HEALTH_SERVICE = "slimserve.workers"  # under --workers: SERVING while every worker serves
 
 
 class BindError(RuntimeError):
@@ -128,6 +136,7 @@ class App:
         self.live: LiveState | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        self._workers_status: health_pb2.HealthCheckResponse.ServingStatus.ValueType | None = None
         self.health = health.aio.HealthServicer()
         self.tls = ServerTls.from_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if settings.metrics_tls and self.tls is None:
@@ -141,22 +150,27 @@ class App:
         self.backlog = GrpcBacklog(newest_server_id(), clock, calls)  # the server just created is the newest
         self._backlog_watch: asyncio.Task[None] | None = None
         self.shadow = ShadowSampler(settings.shadow_fraction, self.recorder, lambda: self.load.cpu_utilization)
+        # Worker i's Feedback tickets name it, so that any worker can pass Feedback there.
+        tickets = ticket_prefix(settings.worker_index) if settings.worker_index is not None else ""
+        answers = RecentAnswers(settings.feedback_capacity, ids_are_private=tokens.enabled, ticket_prefix=tickets)
         self.plane = DataPlane(
             self.registry, self.recorder, Admission(settings.shed_late), self.backlog, self.activity, self.shadow,
-            RecentAnswers(settings.feedback_capacity), outcome_of, clock,
+            answers, outcome_of, clock,
         )  # fmt: skip
         control_arguments = (self.registry, self.factory, self.recorder, settings.repository, self.profiler,
                              settings.warmup_calls, self._models_changed)  # fmt: skip
         self.peers: PeerPort | None = None
-        if self._worker:  # a load or unload reaches every worker (process.peers)
+        peer_statistics: PeerStatistics | None = None
+        feedback: WorkerFeedback | None = None
+        if self._worker:  # the workers act as one server (process.peers)
             assert settings.worker_index is not None and settings.worker_scratch is not None
             assert settings.worker_scrape_token is not None
             token = settings.worker_scrape_token.get_secret_value()
-            worker_control = WorkerModelControl(
-                *control_arguments, index=settings.worker_index, scratch=settings.worker_scratch, token=token
-            )
-            self.peers = PeerPort(worker_control, token)
+            peers = Peers(settings.worker_index, settings.worker_scratch, token)
+            worker_control = WorkerModelControl(*control_arguments, peers=peers, scratch=settings.worker_scratch)
+            self.peers = PeerPort(worker_control, self.plane, token)
             self.control: ModelControl = worker_control
+            peer_statistics, feedback = PeerStatistics(peers), WorkerFeedback(self.plane, peers)
         else:
             self.control = ModelControl(*control_arguments)
         self._poller: asyncio.Task[None] | None = None
@@ -169,8 +183,9 @@ class App:
             self.build = BackgroundBuild(settings.repository, settings.build_recipes)
         # Triton's system shared memory regions: per token when tokens are set; unmapped in stop().
         self.shared_memory = SharedMemory(per_caller=tokens.enabled)
-        add_inference_service(InferenceServicer(self.plane, self.control, self.shared_memory), self.server)
-        management = ManagementServicer(self.plane, self.registry, self.hardware_key, self.build)
+        inference = InferenceServicer(self.plane, self.control, self.shared_memory, peer_statistics)
+        add_inference_service(inference, self.server)
+        management = ManagementServicer(self.plane, self.registry, self.hardware_key, self.build, feedback)
         slimserve_pb2_grpc.add_ManagementServicer_to_server(management, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -248,11 +263,24 @@ class App:
         )
         self.metrics_port = self._metrics_http.server_port
 
+    async def _report_workers(self) -> None:
+        """Under `--workers`: health service WORKERS_HEALTH_SERVICE follows the supervisor's
+        states file (`process.worker_state`): SERVING while every worker serves."""
+        if self.settings.worker_scratch is None:
+            return
+        states = read_worker_states(self.settings.worker_scratch)
+        every = bool(states) and all(state == "serving" for state in states.values())
+        status = health_pb2.HealthCheckResponse.SERVING if every else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != self._workers_status:
+            self._workers_status = status
+            await self.health.set(WORKERS_HEALTH_SERVICE, status)
+
     async def _publish(self) -> None:
         """Every PUBLISH_PERIOD_S: a fresh LiveState for other threads; revive a dead exporter.
         While idle, every IDLE_PUBLISH_PERIOD_S or at the next arrival, whichever comes first."""
         while True:
             try:
+                await self._report_workers()
                 self.live = self.registry.live_state(self.load.cpu, self.load.lag_ms)
                 if self._metrics_thread is not None and not self._metrics_thread.is_alive():
                     log.error("the metrics exporter thread died; restarting it on port %s", self.metrics_port)

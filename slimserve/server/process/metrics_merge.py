@@ -9,7 +9,10 @@ way Prometheus' own aggregation would treat replicas:
 - gauges (queue depths, router state, CPU utilization) are per worker: each sample gains a
   `worker` label, since a sum of two routers' predictions means nothing.
 `slimserve_worker_up{worker}` says which workers answered this scrape (0: its gauges are
-missing until it answers again).
+missing until it answers again); the supervisor adds `slimserve_worker_restarting{worker}`
+(1 while it tries to start a dead worker again) and
+`slimserve_worker_restarts_total{worker,outcome}` (`served`: the restarted worker served;
+`failed`: that try failed, and another follows after a pause).
 
 The merged sums never fall (`CounterCarry`): Prometheus reads any fall of a counter as a
 reset, so a sum that dropped for one scrape — a worker that missed it, or restarted and
@@ -40,6 +43,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+
+from slimserve.server.process.worker_state import Supervision
 
 log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 2.0  # a worker that does not answer in this long is reported down for this scrape
@@ -183,6 +188,7 @@ class WorkerMetrics(Collector):
 
     def __init__(self, scrape_token: str) -> None:
         self.endpoints: Mapping[int, str] = MappingProxyType({})  # worker → its /metrics URL
+        self.supervision = Supervision()  # replaced whole by the supervisor's loop
         self._carry = CounterCarry()
         self._headers = {"Authorization": f"Bearer {scrape_token}"}  # the workers' endpoints take it alone
 
@@ -197,7 +203,16 @@ class WorkerMetrics(Collector):
             except OSError as exc:
                 log.warning("worker %d did not answer its metrics scrape: %s", worker, exc)
         yield from merge(texts, self._carry, endpoints)
+        supervision = self.supervision
         up = Metric("slimserve_worker_up", "whether each worker answered this scrape (1) or not (0)", "gauge")
-        for worker in endpoints:
+        for worker in sorted({*endpoints, *supervision.states}):
             up.add_sample("slimserve_worker_up", {"worker": str(worker)}, 1.0 if worker in texts else 0.0)
         yield up
+        restarting = Metric("slimserve_worker_restarting", "1 while the supervisor starts a dead worker again", "gauge")
+        for worker, state in sorted(supervision.states.items()):
+            restarting.add_sample("slimserve_worker_restarting", {"worker": str(worker)}, float(state == "restarting"))
+        yield restarting
+        restarts = Metric("slimserve_worker_restarts", "restarts of dead workers, by whether they served", "counter")
+        for (worker, outcome), count in sorted(supervision.restarts.items()):
+            restarts.add_sample("slimserve_worker_restarts_total", {"worker": str(worker), "outcome": outcome}, count)
+        yield restarts

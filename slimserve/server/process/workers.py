@@ -24,12 +24,16 @@ the workers as fresh processes (never forked from a process with gRPC threads).
   supervisor exits 0 when all did.
 - A worker that dies is started again (at most MAX_RESTARTS within RESTART_WINDOW_S, then the
   supervisor stops them all and exits 1: a crash loop must be seen, not hidden); a restart
-  that fails is tried again after a growing pause while the others serve.
-- Model changes reach every worker: the worker that receives RepositoryModelLoad or
-  RepositoryModelUnload applies it and passes it on over the others' loopback peer ports,
-  and answers once all have (`process.peers`); a restarted worker leaves out what a call
-  unloaded. Statistics, Feedback and Explain are per worker: they reach the one worker that
-  holds the caller's connection.
+  that fails is tried again after a growing pause while the others serve. It is said in the
+  log, in `/metrics` (`slimserve_worker_restarting{worker}`,
+  `slimserve_worker_restarts_total{worker,outcome}`) and in health: every worker's
+  grpc.health.v1 service `slimserve.workers` is NOT_SERVING while any worker is not serving
+  (the overall service "" stays the answering worker's own state).
+- One server: model changes reach every worker and are answered once all have applied
+  them, ModelStatistics sums every worker's counts, and Feedback reaches the worker that
+  holds the answer, over the workers' loopback peer ports (`process.peers`); a restarted
+  worker leaves out what a call unloaded. Explain and ListVariants describe the worker that
+  holds the caller's connection (its own router).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Coroutine
 from pathlib import Path
 from types import MappingProxyType
@@ -55,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimserve.server.process.port_file import write_port_file
 from slimserve.server.process.settings import Settings
-from slimserve.server.process.worker_state import write_peers
+from slimserve.server.process.worker_state import Supervision, write_peers, write_worker_states
 from slimserve.server.transport.tls import ServerTls, TlsConfigError
 
 if TYPE_CHECKING:
@@ -124,6 +128,8 @@ class Supervisor:
         self._metrics_ports: dict[int, int] = {}
         self._peer_ports: dict[int, int] = {}  # process.peers: each serving worker's peer port
         self._served: set[int] = set()  # workers whose current process has served
+        self._states: dict[int, str] = {}  # worker → worker_state.WORKER_STATES
+        self._restarts: Counter[tuple[int, str]] = Counter()  # (worker, "served" | "failed") → restarts
         self._deaths: deque[float] = deque()
         self._scrape_token = secrets.token_urlsafe(32)  # the workers' /metrics answer this supervisor alone
         self._scratch = Path(tempfile.mkdtemp(prefix="slimserve-workers-"))
@@ -158,6 +164,8 @@ class Supervisor:
         )
         self._processes[index] = process
         self._served.discard(index)
+        if index not in self._states:
+            self._set_state(index, "starting")
         deadline = time.monotonic() + START_TIMEOUT_S
         while not port_file.exists():
             if process.returncode is not None:
@@ -174,12 +182,24 @@ class Supervisor:
         self._peer_ports[index] = int(peer)
         write_peers(self._scratch, self._peer_ports)
         self._served.add(index)
+        if self._states.get(index) == "restarting":
+            self._restarts[(index, "served")] += 1
+        self._set_state(index, "serving")
         log.info("worker %d serving (pid %d)", index, process.pid)
+
+    def _set_state(self, index: int, state: str) -> None:
+        """Tell the workers (their health) and the metrics what worker `index` is doing."""
+        self._states[index] = state
+        write_worker_states(self._scratch, self._states)
+        self._publish_endpoints()
 
     def _publish_endpoints(self) -> None:
         if self.collector is not None:
             urls = {i: f"http://127.0.0.1:{port}/metrics" for i, port in sorted(self._metrics_ports.items())}
             self.collector.endpoints = MappingProxyType(urls)
+            self.collector.supervision = Supervision(
+                MappingProxyType(dict(self._states)), MappingProxyType(dict(self._restarts))
+            )
 
     def _start_metrics(self) -> None:
         from prometheus_client import CollectorRegistry
@@ -285,13 +305,15 @@ class Supervisor:
                     log.error("%d worker deaths within %.0f s: stopping", len(self._deaths), RESTART_WINDOW_S)
                     return 1
                 self._metrics_ports.pop(index, None)
-                self._publish_endpoints()
+                self._set_state(index, "restarting")
                 self._peer_ports.pop(index, None)
                 write_peers(self._scratch, self._peer_ports)
                 try:
                     if not await self._unless_stopped(self._start(index, grpc_port, health_port), stopping):
                         return 0
                 except WorkerStartError as exc:  # its process has exited: the next round restarts it
+                    self._restarts[(index, "failed")] += 1
+                    self._publish_endpoints()
                     pause_s = min(RESTART_PAUSE_S * 2 ** (len(self._deaths) - 1), MAX_RESTART_PAUSE_S)
                     log.error("%s; the other workers go on serving; trying again in %.0f s", exc, pause_s)
                     if not await self._unless_stopped(asyncio.sleep(pause_s), stopping):

@@ -5,8 +5,9 @@ In the spirit of Triton's restricted protocols, every method belongs to one grou
 - `health` — grpc.health.v1, ServerLive, ServerReady, ModelReady: always open, so that
   probes and load balancers work without a secret;
 - `inference` — ModelInfer, ModelStreamInfer, ModelMetadata, ServerMetadata, ModelConfig,
-  SystemSharedMemoryRegister/Status/Unregister and reflection;
-- `management` — Feedback, Explain, ListVariants, ModelStatistics, RepositoryIndex,
+  SystemSharedMemoryRegister/Status/Unregister, reflection and Feedback (which scores only
+  the caller's own answers);
+- `management` — Explain, ListVariants, ModelStatistics, RepositoryIndex,
   RepositoryModelLoad and RepositoryModelUnload, and any method not named here;
 - `metrics` — no gRPC method: the HTTP /metrics endpoint (process.metrics_http), which also
   takes a management token, so that Prometheus holds a token that can read and nothing more.
@@ -61,6 +62,9 @@ METHOD_GROUPS: Mapping[str, str] = {
             "SystemSharedMemoryUnregister",
         )
     },
+    # Scored by the token that was answered (observe.feedback), so an application that reports
+    # labels needs no right to load or unload models.
+    "/slimserve.v1.Management/Feedback": INFERENCE,
 }
 SERVICE_GROUPS: Mapping[str, str] = {
     "/grpc.health.v1.Health/": HEALTH,

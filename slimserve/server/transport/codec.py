@@ -458,4 +458,6 @@ def encode_response(
     response.parameters["queue_ms"].CopyFrom(_parameter(result.queue_ms))
     response.parameters["compute_ms"].CopyFrom(_parameter(result.compute_ms))
     response.parameters["batch_size"].CopyFrom(pb.InferParameter(int64_param=result.batch_size))
+    if result.feedback_ticket:  # what Feedback names this answer by (observe.feedback)
+        response.parameters["feedback_ticket"].CopyFrom(_parameter(result.feedback_ticket))
     return response

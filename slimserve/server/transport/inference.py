@@ -1,12 +1,8 @@
 """Triton's gRPC inference service (Open Inference Protocol v2): convert, call the data
 plane, convert back. Errors map to codes in one place (`transport.status`).
 
-ModelStatistics spells versions as Triton does, as integers, unless the request named a
-variant: perf_analyzer, asked for a model without `-x`, requests every version's entry and
-parses each entry's version with `std::stoll`, so a variant's name there aborts it. It then
-reports the highest-numbered version whose queue count rose in the window (and warns when
-several did): for a routed model, the share of the traffic that variant served. ModelConfig's
-`variants` parameter says which variant each number stands for (`core.versions`).
+ModelStatistics spells versions as Triton does, as integers (`transport.model_statistics`,
+which also sums the workers' counts under `--workers`).
 
 A model or version name longer than any name can be (`format.MAX_NAME_CHARS`) is refused
 here, quoted short, before it is looked up: no message further on quotes a megabyte name.
@@ -23,7 +19,7 @@ plane like any other: the codec reads inputs from the regions and writes outputs
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -34,7 +30,6 @@ from slimserve.repository.format import MAX_NAME_CHARS, ModelConfig
 from slimserve.server.core.data_plane import DataPlane, Parameters
 from slimserve.server.core.model_control import ModelControl
 from slimserve.server.core.request import InferenceRequest, InferenceResult
-from slimserve.server.core.versions import version_numbers
 from slimserve.server.errors import InvalidInputError, listed, shown
 from slimserve.server.transport.auth import caller_of
 from slimserve.server.transport.codec import (
@@ -45,10 +40,14 @@ from slimserve.server.transport.codec import (
     parse_infer_request,
     read_parameters,
 )
+from slimserve.server.transport.model_statistics import merge_statistics, model_statistics
 from slimserve.server.transport.shared_memory import CallerRegions, SharedMemory, Slot
 from slimserve.server.transport.status import maps_errors
 from slimserve.server.transport.stream import serve_stream
 from slimserve.server.transport.triton_config import PLATFORM, triton_model_config
+
+# (model, version) → the other workers' ModelStatistics answers (process.peers)
+PeerStatistics = Callable[[str, str], Awaitable[list[pb.ModelStatisticsResponse]]]
 
 SERVER_NAME = "slimserve"
 SERVER_VERSION = "0.1.0"
@@ -106,10 +105,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol v2 over the data plane; model control and the shared memory
     regions beside it."""
 
-    def __init__(self, plane: DataPlane, control: ModelControl, memory: SharedMemory) -> None:
+    def __init__(
+        self, plane: DataPlane, control: ModelControl, memory: SharedMemory,
+        peer_statistics: PeerStatistics | None = None,
+    ) -> None:  # fmt: skip
+        """`peer_statistics`: the other workers' ModelStatistics answers, under `--workers`."""
         self._plane = plane
         self._control = control
         self._memory = memory
+        self._peer_statistics = peer_statistics
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -206,40 +210,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        registry = self._plane.registry
         name, asked = named(request.name), named(request.version, "version")
-        hosted_models = [registry.get(name)] if name else list(registry.models.values())
-        response = pb.ModelStatisticsResponse()
-        duration = pb.StatisticDuration
-        for hosted in hosted_models:
-            if asked:  # as asked: Triton's clients look the version they asked for up
-                versions = {hosted.variant(asked): asked}
-            else:  # every served variant, by its Triton number (module docstring)
-                numbers = version_numbers(hosted.entry)
-                served = sorted(hosted.batchers, key=numbers.__getitem__)
-                versions = {variant: str(numbers[variant]) for variant in served}
-            for variant, version in versions.items():
-                stats = hosted.stats[variant]
-                executions = hosted.batchers[variant].executions
-                response.model_stats.add(
-                    name=hosted.name,
-                    version=version,
-                    last_inference=stats.last_inference_ms,
-                    inference_count=stats.inference_count,
-                    execution_count=sum(executions.values()),
-                    inference_stats=pb.InferStatistics(
-                        success=duration(count=stats.success_count, ns=stats.success_ns),
-                        fail=duration(count=stats.fail_count, ns=stats.fail_ns),
-                        queue=duration(count=stats.success_count, ns=stats.queue_ns),
-                        compute_input=duration(count=stats.success_count, ns=stats.compute_input_ns),
-                        compute_infer=duration(count=stats.success_count, ns=stats.compute_ns),
-                        compute_output=duration(count=stats.success_count, ns=stats.compute_output_ns),
-                    ),
-                    batch_stats=[
-                        pb.InferBatchStatistics(batch_size=size, compute_infer=duration(count=count))
-                        for size, count in sorted(executions.items())
-                    ],
-                )
+        response = model_statistics(self._plane.registry, name, asked)
+        if self._peer_statistics is not None:  # under --workers: every worker's calls (transport.model_statistics)
+            merge_statistics(response, await self._peer_statistics(name, asked))
         return response
 
     async def RepositoryIndex(

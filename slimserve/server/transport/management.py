@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import grpc
@@ -13,6 +13,7 @@ from slimserve.router.hints import parse_hints
 from slimserve.router.policy import decide
 from slimserve.server.core.data_plane import DataPlane
 from slimserve.server.core.registry import ModelRegistry
+from slimserve.server.observe.feedback import Answer
 from slimserve.server.transport.auth import caller_of
 from slimserve.server.transport.status import maps_errors
 
@@ -69,16 +70,31 @@ def _building(model: str, variant: str, progress: VariantProgress | None) -> pb.
     )
 
 
+# (model, labels, caller, request id, ticket) → (the answer, rows it got right): observe.feedback
+Scorer = Callable[[str, list[int], str, str, str], Awaitable[tuple[Answer, int]]]
+
+
+def _local_scorer(plane: DataPlane) -> Scorer:
+    async def score(model: str, labels: list[int], caller: str, request_id: str, ticket: str) -> tuple[Answer, int]:
+        return plane.feedback(model, labels, caller, request_id=request_id, ticket=ticket)
+
+    return score
+
+
 class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     """Variants with their measurements; Explain says which variant a request would get, and why."""
 
     def __init__(
-        self, plane: DataPlane, registry: ModelRegistry, hardware_key: str, build: BuildProgress | None
-    ) -> None:
+        self, plane: DataPlane, registry: ModelRegistry, hardware_key: str, build: BuildProgress | None,
+        feedback: Scorer | None = None,
+    ) -> None:  # fmt: skip
+        """`feedback` scores an answer wherever it is held (process.peers under `--workers`);
+        by default this server's own answers."""
         self._plane = plane
         self._registry = registry
         self._build = build
         self._hardware_key = hardware_key
+        self._feedback = feedback or _local_scorer(plane)
 
     @maps_errors
     async def ListVariants(
@@ -191,5 +207,6 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
     @maps_errors
     async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext) -> pb.FeedbackResponse:
         caller = caller_of(context.invocation_metadata())
-        answer, correct = self._plane.feedback(request.model, request.request_id, list(request.labels), caller)
+        answer, correct = await self._feedback(request.model, list(request.labels), caller, request.request_id,
+                                               request.ticket)  # fmt: skip
         return pb.FeedbackResponse(variant=answer.variant, predicted=list(answer.predicted), correct=correct)

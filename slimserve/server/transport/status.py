@@ -23,6 +23,7 @@ from slimserve.server.errors import (
     ModelLoadError,
     NotFoundError,
     OverloadedError,
+    PeerUnavailableError,
     QueueFullError,
     ShuttingDownError,
     VariantUnavailableError,
@@ -44,6 +45,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     VariantUnavailableError: grpc.StatusCode.UNAVAILABLE,
     ModelExecutionError: grpc.StatusCode.INVALID_ARGUMENT,
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+    PeerUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 
 INTERNAL_MESSAGE = "internal error; see the server log"
