@@ -14,6 +14,8 @@ mid-build never leaves a half-written variant that loads.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -185,11 +187,27 @@ class ModelConfig(_Strict):
         description="variants the build tried and left out, each with the reason (cannot be made, or "
         "slower and not smaller on the build machine); None when the build skipped none",
     )
+    version_numbers: dict[str, int] | None = Field(
+        default=None,
+        description="each variant's Triton version number, kept by every later build so that a number "
+        "never changes meaning; variants not listed are numbered after these, by name (server.core.versions)",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
         return check_name(name, "model")
+
+    @field_validator("version_numbers")
+    @classmethod
+    def _version_numbers(cls, numbers: dict[str, int] | None) -> dict[str, int] | None:
+        if numbers is None:
+            return None
+        if any(number < 1 for number in numbers.values()):
+            raise ValueError(f"version numbers start at 1: {numbers}")
+        if len(set(numbers.values())) != len(numbers):
+            raise ValueError(f"two variants share a version number: {numbers}")
+        return numbers
 
     @model_validator(mode="after")
     def _priority(self) -> ModelConfig:
@@ -454,13 +472,60 @@ def _write_file_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+RENAME_EXCHANGE = 2  # renameat2(2): swap two paths atomically (Linux ≥ 3.15; ext4, xfs, btrfs, tmpfs, overlayfs)
+AT_FDCWD = -100
+OLD_PREFIX = ".old-"  # a replaced model folder, until it is removed
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step; False where the kernel or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    done = renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE)
+    return bool(done == 0)
+
+
 def _replace_directory(staged: Path, target: Path) -> None:
-    """Swap `staged` into `target`'s place; the old one stays whole until the swap."""
-    old = target.with_name(f".old-{target.name}-{os.getpid()}")
+    """Swap `staged` into `target`'s place. With an atomic exchange there is no moment
+    without a model folder; without one (two renames), a process that dies between them
+    leaves the old folder as `.old-<name>-<pid>`, which `restore_interrupted` puts back."""
+    if target.exists() and _exchange(staged, target):
+        shutil.rmtree(staged, ignore_errors=True)  # it holds the old model now
+        return
+    old = target.with_name(f"{OLD_PREFIX}{target.name}-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(staged, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_interrupted(repo: Path) -> list[str]:
+    """Put back every model folder a publish moved aside and died before replacing (its
+    `.old-<name>-<pid>` with no `<name>` beside it); the names restored. A repository this
+    process cannot write is left as it is."""
+    restored = []
+    for old in sorted(repo.glob(f"{OLD_PREFIX}*")):
+        name = old.name[len(OLD_PREFIX) :].rpartition("-")[0]
+        target = repo / name
+        if not name or target.exists() or not (old / MODEL_FILE).is_file():
+            continue
+        with contextlib.suppress(OSError):
+            os.rename(old, target)
+            restored.append(name)
+    return restored
+
+
+def version_numbers_kept(previous: dict[str, int] | None, variants: list[str]) -> dict[str, int]:
+    """The build's side: `previous` numbers kept, and each new variant in `variants` (in that
+    order) given the next one. Numbers of variants no longer built stay reserved."""
+    numbers = dict(previous or {})
+    for name in variants:
+        if name not in numbers:
+            numbers[name] = max(numbers.values(), default=0) + 1
+    return numbers
 
 
 def write_model_config(model_dir: Path, config: ModelConfig) -> None:
@@ -497,6 +562,7 @@ def staging_dir(repo: Path, model: str) -> Path:
 
 def publish_model(staged: Path, repo: Path, model: str) -> Path:
     """Move a fully built model from its staging folder into the repository."""
+    restore_interrupted(repo)  # an earlier publish that died half-way: its model comes back first
     target = repo / model
     _replace_directory(staged, target)
     return target

@@ -20,16 +20,19 @@ from pathlib import Path
 from tqdm import tqdm
 
 from slimserve.repository.format import (
+    MODEL_FILE,
     Measurements,
     ModelEntry,
     SeedFormulas,
     VariantManifest,
     load_model,
+    load_model_config,
     now,
     publish_model,
     sha256_of,
     staging_dir,
     update_manifest,
+    version_numbers_kept,
     write_model_config,
     write_variant,
 )
@@ -173,7 +176,11 @@ def publish(
         )
         write_variant(staged, manifests[variant.name], variant.onnx)
         progress.tick()
-    config = result.config
+    # A variant keeps the version number it was first published with (format.ModelConfig).
+    published = repo / recipe.name / MODEL_FILE
+    previous = load_model_config(published) if published.exists() else None
+    numbers = version_numbers_kept(previous.version_numbers if previous else None, names)
+    config = result.config.model_copy(update={"version_numbers": numbers})
     serving = recipe.serving
     if final and serving.serve == "front":
         key = fingerprint(threads).key

@@ -134,3 +134,13 @@ def test_unload_then_load_and_the_poller(served: tuple[RunningServer, Path]) -> 
     shutil.move(repo / "digits" / ".away", repo / "digits" / "distilled")
     wait_until(lambda: "distilled" in versions(), POLLER_TIMEOUT_S, "the poller to load the variant back")
     assert admin.infer("digits", [tensor], model_version="distilled", headers=inference).as_numpy("logits") is not None
+
+    # The whole repository emptied (an unmounted volume looks so): the model stays served.
+    shutil.move(repo / "digits", repo.parent / "unmounted")
+    wait_until(lambda: "shows no model now" in server.log_path.read_text(), POLLER_TIMEOUT_S, "the empty scan")
+    assert admin.is_model_ready("digits", headers=inference)
+    # A publish that died between its two renames left the model aside: the next scan puts it back.
+    shutil.move(repo.parent / "unmounted", repo / ".old-digits-4242")
+    wait_until(lambda: (repo / "digits").is_dir(), POLLER_TIMEOUT_S, "the interrupted publish to be restored")
+    assert not list(repo.glob(".old-*"))
+    assert admin.infer("digits", [tensor], headers=inference).as_numpy("logits").shape == (1, 10)

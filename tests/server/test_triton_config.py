@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from loadtest.serving import RunningServer
-from slimserve.repository.format import ModelEntry
+from slimserve.repository.format import ModelEntry, version_numbers_kept
 from slimserve.repository.sessions import make_session
 from slimserve.server.core.versions import variant_named, version_numbers
 from slimserve.variants.data import load_digits_split
@@ -26,16 +26,34 @@ ROOT = Path(__file__).resolve().parents[2]
 PERF_ANALYZER = Path(os.environ.get("SLIMSERVE_PERF_ANALYZER", ROOT.parent / "shared" / "tools" / "perf-analyzer"))
 
 
-def test_versions_are_numbered_by_name_and_both_spellings_resolve(digits: ModelEntry) -> None:
+def test_versions_are_numbered_as_published_and_both_spellings_resolve(digits: ModelEntry) -> None:
     numbers = version_numbers(digits)
     assert sorted(numbers.values()) == list(range(1, len(digits.candidates) + 1))
-    assert list(numbers) == sorted(digits.candidates)
+    assert numbers == digits.config.version_numbers  # the build wrote them into model.yaml
+    assert (numbers["fp32"], numbers["int8"]) == (1, 2)  # published first (the background build's first step)
     for name, number in numbers.items():
         assert variant_named(digits, str(number)) == name
         assert variant_named(digits, f"0{number}") == name
         assert variant_named(digits, name) == name
     assert variant_named(digits, str(len(numbers) + 1)) == str(len(numbers) + 1)  # no such number: NOT_FOUND later
     assert variant_named(digits, "fp8") == "fp8"
+
+
+def test_a_version_number_never_changes_meaning_when_variants_are_added(digits: ModelEntry) -> None:
+    """The hardening issue's L8: numbered by name, adding `distilled` moved `fp32` from 1 to 2."""
+    first = version_numbers_kept(None, ["fp32", "int8"])
+    later = version_numbers_kept(first, ["fp32", "int8", "distilled", "aaa-new"])
+    assert later == {"fp32": 1, "int8": 2, "distilled": 3, "aaa-new": 4}
+    assert version_numbers_kept({"fp32": 1, "gone": 2}, ["fp32", "int8"]) == {"fp32": 1, "gone": 2, "int8": 3}
+    # A hand-made folder that numbers only some: the rest follow, by name.
+    partly = digits.model_copy(update={"config": digits.config.model_copy(update={"version_numbers": {"int8": 7}})})
+    numbers = version_numbers(partly)
+    assert numbers["int8"] == 7
+    assert [numbers[name] for name in sorted(set(digits.candidates) - {"int8"})] == list(
+        range(8, 8 + len(digits.candidates) - 1)
+    )
+    with pytest.raises(ValueError, match="share a version number"):
+        digits.config.model_validate({**digits.config.model_dump(), "version_numbers": {"fp32": 1, "int8": 1}})
 
 
 def test_the_config_has_dims_without_the_batch_and_lists_the_served_variants(

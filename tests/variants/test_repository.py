@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, RepositoryError, load_model, load_repository
+from slimserve.repository.format import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    RepositoryError,
+    load_model,
+    load_repository,
+    publish_model,
+    restore_interrupted,
+)
 
 
 @pytest.fixture
@@ -96,3 +105,21 @@ def test_a_folder_without_model_yaml_is_still_reported(copy_of_digits: Path) -> 
 def test_empty_repository_is_reported(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="no models"):
         load_repository(tmp_path)
+
+
+def test_a_publish_swaps_the_model_folder_whole_and_an_interrupted_one_is_restored(tmp_path: Path) -> None:
+    """The hardening issue's L3: a publish that died between its two renames lost the model."""
+    repo = tmp_path / "repo"
+    (repo / "m").mkdir(parents=True)
+    (repo / "m" / MODEL_FILE).write_text("old")
+    staged = repo / ".staged-m"
+    staged.mkdir()
+    (staged / MODEL_FILE).write_text("new")
+    publish_model(staged, repo, "m")
+    assert (repo / "m" / MODEL_FILE).read_text() == "new"
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]  # nothing left beside it
+    os.replace(repo / "m", repo / ".old-m-4242")  # the state a crash between the renames leaves
+    (repo / ".old-x-1").mkdir()  # not a model folder aside: left alone
+    assert restore_interrupted(repo) == ["m"]
+    assert (repo / "m" / MODEL_FILE).read_text() == "new" and (repo / ".old-x-1").is_dir()
+    assert restore_interrupted(repo) == []

@@ -47,6 +47,7 @@ from slimserve.repository.format import (
     check_name,
     load_model,
     model_folders,
+    restore_interrupted,
 )
 from slimserve.router.build import UnroutableVariantError
 from slimserve.server.core.batcher import DynamicBatcher
@@ -290,6 +291,7 @@ class RepositoryPoller:
         self._control = control
         self.period_s = period_s
         self._missing: set[str] = set()  # hosted models whose folder the last scan did not find
+        self._empty_warned = False  # said once per stretch of scans that find no model
 
     async def run(self) -> None:
         while True:
@@ -300,13 +302,20 @@ class RepositoryPoller:
                 log.exception("scanning the repository failed; trying again in %.1f s", self.period_s)
 
     async def poll_once(self) -> list[str]:
-        """One scan: what it loaded, reloaded or unloaded."""
+        """One scan: what it loaded, reloaded or unloaded. The walk runs in a thread (a slow
+        or network volume must not stall the event loop). A scan that finds no model at all
+        while models are hosted unloads nothing: an unmounted or emptied volume looks like
+        that, and serving on beats answering NOT_FOUND for every model; unload models by
+        call (RepositoryModelUnload) instead."""
         control = self._control
-        present = {}
-        for folder in model_folders(control.repository):
-            if (folder / MODEL_FILE).is_file():
-                with contextlib.suppress(OSError):  # being replaced right now: next time
-                    present[folder.name] = folder_signature(folder)
+        present = await asyncio.get_running_loop().run_in_executor(None, _scan, control.repository)
+        if not present and control.hosted:
+            if not self._empty_warned:
+                log.warning("the repository %s shows no model now: keeping the %d hosted (unmounted? "
+                            "unload them by call)", control.repository, len(control.hosted))  # fmt: skip
+            self._empty_warned = True
+            return []
+        self._empty_warned = False
         done = []
         for name, signature in present.items():
             if control.signatures.get(name) != signature:
@@ -318,6 +327,17 @@ class RepositoryPoller:
                 done.append(await control.unload_here(name))
         self._missing = gone
         return done
+
+
+def _scan(repository: Path) -> dict[str, Signature]:
+    """Each model folder's signature (in a thread); a publish that died half-way is put back first."""
+    restore_interrupted(repository)
+    present = {}
+    for folder in model_folders(repository):
+        if (folder / MODEL_FILE).is_file():
+            with contextlib.suppress(OSError):  # being replaced right now: next time
+                present[folder.name] = folder_signature(folder)
+    return present
 
 
 def _serving_fields(config: ModelConfig) -> ModelConfig:

@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from slimserve.protos import inference_pb2, slimserve_pb2, slimserve_pb2_grpc
-from slimserve.repository.format import load_repository
+from slimserve.repository.format import load_repository, restore_interrupted
 from slimserve.repository.hardware import fingerprint, pin_to_one_core, threads_for
 from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
@@ -101,6 +101,7 @@ class App:
         self.hardware_key = self.profiler.key
         if settings.build_missing:
             settings.repository.mkdir(parents=True, exist_ok=True)
+        restore_interrupted(settings.repository)  # a publish that died half-way: its model comes back
         repository = load_repository(settings.repository, allow_empty=settings.build_missing)
         if self._worker:  # a restarted worker agrees with the others on what was unloaded meanwhile
             assert settings.worker_scratch is not None
