@@ -7,6 +7,7 @@ the 50-ms batching wait and the restart window are jumped, not slept, and times 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from slimserve.repository.format import ModelEntry
+from slimserve.server.core import batcher as batcher_module
 from slimserve.server.core.batcher import RESTART_WINDOW_S, BatchListener, DynamicBatcher, RequestTimeoutError
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.core.session import VariantSession
@@ -442,3 +444,36 @@ def test_a_queued_request_is_answered_unavailable_when_its_timeout_ends(digits: 
 async def _start_in(batcher: DynamicBatcher, seconds: float) -> None:
     await asyncio.sleep(seconds)
     batcher.start()
+
+
+def test_a_longer_call_of_the_same_rows_is_not_run_inline_on_what_shorter_ones_took(
+    minilm: ModelEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline rule learns per input size, not per row count (the hardening issue's L5): a
+    rows=1 call of 256 tokens is not run on the event loop because rows=1 calls of 4 tokens
+    were quick. Every known size counts as quick here, so where each call runs shows what the
+    batcher knew: the first call of a size goes to the thread, the next one runs inline."""
+    monkeypatch.setattr(batcher_module, "INLINE_BELOW_MS", float("inf"))
+    where: list[str] = []
+
+    class Recorded(VariantSession):
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            where.append("loop" if threading.current_thread() is threading.main_thread() else "thread")
+            return super().run(inputs)
+
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            session = Recorded(minilm.config, minilm.variants["fp32"], threads=1)
+            batcher = DynamicBatcher(
+                session, executor, max_batch_size=8, max_queue_delay_ms=0, max_queue_size=8, clock=clock
+            )
+            batcher.start()
+            short, long = _sentence([101, 2023, 2003, 102], 4), _sentence([101, *[2023] * 254, 102], 256)
+            for request in (short, short, long, long):
+                await batcher.submit(request, None)
+            await batcher.close()
+
+    run_on(clock, scenario())
+    assert where == ["thread", "loop", "thread", "loop"]

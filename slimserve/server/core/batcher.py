@@ -19,7 +19,9 @@ answers it, UNAVAILABLE "Request timeout expired" (RequestTimeoutError), by a ti
 moment: a caller whose gRPC deadline passes cancels its call itself, but one that sent a
 `timeout` keeps waiting for the server's word. Cancelled calls leave the queue at once.
 The session runs in a worker thread; its outputs are split back by rows. A session call that
-this batcher measured shorter than INLINE_BELOW_MS for the same number of rows runs on the
+this batcher measured shorter than INLINE_BELOW_MS for the same size of input (the elements
+of all its input tensors, to the next power of two: rows alone would let one rows=1 call of
+512 tokens run inline because rows=1 calls of 8 tokens were quick) runs on the
 event loop instead: handing it to a thread and back costs more CPU than that (~0.1 ms on a
 2-core EPYC: the executor's queue, a thread wake-up, the loop's self-pipe), and blocking
 the loop for less than that delays nothing measurably. A call that turns slower goes back
@@ -151,7 +153,7 @@ class DynamicBatcher:
         self.session = session
         self._executor = executor
         self._clock = clock
-        self._compute_ms: dict[int, float] = {}  # running mean of a session call's time, by rows
+        self._compute_ms: dict[int, float] = {}  # running mean of a session call's time, by _size_class
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_queue_delay_ms / 1000.0
         self._max_queue_size = max_queue_size
@@ -464,7 +466,8 @@ class DynamicBatcher:
     async def _call(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
         rows = int(next(iter(inputs.values())).shape[0])
         self._running_rows, self._running_started_s = rows, None
-        known_ms = self._compute_ms.get(rows)
+        size = _size_class(inputs)
+        known_ms = self._compute_ms.get(size)
         try:
             if known_ms is not None and known_ms < INLINE_BELOW_MS:
                 result = self._timed_run(inputs)
@@ -473,7 +476,7 @@ class DynamicBatcher:
         finally:
             self._running_rows = 0
         took_ms = result[2] * 1e3
-        self._compute_ms[rows] = took_ms if known_ms is None else known_ms + INLINE_WEIGHT * (took_ms - known_ms)
+        self._compute_ms[size] = took_ms if known_ms is None else known_ms + INLINE_WEIGHT * (took_ms - known_ms)
         self.executions[rows] += 1
         if self._on_batch is not None:
             try:
@@ -505,3 +508,10 @@ class DynamicBatcher:
                     )
                 )
             offset += count
+
+
+def _size_class(inputs: dict[str, np.ndarray]) -> int:
+    """The elements of all `inputs`, rounded up to a power of two: calls of one class take
+    about the same time, so the inline rule (module docstring) learns per class."""
+    elements = sum(int(array.size) for array in inputs.values())
+    return 1 << max(elements - 1, 0).bit_length()
