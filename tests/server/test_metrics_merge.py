@@ -106,8 +106,8 @@ def _calls_total(url: str) -> float:
     return float(value(scrape(url), "slimserve_requests", "slimserve_requests_total", model="digits", variant="fp32"))
 
 
-def test_merged_counters_never_fall_across_a_stopped_and_a_restarted_worker(repository: Path, tmp_path: Path) -> None:
-    running = RunningServer(repository, tmp_path, "--workers", "2")
+def test_merged_counters_never_fall_across_a_stopped_and_a_restarted_worker(digits_repo: Path, tmp_path: Path) -> None:
+    running = RunningServer(digits_repo, tmp_path, "--workers", "2")
     try:
         assert running.metrics_url is not None
         url = running.metrics_url

@@ -75,8 +75,8 @@ def test_worker_count_is_the_usable_cores_and_one_on_the_edge_profile() -> None:
         worker_count(Settings(workers=2, hardware_profile="edge"))
 
 
-def test_two_workers_serve_one_port_with_one_metrics_endpoint(repository: Path, tmp_path: Path) -> None:
-    running = RunningServer(repository, tmp_path, "--workers", "2")
+def test_two_workers_serve_one_port_with_one_metrics_endpoint(digits_repo: Path, tmp_path: Path) -> None:
+    running = RunningServer(digits_repo, tmp_path, "--workers", "2")
     try:
         assert len(_worker_pids(running.process.pid)) == 2
         channels = _channels(running.address)
@@ -112,8 +112,8 @@ def test_two_workers_serve_one_port_with_one_metrics_endpoint(repository: Path, 
         assert running.stop() == 0
 
 
-def test_sigterm_drains_every_worker_and_a_dead_worker_is_replaced(repository: Path, tmp_path: Path) -> None:
-    running = RunningServer(repository, tmp_path, "--workers", "2")
+def test_sigterm_drains_every_worker_and_a_dead_worker_is_replaced(digits_repo: Path, tmp_path: Path) -> None:
+    running = RunningServer(digits_repo, tmp_path, "--workers", "2")
     supervisor = running.process.pid
     first, second = _worker_pids(supervisor)
     os.kill(second, signal.SIGKILL)
