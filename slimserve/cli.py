@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--staged", action="store_true",
                        help="publish every model's fp32 and int8 first, then the rest")  # fmt: skip
     build.add_argument("--json", action="store_true", help="print the result as JSON")
+    # The hardware-aware search (variants.search_run): opt-in, on a repository already built.
+    build.add_argument("--search", action="store_true",
+                       help="search quantization settings of the built model (first of --models, default minilm) "
+                            "on this machine and print the Pareto front it found (speedup vs agreement)")  # fmt: skip
+    build.add_argument("--time-budget-s", type=float, default=600.0, help="with --search: stop after this long")
+    build.add_argument("--max-p95-ms", type=float, help="with --search: only graphs this fast (batch 1) join the front")
+    build.add_argument("--max-size-mb", type=float, help="with --search: only graphs this small join the front")
+    build.add_argument("--report", type=Path, help="with --search: folder for search.md and search.png")
 
     variants = commands.add_parser("variants", help="inspect a model repository")
     variants_commands = variants.add_subparsers(dest="variants_command", required=True)
@@ -193,6 +201,10 @@ def _recipes(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.search:
+        from slimserve.variants.search_run import search_command
+
+        return search_command(args)
     from slimserve.repository.format import load_model
     from slimserve.repository.hardware import fingerprint, threads_for
     from slimserve.variants.build import build_model, build_staged
