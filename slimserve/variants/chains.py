@@ -4,7 +4,9 @@
 distilled student, then quantizes it (Deep Compression's prune → quantize, after
 distillation). Steps that change the network (distil, prune, factorise) come first and are
 fine-tuned in torch; a step that rewrites the exported graph's weights (int8, int4) can only
-come last. Every step runs on its parent's output, so each chain is checked and measured
+come last, and so can quantization-aware training (`qat`): it fine-tunes the torch network
+under simulated int8 and exports an int8 graph, so nothing can follow it either. Every step
+runs on its parent's output, so each chain is checked and measured
 against its parent as well as against fp32, and a parent a recipe does not serve is still
 built (and not published) when a served chain needs it.
 """
@@ -22,6 +24,8 @@ REFERENCE = "fp32"
 NETWORK_STEPS: tuple[str, ...] = ("distilled", "pruned", "lowrank")
 # Steps on the exported graph's weights; nothing can follow them.
 GRAPH_STEPS: tuple[str, ...] = ("int8", "int4")
+# Steps that end in an int8 graph, on the graph or on the torch network (qat); nothing can follow them.
+FINAL_STEPS: tuple[str, ...] = (*GRAPH_STEPS, "qat")
 SEPARATOR = "-"
 
 
@@ -60,7 +64,7 @@ def parse_chain(name: str) -> Chain:
     if name == REFERENCE:
         return Chain(())
     steps = tuple(name.split(SEPARATOR))
-    known = NETWORK_STEPS + GRAPH_STEPS
+    known = NETWORK_STEPS + FINAL_STEPS
     for step in steps:
         if step not in known:
             raise ValueError(f"variant {name!r}: unknown step {step!r} (steps: {', '.join(known)}, joined by '-')")
@@ -68,9 +72,9 @@ def parse_chain(name: str) -> Chain:
         raise ValueError(f"variant {name!r}: a step appears twice")
     if "distilled" in steps[1:]:
         raise ValueError(f"variant {name!r}: 'distilled' trains a new student, so it must come first")
-    if any(step in GRAPH_STEPS for step in steps[:-1]):
+    if any(step in FINAL_STEPS for step in steps[:-1]):
         raise ValueError(
-            f"variant {name!r}: {'/'.join(GRAPH_STEPS)} rewrite the exported graph, so they must come last"
+            f"variant {name!r}: {'/'.join(FINAL_STEPS)} make the final quantized graph, so they must come last"
         )
     return Chain(steps)
 

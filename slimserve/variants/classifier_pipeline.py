@@ -1,4 +1,4 @@
-"""Classifier pipeline: train (if needed) → fp32 → int8 (static QDQ) → pruned → distilled."""
+"""Classifier pipeline: train (if needed) → fp32 → int8 (static QDQ) → pruned → distilled → qat."""
 
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ from slimserve.variants.pipeline import (
 )
 from slimserve.variants.progress import ModelProgress
 from slimserve.variants.prune_graph import output_layer
+from slimserve.variants.qat import qat_variant
 from slimserve.variants.recipes import ClassifierRecipe
 from slimserve.variants.spec import ClassifierSpec
 from slimserve.variants.torch_steps import (
     Finetune,
+    GraphScore,
     Network,
     architecture,
     int8_variant,
@@ -81,10 +83,8 @@ def _variant(
     )
 
 
-def _int8(
-    parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: Split, progress: ModelProgress
-) -> BuiltVariant:
-    """Static int8 of `parent`'s graph, settings chosen by fidelity to `parent` on a selection slice."""
+def _fidelity_to(parent: BuiltVariant, recipe: ClassifierRecipe, train: Split) -> GraphScore:
+    """A graph's fidelity to `parent` on a selection slice of the training rows."""
     selection = {k: v[-recipe.selection_rows :] for k, v in train.inputs.items()}
     reference = run_batched(make_session(parent.onnx, threads=1), selection)
 
@@ -92,8 +92,15 @@ def _int8(
         _, agreement = classifier_scores(run_batched(make_session(graph, 1), selection), reference.argmax(1), reference)
         return agreement["top1"] - 0.1 * agreement["kl"]  # KL breaks the ties top-1 leaves
 
+    return score
+
+
+def _int8(
+    parent: BuiltVariant, chain: Chain, recipe: ClassifierRecipe, train: Split, progress: ModelProgress
+) -> BuiltVariant:
+    """Static int8 of `parent`'s graph, settings chosen by fidelity to `parent` on a selection slice."""
     calibration = train.take(recipe.calibration_rows).inputs
-    return int8_variant(parent, chain, score, calibration, train.take(1).inputs, progress)
+    return int8_variant(parent, chain, _fidelity_to(parent, recipe, train), calibration, train.take(1).inputs, progress)
 
 
 def _finetune(recipe: ClassifierRecipe, teacher: nn.Module, train: Split, progress: ModelProgress) -> Finetune:
@@ -157,6 +164,13 @@ def classifier_stages(
         parent = chain.parent.name
         if chain.last == "int8":
             return _int8(built[parent], chain, recipe, train, progress)
+        if chain.last == "qat":
+            return qat_variant(
+                built[parent], networks[parent], chain, recipe.qat,
+                calibration=train.take(recipe.calibration_rows).inputs, finetune=finetune,
+                export=lambda network: _variant(chain.name, "qat", network, spec.held_out).onnx,
+                score=_fidelity_to(built[parent], recipe, train), timing_item=train.take(1).inputs, progress=progress,
+            )  # fmt: skip
         if chain.last == "distilled":
             if spec.student is None:
                 raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")

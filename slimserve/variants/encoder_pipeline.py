@@ -1,4 +1,4 @@
-"""Sentence-encoder pipeline for the bundled MiniLM: fp32 → int8 (dynamic) → pruned → distilled."""
+"""Sentence-encoder pipeline for the bundled MiniLM: fp32 → int8 (dynamic) → pruned → distilled → qat."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from slimserve.variants.pipeline import (
 )
 from slimserve.variants.progress import ModelProgress
 from slimserve.variants.prune_encoder import prune_encoder
+from slimserve.variants.qat import Export, qat_variant
 from slimserve.variants.quantize import quantize_best
 from slimserve.variants.recipes import EncoderRecipe
 from slimserve.variants.weight_only import quantize_weight_only
@@ -109,6 +110,19 @@ class _Steps:
         )
         info = {"method": "dynamic", "settings": chosen.label, "selection_scores": scores}
         return graph_variant(parent, chain.name, "int8", graph, info)
+
+    def qat(self, parent: BuiltVariant, network: SentenceEncoder, chain: Chain, export: Export) -> BuiltVariant:
+        """Quantization-aware fine-tuning of `network` for dynamic int8, as `int8` quantizes
+        (variants.qat), distilled from the teacher's token states like every encoder step."""
+
+        def finetune(model: torch.nn.Module, epochs: int, lr: float, desc: str) -> object:
+            assert isinstance(model, SentenceEncoder)
+            return fit_encoder(model, self.teacher_states, self.train, epochs=epochs, lr=lr,
+                               desc=f"{self.recipe.name}: {desc}", progress=self.progress)  # fmt: skip
+
+        return qat_variant(parent, network, chain, self.recipe.qat, calibration=None, finetune=finetune, export=export,
+                           score=self._cosine_to(parent)(None), timing_item=self.profile_item,
+                           progress=self.progress)  # fmt: skip
 
     def int4(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
         settings = self.recipe.int4
@@ -192,6 +206,13 @@ def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None)
             return steps.int8(built[parent], chain)
         if chain.last == "int4":
             return steps.int4(built[parent], chain)
+        if chain.last == "qat":
+
+            def export(network: torch.nn.Module) -> bytes:
+                assert isinstance(network, SentenceEncoder)
+                return _variant(chain, network, held_out, profile_item).onnx
+
+            return steps.qat(built[parent], networks[parent], chain, export)
         networks[chain.name], info = steps.network(networks[parent], chain)
         return _variant(chain, networks[chain.name], held_out, profile_item, info)
 

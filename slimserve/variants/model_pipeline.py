@@ -1,4 +1,4 @@
-"""Any torch network (a ModelSpec): fp32 → int8, pruned, distilled, lowrank and chains of them.
+"""Any torch network (a ModelSpec): fp32 → int8, pruned, distilled, lowrank, qat and chains of them.
 
 A regression, ranking, embedding or multi-output network has no labels the build can use,
 but it has a teacher: every variant that changes the network is fine-tuned to reproduce the
@@ -12,7 +12,8 @@ treat it as they treat a generic ONNX model.
 
 The steps are the classifier's (variants.torch_steps): structured pruning through the
 hand-written or Torch-Pruning's pruner, truncated SVD, static QDQ int8 calibrated on training
-rows (dynamic where static quantization fails), each chain built on its parent. The layers
+rows (dynamic where static quantization fails) and quantization-aware training for it
+(variants.qat), each chain built on its parent. The layers
 producing the outputs keep their width (named_outputs.head_layers). Every network is
 exported with all of its outputs named and a variable batch axis, and checked against torch
 (named_outputs.check_named).
@@ -51,10 +52,12 @@ from slimserve.variants.pipeline import (
     last_stage,
 )
 from slimserve.variants.progress import ModelProgress
+from slimserve.variants.qat import qat_variant
 from slimserve.variants.recipes import ModelRecipe
 from slimserve.variants.spec import ModelSpec
 from slimserve.variants.torch_steps import (
     Finetune,
+    GraphScore,
     Network,
     architecture,
     int8_variant,
@@ -142,19 +145,23 @@ def _finetune(recipe: ModelRecipe, train: dict[str, np.ndarray], targets: dict[s
     return finetune
 
 
-def _int8(parent: BuiltVariant, chain: Chain, recipe: ModelRecipe, train: dict[str, np.ndarray],
-          progress: ModelProgress) -> BuiltVariant:  # fmt: skip
-    """int8 of `parent`'s graph, its settings chosen by fidelity to `parent` on a selection slice
-    of the training rows (never the held-out ones)."""
+def _fidelity_to(parent: BuiltVariant, recipe: ModelRecipe, train: dict[str, np.ndarray]) -> GraphScore:
+    """A graph's fidelity to `parent` on a selection slice of the training rows (never the held-out ones)."""
     selection = _rows(train, slice(-recipe.selection_rows, None))
     reference = run_all(make_session(parent.onnx, 1), selection, None)
 
     def score(graph: bytes) -> float:
         return fidelity(run_all(make_session(graph, 1), selection, None), reference)[0]
 
+    return score
+
+
+def _int8(parent: BuiltVariant, chain: Chain, recipe: ModelRecipe, train: dict[str, np.ndarray],
+          progress: ModelProgress) -> BuiltVariant:  # fmt: skip
+    """int8 of `parent`'s graph, its settings chosen by fidelity to `parent` on a selection slice."""
     calibration = _rows(train, slice(recipe.calibration_rows))
-    return int8_variant(parent, chain, score, calibration, _rows(train, slice(1)), progress,
-                        dynamic_if_static_fails=True)  # fmt: skip
+    return int8_variant(parent, chain, _fidelity_to(parent, recipe, train), calibration, _rows(train, slice(1)),
+                        progress, dynamic_if_static_fails=True)  # fmt: skip
 
 
 @torch.no_grad()
@@ -216,6 +223,16 @@ def model_stages(
         if not targets:
             targets.update(teacher_outputs(teacher, train, names))
         finetune = _finetune(recipe, train, targets, progress)
+        if chain.last == "qat":
+            variant = qat_variant(
+                built[parent], networks[parent], chain, recipe.qat,
+                calibration=_rows(train, slice(recipe.calibration_rows)), finetune=finetune,
+                export=lambda network: export_named(network, _rows(held_out, slice(2)), names),
+                score=_fidelity_to(built[parent], recipe, train), timing_item=_rows(train, slice(1)),
+                progress=progress, dynamic_if_static_fails=True,
+            )  # fmt: skip
+            measured.measure(variant)
+            return variant
         if chain.last == "distilled":
             if spec.student is None:
                 raise RepositoryError(f"{recipe.name}: the 'distilled' variant needs the spec to provide a student")

@@ -50,7 +50,14 @@ def graph_variant(
 
 
 # The progress stage of each chain step (variants.progress): what the step does.
-STEP_STAGES = {"distilled": "distill", "pruned": "prune", "lowrank": "lowrank", "int8": "int8", "int4": "int4"}
+STEP_STAGES = {
+    "distilled": "distill",
+    "pruned": "prune",
+    "lowrank": "lowrank",
+    "int8": "int8",
+    "int4": "int4",
+    "qat": "qat",
+}
 
 # Built and published first, so that a new repository serves within minutes: the cheap
 # variants (no training beyond the reference's); the others follow (`slimserve build --staged`).

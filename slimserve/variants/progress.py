@@ -10,7 +10,7 @@ bars (tqdm) are for a terminal and say nothing to a log. `ModelProgress` writes,
   measuring work on every variant of a publication at once).
 - `stage`: what is being done for them: `train` (the classifier teacher), `export` (a
   trained teacher), `load` (the encoder's weights and data), `distill`, `prune`, `lowrank`,
-  `int8`, `int4` (the chain step that makes the variant from its parent, variants.chains),
+  `int8`, `int4`, `qat` (the chain step that makes the variant from its parent, variants.chains),
   `made` (made, waiting for its publication), then `evaluate`, `profile`, `measure`.
 - `step=k/n`: the step of a stage in steps (pruning, fine-tuned after each step).
 - one counter `<unit>=i/n` of the loop running now: `epoch` (a training loop), `candidate`

@@ -101,6 +101,18 @@ class ClassifierLowrank(_Strict):
     lr: float = Field(default=2e-3, gt=0)
 
 
+class QatSettings(_Strict):
+    """Quantization-aware training (variants.qat): fine-tuning under simulated int8, against
+    the fp32 teacher, before ONNX Runtime quantizes the graph with the simulated settings."""
+
+    epochs: int = Field(default=4, ge=0, description="fine-tuning epochs under fake quantization")
+    lr: float = Field(default=2e-4, gt=0, description="peak learning rate (one-cycle), below the pruning step's")
+    per_channel: bool = Field(default=True, description="one weight scale per output channel, else per tensor")
+    reduce_range: bool = Field(
+        default=False, description="7-bit weights: avoids VPMADDUBSW saturation on chips without VNNI"
+    )
+
+
 class ClassifierRecipe(_Strict):
     """A torch classifier from an entry point → fp32, int8, pruned, distilled and chains of them.
 
@@ -124,6 +136,7 @@ class ClassifierRecipe(_Strict):
     )
     distill: ClassifierDistill = ClassifierDistill()
     lowrank: ClassifierLowrank = ClassifierLowrank()
+    qat: QatSettings = QatSettings()
     profile: ProfileSettings = ProfileSettings()
     serving: ServingSettings = ServingSettings(default_slo_ms=20.0)
 
@@ -171,6 +184,7 @@ class ModelRecipe(_Strict):
     )
     distill: ModelDistill = ModelDistill()
     lowrank: ClassifierLowrank = ClassifierLowrank(finetune_epochs=MODEL_FINETUNE_EPOCHS)
+    qat: QatSettings = QatSettings(epochs=MODEL_FINETUNE_EPOCHS)
     profile: ProfileSettings = ProfileSettings()
     serving: ServingSettings = ServingSettings(default_slo_ms=20.0)
 
@@ -257,6 +271,8 @@ class EncoderRecipe(_Strict):
     distill: EncoderDistill = EncoderDistill()
     lowrank: EncoderLowrank = EncoderLowrank()
     int4: EncoderInt4 = EncoderInt4()
+    # One epoch at a tenth of the prune step's rate: the network starts as its parent; only the rounding is new.
+    qat: QatSettings = QatSettings(epochs=1, lr=3e-5)
     profile: ProfileSettings = ProfileSettings()
     serving: ServingSettings = ServingSettings(default_slo_ms=100.0, max_batch_size=16)
 
@@ -327,7 +343,10 @@ def default_recipes() -> list[AnyRecipe]:
     Low-rank factorisation is not among them: measured on digits (AMD EPYC, AVX-512 VNNI),
     `lowrank` kept 78 % of the weights at energy 0.9 and ran at 0.89× fp32's speed, and
     the embedding table of minilm is not low-rank (rank 128 keeps 66 % of its energy,
-    cosine 0.66); `recipes/candidates.yaml` builds them for comparison.
+    cosine 0.66); `recipes/candidates.yaml` builds them for comparison. Nor is quantization-aware
+    training (`qat`): it matched post-training int8 within noise on both models while adding
+    minutes of fine-tuning to each chain (docs/variants.md, "QAT vs PTQ"); `recipes/qat.yaml`
+    builds it beside int8.
     """
     return [
         ClassifierRecipe(

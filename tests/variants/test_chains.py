@@ -26,6 +26,8 @@ def test_a_chain_name_is_its_steps_in_order() -> None:
         ("pruned-int9", "unknown step 'int9'"),
         ("int8-pruned", "must come last"),
         ("int8-int4", "must come last"),
+        ("qat-pruned", "must come last"),
+        ("qat-int8", "must come last"),
         ("pruned-distilled", "must come first"),
         ("pruned-pruned", "appears twice"),
         ("", "unknown step"),
@@ -52,6 +54,19 @@ def test_recipes_refuse_what_their_pipeline_cannot_build() -> None:
         EncoderRecipe(variants=["fp32", "int8"], serving=ServingSettings(always_serve=["pruned"]))
     with pytest.raises(ValidationError, match="does not end in a pruned step"):
         ClassifierRecipe(name="d", entry_point="m:f", prune_by_chain={"distilled": ClassifierPrune()})
+
+
+def test_qat_is_a_last_step_on_the_network_of_any_chain() -> None:
+    chain = parse_chain("distilled-pruned-qat")
+    assert (chain.kind, chain.parent.name, chain.on_graph) == ("qat", "distilled-pruned", False)
+    plan = [chain.name for chain in build_plan(["pruned-qat", "pruned-int8"])]
+    assert plan == ["fp32", "pruned", "pruned-qat", "pruned-int8"]
+
+
+def test_the_opt_in_qat_recipe_is_valid() -> None:
+    recipes = load_recipes(Path(__file__).parents[2] / "recipes" / "qat.yaml")
+    assert {r.name for r in recipes} == {"digits", "minilm"}
+    assert all("qat" in r.variants and "int8" in r.variants for r in recipes)  # type: ignore[union-attr]
 
 
 def test_the_opt_in_candidates_recipe_is_valid() -> None:
