@@ -80,6 +80,7 @@ def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
     log = server.log_path.read_text()
     assert "build: digits: published fp32, int8 after" in log
     assert "loaded digits" in log and "added pruned, distilled" in log
+    assert "kept fp32, int8" in log  # the final publication's new version numbers reload no running variant
     # How far the build is: in the log (every stage), and in ListVariants for what is not served yet.
     for stage in ("train", "int8", "prune", "distill", "made", "evaluate", "profile", "measure", "published"):
         assert f"stage={stage} " in log, stage

@@ -139,7 +139,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(digits_repo: 
     asyncio.run(scenario())
 
 
-def test_the_poller_follows_the_folder(digits_repo: Path) -> None:
+def test_the_poller_follows_the_folder(digits_repo: Path, repository: Path) -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             host, control = await _host_and_control(digits_repo, executor)
@@ -152,11 +152,16 @@ def test_the_poller_follows_the_folder(digits_repo: Path) -> None:
             (digits_repo / "digits" / "int8" / "model.onnx").write_bytes(b"broken")
             assert await poller.poll_once() == [] and "digits" in control.reasons  # refused, logged
             assert await poller.poll_once() == []  # and not retried until the files change again
-            hidden = digits_repo / ".digits-away"
-            shutil.move(digits_repo / "digits", hidden)
+            shutil.copytree(repository / "minilm", digits_repo / "minilm")
+            (done,) = await poller.poll_once()
+            assert "loaded minilm" in done
+            shutil.move(digits_repo / "digits", digits_repo / ".digits-away")
             assert await poller.poll_once() == []  # missing once: maybe a folder being swapped
             (done,) = await poller.poll_once()
-            assert done == "unloaded digits" and not host.registry.models
+            assert done == "unloaded digits" and list(host.registry.models) == ["minilm"]
+            shutil.move(digits_repo / "minilm", digits_repo / ".minilm-away")  # no model at all: unmounted?
+            assert await poller.poll_once() == [] and await poller.poll_once() == []
+            assert list(host.registry.models) == ["minilm"]  # kept, and said so in the log
             await host.registry.close()
 
     asyncio.run(scenario())

@@ -342,5 +342,7 @@ def _scan(repository: Path) -> dict[str, Signature]:
 
 def _serving_fields(config: ModelConfig) -> ModelConfig:
     """What a batcher serves by: the config less the served set, which only says which
-    batchers exist (a build that settles its served set keeps the variants already running)."""
-    return config.model_copy(update={"served_variants": None})
+    batchers exist (a build that settles its served set keeps the variants already running),
+    and less the version numbers, which grow as a build adds variants and are read afresh
+    from the entry at each call (core.versions)."""
+    return config.model_copy(update={"served_variants": None, "version_numbers": None})
