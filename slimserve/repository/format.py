@@ -46,12 +46,12 @@ DATATYPE_DTYPES: dict[str, str] = {
 # (repository.fidelity).
 Task = Literal["classifier", "encoder", "generic"]
 # A variant's kind is the last step of its chain (variants.chains): `pruned-int8` is an int8.
-VariantKind = Literal["fp32", "int8", "int4", "pruned", "distilled", "lowrank", "fp16", "qat"]
+VariantKind = Literal["fp32", "int8", "int4", "pruned", "distilled", "lowrank", "fp16", "qat", "int8mixed"]
 MODEL_FILE = "model.yaml"
 ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "variant.json"
 # The order in which tables list variants: the reference first, cheaper ones after.
-KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8", "qat", "int4", "pruned", "lowrank", "distilled")
+KIND_ORDER: tuple[str, ...] = ("fp32", "fp16", "int8mixed", "int8", "qat", "int4", "pruned", "lowrank", "distilled")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_NAME_CHARS = 128
 # A batcher keeps one queue per priority level and the router reads every level's rows per

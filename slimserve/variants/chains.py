@@ -23,7 +23,7 @@ REFERENCE = "fp32"
 # so it can only be a chain's first step.
 NETWORK_STEPS: tuple[str, ...] = ("distilled", "pruned", "lowrank")
 # Steps on the exported graph's weights; nothing can follow them.
-GRAPH_STEPS: tuple[str, ...] = ("int8", "int4")
+GRAPH_STEPS: tuple[str, ...] = ("int8", "int4", "int8mixed")
 # Steps that end in an int8 graph, on the graph or on the torch network (qat); nothing can follow them.
 FINAL_STEPS: tuple[str, ...] = (*GRAPH_STEPS, "qat")
 SEPARATOR = "-"

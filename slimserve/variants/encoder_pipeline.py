@@ -16,6 +16,7 @@ from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
 from slimserve.variants.distill import TeacherStates, fit_encoder
 from slimserve.variants.evaluate import encoder_scores
+from slimserve.variants.int8mixed import quantize_int8mixed
 from slimserve.variants.lowrank import factorise
 from slimserve.variants.models.encoder import SentenceEncoder, load_minilm
 from slimserve.variants.onnx_io import check_export, export_onnx
@@ -36,6 +37,7 @@ from slimserve.variants.recipes import EncoderRecipe
 from slimserve.variants.weight_only import quantize_weight_only
 
 EXPORT_TOLERANCE = 1e-4
+INT8MIXED_CALIBRATION_SENTENCES = 256  # training sentences that give SmoothQuant its activation maxima
 # Ranking 36 MatMuls by their loss at 4 bits needs fewer sentences than the final check.
 INT4_RANKING_SENTENCES = 100
 _AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
@@ -124,6 +126,13 @@ class _Steps:
                            score=self._cosine_to(parent)(None), timing_item=self.profile_item,
                            progress=self.progress)  # fmt: skip
 
+    def int8mixed(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
+        """SmoothQuant + dynamic int8, the most sensitive MatMul roles in ONNX Runtime's 8-bit
+        block kernel until the selection cosine is met (variants.int8mixed)."""
+        calibration = {name: rows[:INT8MIXED_CALIBRATION_SENTENCES] for name, rows in self.train.items()}
+        graph, info = quantize_int8mixed(parent.onnx, self._cosine_to(parent)(None), calibration)
+        return graph_variant(parent, chain.name, "int8mixed", graph, info)
+
     def int4(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
         settings = self.recipe.int4
         scorer = self._cosine_to(parent)
@@ -206,6 +215,8 @@ def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None)
             return steps.int8(built[parent], chain)
         if chain.last == "int4":
             return steps.int4(built[parent], chain)
+        if chain.last == "int8mixed":
+            return steps.int8mixed(built[parent], chain)
         if chain.last == "qat":
 
             def export(network: torch.nn.Module) -> bytes:

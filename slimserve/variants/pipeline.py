@@ -56,6 +56,7 @@ STEP_STAGES = {
     "lowrank": "lowrank",
     "int8": "int8",
     "int4": "int4",
+    "int8mixed": "int8mixed",
     "qat": "qat",
 }
 

@@ -142,8 +142,8 @@ class ClassifierRecipe(_Strict):
 
     @model_validator(mode="after")
     def _graph_steps(self) -> ClassifierRecipe:
-        if any(parse_chain(name).last == "int4" for name in self.variants):
-            raise ValueError("int4 (weight-only MatMul) is for encoders; classifiers use int8")
+        if any(parse_chain(name).last in ENCODER_ONLY_STEPS for name in self.variants):
+            raise ValueError("int4 and int8mixed (per-role MatMul precision) are for encoders; classifiers use int8")
         for name in self.prune_by_chain:
             if parse_chain(name).last != "pruned":
                 raise ValueError(f"prune_by_chain: {name!r} does not end in a pruned step")
@@ -190,8 +190,8 @@ class ModelRecipe(_Strict):
 
     @model_validator(mode="after")
     def _graph_steps(self) -> ModelRecipe:
-        if any(parse_chain(name).last == "int4" for name in self.variants):
-            raise ValueError("int4 (weight-only MatMul) is for encoders; torch models use int8")
+        if any(parse_chain(name).last in ENCODER_ONLY_STEPS for name in self.variants):
+            raise ValueError("int4 and int8mixed (per-role MatMul precision) are for encoders; torch models use int8")
         for name in self.prune_by_chain:
             if parse_chain(name).last != "pruned":
                 raise ValueError(f"prune_by_chain: {name!r} does not end in a pruned step")
@@ -332,6 +332,7 @@ Recipe = Annotated[ClassifierRecipe | ModelRecipe | EncoderRecipe | OnnxRecipe, 
 _RECIPES = TypeAdapter(list[Recipe])
 
 
+ENCODER_ONLY_STEPS = ("int4", "int8mixed")  # graph steps that know an encoder's MatMul roles and cosine budget
 # The kinds the product promises are always served; the stacked candidates only where they
 # join the Pareto front of the build machine (variants.pareto).
 PROMISED = ["int8", "pruned", "distilled"]
@@ -358,7 +359,7 @@ def default_recipes() -> list[AnyRecipe]:
             serving=ServingSettings(default_slo_ms=20.0, serve="front", always_serve=PROMISED),
         ),
         EncoderRecipe(
-            variants=["fp32", "int8", "pruned", "distilled", "pruned-int8", "distilled-int8", "int4"],
+            variants=["fp32", "int8", "int8mixed", "pruned", "distilled", "pruned-int8", "distilled-int8", "int4"],
             serving=ServingSettings(default_slo_ms=100.0, max_batch_size=16, serve="front", always_serve=PROMISED),
         ),
     ]

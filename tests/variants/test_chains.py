@@ -46,6 +46,9 @@ def test_the_plan_builds_every_parent_first_once() -> None:
 def test_recipes_refuse_what_their_pipeline_cannot_build() -> None:
     with pytest.raises(ValidationError, match="int4"):
         ClassifierRecipe(name="d", entry_point="m:f", variants=["fp32", "int4"])
+    with pytest.raises(ValidationError, match="int8mixed"):
+        ClassifierRecipe(name="d", entry_point="m:f", variants=["fp32", "int8mixed"])
+    assert EncoderRecipe(variants=["fp32", "pruned", "pruned-int8mixed"]).variants[-1] == "pruned-int8mixed"
     with pytest.raises(ValidationError, match="unknown step"):
         EncoderRecipe(variants=["fp32", "quantized"])
     with pytest.raises(ValidationError, match="listed twice"):

@@ -66,8 +66,10 @@ def test_every_variant_knows_its_memory(stacked: ModelEntry) -> None:
 
 
 def test_minilm_int4_is_a_quarter_of_int8_size_within_its_quality_budget(tmp_path: Path) -> None:
+    """And int8mixed, built in the same pipeline run: smoothed, block-quantized where the
+    selection cosine needs it, and close to its parent."""
     recipe = EncoderRecipe(
-        variants=["fp32", "int4"],
+        variants=["fp32", "int4", "int8mixed"],
         train_sentences=64,
         eval_sentences=24,
         selection_sentences=16,
@@ -83,6 +85,10 @@ def test_minilm_int4_is_a_quarter_of_int8_size_within_its_quality_budget(tmp_pat
     chosen = int4.recipe
     assert chosen["selection_score"] >= 1 - recipe.int4.max_cosine_drop or len(chosen["matmuls_at_8_bits"]) == 36
     assert int4.measurements.quality["cosine"] > 0.9
+    mixed = entry.candidates["int8mixed"].manifest
+    assert mixed.kind == "int8mixed" and mixed.source == "fp32" and mixed.recipe["settings"]["alpha"] == 0.8
+    assert mixed.measurements.size_bytes < fp32.measurements.size_bytes / 3  # int8 weights and embeddings
+    assert mixed.measurements.quality["cosine"] > 0.99
 
 
 def test_the_server_serves_the_served_set_and_names_the_rest_as_unknown(stacked: ModelEntry, tmp_path: Path) -> None:
