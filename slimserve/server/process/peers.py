@@ -244,6 +244,8 @@ class PeerPort:
                 return await method(body, context)
             except Exception as exc:  # the sibling passes the code on; this worker serves on
                 code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("peer call failed")
                 await context.abort(code, message)
                 raise  # abort raises; for the type checker
 
