@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from tqdm import tqdm
 
+from slimserve.variants.matmul_roles import weighted_matmuls
 from slimserve.variants.progress import ModelProgress
 
 log = logging.getLogger(__name__)
@@ -37,25 +37,6 @@ INT4_OPSET = 21
 MAX_CORRECTIONS = 12
 
 
-@dataclass(frozen=True)
-class _Weight:
-    """A MatMul with a constant weight: its node name and number of weights."""
-
-    node: str
-    count: int
-
-
-def _weighted_matmuls(model: onnx.ModelProto) -> list[_Weight]:
-    constants = {t.name: t for t in model.graph.initializer}
-    found = []
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constants:
-            dims = constants[node.input[1]].dims
-            if len(dims) == 2:
-                found.append(_Weight(node.name, int(dims[0] * dims[1])))
-    return found
-
-
 def _four_bit(
     model: onnx.ModelProto, nodes: set[str], block_size: int, embedding_block_size: int | None
 ) -> onnx.ModelProto:
@@ -63,7 +44,7 @@ def _four_bit(
     embedding table (Gather) too; everything else as it was."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    others = sorted({w.node for w in _weighted_matmuls(model)} - nodes)
+    others = sorted({w.node for w in weighted_matmuls(model)} - nodes)
     if nodes:
         quantizer = MatMulNBitsQuantizer(
             copy, block_size=block_size, is_symmetric=False, nodes_to_exclude=others, op_types_to_quantize=("MatMul",)
@@ -85,7 +66,7 @@ def _four_bit(
 
 def _eight_bit(model: onnx.ModelProto, work: Path) -> bytes:
     """The MatMuls still in float → dynamic int8 (per-tensor, signed weights)."""
-    if not _weighted_matmuls(model):
+    if not weighted_matmuls(model):
         return model.SerializeToString()
     source, target = work / "mixed.onnx", work / "mixed-int8.onnx"
     onnx.save(model, source)
@@ -114,7 +95,7 @@ def quantize_weight_only(
     """
     rank_score = rank_score or score
     model = onnx.version_converter.convert_version(onnx.load_from_string(parent_onnx), INT4_OPSET)
-    weights = _weighted_matmuls(model)
+    weights = weighted_matmuls(model)
     with tempfile.TemporaryDirectory(prefix="slimserve-int4-") as tmp:
         work = Path(tmp)
         losses: dict[str, float] = {}
