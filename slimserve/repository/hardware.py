@@ -93,6 +93,14 @@ def pin_to_one_core() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX): there, torch's
+    bf16 autocast trains about twice as fast (measured on an AMD EPYC with avx512_bf16: a
+    MiniLM fine-tuning step 0.40 s against 0.77–0.87 s in fp32); elsewhere it is emulated and
+    slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpuinfo()[1])
+
+
 def threads_for(target: HardwareTarget) -> int:
     return 1 if target == "edge" else usable_cores()
 

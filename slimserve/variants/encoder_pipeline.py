@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryError, TensorSpec
-from slimserve.repository.hardware import threads_for
+from slimserve.repository.hardware import native_bf16, threads_for
 from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
@@ -78,12 +78,16 @@ class _Steps:
         self.recipe, self.teacher, self.train, self.selection = recipe, teacher, train, selection
         self.profile_item, self.progress = profile_item, progress
         self._teacher_states: TeacherStates | None = None
+        # Resolved once, so that every step of one build trains alike; recorded in each manifest.
+        precision = recipe.train_precision
+        self.bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
+        self.trained_as = {"train_precision": "bf16" if self.bf16 else "fp32", "word_embeddings": "frozen"}
 
     @property
     def teacher_states(self) -> TeacherStates:
         """The teacher's token states on the training set, computed once, when first needed."""
         if self._teacher_states is None:
-            self._teacher_states = TeacherStates(self.teacher, self.train)
+            self._teacher_states = TeacherStates(self.teacher, self.train, bf16=self.bf16)
         return self._teacher_states
 
     def _cosine_to(self, parent: BuiltVariant) -> Callable[[int | None], Callable[[bytes], float]]:
@@ -152,8 +156,8 @@ class _Steps:
             student.shape.heads = [self.teacher.shape.heads[i] for i in keep]
             student.shape.ffn = [self.teacher.shape.ffn[i] for i in keep]
             fit_encoder(student, self.teacher_states, train, epochs=recipe.distill.epochs, lr=recipe.distill.lr,
-                        desc=f"{recipe.name}: distil student", progress=self.progress)  # fmt: skip
-            return student, recipe.distill.model_dump()
+                        desc=f"{recipe.name}: distil student", progress=self.progress, bf16=self.bf16)  # fmt: skip
+            return student, recipe.distill.model_dump() | self.trained_as
         network = copy.deepcopy(parent)
         if chain.last == "pruned":
             if any(isinstance(m, torch.nn.Sequential) for m in network.layers.modules()):  # factorised
@@ -171,13 +175,15 @@ class _Steps:
                 prune_encoder(network, calibration, step.heads, step.ffn)
                 if step.epochs:
                     fit_encoder(network, self.teacher_states, train, epochs=step.epochs, lr=recipe.prune.lr,
-                                desc=f"{recipe.name}: {chain.name} step {number}", progress=self.progress)  # fmt: skip
-            return network, recipe.prune.model_dump()
+                                desc=f"{recipe.name}: {chain.name} step {number}", progress=self.progress,
+                                bf16=self.bf16)  # fmt: skip
+            return network, recipe.prune.model_dump() | self.trained_as
         ranks = factorise(network.layers, recipe.lowrank.energy)
         if recipe.lowrank.epochs:
             fit_encoder(network, self.teacher_states, train, epochs=recipe.lowrank.epochs, lr=recipe.lowrank.lr,
-                        desc=f"{recipe.name}: {chain.name} fine-tune", progress=self.progress)  # fmt: skip
-        return network, recipe.lowrank.model_dump() | {"ranks": ranks}
+                        desc=f"{recipe.name}: {chain.name} fine-tune", progress=self.progress,
+                        bf16=self.bf16)  # fmt: skip
+        return network, recipe.lowrank.model_dump() | {"ranks": ranks} | self.trained_as
 
 
 def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None) -> Iterator[PipelineResult]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slimserve.repository.format import ModelEntry
-from slimserve.repository.hardware import fingerprint, threads_for
+from slimserve.repository.hardware import fingerprint, native_bf16, threads_for
 from slimserve.repository.sessions import make_session
 from slimserve.variants.report import render_json, render_table
 
@@ -103,3 +103,9 @@ def test_table_lists_every_variant(digits: ModelEntry) -> None:
     for name in ("fp32", "int8", "pruned", "distilled"):
         assert name in table
     assert '"alpha_bytes"' in render_json({"digits": digits})
+
+
+def test_trained_minilm_variants_record_the_precision_auto_chose(minilm: ModelEntry) -> None:
+    expected = "bf16" if native_bf16() else "fp32"
+    for name in ("pruned", "distilled"):
+        assert minilm.variants[name].manifest.recipe["train_precision"] == expected

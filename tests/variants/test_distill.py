@@ -1,13 +1,16 @@
-"""The distillation losses against values computed by hand."""
+"""The distillation losses against values computed by hand, and bf16 training's contract."""
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from slimserve.variants.distill import embedding_loss, hinton_loss, layer_map
+from slimserve.variants.distill import TeacherStates, embedding_loss, fit_encoder, hinton_loss, layer_map
+from slimserve.variants.models.encoder import load_minilm
 
 
 def test_hinton_loss_matches_hand_computed_value() -> None:
@@ -42,3 +45,31 @@ def test_layer_map_spreads_student_layers_over_the_teacher() -> None:
     assert layer_map(3, 6) == [1, 3, 5]
     assert layer_map(6, 6) == [0, 1, 2, 3, 4, 5]
     assert layer_map(2, 6) == [2, 5]
+
+
+def _token_rows(rows: int = 16, tokens: int = 12) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(0).integers(1000, 2000, (rows, tokens), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def test_bf16_teacher_states_are_close_to_fp32_and_really_bf16() -> None:
+    teacher = load_minilm()
+    inputs = _token_rows()
+    rows = np.arange(len(inputs["input_ids"]))
+    exact = TeacherStates(teacher, inputs).batch(rows, 12).numpy()
+    rounded = TeacherStates(teacher, inputs, bf16=True).batch(rows, 12).numpy()
+    relative = np.abs(rounded - exact).mean() / np.abs(exact).mean()
+    assert 0 < relative < 0.02  # bf16 keeps 8 bits of mantissa: close, yet not the fp32 values
+
+
+def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
+    teacher = load_minilm()
+    inputs = _token_rows()
+    states = TeacherStates(teacher, inputs)
+    student = copy.deepcopy(teacher)
+    student.layers = torch.nn.ModuleList([student.layers[0], student.layers[5]])
+    before = {name: p.detach().clone() for name, p in student.named_parameters()}
+    fit_encoder(student, states, inputs, epochs=2, lr=1e-3, batch_size=8, bf16=True)
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    moved = [name for name, p in student.named_parameters() if not torch.equal(p, before[name])]
+    assert len(moved) > len(before) // 2
