@@ -8,7 +8,9 @@ the fluid bound, in the trace-driven simulator (slimserve.simulate), with 95 % i
    service curves, and the per-call CPU of the event loop — and the router cells (the router
    and its three ablations) are the check. Printed: simulated vs measured effective accuracy
    and SLO attainment per cell, mean and max |difference|.
-2. **Ceiling.** For each variant set (the 4 the bench served, the 7 minilm serves now), load
+2. **Ceiling.** For each variant set (`--sets`: the 4 the bench served, the 7 of the build
+   before int8mixed, the 7 the default build serves now), with `--workers` serving processes on
+   as many cores (default 1, as the bench), load
    (× fp32's simulated capacity) and window (`--windows` spread over the whole trace, the
    same windows and seeds for every policy): every static variant, the router, the
    hindsight-best fixed mix (`ceiling.best_mix`) and the fluid bound (`ceiling.fluid_bound`).
@@ -28,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import Pool
 from multiprocessing.pool import Pool as PoolType
 from pathlib import Path
@@ -56,6 +58,11 @@ from slimserve.simulate.workload import MAX_TOKENS, SloClasses, capacity_rps, re
 
 FOUR = ("fp32", "int8", "pruned", "distilled")
 SEVEN = ("fp32", "int8", "pruned", "distilled", "int4", "pruned-int8", "distilled-int8")
+# What the default minilm recipe serves since int8mixed joined it and int4 became opt-in.
+SERVED = ("fp32", "int8", "int8mixed", "pruned", "distilled", "pruned-int8", "distilled-int8")
+# Variant sets by the name `--sets` takes: the bench's 4, the 7 of the build before int8mixed,
+# and the default build's 7.
+SETS: dict[str, tuple[str, ...]] = {"4": FOUR, "7": SEVEN, "served": SERVED}
 BENCH_START, BENCH_ARRIVALS = 2000, 600
 BENCH_SCALES = (0.5, 1.0, 1.5, 2.0)
 # The two calibrated parameters, their grid and the fit last reported live in
@@ -164,7 +171,7 @@ def window_job(job: WindowJob) -> dict[str, object]:
     window = job.trace.window(job.start, job.arrivals)
     seed = 10_000 + job.window_index
     arrivals = replay(window, job.scale * capacity, slo, seed, warm_rate_rps=capacity)
-    out: dict[str, object] = {"served": len(job.served), "scale": job.scale, "window": job.window_index}
+    out: dict[str, object] = {"served": set_name(job.served), "scale": job.scale, "window": job.window_index}
     timing: dict[str, tuple[float, float]] = {}
 
     def run(name: str, policy: Policy, config: RouterConfig) -> Result:
@@ -197,10 +204,14 @@ def window_job(job: WindowJob) -> dict[str, object]:
     return out
 
 
+def set_name(served: tuple[str, ...]) -> str:
+    return next(name for name, members in SETS.items() if members == served)
+
+
 def ceiling_table(rows: list[dict[str, object]], served: tuple[str, ...], scales: Sequence[float]) -> list[dict]:  # type: ignore[type-arg]
     table = []
     for scale in scales:
-        mine = [r for r in rows if r["scale"] == scale and r["served"] == len(served)]
+        mine = [r for r in rows if r["scale"] == scale and r["served"] == set_name(served)]
 
         def ea(key: str, mine: list[dict[str, object]] = mine) -> list[float]:
             return [r[key][0] for r in mine]  # type: ignore[index]
@@ -218,7 +229,7 @@ def ceiling_table(rows: list[dict[str, object]], served: tuple[str, ...], scales
             for v, w in r["mix_weights"].items():  # type: ignore[attr-defined]
                 weights[v] = weights.get(v, 0.0) + w / len(mine)
         table.append({
-            "served": len(served), "scale": scale, "windows": len(mine), "best_static": static,
+            "served": set_name(served), "scale": scale, "windows": len(mine), "best_static": static,
             "static": Interval.of(best), "router": Interval.of(router), "mix": Interval.of(mix),
             "bound": Interval.of(bound), "router_minus_static": Interval.paired(router, best),
             "mix_minus_router": Interval.paired(mix, router),
@@ -262,7 +273,8 @@ def ablation_job(job: tuple[WindowJob, tuple[str, ...]]) -> list[dict[str, objec
         if isinstance(policy, Pinned) and name not in window.served:
             continue
         r = simulate(window.specs, window.params, policy, arrivals, DEFAULT_SLO_MS, config, seed)
-        rows.append({"served": len(window.served), "scale": window.scale, "window": window.window_index,
+        rows.append({"served": set_name(window.served), "workers": window.params.workers, "scale": window.scale,
+                     "window": window.window_index,
                      "policy": name, "effective_accuracy": r.effective_accuracy,
                      "slo_attainment": r.slo_attainment, "refused": r.outcomes.count("REFUSED") / len(r.outcomes),
                      "shares": " ".join(f"{v}={s:.4f}" for v, s in r.shares().items())})  # fmt: skip
@@ -270,6 +282,7 @@ def ablation_job(job: tuple[WindowJob, tuple[str, ...]]) -> list[dict[str, objec
 
 
 Values = dict[int, tuple[float, float, float]]  # window → (effective accuracy, attainment, refused)
+Group = tuple[str, int, float]  # variant set, workers, load
 
 
 def _paired(mine: Values, theirs: Values) -> str:
@@ -281,29 +294,31 @@ def ablation_report(paths: Sequence[Path | str], baseline: str) -> list[str]:
     """Per set and load, every policy in the per-window CSVs `paths`: effective accuracy and
     SLO attainment (mean ± 95 % CI over windows), and paired differences against the best
     static variant and against `baseline`, on the windows both ran."""
-    by: dict[tuple[int, float, str], Values] = {}
+    by: dict[tuple[str, int, float, str], Values] = {}
     for spec in paths:
         tag, _, path = str(spec).rpartition("=")  # TAG=PATH: its policies are named "policy [TAG]"
         with open(path, newline="") as handle:
             for r in csv.DictReader(handle):
                 measured = (float(r["effective_accuracy"]), float(r["slo_attainment"]), float(r["refused"]))
                 policy = f"{r['policy']} [{tag}]" if tag else r["policy"]
-                by.setdefault((int(r["served"]), float(r["scale"]), policy), {})[int(r["window"])] = measured
+                group = (r["served"], int(r.get("workers") or 1), float(r["scale"]))
+                by.setdefault((*group, policy), {})[int(r["window"])] = measured
     lines: list[str] = []
-    for served, scale in sorted({k[:2] for k in by}):
-        policies = sorted((k[2] for k in by if k[:2] == (served, scale)), key=lambda p: (not p.startswith("router"), p))
+    for served, workers, scale in sorted({k[:3] for k in by}):
+        key = (served, workers, scale)
+        policies = sorted((k[3] for k in by if k[:3] == key), key=lambda p: (not p.startswith("router"), p))
         statics = [p for p in policies if not p.startswith("router") and "[" not in p]  # untagged ones
-        best = max(
-            statics, default="no static", key=lambda p: float(np.mean([v[0] for v in by[(served, scale, p)].values()]))
-        )
-        lines += [f"### {served} variants, {scale:g}× fp32's capacity (best static: {best})", "",
+        best = max(statics, default="no static", key=lambda p: float(np.mean([v[0] for v in by[(*key, p)].values()])))
+        members = ", ".join(SETS.get(served, ()))
+        lines += [f"### set {served} ({members}), {workers} worker(s), {scale:g}× fp32's capacity "
+                  f"(best static: {best})", "",
                   f"| policy | effective accuracy | SLO attainment | refused | − {best} (paired) "
                   f"| − {baseline} (paired) |", "|---|---|---|---|---|---|"]  # fmt: skip
         for p in policies:
-            mine = by[(served, scale, p)]
+            mine = by[(*key, p)]
             values = list(mine.values())
-            vs_best = _paired(mine, by.get((served, scale, best), {})) if p != best else ""
-            vs_base = _paired(mine, by.get((served, scale, baseline), {})) if p != baseline else ""
+            vs_best = _paired(mine, by.get((*key, best), {})) if p != best else ""
+            vs_base = _paired(mine, by.get((*key, baseline), {})) if p != baseline else ""
             refused = float(np.mean([v[2] for v in values])) * 100
             lines.append(f"| {p} | {Interval.of([v[0] for v in values]).points()} (n={len(values)}) | "
                          f"{Interval.of([v[1] for v in values]).points()} | {refused:.1f}% | {vs_best} | "
@@ -330,7 +345,25 @@ def main() -> int:
                         help="ablation: only these policies (static variants, `router`, `router-no-MECHANISM`, "
                              "`router@field=value`) per window, no calibration or mix; per-window rows to "
                              "--windows-csv")  # fmt: skip
-    parser.add_argument("--sets", type=int, nargs="+", default=[4, 7], choices=[4, 7])
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        default=["4", "served"],
+        choices=sorted(SETS),
+        help="variant sets: 4 (the bench's), 7 (before int8mixed), served (the default build's)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serving processes, one core each (the server's default), routing on their own views",
+    )
+    parser.add_argument(
+        "--half",
+        choices=["tune", "check"],
+        help="ablation: only the even (tune) or odd (check) windows, so that a setting chosen on one half "
+        "is judged on windows it was not chosen on",
+    )
     parser.add_argument("--windows-csv", type=Path, default=Path("router_sim_windows.csv"))
     parser.add_argument(
         "--report",
@@ -352,17 +385,21 @@ def main() -> int:
     cpu = f"{cpu_model()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
     four = load_specs(args.repository, args.service_curves, FOUR)
-    seven = load_specs(args.repository, args.service_curves, SEVEN)
+    specs = {name: load_specs(args.repository, args.service_curves, SETS[name]) for name in args.sets}
+    workers = {"cores": float(args.workers), "workers": args.workers}
     lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
     csv_rows: list[dict[str, object]] = []
     with Pool(args.processes) as pool:
         if args.policies:  # the ablation (section 3) instead of the calibration and the ceiling
-            params = params_for(*(args.skip_calibration or (CALIBRATED_SPEED, CALIBRATED_LOOP_CPU_MS)))
-            starts = trace.window_starts(args.arrivals, args.windows)
-            sets = {4: (FOUR, four), 7: (SEVEN, seven)}
-            jobs_a = [(WindowJob(sets[n][0], scale, i, start, sets[n][1], params, trace, args.arrivals),
+            params = replace(
+                params_for(*(args.skip_calibration or (CALIBRATED_SPEED, CALIBRATED_LOOP_CPU_MS))), **workers
+            )
+            numbered = list(enumerate(trace.window_starts(args.arrivals, args.windows)))
+            if args.half:
+                numbered = [(i, start) for i, start in numbered if i % 2 == (args.half == "check")]
+            jobs_a = [(WindowJob(SETS[n], scale, i, start, specs[n], params, trace, args.arrivals),
                        tuple(args.policies)) for n in args.sets for scale in args.scales
-                      for i, start in enumerate(starts)]  # fmt: skip
+                      for i, start in numbered]  # fmt: skip
             found: list[dict[str, object]] = []
             for done, rows_a in enumerate(pool.imap(ablation_job, jobs_a, chunksize=1), 1):
                 found += rows_a
@@ -384,9 +421,10 @@ def main() -> int:
             params, calibrated = calibrate(cells, four, bench_window, pool)
         lines += calibration_lines(params, calibrated, four, csv_rows)
         print("\n".join(lines[-40:]), flush=True)
+        params = replace(params, **workers)
         starts = trace.window_starts(args.arrivals, args.windows)
-        jobs = [WindowJob(served, scale, i, start, specs, params, trace, args.arrivals)
-                for served, specs in ((FOUR, four), (SEVEN, seven)) for scale in args.scales
+        jobs = [WindowJob(SETS[name], scale, i, start, specs[name], params, trace, args.arrivals)
+                for name in args.sets for scale in args.scales
                 for i, start in enumerate(starts)]  # fmt: skip
         started = time.perf_counter()
         rows = pool.map(window_job, jobs, chunksize=1)
@@ -453,10 +491,12 @@ def calibration_lines(params: ServerParams, calibrated: list, specs: list[Varian
 
 def ceiling_lines(rows: list, args: argparse.Namespace, csv_rows: list, wall_s: float) -> list[str]:  # type: ignore[type-arg]
     lines = []
-    for served in (FOUR, SEVEN):
+    for name in args.sets:
+        served = SETS[name]
         table = ceiling_table(rows, served, args.scales)
         lines += [
-            f"## {len(served)} variants ({', '.join(served)}): effective accuracy, mean ± 95 % CI over "
+            f"## {len(served)} variants ({', '.join(served)}), {args.workers} worker(s) on as many cores: "
+            f"effective accuracy, mean ± 95 % CI over "
             f"{table[0]['windows']} windows of {args.arrivals} arrivals",
             "",
             "| load × fp32 | best static | router | hindsight mix | fluid bound | router − static (paired) | "
@@ -472,7 +512,7 @@ def ceiling_lines(rows: list, args: argparse.Namespace, csv_rows: list, wall_s: 
                 f"{t['static_attainment'].mean * 100:.1f}% / {t['router_attainment'].mean * 100:.1f}% | "
                 f"{_mix_text(t['router_shares'])} | {_mix_text(t['mix_weights'])} |"
             )
-            row = {"table": f"ceiling_{len(served)}", "scale": t["scale"], "policy": t["best_static"]}
+            row = {"table": f"ceiling_{name}_w{args.workers}", "scale": t["scale"], "policy": t["best_static"]}
             for key in ("static", "router", "mix", "bound", "router_minus_static", "mix_minus_router"):
                 row[f"{key}_mean"], row[f"{key}_ci95"] = t[key].mean, t[key].half_width
             row["gap_closed"] = t["gap_closed"]

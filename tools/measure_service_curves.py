@@ -1,0 +1,112 @@
+"""Measure an encoder's service curves for the simulator (docs/bench/router_sim_service.json).
+
+Every served variant of one model, side by side (`repository.profile.profile_sessions`: calls
+interleaved, so a noisy machine slows them all alike), one ONNX Runtime thread per session (the
+edge profile), at each input length and batch size. Pin it to one core, as the bench pins the
+server:
+
+    taskset -c 1 python tools/measure_service_curves.py --model REPOSITORY/minilm \
+        --out docs/bench/router_sim_service.json
+
+The file keeps the layout `slimserve.simulate.calibration.read_service_curves` reads:
+{"note", "cpu", "tokens": {tokens: {variant: {batch: p50 ms}}}}.
+
+`--add-to FILE --reference VARIANT` adds variants to an existing file without moving the
+simulator's calibration (fitted against that file's curves, on another day's machine): the
+new variants are timed side by side with the reference, and written as the reference's curve
+in FILE times the ratio measured now, per input length and batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from slimserve.repository.format import load_model
+from slimserve.repository.profile import profile_sessions, synthetic_batch
+from slimserve.repository.sessions import make_session
+
+# The bench's inputs (the simulator's physics) and the server's start-up profile (its belief).
+DEFAULT_LENGTHS = {128: [1, 2, 4, 8, 16], 32: [1, 8, 32]}
+SECONDS_PER_BATCH_SIZE = 6.0
+
+
+def cpu_line() -> str:
+    info = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = sorted({f for f in ("avx2", "avx512_vnni", "amx_tile") if f in info.split()})
+    return f"{model}, {' '.join(flags)}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a model folder of a built repository")
+    parser.add_argument("--variants", nargs="+", help="default: every variant the model serves")
+    parser.add_argument("--seconds", type=float, default=SECONDS_PER_BATCH_SIZE, help="per batch size")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--add-to", type=Path, help="an existing curve file to add the measured variants to")
+    parser.add_argument("--reference", help="with --add-to: a variant in that file, timed beside the new ones")
+    args = parser.parse_args()
+    if (args.add_to is None) != (args.reference is None):
+        parser.error("--add-to and --reference go together")
+    model = load_model(args.model)
+    names = args.variants or list(model.variants)
+    graphs = {name: entry.onnx_path.read_bytes() for name, entry in model.candidates.items() if name in names}
+    missing = sorted(set(names) - set(graphs))
+    if missing:
+        print(f"{args.model}: no variant(s) {missing}", file=sys.stderr)
+        return 2
+    if args.reference and args.reference not in graphs:
+        graphs[args.reference] = model.candidates[args.reference].onnx_path.read_bytes()
+    sessions = {name: make_session(graph, 1) for name, graph in graphs.items()}
+    tokens: dict[str, dict[str, dict[str, float]]] = {}
+    for length, batches in DEFAULT_LENGTHS.items():
+
+        def batch_of(rows: int, length: int = length) -> dict[str, np.ndarray]:
+            return synthetic_batch(model.config.inputs, rows, length)
+
+        latencies = profile_sessions(sessions, batch_of, batches, args.seconds)
+        tokens[str(length)] = {
+            name: {str(b): round(stats.p50_ms, 3) for b, stats in per_batch.items()}
+            for name, per_batch in latencies.items()
+        }
+        print(f"{length} tokens: " + ", ".join(f"{n} {t['1']:.2f} ms" for n, t in tokens[str(length)].items()))
+    if args.add_to is not None:
+        return add_to(args.add_to, args.reference, tokens, args.out)
+    note = (
+        f"{args.model.name} service time (p50 ms) per batch size of one ONNX Runtime session with 1 thread "
+        f"(the edge profile), by input length in tokens; measured side by side by "
+        f"tools/measure_service_curves.py ({date.today().isoformat()}), pinned to one core. "
+        "128: the bench's inputs (physics); 32: the length the server profiles at start (the router's "
+        "starting belief)."
+    )
+    args.out.write_text(json.dumps({"note": note, "cpu": cpu_line(), "tokens": tokens}, indent=1) + "\n")
+    return 0
+
+
+def add_to(path: Path, reference: str, measured: dict[str, dict[str, dict[str, float]]], out: Path) -> int:
+    """`path`'s curves plus every measured variant but `reference`, scaled by reference's curve there."""
+    data = json.loads(path.read_text())
+    for length, per_variant in measured.items():
+        stored = data["tokens"][length][reference]
+        for name, curve in per_variant.items():
+            if name != reference:
+                now = per_variant[reference]
+                data["tokens"][length][name] = {b: round(ms * stored[b] / now[b], 3) for b, ms in curve.items()}
+    added = sorted(set(next(iter(measured.values()))) - {reference})
+    data["note"] += (
+        f" Added {date.today().isoformat()} by tools/measure_service_curves.py --add-to: {', '.join(added)}, timed "
+        f"side by side with {reference} on {cpu_line()} and written as {reference}'s curve here times the ratio "
+        "measured, so that the calibration fitted against this file still holds."
+    )
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
