@@ -200,9 +200,11 @@ class Simulation:
             for name, spec in self.specs.items()
         ]
         worker: _Worker
+        # Each worker plans on its share of the cores, as the server's workers do (router.cpu).
+        cpu = CpuAccount(self.config.cpu_target_utilization, share=1.0 / self.params.workers)
         router = ModelRouter(
             "simulated", routes, self.default_slo_ms, None, self.config, side_by_side=True, clock=self.clock,
-            cpu=CpuAccount(self.config.cpu_target_utilization), loop_lag_ms=lambda: worker.lag_ms,
+            cpu=cpu, loop_lag_ms=lambda: worker.lag_ms,
         )  # fmt: skip
         worker = _Worker(index, router, batchers)
         return worker

@@ -44,3 +44,27 @@ def test_the_target_must_be_a_fraction() -> None:
         CpuAccount(target=0.0)
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         CpuAccount(target=1.5)
+
+
+def test_a_worker_accounts_against_its_share_of_the_cores() -> None:
+    # One core of two busy is a full worker of two: its session calls run on one core.
+    alone, worker = CpuAccount(), CpuAccount(share=0.5)
+    for account in (alone, worker):
+        account.sample(cpu_s=0.0, wall_s=0.0, cores=2)
+        for step in range(1, 40):
+            for _ in range(MIN_REQUESTS):
+                account.record_request()
+            account.sample(cpu_s=0.5 * step, wall_s=0.5 * step, cores=2)
+    assert alone.utilization == pytest.approx(0.5, abs=1e-3)
+    assert worker.utilization == pytest.approx(1.0, abs=1e-3)
+    # 500 CPU-ms per 20 requests: 12.5 ms each over two cores, 25 ms on the worker's one.
+    assert alone.overhead_ms == pytest.approx(12.5)
+    assert worker.overhead_ms == pytest.approx(25.0)
+
+
+def test_a_share_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match=r"share of the machine must be in \(0, 1\]"):
+        CpuAccount(share=0.0)
+    with pytest.raises(ValueError, match=r"share of the machine must be in \(0, 1\]"):
+        CpuAccount(share=2.0)
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from slimserve.repository.format import VariantEntry, load_model
 from slimserve.repository.hardware import fingerprint, usable_cores
 from slimserve.server.process.metrics_merge import merge
 from slimserve.server.process.settings import Settings
-from slimserve.server.process.workers import WorkersConfigError, worker_count
+from slimserve.server.process.workers import Supervisor, WorkersConfigError, worker_count
 from tests.conftest import tiny_digits_recipe
 from tests.server.scrape import scrape, value
 
@@ -73,6 +74,17 @@ def test_worker_count_is_the_usable_cores_and_one_on_the_edge_profile() -> None:
     assert worker_count(Settings(workers=0, hardware_profile="edge")) == 1
     with pytest.raises(WorkersConfigError, match="edge"):
         worker_count(Settings(workers=2, hardware_profile="edge"))
+
+
+def test_each_worker_routes_for_its_share_of_the_cores(tmp_path: Path) -> None:
+    supervisor = Supervisor(Settings(repository=tmp_path, workers=4), 4, None)
+    try:
+        worker = Settings.model_validate(json.loads(supervisor._worker_settings(2, 8001, None)))
+    finally:
+        shutil.rmtree(supervisor._scratch)
+    assert (worker.workers, worker.worker_index, worker.worker_count) == (1, 2, 4)
+    assert worker.cpu_share == 0.25
+    assert Settings(repository=tmp_path).cpu_share == 1.0
 
 
 def test_two_workers_serve_one_port_with_one_metrics_endpoint(digits_repo: Path, tmp_path: Path) -> None:

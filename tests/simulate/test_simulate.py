@@ -6,6 +6,8 @@ here reads a wall clock.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,18 @@ def test_the_simulation_runs_the_real_decision() -> None:
     assert set(shipped.variants) == {"big", "small"}
     assert shipped.variants != ablated.variants
     assert shipped.effective_accuracy != ablated.effective_accuracy
+
+
+def test_two_workers_on_two_cores_plan_as_one_worker_on_one_does_at_half_the_rate() -> None:
+    # Each worker sees half the calls and has one core of two: where one worker alone at rate r
+    # prices `big` out, two at 2r must do so too (accounting against both cores, each worker
+    # thought it had twice the room: at r = 50, 26 % to `small` against one worker's 70 %).
+    two = dataclasses.replace(PARAMS, cores=2, workers=2, session_threads=1)
+    for rate in (50.0, 60.0):
+        one_worker = simulate(SPECS, PARAMS, Routed(), poisson(rate, 800), 60.0, seed=3).shares()
+        two_workers = simulate(SPECS, two, Routed(), poisson(2 * rate, 1600), 60.0, seed=3).shares()
+        assert one_worker["small"] > 0.5
+        assert abs(two_workers["small"] - one_worker["small"]) < 0.15, (rate, one_worker, two_workers)
 
 
 def test_physics_interpolates_between_measured_lengths() -> None:

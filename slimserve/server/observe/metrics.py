@@ -215,7 +215,9 @@ class _LiveStateCollector(Collector):
             sustained.add_metric([name], 1.0 if status.sustained else 0.0)
             if status.declared_rps is not None:
                 declared.add_metric([name], status.declared_rps)
-        cpu = GaugeMetricFamily("slimserve_cpu_utilization", "Process CPU time / (wall time × usable cores)")
+        cpu = GaugeMetricFamily(
+            "slimserve_cpu_utilization", "Process CPU time / (wall time × its cores: usable ones or a worker's share)"
+        )
         cpu.add_metric([], state.cpu_utilization)
         lag = GaugeMetricFamily("slimserve_event_loop_lag_seconds", "How late the event loop runs its timers")
         lag.add_metric([], state.loop_lag_s)

@@ -118,7 +118,7 @@ class App:
         self.recorder = CallRecorder(self.metrics)
         self.recorder.describe(models)
         self.activity = Activity(clock=clock)
-        self.load = LoadMonitor(CpuAccount(settings.cpu_target), self.activity, clock=clock)
+        self.load = LoadMonitor(CpuAccount(settings.cpu_target, settings.cpu_share), self.activity, clock=clock)
         self.registry = ModelRegistry()
         router_config = RouterConfig.without(
             settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target,

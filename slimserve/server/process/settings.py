@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         default=None, ge=0,
         description="set by --workers, not by hand: this process is worker N of several on a shared port",
     )  # fmt: skip
+    worker_count: int | None = Field(
+        default=None, ge=1, le=64,
+        description="set by --workers, not by hand: how many workers share the cores; each routes for its "
+        "share of them (router.cpu)",
+    )  # fmt: skip
     metrics_host: str | None = Field(default=None, description="address to bind /metrics to; unset: host")
     build_missing: bool = Field(
         default=False,
@@ -142,6 +147,12 @@ class Settings(BaseSettings):
     build_recipes: list[Path] = Field(
         default_factory=list, description="with build_missing: recipe files to build instead of the default models"
     )
+
+    @property
+    def cpu_share(self) -> float:
+        """The fraction of the usable cores this process routes for: a worker of N sees only its
+        own requests and CPU time, so it plans on 1/N of them (`router.cpu`)."""
+        return 1.0 / (self.worker_count or 1)
 
 
 def token_table(settings: Settings) -> TokenTable:

@@ -142,10 +142,10 @@ class Supervisor:
         threads = self.settings.session_threads or max(1, cores // self.count)
         if self.count * threads > cores:
             log.warning("%d workers x %d session threads oversubscribe %d cores", self.count, threads, cores)
-        fields = self.settings.model_dump(mode="json", exclude=SECRETS | {"workers", "worker_index"})
+        fields = self.settings.model_dump(mode="json", exclude=SECRETS | {"workers", "worker_index", "worker_count"})
         fields.update(
             grpc_port=grpc_port, health_port=health_port, metrics_port=0, metrics_host="127.0.0.1",
-            metrics_tls=False, session_threads=threads, workers=1, worker_index=index,
+            metrics_tls=False, session_threads=threads, workers=1, worker_index=index, worker_count=self.count,
             worker_scratch=str(self._scratch),
         )  # fmt: skip
         return json.dumps(fields)
