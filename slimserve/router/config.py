@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-MECHANISMS = ("correction", "ratios", "price", "best_effort_quality", "shed_idle")
+Mechanism = Literal["correction", "measured_cost", "ratios", "price", "best_effort_quality", "shed_idle"]
+MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class RouterConfig:
 
     # Mechanisms.
     correction_on: bool = True  # correct each variant's profiled service time by what batches take
+    measured_cost_on: bool = True  # price each variant's CPU by what its calls use, not by the profile
     ratios_on: bool = True  # P(within SLO) from the learned spread of observed / predicted latency
     price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win
     # None likely in time: the best score among all (expected quality less CPU), not the fastest.

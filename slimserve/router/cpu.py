@@ -56,10 +56,15 @@ class CpuAccount:
         self.utilization = 0.0
         self.overhead_ms = 0.0
         self.sampled = False  # whether a utilization sample has come in
+        self.cores = 0.0  # the cores this process runs on (its share), known from the first sample
         self._requests = 0
         self._compute_ms = 0.0
         self._last: tuple[float, float] | None = None  # (cpu seconds, wall seconds) at the last sample
         self._window: tuple[float, float] | None = None  # where the overhead window started
+
+    def machine_ms(self, core_ms: float) -> float | None:
+        """CPU milliseconds over all threads as machine-ms; None before the first sample."""
+        return core_ms / self.cores if self.cores else None
 
     def record_compute(self, machine_ms: float) -> None:
         """A session call finished; `machine_ms` is what its profile says it costs."""
@@ -71,7 +76,7 @@ class CpuAccount:
     def sample(self, cpu_s: float, wall_s: float, cores: int) -> None:
         """The process's cumulative CPU seconds at monotonic time `wall_s`, on a machine of
         `cores` usable cores (of which this process has its share)."""
-        cores_here = cores * self.share
+        cores_here = self.cores = cores * self.share
         if self._last is None:
             self._last = self._window = (cpu_s, wall_s)
             return

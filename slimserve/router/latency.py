@@ -10,6 +10,14 @@ It absorbs what the profile could not see: other variants sharing the cores, a b
 machine, and the typical input length of the traffic (text is profiled at one length;
 lengths are not modelled per request).
 
+Cost correction: what a session call costs in CPU (its threads' CPU time, in machine-ms)
+over the profiled service time, learned the same way. The service-time correction cannot
+stand in for it: it grows while other variants' calls share the cores, most for the variant
+that runs least and always beside another, which the price then overcharges. The cost
+correction carries only what the profile missed, the input length above all: minilm is
+profiled at 32 tokens, and at 128 the variants' costs are further apart than the profile
+says once the per-request overhead is added.
+
 What the snapshots cannot see is learned as a distribution of observed / modelled latency
 (`router.ratios`), from which the router takes the probability of meeting an SLO.
 
@@ -112,6 +120,7 @@ class LatencyModel:
         self.weight, self.bounds = weight, bounds
         self.correction = 1.0
         self.observed_batches = 0
+        self.cost_correction = 1.0  # CPU a call costs / its profiled service time
 
     def service_ms(self, rows: float) -> float:
         """Predicted compute time of one session call over `rows` rows."""
@@ -131,6 +140,14 @@ class LatencyModel:
         ratio = min(max(compute_ms / expected, self.bounds[0]), self.bounds[1])
         self.correction += self.weight * (ratio - self.correction)
         self.observed_batches += 1
+
+    def observe_cost(self, rows: float, machine_ms: float) -> None:
+        """Fold one completed batch's CPU cost (machine-ms) into the cost correction."""
+        expected = self.curve.ms(rows)
+        if expected <= 0 or not math.isfinite(machine_ms) or machine_ms <= 0:
+            return
+        ratio = min(max(machine_ms / expected, self.bounds[0]), self.bounds[1])
+        self.cost_correction += self.weight * (ratio - self.cost_correction)
 
     def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
         """What is left of the batch handed to the workers: all of it until it starts."""

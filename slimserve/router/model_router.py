@@ -27,9 +27,10 @@ from slimserve.router.ratios import RatioDistribution
 from slimserve.router.snapshot import RouterSnapshot, VariantView
 
 
-def _cost(curve: ServiceCurve, overhead_ms: float) -> Callable[[float], float]:
-    """Machine-ms one request of n rows costs: the overhead plus the profiled session call."""
-    return lambda rows: overhead_ms + curve.ms(rows)
+def _cost(curve: ServiceCurve, factor: float, overhead_ms: float) -> Callable[[float], float]:
+    """Machine-ms one request of n rows costs: the overhead plus the session call's CPU (the
+    profile times the cost correction, `router.latency`)."""
+    return lambda rows: overhead_ms + curve.ms(rows) * factor
 
 
 @dataclass
@@ -117,6 +118,7 @@ class ModelRouter:
         for name in kept:
             self.variants[name].latency.correction = old.variants[name].latency.correction
             self.variants[name].latency.observed_batches = old.variants[name].latency.observed_batches
+            self.variants[name].latency.cost_correction = old.variants[name].latency.cost_correction
             self._shares[name] = old._shares[name]
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
         self._arrivals, self._completions, self._sizes, self._compute = (
@@ -163,6 +165,7 @@ class ModelRouter:
                 capacity_rows_s=v.latency.capacity_rows_s(per_row),
                 rows_by_level=self._levelled[name].rows_by_level if name in self._levelled else (),
                 running_rows=v.queue.running_rows,
+                cost_correction=v.latency.cost_correction,
             )
             for name, v in self.variants.items()
         )
@@ -228,12 +231,18 @@ class ModelRouter:
 
     # -- learning -----------------------------------------------------------------------
 
-    def observe_batch(self, variant: str, rows: int, compute_ms: float) -> None:
+    def observe_batch(self, variant: str, rows: int, compute_ms: float, cpu_ms: float | None = None) -> None:
+        """One session call of `rows` rows took `compute_ms` and `cpu_ms` of CPU over its
+        threads (None: not measured, the profile stands in)."""
         self._snapshot = None
         latency = self.variants[variant].latency
         if self.config.correction_on:
             latency.observe(rows, compute_ms)
         session_ms = latency.curve.ms(rows)  # the CPU it took, by the profile
+        measured = self.cpu.machine_ms(cpu_ms) if cpu_ms is not None and self.config.measured_cost_on else None
+        if measured is not None:
+            latency.observe_cost(rows, measured)
+            session_ms = measured
         self.cpu.record_compute(session_ms)
         self._compute.add(session_ms)
 
@@ -298,7 +307,7 @@ class ModelRouter:
             rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
             max_wait_ms=self.config.price_wait_share * self.default_slo_ms,
         )
-        offers = [Offer(v.name, v.quality, _cost(v.curve, overhead)) for v in views]
+        offers = [Offer(v.name, v.quality, _cost(v.curve, v.cost_correction, overhead)) for v in views]
         rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
         self._price = cpu_price(offers, rates, budget)
         return self._price

@@ -33,6 +33,7 @@ class VariantView:
     capacity_rows_s: float  # rows per second it sustains alone, its overhead counted
     rows_by_level: tuple[int, ...] = ()  # queued rows per priority level, level 1's first; (): no levels
     running_rows: int = 0  # rows of the batch in flight (its `in_flight_ms` is 0 once it overruns its time)
+    cost_correction: float = 1.0  # learned CPU per call / profiled service time (router.latency)
     # Derived once (each decision reads them for every variant): a full batch's service
     # time, and the work left — the batch in flight and the queue.
     full_batch_ms: float = field(init=False)
@@ -156,6 +157,7 @@ class RouterSnapshot:
         return (modelled_ms + floor) * self.stretch - floor + self.outside_ms
 
     def cost_ms(self, variant: VariantView, rows: float) -> float:
-        """Machine-ms one request costs: the overhead around the call plus the profiled session
-        call (the profile, not observed times: those include waiting for the core)."""
-        return self.cpu_overhead_ms + variant.curve.ms(rows)
+        """Machine-ms one request costs: the overhead around the call plus the session call's
+        CPU (the profile times the cost correction, not observed times: those include waiting
+        for the core)."""
+        return self.cpu_overhead_ms + variant.curve.ms(rows) * variant.cost_correction

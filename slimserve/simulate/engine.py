@@ -8,7 +8,8 @@ What runs, per worker process (`ServerParams.workers`; each call goes to one at 
   has passed is refused for `refuse_ms`. After its batch, answering costs `post_ms`.
 - **the router**: the real `ModelRouter` with `policy.decide`, on this simulation's clock.
   It sees each variant's queue (`SimBatcher` is its `QueueView`), learns from every batch
-  (`observe_batch`) and answer (`observe_request`, `observe_timeout`), and its CPU account
+  (`observe_batch`, with the batch's CPU: its full-speed time on each of its threads, as
+  the server's batcher measures it) and answer (`observe_request`, `observe_timeout`), and its CPU account
   is sampled every SAMPLE_PERIOD_S with the simulated CPU time, its loop lag by a 5-ms
   timer whose lateness is what is left of the loop's current task — as the server's load
   monitor does. Pinned calls (static variants and fixed mixes) go through `router.pinned`,
@@ -102,6 +103,7 @@ class SimBatcher:
         self.queued_rows = 0
         self.running_rows = 0
         self.running_started_s: float | None = None
+        self.work_ms = 0.0  # the batch in flight at full speed: each of its threads' CPU
         self.batch: list[Call] = []
         self.timer_at: float | None = None
 
@@ -467,7 +469,7 @@ class Simulation:
             return
         batcher.batch = batch
         batcher.running_rows, batcher.running_started_s = rows, self.now_s
-        work_ms = spec.physics.ms(rows, tokens) * self.params.speed
+        work_ms = batcher.work_ms = spec.physics.ms(rows, tokens) * self.params.speed
         self._add_job(_Job(work_ms, self.params.session_threads, batcher, batcher.worker))
 
     def _batch_done(self, batcher: SimBatcher) -> None:
@@ -477,7 +479,7 @@ class Simulation:
         compute_ms = (self.now_s - started) * 1e3
         batch, rows = batcher.batch, batcher.running_rows
         batcher.batch, batcher.running_rows, batcher.running_started_s = [], 0, None
-        worker.router.observe_batch(batcher.spec.name, rows, compute_ms)
+        worker.router.observe_batch(batcher.spec.name, rows, compute_ms, batcher.work_ms * self.params.session_threads)
         for call in batch:
             if call.state == _RUNNING:  # not given up meanwhile
                 call.state, call.compute_ms = _ANSWERING, compute_ms

@@ -68,3 +68,11 @@ def test_a_share_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match=r"share of the machine must be in \(0, 1\]"):
         CpuAccount(share=2.0)
 
+
+def test_cpu_over_all_threads_is_machine_ms_of_the_cores_this_process_runs_on() -> None:
+    alone, worker = CpuAccount(), CpuAccount(share=0.5)
+    assert alone.machine_ms(4.0) is None  # no sample yet: the cores are not known
+    for account in (alone, worker):
+        account.sample(cpu_s=0.0, wall_s=0.0, cores=2)
+    assert alone.machine_ms(4.0) == pytest.approx(2.0)  # 4 ms of CPU keep two cores busy for 2 ms
+    assert worker.machine_ms(4.0) == pytest.approx(4.0)  # and the worker's one core for 4

@@ -207,7 +207,7 @@ def _route_at(router: ModelRouter, clock: FakeClock, rate_rps: float, seconds: f
 def test_a_cpu_price_moves_heavy_traffic_to_cheaper_variants_and_lifts_when_it_eases() -> None:
     clock = FakeClock()
     router, _ = make_router(clock)  # queues stay empty: every variant is in time
-    router.cpu = account = CpuAccount(target=RouterConfig.cpu_target_utilization)
+    router.cpu = account = CpuAccount(target=0.6)
     account.sample(cpu_s=0.0, wall_s=0.0, cores=1)
     for _ in range(MIN_REQUESTS):
         account.record_request()
@@ -224,6 +224,27 @@ def test_a_cpu_price_moves_heavy_traffic_to_cheaper_variants_and_lifts_when_it_e
     assert router.explain(SLO, 1).reason == CPU_BUDGET
     _route_at(router, clock, 50.0, 1.0)
     assert _route_at(router, clock, 50.0, 1.0) == Counter(fp32=50)  # the price is gone with the load
+
+
+def test_the_price_charges_the_cpu_calls_use_not_the_time_they_take_beside_others() -> None:
+    def costs_after_batches(config: RouterConfig) -> tuple[ModelRouter, dict[str, float]]:
+        clock = FakeClock()
+        router, _ = make_router(clock, config=config)
+        router.cpu.sample(cpu_s=0.0, wall_s=0.0, cores=2)  # two cores: 2 ms of CPU is 1 machine-ms
+        for _ in range(100):
+            # fp32's calls use 3× the CPU its profile says (inputs longer than profiled);
+            # distilled's use what the profile says but take 4× as long, beside fp32's.
+            router.observe_batch("fp32", 8, compute_ms=15.0, cpu_ms=2 * 15.0)
+            router.observe_batch("distilled", 8, compute_ms=1.2, cpu_ms=2 * 0.3)
+        return router, {c.variant: c.cost_per_row_ms * 8 for c in predictions(router, rows=8)}
+
+    router, costs = costs_after_batches(RouterConfig(rpc_allowance_ms=0.0))
+    assert costs["fp32"] == pytest.approx(15.0, rel=1e-3)
+    assert costs["distilled"] == pytest.approx(0.3, rel=1e-3)
+    assert costs["int8"] == pytest.approx(2.0)  # nothing measured: its profile
+    assert router.variants["distilled"].latency.correction == pytest.approx(4.0, rel=1e-3)  # time, not cost
+    _, profiled = costs_after_batches(RouterConfig(rpc_allowance_ms=0.0, measured_cost_on=False))
+    assert profiled == pytest.approx({"fp32": 5.0, "int8": 2.0, "distilled": 0.3})
 
 
 def test_capacity_counts_the_cpu_each_request_costs_around_its_session_call() -> None:
@@ -277,7 +298,7 @@ def test_explain_says_what_route_does_on_the_same_snapshot() -> None:
 def test_past_saturation_no_request_overtakes_work_admitted_before_it() -> None:
     clock = FakeClock()
     router, queues = make_router(clock)
-    router.cpu = account = CpuAccount(target=RouterConfig.cpu_target_utilization)
+    router.cpu = account = CpuAccount(target=0.6)
     account.sample(cpu_s=0.0, wall_s=0.0, cores=1)
     account.sample(cpu_s=0.5, wall_s=1.0, cores=1)
     assert not router.snapshot().saturated  # nothing arrives: the traffic fits

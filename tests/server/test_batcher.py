@@ -212,7 +212,7 @@ def test_a_failing_listener_does_not_fail_answered_calls(digits: ModelEntry) -> 
     clock = FakeClock()
     heard: list[tuple[DynamicBatcher, int]] = []
 
-    def broken(batcher: DynamicBatcher, rows: int, compute_ms: float) -> None:
+    def broken(batcher: DynamicBatcher, rows: int, compute_ms: float, cpu_ms: float) -> None:
         heard.append((batcher, rows))
         raise RuntimeError("listener bug")
 
@@ -477,3 +477,25 @@ def test_a_longer_call_of_the_same_rows_is_not_run_inline_on_what_shorter_ones_t
 
     run_on(clock, scenario())
     assert where == ["thread", "loop", "thread", "loop"]
+
+
+def test_every_session_call_reports_the_cpu_it_used(digits: ModelEntry) -> None:
+    clock = FakeClock()
+    heard: list[tuple[int, float, float]] = []
+
+    def listener(batcher: DynamicBatcher, rows: int, compute_ms: float, cpu_ms: float) -> None:
+        heard.append((rows, compute_ms, cpu_ms))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(digits, executor, clock, on_batch=listener)
+            batcher.start()
+            for rows in (1, 8):
+                await batcher.submit(_request(rows), None)
+            await batcher.close()
+
+    run_on(clock, scenario())
+    assert [rows for rows, _, _ in heard] == [1, 8]
+    for _, compute_ms, cpu_ms in heard:
+        # One intra-op thread: the call's CPU is its thread's, never more than the call lasted.
+        assert 0.0 < cpu_ms <= compute_ms + 0.5

@@ -51,6 +51,12 @@ instead of sleeping. Only the length of a session call is measured on perf_count
 CPU work in a worker thread, not time a test could set, and the inline rule and the routers
 learn from it (on Linux perf_counter and monotonic are the same CLOCK_MONOTONIC).
 
+What a session call costs in CPU is measured too: the calling thread's CPU time
+(time.thread_time) times the session's threads, since ONNX Runtime splits a call's work over
+its intra-op threads, the calling one among them, and only the calling thread's time can be
+read. Unlike the call's length, it does not grow while other calls share the cores; the
+routers price CPU by it (`router.latency`, cost correction).
+
 Thread: everything here is owned by the event loop, except `_running_started_s`, which the
 worker thread stores (a single float store) when compute starts.
 """
@@ -80,7 +86,8 @@ from slimserve.server.errors import (
 )
 
 log = logging.getLogger(__name__)
-BatchListener = Callable[["DynamicBatcher", int, float], None]  # (batcher, rows, compute_ms), once per session call
+# (batcher, rows, compute_ms, cpu_ms): once per session call; cpu_ms is CPU over all its threads (module docstring)
+BatchListener = Callable[["DynamicBatcher", int, float, float], None]
 MAX_RESTARTS = 3  # a loop that dies more often than this within RESTART_WINDOW_S is marked failed
 RESTART_WINDOW_S = 60.0
 SESSION_MESSAGE_CHARS = 300  # how much of ONNX Runtime's error a caller is shown
@@ -131,7 +138,7 @@ class DynamicBatcher:
 
     Exposes its queue state (`queued_rows`, `rows_by_level`, `running_rows`,
     `running_started_s`) for the router's latency model, and calls `on_batch(batcher, rows,
-    compute_ms)` after every session call and `on_failure()` once if its loop is gone for good
+    compute_ms, cpu_ms)` after every session call and `on_failure()` once if its loop is gone for good
     (module docstring).
     """
 
@@ -417,14 +424,15 @@ class DynamicBatcher:
             ]  # fmt: skip
         return np.concatenate(arrays)
 
-    def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+    def _timed_run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, float]:
         """In the worker thread (or on the loop, if short): the outputs, when compute really
-        started (on `clock`) and how long it took (seconds, perf_counter: module docstring)."""
+        started (on `clock`), how long it took (seconds, perf_counter) and the CPU seconds it
+        took on the calling thread (module docstring)."""
         started = self._clock()
         self._running_started_s = started  # a float store is atomic under the GIL
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.thread_time()
         outputs = self.session.run(inputs)
-        return outputs, started, time.perf_counter() - began
+        return outputs, started, time.perf_counter() - began, time.thread_time() - cpu_began
 
     async def _run(self, batch: list[_Pending]) -> None:
         self._in_flight = batch
@@ -440,7 +448,7 @@ class DynamicBatcher:
             names = list(batch[0].request.inputs)
             merged = {name: self._merge(name, [p.request.inputs[name] for p in batch]) for name in names}
         try:
-            outputs, started, took_s = await self._call(merged)
+            outputs, started, took_s, _ = await self._call(merged)
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].fail(self._execution_error(exc))
@@ -457,13 +465,13 @@ class DynamicBatcher:
         if pending.future.done():
             return
         try:
-            outputs, started, took_s = await self._call(pending.request.inputs)
+            outputs, started, took_s, _ = await self._call(pending.request.inputs)
         except Exception as exc:
             pending.fail(self._execution_error(exc))
             return
         self._answer([pending], outputs, started, took_s)
 
-    async def _call(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+    async def _call(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, float]:
         rows = int(next(iter(inputs.values())).shape[0])
         self._running_rows, self._running_started_s = rows, None
         size = _size_class(inputs)
@@ -480,7 +488,7 @@ class DynamicBatcher:
         self.executions[rows] += 1
         if self._on_batch is not None:
             try:
-                self._on_batch(self, rows, took_ms)
+                self._on_batch(self, rows, took_ms, result[3] * 1e3 * self.session.threads)
             except Exception:  # a listener's bug must not fail calls that were answered
                 log.exception("batch listener of %s failed", self.session.name)
         return result

@@ -216,14 +216,14 @@ class HostedModelFactory:
         stats = {v: old.stats[v] if old is not None and v in kept else VariantStats() for v in batchers}
         return HostedModel(entry, MappingProxyType(batchers), router, MappingProxyType(stats))
 
-    def _batch_listener(self, model: str, variant: str) -> Callable[[DynamicBatcher, int, float], None]:
+    def _batch_listener(self, model: str, variant: str) -> Callable[[DynamicBatcher, int, float, float], None]:
         """After every session call: correct the router, and record compute and batch size once.
         A batcher retired by a reload or unload still finishing its queue teaches no router."""
 
-        def batch_done(batcher: DynamicBatcher, rows: int, compute_ms: float) -> None:
+        def batch_done(batcher: DynamicBatcher, rows: int, compute_ms: float, cpu_ms: float) -> None:
             hosted = self._registry.models.get(model)
             if hosted is not None and hosted.batchers.get(variant) is batcher:
-                hosted.router.observe_batch(variant, rows, compute_ms)
+                hosted.router.observe_batch(variant, rows, compute_ms, cpu_ms)
             self._recorder.record_batch(model, variant, rows, compute_ms)
 
         return batch_done

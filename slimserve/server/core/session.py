@@ -47,6 +47,7 @@ class VariantSession:
         self.config = config
         self.name = variant.manifest.name
         self.device = variant.manifest.device
+        self.threads = threads  # ONNX Runtime's intra-op threads for one call
         graph = verified_graph(variant)
         self._session = make_session(graph, threads)
         # One activation scale per session call: requests share one only when none is dynamic.

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from slimserve.router.config import Mechanism
 from slimserve.router.cpu import TARGET_UTILIZATION
 from slimserve.server.transport.auth import INFERENCE, MANAGEMENT, METRICS, TokenTable, load_tokens
 
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
         le=1,
         description="share of the CPU routed traffic may plan to use; past it CPU has a price and cheaper variants win",
     )
-    router_off: list[Literal["correction", "ratios", "price"]] = Field(
+    router_off: list[Mechanism] = Field(
         default_factory=list,
         description="router mechanisms to turn off, for ablation benchmarks (router/config.py); all on by default",
     )
