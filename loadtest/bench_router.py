@@ -14,8 +14,15 @@ Half the requests are interactive (SLO = 3× fp32's batch-1 p50, measured first)
 background (10×); each carries its SLO as the `slo_ms` parameter and twice it as its gRPC
 deadline, as a caller that gives up would.
 
-Policies: a variant name pins it; `router` routes; `router-no-<mechanism>` routes with that
-mechanism off (`--router-off`, router/config.py) — the ablation. Every policy runs on its
+Windows: by default every run replays the window of `--arrivals` arrivals from
+`--trace-start`; with `--window-indices`, run k replays the k-th listed of the `--windows`
+windows spread over the whole trace, the same windows the simulator numbers
+(`loadtest.bench_router_sim --windows`, its check half is the odd ones), and the tables give
+each figure as a mean over the runs with its 95 % t-interval.
+
+Policies: a variant name pins it (any of the model's: int8mixed, pruned-int8, …); `router`
+routes; `router-no-<mechanism>` routes with that mechanism off (`--router-off`,
+router/config.py) — the ablation. Every policy runs on its
 own server (pinned ones share the `router` server), all started at once and pinned to the
 first core with one ONNX Runtime thread (`--hardware-profile edge`); the load generator runs
 on the other cores. At each load level every policy runs in turn on the same arrivals,
@@ -53,7 +60,7 @@ from slimserve.router.config import MECHANISMS
 from slimserve.router.hints import RequestHints
 from slimserve.server.transport.tls import ClientSecurity
 
-PINNED = ("fp32", "int8", "pruned", "distilled")
+PINNED = ("fp32", "int8", "pruned", "distilled")  # the default pinned policies
 ROUTERS = ("router", *(f"router-no-{m}" for m in MECHANISMS))
 MAX_TOKENS = 128
 INTERACTIVE_X, BACKGROUND_X = 3.0, 10.0  # SLOs, in fp32's batch-1 p50
@@ -144,6 +151,14 @@ class DigitsInputs(Inputs):
         return request, correct
 
 
+def trace_start(args: argparse.Namespace, run: int) -> int:
+    """The first arrival of run `run`'s window (module docstring, Windows)."""
+    if not args.window_indices:
+        return int(args.trace_start)
+    starts = Trace.load(args.trace).window_starts(args.arrivals, args.windows)
+    return starts[args.window_indices[run - 1]]
+
+
 def build_requests(
     inputs: Inputs, times_s: np.ndarray, tokens: np.ndarray, slo_ms: dict[str, float], seed: int
 ) -> list[Request]:
@@ -200,9 +215,13 @@ async def replay(
     return outcomes, worst_slip_s * 1e3
 
 
+def is_router(policy: str) -> bool:
+    return policy in ROUTERS
+
+
 def policy_target(policy: str) -> tuple[str, str]:
     """(server, model_version) for a policy: pinned ones on the `router` server."""
-    return ("router", policy) if policy in PINNED else (policy, "")
+    return (policy, "") if is_router(policy) else ("router", policy)
 
 
 class Bench:
@@ -255,7 +274,7 @@ async def trace_workload(
     capacity = await bench.capacity_rps("fp32", args.capacity_seconds)
     print(f"[{name} run {run}] fp32 batch-1 p50 {p50_ms:.2f} ms (SLOs {slo_ms['interactive']:.1f} / "
           f"{slo_ms['background']:.1f} ms), fp32 capacity {capacity:.1f} requests/s", flush=True)  # fmt: skip
-    window = Trace.load(args.trace).window(args.trace_start, args.arrivals)
+    window = Trace.load(args.trace).window(trace_start(args, run), args.arrivals)
     segments = []
     # Each segment inherits the server's state from the one before (a queue standing, the
     # ratio histogram); the order alternates between runs so that no policy always follows
@@ -372,11 +391,24 @@ def main() -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--workloads", nargs="+", default=["minilm", "digits", "burst"])
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--policies", nargs="+", default=[*PINNED, *ROUTERS], choices=[*PINNED, *ROUTERS])
+    parser.add_argument("--windows", type=int, default=50, help="with --window-indices: windows spread over the trace")
+    parser.add_argument("--window-indices", type=int, nargs="+",
+                        help="run k replays the k-th of these windows (of --windows); sets --runs")  # fmt: skip
+    parser.add_argument("--policies", nargs="+", default=[*PINNED, *ROUTERS],
+                        help=f"variant names (pinned) and routers: {', '.join(ROUTERS)}")  # fmt: skip
     parser.add_argument("--pause-seconds", type=float, default=2.0)
     parser.add_argument("--capacity-seconds", type=float, default=6.0)
     args = parser.parse_args()
     args.burst = [(20.0, 0.3), (10.0, 3.0), (20.0, 0.3)]
+    if args.window_indices:
+        args.runs = len(args.window_indices)
+        if not all(0 <= i < args.windows for i in args.window_indices):
+            parser.error(f"--window-indices must be in 0..{args.windows - 1}")
+    if {"minilm", "burst"} & set(args.workloads):
+        known = set(load_model(args.repository / "minilm").variants)
+        unknown = [p for p in args.policies if not is_router(p) and p not in known]
+        if unknown:
+            parser.error(f"minilm has no variant {', '.join(unknown)}; it has {', '.join(sorted(known))}")
     args.out.mkdir(parents=True, exist_ok=True)
     fresh_us, cached_us = decision_cost_us(args.repository)
     print(f"CPU: {cpu_model()}; {ATTRIBUTION}")
@@ -399,7 +431,7 @@ def main() -> int:
                     if "minilm" in minilm_workloads:
                         done += await trace_workload(bench, "minilm", tuple(args.policies), args, run)
                     if "burst" in minilm_workloads:
-                        burst = tuple(p for p in args.policies if p in (*PINNED, "router"))
+                        burst = tuple(p for p in args.policies if not is_router(p) or p == "router")
                         done += await burst_workload(bench, burst, args, run)
                 return done
 
@@ -407,6 +439,7 @@ def main() -> int:
             os.sched_setaffinity(0, set(cores))
     if "digits" in args.workloads:
         digits_args = argparse.Namespace(**{**vars(args), "arrivals": args.digits_arrivals})
+        digits_variants = set(load_model(args.repository / "digits").variants)
         with servers(args.repository, "digits", ("router",), args.out) as addresses:
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))
@@ -414,7 +447,8 @@ def main() -> int:
             async def digits(bench: Bench) -> list[Segment]:
                 done: list[Segment] = []
                 for run in range(1, args.runs + 1):
-                    policies = tuple(p for p in args.policies if p in (*PINNED, "router"))
+                    # digits serves the variants it has of those asked for minilm
+                    policies = tuple(p for p in args.policies if p == "router" or p in digits_variants)
                     done += await trace_workload(bench, "digits", policies, digits_args, run)
                 return done
 

@@ -3,7 +3,9 @@
 Per segment (one policy at one load on one workload in one run): SLO attainment (answered
 within the SLO / sent), mean quality (correct / answered), effective accuracy (correct
 within the SLO / sent) and the share of answers per variant. Across runs: the mean, and
-the run-to-run noise (the mean absolute difference between runs of one policy at one load).
+the run-to-run noise (the mean absolute difference between runs of one policy at one load);
+the router against the best static policy paired run by run (the runs replay the same
+arrivals for every policy), with its 95 % t-interval.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from slimserve.simulate.stats import Interval
+
 VARIANTS = ("fp32", "int8", "pruned", "distilled")
-STATIC = VARIANTS
 RECOVERY_WINDOW_S = 2.0  # the burst target: back within a point of pre-burst this soon after it ends
 RECOVERY_POINTS = 0.01
 GENERATOR_HEADROOM = 1.2  # the generator must offer at least this multiple of what the server carries
@@ -159,32 +162,48 @@ def _shares(cell: list[dict[str, float | str | int]]) -> str:
     return " · ".join(f"{name} {share:.0%}" for name, share in sorted(means.items(), key=lambda i: -i[1]) if share > 0)
 
 
+def is_static(policy: str) -> bool:
+    """A pinned variant, not a router."""
+    return not policy.startswith("router")
+
+
+def _by_run(cell: list[dict[str, float | str | int]], key: str) -> dict[int, float]:
+    return {int(r["run"]): float(r[key]) for r in cell}
+
+
 def verdict_table(rows: list[dict[str, float | str | int]], workload: str) -> list[str]:
-    """Router against the best static policy at each scale, and the mean gain."""
+    """Router against the best static policy at each scale (the best by its mean), paired run
+    by run with a 95 % t-interval, and the gain averaged over the scales (per run, then over
+    the runs). One run: no interval (∞)."""
     cells = _cells(rows, workload)
     scales = sorted({scale for scale, _ in cells})
     lines = [
-        "| load | best static (effective accuracy) | router | router − best static | SLO violations: "
+        "| load | best static (effective accuracy) | router | router − best static (paired) | SLO violations: "
         "best static / router |",
         "|---|---|---|---|---|",
     ]
-    gains = []
+    per_run: dict[int, list[float]] = {}
     for scale in scales:
-        static = {p: _mean(cells[(scale, p)], "effective_accuracy") for p in STATIC if (scale, p) in cells}
+        static = {p: cell for (s, p), cell in cells.items() if s == scale and is_static(p)}
         if not static or (scale, "router") not in cells:
             continue
-        best = max(static, key=lambda p: static[p])
-        router = _mean(cells[(scale, "router")], "effective_accuracy")
+        best = max(static, key=lambda p: _mean(static[p], "effective_accuracy"))
+        router = _by_run(cells[(scale, "router")], "effective_accuracy")
+        pinned = _by_run(static[best], "effective_accuracy")
+        runs = sorted(set(router) & set(pinned))
+        gain = Interval.paired([router[r] for r in runs], [pinned[r] for r in runs])
+        for r in runs:
+            per_run.setdefault(r, []).append(router[r] - pinned[r])
         violations_static = 1 - _mean(cells[(scale, best)], "slo_attainment")
         violations_router = 1 - _mean(cells[(scale, "router")], "slo_attainment")
         ratio = violations_static / violations_router if violations_router > 0 else float("inf")
-        gains.append((router - static[best]) * 100)
         lines.append(
-            f"| {scale:.2f} | {best} ({static[best]:.1%}) | {router:.1%} | {gains[-1]:+.1f} points "
+            f"| {scale:.2f} | {best} ({Interval.of(list(pinned.values())).points()}) "
+            f"| {Interval.of(list(router.values())).points()} | {gain.points(signed=True)} points "
             f"| {violations_static:.1%} / {violations_router:.1%} (×{ratio:.2f}) |"
         )
-    mean_gain = float(np.mean(gains)) if gains else float("nan")
-    lines.append(f"| mean | | | **{mean_gain:+.1f} points** | |")
+    complete = [float(np.mean(gains)) for gains in per_run.values() if len(gains) == len(per_run[min(per_run)])]
+    lines.append(f"| mean of the loads | | | **{Interval.of(complete).points(signed=True)} points** | |")
     return lines
 
 
@@ -312,7 +331,7 @@ def _plot(segments: list[Segment], rows: list[dict[str, float | str | int]], pat
         for policy in dict.fromkeys(p for _, p in cells):
             scales = sorted(s for s, p in cells if p == policy)
             values = [_mean(cells[(s, policy)], "effective_accuracy") for s in scales]
-            style = "-" if policy in (*STATIC, "router") else ":"
+            style = "-" if is_static(policy) or policy == "router" else ":"
             axis.plot(scales, values, style, marker="o", label=policy, linewidth=2.5 if policy == "router" else 1.2)
         axis.set_xlabel("offered load (× fp32 capacity), Azure trace arrivals")
         axis.set_ylabel("effective accuracy (correct within SLO / sent)")

@@ -16,6 +16,7 @@ from loadtest.bench_router_report import (
     verdict_table,
 )
 from loadtest.trace import Trace
+from slimserve.simulate.stats import t_975
 
 CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
 2023-11-16 18:15:46.6805900,374,44
@@ -48,8 +49,8 @@ def _outcome(
     return Outcome(at_s, "interactive", 50.0, latency_ms, answered, correct and answered, variant, "OK")
 
 
-def _segment(policy: str, outcomes: list[Outcome], scale: float = 1.0) -> Segment:
-    return Segment("minilm", 1, scale, policy, 10.0, outcomes, 0.0, 60.0, {"interactive": 50.0, "background": 500.0})
+def _segment(policy: str, outcomes: list[Outcome], scale: float = 1.0, run: int = 1) -> Segment:
+    return Segment("minilm", run, scale, policy, 10.0, outcomes, 0.0, 60.0, {"interactive": 50.0, "background": 500.0})
 
 
 def test_effective_accuracy_counts_only_correct_answers_within_the_slo() -> None:
@@ -76,10 +77,26 @@ def test_the_verdict_compares_the_router_with_the_best_static_policy() -> None:
         _segment("router", good + late).row(),  # 80 %
     ]
     lines = verdict_table(rows, "minilm")
-    assert "| 1.00 | int8 (60.0%) | 80.0% | +20.0 points | 40.0% / 20.0% (×2.00) |" in lines
-    assert lines[-1] == "| mean | | | **+20.0 points** | |"
+    assert "| 1.00 | int8 (60.0 ± inf) | 80.0 ± inf | +20.0 ± inf points | 40.0% / 20.0% (×2.00) |" in lines
+    assert lines[-1] == "| mean of the loads | | | **+20.0 ± inf points** | |"
     # Every segment offered 1 request/s and answered all of it: no headroom shown.
     assert "(×1.00, below 1.2×: the generator may be the limit)" in generator_check(rows, "minilm")
+
+
+def test_over_several_runs_the_verdict_pairs_them_and_gives_an_interval() -> None:
+    def effective(hits: int) -> list[Outcome]:  # of 10 sent, `hits` right and in time
+        return [_outcome(i, 10 if i < hits else 99) for i in range(10)]
+
+    rows = []
+    for run, (pinned, routed) in enumerate([(5, 7), (3, 6), (6, 7)], 1):  # router − int8: +2, +3, +1 of 10
+        for scale in (1.0, 2.0):
+            rows += [_segment(policy, effective(hits), scale, run).row()
+                     for policy, hits in (("int8mixed", pinned), ("router", routed))]  # fmt: skip
+    lines = verdict_table(rows, "minilm")
+    half = t_975(2) * 10.0 / 3**0.5  # sd of (20, 30, 10) points is 10
+    assert f"| 1.00 | int8mixed (46.7 ± {t_975(2) * 15.275 / 3**0.5:.1f}) |" in lines[2]
+    assert f"+20.0 ± {half:.1f} points" in lines[2]
+    assert lines[-1] == f"| mean of the loads | | | **+20.0 ± {half:.1f} points** | |"
 
 
 def test_burst_recovery_is_the_first_second_from_which_the_level_holds() -> None:
