@@ -1,9 +1,12 @@
 """`make bench-router-sim`: the router against the best static variant, the hindsight-best mix and
 the fluid bound, in the trace-driven simulator (slimserve.simulate), with 95 % intervals.
 
-1. **Calibration.** Every minilm cell `make bench-router` measured (docs/bench/bench_router.csv:
-   4 variants, trace window from arrival 2000, 600 arrivals, edge profile, each run's own
-   SLOs, fp32 capacity and kind draws) is simulated; two physical parameters are fitted on
+1. **Calibration.** Every minilm cell `make bench-router` measured (`--measured`; by default
+   docs/bench/bench_router_windows.csv: the default build's variants, the check windows 1, 3,
+   5, 7, 9 of 50, 600 arrivals each; `--measured-set 4 --measured-windows --measured-scales
+   0.5 1 1.5 2` for docs/bench/bench_router.csv, one window from arrival 2000; edge profile,
+   each run's own SLOs, fp32 capacity and kind draws) is simulated
+   (`--calibrate-only`: and nothing else); two physical parameters are fitted on
    the pinned cells by grid search — the machine's speed against the one that measured the
    service curves, and the per-call CPU of the event loop — and the router cells (the router
    and its three ablations) are the check. Printed: simulated vs measured effective accuracy
@@ -116,25 +119,41 @@ def measured_cells(path: Path) -> list[Cell]:
     return cells
 
 
-def simulate_cell(cell: Cell, specs: list[VariantSpec], params: ServerParams, window: Trace) -> Result:
-    seed = 1000 * cell.run + BENCH_SCALES.index(cell.scale)  # bench_router.trace_workload's seed
+@dataclass(frozen=True)
+class BenchRuns:
+    """Where the measured cells came from: the variants served, each run's trace window, and
+    the bench's scales (its seeds count them)."""
+
+    specs: list[VariantSpec]
+    windows: dict[int, Trace]  # run → its window
+    scales: tuple[float, ...]
+
+
+def simulate_cell(cell: Cell, params: ServerParams, runs: BenchRuns) -> Result:
+    seed = 1000 * cell.run + runs.scales.index(cell.scale)  # bench_router.trace_workload's seed
+    window = runs.windows[cell.run]
     arrivals = replay(window, cell.scale * cell.capacity_rps, cell.slo, seed, warm_rate_rps=cell.capacity_rps)
     policy, config = policy_of(cell.policy)
-    return simulate(specs, params, policy, arrivals, DEFAULT_SLO_MS, config, seed)
+    return simulate(runs.specs, params, policy, arrivals, DEFAULT_SLO_MS, config, seed)
 
 
-def _cell_job(job: tuple[Cell, list[VariantSpec], ServerParams, Trace]) -> tuple[float, float]:
+def _cell_job(job: tuple[Cell, ServerParams, BenchRuns]) -> tuple[float, float]:
     result = simulate_cell(*job)
     return result.effective_accuracy, result.slo_attainment
 
 
-def calibrate(cells: list[Cell], specs: list[VariantSpec], window: Trace, pool: PoolType) -> tuple[ServerParams, list]:  # type: ignore[type-arg]
-    pinned = [c for c in cells if c.policy in FOUR]
+def calibrate(
+    cells: list[Cell],
+    runs: BenchRuns,
+    pool: PoolType,
+    grid: tuple[Sequence[float], Sequence[float]],  # type: ignore[type-arg]
+) -> tuple[ServerParams, list]:  # type: ignore[type-arg]
+    pinned = [c for c in cells if not c.policy.startswith("router")]
     best: tuple[float, ServerParams] | None = None
-    for speed in SPEEDS_GRID:
-        for overhead in LOOP_CPU_MS_GRID:
+    for speed in grid[0]:
+        for overhead in grid[1]:
             params = params_for(speed, overhead)
-            sims = pool.map(_cell_job, [(c, specs, params, window) for c in pinned])
+            sims = pool.map(_cell_job, [(c, params, runs) for c in pinned])
             error = float(np.mean([abs(s[0] - c.effective_accuracy) + abs(s[1] - c.slo_attainment)
                                    for s, c in zip(sims, pinned, strict=True)]))  # fmt: skip
             print(f"  calibration: speed {speed:.2f}, loop CPU {overhead:.1f} ms/call: "
@@ -144,7 +163,7 @@ def calibrate(cells: list[Cell], specs: list[VariantSpec], window: Trace, pool: 
                 best = (error, params)
     assert best is not None
     params = best[1]
-    sims = pool.map(_cell_job, [(c, specs, params, window) for c in cells])
+    sims = pool.map(_cell_job, [(c, params, runs) for c in cells])
     return params, list(zip(cells, sims, strict=True))
 
 
@@ -331,7 +350,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--service-curves", type=Path, default=SERVICE_CURVES)
-    parser.add_argument("--measured", type=Path, default=Path("docs/bench/bench_router.csv"))
+    # The bench the calibration fits (slimserve.simulate.calibration): five check windows of the default build.
+    parser.add_argument("--measured", type=Path, default=Path("docs/bench/bench_router_windows.csv"))
+    parser.add_argument("--measured-set", choices=sorted(SETS), default="served", help="the variants the bench served")
+    parser.add_argument("--measured-windows", type=int, nargs="*", default=[1, 3, 5, 7, 9],
+                        help="the bench's --window-indices (of --windows), one per run; none given: its one window "
+                             f"from arrival {BENCH_START} (docs/bench/bench_router.csv, --measured-set 4)")  # fmt: skip
+    parser.add_argument("--measured-scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0],
+                        help=f"the bench's --scales, in its order (its seeds count them; {list(BENCH_SCALES)} for "
+                             "docs/bench/bench_router.csv)")  # fmt: skip
+    parser.add_argument("--speed-grid", type=float, nargs="+", default=list(SPEEDS_GRID))
+    parser.add_argument("--loop-grid", type=float, nargs="+", default=list(LOOP_CPU_MS_GRID), metavar="LOOP_MS")
+    parser.add_argument("--calibrate-only", action="store_true", help="stop after the calibration")
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--windows", type=int, default=50)
@@ -384,7 +414,6 @@ def main() -> int:
     trace = Trace.load(args.trace)
     cpu = f"{cpu_model()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
-    four = load_specs(args.repository, args.service_curves, FOUR)
     specs = {name: load_specs(args.repository, args.service_curves, SETS[name]) for name in args.sets}
     workers = {"cores": float(args.workers), "workers": args.workers}
     lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
@@ -412,15 +441,18 @@ def main() -> int:
             print("\n".join(ablation_report([args.windows_csv], args.baseline)))
             return 0
         cells = measured_cells(args.measured)
-        bench_window = trace.window(BENCH_START, BENCH_ARRIVALS)
+        runs = bench_runs(args, trace, cells)
         if args.skip_calibration:
             params = params_for(*args.skip_calibration)
-            sims = pool.map(_cell_job, [(c, four, params, bench_window) for c in cells])
+            sims = pool.map(_cell_job, [(c, params, runs) for c in cells])
             calibrated = list(zip(cells, sims, strict=True))
         else:
-            params, calibrated = calibrate(cells, four, bench_window, pool)
-        lines += calibration_lines(params, calibrated, four, csv_rows)
+            params, calibrated = calibrate(cells, runs, pool, (args.speed_grid, args.loop_grid))
+        lines += calibration_lines(params, calibrated, runs, csv_rows, args)
         print("\n".join(lines[-40:]), flush=True)
+        if args.calibrate_only:
+            (args.out / "router_sim_calibration.md").write_text("\n".join(lines) + "\n")
+            return 0
         params = replace(params, **workers)
         starts = trace.window_starts(args.arrivals, args.windows)
         jobs = [WindowJob(SETS[name], scale, i, start, specs[name], params, trace, args.arrivals)
@@ -441,20 +473,39 @@ def main() -> int:
     return 0
 
 
-def calibration_lines(params: ServerParams, calibrated: list, specs: list[VariantSpec], csv_rows: list) -> list[str]:  # type: ignore[type-arg]
-    fp32 = specs[0]
+def bench_runs(args: argparse.Namespace, trace: Trace, cells: list[Cell]) -> BenchRuns:
+    """The bench's variants, each run's window and its scales, from the arguments."""
+    specs = load_specs(args.repository, args.service_curves, SETS[args.measured_set])
+    numbers = sorted({c.run for c in cells})
+    if args.measured_windows:
+        if len(args.measured_windows) < len(numbers):
+            raise SystemExit(f"--measured-windows names {len(args.measured_windows)} windows for {len(numbers)} runs")
+        starts = trace.window_starts(BENCH_ARRIVALS, args.windows)
+        windows = {run: trace.window(starts[args.measured_windows[run - 1]], BENCH_ARRIVALS) for run in numbers}
+    else:
+        windows = {run: trace.window(BENCH_START, BENCH_ARRIVALS) for run in numbers}
+    return BenchRuns(specs, windows, tuple(args.measured_scales))
+
+
+def calibration_lines(params: ServerParams, calibrated: list, runs: BenchRuns, csv_rows: list,  # type: ignore[type-arg]
+                      args: argparse.Namespace) -> list[str]:  # fmt: skip
+    fp32 = runs.specs[0]
+    where = (f"windows {', '.join(map(str, args.measured_windows))} of {args.windows}" if args.measured_windows
+             else f"600 arrivals from the {BENCH_START}th")  # fmt: skip
+    capacities = sorted({round(c.capacity_rps, 1) for c, _ in calibrated})
     lines = [
-        "## Calibration against `make bench-router` (minilm, 4 variants, 600 arrivals from the 2000th, edge)",
+        f"## Calibration against `make bench-router` ({args.measured}: minilm, {len(runs.specs)} variants, "
+        f"{where}, edge)",
         "",
         f"Calibrated: speed **{params.speed:.2f}** × the service curves of docs/bench/router_sim_service.json; "
         f"event-loop CPU **{params.overhead_ms:.1f} ms** per call ({params.pre_ms:.2f} before the session call, "
         f"{params.post_ms:.2f} after); fixed: 1 core shared by processor sharing, one thread per session, "
         f"refusal {params.refuse_ms} ms, outside {params.outside_ms} ms. Simulated fp32 round trip "
         f"{round_trip_ms(fp32, params):.1f} ms and capacity {capacity_rps(fp32, params):.1f} calls/s "
-        "(the bench measured 18.3 / 19.9 ms and 66.0 / 57.5 calls/s in its two runs). Fitted on the pinned "
-        "cells; the router cells are the check.",
+        f"(the bench measured fp32 capacities of {' / '.join(map(str, capacities))} calls/s in its runs). "
+        "Fitted on the pinned cells; the router cells are the check.",
         "",
-        "| load | policy | effective accuracy: simulated / measured (runs 1, 2) | diff "
+        "| load | policy | effective accuracy: simulated / measured (runs) | diff "
         "| SLO attainment: simulated / measured | diff |",
         "|---|---|---|---|---|---|",
     ]
@@ -467,10 +518,10 @@ def calibration_lines(params: ServerParams, calibrated: list, specs: list[Varian
         sim_at = float(np.mean([s[1] for _, s in pairs]))
         meas_ea = float(np.mean([c.effective_accuracy for c, _ in pairs]))
         meas_at = float(np.mean([c.slo_attainment for c, _ in pairs]))
-        runs = " / ".join(f"{c.effective_accuracy * 100:.1f}" for c, _ in sorted(pairs, key=lambda p: p[0].run))
-        kind = "pinned" if policy in FOUR else "router"
+        each = " / ".join(f"{c.effective_accuracy * 100:.1f}" for c, _ in sorted(pairs, key=lambda p: p[0].run))
+        kind = "router" if policy.startswith("router") else "pinned"
         diffs[kind] += [abs(sim_ea - meas_ea), abs(sim_at - meas_at)]
-        lines.append(f"| {scale:.2f} | {policy} | {sim_ea * 100:.1f}% / {meas_ea * 100:.1f}% ({runs}) | "
+        lines.append(f"| {scale:.2f} | {policy} | {sim_ea * 100:.1f}% / {meas_ea * 100:.1f}% ({each}) | "
                      f"{(sim_ea - meas_ea) * 100:+.1f} | {sim_at * 100:.1f}% / {meas_at * 100:.1f}% | "
                      f"{(sim_at - meas_at) * 100:+.1f} |")  # fmt: skip
         csv_rows.append({"table": "calibration", "scale": scale, "policy": policy,
@@ -483,7 +534,7 @@ def calibration_lines(params: ServerParams, calibrated: list, specs: list[Varian
         f"Mean |diff| over every cell and both measures: **{np.mean(every) * 100:.1f} points** (max "
         f"{max(every) * 100:.1f}); pinned cells (fitted) {np.mean(diffs['pinned']) * 100:.1f} (max "
         f"{max(diffs['pinned']) * 100:.1f}); router cells (not fitted) {np.mean(diffs['router']) * 100:.1f} (max "
-        f"{max(diffs['router']) * 100:.1f}). The bench's own run-to-run noise was 6.1 points.",
+        f"{max(diffs['router']) * 100:.1f}).",
         "",
     ]
     return lines

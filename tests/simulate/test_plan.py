@@ -17,6 +17,7 @@ import yaml
 
 from slimserve.cli import main
 from slimserve.repository.format import HardwareFingerprint
+from slimserve.simulate.calibration import CALIBRATED_LOOP_CPU_MS, CALIBRATED_SPEED
 from slimserve.simulate.plan import ROUTER, Planner, PlanRequest, PlanResult, Setup, sustained_load
 from slimserve.simulate.plan_inputs import PlanError, SloMix, Traffic, rate_trace, read_trace_csv
 from slimserve.simulate.plan_report import render_markdown
@@ -101,7 +102,8 @@ def test_plan_on_a_rate_prints_the_answer_and_draws_the_plot(repo: Path, tmp_pat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## How many cores for 300.0 req/s" in out and "## Sustainable load per policy" in out
     assert "cloud-cpu" in out and "edge" in out
-    assert "speed **0.50**" in out and "3.0 ms" in out and "Simulated" in out  # the parameters it rests on
+    assert f"speed **{CALIBRATED_SPEED:.2f}**" in out and "Simulated" in out  # the parameters it rests on
+    assert f"{CALIBRATED_LOOP_CPU_MS:.1f} ms" in out
     assert "70% of calls 20 ms" in out
     assert "plan: " in err and "s left" in err  # progress with an estimate, on stderr
     assert ATTRIBUTION not in out  # not the Azure trace
@@ -115,7 +117,9 @@ def test_plan_on_a_tiny_trace_gives_json(repo: Path, tmp_path: Path, capsys) -> 
     assert code == 0, err
     document = json.loads(out)
     assert document["simulated"] is True and document["complete"] is True
-    assert document["calibration"] == pytest.approx(document["calibration"]) and document["calibration"]["speed"] == 0.5
+    calibration = document["calibration"]
+    assert (calibration["speed"], calibration["loop_cpu_ms"]) == (CALIBRATED_SPEED, CALIBRATED_LOOP_CPU_MS)
+    assert calibration["calibrated_defaults"] is True
     assert document["traffic"]["rate_rps"] == pytest.approx(79 / 0.79, rel=0.02)  # the trace's own rate
     assert {c["kind"] for c in document["cells"]} == {"rate", "sweep"}
     assert set(document["fewest_cores"]["edge"]) == {ROUTER, *VARIANTS}
