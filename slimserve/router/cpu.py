@@ -67,7 +67,7 @@ class CpuAccount:
         return core_ms / self.cores if self.cores else None
 
     def record_compute(self, machine_ms: float) -> None:
-        """A session call finished; `machine_ms` is what its profile says it costs."""
+        """A session call finished; `machine_ms` is the CPU it used (measured, or by its profile)."""
         self._compute_ms += machine_ms
 
     def record_request(self) -> None:
