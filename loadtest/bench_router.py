@@ -151,12 +151,11 @@ class DigitsInputs(Inputs):
         return request, correct
 
 
-def trace_start(args: argparse.Namespace, run: int) -> int:
-    """The first arrival of run `run`'s window (module docstring, Windows)."""
+def trace_start(args: argparse.Namespace, trace: Trace, run: int) -> int:
+    """The first arrival of run `run`'s window in `trace` (module docstring, Windows)."""
     if not args.window_indices:
         return int(args.trace_start)
-    starts = Trace.load(args.trace).window_starts(args.arrivals, args.windows)
-    return starts[args.window_indices[run - 1]]
+    return trace.window_starts(args.arrivals, args.windows)[args.window_indices[run - 1]]
 
 
 def build_requests(
@@ -274,7 +273,8 @@ async def trace_workload(
     capacity = await bench.capacity_rps("fp32", args.capacity_seconds)
     print(f"[{name} run {run}] fp32 batch-1 p50 {p50_ms:.2f} ms (SLOs {slo_ms['interactive']:.1f} / "
           f"{slo_ms['background']:.1f} ms), fp32 capacity {capacity:.1f} requests/s", flush=True)  # fmt: skip
-    window = Trace.load(args.trace).window(trace_start(args, run), args.arrivals)
+    trace = Trace.load(args.trace)
+    window = trace.window(trace_start(args, trace, run), args.arrivals)
     segments = []
     # Each segment inherits the server's state from the one before (a queue standing, the
     # ratio histogram); the order alternates between runs so that no policy always follows

@@ -132,22 +132,25 @@ class LatencyModel:
         busy_ms = self.service_ms(self.max_batch_size) + overhead_ms_per_row * self.max_batch_size
         return self.max_batch_size / busy_ms * 1e3
 
+    def _ratio(self, rows: float, observed_ms: float) -> float | None:
+        """Observed / profiled time of a batch of `rows`, within the bounds; None if either is unusable."""
+        expected = self.curve.ms(rows)
+        if expected <= 0 or not math.isfinite(observed_ms) or observed_ms <= 0:
+            return None
+        return min(max(observed_ms / expected, self.bounds[0]), self.bounds[1])
+
     def observe(self, rows: float, compute_ms: float) -> None:
         """Fold one completed batch into the correction."""
-        expected = self.curve.ms(rows)
-        if expected <= 0 or not math.isfinite(compute_ms) or compute_ms <= 0:
-            return
-        ratio = min(max(compute_ms / expected, self.bounds[0]), self.bounds[1])
-        self.correction += self.weight * (ratio - self.correction)
-        self.observed_batches += 1
+        ratio = self._ratio(rows, compute_ms)
+        if ratio is not None:
+            self.correction += self.weight * (ratio - self.correction)
+            self.observed_batches += 1
 
     def observe_cost(self, rows: float, machine_ms: float) -> None:
         """Fold one completed batch's CPU cost (machine-ms) into the cost correction."""
-        expected = self.curve.ms(rows)
-        if expected <= 0 or not math.isfinite(machine_ms) or machine_ms <= 0:
-            return
-        ratio = min(max(machine_ms / expected, self.bounds[0]), self.bounds[1])
-        self.cost_correction += self.weight * (ratio - self.cost_correction)
+        ratio = self._ratio(rows, machine_ms)
+        if ratio is not None:
+            self.cost_correction += self.weight * (ratio - self.cost_correction)
 
     def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
         """What is left of the batch handed to the workers: all of it until it starts."""
