@@ -11,7 +11,12 @@ another, beside 200 idle Watch streams, beside 200 ModelInfer calls with the tok
 sent their headers and never their message (without a token such a call is refused at
 once, its message unread: `transport.auth`), and beside 200 ModelStreamInfer
 streams with the token, each answered once and then left open without a request, as it
-answers them alone: every one OK.
+answers them alone: all OK but for the odd call that a shared machine really held up.
+
+A shared 2-core machine now and then stalls a call past 15 ms by itself (CI once refused 1
+of 400 beside the idle streams, and the estimate was right to: the call had waited), so each
+scenario allows NOISE_REFUSALS of its 400 calls refused; the defect refused over 90 % of
+them. A refusal's message is kept, to say which of the two rules refused it.
 
 The idle calls are on connections of their own (a local subchannel pool), as another
 client's would be; a Check on the same connection after them says the server has read all
@@ -25,6 +30,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -45,6 +51,7 @@ CALLS = 400
 MAX_PAUSE_S = 0.004
 IDLE_CALLS = 200  # under the server's 256 concurrent streams per connection
 CALL_TIMEOUT_S = 30.0
+NOISE_REFUSALS = 4  # 1 % of CALLS: calls a noisy machine may hold past their SLO by itself
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -59,9 +66,20 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert running.stop() == 0, running.log_tail()
 
 
-async def _slo_calls(address: str) -> Counter[str]:
+@dataclass
+class Answers:
+    """The status codes of a run of calls, counted, and the messages of those not OK."""
+
+    codes: Counter[str] = field(default_factory=Counter)
+    refusals: list[str] = field(default_factory=list)
+
+    def all_but_noise_ok(self) -> bool:
+        return self.codes["OK"] >= CALLS - NOISE_REFUSALS and sum(self.codes.values()) == CALLS
+
+
+async def _slo_calls(address: str) -> Answers:
     """CALLS digits calls with `slo_ms` SLO_MS, one after another: their status codes, counted."""
-    codes: Counter[str] = Counter()
+    answers = Answers()
     request = digits_request(slo_ms=SLO_MS)
     pauses = random.Random(0)
     async with ClientSecurity(token=TOKEN).aio_channel(address, OWN_CONNECTION) as channel:
@@ -70,10 +88,11 @@ async def _slo_calls(address: str) -> Counter[str]:
             await asyncio.sleep(pauses.uniform(0, MAX_PAUSE_S))
             try:
                 await stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
-                codes["OK"] += 1
+                answers.codes["OK"] += 1
             except grpc.aio.AioRpcError as exc:
-                codes[exc.code().name] += 1
-    return codes
+                answers.codes[exc.code().name] += 1
+                answers.refusals.append(f"{exc.code().name}: {exc.details()}")
+    return answers
 
 
 @asynccontextmanager
@@ -136,23 +155,26 @@ async def _idle_inference_streams(address: str) -> AsyncIterator[None]:
 
 def test_slo_calls_are_answered_alone(server: RunningServer) -> None:
     """The baseline: a server with nothing else to do answers every call in its SLO."""
-    assert asyncio.run(_slo_calls(server.address)) == {"OK": CALLS}
+    answers = asyncio.run(_slo_calls(server.address))
+    assert answers.all_but_noise_ok(), answers
 
 
 def test_idle_watch_streams_do_not_count_as_waiting_calls(server: RunningServer) -> None:
-    async def scenario() -> Counter[str]:
+    async def scenario() -> Answers:
         async with _idle_watch_streams(server.address):
             return await _slo_calls(server.address)
 
-    assert asyncio.run(scenario()) == {"OK": CALLS}
+    answers = asyncio.run(scenario())
+    assert answers.all_but_noise_ok(), answers
 
 
 def test_calls_whose_message_never_comes_do_not_count_as_waiting_calls(server: RunningServer) -> None:
-    async def scenario() -> Counter[str]:
+    async def scenario() -> Answers:
         async with _bodiless_calls(server.address):
             return await _slo_calls(server.address)
 
-    assert asyncio.run(scenario()) == {"OK": CALLS}
+    answers = asyncio.run(scenario())
+    assert answers.all_but_noise_ok(), answers
 
 
 def test_a_bodiless_call_without_a_token_is_refused_at_once(server: RunningServer) -> None:
@@ -167,8 +189,9 @@ def test_a_bodiless_call_without_a_token_is_refused_at_once(server: RunningServe
 
 
 def test_idle_inference_streams_do_not_count_as_waiting_calls(server: RunningServer) -> None:
-    async def scenario() -> Counter[str]:
+    async def scenario() -> Answers:
         async with _idle_inference_streams(server.address):
             return await _slo_calls(server.address)
 
-    assert asyncio.run(scenario()) == {"OK": CALLS}
+    answers = asyncio.run(scenario())
+    assert answers.all_but_noise_ok(), answers
