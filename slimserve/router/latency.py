@@ -90,8 +90,12 @@ class ServiceCurve:
         return cls(sizes, tuple(points[b] for b in sizes))
 
     def ms(self, rows: float) -> float:
-        if rows.__class__ is int and 0 <= rows < len(self._table):
-            return self._table[rows]  # type: ignore[index]
+        table = self._table
+        if rows.__class__ is int and 0 <= rows < len(table):
+            return table[rows]  # type: ignore[index]
+        if 0 <= rows < len(table) - 1:  # between two whole row counts: the curve is straight there
+            whole = int(rows)
+            return table[whole] + (table[whole + 1] - table[whole]) * (rows - whole)
         return self._interpolate(rows)
 
     def _interpolate(self, rows: float) -> float:

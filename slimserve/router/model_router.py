@@ -26,6 +26,8 @@ from slimserve.router.price import Budget, Offer, Price, cpu_price
 from slimserve.router.ratios import RatioDistribution
 from slimserve.router.snapshot import RouterSnapshot, VariantView
 
+QueueMark = tuple[int, int, float | None]  # a queue's rows queued, rows running and when they started
+
 
 def _cost(curve: ServiceCurve, factor: float, overhead_ms: float) -> Callable[[float], float]:
     """Machine-ms one request of n rows costs: the overhead plus the session call's CPU (the
@@ -85,6 +87,7 @@ class ModelRouter:
         self.variants = {v.name: v for v in variants}
         # The queues that serve by priority level, found once: each snapshot reads their levels.
         self._levelled = {v.name: v.queue for v in variants if isinstance(v.queue, LevelledQueueView)}
+        self._queues = [v.queue for v in variants]  # in the order of `variants`: each snapshot marks them
         self.default_slo_ms = default_slo_ms
         self.throughput_slo_rps = throughput_slo_rps
         # The server's event-loop lag and its CPU account, shared by every model; alone, its own.
@@ -105,7 +108,8 @@ class ModelRouter:
         self._priced_at_s = float("-inf")
         self._snapshot: RouterSnapshot | None = None
         self._taken: RouterSnapshot | None = None  # the last snapshot taken, even once out of date
-        self._queue_marks: tuple[tuple[int, int, float | None], ...] = ()
+        self._queue_marks: tuple[QueueMark, ...] = ()
+        self._views: dict[str, tuple[QueueMark, float, VariantView]] = {}  # name → (its mark, taken at, view)
 
     def now(self) -> float:
         return self._clock()
@@ -135,8 +139,7 @@ class ModelRouter:
         """What the router knows now: the last snapshot while it is fresh and no queue has
         changed since, else a new one."""
         now = self._clock()
-        marks = tuple((v.queue.queued_rows, v.queue.running_rows, v.queue.running_started_s)
-                      for v in self.variants.values())  # fmt: skip
+        marks = tuple([(q.queued_rows, q.running_rows, q.running_started_s) for q in self._queues])
         current = self._snapshot
         if (
             current is not None
@@ -144,31 +147,24 @@ class ModelRouter:
             and now - current.taken_s < self.config.snapshot_max_age_s
         ):
             return current
-        self._snapshot, self._queue_marks = self._take(now), marks
+        self._snapshot, self._queue_marks = self._take(now, marks), marks
         self._taken = self._snapshot
         return self._snapshot
 
-    def _take(self, now: float) -> RouterSnapshot:
-        per_row = self._overhead_ms_per_row()
+    def _take(self, now: float, marks: tuple[QueueMark, ...]) -> RouterSnapshot:
+        """A new snapshot. A variant's view is kept from the last one while its queue is as it
+        was, the router has learned nothing since and it is younger than `snapshot_max_age_s`
+        (the rule a whole snapshot is kept by; what is left of a batch in flight runs down with
+        the snapshot's clock, `router.snapshot.WorkAhead`): a call that changes one queue rebuilds one view."""
         ratios = self.ratios.snapshot(now) if self.config.ratios_on else None
-        views = tuple(
-            VariantView(
-                name=name,
-                device=v.device,
-                quality=v.quality,
-                curve=v.latency.curve,
-                correction=v.latency.correction,
-                max_batch_size=v.latency.max_batch_size,
-                in_flight_ms=v.latency.in_flight_ms(v.queue, now),
-                queued_rows=v.queue.queued_rows,
-                arriving_rows_s=self._shares[name].rows_per_second(),
-                capacity_rows_s=v.latency.capacity_rows_s(per_row),
-                rows_by_level=self._levelled[name].rows_by_level if name in self._levelled else (),
-                running_rows=v.queue.running_rows,
-                cost_correction=v.latency.cost_correction,
-            )
-            for name, v in self.variants.items()
-        )
+        oldest_kept_s = now - self.config.snapshot_max_age_s
+        kept_views = []
+        for (name, variant), mark in zip(self.variants.items(), marks, strict=True):
+            kept = self._views.get(name)
+            if kept is None or kept[0] != mark or kept[1] <= oldest_kept_s:
+                kept = self._views[name] = (mark, now, self._view(name, variant, now))
+            kept_views.append(kept[2])
+        views = tuple(kept_views)
         price = self._current_price(now, views)
         return RouterSnapshot(
             taken_s=now,
@@ -184,6 +180,30 @@ class ModelRouter:
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
         )
+
+    def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:
+        return VariantView(
+            name=name,
+            device=variant.device,
+            quality=variant.quality,
+            curve=variant.latency.curve,
+            correction=variant.latency.correction,
+            max_batch_size=variant.latency.max_batch_size,
+            in_flight_ms=variant.latency.in_flight_ms(variant.queue, now),
+            queued_rows=variant.queue.queued_rows,
+            arriving_rows_s=self._shares[name].rows_per_second(),
+            capacity_rows_s=variant.latency.capacity_rows_s(self._overhead_ms_per_row()),
+            rows_by_level=self._levelled[name].rows_by_level if name in self._levelled else (),
+            running_rows=variant.queue.running_rows,
+            cost_correction=variant.latency.cost_correction,
+            at_s=now,
+            ticking=variant.queue.running_rows > 0 and variant.queue.running_started_s is not None,
+        )
+
+    def _learned(self) -> None:
+        """Something was learned: the next decision takes a new snapshot, every view new."""
+        self._snapshot = None
+        self._views.clear()
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -234,7 +254,7 @@ class ModelRouter:
     def observe_batch(self, variant: str, rows: int, compute_ms: float, cpu_ms: float | None = None) -> None:
         """One session call of `rows` rows took `compute_ms` and `cpu_ms` of CPU over its
         threads (None: not measured, the profile stands in)."""
-        self._snapshot = None
+        self._learned()
         latency = self.variants[variant].latency
         if self.config.correction_on:
             latency.observe(rows, compute_ms)
@@ -255,7 +275,7 @@ class ModelRouter:
         compute is per-request overhead, and elapsed / modelled feeds the ratio distribution.
         """
         self.cpu.record_request()
-        self._snapshot = None
+        self._learned()
         if decision is None:
             return
         self._completions.add()
@@ -271,7 +291,7 @@ class ModelRouter:
         it too. Learning from answers alone would make P(in time) optimistic exactly under
         overload, when the slowest requests are the ones that never finish."""
         self.cpu.record_request()
-        self._snapshot = None
+        self._learned()
         if decision.learns:
             self._observe_ratio(decision, waited_ms)
 

@@ -49,6 +49,7 @@ class RatioSnapshot:
     def __init__(self, cumulative: list[float]) -> None:
         self._cumulative = cumulative
         self._total = cumulative[-1]
+        self._quantiles: dict[float, float] = {}  # p → quantile: every router snapshot asks for one
 
     def probability_at_most(self, ratio: float) -> float:
         """P(r ≤ ratio), counting only bins that lie wholly below it (a cautious estimate)."""
@@ -59,6 +60,12 @@ class RatioSnapshot:
 
     def quantile(self, p: float) -> float:
         """The upper edge of the bin in which the p-quantile falls."""
+        known = self._quantiles.get(p)
+        if known is None:
+            known = self._quantiles[p] = self._quantile(p)
+        return known
+
+    def _quantile(self, p: float) -> float:
         index = bisect.bisect_left(self._cumulative, p * self._total)
         edge = UPPER_EDGES[min(index, len(UPPER_EDGES) - 1)]
         return RATIO_HIGH if math.isinf(edge) else edge
@@ -77,6 +84,9 @@ class RatioDistribution:
         self._weights = [0.0] * len(UPPER_EDGES)
         self._total = 0.0
         self._origin_s: float | None = None
+        # The shape of the distribution, kept until the next observation: decay scales every
+        # bin alike, so it changes only what `effective_samples` says.
+        self._shape: RatioSnapshot | None = None
 
     def _doublings(self, now_s: float) -> float:
         """Half-lives from the origin to `now_s` (negative if the clock reads earlier)."""
@@ -99,6 +109,7 @@ class RatioDistribution:
         index = min(bisect.bisect_left(UPPER_EDGES, ratio), len(UPPER_EDGES) - 1)
         self._weights[index] += weight
         self._total += weight
+        self._shape = None
 
     def effective_samples(self, now_s: float) -> float:
         """Observations in the last half-life or so (older ones count for less)."""
@@ -112,4 +123,6 @@ class RatioDistribution:
         """The current distribution, or None while it rests on too few recent requests."""
         if self.effective_samples(now_s) < self.min_samples:
             return None
-        return RatioSnapshot(list(accumulate(self._weights)))
+        if self._shape is None:
+            self._shape = RatioSnapshot(list(accumulate(self._weights)))
+        return self._shape

@@ -10,16 +10,20 @@ its own variant's queue counted only down to that level.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import accumulate
 
 from slimserve.router.latency import ServiceCurve
 from slimserve.router.ratios import RatioSnapshot
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class VariantView:
-    """One variant at the instant of the snapshot."""
+    """One variant at the instant its view was taken (`at_s`); a snapshot may keep it while
+    the variant's queue is as it was. Nothing writes to one once made; it is not a frozen
+    dataclass because those cost twice as much to make, and a new snapshot makes several."""
 
     name: str
     device: str
@@ -27,21 +31,23 @@ class VariantView:
     curve: ServiceCurve  # profiled p50 service time per batch size
     correction: float  # learned observed / profiled service time (1: not learned or switched off)
     max_batch_size: int
-    in_flight_ms: float  # what is left of the batch it is computing
+    in_flight_ms: float  # what was left of the batch it is computing at `at_s`
     queued_rows: int
     arriving_rows_s: float  # rows per second the router has been sending it
     capacity_rows_s: float  # rows per second it sustains alone, its overhead counted
     rows_by_level: tuple[int, ...] = ()  # queued rows per priority level, level 1's first; (): no levels
     running_rows: int = 0  # rows of the batch in flight (its `in_flight_ms` is 0 once it overruns its time)
     cost_correction: float = 1.0  # learned CPU per call / profiled service time (router.latency)
+    at_s: float = 0.0  # when `in_flight_ms` was read
+    ticking: bool = False  # its batch has started: what is left of it runs down with the clock
     # Derived once (each decision reads them for every variant): a full batch's service
-    # time, and the work left — the batch in flight and the queue.
+    # time, and the time to drain the queue.
     full_batch_ms: float = field(init=False)
-    backlog_ms: float = field(init=False)
+    queued_ms: float = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "full_batch_ms", self.service_ms(self.max_batch_size))
-        object.__setattr__(self, "backlog_ms", self.in_flight_ms + self.drain_ms(self.queued_rows))
+        self.full_batch_ms = self.service_ms(self.max_batch_size)
+        self.queued_ms = self.drain_ms(self.queued_rows)
 
     def service_ms(self, rows: float) -> float:
         return self.curve.ms(rows) * self.correction
@@ -65,8 +71,34 @@ class VariantView:
         """Time to compute `rows` rows in full batches of max_batch_size, then the rest."""
         if rows <= 0:
             return 0.0
+        if rows <= self.max_batch_size:  # one batch: most requests, away from saturation
+            return self.service_ms(rows)
         full, rest = divmod(rows, self.max_batch_size)
         return full * self.full_batch_ms + (self.service_ms(rest) if rest > 0 else 0.0)
+
+
+class WorkAhead:
+    """Every variant's work at the instant, summed once per snapshot: each decision asks
+    how much of it slows each of the variants (`RouterSnapshot.modelled_ms`)."""
+
+    def __init__(self, variants: tuple[VariantView, ...], now_s: float) -> None:
+        self.left_ms: dict[str, float] = {}  # name → what is left at `now_s` of its batch in flight
+        self.backlogs_ms: dict[str, float] = {}  # name → that and its queue
+        for v in variants:
+            # A view is kept for later snapshots while its queue stays as it was
+            # (`ModelRouter.snapshot`): a batch that has started runs down meanwhile.
+            left = max(v.in_flight_ms - (now_s - v.at_s) * 1e3, 0.0) if v.ticking else v.in_flight_ms
+            self.left_ms[v.name], self.backlogs_ms[v.name] = left, left + v.queued_ms
+        self.in_flight_ms = sum(self.left_ms.values())
+        self._sorted_ms = sorted(self.backlogs_ms.values())
+        self._below_ms = list(accumulate(self._sorted_ms, initial=0.0))  # sums of the i smallest
+        self.backlog_ms = self._below_ms[-1]
+
+    def shared_ms(self, own_ms: float) -> float:
+        """Σ min(backlog, own_ms) over every variant: what they take from own_ms of work
+        that runs beside them (processor sharing)."""
+        smaller = bisect.bisect_left(self._sorted_ms, own_ms)
+        return self._below_ms[smaller] + own_ms * (len(self._sorted_ms) - smaller)
 
 
 @dataclass(frozen=True)
@@ -86,6 +118,14 @@ class RouterSnapshot:
     side_by_side: bool  # every variant has a worker thread of its own
     stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
     level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
+    # Latency that does not scale with the work: a request that took 3 ms instead of 0.3 is
+    # not "10× slower" but met the fixed costs every request meets (router.ratios).
+    floor_ms: float = field(init=False)
+    _work: WorkAhead = field(init=False, repr=False)  # every decision reads both, so they are made at once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "floor_ms", self.overhead_ms + self.outside_ms)
+        object.__setattr__(self, "_work", WorkAhead(self.variants, self.taken_s))
 
     def view(self, variant: str) -> VariantView:
         return next(v for v in self.variants if v.name == variant)
@@ -101,12 +141,6 @@ class RouterSnapshot:
         if level == 0 or level >= self._lowest_queued_level:
             return self
         return replace(self, level=level)
-
-    @property
-    def floor_ms(self) -> float:
-        """Latency that does not scale with the work: a request that took 3 ms instead of 0.3
-        is not "10× slower" but met the fixed costs every request meets (router.ratios)."""
-        return self.overhead_ms + self.outside_ms
 
     def modelled_ms(self, variant: VariantView, rows: float) -> float:
         """Expected latency in the server of a request of `rows` rows sent to `variant` now.
@@ -130,17 +164,17 @@ class RouterSnapshot:
           effective accuracy to pinned int8. With fewer workers, batches take turns, and
           the delay is what is left of their batches in flight.
         """
-        waiting = variant.in_flight_ms
+        work = self._work
+        waiting = work.left_ms[variant.name]
         ahead = variant.rows_ahead(self.level) if self.level else variant.queued_rows
         joining = ahead + rows + variant.arriving_rows_s * waiting / 1e3
         own = waiting + variant.drain_ms(joining)
-        others = 0.0
-        for other in self.variants:
-            if other is not variant:
-                if not self.side_by_side:
-                    others += other.in_flight_ms
-                else:
-                    others += other.backlog_ms if self.saturated else min(other.backlog_ms, own)
+        if not self.side_by_side:
+            others = work.in_flight_ms - waiting
+        elif self.saturated:
+            others = work.backlog_ms - work.backlogs_ms[variant.name]
+        else:
+            others = work.shared_ms(own) - min(work.backlogs_ms[variant.name], own)
         return self.overhead_ms + own + others
 
     def p_in_time(self, modelled_ms: float, slo_ms: float) -> float:
@@ -148,7 +182,8 @@ class RouterSnapshot:
         budget = slo_ms - self.outside_ms
         if self.ratios is None:  # too little data (or switched off): trust the model as it is
             return 1.0 if modelled_ms <= budget else 0.0
-        return self.ratios.probability_at_most((budget + self.floor_ms) / (modelled_ms + self.floor_ms))
+        floor = self.floor_ms
+        return self.ratios.probability_at_most((budget + floor) / (modelled_ms + floor))
 
     def predicted_ms(self, modelled_ms: float) -> float:
         """The latency, outside time included, that the request stays under with the

@@ -18,6 +18,10 @@ def test_service_time_interpolates_between_profiled_batch_sizes() -> None:
     assert CURVE.ms(4.5) == pytest.approx(2.75)
     assert CURVE.ms(20) == pytest.approx(10.25)
     assert CURVE.ms(64) == pytest.approx(32.0)  # past the largest: its per-row cost
+    # Fractions of a row (a queue's expected arrivals): straight between whole row counts.
+    assert CURVE.ms(0.5) == 1.0  # a smaller batch is not cheaper than the smallest profiled one
+    assert CURVE.ms(31.5) == pytest.approx(16.0 - 0.5 * 11.5 / 24)
+    assert CURVE.ms(32.5) == pytest.approx(16.25)
 
 
 def test_a_batch_waiting_for_a_worker_counts_in_full() -> None:

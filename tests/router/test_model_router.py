@@ -22,6 +22,7 @@ from slimserve.router.policy import (
     Decision,
     candidates,
 )
+from slimserve.router.snapshot import RouterSnapshot
 from tests.router.fakes import FakeClock, FakeQueue
 
 SLO = RequestHints(slo_ms=10.0, slo_source="parameter")
@@ -96,6 +97,49 @@ def test_batch_in_flight_is_counted_until_it_should_have_finished() -> None:
     assert predictions(router)[0].predicted_ms == pytest.approx(8.0 + 1.0)
     clock.advance(0.010)
     assert predictions(router)[0].predicted_ms == pytest.approx(1.0)
+
+
+def kept_views(earlier: RouterSnapshot, later: RouterSnapshot) -> list[str]:
+    """The variants whose view `later` kept from `earlier` (the same object)."""
+    return [v.name for v, w in zip(earlier.variants, later.variants, strict=True) if v is w]
+
+
+def test_a_new_snapshot_rebuilds_the_views_of_changed_queues_and_runs_kept_batches_down() -> None:
+    """A call that changes one queue rebuilds that variant's view; the others are kept while
+    younger than snapshot_max_age_s, and a kept batch in flight still runs down with the
+    clock: every prediction is what a router taking every view afresh would make."""
+    clock, fresh_clock = FakeClock(), FakeClock()
+    router, queues = make_router(clock)
+    fresh, fresh_queues = make_router(fresh_clock)
+    for q in (queues, fresh_queues):
+        q["fp32"].running_rows, q["fp32"].running_started_s = 32, clock()  # 18 ms
+        q["int8"].queued_rows = 8
+    first = router.snapshot()
+    clock.advance(0.003)
+    fresh_clock.advance(0.003)
+    for q in (queues, fresh_queues):
+        q["int8"].queued_rows = 9
+    second = router.snapshot()
+    assert second is not first
+    assert kept_views(first, second) == ["fp32", "distilled"]
+    assert [c.predicted_ms for c in candidates(second, 1, None)] == pytest.approx(
+        [c.predicted_ms for c in candidates(fresh.snapshot(), 1, None)]
+    )
+    # fp32: 15 ms left of its batch (3 ms done), its own 1 ms, and int8's 9 queued rows beside it.
+    assert candidates(second, 1, None)[0].predicted_ms == pytest.approx(15.0 + 1.0 + 2.0 + 5.0 / 24)
+    clock.advance(2 * RouterConfig().snapshot_max_age_s)  # too old to keep: every view afresh
+    assert not kept_views(second, router.snapshot())
+
+
+def test_whatever_the_router_learns_rebuilds_every_view() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    before = router.snapshot()
+    router.observe_batch("int8", 8, 4.0)  # int8 is slower than its profile said
+    queues["fp32"].queued_rows = 1
+    after = router.snapshot()
+    assert not kept_views(before, after)
+    assert after.view("int8").correction > before.view("int8").correction
 
 
 def test_observed_compute_corrects_the_profile() -> None:
