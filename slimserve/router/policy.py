@@ -31,12 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
 
 from slimserve.router.config import RouterConfig
 from slimserve.router.errors import QualityUnreachableError
 from slimserve.router.hints import RequestHints
-from slimserve.router.snapshot import RouterSnapshot, VariantView
+from slimserve.router.snapshot import Candidate, RouterSnapshot, VariantView
 
 # Reasons, as they appear in responses, Explain and the routing-decision metric.
 WITHIN_SLO = "most_accurate_within_slo"
@@ -48,28 +47,6 @@ CPU_BUDGET = "cpu_budget"
 PINNED = "pinned"
 SHED_PREDICTED_LATE = "shed_predicted_late"  # refused: predicted past its stated SLO with work ahead
 REASONS = (WITHIN_SLO, BEST_EFFORT, FASTEST, MOST_ACCURATE, THROUGHPUT_SLO, CPU_BUDGET, PINNED, SHED_PREDICTED_LATE)
-
-
-class Candidate(NamedTuple):
-    """A variant as the policy sees it: quality, predicted latency, capacity. (A named
-    tuple: every decision makes one per variant, and a frozen dataclass costs more to make.)"""
-
-    variant: str
-    device: str
-    quality: float
-    predicted_ms: float  # queue wait + service time for this request, now
-    capacity_rows_s: float  # rows per second at the largest batch
-    modelled_ms: float = 0.0  # predicted_ms before the learned stretch and the RPC allowance
-    p_in_time: float = 1.0  # probability of answering within the request's SLO
-    cost_per_row_ms: float = 0.0  # machine-milliseconds of CPU per row of this request
-
-    @property
-    def expected_quality(self) -> float:
-        return self.quality * self.p_in_time
-
-    def score(self, price: float) -> float:
-        """Expected quality less the CPU it takes at `price` (quality per machine-ms per row)."""
-        return self.quality * self.p_in_time - price * self.cost_per_row_ms  # expected_quality, inline: hot
 
 
 @dataclass(frozen=True)
@@ -143,24 +120,13 @@ class Decision:
 
 
 def candidate(snapshot: RouterSnapshot, view: VariantView, rows: int, slo_ms: float | None) -> Candidate:
-    """One variant's prediction for a request of `rows` rows (and, given an SLO, its
-    probability of answering within it)."""
-    modelled = snapshot.modelled_ms(view, rows)
-    return Candidate(  # positional: a decision makes one per variant
-        view.name,
-        view.device,
-        view.quality,
-        snapshot.predicted_ms(modelled),
-        view.capacity_rows_s,
-        modelled,
-        1.0 if slo_ms is None else snapshot.p_in_time(modelled, slo_ms),
-        snapshot.cost_ms(view, rows) / (rows or 1),
-    )
+    """One variant's prediction for a request of `rows` rows (`RouterSnapshot.candidates`)."""
+    return snapshot.candidates(rows, slo_ms, (view,))[0]
 
 
 def candidates(snapshot: RouterSnapshot, rows: int, slo_ms: float | None) -> list[Candidate]:
     """Every variant's prediction for a request of `rows` rows."""
-    return [candidate(snapshot, view, rows, slo_ms) for view in snapshot.variants]
+    return snapshot.candidates(rows, slo_ms)
 
 
 def pinned(
@@ -223,12 +189,19 @@ def _choose(pool: list[Candidate], hints: RequestHints, price: float, config: Ro
         return min(pool, key=lambda c: c.predicted_ms), FASTEST
     if hints.policy == "most_accurate":
         return min(pool, key=lambda c: (-c.quality, c.predicted_ms)), MOST_ACCURATE
-    likely = [c for c in pool if c.p_in_time >= config.min_p_in_time]
-    if not likely:
+    min_p = config.min_p_in_time
+    chosen, best = None, None  # the best (score, quality) among those likely in time: one pass, it is hot
+    for c in pool:
+        if c.p_in_time >= min_p:
+            key = (c.score(price), c.quality)
+            if best is None or key > best:
+                chosen, best = c, key
+    if chosen is None:
         if config.best_effort_quality_on:
             return max(pool, key=lambda c: (c.score(price), -c.predicted_ms)), BEST_EFFORT
         return min(pool, key=lambda c: c.predicted_ms), BEST_EFFORT
-    chosen = max(likely, key=lambda c: (c.score(price), c.quality))
-    if price > 0 and chosen is not max(likely, key=lambda c: (c.expected_quality, c.quality)):
-        return chosen, CPU_BUDGET
+    if price > 0:
+        likely = [c for c in pool if c.p_in_time >= min_p]
+        if chosen is not max(likely, key=lambda c: (c.expected_quality, c.quality)):
+            return chosen, CPU_BUDGET
     return chosen, WITHIN_SLO

@@ -11,12 +11,36 @@ its own variant's queue counted only down to that level.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import accumulate
+from typing import NamedTuple
 
 from slimserve.router.latency import ServiceCurve
 from slimserve.router.ratios import RatioSnapshot
+
+
+class Candidate(NamedTuple):
+    """A variant as the policy sees it: quality, predicted latency, capacity. (A named
+    tuple: every decision makes one per variant, and a frozen dataclass costs more to make.)"""
+
+    variant: str
+    device: str
+    quality: float
+    predicted_ms: float  # queue wait + service time for this request, now
+    capacity_rows_s: float  # rows per second at the largest batch
+    modelled_ms: float = 0.0  # predicted_ms before the learned stretch and the RPC allowance
+    p_in_time: float = 1.0  # probability of answering within the request's SLO
+    cost_per_row_ms: float = 0.0  # machine-milliseconds of CPU per row of this request
+
+    @property
+    def expected_quality(self) -> float:
+        return self.quality * self.p_in_time
+
+    def score(self, price: float) -> float:
+        """Expected quality less the CPU it takes at `price` (quality per machine-ms per row)."""
+        return self.quality * self.p_in_time - price * self.cost_per_row_ms  # expected_quality, inline: hot
 
 
 @dataclass(slots=True)
@@ -142,9 +166,13 @@ class RouterSnapshot:
             return self
         return replace(self, level=level)
 
-    def modelled_ms(self, variant: VariantView, rows: float) -> float:
-        """Expected latency in the server of a request of `rows` rows sent to `variant` now.
+    def candidates(
+        self, rows: int, slo_ms: float | None, views: Sequence[VariantView] | None = None
+    ) -> list[Candidate]:
+        """Each variant's prediction (of `views`; default: every one) for a request of `rows`
+        rows sent now, and, given an SLO, its probability of answering within it.
 
+        modelled_ms, the expected latency in the server, is
         = per-request overhead (decode, encode, the handler)
         + the variant's batch in flight
         + the batches that drain its queue, the last of which carries this request; rows that
@@ -163,36 +191,48 @@ class RouterSnapshot:
           spread requests over four variants in small batches and lost 4.5–8.6 points of
           effective accuracy to pinned int8. With fewer workers, batches take turns, and
           the delay is what is left of their batches in flight.
+        predicted_ms is the latency, outside time included, that the request stays under
+        with the probability RouterConfig.predicted_quantile (the modelled one while there
+        is no data); p_in_time, P(answer within `slo_ms`, outside time included), from the
+        learned ratios (without them, 1 or 0 as the model says); cost_per_row_ms, the
+        machine-ms one request costs per row: the overhead around the call plus the session
+        call's CPU (the profile times the cost correction, not observed times: those include
+        waiting for the core).
+
+        One loop with everything read once: a decision asks it for every variant.
         """
-        work = self._work
-        waiting = work.left_ms[variant.name]
-        ahead = variant.rows_ahead(self.level) if self.level else variant.queued_rows
-        joining = ahead + rows + variant.arriving_rows_s * waiting / 1e3
-        own = waiting + variant.drain_ms(joining)
-        if not self.side_by_side:
-            others = work.in_flight_ms - waiting
-        elif self.saturated:
-            others = work.backlog_ms - work.backlogs_ms[variant.name]
-        else:
-            others = work.shared_ms(own) - min(work.backlogs_ms[variant.name], own)
-        return self.overhead_ms + own + others
-
-    def p_in_time(self, modelled_ms: float, slo_ms: float) -> float:
-        """P(a request modelled at `modelled_ms` answers within `slo_ms`, outside time included)."""
-        budget = slo_ms - self.outside_ms
-        if self.ratios is None:  # too little data (or switched off): trust the model as it is
-            return 1.0 if modelled_ms <= budget else 0.0
-        floor = self.floor_ms
-        return self.ratios.probability_at_most((budget + floor) / (modelled_ms + floor))
-
-    def predicted_ms(self, modelled_ms: float) -> float:
-        """The latency, outside time included, that the request stays under with the
-        probability RouterConfig.predicted_quantile (the modelled one while there is no data)."""
-        floor = self.floor_ms
-        return (modelled_ms + floor) * self.stretch - floor + self.outside_ms
-
-    def cost_ms(self, variant: VariantView, rows: float) -> float:
-        """Machine-ms one request costs: the overhead around the call plus the session call's
-        CPU (the profile times the cost correction, not observed times: those include waiting
-        for the core)."""
-        return self.cpu_overhead_ms + variant.curve.ms(rows) * variant.cost_correction
+        work, level, floor, stretch, outside = self._work, self.level, self.floor_ms, self.stretch, self.outside_ms
+        left_ms, backlogs_ms, ratios = work.left_ms, work.backlogs_ms, self.ratios
+        sharing, saturated = self.side_by_side, self.saturated
+        budget = None if slo_ms is None else slo_ms - outside
+        per_row = rows or 1
+        out = []
+        for view in self.variants if views is None else views:
+            waiting = left_ms[view.name]
+            ahead = view.rows_ahead(level) if level else view.queued_rows
+            joining = ahead + rows + view.arriving_rows_s * waiting / 1e3
+            if joining <= 0:
+                own = waiting
+            elif joining <= view.max_batch_size:  # one batch: most requests, away from saturation
+                own = waiting + view.curve.ms(joining) * view.correction
+            else:
+                own = waiting + view.drain_ms(joining)
+            if not sharing:
+                others = work.in_flight_ms - waiting
+            elif saturated:
+                others = work.backlog_ms - backlogs_ms[view.name]
+            else:
+                others = work.shared_ms(own) - min(backlogs_ms[view.name], own)
+            modelled = self.overhead_ms + own + others
+            if budget is None:
+                p_in_time = 1.0
+            elif ratios is None:  # too little data (or switched off): trust the model as it is
+                p_in_time = 1.0 if modelled <= budget else 0.0
+            else:
+                p_in_time = ratios.probability_at_most((budget + floor) / (modelled + floor))
+            out.append(Candidate(
+                view.name, view.device, view.quality, (modelled + floor) * stretch - floor + outside,
+                view.capacity_rows_s, modelled, p_in_time,
+                (self.cpu_overhead_ms + view.curve.ms(rows) * view.cost_correction) / per_row,
+            ))  # fmt: skip
+        return out
