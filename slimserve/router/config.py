@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Mechanism = Literal["correction", "measured_cost", "ratios", "price", "price_mix", "best_effort_quality", "shed_idle"]
+Mechanism = Literal["correction", "measured_cost", "ratios", "price", "best_effort_quality", "shed_idle"]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
 
@@ -32,9 +32,6 @@ class RouterConfig:
     measured_cost_on: bool = True  # price each variant's CPU by what its calls use, not by the profile
     ratios_on: bool = True  # P(within SLO) from the learned spread of observed / predicted latency
     price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win
-    # At the price's breakpoint, keep the share of the switching requests that fits on the dearer
-    # variant (router.price: Price.kept) instead of moving them all.
-    price_mix_on: bool = True
     # None likely in time: the best score among all (expected quality less CPU), not the fastest.
     best_effort_quality_on: bool = True
     # Past saturation, shed a request predicted late on an idle variant too while any variant has work.

@@ -26,9 +26,6 @@ from slimserve.router.price import Budget, Offer, Price, cpu_price
 from slimserve.router.ratios import RatioDistribution
 from slimserve.router.snapshot import RouterSnapshot, VariantView
 
-# Successive requests' draws step by the golden ratio's fraction (a low-discrepancy sequence):
-# any share of them falls below a kept share as evenly as it can, with no random state.
-GOLDEN_STEP = 0.6180339887498949
 QueueMark = tuple[int, int, float | None]  # a queue's rows queued, rows running and when they started
 
 
@@ -109,7 +106,6 @@ class ModelRouter:
         self._guard_active = False
         self._price = Price(0.0)
         self._priced_at_s = float("-inf")
-        self._draw = 0.5  # the next routed request's draw (the price it pays where the price holds a mix)
         self._snapshot: RouterSnapshot | None = None
         self._taken: RouterSnapshot | None = None  # the last snapshot taken, even once out of date
         self._queue_marks: tuple[QueueMark, ...] = ()
@@ -180,8 +176,6 @@ class ModelRouter:
             ratios=ratios,
             price=price.per_ms,
             saturated=price.saturated,
-            price_below=price.below_ms if self.config.price_mix_on else 0.0,
-            price_kept=price.kept if self.config.price_mix_on else 0.0,
             required_rows_s=self._required_rows_s(),
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
@@ -219,9 +213,7 @@ class ModelRouter:
         A shed request (`Decision.shed`) counts as arrived but not as sent to its variant:
         its rows will not join that queue."""
         snapshot = self.snapshot()
-        at_level = snapshot.at_level(hints.priority) if hints.priority else snapshot
-        decision = decide(at_level, hints, rows, self.config, self._draw)
-        self._draw = (self._draw + GOLDEN_STEP) % 1.0
+        decision = decide(snapshot.at_level(hints.priority) if hints.priority else snapshot, hints, rows, self.config)
         self._arrive(rows)
         if not decision.shed:
             self._shares[decision.variant].add(rows)
@@ -248,7 +240,7 @@ class ModelRouter:
 
     def explain(self, hints: RequestHints, rows: int) -> Decision:
         """What `route` would decide now, without counting an arrival."""
-        return decide(self.snapshot().at_level(hints.priority), hints, rows, self.config, self._draw)
+        return decide(self.snapshot().at_level(hints.priority), hints, rows, self.config)
 
     def _arrive(self, rows: int) -> None:
         self._arrivals.add(rows)

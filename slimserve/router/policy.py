@@ -14,13 +14,10 @@ In order:
    loose request (SLO at least the model's default) goes only to variants with that
    capacity, if there are any.
 3. `slo`: the best score as above (ties: the more accurate); reason `cpu_budget` when the
-   price changed the choice. Where the price holds a variant mix (`router.price`: the share
-   of the requests switching at its breakpoint that still fits on the dearer variant), a
-   request's draw says which of the two prices it pays, so the requests follow the mix.
-   None likely in time → the best score among all of them (ties: the faster), reason
-   `best_effort`: the most expected quality for the CPU it takes, not the fastest, which
-   under load is an idle variant slower per row and less accurate than the busy one
-   (RouterConfig.best_effort_quality_on; off: the fastest).
+   price changed the choice. None likely in time → the best score among all of them (ties:
+   the faster), reason `best_effort`: the most expected quality for the CPU it takes, not
+   the fastest, which under load is an idle variant slower per row and less accurate than
+   the busy one (RouterConfig.best_effort_quality_on; off: the fastest).
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 4. Admission (`sheds`): a request that states an SLO (not the model's default) is refused,
    reason `shed_predicted_late`, when its variant is predicted (`predicted_ms`) to answer
@@ -159,12 +156,8 @@ def sheds(snapshot: RouterSnapshot, hints: RequestHints, chosen: Candidate, conf
     return config.shed_idle_on and snapshot.saturated and any(v.busy for v in snapshot.variants)
 
 
-def decide(
-    snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig, draw: float = 1.0
-) -> Decision:
-    """Pick a variant for one request of `rows` rows (see the module docstring for the rule);
-    `draw`, uniform in [0, 1), says which price of the snapshot's it pays (`price_for`)."""
-    price = snapshot.price_for(draw)
+def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:
+    """Pick a variant for one request of `rows` rows (see the module docstring for the rule)."""
     pool = candidates(snapshot, rows, hints.slo_ms)
     qualifying = [c for c in pool if c.quality >= hints.min_quality]
     if not qualifying:
@@ -180,13 +173,13 @@ def decide(
         roomy = [c for c in qualifying if c.capacity_rows_s >= required]
         guarded = bool(roomy) and len(roomy) < len(qualifying)
         qualifying = roomy if guarded else qualifying
-    chosen, reason = _choose(qualifying, hints, price, config)
+    chosen, reason = _choose(qualifying, hints, snapshot.price, config)
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
     chosen_as = ""
     if sheds(snapshot, hints, chosen, config):  # step 4
         reason, chosen_as = SHED_PREDICTED_LATE, reason
-    grounds = Grounds(hints, price, required if guarded else None, config.min_p_in_time, chosen_as)
+    grounds = Grounds(hints, snapshot.price, required if guarded else None, config.min_p_in_time, chosen_as)
     return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
 
 

@@ -17,14 +17,6 @@ little quality for much CPU drop out first.
 Raising μ only ever moves a request size to a cheaper variant, so demand falls with μ, and
 the answer is one of the breakpoints where some request size switches variant.
 
-At that breakpoint all of a size's requests switch at once, though the budget may have room
-for most of them on the dearer variant: traffic a little above the budget then moved all of
-it (on minilm at 3× fp32's capacity, every request from pruned-int8 to distilled-int8 at
-~92 requests/s, none at ~88; a 5 % error in a cost flipped the whole mix). So the price
-also says which share of the switching traffic may stay (`Price.kept`, at `below_ms`, the
-price before the breakpoint): the largest share that still fits — the fractional solution
-of the knapsack the breakpoints walk, as a planner over a variant mix would give.
-
 If no price makes the traffic fit, the machine is past what it can serve in time, and some
 requests will be late or refused whatever the router does. The price then maximises the
 quality answered per machine-millisecond (Σ λ·quality / Σ λ·cost over the choices it
@@ -41,7 +33,6 @@ from dataclasses import dataclass
 
 # A price just past a breakpoint, so that the cheaper variant wins there.
 PAST_BREAKPOINT = 1.0 + 1e-6
-KEPT_BISECTIONS = 20  # the kept share to 1e-6 where the wait, not utilization, binds
 
 
 @dataclass(frozen=True)
@@ -117,13 +108,6 @@ class Price:
 
     per_ms: float
     saturated: bool = False
-    below_ms: float = 0.0  # the price before the breakpoint `per_ms` is just past
-    kept: float = 0.0  # share of the requests that switch there which may stay at `below_ms`
-
-    def for_draw(self, draw: float) -> float:
-        """The price one request pays, given its uniform draw in [0, 1): `below_ms` for the
-        `kept` share of draws, so that the requests follow the fractional mix."""
-        return self.below_ms if draw < self.kept else self.per_ms
 
 
 def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> Price:
@@ -133,39 +117,10 @@ def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budge
         return Price(0.0)
     sizes = [rows for rows, rate in rates.items() if rate > 0]
     prices = sorted({p * PAST_BREAKPOINT for rows in sizes for p in breakpoints(offers, rows)})
-    below = 0.0
     for price in prices:
         if fits(demand(offers, rates, price), budget):
-            return Price(price, below_ms=below, kept=kept_share(offers, rates, budget, below, price))
-        below = price
+            return Price(price)
     return Price(max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price)), saturated=True)
-
-
-def kept_share(
-    offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget, below: float, price: float
-) -> float:
-    """The largest share of the requests that switch variant between `below` (did not fit)
-    and `price` (fits) that may stay on their dearer variant, the traffic still fitting: the
-    blend's demand is linear in the share, its utilization too, and its M/G/1 wait rises
-    with it (bisection)."""
-    low, high = demand(offers, rates, price), demand(offers, rates, below)
-    extra_ms, extra_square = high.ms_per_s - low.ms_per_s, high.square_ms2_per_s - low.square_ms2_per_s
-    if extra_ms <= 0:
-        return 0.0
-
-    def blend(share: float) -> Demand:
-        return Demand(low.ms_per_s + share * extra_ms, low.square_ms2_per_s + share * extra_square)
-
-    most = min((budget.target_utilization * 1e3 - budget.rest_ms_per_s - low.ms_per_s) / extra_ms, 1.0)
-    if most <= 0:
-        return 0.0
-    if fits(blend(most), budget):
-        return most
-    least = 0.0
-    for _ in range(KEPT_BISECTIONS):
-        middle = (least + most) / 2
-        least, most = (middle, most) if fits(blend(middle), budget) else (least, middle)
-    return least
 
 
 def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> float:

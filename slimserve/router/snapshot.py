@@ -142,8 +142,6 @@ class RouterSnapshot:
     side_by_side: bool  # every variant has a worker thread of its own
     stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
     level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
-    price_below: float = 0.0  # the price a `price_kept` share of requests pays instead (router.price)
-    price_kept: float = 0.0
     # Latency that does not scale with the work: a request that took 3 ms instead of 0.3 is
     # not "10× slower" but met the fixed costs every request meets (router.ratios).
     floor_ms: float = field(init=False)
@@ -152,10 +150,6 @@ class RouterSnapshot:
     def __post_init__(self) -> None:
         object.__setattr__(self, "floor_ms", self.overhead_ms + self.outside_ms)
         object.__setattr__(self, "_work", WorkAhead(self.variants, self.taken_s))
-
-    def price_for(self, draw: float) -> float:
-        """The price a request with this uniform draw pays (`router.price.Price.for_draw`)."""
-        return self.price_below if draw < self.price_kept else self.price
 
     def view(self, variant: str) -> VariantView:
         return next(v for v in self.variants if v.name == variant)

@@ -91,29 +91,3 @@ def test_past_saturation_the_price_keeps_the_variant_with_the_most_quality_per_m
     assert not fits(demand(offers, flooded, price), Budget(0.6))
     assert pick(offers, 1, price).variant == "int8"  # 0.91 / 2 ms beats 0.70 / 1.9 ms and 1.0 / 3 ms
     assert quality_per_ms(offers, flooded, price) == pytest.approx(0.91 / 2.0)
-
-
-def test_at_the_breakpoint_the_share_that_still_fits_stays_on_the_dearer_variant() -> None:
-    budget = Budget(0.5)
-    price = cpu_price(OFFERS, RATES, budget)
-    # fp32 (740 ms/s) does not fit 500; all int8 does (100 × 1.25 + 100 × 3.0 = 425): the
-    # kept share of fp32 fills the budget exactly, no more.
-    assert pick(OFFERS, 1, price.below_ms).variant == "fp32" and pick(OFFERS, 1, price.per_ms).variant == "int8"
-    assert price.kept == pytest.approx((500.0 - 425.0) / (740.0 - 425.0))
-    assert price.for_draw(price.kept - 1e-9) == price.below_ms and price.for_draw(price.kept) == price.per_ms
-
-
-def test_where_the_wait_binds_the_kept_share_is_the_largest_whose_wait_fits() -> None:
-    light = {1: 50.0, 8: 50.0}
-    strict = Budget(0.8, max_wait_ms=1.0)
-    price = cpu_price(OFFERS, light, strict)
-    low, high = demand(OFFERS, light, price.per_ms), demand(OFFERS, light, price.below_ms)
-
-    def blend(share: float) -> Demand:
-        return Demand(
-            low.ms_per_s + share * (high.ms_per_s - low.ms_per_s),
-            low.square_ms2_per_s + share * (high.square_ms2_per_s - low.square_ms2_per_s),
-        )
-
-    assert 0.0 < price.kept < 1.0
-    assert mean_wait_ms(blend(price.kept), strict) <= 1.0 < mean_wait_ms(blend(price.kept + 1e-3), strict)
