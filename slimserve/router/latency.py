@@ -25,7 +25,7 @@ Queue wait: a request joins the variant's queue behind `queued_rows` and waits f
 batch in flight; the other variants' work shares the cores with it. Where the batcher serves
 by priority level (`LevelledQueueView`), a request of level k waits only behind the rows
 queued at levels 1..k (`RouterSnapshot.at_level`).
-`RouterSnapshot.modelled_ms` puts these together.
+`RouterSnapshot.candidates` puts these together.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What the router knows at one instant, immutable: every decision, Explain and metric reads one.
 
 The event loop takes a snapshot (`ModelRouter.snapshot`) at most every few milliseconds,
-and again as soon as a queue changes; from it, `predicted_ms` and `p_in_time` give any
-request's prediction without touching live state. So Explain, asked with the same hints
+and again as soon as a queue changes; from it, `candidates` gives any request's
+prediction for every variant without touching live state. So Explain, asked with the same hints
 on the same snapshot, says exactly what `route` does. A request of a priority level with
 lower-priority work queued behind it is predicted on `at_level(level)`: the same snapshot,
 its own variant's queue counted only down to that level.
@@ -103,7 +103,7 @@ class VariantView:
 
 class WorkAhead:
     """Every variant's work at the instant, summed once per snapshot: each decision asks
-    how much of it slows each of the variants (`RouterSnapshot.modelled_ms`)."""
+    how much of it slows each of the variants (`RouterSnapshot.candidates`)."""
 
     def __init__(self, variants: tuple[VariantView, ...], now_s: float) -> None:
         self.left_ms: dict[str, float] = {}  # name → what is left at `now_s` of its batch in flight
@@ -211,9 +211,7 @@ class RouterSnapshot:
             waiting = left_ms[view.name]
             ahead = view.rows_ahead(level) if level else view.queued_rows
             joining = ahead + rows + view.arriving_rows_s * waiting / 1e3
-            if joining <= 0:
-                own = waiting
-            elif joining <= view.max_batch_size:  # one batch: most requests, away from saturation
+            if 0 < joining <= view.max_batch_size:  # view.drain_ms's one-batch case, inline: the usual one
                 own = waiting + view.curve.ms(joining) * view.correction
             else:
                 own = waiting + view.drain_ms(joining)
