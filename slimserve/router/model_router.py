@@ -155,7 +155,8 @@ class ModelRouter:
         """A new snapshot. A variant's view is kept from the last one while its queue is as it
         was, the router has learned nothing since and it is younger than `snapshot_max_age_s`
         (the rule a whole snapshot is kept by; what is left of a batch in flight runs down with
-        the snapshot's clock, `router.snapshot.WorkAhead`): a call that changes one queue rebuilds one view."""
+        the snapshot's clock, `router.snapshot.WorkAhead`): a call that changes one queue
+        rebuilds one view."""
         ratios = self.ratios.snapshot(now) if self.config.ratios_on else None
         oldest_kept_s = now - self.config.snapshot_max_age_s
         kept_views = []

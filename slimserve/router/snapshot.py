@@ -1,9 +1,9 @@
 """What the router knows at one instant, immutable: every decision, Explain and metric reads one.
 
 The event loop takes a snapshot (`ModelRouter.snapshot`) at most every few milliseconds,
-and again as soon as a queue changes; from it, `candidates` gives any request's
-prediction for every variant without touching live state. So Explain, asked with the same hints
-on the same snapshot, says exactly what `route` does. A request of a priority level with
+and again as soon as a queue changes; from it, `candidates` gives any request's prediction
+for every variant without touching live state. So Explain, asked with the same hints on the
+same snapshot, says exactly what `route` does. A request of a priority level with
 lower-priority work queued behind it is predicted on `at_level(level)`: the same snapshot,
 its own variant's queue counted only down to that level.
 """

@@ -128,7 +128,13 @@ def test_a_new_snapshot_rebuilds_the_views_of_changed_queues_and_runs_kept_batch
     # fp32: 15 ms left of its batch (3 ms done), its own 1 ms, and int8's 9 queued rows beside it.
     assert candidates(second, 1, None)[0].predicted_ms == pytest.approx(15.0 + 1.0 + 2.0 + 5.0 / 24)
     clock.advance(2 * RouterConfig().snapshot_max_age_s)  # too old to keep: every view afresh
-    assert not kept_views(second, router.snapshot())
+    third = router.snapshot()
+    assert not kept_views(second, third)
+    clock.advance(86_400.0)  # a day later, the batch long over by the clock: nothing kept, nothing left of it
+    after_a_day = router.snapshot()
+    assert not kept_views(third, after_a_day)
+    # fp32: its own 1 ms, which int8's 2.2 ms queue beside it makes 2 (processor sharing).
+    assert candidates(after_a_day, 1, None)[0].predicted_ms == pytest.approx(1.0 + 1.0)
 
 
 def test_whatever_the_router_learns_rebuilds_every_view() -> None:
