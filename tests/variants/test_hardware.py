@@ -1,4 +1,5 @@
-"""Cores from the cgroup CPU quota: a pod limited to 2 cores on a 64-core node uses 2."""
+"""Cores from the cgroup CPU quota (a pod limited to 2 cores on a 64-core node uses 2), and
+whether torch may train in bf16."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.repository.hardware import cgroup_cpu_limit, usable_cores
+from slimserve.repository.hardware import _cpuinfo, cgroup_cpu_limit, native_bf16, usable_cores
 
 
 def test_cgroup_v2_quota_in_cores(tmp_path: Path) -> None:
@@ -37,3 +38,15 @@ def test_usable_cores_is_the_affinity_capped_by_the_quota(tmp_path: Path, quota:
     (tmp_path / "cpu.max").write_text(quota)
     affinity = len(os.sched_getaffinity(0))
     assert usable_cores(tmp_path) == (affinity if expected is None else min(affinity, expected))
+
+
+@pytest.mark.parametrize("cap", ["AVX2", "avx512_core_vnni", " AVX512_CORE "])
+def test_a_onednn_cap_below_bf16_means_no_native_bf16(cap: str) -> None:
+    # Capped there, torch emulates bf16 matmuls: 16x slower than fp32, not 2x faster.
+    assert native_bf16({"ONEDNN_MAX_CPU_ISA": cap}) is False
+
+
+def test_without_a_cap_native_bf16_follows_the_cpu_flags() -> None:
+    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & _cpuinfo()[1])
+    assert native_bf16({}) is has_bf16
+    assert native_bf16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) is has_bf16
