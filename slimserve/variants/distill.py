@@ -225,24 +225,28 @@ class TeacherStates:
     Pruning fine-tunes several times and distillation runs several epochs against the same
     teacher; computing its forward pass once instead of every step saves about a third of
     the training time. Memory: tokens × layers × hidden × 2 bytes (about 1 GB for the
-    default minilm recipe).
+    default minilm recipe). The rows go through the teacher shortest first, so each batch
+    is cut to nearly its every row's length: in corpus order a batch of 64 was padded to
+    about twice its real tokens.
     """
 
     def __init__(
         self, teacher: SentenceEncoder, inputs: dict[str, np.ndarray], batch_size: int = 64, bf16: bool = False
     ) -> None:
-        self._states: list[np.ndarray] = []
         lengths = inputs["attention_mask"].sum(axis=1)
+        by_length = np.argsort(lengths, kind="stable")
+        states_of: dict[int, np.ndarray] = {}
         teacher.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for start in tqdm(range(0, len(lengths), batch_size), desc="teacher states", unit="batch", leave=False):
-                rows = slice(start, start + batch_size)
+                rows = by_length[start : start + batch_size]
                 length = int(lengths[rows].max())
                 ids = torch.from_numpy(inputs["input_ids"][rows, :length])
                 mask = torch.from_numpy(inputs["attention_mask"][rows, :length])
                 states = [state.float() for state in teacher.hidden_states(ids, mask)]
                 stacked = torch.stack(states, dim=1).to(torch.float16).numpy()
-                self._states += [stacked[i, :, : lengths[start + i]] for i in range(len(stacked))]
+                states_of.update((int(row), stacked[i, :, : lengths[row]]) for i, row in enumerate(rows))
+        self._states = [states_of[row] for row in range(len(lengths))]
         self.num_layers = len(teacher.layers)
 
     def batch(self, rows: np.ndarray, length: int) -> torch.Tensor:

@@ -62,6 +62,23 @@ def test_bf16_teacher_states_are_close_to_fp32_and_really_bf16() -> None:
     assert 0 < relative < 0.02  # bf16 keeps 8 bits of mantissa: close, yet not the fp32 values
 
 
+def test_teacher_states_are_each_rows_own_whatever_order_they_were_computed_in() -> None:
+    teacher = load_minilm()
+    inputs = _token_rows(rows=70)
+    lengths = np.random.default_rng(1).integers(3, 13, 70)  # two batches of 64, lengths mixed
+    inputs["attention_mask"] = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+    states = TeacherStates(teacher, inputs)
+    for row in (0, 5, 63, 64, 69):
+        alone = {k: v[row : row + 1, : lengths[row]] for k, v in inputs.items()}
+        with torch.no_grad():
+            expected = torch.stack(teacher.hidden_states(torch.from_numpy(alone["input_ids"]),
+                                                         torch.from_numpy(alone["attention_mask"])))[:, 0]  # fmt: skip
+        got = states.batch(np.array([row]), 12)[:, 0]
+        assert got.shape == (6, 12, 384)
+        np.testing.assert_allclose(got[:, : lengths[row]].numpy(), expected.numpy(), atol=2e-2)  # float16 storage
+        assert not got[:, lengths[row] :].any()
+
+
 def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
     teacher = load_minilm()
     inputs = _token_rows()
