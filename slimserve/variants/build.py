@@ -38,7 +38,6 @@ from slimserve.repository.format import (
 )
 from slimserve.repository.hardware import HardwareTarget, fingerprint, pin_to_one_core, threads_for
 from slimserve.repository.profile import ProfileSettings, profile_variants, synthetic_batch
-from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.classifier_pipeline import checked_spec, classifier_stages
 from slimserve.variants.coded_size import coded_bytes
 from slimserve.variants.encoder_pipeline import encoder_stages
@@ -140,7 +139,7 @@ def publish(
     names = [v.name for v in result.variants]
     threads = threads_for("cloud-cpu")
     progress.stage(names, "evaluate")
-    outputs = {v.name: run_batched(make_session(v.onnx, threads), result.held_out) for v in result.variants}
+    outputs = {v.name: result.run(v.onnx, result.held_out, threads) for v in result.variants}
     progress.stage(names, "profile", budget_s=len(settings.batch_sizes) * settings.seconds_per_batch_size)
     profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, settings, "cloud-cpu")
     full_batch = synthetic_batch(result.config.inputs, result.config.max_batch_size, settings.seq_len)

@@ -11,11 +11,10 @@ import torch
 
 from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryError, TensorSpec
 from slimserve.repository.hardware import native_bf16, threads_for
-from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
 from slimserve.variants.distill import TeacherStates, fit_encoder
-from slimserve.variants.evaluate import encoder_scores
+from slimserve.variants.evaluate import embed_as_served, encoder_scores
 from slimserve.variants.int8mixed import quantize_int8mixed
 from slimserve.variants.lowrank import factorise
 from slimserve.variants.models.encoder import SentenceEncoder, load_minilm
@@ -93,13 +92,13 @@ class _Steps:
     def _cosine_to(self, parent: BuiltVariant) -> Callable[[int | None], Callable[[bytes], float]]:
         """Scorers against `parent`'s embeddings of the selection sentences (computed once):
         `scorer(rows)` scores a graph by mean cosine on the first `rows` of them (None: all)."""
-        reference = run_batched(make_session(parent.onnx, 1), self.selection)
+        reference = embed_as_served(parent.onnx, self.selection, 1)
 
         def scorer(rows: int | None) -> Callable[[bytes], float]:
             selection = {k: v[:rows] for k, v in self.selection.items()}
 
             def cosine(graph: bytes) -> float:
-                return encoder_scores(run_batched(make_session(graph, 1), selection), reference[:rows])[0]["cosine"]
+                return encoder_scores(embed_as_served(graph, selection, 1), reference[:rows])[0]["cosine"]
 
             return cosine
 
@@ -213,6 +212,7 @@ def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None)
         held_out=held_out,
         labels=None,
         score=encoder_scores,
+        run=embed_as_served,
     )
 
     def make(chain: Chain) -> BuiltVariant:

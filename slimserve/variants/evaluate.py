@@ -8,11 +8,14 @@ agreement — what a vector-search application lives by: the held-out sentences 
 by the reference (as a vector store built offline is), each sentence is embedded by the
 variant and searched for, excluding itself; it agrees when its nearest hit is the one the
 reference's own embedding of it retrieves. `retrieval_hits` gives that per sentence.
+An encoder's embeddings are computed as the server answers (`embed_as_served`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from slimserve.repository.sessions import run_as_served
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -60,3 +63,12 @@ def encoder_scores(embeddings: np.ndarray, reference: np.ndarray) -> tuple[dict[
     retrieval = float((retrieval_hits(embeddings, reference, rows) == nearest_neighbours(reference)).mean())
     quality = {"cosine": cosine, "nn_agreement": nn_agreement, "retrieval_agreement": retrieval}
     return quality, {"cosine": cosine}
+
+
+def embed_as_served(graph: bytes, inputs: dict[str, np.ndarray], threads: int) -> np.ndarray:
+    """Embeddings of every row as the server answers them (`sessions.run_as_served`): every
+    quality figure of the build, and every choice made on the selection sentences, is then
+    what a caller gets. A graph that quantizes at run time scores each sentence alone, at
+    its own length; scored 64 at a time, padded to the longest of the set, one activation
+    scale covered them all (and their padding), which no served request sees."""
+    return run_as_served(graph, inputs, inputs["attention_mask"].sum(axis=1), threads)

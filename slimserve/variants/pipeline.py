@@ -12,10 +12,18 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimserve.repository.format import Datatype, ModelConfig, VariantKind
+from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain, build_plan
 from slimserve.variants.progress import ModelProgress
 
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[dict[str, float], dict[str, float]]]
+# (graph, held-out rows, threads) -> the graph's first output for every row.
+Runner = Callable[[bytes, dict[str, np.ndarray], int], np.ndarray]
+
+
+def run_every_row(graph: bytes, inputs: dict[str, np.ndarray], threads: int) -> np.ndarray:
+    """The default `Runner`: rows as they are, 64 at a time (fixed-shape inputs)."""
+    return run_batched(make_session(graph, threads), inputs)
 
 
 @dataclass
@@ -67,13 +75,15 @@ FIRST_STAGE: tuple[str, ...] = ("fp32", "int8")
 
 @dataclass
 class PipelineResult:
-    """A model's config and variants (reference first), its held-out set and scorer."""
+    """A model's config and variants (reference first), its held-out set, how a graph is
+    run on it, and the scorer of what comes out."""
 
     config: ModelConfig
     variants: list[BuiltVariant]
     held_out: dict[str, np.ndarray]
     labels: np.ndarray | None
     score: Scorer
+    run: Runner = run_every_row
 
     def snapshot(self) -> PipelineResult:
         """This result with the variants built so far, unaffected by those added later."""

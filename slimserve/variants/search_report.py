@@ -16,8 +16,8 @@ import numpy as np
 
 from slimserve.repository.hardware import fingerprint
 from slimserve.repository.profile import profile_sessions
-from slimserve.repository.sessions import make_session, run_batched
-from slimserve.variants.evaluate import encoder_scores
+from slimserve.repository.sessions import make_session
+from slimserve.variants.evaluate import embed_as_served, encoder_scores
 from slimserve.variants.search import SearchResult
 
 REPORT_TIMING_S = 12.0
@@ -49,8 +49,8 @@ def measure(
 ) -> list[Row]:
     """Rows for `graphs` ({name: (origin, graph)}), against `reference` (fp32)."""
     expected = {
-        "proxy": run_batched(make_session(reference, threads), proxy_rows),
-        "held_out": run_batched(make_session(reference, threads), held_out_rows),
+        "proxy": embed_as_served(reference, proxy_rows, threads),
+        "held_out": embed_as_served(reference, held_out_rows, threads),
     }
     sessions = {"fp32": make_session(reference, threads)} | {
         n: make_session(g, threads) for n, (_, g) in graphs.items()
@@ -60,7 +60,7 @@ def measure(
     rows = [Row("fp32", "reference", 1.0, 1.0, base_ms, latency["fp32"][1].p95_ms, 1.0, len(reference))]
     for name, (origin, graph) in graphs.items():
         agreement = {
-            split: encoder_scores(run_batched(sessions[name], data), expected[split])[0]["retrieval_agreement"]
+            split: encoder_scores(embed_as_served(graph, data, threads), expected[split])[0]["retrieval_agreement"]
             for split, data in (("proxy", proxy_rows), ("held_out", held_out_rows))
         }
         stats = latency[name][1]

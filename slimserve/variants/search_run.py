@@ -23,9 +23,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from slimserve.repository.format import RepositoryError
 from slimserve.repository.hardware import threads_for
 from slimserve.repository.profile import ProfileSettings
-from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
-from slimserve.variants.evaluate import encoder_scores
+from slimserve.variants.evaluate import embed_as_served, encoder_scores
 from slimserve.variants.search import QuantSearch, Scorer, SearchBudget, SearchResult
 
 log = logging.getLogger(__name__)
@@ -40,10 +39,10 @@ REFERENCE = "fp32"
 
 def retrieval_scorer(reference: bytes, rows: dict[str, np.ndarray], threads: int) -> Scorer:
     """A graph's retrieval agreement with `reference`'s embeddings of `rows` (computed once)."""
-    expected = run_batched(make_session(reference, threads), rows)
+    expected = embed_as_served(reference, rows, threads)
 
     def score(graph: bytes) -> float:
-        return encoder_scores(run_batched(make_session(graph, threads), rows), expected)[0]["retrieval_agreement"]
+        return encoder_scores(embed_as_served(graph, rows, threads), expected)[0]["retrieval_agreement"]
 
     return score
 

@@ -21,11 +21,7 @@ import numpy as np
 
 from slimserve.repository.format import MANIFEST_FILE, ModelConfig, RepositoryError, VariantEntry, sha256_of
 from slimserve.repository.profile import synthetic_batch
-from slimserve.repository.sessions import make_session
-
-# Operators that compute an activation's quantization scale from the tensor at run time. Their
-# names are stored as plain strings in the ONNX protobuf, so the graph's bytes are searched.
-DYNAMIC_QUANTIZATION_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul", b"DynamicQuantizeLSTM")
+from slimserve.repository.sessions import make_session, merges_requests
 
 
 def verified_graph(variant: VariantEntry) -> bytes:
@@ -50,8 +46,7 @@ class VariantSession:
         self.threads = threads  # ONNX Runtime's intra-op threads for one call
         graph = verified_graph(variant)
         self._session = make_session(graph, threads)
-        # One activation scale per session call: requests share one only when none is dynamic.
-        self.merges_requests = not any(op in graph for op in DYNAMIC_QUANTIZATION_OPS)
+        self.merges_requests = merges_requests(graph)
         self._output_names = [o.name for o in self._session.get_outputs()]
         expected = [spec.name for spec in config.outputs]
         if self._output_names != expected:
