@@ -10,6 +10,11 @@ there, and from the start of `make run` measures, with `tritonclient`:
   stay unserved candidates, so the count served can be more than four, never less).
 Then it stops `make run` with SIGTERM. The first run installs the virtual environment from
 the package index, as a new user's does. Uses ports 8001 and 8002: nothing else may hold them.
+
+`--cap-isa avx2` runs `make run` with torch, oneDNN and MKL held to AVX2 kernels
+(`AVX2_ONLY_ENV`): on a CPU with AVX-512 BF16 it takes the path of a CPU without it (the
+build trains in fp32, `repository.hardware.native_bf16`), the closest this can come to an
+AVX2-only machine. ONNX Runtime has no such switch: its int8 kernels still use VNNI.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import tritonclient.grpc as triton
 from loadtest.messages import MINILM_INPUTS, triton_inputs
 from loadtest.serving import cpu_model
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
+from slimserve.repository.hardware import fingerprint
 
 ADDRESS = "127.0.0.1:8001"
 POLL_S = 0.5
 VARIANTS_PER_MODEL = 4  # fp32, int8, pruned, distilled: always served
+AVX2_ONLY_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def _digits_ok(client: triton.InferenceServerClient) -> bool:
@@ -59,12 +66,12 @@ def _listing() -> tuple[dict[str, int], int]:
     return served, len(answer.building)
 
 
-def measure(clone: Path, timeout_s: float) -> dict[str, object]:
+def measure(clone: Path, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, object]:
     log_path = clone / "first_run.log"
     started = time.monotonic()
     with open(log_path, "w") as log:
         make = subprocess.Popen(["make", "run"], cwd=clone, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, env=env)  # fmt: skip
     marks: dict[str, float] = {}
     client = triton.InferenceServerClient(ADDRESS)
     try:
@@ -91,7 +98,8 @@ def measure(clone: Path, timeout_s: float) -> dict[str, object]:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGTERM)
             make.wait(timeout=120)
-    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), **marks, "log": str(log_path)}
+    return {"cpu": cpu_model(), "isa": fingerprint(threads=1).isa, "cores": len(os.sched_getaffinity(0)), **marks,
+            "log": str(log_path)}  # fmt: skip
 
 
 def main() -> int:
@@ -99,11 +107,14 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=Path("."), help="the git repository to clone")
     parser.add_argument("--out", type=Path, default=Path("docs/bench/first_run.json"))
     parser.add_argument("--timeout-s", type=float, default=3600)
+    parser.add_argument("--cap-isa", choices=["avx2"], help="hold torch, oneDNN and MKL to AVX2 (module docstring)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="slimserve-first-run-") as tmp:
         clone = Path(tmp) / "slimserve"
         subprocess.run(["git", "clone", "--quiet", str(args.source.resolve()), str(clone)], check=True)
-        report = measure(clone, args.timeout_s)
+        env = {**os.environ, **AVX2_ONLY_ENV} if args.cap_isa else None
+        report = measure(clone, args.timeout_s, env)
+        report["cap_isa"] = args.cap_isa
         report["log_tail"] = [
             line for line in (clone / "first_run.log").read_text(errors="replace").splitlines()
             if "published" in line or "loaded" in line or "serving" in line
