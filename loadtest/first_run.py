@@ -10,6 +10,11 @@ there, and from the start of `make run` measures, with `tritonclient`:
   stay unserved candidates, so the count served can be more than four, never less).
 Then it stops `make run` with SIGTERM. The first run installs the virtual environment from
 the package index, as a new user's does. Uses ports 8001 and 8002: nothing else may hold them.
+`first_run.log` in the clone has `make run`'s output, each line after the seconds since it
+started. The health check's channel retries every 0.5 s at most: with gRPC's default
+reconnect backoff (1 s, growing 1.6× a try, ± 20 % jitter) a channel made at the start tries
+again near 27, 43, 70 and 113 s, and every "up" figure measured before fits those tries
+(60–74 s, 112–113 s) rather than the server's start.
 
 `--cap-isa avx2` runs `make run` with torch, oneDNN and MKL held to AVX2 kernels
 (`AVX2_ONLY_ENV`): on a CPU with AVX-512 BF16 it takes the path of a CPU without it (the
@@ -26,8 +31,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import tritonclient.grpc as triton
@@ -40,6 +47,7 @@ from slimserve.repository.hardware import fingerprint
 ADDRESS = "127.0.0.1:8001"
 POLL_S = 0.5
 VARIANTS_PER_MODEL = 4  # fp32, int8, pruned, distilled: always served
+RECONNECT_ARGS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 500)]
 AVX2_ONLY_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
@@ -66,14 +74,27 @@ def _listing() -> tuple[dict[str, int], int]:
     return served, len(answer.building)
 
 
+def _copy_with_times(source: IO[bytes], log_path: Path, started: float) -> None:
+    """Each line of `make run`'s output into `log_path`, after the seconds since `started`."""
+    with open(log_path, "w") as log:
+        for raw in source:
+            line = raw.decode(errors="replace").rstrip("\n")
+            log.write(f"{time.monotonic() - started:8.1f} {line}\n")
+            log.flush()
+
+
 def measure(clone: Path, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, object]:
     log_path = clone / "first_run.log"
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        make = subprocess.Popen(["make", "run"], cwd=clone, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)  # fmt: skip
+    make = subprocess.Popen(["make", "run"], cwd=clone, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)  # fmt: skip
+    assert make.stdout is not None
+    copier = threading.Thread(target=_copy_with_times, args=(make.stdout, log_path, started), daemon=True)
+    copier.start()
     marks: dict[str, float] = {}
-    client = triton.InferenceServerClient(ADDRESS)
+    # The channel is made before the server listens: without a short reconnect backoff, gRPC's
+    # (1 s growing 1.6x a try) could report the server up tens of seconds after it was.
+    client = triton.InferenceServerClient(ADDRESS, channel_args=RECONNECT_ARGS)
     try:
         while time.monotonic() - started < timeout_s and make.poll() is None:
             now = time.monotonic() - started
@@ -98,6 +119,7 @@ def measure(clone: Path, timeout_s: float, env: dict[str, str] | None = None) ->
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGTERM)
             make.wait(timeout=120)
+        copier.join(timeout=10)
     return {"cpu": cpu_model(), "isa": fingerprint(threads=1).isa, "cores": len(os.sched_getaffinity(0)), **marks,
             "log": str(log_path)}  # fmt: skip
 
