@@ -1,0 +1,21 @@
+"""The sentence corpus: the packages' docstrings widen the training text and leave the
+held-out set the default corpus's."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimserve.variants.data import documentation_sentences, split_sentences
+
+
+@pytest.mark.slow  # parses every module of the standard library (~20 s)
+def test_the_packages_add_training_text_and_no_held_out_sentence() -> None:
+    default = documentation_sentences()
+    wide = documentation_sentences(packages=True)
+    assert wide[: len(default)] == default  # the default corpus, in its order, then the packages'
+    assert len(wide) > 1.5 * len(default)
+    default_train, held_out = split_sentences(default)
+    wide_train, _ = split_sentences(wide)
+    assert wide_train[: len(default_train)] == default_train
+    assert len(wide_train) > 1.5 * len(default_train)
+    assert not set(wide_train) & set(held_out)
