@@ -76,3 +76,10 @@ def test_the_opt_in_candidates_recipe_is_valid() -> None:
     recipes = load_recipes(Path(__file__).parents[2] / "recipes" / "candidates.yaml")
     assert {r.name for r in recipes} == {"digits", "minilm"}
     assert all("lowrank-int8" in r.variants for r in recipes)  # type: ignore[union-attr]
+
+
+def test_the_opt_in_fast_minilm_recipe_is_valid() -> None:
+    (recipe,) = load_recipes(Path(__file__).parents[2] / "recipes" / "fast-minilm.yaml")
+    assert isinstance(recipe, EncoderRecipe)
+    assert recipe.train_on_packages and "distilled-int8" in recipe.variants
+    assert len(recipe.distill.keep_layers) == 4
