@@ -195,8 +195,10 @@ def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None)
     progress.stage(REFERENCE, "load")
     tokenizer = minilm_tokenizer(recipe.max_tokens)
     train_text, held_out_text = split_sentences(documentation_sentences())
-    if recipe.train_on_packages:  # a superset: the held-out sentences hash to the held-out side here too
-        train_text = split_sentences(documentation_sentences(packages=True))[0]
+    if recipe.train_on_packages or recipe.train_on_libraries:
+        # A superset of the default corpus: its held-out sentences hash to the held-out side here too.
+        wider = documentation_sentences(packages=recipe.train_on_packages, libraries=recipe.train_on_libraries)
+        train_text = split_sentences(wider)[0]
     train_text = train_text[: recipe.train_sentences]
     held_out_text = held_out_text[: recipe.eval_sentences]
     train, held_out = tokenizer(train_text), tokenizer(held_out_text)

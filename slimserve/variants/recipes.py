@@ -270,6 +270,11 @@ class EncoderRecipe(_Strict):
         description="also train on the docstrings of the standard library's packages (15,376 training sentences "
         "instead of 6,979 on Python 3.11; the held-out set is unchanged): fine-tuning takes twice as long",
     )
+    train_on_libraries: list[str] = Field(
+        default=[],
+        description="installed packages whose docstrings are training text too (e.g. torch, pinned by the build: "
+        "~25,000 more training sentences); a library's text changes with its version",
+    )
     eval_sentences: int | None = Field(default=None, ge=8)
     selection_sentences: int = Field(default=300, ge=8)
     train_precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -289,6 +294,15 @@ class EncoderRecipe(_Strict):
     @model_validator(mode="after")
     def _served(self) -> EncoderRecipe:
         _check_always_served(self.serving, self.variants)
+        return self
+
+    @model_validator(mode="after")
+    def _libraries_installed(self) -> EncoderRecipe:
+        import importlib.util
+
+        missing = [name for name in self.train_on_libraries if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"train_on_libraries: {missing} not installed here, so their docstrings cannot be read")
         return self
 
 

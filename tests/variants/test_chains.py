@@ -81,5 +81,11 @@ def test_the_opt_in_candidates_recipe_is_valid() -> None:
 def test_the_opt_in_fast_minilm_recipe_is_valid() -> None:
     (recipe,) = load_recipes(Path(__file__).parents[2] / "recipes" / "fast-minilm.yaml")
     assert isinstance(recipe, EncoderRecipe)
-    assert recipe.train_on_packages and "distilled-int8" in recipe.variants
+    assert recipe.train_on_packages and recipe.train_on_libraries == ["torch"] and "distilled-int8" in recipe.variants
     assert len(recipe.distill.keep_layers) == 4
+
+
+def test_a_recipe_names_only_installed_libraries_to_train_on() -> None:
+    assert EncoderRecipe(train_on_libraries=["torch"]).train_on_libraries == ["torch"]
+    with pytest.raises(ValidationError, match=r"no_such_library_here.*not installed"):
+        EncoderRecipe(train_on_libraries=["no_such_library_here"])

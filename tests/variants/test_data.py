@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from slimserve.variants.data import documentation_sentences, split_sentences
+from slimserve.variants.data import documentation_sentences, library_sources, split_sentences
 
 
 @pytest.mark.slow  # parses every module of the standard library (~20 s)
@@ -19,3 +19,14 @@ def test_the_packages_add_training_text_and_no_held_out_sentence() -> None:
     assert wide_train[: len(default_train)] == default_train
     assert len(wide_train) > 1.5 * len(default_train)
     assert not set(wide_train) & set(held_out)
+
+
+@pytest.mark.slow  # parses the default corpus (~8 s)
+def test_a_librarys_docstrings_are_read_from_its_source_files_and_a_missing_one_is_named() -> None:
+    sources = library_sources("tqdm")  # small, and installed wherever the build runs
+    assert sources and all(path.suffix == ".py" for path in sources)
+    default = documentation_sentences()
+    wider = documentation_sentences(libraries=["tqdm"])
+    assert wider[: len(default)] == default and len(wider) > len(default)
+    with pytest.raises(ValueError, match="'no_such_library_here' is not an installed package"):
+        library_sources("no_such_library_here")
