@@ -300,9 +300,15 @@ class EncoderRecipe(_Strict):
     def _libraries_installed(self) -> EncoderRecipe:
         import importlib.util
 
-        missing = [name for name in self.train_on_libraries if importlib.util.find_spec(name) is None]
+        def installed_package(name: str) -> bool:  # as variants.data.library_sources will need it
+            spec = importlib.util.find_spec(name) if name.isidentifier() else None
+            return spec is not None and bool(spec.submodule_search_locations)
+
+        missing = [name for name in self.train_on_libraries if not installed_package(name)]
         if missing:
-            raise ValueError(f"train_on_libraries: {missing} not installed here, so their docstrings cannot be read")
+            raise ValueError(
+                f"train_on_libraries: {missing} are not packages installed here, so their docstrings cannot be read"
+            )
         return self
 
 
