@@ -78,11 +78,12 @@ def test_the_opt_in_candidates_recipe_is_valid() -> None:
     assert all("lowrank-int8" in r.variants for r in recipes)  # type: ignore[union-attr]
 
 
-def test_the_opt_in_fast_minilm_recipe_is_valid() -> None:
-    (recipe,) = load_recipes(Path(__file__).parents[2] / "recipes" / "fast-minilm.yaml")
+@pytest.mark.parametrize(("file", "layers"), [("fast-minilm.yaml", 4), ("fast-minilm-3layer.yaml", 3)])
+def test_the_opt_in_fast_minilm_recipes_are_valid(file: str, layers: int) -> None:
+    (recipe,) = load_recipes(Path(__file__).parents[2] / "recipes" / file)
     assert isinstance(recipe, EncoderRecipe)
     assert recipe.train_on_packages and recipe.train_on_libraries == ["torch"] and "distilled-int8" in recipe.variants
-    assert len(recipe.distill.keep_layers) == 4
+    assert len(recipe.distill.keep_layers) == layers
 
 
 def test_a_recipe_names_only_installed_libraries_to_train_on() -> None:
