@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slimserve.variants.installed import package_directory
+
 DIGITS_SIDE_PX = 28
 
 
@@ -82,13 +84,11 @@ def _docstrings(sources: Iterable[Path]) -> list[str]:
 
 
 def library_sources(name: str) -> list[Path]:
-    """The .py files of the installed package `name`, found without importing it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"{name!r} is not an installed package: its docstrings cannot be read")
-    return sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.py"))
+    """The .py files of the installed top-level package `name`, found without importing it."""
+    directory = package_directory(name)
+    if directory is None:
+        raise ValueError(f"{name!r} is not an installed top-level package: its docstrings cannot be read")
+    return sorted(directory.rglob("*.py"))
 
 
 def _documentation_texts(packages: bool, libraries: Sequence[str]) -> list[str]:

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from slimserve.repository.format import RepositoryError, Task
 from slimserve.repository.profile import ProfileSettings
 from slimserve.variants.chains import parse_chain
+from slimserve.variants.installed import package_directory
 
 
 class _Strict(BaseModel):
@@ -272,8 +273,8 @@ class EncoderRecipe(_Strict):
     )
     train_on_libraries: list[str] = Field(
         default=[],
-        description="installed packages whose docstrings are training text too (e.g. torch, pinned by the build: "
-        "~25,000 more training sentences); a library's text changes with its version",
+        description="installed top-level packages whose docstrings are training text too (e.g. torch, pinned by "
+        "the build: ~25,000 more training sentences); a library's text changes with its version",
     )
     eval_sentences: int | None = Field(default=None, ge=8)
     selection_sentences: int = Field(default=300, ge=8)
@@ -298,16 +299,11 @@ class EncoderRecipe(_Strict):
 
     @model_validator(mode="after")
     def _libraries_installed(self) -> EncoderRecipe:
-        import importlib.util
-
-        def installed_package(name: str) -> bool:  # as variants.data.library_sources will need it
-            spec = importlib.util.find_spec(name) if name.isidentifier() else None
-            return spec is not None and bool(spec.submodule_search_locations)
-
-        missing = [name for name in self.train_on_libraries if not installed_package(name)]
+        missing = [name for name in self.train_on_libraries if package_directory(name) is None]
         if missing:
             raise ValueError(
-                f"train_on_libraries: {missing} are not packages installed here, so their docstrings cannot be read"
+                f"train_on_libraries: {missing} are not top-level packages installed here, "
+                "so their docstrings cannot be read"
             )
         return self
 

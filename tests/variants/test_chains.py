@@ -89,5 +89,5 @@ def test_the_opt_in_fast_minilm_recipes_are_valid(file: str, layers: int) -> Non
 def test_a_recipe_names_only_installed_libraries_to_train_on() -> None:
     assert EncoderRecipe(train_on_libraries=["torch"]).train_on_libraries == ["torch"]
     for name in ("no_such_library_here", "sys", "os.path"):  # missing, built in, a module rather than a package
-        with pytest.raises(ValidationError, match=r"are not packages installed here"):
+        with pytest.raises(ValidationError, match=r"are not top-level packages installed here"):
             EncoderRecipe(train_on_libraries=[name])

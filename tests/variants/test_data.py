@@ -4,8 +4,10 @@ held-out set the default corpus's."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from slimserve.variants.data import documentation_sentences, library_sources, split_sentences
+from slimserve.variants.recipes import EncoderRecipe
 
 
 @pytest.mark.slow  # parses every module of the standard library (~20 s)
@@ -28,5 +30,21 @@ def test_a_librarys_docstrings_are_read_from_its_source_files_and_a_missing_one_
     default = documentation_sentences()
     wider = documentation_sentences(libraries=["tqdm"])
     assert wider[: len(default)] == default and len(wider) > len(default)
-    with pytest.raises(ValueError, match="'no_such_library_here' is not an installed package"):
+    with pytest.raises(ValueError, match="'no_such_library_here' is not an installed top-level package"):
         library_sources("no_such_library_here")
+
+
+def test_the_recipe_check_and_the_docstring_reader_accept_the_same_libraries() -> None:
+    # missing, built in, a single-file module, a dotted name (find_spec would import its parent)
+    for name in ("tqdm", "no_such_library_here", "sys", "os", "email.mime", "torch.nn"):
+        try:
+            EncoderRecipe(train_on_libraries=[name])
+            accepted = True
+        except ValidationError:
+            accepted = False
+        try:
+            library_sources(name)
+            read = True
+        except ValueError:
+            read = False
+        assert accepted == read == (name == "tqdm"), name
