@@ -91,33 +91,29 @@ def library_sources(name: str) -> list[Path]:
     return sorted(directory.rglob("*.py"))
 
 
-def _documentation_texts(packages: bool, libraries: Sequence[str]) -> list[str]:
-    """The help() topics, then every docstring of the top-level standard-library modules,
-    then (`packages`) those of the modules in its packages, outside site-packages, then
-    those of each installed library in `libraries`."""
+def _documentation_texts(packages: bool, libraries: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(default, extra): the help() topics and every docstring of the top-level
+    standard-library modules; then (`packages`) the docstrings of the modules in its
+    packages, outside site-packages, and those of each installed library in `libraries`."""
     import sysconfig
     from pydoc_data import topics
 
-    texts = [topics.topics[key] for key in sorted(topics.topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    sources = sorted(stdlib.glob("*.py"))
+    default = [topics.topics[key] for key in sorted(topics.topics)] + _docstrings(sorted(stdlib.glob("*.py")))
+    sources: list[Path] = []
     if packages:
         sources += sorted(
             path for path in stdlib.glob("*/**/*.py") if path.relative_to(stdlib).parts[0] != "site-packages"
         )
     for library in libraries:
         sources += library_sources(library)
-    return texts + _docstrings(sources)
+    return default, _docstrings(sources)
 
 
-def documentation_sentences(
-    min_words: int = 6, max_words: int = 40, *, packages: bool = False, libraries: Sequence[str] = ()
-) -> list[str]:
-    """Prose sentences from Python's bundled documentation, de-duplicated, in a stable order;
-    after the default corpus, those of the standard library's `packages` and of `libraries`."""
-    seen: set[str] = set()
+def _prose_sentences(documents: Iterable[str], min_words: int, max_words: int, seen: set[str]) -> list[str]:
+    """The prose sentences of `documents` not in `seen`, in order; adds them to `seen`."""
     sentences: list[str] = []
-    for document in _documentation_texts(packages, libraries):
+    for document in documents:
         for paragraph in re.split(r"\n\s*\n", document):
             lines = [line.strip() for line in paragraph.splitlines()]
             # Code samples and tables are indented or full of symbols; keep prose only.
@@ -133,6 +129,27 @@ def documentation_sentences(
                     seen.add(sentence)
                     sentences.append(sentence)
     return sentences
+
+
+def documentation_corpus(
+    min_words: int = 6, max_words: int = 40, *, packages: bool = False, libraries: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """(default, extra): the default corpus's prose sentences, de-duplicated, in a stable
+    order, and those the standard library's `packages` and `libraries` add to it (empty
+    unless asked for); each document is parsed once."""
+    default_texts, extra_texts = _documentation_texts(packages, libraries)
+    seen: set[str] = set()
+    default = _prose_sentences(default_texts, min_words, max_words, seen)
+    return default, _prose_sentences(extra_texts, min_words, max_words, seen)
+
+
+def documentation_sentences(
+    min_words: int = 6, max_words: int = 40, *, packages: bool = False, libraries: Sequence[str] = ()
+) -> list[str]:
+    """Prose sentences from Python's bundled documentation, de-duplicated, in a stable order;
+    after the default corpus, those of the standard library's `packages` and of `libraries`."""
+    default, extra = documentation_corpus(min_words, max_words, packages=packages, libraries=libraries)
+    return default + extra
 
 
 def split_sentences(sentences: list[str], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:

@@ -12,7 +12,7 @@ import torch
 from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryError, TensorSpec
 from slimserve.repository.hardware import native_bf16, threads_for
 from slimserve.variants.chains import REFERENCE, Chain
-from slimserve.variants.data import documentation_sentences, minilm_tokenizer, split_sentences
+from slimserve.variants.data import documentation_corpus, minilm_tokenizer, split_sentences
 from slimserve.variants.distill import TeacherStates, fit_encoder
 from slimserve.variants.evaluate import embed_as_served, encoder_scores
 from slimserve.variants.int8mixed import quantize_int8mixed
@@ -194,11 +194,13 @@ def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None)
     progress = progress or ModelProgress(recipe.name)
     progress.stage(REFERENCE, "load")
     tokenizer = minilm_tokenizer(recipe.max_tokens)
-    train_text, held_out_text = split_sentences(documentation_sentences())
-    if recipe.train_on_packages or recipe.train_on_libraries:
-        # A superset of the default corpus: its held-out sentences hash to the held-out side here too.
-        wider = documentation_sentences(packages=recipe.train_on_packages, libraries=recipe.train_on_libraries)
-        train_text = split_sentences(wider)[0]
+    default_text, extra_text = documentation_corpus(
+        packages=recipe.train_on_packages, libraries=recipe.train_on_libraries
+    )
+    # The held-out set is the default corpus's whatever the recipe adds: the split hashes each
+    # sentence, so the extra text's held-out side is left out rather than scored.
+    train_text, held_out_text = split_sentences(default_text)
+    train_text += split_sentences(extra_text)[0]
     train_text = train_text[: recipe.train_sentences]
     held_out_text = held_out_text[: recipe.eval_sentences]
     train, held_out = tokenizer(train_text), tokenizer(held_out_text)
