@@ -7,7 +7,9 @@ depends on the chip: without VNNI, unsigned 8-bit weights can saturate in VPMADD
 per-channel scales help most where weight ranges differ between channels. So each
 candidate is built and scored against the fp32 outputs on a *selection* slice of the
 training data (never the held-out set); among those that preserve quality, the fastest
-on this machine is kept.
+on this machine is kept. Where a dynamic graph has BERT self-attention blocks, each
+candidate is also built from the graph with attention fused into one operator
+(variants.fuse_attention), which ONNX Runtime runs as QAttention.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -32,6 +35,7 @@ from tqdm import tqdm
 
 from slimserve.repository.profile import profile_sessions
 from slimserve.repository.sessions import make_session
+from slimserve.variants.fuse_attention import fused_attention
 from slimserve.variants.progress import ModelProgress
 
 log = logging.getLogger(__name__)
@@ -52,12 +56,14 @@ class QuantCandidate:
     reduce_range: bool
     weight_type: str  # "QInt8" | "QUInt8"
     activation_type: str = "QUInt8"
+    fused_attention: bool = False  # dynamic only: attention as one QAttention (variants.fuse_attention)
 
     @property
     def label(self) -> str:
         channel = "per-channel" if self.per_channel else "per-tensor"
         reduce = "reduce-range" if self.reduce_range else "full-range"
-        return f"{channel}/{reduce}/w{self.weight_type}/a{self.activation_type}"
+        fused = "/fused-attention" if self.fused_attention else ""
+        return f"{channel}/{reduce}/w{self.weight_type}/a{self.activation_type}{fused}"
 
 
 STATIC_CANDIDATES = (
@@ -94,6 +100,15 @@ class _ArrayReader(CalibrationDataReader):
         return self._batches[self._index - 1]
 
 
+def _pre_process(raw: Path, target: Path, symbolic_shapes: bool) -> Path:
+    try:
+        quant_pre_process(str(raw), str(target), skip_symbolic_shape=not symbolic_shapes)
+    except Exception as exc:  # ORT's symbolic shape inference asserts on some graphs (attention)
+        log.info("int8: symbolic shape inference failed (%s); quantizing with ONNX shape inference only", exc)
+        quant_pre_process(str(raw), str(target), skip_symbolic_shape=True)
+    return target
+
+
 def _quantize(
     source: Path, candidate: QuantCandidate, calibration: dict[str, np.ndarray] | None, work: Path, rows_per_call: int
 ) -> bytes:
@@ -106,6 +121,8 @@ def _quantize(
             weight_type=weight_type,
             per_channel=candidate.per_channel,
             reduce_range=candidate.reduce_range,
+            # Shape inference cannot type the outputs of the fused com.microsoft operators.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if candidate.fused_attention else None,
         )
     else:
         quantize_static(
@@ -148,17 +165,22 @@ def quantize_best(
     report: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="slimserve-quant-") as tmp:
         work = Path(tmp)
-        source = work / "fp32.onnx"
         (work / "raw.onnx").write_bytes(fp32_onnx)
-        try:
-            quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=calibration is None)
-        except Exception as exc:  # ORT's symbolic shape inference asserts on some graphs (attention)
-            log.info("int8: symbolic shape inference failed (%s); quantizing with ONNX shape inference only", exc)
-            quant_pre_process(str(work / "raw.onnx"), str(source), skip_symbolic_shape=True)
+        sources = {False: _pre_process(work / "raw.onnx", work / "fp32.onnx", symbolic_shapes=calibration is not None)}
+        fused = fused_attention(fp32_onnx) if calibration is None else None
+        if fused is not None:
+            (work / "fused_raw.onnx").write_bytes(fused)
+            sources[True] = _pre_process(work / "fused_raw.onnx", work / "fused.onnx", symbolic_shapes=False)
+            chosen = tuple(chosen) + tuple(
+                replace(candidate, fused_attention=True) for candidate in chosen if not candidate.fused_attention
+            )
+        chosen = tuple(candidate for candidate in chosen if candidate.fused_attention in sources)
         if progress is not None:
             progress.loop(len(chosen), unit="candidate")
         for candidate in chosen:
-            graph = _quantize(source, candidate, calibration, work, calibration_rows_per_call)
+            graph = _quantize(
+                sources[candidate.fused_attention], candidate, calibration, work, calibration_rows_per_call
+            )
             graphs[candidate.label] = (graph, candidate)
             report[candidate.label] = {"score": score(graph)}
             log.info("int8 %s: selection score %.4f", candidate.label, report[candidate.label]["score"])

@@ -119,9 +119,9 @@ class SentenceEncoder(nn.Module):
         positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
         x = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
         x = self.embed_norm(x)
-        mask = attention_mask.to(x.dtype)
-        # Large negative rather than -inf so that an all-padding row stays finite.
-        additive = ((1.0 - mask) * -1e4)[:, None, None, :]
+        # Large negative rather than -inf so that an all-padding row stays finite. Unsqueezed,
+        # cast, subtracted, scaled, in BERT's order: ONNX Runtime fuses attention on that pattern.
+        additive = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -1e4
         states = []
         for layer in self.layers:
             x = layer(x, additive)

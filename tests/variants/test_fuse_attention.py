@@ -1,0 +1,72 @@
+"""Attention fused before dynamic int8: the fused graph computes what the torch encoder
+computes (pruned layers, padded rows), and the int8 step builds it as a candidate."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from slimserve.repository.sessions import make_session
+from slimserve.variants.fuse_attention import fused_attention
+from slimserve.variants.models.encoder import EncoderShape, SentenceEncoder
+from slimserve.variants.onnx_io import export_onnx
+from slimserve.variants.quantize import DYNAMIC_CANDIDATES, quantize_best
+from tests.variants.tiny_encoder import tiny_encoder
+
+HEADS = [4, 2, 3]  # pruned to different widths, as the pruned variant's layers are
+AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+
+
+def small_encoder() -> tuple[SentenceEncoder, dict[str, np.ndarray]]:
+    torch.manual_seed(0)
+    shape = EncoderShape(vocab_size=500, hidden=64, max_positions=32, head_dim=16, heads=HEADS, ffn=[128, 96, 64])
+    rows = {
+        "input_ids": np.random.default_rng(0).integers(1, 500, (4, 12), dtype=np.int64),
+        "attention_mask": np.ones((4, 12), dtype=np.int64),
+    }
+    rows["attention_mask"][1, 7:] = 0  # padded rows: the mask must reach the fused operator
+    rows["attention_mask"][3, 2:] = 0
+    return SentenceEncoder(shape).eval(), rows
+
+
+def ops(graph: bytes) -> list[onnx.NodeProto]:
+    return list(onnx.load_from_string(graph).graph.node)
+
+
+def test_every_attention_block_fuses_with_its_own_head_count_and_computes_what_torch_computes() -> None:
+    model, rows = small_encoder()
+    graph = export_onnx(model, {k: v[:2] for k, v in rows.items()}, "embedding", AXES)
+    fused = fused_attention(graph)
+    assert fused is not None
+    attention = [node for node in ops(fused) if node.op_type == "Attention"]
+    assert [next(a.i for a in node.attribute if a.name == "num_heads") for node in attention] == HEADS
+    assert not any(node.op_type == "Softmax" for node in ops(fused))
+    with torch.no_grad():
+        expected = model(*(torch.from_numpy(v) for v in rows.values())).numpy()
+    actual = make_session(fused, threads=1).run(None, rows)[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_a_graph_without_attention_is_left_alone() -> None:
+    assert fused_attention(tiny_encoder().SerializeToString()) is None
+
+
+def test_the_dynamic_int8_step_builds_the_fused_graph_as_one_more_candidate() -> None:
+    model, rows = small_encoder()
+    graph = export_onnx(model, {k: v[:2] for k, v in rows.items()}, "embedding", AXES)
+    reference = make_session(graph, threads=1).run(None, rows)[0]
+    scored: list[bytes] = []
+
+    def cosine(candidate: bytes) -> float:
+        scored.append(candidate)
+        output = make_session(candidate, threads=1).run(None, rows)[0]
+        return float(np.mean(np.sum(output * reference, axis=1)))  # both are unit vectors
+
+    _, chosen, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()}, 1)
+    fused_labels = [label for label in report if label.endswith("/fused-attention")]
+    assert len(fused_labels) == len(DYNAMIC_CANDIDATES) and len(report) == 2 * len(DYNAMIC_CANDIDATES)
+    fused_graphs = [g for g in scored if any(node.op_type == "QAttention" for node in ops(g))]
+    assert len(fused_graphs) == len(DYNAMIC_CANDIDATES)
+    assert min(report[label]["score"] for label in fused_labels) > 0.99  # int8 of a random net, 3 layers
+    assert chosen.label in report
