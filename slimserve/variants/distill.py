@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from slimserve.repository.format import RepositoryError
+from slimserve.variants.memory import available_memory_bytes
 from slimserve.variants.models.encoder import SentenceEncoder
 from slimserve.variants.named_outputs import as_named, run_named
 from slimserve.variants.progress import ModelProgress
@@ -141,6 +143,12 @@ def fit_classifier(
 # An output whose variance is below this share of its mean square is treated as constant: its
 # error is measured against the mean square instead, so a near-constant output cannot dominate.
 VARIANCE_FLOOR_SHARE = 1e-6
+# The teacher's token states may take at most this share of the memory available when they
+# are computed. The build's peak is over twice the states' size (minilm, 2 threads: 4.3 GiB
+# of states for 40,746 sentences, 8.9 GiB peak; 9.0 GiB for 80,557 sentences reached
+# 21.7 GiB on a 23 GiB machine before the kernel killed it).
+TEACHER_STATES_MEMORY_SHARE = 0.3
+FLOAT16_BYTES = 2
 TINY = 1e-12
 
 
@@ -227,13 +235,20 @@ class TeacherStates:
     the training time. Memory: tokens × layers × hidden × 2 bytes (about 1 GB for the
     default minilm recipe). The rows go through the teacher shortest first, so each batch
     is cut to nearly its every row's length: in corpus order a batch of 64 was padded to
-    about twice its real tokens.
+    about twice its real tokens. A training set whose states would take more than
+    TEACHER_STATES_MEMORY_SHARE of the available memory is refused before any is computed.
     """
 
     def __init__(
-        self, teacher: SentenceEncoder, inputs: dict[str, np.ndarray], batch_size: int = 64, bf16: bool = False
+        self,
+        teacher: SentenceEncoder,
+        inputs: dict[str, np.ndarray],
+        batch_size: int = 64,
+        bf16: bool = False,
+        available_bytes: int | None = None,
     ) -> None:
         lengths = inputs["attention_mask"].sum(axis=1)
+        _check_memory(teacher, lengths, available_memory_bytes() if available_bytes is None else available_bytes)
         by_length = np.argsort(lengths, kind="stable")
         states_of: dict[int, np.ndarray] = {}
         teacher.eval()
@@ -257,6 +272,24 @@ class TeacherStates:
             states = self._states[row]
             out[:, i, : states.shape[1]] = states
         return torch.from_numpy(out)
+
+
+class TrainingTextTooLargeError(RepositoryError):
+    """The teacher's token states for a recipe's training text would not fit in memory."""
+
+
+def _check_memory(teacher: SentenceEncoder, lengths: np.ndarray, available_bytes: int | None) -> None:
+    """Refuse, before the hour of work, a training set whose states would leave the build
+    to be killed by the kernel for memory (TEACHER_STATES_MEMORY_SHARE)."""
+    needed = int(lengths.sum()) * len(teacher.layers) * teacher.shape.hidden * FLOAT16_BYTES
+    if available_bytes is not None and needed > TEACHER_STATES_MEMORY_SHARE * available_bytes:
+        gib = 2**30
+        raise TrainingTextTooLargeError(
+            f"the teacher's token states for {len(lengths):,} training sentences ({int(lengths.sum()):,} tokens) "
+            f"need {needed / gib:.1f} GiB, more than {TEACHER_STATES_MEMORY_SHARE:.0%} of the "
+            f"{available_bytes / gib:.1f} GiB available: set the recipe's train_sentences lower "
+            "or train on fewer libraries"
+        )
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:

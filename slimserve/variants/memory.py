@@ -22,6 +22,18 @@ WARM_UP_RUNS = 3
 MEASURE_TIMEOUT_S = 300
 
 
+def available_memory_bytes() -> int | None:
+    """What the kernel says can be allocated without swapping (MemAvailable); None off Linux."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def _status_kib(field: str) -> int:
     """A memory figure of this process from /proc (VmRSS: now; VmHWM: peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():

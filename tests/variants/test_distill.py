@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from slimserve.variants.distill import TeacherStates, embedding_loss, fit_encoder, hinton_loss, layer_map
+from slimserve.variants.distill import (
+    TeacherStates,
+    TrainingTextTooLargeError,
+    embedding_loss,
+    fit_encoder,
+    hinton_loss,
+    layer_map,
+)
 from slimserve.variants.models.encoder import load_minilm
 
 
@@ -77,6 +84,14 @@ def test_teacher_states_are_each_rows_own_whatever_order_they_were_computed_in()
         assert got.shape == (6, 12, 384)
         np.testing.assert_allclose(got[:, : lengths[row]].numpy(), expected.numpy(), atol=2e-2)  # float16 storage
         assert not got[:, lengths[row] :].any()
+
+
+def test_training_text_whose_states_would_not_fit_is_refused_before_any_is_computed() -> None:
+    teacher = load_minilm()
+    inputs = _token_rows(rows=1000)  # 12,000 tokens: 12,000 × 6 layers × 384 × 2 bytes = 55 MB of states
+    with pytest.raises(TrainingTextTooLargeError, match=r"1,000 training sentences \(12,000 tokens\) need 0\.1 GiB"):
+        TeacherStates(teacher, inputs, available_bytes=50 * 2**20)
+    assert len(TeacherStates(teacher, _token_rows(rows=4), available_bytes=50 * 2**20).batch(np.arange(4), 12)) == 6
 
 
 def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
