@@ -146,7 +146,7 @@ VARIANCE_FLOOR_SHARE = 1e-6
 # The teacher's token states may take at most this share of the memory available when they
 # are computed. The build's peak is over twice the states' size (minilm, 2 threads: 4.3 GiB
 # of states for 40,746 sentences, 9.4 GiB peak; 9.0 GiB for 80,557 sentences reached
-# 21.7 GiB on a 23 GiB machine before the kernel killed it).
+# 22.2 GiB on a 23 GiB machine before the kernel killed it).
 TEACHER_STATES_MEMORY_SHARE = 0.3
 FLOAT16_BYTES = 2
 TINY = 1e-12
