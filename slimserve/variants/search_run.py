@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +48,29 @@ def retrieval_scorer(reference: bytes, rows: dict[str, np.ndarray], threads: int
     return score
 
 
-def training_rows(
+@dataclass(frozen=True)
+class SearchRows:
+    """The search's inputs from one parse of the sentence corpus: proxy and calibration rows
+    and the timing item from the training split, and the held-out rows for the report."""
+
+    proxy: dict[str, np.ndarray]
+    calibration: dict[str, np.ndarray]
+    timing: dict[str, np.ndarray]
+    held_out: dict[str, np.ndarray]
+
+
+def search_rows(
     proxy_sentences: int = PROXY_SENTENCES, calibration_sentences: int = CALIBRATION_SENTENCES
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(proxy rows, calibration rows, timing item), all from the training split."""
+) -> SearchRows:
+    """The rows the search and its report use (SearchRows)."""
     tokenizer = minilm_tokenizer(MAX_TOKENS)
-    train, _held_out = split_sentences(documentation_sentences())
-    timing = tokenizer(train[:1], pad_to=ProfileSettings().seq_len)
-    return tokenizer(train[-proxy_sentences:]), tokenizer(train[:calibration_sentences]), timing
+    train, held_out = split_sentences(documentation_sentences())
+    return SearchRows(
+        proxy=tokenizer(train[-proxy_sentences:]),
+        calibration=tokenizer(train[:calibration_sentences]),
+        timing=tokenizer(train[:1], pad_to=ProfileSettings().seq_len),
+        held_out=tokenizer(held_out),
+    )
 
 
 def prepared(path: Path) -> onnx.ModelProto:
@@ -65,8 +81,15 @@ def prepared(path: Path) -> onnx.ModelProto:
         return onnx.load(target)
 
 
-def run_search(repository: Path, model: str, budget: SearchBudget, parents: tuple[str, ...] = PARENTS) -> SearchResult:
-    """The search on `repository/model`'s float parents that exist (module docstring)."""
+def run_search(
+    repository: Path,
+    model: str,
+    budget: SearchBudget,
+    parents: tuple[str, ...] = PARENTS,
+    rows: SearchRows | None = None,
+) -> SearchResult:
+    """The search on `repository/model`'s float parents that exist (module docstring);
+    `rows` default to search_rows()."""
     threads = threads_for("cloud-cpu")
     folder = repository / model
     found = {name: folder / name / "model.onnx" for name in parents if (folder / name / "model.onnx").is_file()}
@@ -74,14 +97,14 @@ def run_search(repository: Path, model: str, budget: SearchBudget, parents: tupl
         raise RepositoryError(f"--search knows minilm's data only, not model '{model}'")
     if REFERENCE not in found:
         raise RepositoryError(f"{folder / REFERENCE / 'model.onnx'}: no such graph; build the model first")
-    proxy, calibration, timing = training_rows()
+    rows = rows or search_rows()
     reference = found[REFERENCE].read_bytes()
     search = QuantSearch(
         {name: prepared(path) for name, path in found.items()},
         reference,
-        retrieval_scorer(reference, proxy, threads),
-        calibration,
-        timing,
+        retrieval_scorer(reference, rows.proxy, threads),
+        rows.calibration,
+        rows.timing,
         budget,
         threads,
     )
@@ -96,7 +119,8 @@ def search_command(args: argparse.Namespace) -> int:
     model = (getattr(args, "models", None) or ["minilm"])[0]
     max_size = None if args.max_size_mb is None else int(args.max_size_mb * 1e6)
     budget = SearchBudget(args.time_budget_s, args.max_p95_ms, max_size)
-    result = run_search(args.repository, model, budget)
+    rows = search_rows()
+    result = run_search(args.repository, model, budget, rows=rows)
     for trial in result.front:
         print(f"{trial.name}\tagreement {trial.agreement:.4f}\tspeedup {trial.speedup:.2f}\tp95 {trial.p95_ms:.2f} ms")
     if args.report is None:
@@ -106,17 +130,14 @@ def search_command(args: argparse.Namespace) -> int:
     graphs = {name: ("recipe", (folder / name / "model.onnx").read_bytes()) for name in RECIPES
               if (folder / name / "model.onnx").is_file()}  # fmt: skip
     graphs |= {trial.name: ("search", trial.graph) for trial in result.front}
-    proxy, _calibration, timing = training_rows()
-    tokenizer = minilm_tokenizer(MAX_TOKENS)
-    held_out = tokenizer(split_sentences(documentation_sentences())[1])
     reference = (folder / REFERENCE / "model.onnx").read_bytes()
-    rows = measure(graphs, reference, proxy, held_out, timing, threads)
+    measured = measure(graphs, reference, rows.proxy, rows.held_out, rows.timing, threads)
     args.report.mkdir(parents=True, exist_ok=True)
     command = "slimserve build --search " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if v is not None and k in {"repository", "models", "time_budget_s", "max_p95_ms", "max_size_mb", "report"}
     )
-    (args.report / "search.md").write_text(render(rows, result, command, threads) + "\n", encoding="utf-8")
-    draw(rows, result, args.report / "search.png")
+    (args.report / "search.md").write_text(render(measured, result, command, threads) + "\n", encoding="utf-8")
+    draw(measured, result, args.report / "search.png")
     return 0
