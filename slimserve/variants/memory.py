@@ -22,24 +22,30 @@ WARM_UP_RUNS = 3
 MEASURE_TIMEOUT_S = 300
 
 
-def available_memory_bytes() -> int | None:
-    """What the kernel says can be allocated without swapping (MemAvailable); None off Linux."""
+def _proc_kib(path: str, field: str) -> int | None:
+    """A `Field:  N kB` figure of a /proc file; None where the file or the field is missing."""
     try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
+        lines = Path(path).read_text().splitlines()
     except OSError:
         return None
     for line in lines:
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
     return None
+
+
+def available_memory_bytes() -> int | None:
+    """What the kernel says can be allocated without swapping (MemAvailable); None off Linux."""
+    kib = _proc_kib("/proc/meminfo", "MemAvailable")
+    return None if kib is None else kib * 1024
 
 
 def _status_kib(field: str) -> int:
     """A memory figure of this process from /proc (VmRSS: now; VmHWM: peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    kib = _proc_kib("/proc/self/status", field)
+    if kib is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return kib
 
 
 def _measure(onnx_path: str, inputs_path: str, threads: int) -> dict[str, int]:
