@@ -33,6 +33,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from slimserve.repository.hardware import threads_for
 from slimserve.repository.profile import profile_sessions
 from slimserve.repository.sessions import make_session
 from slimserve.variants.fuse_attention import fused_attention
@@ -191,11 +192,11 @@ def quantize_best(
     finalists = [label for label, r in report.items() if r["score"] >= best_score - QUALITY_TIE]
     if len(finalists) == 1:
         return graphs[finalists[0]][0], graphs[finalists[0]][1], report
-    # Timed at every thread count the graph will be served with: `threads` (cloud-cpu) and one
-    # (the edge profile, and each of `make run`'s one-worker-per-core sessions), since what is
-    # faster can differ (fused attention: 4 % faster on two threads, 9 % slower on one).
+    # Timed at every thread count the graph will be served with: `threads` (cloud-cpu) and the
+    # edge profile's one (also each of `make run`'s one-worker-per-core sessions), since what
+    # is faster can differ (fused attention: 4 % faster on two threads, 9 % slower on one).
     cost_ms = dict.fromkeys(finalists, 0.0)
-    for count in sorted({threads, 1}, reverse=True):
+    for count in sorted({threads, threads_for("edge")}, reverse=True):
         sessions = {label: make_session(graphs[label][0], count) for label in finalists}
         latency = profile_sessions(sessions, lambda _n: timing_item, [1], TIMING_SECONDS)
         for label in finalists:
