@@ -19,7 +19,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Mechanism = Literal["correction", "measured_cost", "ratios", "price", "best_effort_quality", "shed_idle"]
+Mechanism = Literal[
+    "correction", "measured_cost", "ratios", "price", "backlog_price", "best_effort_quality", "shed_idle"
+]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
 
@@ -32,6 +34,8 @@ class RouterConfig:
     measured_cost_on: bool = True  # price each variant's CPU by what its calls use, not by the profile
     ratios_on: bool = True  # P(within SLO) from the learned spread of observed / predicted latency
     price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win
+    # Charge CPU in proportion to the work queued now, whatever the rates (router.price.backlog_price).
+    backlog_price_on: bool = True
     # None likely in time: the best score among all (expected quality less CPU), not the fastest.
     best_effort_quality_on: bool = True
     # Past saturation, shed a request predicted late on an idle variant too while any variant has work.
@@ -52,6 +56,10 @@ class RouterConfig:
     cpu_target_utilization: float = 0.9
     # Mean queueing delay the CPU price allows, as a share of the model's default SLO.
     price_wait_share: float = 0.5
+    # The backlog price is backlog_ms / this: a 20-ms backlog prices a machine-ms at 0.01 of
+    # quality. Chosen among 300-10,000 on the simulator's tune windows, judged on its check
+    # windows (docs/routing.md, "The backlog as a price").
+    backlog_price_ms2: float = 2000.0
 
     # Estimation.
     correction_weight: float = 0.1  # weight of one batch in the running service-time correction
@@ -73,6 +81,8 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.cpu_target_utilization <= 1.0:
             raise ValueError(f"CPU target utilization must be in (0, 1], got {self.cpu_target_utilization}")
+        if self.backlog_price_ms2 <= 0.0:
+            raise ValueError(f"backlog_price_ms2 must be positive, got {self.backlog_price_ms2}")
         if not 0.0 < self.min_p_in_time <= 1.0:
             raise ValueError(f"min_p_in_time must be in (0, 1], got {self.min_p_in_time}")
 

@@ -180,6 +180,7 @@ class ModelRouter:
             required_rows_s=self._required_rows_s(),
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
+            backlog_price_ms2=self.config.backlog_price_ms2 if self.config.backlog_price_on else None,
         )
 
     def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:

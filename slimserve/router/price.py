@@ -23,6 +23,15 @@ quality answered per machine-millisecond (Σ λ·quality / Σ λ·cost over the 
 makes): going further, to the cheapest variants, would buy speed with quality where the
 speed no longer makes the traffic fit.
 
+The rates are those of the last second, and a lull inside a busy second looks like more
+room than there is. So the router also prices the work queued now (`backlog_price`): μ =
+backlog / `RouterConfig.backlog_price_ms2`, and the higher of the two prices applies. This
+is the drift-plus-penalty rule of Lyapunov optimisation (Neely, "Stochastic Network
+Optimization", 2010): maximise V·quality − Q·cost per decision, with the queue Q standing for
+the price, which keeps the time-average quality within O(1/V) of the best the machine can
+sustain with a queue of O(V). It needs no rates, reacts within a request to a burst and
+falls back to nothing as the queue drains.
+
 Pure: rates, costs and budget in; the price out (and whether it is past saturation).
 """
 
@@ -132,3 +141,9 @@ def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: f
             quality += rate * rows * chosen.quality
             cost += rate * chosen.cost_ms(rows)
     return quality / cost if cost > 0 else 0.0
+
+
+def backlog_price(backlog_ms: float, price_ms2: float) -> float:
+    """The price of one machine-millisecond when `backlog_ms` of work is queued or in flight
+    (module docstring): quality per machine-ms per row, growing with the backlog."""
+    return max(backlog_ms, 0.0) / price_ms2

@@ -18,6 +18,7 @@ from itertools import accumulate
 from typing import NamedTuple
 
 from slimserve.router.latency import ServiceCurve
+from slimserve.router.price import backlog_price
 from slimserve.router.ratios import RatioSnapshot
 
 
@@ -136,12 +137,15 @@ class RouterSnapshot:
     outside_ms: float  # time outside the server: the RPC allowance and the event loop's lag
     cpu_overhead_ms: float  # learned machine-ms a request costs around its session call
     ratios: RatioSnapshot | None  # spread of observed / modelled latency; None: too little data
-    price: float  # quality per machine-millisecond per row (0 while the traffic fits)
+    # Quality per machine-millisecond per row: the rates' price (0 while the traffic fits)
+    # or, where it is higher, the backlog's (`backlog_price_ms2`, router.price).
+    price: float
     saturated: bool  # the traffic fits at no price: the machine is past what it serves in time
     required_rows_s: float | None  # the throughput guard's demand on loose requests; None: off
     side_by_side: bool  # every variant has a worker thread of its own
     stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
     level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
+    backlog_price_ms2: float | None = None  # the backlog price's divisor (router.price); None: off
     # Latency that does not scale with the work: a request that took 3 ms instead of 0.3 is
     # not "10× slower" but met the fixed costs every request meets (router.ratios).
     floor_ms: float = field(init=False)
@@ -150,6 +154,10 @@ class RouterSnapshot:
     def __post_init__(self) -> None:
         object.__setattr__(self, "floor_ms", self.overhead_ms + self.outside_ms)
         object.__setattr__(self, "_work", WorkAhead(self.variants, self.taken_s))
+        if self.backlog_price_ms2 is not None:  # idempotent: `at_level` makes a snapshot from this one
+            object.__setattr__(
+                self, "price", max(self.price, backlog_price(self._work.backlog_ms, self.backlog_price_ms2))
+            )
 
     def view(self, variant: str) -> VariantView:
         return next(v for v in self.variants if v.name == variant)

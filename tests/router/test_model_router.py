@@ -57,12 +57,33 @@ def answer_as_modelled(router: ModelRouter, decision: Decision) -> None:
 
 def test_traffic_shifts_to_cheaper_variants_as_the_queue_grows_and_back_as_it_drains() -> None:
     clock = FakeClock()
-    router, queues = make_router(clock)
+    # The predictions alone move it (the backlog price would move it sooner: next test).
+    router, queues = make_router(clock, config=RouterConfig(rpc_allowance_ms=0.0, backlog_price_on=False))
     chosen = []
     for fp32_rows, int8_rows in ((0, 0), (8, 0), (24, 0), (64, 8), (200, 64), (64, 8), (8, 0), (0, 0)):
         queues["fp32"].queued_rows, queues["int8"].queued_rows = fp32_rows, int8_rows
         chosen.append(router.route(SLO, 1).variant)
     assert chosen == ["fp32", "fp32", "int8", "int8", "distilled", "int8", "fp32", "fp32"]
+
+
+def test_the_backlog_prices_cpu_at_once_and_the_price_is_gone_when_it_drains() -> None:
+    clock = FakeClock()
+    router, queues = make_router(clock)  # no rates sampled: the rates' price is 0 throughout
+    loose = RequestHints(slo_ms=1e4, slo_source="parameter")  # every variant in time whatever the queue
+    chosen = []
+    for int8_rows in (0, 48, 128, 48, 0):
+        queues["int8"].queued_rows = int8_rows
+        chosen.append(router.route(loose, 1).variant)
+    # 48 rows (10.7 ms) price a machine-ms at 0.0053: fp32's extra 0.6 ms over int8 costs more
+    # than the 0.002 it is better by; 128 rows (28 ms, 0.014) int8's extra 0.3 ms over
+    # distilled more than its 0.003.
+    assert chosen == ["fp32", "int8", "distilled", "int8", "fp32"]
+    queues["int8"].queued_rows = 128
+    assert router.snapshot().price == pytest.approx(28.0 / RouterConfig().backlog_price_ms2)
+    assert router.explain(loose, 1).reason == CPU_BUDGET
+    off, off_queues = make_router(clock, config=RouterConfig(rpc_allowance_ms=0.0, backlog_price_on=False))
+    off_queues["int8"].queued_rows = 128
+    assert off.route(loose, 1).variant == "fp32" and off.snapshot().price == 0.0
 
 
 def test_other_variants_work_delays_a_request_by_at_most_its_own() -> None:

@@ -34,9 +34,12 @@ class LevelledQueue:
         return sum(self.rows_by_level)
 
 
-def make_router(queues: dict[str, LevelledQueue] | dict[str, FakeQueue]) -> ModelRouter:
+def make_router(
+    queues: dict[str, LevelledQueue] | dict[str, FakeQueue], config: RouterConfig | None = None
+) -> ModelRouter:
     routes = [VariantRoute(n, "cpu", QUALITY[n], LatencyModel(c, 32), queues[n]) for n, c in CURVES.items()]
-    return ModelRouter("digits", routes, 20.0, config=RouterConfig(rpc_allowance_ms=0.0), clock=FakeClock())
+    config = config or RouterConfig(rpc_allowance_ms=0.0)
+    return ModelRouter("digits", routes, 20.0, config=config, clock=FakeClock())
 
 
 def predicted_ms(router: ModelRouter, variant: str, level: int) -> float:
@@ -57,12 +60,27 @@ def test_a_high_priority_request_waits_only_behind_its_level_and_higher() -> Non
 
 
 def test_priority_changes_the_choice_when_the_queue_ahead_is_shorter() -> None:
-    router = make_router({"fp32": LevelledQueue((0, 0, 64)), "int8": LevelledQueue()})
+    # The prediction alone: the backlog price counts every level's work, since the lower
+    # levels wait for whatever CPU a higher level's call takes (next test).
+    no_backlog_price = RouterConfig(rpc_allowance_ms=0.0, backlog_price_on=False)
+    router = make_router({"fp32": LevelledQueue((0, 0, 64)), "int8": LevelledQueue()}, no_backlog_price)
     tight = RequestHints(slo_ms=3.0, slo_source="parameter", priority=3)
     assert router.route(tight, 1).variant == "int8"  # behind fp32's 64 rows: too late
     first = router.route(RequestHints(slo_ms=3.0, slo_source="parameter", priority=1), 1)
     assert (first.variant, first.reason) == ("fp32", WITHIN_SLO)  # nothing ahead of it on fp32
     assert router.explain(RequestHints(slo_ms=3.0, slo_source="parameter", priority=1), 1).variant == "fp32"
+
+
+def test_the_backlog_price_counts_the_lower_levels_work_too() -> None:
+    queues = {"fp32": LevelledQueue((0, 0, 64)), "int8": LevelledQueue()}
+    router = make_router(queues)
+    first = router.route(RequestHints(slo_ms=3.0, slo_source="parameter", priority=1), 1)
+    # In time on fp32, but its 64 queued rows (36 ms) price fp32's extra 0.6 ms at 0.011 of
+    # quality, more than the 0.002 it is better by.
+    assert first.variant == "int8"
+    assert router.snapshot().price == pytest.approx(router.snapshot().at_level(1).price)
+    queues["fp32"].rows_by_level = (0, 0, 0)
+    assert router.route(RequestHints(slo_ms=3.0, slo_source="parameter", priority=1), 1).variant == "fp32"
 
 
 def test_without_lower_priority_work_the_snapshot_is_shared_as_it_is() -> None:
