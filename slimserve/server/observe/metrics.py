@@ -194,7 +194,9 @@ class _LiveStateCollector(Collector):
             "slimserve_throughput_slo_sustained", "1 when the declared throughput SLO is met", labels=["model"]
         )
         price = GaugeMetricFamily(
-            "slimserve_router_cpu_price", "Quality one machine-ms per row costs now; 0 while the CPU has room",
+            "slimserve_router_cpu_price",
+            "Quality one machine-ms per row costs now: the arrival rates' price or the backlog's, the higher; "
+            "0 while the CPU has room and nothing is queued",
             labels=["model"],
         )  # fmt: skip
         ready = GaugeMetricFamily(
