@@ -440,6 +440,12 @@ def main() -> int:
     if "digits" in args.workloads:
         digits_args = argparse.Namespace(**{**vars(args), "arrivals": args.digits_arrivals})
         digits_variants = set(load_model(args.repository / "digits").variants)
+        # digits serves the variants it has of those asked for minilm, and runs the full router only
+        digits_policies = tuple(p for p in args.policies if p == "router" or p in digits_variants)
+        left_out = [p for p in args.policies if p not in digits_policies]
+        if left_out:
+            print(f"digits: not run: {', '.join(left_out)} (a router with mechanisms off, or a variant "
+                  "digits does not serve)", flush=True)  # fmt: skip
         with servers(args.repository, "digits", ("router",), args.out) as addresses:
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))
@@ -447,9 +453,7 @@ def main() -> int:
             async def digits(bench: Bench) -> list[Segment]:
                 done: list[Segment] = []
                 for run in range(1, args.runs + 1):
-                    # digits serves the variants it has of those asked for minilm
-                    policies = tuple(p for p in args.policies if p == "router" or p in digits_variants)
-                    done += await trace_workload(bench, "digits", policies, digits_args, run)
+                    done += await trace_workload(bench, "digits", digits_policies, digits_args, run)
                 return done
 
             segments += asyncio.run(_with_stubs(addresses, digits, DigitsInputs()))
