@@ -440,13 +440,13 @@ def main() -> int:
     if "digits" in args.workloads:
         digits_args = argparse.Namespace(**{**vars(args), "arrivals": args.digits_arrivals})
         digits_variants = set(load_model(args.repository / "digits").variants)
-        # digits serves the variants it has of those asked for minilm, and runs the full router only
-        digits_policies = tuple(p for p in args.policies if p == "router" or p in digits_variants)
+        # digits serves the variants it has of those asked for minilm, and every router asked
+        digits_policies = tuple(p for p in args.policies if p in ROUTERS or p in digits_variants)
         left_out = [p for p in args.policies if p not in digits_policies]
         if left_out:
-            print(f"digits: not run: {', '.join(left_out)} (a router with mechanisms off, or a variant "
-                  "digits does not serve)", flush=True)  # fmt: skip
-        with servers(args.repository, "digits", ("router",), args.out) as addresses:
+            print(f"digits: not run: {', '.join(left_out)} (variants digits does not serve)", flush=True)
+        digits_names = tuple(dict.fromkeys(["router", *(p for p in digits_policies if p in ROUTERS)]))
+        with servers(args.repository, "digits", digits_names, args.out) as addresses:
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))
 
