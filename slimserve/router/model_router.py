@@ -153,10 +153,10 @@ class ModelRouter:
 
     def _take(self, now: float, marks: tuple[QueueMark, ...]) -> RouterSnapshot:
         """A new snapshot. A variant's view is kept from the last one while its queue is as it
-        was, the router has learned nothing since and it is younger than `snapshot_max_age_s`
-        (the rule a whole snapshot is kept by; what is left of a batch in flight runs down with
-        the snapshot's clock, `router.snapshot.WorkAhead`): a call that changes one queue
-        rebuilds one view."""
+        was, no batch of it has taught the router since (`_learned`) and it is younger than
+        `snapshot_max_age_s` (the rule a whole snapshot is kept by; what is left of a batch in
+        flight runs down with the snapshot's clock, `router.snapshot.WorkAhead`): a call that
+        changes one queue rebuilds one view."""
         ratios = self.ratios.snapshot(now) if self.config.ratios_on else None
         oldest_kept_s = now - self.config.snapshot_max_age_s
         kept_views = []
@@ -202,10 +202,15 @@ class ModelRouter:
             ticking=variant.queue.running_rows > 0 and variant.queue.running_started_s is not None,
         )
 
-    def _learned(self) -> None:
-        """Something was learned: the next decision takes a new snapshot, every view new."""
+    def _learned(self, variant: str | None = None) -> None:
+        """Something was learned: the next decision takes a new snapshot. A batch taught its
+        variant's latency and cost corrections, so that view is made again; an answer taught the
+        model's overhead and ratios, which the snapshot reads itself (the CPU overhead in the
+        views' capacities waits for them to age, as a queue left alone does). Under load an
+        answer comes with nearly every call, and every view was made again for it."""
         self._snapshot = None
-        self._views.clear()
+        if variant is not None:
+            self._views.pop(variant, None)
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -256,7 +261,7 @@ class ModelRouter:
     def observe_batch(self, variant: str, rows: int, compute_ms: float, cpu_ms: float | None = None) -> None:
         """One session call of `rows` rows took `compute_ms` and `cpu_ms` of CPU over its
         threads (None: not measured, the profile stands in)."""
-        self._learned()
+        self._learned(variant)
         latency = self.variants[variant].latency
         if self.config.correction_on:
             latency.observe(rows, compute_ms)

@@ -158,15 +158,21 @@ def test_a_new_snapshot_rebuilds_the_views_of_changed_queues_and_runs_kept_batch
     assert candidates(after_a_day, 1, None)[0].predicted_ms == pytest.approx(1.0 + 1.0)
 
 
-def test_whatever_the_router_learns_rebuilds_every_view() -> None:
+def test_a_batch_rebuilds_its_variants_view_and_an_answer_none() -> None:
     clock = FakeClock()
-    router, queues = make_router(clock)
+    router, _ = make_router(clock)
     before = router.snapshot()
     router.observe_batch("int8", 8, 4.0)  # int8 is slower than its profile said
-    queues["fp32"].queued_rows = 1
     after = router.snapshot()
-    assert not kept_views(before, after)
+    assert after is not before and set(kept_views(before, after)) == {"fp32", "distilled"}
     assert after.view("int8").correction > before.view("int8").correction
+    decision = router.route(SLO, 1)
+    router.observe_request(decision, 30.0, 1.0, 1.0)  # a slow answer: overhead and ratios learn
+    answered = router.snapshot()
+    assert answered is not after and answered.overhead_ms > after.overhead_ms  # the snapshot is new
+    assert set(kept_views(after, answered)) == set(router.variants)  # its views, younger than 5 ms, are kept
+    clock.advance(2 * RouterConfig.snapshot_max_age_s)
+    assert not kept_views(answered, router.snapshot())  # and made again once they age
 
 
 def test_observed_compute_corrects_the_profile() -> None:
