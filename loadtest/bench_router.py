@@ -417,11 +417,12 @@ def main() -> int:
     if len(cores) < 2:
         print("warning: one core; servers and load generator share it", file=sys.stderr)
     segments: list[Segment] = []
+    # One server per router asked (the plain router always: the workloads calibrate on it).
+    router_names = tuple(dict.fromkeys(["router", *(p for p in args.policies if p in ROUTERS)]))
     minilm_workloads = [w for w in args.workloads if w in ("minilm", "burst")]
     if minilm_workloads:
         inputs = MinilmInputs(args.repository)
-        names = tuple(dict.fromkeys(["router", *(p for p in args.policies if p in ROUTERS)]))
-        with servers(args.repository, "minilm", names, args.out) as addresses:
+        with servers(args.repository, "minilm", router_names, args.out) as addresses:
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))  # the servers pinned themselves to cores[0]
 
@@ -445,8 +446,7 @@ def main() -> int:
         left_out = [p for p in args.policies if p not in digits_policies]
         if left_out:
             print(f"digits: not run: {', '.join(left_out)} (variants digits does not serve)", flush=True)
-        digits_names = tuple(dict.fromkeys(["router", *(p for p in digits_policies if p in ROUTERS)]))
-        with servers(args.repository, "digits", digits_names, args.out) as addresses:
+        with servers(args.repository, "digits", router_names, args.out) as addresses:
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))
 
