@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 Mechanism = Literal[
-    "correction", "measured_cost", "ratios", "price", "backlog_price", "best_effort_quality", "shed_idle"
+    "correction",
+    "measured_cost",
+    "ratios",
+    "price",
+    "backlog_price",
+    "loop_backlog",
+    "traffic_slo",
+    "best_effort_quality",
+    "shed_idle",
 ]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
@@ -36,6 +44,10 @@ class RouterConfig:
     price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win
     # Charge CPU in proportion to the work queued now, whatever the rates (router.price.backlog_price).
     backlog_price_on: bool = True
+    # The event loop's lag counts in that backlog: calls not yet routed wait behind it.
+    loop_backlog_on: bool = True
+    # Both prices on the time scale of the SLOs requests carry, not the model's default SLO.
+    traffic_slo_on: bool = True
     # None likely in time: the best score among all (expected quality less CPU), not the fastest.
     best_effort_quality_on: bool = True
     # Past saturation, shed a request predicted late on an idle variant too while any variant has work.
@@ -54,12 +66,15 @@ class RouterConfig:
     # against int8mixed alone); 0.9 and 0.5 were chosen on half the trace windows, checked on the
     # other half (docs/routing.md, "Workers on their share, measured CPU and a looser budget").
     cpu_target_utilization: float = 0.9
-    # Mean queueing delay the CPU price allows, as a share of the model's default SLO.
+    # Mean queueing delay the CPU price allows, as a share of the traffic's SLO (a harmonic mean
+    # of the requests' SLOs, `ModelRouter.traffic_slo_ms`; the model's default SLO until 2026-12-06).
     price_wait_share: float = 0.5
-    # The backlog price is backlog_ms / this: a 20-ms backlog prices a machine-ms at 0.01 of
-    # quality. Chosen among 300-10,000 on the simulator's tune windows, judged on its check
-    # windows (docs/routing.md, "The backlog as a price").
-    backlog_price_ms2: float = 2000.0
+    # The backlog price is backlog_ms / (this × the traffic's SLO²): at a 100-ms SLO a 20-ms
+    # backlog prices a machine-ms at 0.01 of quality. The square makes it one scale for every
+    # SLO: a backlog that is the same share of the SLO prices the same share of it per ms.
+    # (2000 ms² whatever the SLO until 2026-12-06, chosen among 300-10,000 on the simulator's
+    # tune windows: docs/routing.md, "The backlog as a price".)
+    backlog_price_slo2: float = 0.2
 
     # Estimation.
     correction_weight: float = 0.1  # weight of one batch in the running service-time correction
@@ -67,6 +82,7 @@ class RouterConfig:
     ratio_half_life_s: float = 2.0  # the latency-ratio histogram forgets at this rate
     ratio_min_samples: float = 30.0  # less recent weight than this: trust the prediction as it is
     overhead_weight: float = 0.05  # weight of one request in the running per-request overhead
+    traffic_slo_weight: float = 0.01  # weight of one request in the traffic's SLO (a running harmonic mean)
     rate_window_s: float = 2.0  # arrival, completion and per-variant rates
     size_window_s: float = 1.0  # arrivals per request size, for the price
     reprice_s: float = 0.01  # the price is recomputed at most this often (it takes ~0.1 ms)
@@ -81,8 +97,8 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.cpu_target_utilization <= 1.0:
             raise ValueError(f"CPU target utilization must be in (0, 1], got {self.cpu_target_utilization}")
-        if self.backlog_price_ms2 <= 0.0:
-            raise ValueError(f"backlog_price_ms2 must be positive, got {self.backlog_price_ms2}")
+        if self.backlog_price_slo2 <= 0.0:
+            raise ValueError(f"backlog_price_slo2 must be positive, got {self.backlog_price_slo2}")
         if not 0.0 < self.min_p_in_time <= 1.0:
             raise ValueError(f"min_p_in_time must be in (0, 1], got {self.min_p_in_time}")
 

@@ -89,6 +89,8 @@ class ModelRouter:
         self._levelled = {v.name: v.queue for v in variants if isinstance(v.queue, LevelledQueueView)}
         self._queues = [v.queue for v in variants]  # in the order of `variants`: each snapshot marks them
         self.default_slo_ms = default_slo_ms
+        # The SLO the traffic carries: a running harmonic mean over requests (`traffic_slo_ms`).
+        self._inverse_slo_per_ms = 1.0 / default_slo_ms
         self.throughput_slo_rps = throughput_slo_rps
         # The server's event-loop lag and its CPU account, shared by every model; alone, its own.
         self.loop_lag_ms: Callable[[], float] = loop_lag_ms or (lambda: 0.0)
@@ -125,6 +127,7 @@ class ModelRouter:
             self.variants[name].latency.cost_correction = old.variants[name].latency.cost_correction
             self._shares[name] = old._shares[name]
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
+        self._inverse_slo_per_ms = old._inverse_slo_per_ms
         self._arrivals, self._completions, self._sizes, self._compute = (
             old._arrivals,
             old._completions,
@@ -180,7 +183,8 @@ class ModelRouter:
             required_rows_s=self._required_rows_s(),
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
-            backlog_price_ms2=self.config.backlog_price_ms2 if self.config.backlog_price_on else None,
+            backlog_price_ms2=self._backlog_price_ms2(),
+            loop_backlog_ms=self.loop_lag_ms() if self.config.loop_backlog_on else 0.0,
         )
 
     def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:
@@ -221,7 +225,7 @@ class ModelRouter:
         its rows will not join that queue."""
         snapshot = self.snapshot()
         decision = decide(snapshot.at_level(hints.priority) if hints.priority else snapshot, hints, rows, self.config)
-        self._arrive(rows)
+        self._arrive(rows, hints)
         if not decision.shed:
             self._shares[decision.variant].add(rows)
         return decision
@@ -240,7 +244,7 @@ class ModelRouter:
             decision = pinned(recent.at_level(level), variant, rows, False, hints, self.config)
         else:
             decision = pinned(self.snapshot().at_level(level), variant, rows, True, hints, self.config)
-        self._arrive(rows)
+        self._arrive(rows, hints)
         if not decision.shed:
             self._shares[variant].add(rows)
         return decision
@@ -249,8 +253,10 @@ class ModelRouter:
         """What `route` would decide now, without counting an arrival."""
         return decide(self.snapshot().at_level(hints.priority), hints, rows, self.config)
 
-    def _arrive(self, rows: int) -> None:
+    def _arrive(self, rows: int, hints: RequestHints | None) -> None:
         self._arrivals.add(rows)
+        if hints is not None:
+            self._inverse_slo_per_ms += self.config.traffic_slo_weight * (1.0 / hints.slo_ms - self._inverse_slo_per_ms)
         size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
         if size not in self._sizes:
             self._sizes[size] = RateMeter(self.config.size_window_s, self._clock)
@@ -318,7 +324,7 @@ class ModelRouter:
         recomputed at most every `reprice_s`.
 
         The budget is the CPU account's target utilization and a mean queueing delay of
-        `price_wait_share` of the default SLO, with what the rest of the process uses (other
+        `price_wait_share` of the traffic's SLO (`traffic_slo_ms`), with what the rest of the process uses (other
         models, background work) taken off; the demand is this model's arrivals per request
         size, each at the overhead plus the profiled service time of a variant.
         """
@@ -332,12 +338,28 @@ class ModelRouter:
         budget = Budget(
             target_utilization=self.cpu.target,
             rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
-            max_wait_ms=self.config.price_wait_share * self.default_slo_ms,
+            max_wait_ms=self.config.price_wait_share * self.traffic_slo_ms,
         )
         offers = [Offer(v.name, v.quality, _cost(v.curve, v.cost_correction, overhead)) for v in views]
         rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
         self._price = cpu_price(offers, rates, budget)
         return self._price
+
+    @property
+    def traffic_slo_ms(self) -> float:
+        """The SLO of the traffic, a harmonic mean over its requests (the model's default SLO
+        before any arrives): the time scale of both prices. The harmonic mean leans to the
+        tight SLOs, which a queue spends first; the model's default SLO alone priced digits'
+        6-ms calls as if they had 20 ms (docs/routing.md, "The prices on the traffic's SLO")."""
+        return 1.0 / self._inverse_slo_per_ms if self.config.traffic_slo_on else self.default_slo_ms
+
+    def _backlog_price_ms2(self) -> float | None:
+        """The backlog price's divisor, ms² (router.price.backlog_price): the square of the
+        traffic's SLO sets its scale, so that a backlog that is the same share of the SLO is
+        the same price per machine-millisecond of that SLO."""
+        if not self.config.backlog_price_on:
+            return None
+        return self.config.backlog_price_slo2 * self.traffic_slo_ms**2
 
     def _overhead_ms_per_row(self) -> float:
         """The CPU every request costs around its session call (`router.cpu`; 0 until it is

@@ -146,6 +146,7 @@ class RouterSnapshot:
     stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
     level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
     backlog_price_ms2: float | None = None  # the backlog price's divisor (router.price); None: off
+    loop_backlog_ms: float = 0.0  # work ahead in the event loop (its lag), priced with the backlog
     # Latency that does not scale with the work: a request that took 3 ms instead of 0.3 is
     # not "10× slower" but met the fixed costs every request meets (router.ratios).
     floor_ms: float = field(init=False)
@@ -156,7 +157,9 @@ class RouterSnapshot:
         object.__setattr__(self, "_work", WorkAhead(self.variants, self.taken_s))
         if self.backlog_price_ms2 is not None:  # idempotent: `at_level` makes a snapshot from this one
             object.__setattr__(
-                self, "price", max(self.price, backlog_price(self._work.backlog_ms, self.backlog_price_ms2))
+                self,
+                "price",
+                max(self.price, backlog_price(self._work.backlog_ms + self.loop_backlog_ms, self.backlog_price_ms2)),
             )
 
     def view(self, variant: str) -> VariantView:

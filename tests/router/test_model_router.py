@@ -71,19 +71,63 @@ def test_the_backlog_prices_cpu_at_once_and_the_price_is_gone_when_it_drains() -
     router, queues = make_router(clock)  # no rates sampled: the rates' price is 0 throughout
     loose = RequestHints(slo_ms=1e4, slo_source="parameter")  # every variant in time whatever the queue
     chosen = []
-    for int8_rows in (0, 48, 128, 48, 0):
+    for int8_rows in (0, 2, 8, 2, 0):
         queues["int8"].queued_rows = int8_rows
         chosen.append(router.route(loose, 1).variant)
-    # 48 rows (10.7 ms) price a machine-ms at 0.0053: fp32's extra 0.6 ms over int8 costs more
-    # than the 0.002 it is better by; 128 rows (28 ms, 0.014) int8's extra 0.3 ms over
-    # distilled more than its 0.003.
+    # At the traffic's ~20-ms SLO the divisor is 0.2 × 20² ≈ 80 ms²: 2 rows (0.63 ms) price a
+    # machine-ms at ~0.008, more than fp32's 0.002 over int8 for its extra 0.6 ms; 8 rows
+    # (2 ms, ~0.025) more than int8's 0.003 over distilled for its extra 0.3 ms.
     assert chosen == ["fp32", "int8", "distilled", "int8", "fp32"]
-    queues["int8"].queued_rows = 128
-    assert router.snapshot().price == pytest.approx(28.0 / RouterConfig().backlog_price_ms2)
+    queues["int8"].queued_rows = 8
+    divisor_ms2 = RouterConfig().backlog_price_slo2 * router.traffic_slo_ms**2
+    assert router.snapshot().price == pytest.approx(2.0 / divisor_ms2)
     assert router.explain(loose, 1).reason == CPU_BUDGET
     off, off_queues = make_router(clock, config=RouterConfig(rpc_allowance_ms=0.0, backlog_price_on=False))
-    off_queues["int8"].queued_rows = 128
+    off_queues["int8"].queued_rows = 8
     assert off.route(loose, 1).variant == "fp32" and off.snapshot().price == 0.0
+
+
+def test_the_event_loops_lag_is_backlog_too() -> None:
+    """Calls not yet routed wait behind the event loop: its lag prices CPU as queued work does
+    (digits, whose calls cost the loop more than the session, queue there, not in a batcher)."""
+    clock = FakeClock()
+    router, _ = make_router(clock)
+    loose = RequestHints(slo_ms=1e4, slo_source="parameter")
+    assert router.route(loose, 1).variant == "fp32"  # no queue, no lag: no price
+    router.loop_lag_ms = lambda: 2.0  # as 8 rows queued on int8 would (previous test)
+    clock.advance(2 * RouterConfig.snapshot_max_age_s)
+    divisor_ms2 = RouterConfig().backlog_price_slo2 * router.traffic_slo_ms**2
+    assert router.snapshot().price == pytest.approx(2.0 / divisor_ms2)
+    assert router.route(loose, 1).variant == "distilled"
+    off, _ = make_router(clock, config=RouterConfig(rpc_allowance_ms=0.0, loop_backlog_on=False))
+    off.loop_lag_ms = lambda: 2.0
+    assert off.snapshot().price == 0.0 and off.route(loose, 1).variant == "fp32"
+
+
+def test_the_prices_run_on_the_slo_the_traffic_carries() -> None:
+    """The traffic's SLO is a harmonic mean of its requests' (it leans to the tight ones), it
+    stays through a long silence, and the backlog price scales with its square: a backlog
+    that is the same share of the SLO prices the same share of that SLO per machine-ms."""
+    clock = FakeClock()
+    router, queues = make_router(clock)
+    assert router.traffic_slo_ms == pytest.approx(20.0)  # the model's default before any request
+    for i in range(2000):
+        router.route(RequestHints(slo_ms=6.0 if i % 2 else 20.0, slo_source="parameter"), 1)
+    assert router.traffic_slo_ms == pytest.approx(2 / (1 / 6 + 1 / 20), rel=0.02)  # 9.2 ms, not 13
+    clock.advance(3 * 24 * 3600.0)  # three days without a request: it counts requests, not time
+    assert router.traffic_slo_ms == pytest.approx(2 / (1 / 6 + 1 / 20), rel=0.02)
+    queues["int8"].queued_rows = 8  # 2 ms of work
+    tight_price = router.snapshot().price
+    slow, slow_queues = make_router(clock)
+    for _ in range(2000):
+        slow.route(RequestHints(slo_ms=10 * router.traffic_slo_ms, slo_source="parameter"), 1)
+    slow_queues["int8"].queued_rows = 128  # 28 ms: 14× the work against a 10× longer SLO
+    assert slow.snapshot().price * slow.traffic_slo_ms == pytest.approx(
+        1.4 * tight_price * router.traffic_slo_ms, rel=0.02
+    )
+    default_only, _ = make_router(clock, config=RouterConfig(rpc_allowance_ms=0.0, traffic_slo_on=False))
+    default_only.route(RequestHints(slo_ms=6.0, slo_source="parameter"), 1)
+    assert default_only.traffic_slo_ms == 20.0
 
 
 def test_other_variants_work_delays_a_request_by_at_most_its_own() -> None:

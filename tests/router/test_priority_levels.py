@@ -75,8 +75,8 @@ def test_the_backlog_price_counts_the_lower_levels_work_too() -> None:
     queues = {"fp32": LevelledQueue((0, 0, 64)), "int8": LevelledQueue()}
     router = make_router(queues)
     first = router.route(RequestHints(slo_ms=3.0, slo_source="parameter", priority=1), 1)
-    # In time on fp32, but its 64 queued rows (36 ms) price fp32's extra 0.6 ms at 0.011 of
-    # quality, more than the 0.002 it is better by.
+    # In time on fp32, but its 64 queued rows (36 ms, at the 20-ms SLO's 80 ms²: 0.45 of quality
+    # a machine-ms) price fp32's extra 0.6 ms far above the 0.002 it is better by.
     assert first.variant == "int8"
     assert router.snapshot().price == pytest.approx(router.snapshot().at_level(1).price)
     queues["fp32"].rows_by_level = (0, 0, 0)

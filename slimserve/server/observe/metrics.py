@@ -195,8 +195,9 @@ class _LiveStateCollector(Collector):
         )
         price = GaugeMetricFamily(
             "slimserve_router_cpu_price",
-            "Quality one machine-ms per row costs now: the arrival rates' price or the backlog's, the higher; "
-            "0 while the CPU has room and nothing is queued",
+            "Quality one machine-ms per row costs now: the arrival rates' price or the backlog's (queues, work "
+            "in flight and the event loop's lag, over the traffic's SLO squared), the higher; 0 while the CPU "
+            "has room and nothing is queued",
             labels=["model"],
         )  # fmt: skip
         ready = GaugeMetricFamily(
