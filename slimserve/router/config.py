@@ -83,6 +83,7 @@ class RouterConfig:
     ratio_min_samples: float = 30.0  # less recent weight than this: trust the prediction as it is
     overhead_weight: float = 0.05  # weight of one request in the running per-request overhead
     traffic_slo_weight: float = 0.01  # weight of one request in the traffic's SLO (a running harmonic mean)
+    traffic_slo_range: float = 10.0  # a request's SLO counts in it within this factor of the default either way
     rate_window_s: float = 2.0  # arrival, completion and per-variant rates
     size_window_s: float = 1.0  # arrivals per request size, for the price
     reprice_s: float = 0.01  # the price is recomputed at most this often (it takes ~0.1 ms)
@@ -99,6 +100,8 @@ class RouterConfig:
             raise ValueError(f"CPU target utilization must be in (0, 1], got {self.cpu_target_utilization}")
         if self.backlog_price_slo2 <= 0.0:
             raise ValueError(f"backlog_price_slo2 must be positive, got {self.backlog_price_slo2}")
+        if self.traffic_slo_range < 1.0:
+            raise ValueError(f"traffic_slo_range must be at least 1, got {self.traffic_slo_range}")
         if not 0.0 < self.min_p_in_time <= 1.0:
             raise ValueError(f"min_p_in_time must be in (0, 1], got {self.min_p_in_time}")
 

@@ -91,6 +91,10 @@ class ModelRouter:
         self.default_slo_ms = default_slo_ms
         # The SLO the traffic carries: a running harmonic mean over requests (`traffic_slo_ms`).
         self._inverse_slo_per_ms = 1.0 / default_slo_ms
+        self._traffic_slo_bounds_ms = (
+            default_slo_ms / config.traffic_slo_range,
+            default_slo_ms * config.traffic_slo_range,
+        )
         self.throughput_slo_rps = throughput_slo_rps
         # The server's event-loop lag and its CPU account, shared by every model; alone, its own.
         self.loop_lag_ms: Callable[[], float] = loop_lag_ms or (lambda: 0.0)
@@ -256,7 +260,10 @@ class ModelRouter:
     def _arrive(self, rows: int, hints: RequestHints | None) -> None:
         self._arrivals.add(rows)
         if hints is not None:
-            self._inverse_slo_per_ms += self.config.traffic_slo_weight * (1.0 / hints.slo_ms - self._inverse_slo_per_ms)
+            # Within `traffic_slo_range` of the model's default either way: one caller's absurd
+            # SLO (1 µs, a day) does not set every other caller's price.
+            slo_ms = min(max(hints.slo_ms, self._traffic_slo_bounds_ms[0]), self._traffic_slo_bounds_ms[1])
+            self._inverse_slo_per_ms += self.config.traffic_slo_weight * (1.0 / slo_ms - self._inverse_slo_per_ms)
         size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
         if size not in self._sizes:
             self._sizes[size] = RateMeter(self.config.size_window_s, self._clock)
@@ -324,9 +331,10 @@ class ModelRouter:
         recomputed at most every `reprice_s`.
 
         The budget is the CPU account's target utilization and a mean queueing delay of
-        `price_wait_share` of the traffic's SLO (`traffic_slo_ms`), with what the rest of the process uses (other
-        models, background work) taken off; the demand is this model's arrivals per request
-        size, each at the overhead plus the profiled service time of a variant.
+        `price_wait_share` of the traffic's SLO (`traffic_slo_ms`), with what the rest of the
+        process uses (other models, background work) taken off; the demand is this model's
+        arrivals per request size, each at the overhead plus the profiled service time of a
+        variant.
         """
         if not self.config.price_on or not self.cpu.sampled:
             return Price(0.0)

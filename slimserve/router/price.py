@@ -26,12 +26,11 @@ speed no longer makes the traffic fit.
 The rates are those of the last second, and a lull inside a busy second looks like more
 room than there is. So the router also prices the work queued now (`backlog_price`): μ =
 backlog / (`RouterConfig.backlog_price_slo2` × the traffic's SLO²), and the higher of the two
-prices applies. This
-is the drift-plus-penalty rule of Lyapunov optimisation (Neely, "Stochastic Network
-Optimization", 2010): maximise V·quality − Q·cost per decision, with the queue Q standing for
-the price, which keeps the time-average quality within O(1/V) of the best the machine can
-sustain with a queue of O(V). It needs no rates, reacts within a request to a burst and
-falls back to nothing as the queue drains.
+prices applies. This is the drift-plus-penalty rule of Lyapunov optimisation (Neely,
+"Stochastic Network Optimization", 2010): maximise V·quality − Q·cost per decision, with the
+queue Q standing for the price, which keeps the time-average quality within O(1/V) of the
+best the machine can sustain with a queue of O(V). It needs no rates, reacts within a
+request to a burst and falls back to nothing as the queue drains.
 
 Pure: rates, costs and budget in; the price out (and whether it is past saturation).
 """
