@@ -201,7 +201,10 @@ def _choose(pool: list[Candidate], hints: RequestHints, price: float, config: Ro
             return max(pool, key=lambda c: (c.score(price), -c.predicted_ms)), BEST_EFFORT
         return min(pool, key=lambda c: c.predicted_ms), BEST_EFFORT
     if price > 0:
+        # The price chose only if it gave up expected quality: a tie (pruned and pruned-int8
+        # answer alike) broken toward the cheaper variant is still the most accurate in time.
+        # On an idle server the event loop's timer jitter alone prices CPU a little.
         likely = [c for c in pool if c.p_in_time >= min_p]
-        if chosen is not max(likely, key=lambda c: (c.expected_quality, c.quality)):
+        if chosen.expected_quality < max(c.expected_quality for c in likely):
             return chosen, CPU_BUDGET
     return chosen, WITHIN_SLO

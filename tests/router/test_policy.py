@@ -91,6 +91,14 @@ def test_a_cpu_price_moves_requests_to_variants_that_buy_more_quality_per_millis
     assert decide(snapshot_of(costly, price=1.0), hints(slo_ms=10, min_quality=0.999), 1, CONFIG).variant == "fp32"
 
 
+def test_a_price_that_only_breaks_a_tie_in_quality_is_not_the_reason() -> None:
+    """pruned and pruned-int8 answer alike: the cheaper wins at any price, and it is still the
+    most accurate in time (an idle server's loop jitter alone prices CPU a little)."""
+    tied = [("pruned", 0.998, 0.4, 2_000), ("pruned-int8", 0.998, 0.2, 4_000), ("fp32", 0.996, 1.0, 1_000)]
+    decision = decide(snapshot_of(tied, price=0.001), hints(slo_ms=10), 1, CONFIG)
+    assert (decision.variant, decision.reason) == ("pruned-int8", WITHIN_SLO)
+
+
 def test_unlikely_to_make_it_anywhere_is_best_effort_with_the_most_expected_quality() -> None:
     # Changed with the best-effort rule (issue 22): both are one in three likely in time, so
     # the more accurate one is worth more in expectation; the old rule took the faster.

@@ -196,8 +196,8 @@ class _LiveStateCollector(Collector):
         price = GaugeMetricFamily(
             "slimserve_router_cpu_price",
             "Quality one machine-ms per row costs now: the arrival rates' price or the backlog's (queues, work "
-            "in flight and the event loop's lag, over the traffic's SLO squared), the higher; 0 while the CPU "
-            "has room and nothing is queued",
+            "in flight and the event loop's lag, over the traffic's SLO squared), the higher; about 0 while the "
+            "CPU has room and nothing is queued (an idle loop's timer jitter prices a trace)",
             labels=["model"],
         )  # fmt: skip
         ready = GaugeMetricFamily(
