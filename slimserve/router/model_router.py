@@ -174,12 +174,13 @@ class ModelRouter:
             kept_views.append(kept[2])
         views = tuple(kept_views)
         price = self._current_price(now, views)
+        lag_ms = self.loop_lag_ms()  # read once: the time outside the handler and the loop's backlog agree
         return RouterSnapshot(
             taken_s=now,
             variants=views,
             default_slo_ms=self.default_slo_ms,
             overhead_ms=self.overhead_ms,
-            outside_ms=self._outside_ms(),
+            outside_ms=self._outside_ms(lag_ms),
             cpu_overhead_ms=self.cpu.overhead_ms,
             ratios=ratios,
             price=price.per_ms,
@@ -188,7 +189,7 @@ class ModelRouter:
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
             backlog_price_ms2=self._backlog_price_ms2(),
-            loop_backlog_ms=self.loop_lag_ms() if self.config.loop_backlog_on else 0.0,
+            loop_backlog_ms=lag_ms if self.config.loop_backlog_on else 0.0,
         )
 
     def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:
@@ -316,13 +317,13 @@ class ModelRouter:
             self._observe_ratio(decision, waited_ms)
 
     def _observe_ratio(self, decision: Decision, observed_ms: float) -> None:
-        floor_ms = self.overhead_ms + self._outside_ms()  # as RouterSnapshot.floor_ms
+        floor_ms = self.overhead_ms + self._outside_ms(self.loop_lag_ms())  # as RouterSnapshot.floor_ms
         self.ratios.observe(decision.chosen.modelled_ms, observed_ms, self._clock(), floor_ms)
 
-    def _outside_ms(self) -> float:
+    def _outside_ms(self, lag_ms: float) -> float:
         """Time a call spends outside the server's handler: the configured RPC allowance, and
-        the event loop's lateness once before the handler runs and once after it returns."""
-        return self.config.rpc_allowance_ms + 2.0 * self.loop_lag_ms()
+        the event loop's lateness `lag_ms` once before the handler runs and once after it returns."""
+        return self.config.rpc_allowance_ms + 2.0 * lag_ms
 
     # -- the CPU price and the throughput guard -------------------------------------------
 
