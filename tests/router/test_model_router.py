@@ -129,6 +129,9 @@ def test_the_prices_run_on_the_slo_the_traffic_carries() -> None:
     for _ in range(2000):  # a caller asking for a microsecond moves the scale ten times, no more
         absurd.route(RequestHints(slo_ms=0.001, slo_source="parameter"), 1)
     assert absurd.traffic_slo_ms == pytest.approx(20.0 / RouterConfig().traffic_slo_range)
+    for _ in range(2000):  # and one asking for a day, ten times the other way
+        absurd.route(RequestHints(slo_ms=86_400_000.0, slo_source="parameter"), 1)
+    assert absurd.traffic_slo_ms == pytest.approx(20.0 * RouterConfig().traffic_slo_range)
     default_only, _ = make_router(clock, config=RouterConfig(rpc_allowance_ms=0.0, traffic_slo_on=False))
     default_only.route(RequestHints(slo_ms=6.0, slo_source="parameter"), 1)
     assert default_only.traffic_slo_ms == 20.0
