@@ -21,6 +21,7 @@ from typing import Literal, get_args
 
 Mechanism = Literal[
     "correction",
+    "pooled_correction",
     "measured_cost",
     "ratios",
     "price",
@@ -39,6 +40,8 @@ class RouterConfig:
 
     # Mechanisms.
     correction_on: bool = True  # correct each variant's profiled service time by what batches take
+    # A variant yet to run starts from the model's corrections, not its profile (router.latency).
+    pooled_correction_on: bool = True
     measured_cost_on: bool = True  # price each variant's CPU by what its calls use, not by the profile
     ratios_on: bool = True  # P(within SLO) from the learned spread of observed / predicted latency
     price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win

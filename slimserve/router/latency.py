@@ -10,6 +10,14 @@ It absorbs what the profile could not see: other variants sharing the cores, a b
 machine, and the typical input length of the traffic (text is profiled at one length;
 lengths are not modelled per request).
 
+A variant that has not run yet borrows both corrections from the model's other variants
+(`CorrectionPool`): what the profile misses is mostly the traffic's input length, which
+scales every variant's time alike (minilm at 128 tokens: 3.4–3.6× the 32-token profile for
+all seven). Otherwise a variant the router seldom sends to looks as cheap and as fast as its
+short-text profile, and the router sends it calls in a lull at 2–3× their real cost
+(simulator, 3× fp32's capacity: 2 % of calls to float variants believed at 6–7 machine-ms,
+15–17 at the bench's length).
+
 Cost correction: what a session call costs in CPU (its threads' CPU time, in machine-ms)
 over the profiled service time, learned the same way. The service-time correction cannot
 stand in for it: it grows while other variants' calls share the cores, most for the variant
@@ -109,6 +117,22 @@ class ServiceCurve:
         return times[i - 1] + (times[i] - times[i - 1]) * (rows - lo) / (hi - lo)
 
 
+class CorrectionPool:
+    """One model's service-time and cost corrections over every variant's batches: what a
+    variant that has not run yet starts from (module docstring). Owned by the model's router."""
+
+    def __init__(self, weight: float = RouterConfig.correction_weight) -> None:
+        self.weight = weight
+        self.correction = 1.0
+        self.cost_correction = 1.0
+
+    def observe(self, ratio: float) -> None:
+        self.correction += self.weight * (ratio - self.correction)
+
+    def observe_cost(self, ratio: float) -> None:
+        self.cost_correction += self.weight * (ratio - self.cost_correction)
+
+
 class LatencyModel:
     """One variant's service-time model with its online correction."""
 
@@ -122,9 +146,26 @@ class LatencyModel:
         self.curve = curve
         self.max_batch_size = max_batch_size
         self.weight, self.bounds = weight, bounds
-        self.correction = 1.0
+        self.pool: CorrectionPool | None = None  # the model's, set by its router (RouterConfig.pooled_correction_on)
+        self._correction = 1.0
+        self._cost_correction = 1.0  # CPU a call costs / its profiled service time
         self.observed_batches = 0
-        self.cost_correction = 1.0  # CPU a call costs / its profiled service time
+        self.observed_costs = 0
+
+    @property
+    def correction(self) -> float:
+        """Observed / profiled service time: this variant's own once it has run, the pool's before."""
+        return self._correction if self.observed_batches or self.pool is None else self.pool.correction
+
+    @property
+    def cost_correction(self) -> float:
+        """CPU a call costs / its profiled service time: as `correction`, its own or the pool's."""
+        return self._cost_correction if self.observed_costs or self.pool is None else self.pool.cost_correction
+
+    def carry(self, old: LatencyModel) -> None:
+        """Take over what `old` learned (the same graph, reloaded)."""
+        self._correction, self.observed_batches = old._correction, old.observed_batches
+        self._cost_correction, self.observed_costs = old._cost_correction, old.observed_costs
 
     def service_ms(self, rows: float) -> float:
         """Predicted compute time of one session call over `rows` rows."""
@@ -146,15 +187,26 @@ class LatencyModel:
     def observe(self, rows: float, compute_ms: float) -> None:
         """Fold one completed batch into the correction."""
         ratio = self._ratio(rows, compute_ms)
-        if ratio is not None:
-            self.correction += self.weight * (ratio - self.correction)
-            self.observed_batches += 1
+        if ratio is None:
+            return
+        if self.pool is not None:
+            if not self.observed_batches:  # its first batch: learn on from what the model knows
+                self._correction = self.pool.correction
+            self.pool.observe(ratio)
+        self._correction += self.weight * (ratio - self._correction)
+        self.observed_batches += 1
 
     def observe_cost(self, rows: float, machine_ms: float) -> None:
         """Fold one completed batch's CPU cost (machine-ms) into the cost correction."""
         ratio = self._ratio(rows, machine_ms)
-        if ratio is not None:
-            self.cost_correction += self.weight * (ratio - self.cost_correction)
+        if ratio is None:
+            return
+        if self.pool is not None:
+            if not self.observed_costs:
+                self._cost_correction = self.pool.cost_correction
+            self.pool.observe_cost(ratio)
+        self._cost_correction += self.weight * (ratio - self._cost_correction)
+        self.observed_costs += 1
 
     def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
         """What is left of the batch handed to the workers: all of it until it starts."""

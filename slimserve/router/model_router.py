@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
 from slimserve.router.hints import RequestHints
-from slimserve.router.latency import LatencyModel, LevelledQueueView, QueueView, ServiceCurve
+from slimserve.router.latency import CorrectionPool, LatencyModel, LevelledQueueView, QueueView, ServiceCurve
 from slimserve.router.load import Clock, RateMeter
 from slimserve.router.policy import Decision, decide, pinned
 from slimserve.router.price import Budget, Offer, Price, cpu_price
@@ -85,6 +85,10 @@ class ModelRouter:
         self.model = model
         self.config = config = config or RouterConfig()
         self.variants = {v.name: v for v in variants}
+        # What every variant's batches teach of the profile's error, for those yet to run.
+        self._pool = CorrectionPool(config.correction_weight) if config.pooled_correction_on else None
+        for v in variants:
+            v.latency.pool = self._pool
         # The queues that serve by priority level, found once: each snapshot reads their levels.
         self._levelled = {v.name: v.queue for v in variants if isinstance(v.queue, LevelledQueueView)}
         self._queues = [v.queue for v in variants]  # in the order of `variants`: each snapshot marks them
@@ -123,13 +127,14 @@ class ModelRouter:
     def adopt(self, old: ModelRouter, kept: Iterable[str]) -> None:
         """Carry over what `old` learned, when a model is reloaded: for the variants in
         `kept` (the same graph, served by the same batcher) their online latency correction
-        and traffic share; for the model, its per-request overhead, latency ratios, rates
-        and price. Variants that are new start from their profile, as at start-up."""
+        and traffic share; for the model, its per-request overhead, latency ratios, rates,
+        price and pooled corrections. Variants that are new start from the pool, as a variant
+        that has not run yet does."""
         for name in kept:
-            self.variants[name].latency.correction = old.variants[name].latency.correction
-            self.variants[name].latency.observed_batches = old.variants[name].latency.observed_batches
-            self.variants[name].latency.cost_correction = old.variants[name].latency.cost_correction
+            self.variants[name].latency.carry(old.variants[name].latency)
             self._shares[name] = old._shares[name]
+        if self._pool is not None and old._pool is not None:
+            self._pool.correction, self._pool.cost_correction = old._pool.correction, old._pool.cost_correction
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
         self._inverse_slo_per_ms = old._inverse_slo_per_ms
         self._arrivals, self._completions, self._sizes, self._compute = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimserve.router.config import RouterConfig
-from slimserve.router.latency import LatencyModel, ServiceCurve
+from slimserve.router.latency import CorrectionPool, LatencyModel, ServiceCurve
 from tests.router.fakes import FakeQueue
 
 CORRECTION_BOUNDS = RouterConfig.correction_bounds
@@ -42,6 +42,19 @@ def test_online_correction_follows_observed_compute_and_is_bounded() -> None:
     assert model.correction == pytest.approx(CORRECTION_BOUNDS[1], rel=1e-3)
     model.observe(1, float("nan"))
     assert model.correction == pytest.approx(CORRECTION_BOUNDS[1], rel=1e-3)
+
+
+def test_a_lone_variant_learns_the_same_with_a_pool_as_without() -> None:
+    alone, pooled = LatencyModel(CURVE, max_batch_size=32), LatencyModel(CURVE, max_batch_size=32)
+    pooled.pool = CorrectionPool()
+    for observed_ms in (9.0, 3.0, 12.0, 4.5, 40.0):
+        alone.observe(8, observed_ms)
+        pooled.observe(8, observed_ms)
+        alone.observe_cost(8, observed_ms / 2)
+        pooled.observe_cost(8, observed_ms / 2)
+        assert pooled.correction == pytest.approx(alone.correction)
+        assert pooled.cost_correction == pytest.approx(alone.cost_correction)
+    assert pooled.pool.correction == pytest.approx(alone.correction)
 
 
 def test_a_curve_needs_a_point() -> None:

@@ -22,7 +22,7 @@ from slimserve.router.policy import (
     Decision,
     candidates,
 )
-from slimserve.router.snapshot import RouterSnapshot
+from slimserve.router.snapshot import RouterSnapshot, VariantView
 from tests.router.fakes import FakeClock, FakeQueue
 
 SLO = RequestHints(slo_ms=10.0, slo_source="parameter")
@@ -369,10 +369,62 @@ def test_the_price_charges_the_cpu_calls_use_not_the_time_they_take_beside_other
     router, costs = costs_after_batches(RouterConfig(rpc_allowance_ms=0.0))
     assert costs["fp32"] == pytest.approx(15.0, rel=1e-3)
     assert costs["distilled"] == pytest.approx(0.3, rel=1e-3)
-    assert costs["int8"] == pytest.approx(2.0)  # nothing measured: its profile
+    # Nothing measured for int8: the model's pooled cost correction (3× and 1× in turn), not its profile.
+    assert costs["int8"] == pytest.approx(2.0 * 1.95, rel=0.01)
     assert router.variants["distilled"].latency.correction == pytest.approx(4.0, rel=1e-3)  # time, not cost
     _, profiled = costs_after_batches(RouterConfig(rpc_allowance_ms=0.0, measured_cost_on=False))
     assert profiled == pytest.approx({"fp32": 5.0, "int8": 2.0, "distilled": 0.3})
+
+
+def test_a_variant_yet_to_run_starts_from_what_the_others_taught_and_then_learns_its_own() -> None:
+    clock = FakeClock()
+
+    def views_after(config: RouterConfig) -> tuple[ModelRouter, dict[str, VariantView]]:
+        router, _ = make_router(clock, config=config)
+        router.cpu.sample(cpu_s=0.0, wall_s=0.0, cores=1)
+        for _ in range(100):  # fp32 and int8 both take 3.4× their profile (inputs longer than profiled)
+            router.observe_batch("fp32", 8, compute_ms=3.4 * 5.0, cpu_ms=3.4 * 5.0)
+            router.observe_batch("int8", 8, compute_ms=3.4 * 2.0, cpu_ms=3.4 * 2.0)
+        return router, views_of(router)
+
+    def views_of(router: ModelRouter) -> dict[str, VariantView]:
+        return {v.name: v for v in router.snapshot().variants}
+
+    router, views = views_after(RouterConfig(rpc_allowance_ms=0.0))
+    # distilled has not run: not its profile (text profiled shorter than the traffic's), but
+    # what fp32's and int8's batches say.
+    assert views["distilled"].correction == pytest.approx(3.4, rel=1e-3)
+    assert views["distilled"].cost_correction == pytest.approx(3.4, rel=1e-3)
+    assert {c.variant: c.cost_per_row_ms * 8 for c in predictions(router, rows=8)}["distilled"] == pytest.approx(
+        3.4 * 0.3, rel=1e-3
+    )
+    # A day of silence changes nothing: the pool counts batches, not time.
+    clock.advance(86_400.0)
+    assert views_of(router)["distilled"].correction == pytest.approx(3.4, rel=1e-3)
+    # Once it runs it learns its own, on from the pool's value (one batch at its profile: one step back).
+    router.observe_batch("distilled", 8, compute_ms=0.3, cpu_ms=0.3)
+    latency = router.variants["distilled"].latency
+    assert latency.correction == pytest.approx(3.4 + 0.1 * (1.0 - 3.4), rel=1e-3)
+    assert latency.cost_correction == pytest.approx(3.4 + 0.1 * (1.0 - 3.4), rel=1e-3)
+    for _ in range(200):
+        router.observe_batch("distilled", 8, compute_ms=0.3, cpu_ms=0.3)
+    assert latency.correction == pytest.approx(1.0, rel=1e-3)  # its own now, whatever the pool says
+    # The others' corrections are their own throughout.
+    assert router.variants["fp32"].latency.correction == pytest.approx(3.4, rel=1e-3)
+
+    _, off = views_after(RouterConfig(rpc_allowance_ms=0.0, pooled_correction_on=False))
+    assert off["distilled"].correction == 1.0 and off["distilled"].cost_correction == 1.0  # its profile
+
+
+def test_a_reload_carries_the_pool_so_a_new_variant_starts_from_it() -> None:
+    clock = FakeClock()
+    old, _ = make_router(clock)
+    for _ in range(100):
+        old.observe_batch("fp32", 8, compute_ms=2.0 * 5.0, cpu_ms=None)
+    new, _ = make_router(clock)
+    new.adopt(old, kept=["fp32"])
+    assert new.variants["fp32"].latency.correction == pytest.approx(2.0, rel=1e-3)  # kept: its own
+    assert new.variants["int8"].latency.correction == pytest.approx(2.0, rel=1e-3)  # new: the pool's
 
 
 def test_capacity_counts_the_cpu_each_request_costs_around_its_session_call() -> None:
