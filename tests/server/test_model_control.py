@@ -51,7 +51,8 @@ def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(d
             shutil.move(digits_repo / "digits" / ".stash-pruned", digits_repo / "digits" / "pruned")
             assert "added pruned" in await control.load("digits")
             again = host.registry.models["digits"]
-            assert again.batchers["fp32"] is fp32_batcher and again.router.variants["fp32"].latency.correction == learned
+            assert again.batchers["fp32"] is fp32_batcher
+            assert again.router.variants["fp32"].latency.correction == learned
             result = await host.infer(zero_digits("pruned"))
             assert result.outputs["logits"].shape == (1, 10)
             await host.registry.close()
