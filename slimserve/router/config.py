@@ -61,6 +61,10 @@ class RouterConfig:
 
     # Policy.
     min_p_in_time: float = 0.5  # least P(within SLO) for a variant to be chosen in time
+    # Least P(within SLO) a request that states an SLO needs to be admitted while there is work
+    # ahead of it (admission, router.policy.sheds). 0.9 until 2026-12-06 (its predicted_ms, the
+    # 0.9 quantile, past the SLO).
+    admit_p_in_time: float = 0.75
     # Settings (server/process/settings.py): time a call spends outside the server, added to every
     # prediction; and the share of the machine routed traffic may plan to use.
     rpc_allowance_ms: float = 1.5
@@ -107,6 +111,8 @@ class RouterConfig:
             raise ValueError(f"traffic_slo_range must be at least 1, got {self.traffic_slo_range}")
         if not 0.0 < self.min_p_in_time <= 1.0:
             raise ValueError(f"min_p_in_time must be in (0, 1], got {self.min_p_in_time}")
+        if not 0.0 < self.admit_p_in_time <= 1.0:
+            raise ValueError(f"admit_p_in_time must be in (0, 1], got {self.admit_p_in_time}")
 
     @classmethod
     def without(cls, mechanisms: Collection[str], **fields: float) -> RouterConfig:

@@ -20,8 +20,8 @@ In order:
    the busy one (RouterConfig.best_effort_quality_on; off: the fastest).
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 4. Admission (`sheds`): a request that states an SLO (not the model's default) is refused,
-   reason `shed_predicted_late`, when its variant is predicted (`predicted_ms`) to answer
-   past that SLO and there is work ahead of it — on that variant, or, past saturation
+   reason `shed_predicted_late`, when its variant is less than `admit_p_in_time` likely to
+   answer within that SLO and there is work ahead of it — on that variant, or, past saturation
    (RouterConfig.shed_idle_on), on any variant, since the cores are shared. An idle
    machine never sheds: the prediction may be wrong, and only served calls correct it.
    The data plane refuses what the decision says, so Explain says exactly what happens.
@@ -96,8 +96,9 @@ class Decision:
         if c is self.chosen and self.shed and self.grounds is not None:
             chosen_as = f" (chosen as {self.grounds.chosen_as})" if self.grounds.chosen_as else ""
             return (
-                f"{SHED_PREDICTED_LATE}{chosen_as}: predicted {c.predicted_ms:.2f} ms past the "
-                f"{self.grounds.hints.slo_ms:g} ms SLO with work ahead; refused, retry later or elsewhere"
+                f"{SHED_PREDICTED_LATE}{chosen_as}: P(within the {self.grounds.hints.slo_ms:g} ms SLO) "
+                f"{c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms, with work ahead; refused, retry later "
+                "or elsewhere"
             )
         if c is self.chosen or self.grounds is None:
             return self.reason
@@ -139,7 +140,7 @@ def pinned(
 ) -> Decision:
     """The caller named the variant: no choice, but the prediction is still useful, and
     admission (step 4) applies to it as to a routed request, given its `hints`."""
-    chosen = candidate(snapshot, snapshot.view(variant), rows, None)
+    chosen = candidate(snapshot, snapshot.view(variant), rows, hints.slo_ms if hints is not None else None)
     if hints is not None and config is not None and sheds(snapshot, hints, chosen, config):
         grounds = Grounds(hints, snapshot.price, None, config.min_p_in_time, PINNED)
         return Decision(variant, SHED_PREDICTED_LATE, chosen.predicted_ms, chosen.device, chosen, (chosen,), grounds)
@@ -149,7 +150,7 @@ def pinned(
 def sheds(snapshot: RouterSnapshot, hints: RequestHints, chosen: Candidate, config: RouterConfig) -> bool:
     """Step 4, admission: whether a request sent to `chosen` is refused (module docstring).
     Never one that states no SLO (it gets the model's default and waits its turn)."""
-    if not config.shed_late_on or hints.slo_source == "model_default" or chosen.predicted_ms <= hints.slo_ms:
+    if not config.shed_late_on or hints.slo_source == "model_default" or chosen.p_in_time >= config.admit_p_in_time:
         return False
     if snapshot.view(chosen.variant).busy:
         return True

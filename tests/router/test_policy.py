@@ -131,11 +131,27 @@ def test_admission_is_part_of_the_decision_and_explained() -> None:
     assert (decision.variant, decision.reason, decision.shed) == ("distilled", SHED_PREDICTED_LATE, True)
     assert decision.grounds is not None and decision.grounds.chosen_as == BEST_EFFORT
     chosen = next(v for v in decision.verdicts if v.chosen)
-    assert chosen.why.startswith("shed_predicted_late (chosen as best_effort): predicted 0.50 ms past the 0.1 ms SLO")
+    assert chosen.why.startswith(
+        "shed_predicted_late (chosen as best_effort): P(within the 0.1 ms SLO) 0.000, predicted 0.50 ms, "
+        "with work ahead"
+    )
     # In time, nothing is shed however busy; an idle machine never sheds (its prediction
     # may be wrong, and only served calls correct it).
     assert not decide(busy, hints(slo_ms=10), 1, CONFIG).shed
     assert decide(snapshot_of(THREE), hints(slo_ms=0.1), 1, CONFIG).reason == BEST_EFFORT
+
+
+def test_a_call_more_likely_than_admit_p_in_time_to_make_it_is_admitted_behind_work() -> None:
+    # One in five requests took 3× its prediction: P(in time) = 0.8 where 1× fits and 3× does not.
+    busy = snapshot_of([("int8", 0.99, 4.0, 3_000)], ratios=ratios_of([1.0] * 8 + [3.0] * 2), busy={"int8"})
+    decision = decide(busy, hints(slo_ms=10), 1, CONFIG)
+    assert decision.chosen.p_in_time == pytest.approx(0.8) and decision.chosen.predicted_ms > 10
+    assert (decision.variant, decision.shed) == ("int8", False)  # its 0.9 quantile is late, but 0.8 ≥ 0.75
+    assert decide(busy, hints(slo_ms=10), 1, replace(CONFIG, admit_p_in_time=0.9)).shed  # the rule until 2026-12-06
+    assert pinned(busy, "int8", 1, hints=hints(slo_ms=10), config=CONFIG).reason == PINNED  # pinned alike
+    assert pinned(busy, "int8", 1, hints=hints(slo_ms=10), config=replace(CONFIG, admit_p_in_time=0.9)).shed
+    with pytest.raises(ValueError, match="admit_p_in_time"):
+        RouterConfig(admit_p_in_time=0.0)
 
 
 def test_a_call_that_states_no_slo_is_never_shed() -> None:
