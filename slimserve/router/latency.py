@@ -117,20 +117,40 @@ class ServiceCurve:
         return times[i - 1] + (times[i] - times[i - 1]) * (rows - lo) / (hi - lo)
 
 
+class Correction:
+    """An observed / profiled ratio, learned as an exponentially weighted running mean of the
+    ratios seen (each clamped by the caller); `count`: how many it has seen."""
+
+    __slots__ = ("count", "value", "weight")
+
+    def __init__(self, weight: float) -> None:
+        self.weight, self.value, self.count = weight, 1.0, 0
+
+    def learn(self, ratio: float, start: Correction | None = None) -> None:
+        """Fold one ratio in; the first one starts from `start`'s value where given (what the
+        model's other variants have taught) instead of 1."""
+        if not self.count and start is not None:
+            self.value = start.value
+        self.value += self.weight * (ratio - self.value)
+        self.count += 1
+
+    def carry(self, old: Correction) -> None:
+        """Take over what `old` learned."""
+        self.value, self.count = old.value, old.count
+
+
 class CorrectionPool:
     """One model's service-time and cost corrections over every variant's batches: what a
     variant that has not run yet starts from (module docstring). Owned by the model's router."""
 
     def __init__(self, weight: float = RouterConfig.correction_weight) -> None:
-        self.weight = weight
-        self.correction = 1.0
-        self.cost_correction = 1.0
+        self.time = Correction(weight)
+        self.cost = Correction(weight)
 
-    def observe(self, ratio: float) -> None:
-        self.correction += self.weight * (ratio - self.correction)
-
-    def observe_cost(self, ratio: float) -> None:
-        self.cost_correction += self.weight * (ratio - self.cost_correction)
+    def carry(self, old: CorrectionPool) -> None:
+        """Take over what `old` learned (the model reloaded)."""
+        self.time.carry(old.time)
+        self.cost.carry(old.cost)
 
 
 class LatencyModel:
@@ -145,27 +165,25 @@ class LatencyModel:
     ) -> None:
         self.curve = curve
         self.max_batch_size = max_batch_size
-        self.weight, self.bounds = weight, bounds
+        self.bounds = bounds
         self.pool: CorrectionPool | None = None  # the model's, set by its router (RouterConfig.pooled_correction_on)
-        self._correction = 1.0
-        self._cost_correction = 1.0  # CPU a call costs / its profiled service time
-        self.observed_batches = 0
-        self.observed_costs = 0
+        self.time = Correction(weight)  # observed / profiled service time
+        self.cost = Correction(weight)  # CPU a call costs / its profiled service time
 
     @property
     def correction(self) -> float:
         """Observed / profiled service time: this variant's own once it has run, the pool's before."""
-        return self._correction if self.observed_batches or self.pool is None else self.pool.correction
+        return self.time.value if self.time.count or self.pool is None else self.pool.time.value
 
     @property
     def cost_correction(self) -> float:
         """CPU a call costs / its profiled service time: as `correction`, its own or the pool's."""
-        return self._cost_correction if self.observed_costs or self.pool is None else self.pool.cost_correction
+        return self.cost.value if self.cost.count or self.pool is None else self.pool.cost.value
 
     def carry(self, old: LatencyModel) -> None:
         """Take over what `old` learned (the same graph, reloaded)."""
-        self._correction, self.observed_batches = old._correction, old.observed_batches
-        self._cost_correction, self.observed_costs = old._cost_correction, old.observed_costs
+        self.time.carry(old.time)
+        self.cost.carry(old.cost)
 
     def service_ms(self, rows: float) -> float:
         """Predicted compute time of one session call over `rows` rows."""
@@ -186,27 +204,20 @@ class LatencyModel:
 
     def observe(self, rows: float, compute_ms: float) -> None:
         """Fold one completed batch into the correction."""
-        ratio = self._ratio(rows, compute_ms)
-        if ratio is None:
-            return
-        if self.pool is not None:
-            if not self.observed_batches:  # its first batch: learn on from what the model knows
-                self._correction = self.pool.correction
-            self.pool.observe(ratio)
-        self._correction += self.weight * (ratio - self._correction)
-        self.observed_batches += 1
+        self._learn(self.time, None if self.pool is None else self.pool.time, self._ratio(rows, compute_ms))
 
     def observe_cost(self, rows: float, machine_ms: float) -> None:
         """Fold one completed batch's CPU cost (machine-ms) into the cost correction."""
-        ratio = self._ratio(rows, machine_ms)
+        self._learn(self.cost, None if self.pool is None else self.pool.cost, self._ratio(rows, machine_ms))
+
+    @staticmethod
+    def _learn(own: Correction, pooled: Correction | None, ratio: float | None) -> None:
+        """Own and pool learn the ratio; own's first starts from the pool's value before it."""
         if ratio is None:
             return
-        if self.pool is not None:
-            if not self.observed_costs:
-                self._cost_correction = self.pool.cost_correction
-            self.pool.observe_cost(ratio)
-        self._cost_correction += self.weight * (ratio - self._cost_correction)
-        self.observed_costs += 1
+        own.learn(ratio, start=pooled)
+        if pooled is not None:
+            pooled.learn(ratio)
 
     def in_flight_ms(self, queue: QueueView, now_s: float) -> float:
         """What is left of the batch handed to the workers: all of it until it starts."""

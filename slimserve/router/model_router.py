@@ -134,7 +134,7 @@ class ModelRouter:
             self.variants[name].latency.carry(old.variants[name].latency)
             self._shares[name] = old._shares[name]
         if self._pool is not None and old._pool is not None:
-            self._pool.correction, self._pool.cost_correction = old._pool.correction, old._pool.cost_correction
+            self._pool.carry(old._pool)
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
         self._inverse_slo_per_ms = old._inverse_slo_per_ms
         self._arrivals, self._completions, self._sizes, self._compute = (

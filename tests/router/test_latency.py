@@ -54,7 +54,8 @@ def test_a_lone_variant_learns_the_same_with_a_pool_as_without() -> None:
         pooled.observe_cost(8, observed_ms / 2)
         assert pooled.correction == pytest.approx(alone.correction)
         assert pooled.cost_correction == pytest.approx(alone.cost_correction)
-    assert pooled.pool.correction == pytest.approx(alone.correction)
+    assert pooled.pool.time.value == pytest.approx(alone.correction)
+    assert pooled.pool.cost.value == pytest.approx(alone.cost_correction)
 
 
 def test_a_curve_needs_a_point() -> None:
