@@ -88,6 +88,15 @@ class Decision:
         """Admission refuses it (UNAVAILABLE): predicted past its stated SLO with work ahead."""
         return self.reason == SHED_PREDICTED_LATE
 
+    def refusal(self, slo_ms: float) -> str:
+        """What a caller whose call admission refuses is told: the variant, the SLO and the
+        probability of answering within it that the decision ranked by."""
+        return (
+            f"overloaded: variant '{self.variant}' would answer within the {slo_ms:g} ms SLO with probability "
+            f"{self.chosen.p_in_time:.3f} (predicted {self.predicted_ms:.1f} ms) behind the work ahead of it; "
+            "retry later or elsewhere"
+        )
+
     @cached_property
     def verdicts(self) -> tuple[Verdict, ...]:
         return tuple(Verdict(c, c is self.chosen, self._why(c)) for c in self.candidates)

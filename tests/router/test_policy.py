@@ -147,7 +147,12 @@ def test_a_call_more_likely_than_admit_p_in_time_to_make_it_is_admitted_behind_w
     decision = decide(busy, hints(slo_ms=10), 1, CONFIG)
     assert decision.chosen.p_in_time == pytest.approx(0.8) and decision.chosen.predicted_ms > 10
     assert (decision.variant, decision.shed) == ("int8", False)  # its 0.9 quantile is late, but 0.8 ≥ 0.75
-    assert decide(busy, hints(slo_ms=10), 1, replace(CONFIG, admit_p_in_time=0.9)).shed  # the rule until 2026-12-06
+    refused = decide(busy, hints(slo_ms=10), 1, replace(CONFIG, admit_p_in_time=0.9))
+    assert refused.shed  # the rule until 2026-12-06
+    assert refused.refusal(10.0) == (
+        f"overloaded: variant 'int8' would answer within the 10 ms SLO with probability 0.800 "
+        f"(predicted {refused.predicted_ms:.1f} ms) behind the work ahead of it; retry later or elsewhere"
+    )
     assert pinned(busy, "int8", 1, hints=hints(slo_ms=10), config=CONFIG).reason == PINNED  # pinned alike
     assert pinned(busy, "int8", 1, hints=hints(slo_ms=10), config=replace(CONFIG, admit_p_in_time=0.9)).shed
     with pytest.raises(ValueError, match="admit_p_in_time"):

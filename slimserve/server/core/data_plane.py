@@ -16,8 +16,9 @@ the internal types. The data plane then, in this order and each once:
    before its tensors are decoded;
 4. decodes it against the model's config (the front end's converter);
 5. decides the variant — the one named, or the router's choice — and refuses a call that
-   states an SLO when the chosen variant has work ahead of it and is predicted to answer
-   past that SLO (refusing costs a fraction of serving; see README: Failure modes);
+   states an SLO when the chosen variant has work ahead of it and is less than
+   RouterConfig.admit_p_in_time likely to answer within that SLO (refusing costs a
+   fraction of serving; see README: Failure modes);
 6. submits it to the variant's batcher at its priority level, which runs the session (and
    answers it DEADLINE_EXCEEDED, or UNAVAILABLE "Request timeout expired" for a `timeout`,
    if its time ends while queued);
@@ -261,13 +262,11 @@ class DataPlane:
 
     def _shed_if_predicted_late(self, decision: Decision, hints: RequestHints) -> None:
         """Refuse the call the router's decision sheds (`router.policy.sheds`: it states an SLO,
-        there is work ahead of it and it is predicted to answer past that SLO; a caller that
-        stated no SLO waits its turn), so that Explain says exactly what happens."""
+        there is work ahead of it and its variant is less than RouterConfig.admit_p_in_time
+        likely to answer within that SLO; a caller that stated no SLO waits its turn), with the
+        probability Explain names, so that Explain says exactly what happens."""
         if decision.shed:  # RouterConfig.shed_late_on carries SLIMSERVE_SHED_LATE into the decision
-            raise OverloadedError(
-                f"overloaded: variant '{decision.variant}' is predicted to answer in "
-                f"{decision.predicted_ms:.1f} ms, past the {hints.slo_ms:g} ms SLO; retry later or elsewhere"
-            )
+            raise OverloadedError(decision.refusal(hints.slo_ms))
 
     async def _serve(
         self,
