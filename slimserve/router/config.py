@@ -25,6 +25,7 @@ Mechanism = Literal[
     "measured_cost",
     "ratios",
     "price",
+    "price_split",
     "backlog_price",
     "loop_backlog",
     "traffic_slo",
@@ -45,6 +46,9 @@ class RouterConfig:
     measured_cost_on: bool = True  # price each variant's CPU by what its calls use, not by the profile
     ratios_on: bool = True  # P(within SLO) from the learned spread of observed / predicted latency
     price_on: bool = True  # charge CPU when the traffic would not fit: cheaper variants win
+    # At the breakpoint where the traffic comes to fit, price a share of the calls just below it
+    # (router.price.Price.share_below): a mix of the two variants, not all calls to the cheaper.
+    price_split_on: bool = True
     # Charge CPU in proportion to the work queued now, whatever the rates (router.price.backlog_price).
     backlog_price_on: bool = True
     # The event loop's lag counts in that backlog: calls not yet routed wait behind it.

@@ -26,6 +26,8 @@ from slimserve.router.price import Budget, Offer, Price, cpu_price
 from slimserve.router.ratios import RatioDistribution
 from slimserve.router.snapshot import RouterSnapshot, VariantView
 
+GOLDEN_RATIO_FRACTION = (5**0.5 - 1) / 2  # the step of the low-discrepancy sequence that splits a price
+
 QueueMark = tuple[int, int, float | None]  # a queue's rows queued, rows running and when they started
 
 
@@ -116,6 +118,7 @@ class ModelRouter:
         self._guard_active = False
         self._price = Price(0.0)
         self._priced_at_s = float("-inf")
+        self._split_phase = 0.0  # which calls a split price prices below its breakpoint (_price_of_a_call)
         self._snapshot: RouterSnapshot | None = None
         self._taken: RouterSnapshot | None = None  # the last snapshot taken, even once out of date
         self._queue_marks: tuple[QueueMark, ...] = ()
@@ -188,7 +191,7 @@ class ModelRouter:
             outside_ms=self._outside_ms(lag_ms),
             cpu_overhead_ms=self.cpu.overhead_ms,
             ratios=ratios,
-            price=price.per_ms,
+            price=self._price_of_a_call(price),
             saturated=price.saturated,
             required_rows_s=self._required_rows_s(),
             side_by_side=self.side_by_side,
@@ -358,6 +361,16 @@ class ModelRouter:
         rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
         self._price = cpu_price(offers, rates, budget)
         return self._price
+
+    def _price_of_a_call(self, price: Price) -> float:
+        """The price this call is routed at: for a share `share_below` of the calls the price
+        below the breakpoint, for the rest the price itself (RouterConfig.price_split_on).
+        The calls are picked by a golden-ratio sequence, not at random: every run of calls
+        gets the share as closely as it can, and a simulation is the same every time."""
+        if not self.config.price_split_on or price.share_below <= 0.0:
+            return price.per_ms
+        self._split_phase = (self._split_phase + GOLDEN_RATIO_FRACTION) % 1.0
+        return price.below_ms if self._split_phase < price.share_below else price.per_ms
 
     @property
     def traffic_slo_ms(self) -> float:

@@ -17,6 +17,15 @@ little quality for much CPU drop out first.
 Raising μ only ever moves a request size to a cheaper variant, so demand falls with μ, and
 the answer is one of the breakpoints where some request size switches variant.
 
+One price moves *every* request of a size across its breakpoint, though the budget may hold
+many of them on the better variant: the best fixed mix (the fractional solution of the
+knapsack the breakpoints walk) keeps the largest share that still fits on it. `Price`
+carries that share and the price just below the breakpoint; the router prices that share
+of its calls there (`RouterConfig.price_split_on`). Without it the price jumps between
+variants that break even at nearly one price (minilm's int8mixed, int8 and pruned-int8),
+and at 2× fp32's capacity the router answered 1.5 points under pinned int8 (simulator,
+docs/routing.md).
+
 If no price makes the traffic fit, the machine is past what it can serve in time, and some
 requests will be late or refused whatever the router does. The price then maximises the
 quality answered per machine-millisecond (Σ λ·quality / Σ λ·cost over the choices it
@@ -42,6 +51,7 @@ from dataclasses import dataclass
 
 # A price just past a breakpoint, so that the cheaper variant wins there.
 PAST_BREAKPOINT = 1.0 + 1e-6
+SPLIT_BISECTIONS = 20  # a split price's share to within 1e-6
 
 
 @dataclass(frozen=True)
@@ -113,23 +123,51 @@ def breakpoints(offers: Sequence[Offer], rows: int) -> list[float]:
 
 @dataclass(frozen=True)
 class Price:
-    """The price, and whether the traffic fits at any price (`saturated`: it does not)."""
+    """The price, and whether the traffic fits at any price (`saturated`: it does not).
+
+    At `per_ms` the traffic fits; at `below_ms`, the price just below the breakpoint that
+    made it fit, it does not. A share `share_below` of the calls may still be priced at
+    `below_ms` (and get the better variant) with the traffic fitting: the best fixed mix at
+    a breakpoint splits the calls between the two variants, where one price sends them all
+    to the cheaper one (`split_share`)."""
 
     per_ms: float
     saturated: bool = False
+    below_ms: float = 0.0
+    share_below: float = 0.0
 
 
 def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> Price:
     """The smallest price at which the arriving requests fit `budget` (0: they fit as they
     are); if none does, the one with the most quality per machine-millisecond, saturated."""
-    if not offers or fits(demand(offers, rates, 0.0), budget):
+    if not offers:
+        return Price(0.0)
+    below, over = 0.0, demand(offers, rates, 0.0)
+    if fits(over, budget):
         return Price(0.0)
     sizes = [rows for rows, rate in rates.items() if rate > 0]
     prices = sorted({p * PAST_BREAKPOINT for rows in sizes for p in breakpoints(offers, rows)})
     for price in prices:
-        if fits(demand(offers, rates, price), budget):
-            return Price(price)
+        need = demand(offers, rates, price)
+        if fits(need, budget):
+            return Price(price, below_ms=below, share_below=split_share(over, need, budget))
+        below, over = price, need
     return Price(max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price)), saturated=True)
+
+
+def split_share(over: Demand, within: Demand, budget: Budget) -> float:
+    """The largest share f of the calls that may take the choices of `over` (a demand that
+    does not fit) while the rest take those of `within` (one that does), the traffic still
+    fitting. Both utilization and the M/G/1 wait grow with f, so bisection finds it."""
+    lo, hi = 0.0, 1.0
+    for _ in range(SPLIT_BISECTIONS):
+        share = (lo + hi) / 2
+        mixed = Demand(
+            share * over.ms_per_s + (1 - share) * within.ms_per_s,
+            share * over.square_ms2_per_s + (1 - share) * within.square_ms2_per_s,
+        )
+        lo, hi = (share, hi) if fits(mixed, budget) else (lo, share)
+    return lo
 
 
 def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> float:

@@ -16,6 +16,7 @@ from slimserve.router.price import (
     mean_wait_ms,
     pick,
     quality_per_ms,
+    split_share,
 )
 
 OVERHEAD_MS = 1.0
@@ -43,6 +44,29 @@ def test_the_price_is_the_smallest_that_fits_and_moves_the_cheapest_quality_firs
     assert {pick(OFFERS, rows, price).variant for rows in RATES} == {"int8"}
     # Just below it, nothing has moved yet, and that did not fit.
     assert not fits(demand(OFFERS, RATES, price / 1.001), budget)
+
+
+def test_a_share_of_the_calls_keeps_the_better_variant_where_the_mix_still_fits() -> None:
+    budget = Budget(0.5)  # all fp32 is 740 machine-ms/s, all int8 (at the price) 425
+    price = cpu_price(OFFERS, RATES, budget)
+    assert (price.below_ms, price.saturated) == (0.0, False)  # below it: fp32 for both sizes
+    over, within = demand(OFFERS, RATES, price.below_ms), demand(OFFERS, RATES, price.per_ms)
+    # Utilization binds here (the M/G/1 wait is unbounded): f × 740 + (1 − f) × 425 = 500.
+    assert price.share_below == pytest.approx((500 - 425) / (740 - 425), abs=1e-5)
+    assert split_share(over, within, budget) == price.share_below
+    # A bound on the wait binds first and leaves a smaller share.
+    waiting = Budget(0.5, max_wait_ms=1.0)
+    share = split_share(over, within, waiting)
+    assert 0.0 < share < price.share_below
+    mixed = Demand(
+        share * over.ms_per_s + (1 - share) * within.ms_per_s,
+        share * over.square_ms2_per_s + (1 - share) * within.square_ms2_per_s,
+    )
+    assert mean_wait_ms(mixed, waiting) == pytest.approx(1.0, rel=1e-4)
+    # Where the traffic just fits at the price, no share is left; where all of it would fit
+    # below, all of it may go.
+    assert split_share(over, Demand(500.0, 0.0), budget) == 0.0
+    assert split_share(within, within, budget) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_long_service_times_are_priced_out_before_the_machine_is_busy() -> None:
