@@ -363,10 +363,12 @@ class ModelRouter:
         return self._price
 
     def _price_of_a_call(self, price: Price) -> float:
-        """The price this call is routed at: for a share `share_below` of the calls the price
-        below the breakpoint, for the rest the price itself (RouterConfig.price_split_on).
-        The calls are picked by a golden-ratio sequence, not at random: every run of calls
-        gets the share as closely as it can, and a simulation is the same every time."""
+        """The price a new snapshot routes at: for a share `share_below` of the snapshots the
+        price below the breakpoint, for the rest the price itself (RouterConfig.price_split_on).
+        They are picked by a golden-ratio sequence, not at random: every run of them gets the
+        share as closely as it can, and a simulation is the same every time. A snapshot is
+        drawn once and reused by calls that find every queue as it was (`snapshot`); under
+        load, where a price exists, nearly every call changes a queue and takes its own."""
         if not self.config.price_split_on or price.share_below <= 0.0:
             return price.per_ms
         self._split_phase = (self._split_phase + GOLDEN_RATIO_FRACTION) % 1.0
