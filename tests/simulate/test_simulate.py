@@ -96,7 +96,7 @@ def test_two_workers_on_two_cores_plan_as_one_worker_on_one_does_at_half_the_rat
     # moves a share of the calls from `big` to `small`, two at 2r must move the same share
     # (accounting against both cores, each worker thought it had twice the room: at r = 50, 26 %
     # to `small` against one worker's 70 %, before the split price; now about 8 % and 24 % at
-    # r = 50 and 60, where a worker with twice the room would move none).
+    # r = 50 and 60, where one worker given twice the room moves 0 % and 0.6 %).
     two = dataclasses.replace(PARAMS, cores=2, workers=2, session_threads=1)
     tight = RouterConfig(cpu_target_utilization=0.6, price_wait_share=0.1)  # a budget that binds at these rates
     for rate in (50.0, 60.0):
