@@ -118,7 +118,7 @@ class ModelRouter:
         self._guard_active = False
         self._price = Price(0.0)
         self._priced_at_s = float("-inf")
-        self._split_phase = 0.0  # which calls a split price prices below its breakpoint (_price_of_a_call)
+        self._split_phase = 0.0  # which snapshots a split price prices below its breakpoint (_price_of_a_call)
         self._snapshot: RouterSnapshot | None = None
         self._taken: RouterSnapshot | None = None  # the last snapshot taken, even once out of date
         self._queue_marks: tuple[QueueMark, ...] = ()
