@@ -90,7 +90,8 @@ class Decision:
 
     def refusal(self, slo_ms: float) -> str:
         """What a caller whose call admission refuses is told: the variant, the SLO and the
-        probability of answering within it that the decision ranked by."""
+        probability of answering within it that the decision ranked by. Explain's verdict on
+        the chosen variant says the same (`verdicts`)."""
         return (
             f"overloaded: variant '{self.variant}' would answer within the {slo_ms:g} ms SLO with probability "
             f"{self.chosen.p_in_time:.3f} (predicted {self.predicted_ms:.1f} ms) behind the work ahead of it; "
@@ -104,11 +105,7 @@ class Decision:
     def _why(self, c: Candidate) -> str:
         if c is self.chosen and self.shed and self.grounds is not None:
             chosen_as = f" (chosen as {self.grounds.chosen_as})" if self.grounds.chosen_as else ""
-            return (
-                f"{SHED_PREDICTED_LATE}{chosen_as}: P(within the {self.grounds.hints.slo_ms:g} ms SLO) "
-                f"{c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms, with work ahead; refused, retry later "
-                "or elsewhere"
-            )
+            return f"{SHED_PREDICTED_LATE}{chosen_as}: {self.refusal(self.grounds.hints.slo_ms)}"
         if c is self.chosen or self.grounds is None:
             return self.reason
         hints, price, required = self.grounds.hints, self.grounds.price, self.grounds.required_rows_s

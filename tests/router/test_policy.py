@@ -131,9 +131,10 @@ def test_admission_is_part_of_the_decision_and_explained() -> None:
     assert (decision.variant, decision.reason, decision.shed) == ("distilled", SHED_PREDICTED_LATE, True)
     assert decision.grounds is not None and decision.grounds.chosen_as == BEST_EFFORT
     chosen = next(v for v in decision.verdicts if v.chosen)
-    assert chosen.why.startswith(
-        "shed_predicted_late (chosen as best_effort): P(within the 0.1 ms SLO) 0.000, predicted 0.50 ms, "
-        "with work ahead"
+    # Explain says what the caller is told.
+    assert chosen.why == f"shed_predicted_late (chosen as best_effort): {decision.refusal(0.1)}"
+    assert decision.refusal(0.1).startswith(
+        "overloaded: variant 'distilled' would answer within the 0.1 ms SLO with probability 0.000 (predicted 0.5 ms)"
     )
     # In time, nothing is shed however busy; an idle machine never sheds (its prediction
     # may be wrong, and only served calls correct it).
