@@ -118,7 +118,7 @@ class ModelRouter:
         self._guard_active = False
         self._price = Price(0.0)
         self._priced_at_s = float("-inf")
-        self._split_phase = 0.0  # which snapshots a split price prices below its breakpoint (_price_of_a_call)
+        self._split_phase = 0.0  # which calls a split price prices below its breakpoint (_below_breakpoint)
         self._snapshot: RouterSnapshot | None = None
         self._taken: RouterSnapshot | None = None  # the last snapshot taken, even once out of date
         self._queue_marks: tuple[QueueMark, ...] = ()
@@ -191,13 +191,15 @@ class ModelRouter:
             outside_ms=self._outside_ms(lag_ms),
             cpu_overhead_ms=self.cpu.overhead_ms,
             ratios=ratios,
-            price=self._price_of_a_call(price),
+            price=price.per_ms,
             saturated=price.saturated,
             required_rows_s=self._required_rows_s(),
             side_by_side=self.side_by_side,
             stretch=ratios.quantile(self.config.predicted_quantile) if ratios else 1.0,
             backlog_price_ms2=self._backlog_price_ms2(),
             loop_backlog_ms=lag_ms if self.config.loop_backlog_on else 0.0,
+            price_below=price.below_ms,
+            share_below=price.share_below if self.config.price_split_on else 0.0,
         )
 
     def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:
@@ -237,7 +239,8 @@ class ModelRouter:
         A shed request (`Decision.shed`) counts as arrived but not as sent to its variant:
         its rows will not join that queue."""
         snapshot = self.snapshot()
-        decision = decide(snapshot.at_level(hints.priority) if hints.priority else snapshot, hints, rows, self.config)
+        seen = snapshot.at_level(hints.priority) if hints.priority else snapshot
+        decision = decide(seen, hints, rows, self.config, self._below_breakpoint(snapshot, draw=True))
         self._arrive(rows, hints)
         if not decision.shed:
             self._shares[decision.variant].add(rows)
@@ -262,9 +265,12 @@ class ModelRouter:
             self._shares[variant].add(rows)
         return decision
 
-    def explain(self, hints: RequestHints, rows: int) -> Decision:
-        """What `route` would decide now, without counting an arrival."""
-        return decide(self.snapshot().at_level(hints.priority), hints, rows, self.config)
+    def explain(self, hints: RequestHints, rows: int, snapshot: RouterSnapshot | None = None) -> Decision:
+        """What `route` would decide now (on `snapshot`, by default the current one), without
+        counting an arrival or drawing a split price's next call: asked again, it says the same."""
+        snapshot = self.snapshot() if snapshot is None else snapshot
+        below = self._below_breakpoint(snapshot, draw=False)
+        return decide(snapshot.at_level(hints.priority), hints, rows, self.config, below)
 
     def _arrive(self, rows: int, hints: RequestHints | None) -> None:
         self._arrivals.add(rows)
@@ -362,17 +368,17 @@ class ModelRouter:
         self._price = cpu_price(offers, rates, budget)
         return self._price
 
-    def _price_of_a_call(self, price: Price) -> float:
-        """The price a new snapshot routes at: for a share `share_below` of the snapshots the
-        price below the breakpoint, for the rest the price itself (RouterConfig.price_split_on).
-        They are picked by a golden-ratio sequence, not at random: every run of them gets the
-        share as closely as it can, and a simulation is the same every time. A snapshot is
-        drawn once and reused by calls that find every queue as it was (`snapshot`); under
-        load, where a price exists, nearly every call changes a queue and takes its own."""
-        if not self.config.price_split_on or price.share_below <= 0.0:
-            return price.per_ms
-        self._split_phase = (self._split_phase + GOLDEN_RATIO_FRACTION) % 1.0
-        return price.below_ms if self._split_phase < price.share_below else price.per_ms
+    def _below_breakpoint(self, snapshot: RouterSnapshot, draw: bool) -> bool:
+        """Whether the next call is priced below a split price's breakpoint: a share
+        `share_below` of the calls is (RouterConfig.price_split_on). They are picked by a
+        golden-ratio sequence, not at random: every run of calls gets the share as closely as
+        it can, and a simulation is the same every time. `route` draws; Explain only looks."""
+        if snapshot.share_below <= 0.0:
+            return False
+        phase = (self._split_phase + GOLDEN_RATIO_FRACTION) % 1.0
+        if draw:
+            self._split_phase = phase
+        return phase < snapshot.share_below
 
     @property
     def traffic_slo_ms(self) -> float:

@@ -163,8 +163,13 @@ def sheds(snapshot: RouterSnapshot, hints: RequestHints, chosen: Candidate, conf
     return config.shed_idle_on and snapshot.saturated and any(v.busy for v in snapshot.variants)
 
 
-def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig) -> Decision:
-    """Pick a variant for one request of `rows` rows (see the module docstring for the rule)."""
+def decide(
+    snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: RouterConfig, below_breakpoint: bool = False
+) -> Decision:
+    """Pick a variant for one request of `rows` rows (see the module docstring for the rule),
+    at the price of a call drawn `below_breakpoint` of a split price or not
+    (`RouterSnapshot.price_of_a_call`)."""
+    price = snapshot.price_of_a_call(below_breakpoint)
     pool = candidates(snapshot, rows, hints.slo_ms)
     qualifying = [c for c in pool if c.quality >= hints.min_quality]
     if not qualifying:
@@ -180,13 +185,13 @@ def decide(snapshot: RouterSnapshot, hints: RequestHints, rows: int, config: Rou
         roomy = [c for c in qualifying if c.capacity_rows_s >= required]
         guarded = bool(roomy) and len(roomy) < len(qualifying)
         qualifying = roomy if guarded else qualifying
-    chosen, reason = _choose(qualifying, hints, snapshot.price, config)
+    chosen, reason = _choose(qualifying, hints, price, config)
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
     chosen_as = ""
     if sheds(snapshot, hints, chosen, config):  # step 4
         reason, chosen_as = SHED_PREDICTED_LATE, reason
-    grounds = Grounds(hints, snapshot.price, required if guarded else None, config.min_p_in_time, chosen_as)
+    grounds = Grounds(hints, price, required if guarded else None, config.min_p_in_time, chosen_as)
     return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
 
 

@@ -21,7 +21,7 @@ One price moves *every* request of a size across its breakpoint, though the budg
 many of them on the better variant: the best fixed mix (the fractional solution of the
 knapsack the breakpoints walk) keeps the largest share that still fits on it. `Price`
 carries that share and the price just below the breakpoint; the router prices that share
-of its snapshots there, nearly one per call under load (`RouterConfig.price_split_on`).
+of its calls there (`RouterConfig.price_split_on`).
 Without it the price jumps between variants that break even at nearly one price (minilm's
 int8mixed, int8 and pruned-int8), and at 2× fp32's capacity the router answered 1.5 points
 under pinned int8 (simulator, docs/routing.md).

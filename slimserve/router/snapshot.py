@@ -147,6 +147,11 @@ class RouterSnapshot:
     level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
     backlog_price_ms2: float | None = None  # the backlog price's divisor (router.price); None: off
     loop_backlog_ms: float = 0.0  # work ahead in the event loop (its lag), priced with the backlog
+    # A split price (router.price.Price.share_below): a share `share_below` of the calls is
+    # priced at `price_below`, just below the breakpoint, and keeps the better variant there;
+    # the router draws which calls (`ModelRouter.route`). Each is the higher of it and the backlog's.
+    price_below: float = 0.0
+    share_below: float = 0.0
     # Latency that does not scale with the work: a request that took 3 ms instead of 0.3 is
     # not "10× slower" but met the fixed costs every request meets (router.ratios).
     floor_ms: float = field(init=False)
@@ -156,11 +161,14 @@ class RouterSnapshot:
         object.__setattr__(self, "floor_ms", self.overhead_ms + self.outside_ms)
         object.__setattr__(self, "_work", WorkAhead(self.variants, self.taken_s))
         if self.backlog_price_ms2 is not None:  # idempotent: `at_level` makes a snapshot from this one
-            object.__setattr__(
-                self,
-                "price",
-                max(self.price, backlog_price(self._work.backlog_ms + self.loop_backlog_ms, self.backlog_price_ms2)),
-            )
+            queued = backlog_price(self._work.backlog_ms + self.loop_backlog_ms, self.backlog_price_ms2)
+            object.__setattr__(self, "price", max(self.price, queued))
+            object.__setattr__(self, "price_below", max(self.price_below, queued))
+
+    def price_of_a_call(self, below_breakpoint: bool) -> float:
+        """The price a call routes at: `price_below` for the share of calls the router draws
+        below a split price's breakpoint, `price` for the rest."""
+        return self.price_below if below_breakpoint else self.price
 
     def view(self, variant: str) -> VariantView:
         return next(v for v in self.variants if v.name == variant)

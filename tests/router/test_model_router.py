@@ -332,9 +332,10 @@ def _route_at(router: ModelRouter, clock: FakeClock, rate_rps: float, seconds: f
     return chosen
 
 
-def test_a_cpu_price_moves_heavy_traffic_to_cheaper_variants_and_lifts_when_it_eases() -> None:
-    clock = FakeClock()
-    router, _ = make_router(clock)  # queues stay empty: every variant is in time
+def _priced_router(clock: FakeClock) -> ModelRouter:
+    """A router whose queues stay empty (every variant is in time) on a one-core machine that
+    is 60 % its to use, where each request takes 1 ms of CPU beside its session call."""
+    router, _ = make_router(clock)
     router.cpu = account = CpuAccount(target=0.6)
     account.sample(cpu_s=0.0, wall_s=0.0, cores=1)
     for _ in range(MIN_REQUESTS):
@@ -342,6 +343,13 @@ def test_a_cpu_price_moves_heavy_traffic_to_cheaper_variants_and_lifts_when_it_e
         account.record_compute(1.0)
     account.sample(cpu_s=MIN_REQUESTS * 2.0 / 1e3, wall_s=1.0, cores=1)
     assert account.overhead_ms == pytest.approx(1.0)  # 2 ms of CPU per request, 1 of them the session's
+    return router
+
+
+def test_a_cpu_price_moves_heavy_traffic_to_cheaper_variants_and_lifts_when_it_eases() -> None:
+    clock = FakeClock()
+    router = _priced_router(clock)
+    account = router.cpu
 
     assert _route_at(router, clock, 50.0, 1.0) == Counter(fp32=50)  # 50 × 2 ms: 10 % of the machine
     _route_at(router, clock, 500.0, 1.0)  # the rates catch up
@@ -361,6 +369,24 @@ def test_a_cpu_price_moves_heavy_traffic_to_cheaper_variants_and_lifts_when_it_e
     unsplit.cpu = account
     _route_at(unsplit, clock, 500.0, 1.0)
     assert _route_at(unsplit, clock, 500.0, 1.0) == Counter(distilled=500)  # one price: all to the cheaper
+
+
+def test_a_split_price_is_drawn_for_each_call_and_explain_draws_none() -> None:
+    clock = FakeClock()
+    router = _priced_router(clock)
+    for _ in range(2):
+        _route_at(router, clock, 500.0, 1.0)  # the price splits int8 and distilled (above)
+    snapshot = router.snapshot()
+    assert 0.0 < snapshot.share_below < 1.0 and snapshot.price_below < snapshot.price
+    # At one instant every call reads this snapshot. Explain only looks: asked again, it
+    # says the same, and the call routed next gets what it said.
+    said = {router.explain(SLO, 1).variant for _ in range(20)}
+    assert len(said) == 1 and router.route(SLO, 1).variant in said
+    # Each call draws, not each snapshot: the calls that share one get the share.
+    shared = Counter(router.route(SLO, 1).variant for _ in range(499))
+    assert router.snapshot() is snapshot
+    assert shared["int8"] + (said == {"int8"}) == pytest.approx(500 * snapshot.share_below, abs=2)
+    assert set(shared) == {"int8", "distilled"}
 
 
 def test_the_price_charges_the_cpu_calls_use_not_the_time_they_take_beside_others() -> None:

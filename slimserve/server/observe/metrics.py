@@ -197,8 +197,8 @@ class _LiveStateCollector(Collector):
             "slimserve_router_cpu_price",
             "Quality one machine-ms per row costs now: the arrival rates' price or the backlog's (queues, work "
             "in flight and the event loop's lag, over the traffic's SLO squared), the higher; about 0 while the "
-            "CPU has room and nothing is queued (an idle loop's timer jitter prices a trace); the last snapshot's, "
-            "which at a split price is the price just below the breakpoint for a share of snapshots",
+            "CPU has room and nothing is queued (an idle loop's timer jitter prices a trace); at a split price, "
+            "the price at the breakpoint (a share of the calls is priced just below it)",
             labels=["model"],
         )  # fmt: skip
         ready = GaugeMetricFamily(

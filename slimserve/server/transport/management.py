@@ -10,7 +10,6 @@ import grpc
 from slimserve.protos import slimserve_pb2 as pb
 from slimserve.protos import slimserve_pb2_grpc
 from slimserve.router.hints import parse_hints
-from slimserve.router.policy import decide
 from slimserve.server.core.data_plane import DataPlane
 from slimserve.server.core.registry import ModelRegistry
 from slimserve.server.observe.feedback import Answer
@@ -164,7 +163,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
         hints = parse_hints(parameters, None, config.default_slo_ms)
         router = hosted.router
         snapshot = router.snapshot()  # the one `route` reads now: Explain says what it does
-        decision = decide(snapshot, hints, max(request.batch_size, 1), router.config)
+        decision = router.explain(hints, max(request.batch_size, 1), snapshot)
         status = router.throughput()
         return pb.ExplainResponse(
             model=config.name,
@@ -199,7 +198,7 @@ class ManagementServicer(slimserve_pb2_grpc.ManagementServicer):
             ),
             cpu_utilization=router.cpu.utilization,
             loop_lag_ms=router.loop_lag_ms(),
-            cpu_price=snapshot.price,
+            cpu_price=decision.grounds.price if decision.grounds is not None else snapshot.price,
             cpu_target=router.cpu.target,
             cpu_overhead_ms=snapshot.cpu_overhead_ms,
         )
