@@ -58,9 +58,11 @@ class Verdict:
     why: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Grounds:
-    """What a decision was made from, beyond the candidates: enough to explain it later."""
+    """What a decision was made from, beyond the candidates: enough to explain it later.
+    Nothing writes to one once made (nor to a `Decision`); neither is a frozen dataclass,
+    which costs more to make, and every call makes one."""
 
     hints: RequestHints
     price: float
@@ -69,7 +71,7 @@ class Grounds:
     chosen_as: str = ""  # a shed decision: the reason its variant was chosen with
 
 
-@dataclass(frozen=True)
+@dataclass
 class Decision:
     """The chosen variant and the reason; `verdicts` explains every candidate (for Explain,
     written only when read: routing a request does not pay for the prose)."""

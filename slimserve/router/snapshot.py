@@ -66,13 +66,20 @@ class VariantView:
     at_s: float = 0.0  # when `in_flight_ms` was read
     ticking: bool = False  # its batch has started: what is left of it runs down with the clock
     # Derived once (each decision reads them for every variant): a full batch's service
-    # time, and the time to drain the queue.
+    # time, the time to drain the queue, and the CPU a one-row call takes in its session.
     full_batch_ms: float = field(init=False)
     queued_ms: float = field(init=False)
+    one_row_cost_ms: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.full_batch_ms = self.service_ms(self.max_batch_size)
         self.queued_ms = self.drain_ms(self.queued_rows)
+        self.one_row_cost_ms = self.curve.ms(1) * self.cost_correction
+
+    def cost_ms(self, rows: int) -> float:
+        """Machine-ms of CPU a call of `rows` rows takes in its session (the profile times the
+        learned cost correction)."""
+        return self.one_row_cost_ms if rows == 1 else self.curve.ms(rows) * self.cost_correction
 
     def service_ms(self, rows: float) -> float:
         return self.curve.ms(rows) * self.correction
@@ -126,9 +133,11 @@ class WorkAhead:
         return self._below_ms[smaller] + own_ms * (len(self._sorted_ms) - smaller)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class RouterSnapshot:
-    """One model's router state at `taken_s`, for decisions, Explain and metrics."""
+    """One model's router state at `taken_s`, for decisions, Explain and metrics. Nothing
+    writes to one once made (`at_level` makes another); like `VariantView` it is not a frozen
+    dataclass, which costs more to make, and one is made for nearly every call under load."""
 
     taken_s: float
     variants: tuple[VariantView, ...]
@@ -158,12 +167,11 @@ class RouterSnapshot:
     _work: WorkAhead = field(init=False, repr=False)  # every decision reads both, so they are made at once
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "floor_ms", self.overhead_ms + self.outside_ms)
-        object.__setattr__(self, "_work", WorkAhead(self.variants, self.taken_s))
+        self.floor_ms = self.overhead_ms + self.outside_ms
+        self._work = WorkAhead(self.variants, self.taken_s)
         if self.backlog_price_ms2 is not None:  # idempotent: `at_level` makes a snapshot from this one
             queued = backlog_price(self._work.backlog_ms + self.loop_backlog_ms, self.backlog_price_ms2)
-            object.__setattr__(self, "price", max(self.price, queued))
-            object.__setattr__(self, "price_below", max(self.price_below, queued))
+            self.price, self.price_below = max(self.price, queued), max(self.price_below, queued)
 
     def price_of_a_call(self, below_breakpoint: bool) -> float:
         """The price a call routes at: `price_below` for the share of calls the router draws
@@ -250,6 +258,6 @@ class RouterSnapshot:
             out.append(Candidate(
                 view.name, view.device, view.quality, (modelled + floor) * stretch - floor + outside,
                 view.capacity_rows_s, modelled, p_in_time,
-                (self.cpu_overhead_ms + view.curve.ms(rows) * view.cost_correction) / per_row,
+                (self.cpu_overhead_ms + view.cost_ms(rows)) / per_row,
             ))  # fmt: skip
         return out
