@@ -389,6 +389,11 @@ def main() -> int:
         help="serving processes, one core each (the server's default), routing on their own views",
     )
     parser.add_argument(
+        "--compute-workers",
+        type=int,
+        help="threads that run each worker's session calls (the server's --compute-workers; default: one per variant)",
+    )
+    parser.add_argument(
         "--half",
         choices=["tune", "check"],
         help="ablation: only the even (tune) or odd (check) windows, so that a setting chosen on one half "
@@ -415,7 +420,7 @@ def main() -> int:
     cpu = f"{cpu_model()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
     specs = {name: load_specs(args.repository, args.service_curves, SETS[name]) for name in args.sets}
-    workers = {"cores": float(args.workers), "workers": args.workers}
+    workers = {"cores": float(args.workers), "workers": args.workers, "compute_workers": args.compute_workers}
     lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
     csv_rows: list[dict[str, object]] = []
     with Pool(args.processes) as pool:

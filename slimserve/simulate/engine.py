@@ -114,6 +114,8 @@ class _Worker:
         self.router = router
         self.batchers = batchers
         self.tasks: deque[tuple[int, Call]] = deque()
+        self.free_threads = 0  # compute threads (ServerParams.compute_workers) not running a batch
+        self.formed: deque[SimBatcher] = deque()  # batches formed, waiting for a compute thread
         self.current: _Job | None = None
         self.current_task: tuple[int, Call] | None = None
         self.in_flight = 0  # calls arrived and not over
@@ -204,11 +206,13 @@ class Simulation:
         worker: _Worker
         # Each worker plans on its share of the cores, as the server's workers do (router.cpu).
         cpu = CpuAccount(self.config.cpu_target_utilization, share=1.0 / self.params.workers)
+        threads = self.params.compute_workers or len(self.specs)
         router = ModelRouter(
-            "simulated", routes, self.default_slo_ms, None, self.config, side_by_side=True, clock=self.clock,
-            cpu=cpu, loop_lag_ms=lambda: worker.lag_ms,
+            "simulated", routes, self.default_slo_ms, None, self.config, side_by_side=threads >= len(self.specs),
+            clock=self.clock, cpu=cpu, loop_lag_ms=lambda: worker.lag_ms,
         )  # fmt: skip
         worker = _Worker(index, router, batchers)
+        worker.free_threads = threads
         return worker
 
     # -- the event queue ------------------------------------------------------------------
@@ -468,9 +472,20 @@ class Simulation:
         if not batch:
             return
         batcher.batch = batch
-        batcher.running_rows, batcher.running_started_s = rows, self.now_s
-        work_ms = batcher.work_ms = spec.physics.ms(rows, tokens) * self.params.speed
-        self._add_job(_Job(work_ms, self.params.session_threads, batcher, batcher.worker))
+        batcher.running_rows, batcher.running_started_s = rows, None
+        batcher.work_ms = spec.physics.ms(rows, tokens) * self.params.speed
+        worker.formed.append(batcher)
+        self._compute_next(worker)
+
+    def _compute_next(self, worker: _Worker) -> None:
+        """A compute thread is free and a batch is formed: it starts (first formed, first run)."""
+        while worker.free_threads and worker.formed:
+            batcher = worker.formed.popleft()
+            worker.free_threads -= 1
+            batcher.running_started_s = self.now_s
+            for call in batcher.batch:
+                call.started_s = self.now_s  # its wait for the thread counts as queueing, as in the server
+            self._add_job(_Job(batcher.work_ms, self.params.session_threads, batcher, batcher.worker))
 
     def _batch_done(self, batcher: SimBatcher) -> None:
         worker = self.workers[batcher.worker]
@@ -484,6 +499,8 @@ class Simulation:
             if call.state == _RUNNING:  # not given up meanwhile
                 call.state, call.compute_ms = _ANSWERING, compute_ms
                 self._loop_push(worker, (_POST, call))
+        worker.free_threads += 1
+        self._compute_next(worker)
         self._maybe_start(batcher)
 
     # -- the load monitor -------------------------------------------------------------------

@@ -77,11 +77,15 @@ class ServerParams:
     event loop (while it has work) and each variant's batch in flight (one ONNX Runtime
     session call with `session_threads` threads); while they ask for no more than `cores`,
     each runs at full speed, else every one at cores / threads asked (the Linux scheduler's
-    fair share, with no cost for switching)."""
+    fair share, with no cost for switching). A worker runs its session calls on
+    `compute_workers` threads (the server's setting of that name; None: one per variant, its
+    default): a batch formed while they are all busy waits for one, first come first served,
+    and counts as in flight to the router meanwhile, as the server's batcher does."""
 
     cores: float = 1.0
     session_threads: int = 1
     workers: int = 1
+    compute_workers: int | None = None
     # CPU on the event loop per call: before the session call (gRPC read, decode, route,
     # submit) and after it (encode, send); a call refused before decoding costs `refuse_ms`.
     pre_ms: float = 0.8
@@ -90,6 +94,10 @@ class ServerParams:
     outside_ms: float = 0.3  # client and network, on other cores: added to every latency
     speed: float = 1.0  # physics time × this = time here (1: the machine that measured it)
     shed_late: bool = True  # the data plane refuses calls predicted or waited past their SLO
+
+    def __post_init__(self) -> None:
+        if self.compute_workers is not None and self.compute_workers < 1:
+            raise ValueError(f"compute_workers must be at least 1 (None: one per variant), got {self.compute_workers}")
 
     @property
     def overhead_ms(self) -> float:
