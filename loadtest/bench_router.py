@@ -22,7 +22,8 @@ each figure as a mean over the runs with its 95 % t-interval.
 
 Policies: a variant name pins it (any of the model's: int8mixed, pruned-int8, …); `router`
 routes; `router-no-<mechanism>` routes with that mechanism off (`--router-off`,
-router/config.py) — the ablation. Every policy runs on its
+router/config.py) — the ablation; `router-compute-<N>` routes on a server that runs its
+session calls on N threads (`--compute-workers`; by default one per variant). Every policy runs on its
 own server (pinned ones share the `router` server), all started at once and pinned to the
 first core with one ONNX Runtime thread (`--hardware-profile edge`); the load generator runs
 on the other cores. At each load level every policy runs in turn on the same arrivals,
@@ -62,6 +63,7 @@ from slimserve.server.transport.tls import ClientSecurity
 
 PINNED = ("fp32", "int8", "pruned", "distilled")  # the default pinned policies
 ROUTERS = ("router", *(f"router-no-{m}" for m in MECHANISMS))
+COMPUTE_PREFIX = "router-compute-"  # router-compute-N: the router on N compute threads
 MAX_TOKENS = 128
 INTERACTIVE_X, BACKGROUND_X = 3.0, 10.0  # SLOs, in fp32's batch-1 p50
 DEADLINE_X = 2.0  # the caller's gRPC deadline, in its SLO
@@ -215,7 +217,22 @@ async def replay(
 
 
 def is_router(policy: str) -> bool:
-    return policy in ROUTERS
+    return policy in ROUTERS or _compute_workers(policy) is not None
+
+
+def _compute_workers(policy: str) -> int | None:
+    """N of a `router-compute-<N>` policy; None for any other."""
+    count = policy.removeprefix(COMPUTE_PREFIX)
+    return int(count) if policy.startswith(COMPUTE_PREFIX) and count.isdigit() and int(count) > 0 else None
+
+
+def server_flags(policy: str) -> tuple[str, ...]:
+    """What a router policy's server is started with beyond the edge profile."""
+    workers = _compute_workers(policy)
+    if workers is not None:
+        return ("--compute-workers", str(workers))
+    off = policy.removeprefix("router-no-") if policy != "router" else ""
+    return ("--router-off", off) if off else ()
 
 
 def policy_target(policy: str) -> tuple[str, str]:
@@ -327,10 +344,9 @@ def servers(repository: Path, model: str, names: tuple[str, ...], out: Path) -> 
         repo = stack.enter_context(one_model_repository(repository, model))
         addresses = {}
         for name in names:
-            off = name.removeprefix("router-no-") if name != "router" else ""
-            extra = ("--router-off", off) if off else ()
             log = out / f"bench_router_{model}_{name}_server.log"
-            server = stack.enter_context(server_process(repo, "--hardware-profile", "edge", *extra, log=log))
+            flags = server_flags(name)
+            server = stack.enter_context(server_process(repo, "--hardware-profile", "edge", *flags, log=log))
             addresses[name] = server.address
         yield addresses
 
@@ -395,7 +411,7 @@ def main() -> int:
     parser.add_argument("--window-indices", type=int, nargs="+",
                         help="run k replays the k-th of these windows (of --windows); sets --runs")  # fmt: skip
     parser.add_argument("--policies", nargs="+", default=[*PINNED, *ROUTERS],
-                        help=f"variant names (pinned) and routers: {', '.join(ROUTERS)}")  # fmt: skip
+                        help=f"pinned variants and routers: {', '.join(ROUTERS)}, {COMPUTE_PREFIX}N")  # fmt: skip
     parser.add_argument("--pause-seconds", type=float, default=2.0)
     parser.add_argument("--capacity-seconds", type=float, default=6.0)
     args = parser.parse_args()
@@ -418,7 +434,7 @@ def main() -> int:
         print("warning: one core; servers and load generator share it", file=sys.stderr)
     segments: list[Segment] = []
     # One server per router asked (the plain router always: the workloads calibrate on it).
-    router_names = tuple(dict.fromkeys(["router", *(p for p in args.policies if p in ROUTERS)]))
+    router_names = tuple(dict.fromkeys(["router", *(p for p in args.policies if is_router(p))]))
     minilm_workloads = [w for w in args.workloads if w in ("minilm", "burst")]
     if minilm_workloads:
         inputs = MinilmInputs(args.repository)
@@ -442,7 +458,7 @@ def main() -> int:
         digits_args = argparse.Namespace(**{**vars(args), "arrivals": args.digits_arrivals})
         digits_variants = set(load_model(args.repository / "digits").variants)
         # digits serves the variants it has of those asked for minilm, and every router asked
-        digits_policies = tuple(p for p in args.policies if p in ROUTERS or p in digits_variants)
+        digits_policies = tuple(p for p in args.policies if is_router(p) or p in digits_variants)
         left_out = [p for p in args.policies if p not in digits_policies]
         if left_out:
             print(f"digits: not run: {', '.join(left_out)} (variants digits does not serve)", flush=True)
