@@ -23,7 +23,7 @@ each figure as a mean over the runs with its 95 % t-interval.
 Policies: a variant name pins it (any of the model's: int8mixed, pruned-int8, …); `router`
 routes; `router-no-<mechanism>` routes with that mechanism off (`--router-off`,
 router/config.py) — the ablation; `router-compute-<N>` routes on a server that runs its
-session calls on N threads (`--compute-workers`; by default one per variant). Every policy runs on its
+session calls on N threads (SLIMSERVE_COMPUTE_WORKERS; by default one per variant). Every policy runs on its
 own server (pinned ones share the `router` server), all started at once and pinned to the
 first core with one ONNX Runtime thread (`--hardware-profile edge`); the load generator runs
 on the other cores. At each load level every policy runs in turn on the same arrivals,
@@ -226,13 +226,13 @@ def _compute_workers(policy: str) -> int | None:
     return int(count) if policy.startswith(COMPUTE_PREFIX) and count.isdigit() and int(count) > 0 else None
 
 
-def server_flags(policy: str) -> tuple[str, ...]:
-    """What a router policy's server is started with beyond the edge profile."""
+def server_options(policy: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What a router policy's server is started with beyond the edge profile: flags, environment."""
     workers = _compute_workers(policy)
     if workers is not None:
-        return ("--compute-workers", str(workers))
+        return (), {"SLIMSERVE_COMPUTE_WORKERS": str(workers)}
     off = policy.removeprefix("router-no-") if policy != "router" else ""
-    return ("--router-off", off) if off else ()
+    return ("--router-off", off) if off else (), {}
 
 
 def policy_target(policy: str) -> tuple[str, str]:
@@ -345,8 +345,8 @@ def servers(repository: Path, model: str, names: tuple[str, ...], out: Path) -> 
         addresses = {}
         for name in names:
             log = out / f"bench_router_{model}_{name}_server.log"
-            flags = server_flags(name)
-            server = stack.enter_context(server_process(repo, "--hardware-profile", "edge", *flags, log=log))
+            flags, env = server_options(name)
+            server = stack.enter_context(server_process(repo, "--hardware-profile", "edge", *flags, log=log, env=env))
             addresses[name] = server.address
         yield addresses
 

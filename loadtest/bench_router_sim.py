@@ -391,7 +391,7 @@ def main() -> int:
     parser.add_argument(
         "--compute-workers",
         type=int,
-        help="threads that run each worker's session calls (the server's --compute-workers; default: one per variant)",
+        help="threads running each worker's session calls (SLIMSERVE_COMPUTE_WORKERS; default: one per variant)",
     )
     parser.add_argument(
         "--half",

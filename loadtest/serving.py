@@ -149,12 +149,15 @@ class RunningServer:
 
 
 @contextmanager
-def server_process(repository: Path, *extra: str, log: Path | None = None) -> Iterator[RunningServer]:
-    """A benchmark's server: the server's own settings (no test grace period), reached as the
-    benchmark's clients reach it (SLIMSERVE_CLIENT_TLS_* and tokens from the environment), its
-    log in `log` (default: a temporary file, shown if it does not start). Stopped on exit."""
+def server_process(
+    repository: Path, *extra: str, log: Path | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[RunningServer]:
+    """A benchmark's server: the server's own settings (no test grace period; `env` on top of
+    this process's environment), reached as the benchmark's clients reach it
+    (SLIMSERVE_CLIENT_TLS_* and tokens from the environment), its log in `log` (default: a
+    temporary file, shown if it does not start). Stopped on exit."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = RunningServer(repository, Path(tmp), *extra, client=ClientSecurity.from_environment(),
+        server = RunningServer(repository, Path(tmp), *extra, env=env, client=ClientSecurity.from_environment(),
                                log_path=log, shutdown_grace_s=None)  # fmt: skip
         try:
             yield server

@@ -78,7 +78,7 @@ class ServerParams:
     session call with `session_threads` threads); while they ask for no more than `cores`,
     each runs at full speed, else every one at cores / threads asked (the Linux scheduler's
     fair share, with no cost for switching). A worker runs its session calls on
-    `compute_workers` threads (the server's setting of that name; None: one per variant, its
+    `compute_workers` threads (the server's SLIMSERVE_COMPUTE_WORKERS; None: one per variant, its
     default): a batch formed while they are all busy waits for one, first come first served,
     and counts as in flight to the router meanwhile, as the server's batcher does."""
 
