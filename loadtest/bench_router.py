@@ -23,9 +23,7 @@ each figure as a mean over the runs with its 95 % t-interval.
 Policies: a variant name pins it (any of the model's: int8mixed, pruned-int8, …); `router`
 routes; `router-no-<mechanism>` routes with that mechanism off (`--router-off`,
 router/config.py) — the ablation; `router-compute-<N>` routes on a server that runs its
-session calls on N threads (SLIMSERVE_COMPUTE_WORKERS); `router-side-by-side` on one whose
-variants compute side by side instead of taking turns (SLIMSERVE_VARIANTS_TAKE_TURNS=false,
-the default until 2026-12-06). Every policy runs on its
+session calls on N threads (SLIMSERVE_COMPUTE_WORKERS; by default one per variant). Every policy runs on its
 own server (pinned ones share the `router` server), all started at once and pinned to the
 first core with one ONNX Runtime thread (`--hardware-profile edge`); the load generator runs
 on the other cores. At each load level every policy runs in turn on the same arrivals,
@@ -66,7 +64,6 @@ from slimserve.server.transport.tls import ClientSecurity
 PINNED = ("fp32", "int8", "pruned", "distilled")  # the default pinned policies
 ROUTERS = ("router", *(f"router-no-{m}" for m in MECHANISMS))
 COMPUTE_PREFIX = "router-compute-"  # router-compute-N: the router on N compute threads
-SIDE_BY_SIDE = "router-side-by-side"  # the router with a model's variants computing side by side, not in turns
 MAX_TOKENS = 128
 INTERACTIVE_X, BACKGROUND_X = 3.0, 10.0  # SLOs, in fp32's batch-1 p50
 DEADLINE_X = 2.0  # the caller's gRPC deadline, in its SLO
@@ -220,7 +217,7 @@ async def replay(
 
 
 def is_router(policy: str) -> bool:
-    return policy in ROUTERS or policy == SIDE_BY_SIDE or _compute_workers(policy) is not None
+    return policy in ROUTERS or _compute_workers(policy) is not None
 
 
 def _compute_workers(policy: str) -> int | None:
@@ -234,8 +231,6 @@ def server_options(policy: str) -> tuple[tuple[str, ...], dict[str, str]]:
     workers = _compute_workers(policy)
     if workers is not None:
         return (), {"SLIMSERVE_COMPUTE_WORKERS": str(workers)}
-    if policy == SIDE_BY_SIDE:
-        return (), {"SLIMSERVE_VARIANTS_TAKE_TURNS": "false"}
     off = policy.removeprefix("router-no-") if policy != "router" else ""
     return ("--router-off", off) if off else (), {}
 
@@ -415,9 +410,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=50, help="with --window-indices: windows spread over the trace")
     parser.add_argument("--window-indices", type=int, nargs="+",
                         help="run k replays the k-th of these windows (of --windows); sets --runs")  # fmt: skip
-    routers = ", ".join([*ROUTERS, SIDE_BY_SIDE, f"{COMPUTE_PREFIX}N"])
     parser.add_argument("--policies", nargs="+", default=[*PINNED, *ROUTERS],
-                        help=f"variant names (pinned) and routers: {routers}")  # fmt: skip
+                        help=f"pinned variants and routers: {', '.join(ROUTERS)}, {COMPUTE_PREFIX}N")  # fmt: skip
     parser.add_argument("--pause-seconds", type=float, default=2.0)
     parser.add_argument("--capacity-seconds", type=float, default=6.0)
     args = parser.parse_args()

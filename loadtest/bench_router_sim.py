@@ -389,10 +389,9 @@ def main() -> int:
         help="serving processes, one core each (the server's default), routing on their own views",
     )
     parser.add_argument(
-        "--side-by-side",
-        action="store_true",
-        help="a model's variants compute side by side, a thread each (SLIMSERVE_VARIANTS_TAKE_TURNS=false; the "
-        "server's default until 2026-12-06), not in turns",
+        "--compute-workers",
+        type=int,
+        help="threads running each worker's session calls (SLIMSERVE_COMPUTE_WORKERS; default: one per variant)",
     )
     parser.add_argument(
         "--half",
@@ -421,8 +420,7 @@ def main() -> int:
     cpu = f"{cpu_model()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
     specs = {name: load_specs(args.repository, args.service_curves, SETS[name]) for name in args.sets}
-    threads = None if args.side_by_side else 1  # a worker's compute threads (ServerParams.compute_workers)
-    workers = {"cores": float(args.workers), "workers": args.workers, "compute_workers": threads}
+    workers = {"cores": float(args.workers), "workers": args.workers, "compute_workers": args.compute_workers}
     lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
     csv_rows: list[dict[str, object]] = []
     with Pool(args.processes) as pool:

@@ -77,17 +77,15 @@ class ServerParams:
     event loop (while it has work) and each variant's batch in flight (one ONNX Runtime
     session call with `session_threads` threads); while they ask for no more than `cores`,
     each runs at full speed, else every one at cores / threads asked (the Linux scheduler's
-    fair share, with no cost for switching). A worker runs the model's session calls on
-    `compute_workers` threads: a batch formed while they are all busy waits for one, first
-    come first served, and counts as in flight to the router meanwhile, as the server's
-    batcher does. 1 is the server's default since 2026-12-06 (a model's variants take turns,
-    SLIMSERVE_VARIANTS_TAKE_TURNS); None, one per variant, is the server with turns off
-    (side by side, the default before)."""
+    fair share, with no cost for switching). A worker runs its session calls on
+    `compute_workers` threads (the server's SLIMSERVE_COMPUTE_WORKERS; None: one per variant, its
+    default): a batch formed while they are all busy waits for one, first come first served,
+    and counts as in flight to the router meanwhile, as the server's batcher does."""
 
     cores: float = 1.0
     session_threads: int = 1
     workers: int = 1
-    compute_workers: int | None = 1
+    compute_workers: int | None = None
     # CPU on the event loop per call: before the session call (gRPC read, decode, route,
     # submit) and after it (encode, send); a call refused before decoding costs `refuse_ms`.
     pre_ms: float = 0.8

@@ -47,7 +47,7 @@ class ServingCore:
         self.factory = HostedModelFactory(
             self.registry, self.recorder, executor, COMPUTE_WORKERS, threads, MAX_QUEUE_SIZE, MAX_QUEUE_BYTES, key,
             RouterConfig(), CpuAccount(RouterConfig().cpu_target_utilization), lambda: 0.0, lambda: None,
-            time.monotonic, take_turns=True,
+            time.monotonic,
         )  # fmt: skip
         for entry in models.values():
             self.registry.put(self.factory.build(entry, self.factory.sessions(entry)))

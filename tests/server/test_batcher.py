@@ -61,30 +61,6 @@ def _batcher(
     )  # fmt: skip
 
 
-def test_a_batch_waits_for_its_models_turn_and_counts_as_in_flight(digits: ModelEntry) -> None:
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        turn = asyncio.Lock()
-        with ThreadPoolExecutor(1) as executor:
-            session = VariantSession(digits.config, digits.variants["int8"], threads=1)
-            batcher = DynamicBatcher(session, executor, max_batch_size=8, max_queue_delay_ms=0.0, max_queue_size=8,
-                                     clock=clock, turn=turn)  # fmt: skip
-            batcher.start()
-            await turn.acquire()  # another variant of the model is computing
-            call = asyncio.create_task(batcher.submit(_request(), None))
-            for _ in range(20):
-                await asyncio.sleep(0)
-            assert not call.done()
-            assert (batcher.queued_rows, batcher.running_rows, batcher.running_started_s) == (0, 1, None)
-            turn.release()  # its turn
-            result = await call
-            assert result.outputs["logits"].shape == (1, 10) and not turn.locked()
-            await batcher.close()
-
-    run_on(clock, scenario())
-
-
 def test_full_queue_is_refused_at_once(digits: ModelEntry) -> None:
     clock = FakeClock()
 

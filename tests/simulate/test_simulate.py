@@ -108,14 +108,12 @@ def test_two_workers_on_two_cores_plan_as_one_worker_on_one_does_at_half_the_rat
 
 def test_with_one_compute_thread_batches_take_turns_instead_of_sharing_the_core() -> None:
     # A call to `big` (10 ms) and, 1 ms later, one to `small` (3 ms). With a thread per
-    # variant (side by side) they share the core and both end late; with one compute thread
-    # (the server's default: the variants take turns) `small` waits for `big`, which runs at
-    # full speed.
+    # variant (the default) they share the core and both end late; with one compute thread
+    # `small` waits for `big`, which runs at full speed.
     arrivals = [Arrival(0.0, 60.0), Arrival(0.001, 60.0)]
     first_big = Mix({"big": 0.5, "small": 0.5}, np.array([0.1, 0.9]))
-    shared = simulate(SPECS, dataclasses.replace(PARAMS, compute_workers=None), first_big, arrivals, 60.0)
-    taking_turns = simulate(SPECS, PARAMS, first_big, arrivals, 60.0)
-    assert PARAMS.compute_workers == 1
+    shared = simulate(SPECS, PARAMS, first_big, arrivals, 60.0)
+    taking_turns = simulate(SPECS, dataclasses.replace(PARAMS, compute_workers=1), first_big, arrivals, 60.0)
     assert shared.variants == taking_turns.variants == ("big", "small")
     big_alone = 0.5 + 10.0 + 0.25 + 0.3  # loop, session call, loop, outside: the idle server's latency
     assert taking_turns.latency_ms[0] < shared.latency_ms[0]

@@ -28,11 +28,6 @@ the loop for less than that delays nothing measurably. A call that turns slower 
 to the thread. On close, what is
 queued is still served before the loop ends, so a graceful shutdown loses nothing admitted.
 
-Turns: a model's batchers may share a `turn` (an asyncio.Lock, first come first served):
-then one of its variants computes at a time and a batch formed meanwhile waits, counted as
-in flight. On one core two batches at once share it and both finish late; taking turns, the
-first finishes at full speed (docs/routing.md, "Batches that take turns").
-
 Isolation: when a merged session call fails, its requests are run again one by one, so
 only the request the session cannot run fails (ModelExecutionError), never its batch-mates.
 A session that quantizes activations at run time (`VariantSession.merges_requests` False)
@@ -161,11 +156,9 @@ class DynamicBatcher:
         clock: Clock = time.monotonic,
         priority_levels: int = 0,
         default_priority_level: int = 0,
-        turn: asyncio.Lock | None = None,
     ) -> None:
         self.session = session
         self._executor = executor
-        self.turn = turn  # shared by the model's batchers that take turns (module docstring); None: none
         self._clock = clock
         self._compute_ms: dict[int, float] = {}  # running mean of a session call's time, by _size_class
         self._max_batch_size = max_batch_size
@@ -484,16 +477,10 @@ class DynamicBatcher:
         size = _size_class(inputs)
         known_ms = self._compute_ms.get(size)
         try:
-            if self.turn is not None:
-                await self.turn.acquire()
-            try:
-                if known_ms is not None and known_ms < INLINE_BELOW_MS:
-                    result = self._timed_run(inputs)
-                else:
-                    result = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs)
-            finally:
-                if self.turn is not None:
-                    self.turn.release()
+            if known_ms is not None and known_ms < INLINE_BELOW_MS:
+                result = self._timed_run(inputs)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs)
         finally:
             self._running_rows = 0
         took_ms = result[2] * 1e3

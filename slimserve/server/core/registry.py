@@ -13,7 +13,6 @@ builds on the loop and the app publishes (`observe.live_state`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -164,10 +163,8 @@ class HostedModelFactory:
         loop_lag_ms: Callable[[], float],
         on_failure: Callable[[], None],
         clock: Clock,
-        take_turns: bool = False,
     ) -> None:
         self._registry = registry
-        self._take_turns = take_turns  # a model's variants compute one at a time (core.batcher, "Turns")
         self._recorder = recorder
         self._executor = executor
         self._workers = workers
@@ -199,7 +196,6 @@ class HostedModelFactory:
         not started) and a router that adopts what `old`'s learned (ModelRouter.adopt)."""
         config = entry.config
         kept = kept or {}
-        turn = self._turn_of(old)
         batchers: dict[str, DynamicBatcher] = {}
         for variant in entry.variants:
             if variant in kept:
@@ -210,25 +206,15 @@ class HostedModelFactory:
                 self._max_queue_size, self._max_queue_bytes,
                 on_batch=self._batch_listener(config.name, variant), on_failure=self._on_failure, clock=self._clock,
                 priority_levels=config.priority_levels, default_priority_level=config.default_priority_level,
-                turn=turn,
             )  # fmt: skip
-        # Taking turns, the variants' batches run one at a time, as on one worker thread.
         router = build_model_router(
-            entry, self._hardware_key, batchers, self._router_config, 1 if turn is not None else self._workers,
+            entry, self._hardware_key, batchers, self._router_config, self._workers,
             self._cpu, self._loop_lag_ms, self._clock,
         )  # fmt: skip
         if old is not None:
             router.adopt(old.router, kept)
         stats = {v: old.stats[v] if old is not None and v in kept else VariantStats() for v in batchers}
         return HostedModel(entry, MappingProxyType(batchers), router, MappingProxyType(stats))
-
-    def _turn_of(self, old: HostedModel | None) -> asyncio.Lock | None:
-        """The turn a model's batchers share: a reload's new batchers take the one its kept
-        batchers hold, so that old and new variants still compute one at a time."""
-        if not self._take_turns:
-            return None
-        held = next((b.turn for b in old.batchers.values() if b.turn is not None), None) if old is not None else None
-        return held or asyncio.Lock()
 
     def _batch_listener(self, model: str, variant: str) -> Callable[[DynamicBatcher, int, float, float], None]:
         """After every session call: correct the router, and record compute and batch size once.

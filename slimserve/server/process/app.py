@@ -108,9 +108,8 @@ class App:
             unloaded = unloaded_models(settings.worker_scratch)
             repository = {name: entry for name, entry in repository.items() if name not in unloaded}
         models = self.profiler.ensure(repository)
-        # One thread per variant of the largest model by default: with variants_take_turns (the
-        # default) each model computes one batch at a time and the threads let models run beside
-        # each other; turned off, a cheap variant's short batch runs beside a long one.
+        # One worker per variant by default: a short batch of a cheap variant then runs beside a
+        # long one instead of waiting for it (the cores are shared either way).
         workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
         # Metrics are always recorded; --metrics only decides whether /metrics is served.
@@ -128,7 +127,7 @@ class App:
         self.factory = HostedModelFactory(
             self.registry, self.recorder, self._executor, workers, threads, settings.max_queue_size,
             settings.max_queue_bytes, self.hardware_key, router_config, self.load.cpu, lambda: self.load.lag_ms,
-            self._readiness_changed, clock, take_turns=settings.variants_take_turns,
+            self._readiness_changed, clock,
         )  # fmt: skip
         for entry in models.values():
             self.registry.put(self.factory.build(entry, self.factory.sessions(entry)))

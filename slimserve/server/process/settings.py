@@ -34,11 +34,6 @@ class Settings(BaseSettings):
     compute_workers: int = Field(
         default=0, ge=0, description="threads that run sessions; 0 = one per variant of the largest model"
     )
-    variants_take_turns: bool = Field(
-        default=True,
-        description="a model's variants compute one batch at a time, first come first served, instead of side "
-        "by side on the cores (other models still run beside it)",
-    )
     max_queue_size: int = Field(default=256, ge=1, description="requests waiting per variant before UNAVAILABLE")
     max_queue_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024, description="tensor bytes waiting per variant before UNAVAILABLE"
