@@ -204,6 +204,8 @@ def verdict_table(rows: list[dict[str, float | str | int]], workload: str) -> li
             f"| {Interval.of(list(router.values())).points()} | {gain.points(signed=True)} points "
             f"| {violations_static:.1%} / {violations_router:.1%} (×{ratio:.2f}) |"
         )
+    if not compared:  # routers only (an ablation, a server setting): nothing pinned to compare with
+        return ["No pinned variant ran beside the router, so there is no best static policy to compare it with."]
     complete = [float(np.mean(gains)) for gains in per_run.values() if len(gains) == compared]  # runs with every scale
     lines.append(f"| mean of the loads | | | **{Interval.of(complete).points(signed=True)} points** | |")
     return lines

@@ -83,6 +83,13 @@ def test_the_verdict_compares_the_router_with_the_best_static_policy() -> None:
     assert "(×1.00, below 1.2×: the generator may be the limit)" in generator_check(rows, "minilm")
 
 
+def test_with_routers_only_the_verdict_says_there_is_nothing_pinned_to_compare_with() -> None:
+    rows = [_segment(policy, [_outcome(i, 10) for i in range(4)]).row() for policy in ("router", "router-compute-1")]
+    assert verdict_table(rows, "minilm") == [
+        "No pinned variant ran beside the router, so there is no best static policy to compare it with."
+    ]
+
+
 def test_over_several_runs_the_verdict_pairs_them_and_gives_an_interval() -> None:
     def effective(hits: int) -> list[Outcome]:  # of 10 sent, `hits` right and in time
         return [_outcome(i, 10 if i < hits else 99) for i in range(10)]
