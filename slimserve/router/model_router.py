@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from slimserve.router.config import RouterConfig
 from slimserve.router.cpu import CpuAccount
 from slimserve.router.hints import RequestHints
-from slimserve.router.latency import CorrectionPool, LatencyModel, LevelledQueueView, QueueView, ServiceCurve
+from slimserve.router.latency import CorrectionPool, LatencyModel, LevelledQueueView, QueueView
 from slimserve.router.load import Clock, RateMeter
 from slimserve.router.policy import Decision, decide, pinned
 from slimserve.router.price import Budget, Offer, Price, cpu_price
@@ -31,10 +31,10 @@ GOLDEN_RATIO_FRACTION = (5**0.5 - 1) / 2  # the step of the low-discrepancy sequ
 QueueMark = tuple[int, int, float | None]  # a queue's rows queued, rows running and when they started
 
 
-def _cost(curve: ServiceCurve, factor: float, overhead_ms: float) -> Callable[[float], float]:
-    """Machine-ms one request of n rows costs: the overhead plus the session call's CPU (the
-    profile times the cost correction, `router.latency`)."""
-    return lambda rows: overhead_ms + curve.ms(rows) * factor
+def _cost(view: VariantView, overhead_ms: float) -> Callable[[int], float]:
+    """Machine-ms one request of n rows costs: the overhead plus the session call's CPU
+    (`VariantView.cost_ms`, what each candidate is charged)."""
+    return lambda rows: overhead_ms + view.cost_ms(rows)
 
 
 @dataclass
@@ -363,7 +363,7 @@ class ModelRouter:
             rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
             max_wait_ms=self.config.price_wait_share * self.traffic_slo_ms,
         )
-        offers = [Offer(v.name, v.quality, _cost(v.curve, v.cost_correction, overhead)) for v in views]
+        offers = [Offer(v.name, v.quality, _cost(v, overhead)) for v in views]
         rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
         self._price = cpu_price(offers, rates, budget)
         return self._price
