@@ -21,10 +21,10 @@ One price moves *every* request of a size across its breakpoint, though the budg
 many of them on the better variant: the best fixed mix (the fractional solution of the
 knapsack the breakpoints walk) keeps the largest share that still fits on it. `Price`
 carries that share and the price just below the breakpoint; the router prices that share
-of its calls there (`RouterConfig.price_split_on`).
-Without it the price jumps between variants that break even at nearly one price (minilm's
-int8mixed, int8 and pruned-int8), and at 2× fp32's capacity the router answered 1.5 points
-under pinned int8 (simulator, docs/routing.md).
+of its calls there (`RouterConfig.price_split_on`). Without it the price jumps between
+variants that break even at nearly one price (minilm's int8mixed, int8 and pruned-int8),
+and at 2× fp32's capacity the router answered 1.5 points under pinned int8 (simulator,
+docs/routing.md).
 
 If no price makes the traffic fit, the machine is past what it can serve in time, and some
 requests will be late or refused whatever the router does. The price then maximises the

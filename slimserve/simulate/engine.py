@@ -109,12 +109,12 @@ class SimBatcher:
 
 
 class _Worker:
-    def __init__(self, index: int, router: ModelRouter, batchers: dict[str, SimBatcher]) -> None:
+    def __init__(self, index: int, router: ModelRouter, batchers: dict[str, SimBatcher], threads: int) -> None:
         self.index = index
         self.router = router
         self.batchers = batchers
         self.tasks: deque[tuple[int, Call]] = deque()
-        self.free_threads = 0  # compute threads (ServerParams.compute_workers) not running a batch
+        self.free_threads = threads  # compute threads (ServerParams.compute_workers) not running a batch
         self.formed: deque[SimBatcher] = deque()  # batches formed, waiting for a compute thread
         self.current: _Job | None = None
         self.current_task: tuple[int, Call] | None = None
@@ -211,8 +211,7 @@ class Simulation:
             "simulated", routes, self.default_slo_ms, None, self.config, side_by_side=threads >= len(self.specs),
             clock=self.clock, cpu=cpu, loop_lag_ms=lambda: worker.lag_ms,
         )  # fmt: skip
-        worker = _Worker(index, router, batchers)
-        worker.free_threads = threads
+        worker = _Worker(index, router, batchers, threads)
         return worker
 
     # -- the event queue ------------------------------------------------------------------
