@@ -378,7 +378,7 @@ def decision_cost_us(repository: Path, calls: int = 20_000) -> tuple[float, floa
         running_started_s: float
 
     queues = {name: Queue(3, 8, time.monotonic()) for name in entry.variants}
-    router = build_model_router(entry, key, queues)
+    router = build_model_router(entry, key, queues, calls_at_once=1)  # the server's default (core.turns)
     hints = RequestHints(slo_ms=60.0, slo_source="parameter")
     fp32 = queues[entry.config.reference_variant]
     for i in range(2000):

@@ -33,7 +33,7 @@ def build_model_router(
     hardware_key: str,
     queues: Mapping[str, QueueView],
     router_config: RouterConfig | None = None,
-    workers: int | None = None,
+    calls_at_once: int | None = None,
     cpu: CpuAccount | None = None,
     loop_lag_ms: Callable[[], float] | None = None,
     clock: Clock = time.monotonic,
@@ -41,7 +41,8 @@ def build_model_router(
     """A router over every variant of `entry`, from its profile for `hardware_key`, routing
     on the quality metric `model.yaml` names.
 
-    `workers`: threads that run sessions (None: one per variant). `cpu` and `loop_lag_ms`:
+    `calls_at_once`: how many of the model's session calls run at once (its `Turns`; None: as
+    many as it has variants, each beside the others). `cpu` and `loop_lag_ms`:
     the serving process's CPU account and event-loop lag, shared by every model's router.
     """
     config, router_config = entry.config, router_config or RouterConfig()
@@ -70,7 +71,7 @@ def build_model_router(
                 queue=queues[name],
             )
         )
-    side_by_side = workers is None or workers >= len(routes)
+    side_by_side = calls_at_once is None or calls_at_once >= len(routes)
     return ModelRouter(
         config.name, routes, config.default_slo_ms, config.throughput_slo_rps, router_config, side_by_side,
         clock, cpu, loop_lag_ms,

@@ -30,7 +30,7 @@ from slimserve.server.transport.status import outcome_of
 
 MAX_QUEUE_SIZE = 64
 MAX_QUEUE_BYTES = 1 << 40
-COMPUTE_WORKERS = 4
+CALLS_AT_ONCE = 4  # a model's session calls at once (core.turns)
 
 
 class ServingCore:
@@ -45,7 +45,7 @@ class ServingCore:
         self.recorder.describe(models)
         self.registry = ModelRegistry()
         self.factory = HostedModelFactory(
-            self.registry, self.recorder, executor, COMPUTE_WORKERS, threads, MAX_QUEUE_SIZE, MAX_QUEUE_BYTES, key,
+            self.registry, self.recorder, executor, CALLS_AT_ONCE, threads, MAX_QUEUE_SIZE, MAX_QUEUE_BYTES, key,
             RouterConfig(), CpuAccount(RouterConfig().cpu_target_utilization), lambda: 0.0, lambda: None,
             time.monotonic,
         )  # fmt: skip

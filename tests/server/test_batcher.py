@@ -7,7 +7,9 @@ the 50-ms batching wait and the restart window are jumped, not slept, and times 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +21,7 @@ from slimserve.server.core import batcher as batcher_module
 from slimserve.server.core.batcher import RESTART_WINDOW_S, BatchListener, DynamicBatcher, RequestTimeoutError
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.core.session import VariantSession
+from slimserve.server.core.turns import Turns
 from slimserve.server.errors import (
     DeadlineExceededError,
     ModelExecutionError,
@@ -499,3 +502,54 @@ def test_every_session_call_reports_the_cpu_it_used(digits: ModelEntry) -> None:
     for _, compute_ms, cpu_ms in heard:
         # One intra-op thread: the call's CPU is its thread's, never more than the call lasted.
         assert 0.0 < cpu_ms <= compute_ms + 0.5
+
+
+def test_batchers_that_share_turns_never_run_their_session_calls_at_once(
+    minilm: ModelEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two variants' batchers with one turn between them, on an executor with threads to
+    spare: their session calls run one after the other (core.turns), every call answered."""
+    monkeypatch.setattr(batcher_module, "INLINE_BELOW_MS", 0.0)  # every call to a thread, where turns are taken
+    spans: list[tuple[float, float]] = []
+    spans_lock = threading.Lock()
+
+    class Timed(VariantSession):
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            began = time.perf_counter()
+            outputs = super().run(inputs)
+            with spans_lock:
+                spans.append((began, time.perf_counter()))
+            return outputs
+
+    clock = FakeClock()
+    turns = Turns(1)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            batchers = [
+                DynamicBatcher(
+                    Timed(minilm.config, minilm.variants[variant], threads=1),
+                    executor,
+                    max_batch_size=2,
+                    max_queue_delay_ms=0,
+                    max_queue_size=16,
+                    clock=clock,
+                    turns=turns,
+                )
+                for variant in ("fp32", "int8")
+            ]
+            for batcher in batchers:
+                batcher.start()
+            long = _sentence([101, *[2023] * 126, 102], 128)
+            calls = [batcher.submit(long, None) for batcher in batchers for _ in range(6)]
+            answers = await asyncio.gather(*calls)
+            assert len(answers) == 12
+            for batcher in batchers:
+                await batcher.close()
+
+    run_on(clock, scenario())
+    spans.sort()
+    assert len(spans) >= 6  # both variants' calls, batched by two at most
+    for (_, ended), (began, _) in itertools.pairwise(spans):
+        assert began >= ended  # the next call began after the last one ended
+    assert turns.waiting == 0

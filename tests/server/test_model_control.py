@@ -47,11 +47,12 @@ def test_a_variant_added_or_removed_leaves_the_others_and_their_learning_alone(d
             assert set(after.batchers) == {"fp32", "int8", "distilled"}
             assert after.batchers["fp32"] is fp32_batcher and after.stats["fp32"].success_count == 1
             assert after.router.variants["fp32"].latency.correction == learned
+            assert after.turns is before.turns  # kept and new variants take turns together
             assert before.batchers["pruned"].closed  # retired and released
             shutil.move(digits_repo / "digits" / ".stash-pruned", digits_repo / "digits" / "pruned")
             assert "added pruned" in await control.load("digits")
             again = host.registry.models["digits"]
-            assert again.batchers["fp32"] is fp32_batcher
+            assert again.batchers["fp32"] is fp32_batcher and again.turns is before.turns
             assert again.router.variants["fp32"].latency.correction == learned
             result = await host.infer(zero_digits("pruned"))
             assert result.outputs["logits"].shape == (1, 10)

@@ -18,14 +18,15 @@ A request whose own `timeout` parameter ends first (router.hints) is answered as
 answers it, UNAVAILABLE "Request timeout expired" (RequestTimeoutError), by a timer at that
 moment: a caller whose gRPC deadline passes cancels its call itself, but one that sent a
 `timeout` keeps waiting for the server's word. Cancelled calls leave the queue at once.
-The session runs in a worker thread; its outputs are split back by rows. A session call that
-this batcher measured shorter than INLINE_BELOW_MS for the same size of input (the elements
-of all its input tensors, to the next power of two: rows alone would let one rows=1 call of
-512 tokens run inline because rows=1 calls of 8 tokens were quick) runs on the
-event loop instead: handing it to a thread and back costs more CPU than that (~0.1 ms on a
-2-core EPYC: the executor's queue, a thread wake-up, the loop's self-pipe), and blocking
-the loop for less than that delays nothing measurably. A call that turns slower goes back
-to the thread. On close, what is
+The session runs in a worker thread, once its model's turn comes (`turns`, core.turns: a
+model's variants take turns on the cores rather than share them); its outputs are split back
+by rows. A session call that this batcher measured shorter than INLINE_BELOW_MS for the same
+size of input (the elements of all its input tensors, to the next power of two: rows alone
+would let one rows=1 call of 512 tokens run inline because rows=1 calls of 8 tokens were
+quick) runs on the event loop instead, without a turn: handing it to a thread and back costs
+more CPU than that (~0.1 ms on a 2-core EPYC: the executor's queue, a thread wake-up, the
+loop's self-pipe), and blocking the loop for less than that delays nothing measurably. A call
+that turns slower goes back to the thread. On close, what is
 queued is still served before the loop ends, so a graceful shutdown loses nothing admitted.
 
 Isolation: when a merged session call fails, its requests are run again one by one, so
@@ -64,6 +65,7 @@ worker thread stores (a single float store) when compute starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -76,6 +78,7 @@ import numpy as np
 from slimserve.router.load import Clock
 from slimserve.server.core.request import InferenceRequest, InferenceResult
 from slimserve.server.core.session import VariantSession
+from slimserve.server.core.turns import Turns
 from slimserve.server.errors import (
     DeadlineExceededError,
     ModelExecutionError,
@@ -156,9 +159,11 @@ class DynamicBatcher:
         clock: Clock = time.monotonic,
         priority_levels: int = 0,
         default_priority_level: int = 0,
+        turns: Turns | None = None,
     ) -> None:
         self.session = session
         self._executor = executor
+        self._turns = turns  # the model's (core.turns); None: no limit but the executor's
         self._clock = clock
         self._compute_ms: dict[int, float] = {}  # running mean of a session call's time, by _size_class
         self._max_batch_size = max_batch_size
@@ -434,6 +439,12 @@ class DynamicBatcher:
         outputs = self.session.run(inputs)
         return outputs, started, time.perf_counter() - began, time.thread_time() - cpu_began
 
+    def _timed_run_in_turn(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, float]:
+        """In the worker thread: `_timed_run` once the model's turn comes (core.turns); the
+        wait is neither compute time nor running time."""
+        with self._turns or contextlib.nullcontext():
+            return self._timed_run(inputs)
+
     async def _run(self, batch: list[_Pending]) -> None:
         self._in_flight = batch
         if len(batch) > 1 and not self.session.merges_requests:
@@ -480,7 +491,8 @@ class DynamicBatcher:
             if known_ms is not None and known_ms < INLINE_BELOW_MS:
                 result = self._timed_run(inputs)
             else:
-                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_run, inputs)
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._executor, self._timed_run_in_turn, inputs)
         finally:
             self._running_rows = 0
         took_ms = result[2] * 1e3

@@ -27,6 +27,7 @@ from slimserve.router.model_router import ModelRouter
 from slimserve.router.policy import candidates
 from slimserve.server.core.batcher import DynamicBatcher
 from slimserve.server.core.session import VariantSession
+from slimserve.server.core.turns import Turns
 from slimserve.server.core.versions import variant_named
 from slimserve.server.errors import InvalidInputError, NotFoundError, shown
 from slimserve.server.observe.live_state import LiveState, ModelLive, VariantLive
@@ -42,6 +43,7 @@ class HostedModel:
     batchers: Mapping[str, DynamicBatcher]
     router: ModelRouter
     stats: Mapping[str, VariantStats]
+    turns: Turns  # its variants' session calls take turns (core.turns); kept across reloads
 
     @property
     def name(self) -> str:
@@ -153,7 +155,7 @@ class HostedModelFactory:
         registry: ModelRegistry,
         recorder: CallRecorder,
         executor: Executor,
-        workers: int,
+        calls_at_once: int,
         threads: int,
         max_queue_size: int,
         max_queue_bytes: int,
@@ -167,7 +169,7 @@ class HostedModelFactory:
         self._registry = registry
         self._recorder = recorder
         self._executor = executor
-        self._workers = workers
+        self._calls_at_once = calls_at_once  # a model's session calls at once (core.turns)
         self.threads = threads  # ONNX Runtime threads per session
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -196,6 +198,8 @@ class HostedModelFactory:
         not started) and a router that adopts what `old`'s learned (ModelRouter.adopt)."""
         config = entry.config
         kept = kept or {}
+        # A reload keeps the model's turns: its kept batchers and its new ones take turns together.
+        turns = old.turns if old is not None else Turns(self._calls_at_once)
         batchers: dict[str, DynamicBatcher] = {}
         for variant in entry.variants:
             if variant in kept:
@@ -206,15 +210,16 @@ class HostedModelFactory:
                 self._max_queue_size, self._max_queue_bytes,
                 on_batch=self._batch_listener(config.name, variant), on_failure=self._on_failure, clock=self._clock,
                 priority_levels=config.priority_levels, default_priority_level=config.default_priority_level,
+                turns=turns,
             )  # fmt: skip
         router = build_model_router(
-            entry, self._hardware_key, batchers, self._router_config, self._workers,
+            entry, self._hardware_key, batchers, self._router_config, turns.limit,
             self._cpu, self._loop_lag_ms, self._clock,
         )  # fmt: skip
         if old is not None:
             router.adopt(old.router, kept)
         stats = {v: old.stats[v] if old is not None and v in kept else VariantStats() for v in batchers}
-        return HostedModel(entry, MappingProxyType(batchers), router, MappingProxyType(stats))
+        return HostedModel(entry, MappingProxyType(batchers), router, MappingProxyType(stats), turns)
 
     def _batch_listener(self, model: str, variant: str) -> Callable[[DynamicBatcher, int, float, float], None]:
         """After every session call: correct the router, and record compute and batch size once.

@@ -7,9 +7,10 @@ many servers as they like, each on port 0. One clock (monotonic seconds) is pass
 every object for which time is the subject.
 
 Threads: the event loop owns the registry (models, routers, batchers), the data plane and
-the health servicer. ONNX Runtime runs in the executor's worker threads; the Prometheus HTTP server runs in its
-own thread and reads only `App.live`, the `LiveState` the loop publishes every
-PUBLISH_PERIOD_S (one reference, swapped whole).
+the health servicer. ONNX Runtime runs in the executor's worker threads, each model's calls
+taking turns there (core.turns); the Prometheus HTTP server runs in its own thread and reads
+only `App.live`, the `LiveState` the loop publishes every PUBLISH_PERIOD_S (one reference,
+swapped whole).
 
 Health: SERVING while accepting and at least one model can serve; a model with a failed
 batcher reports ModelReady false and `slimserve_model_ready` 0.
@@ -72,6 +73,9 @@ if TYPE_CHECKING:
     from slimserve.server.process.background_build import BackgroundBuild
 
 log = logging.getLogger(__name__)
+# Threads that run session calls, at most: one per batcher waiting for its model's turn
+# (core.turns) and one per turn; past this many variants a batch also waits for a thread.
+COMPUTE_THREADS_MAX = 256
 BUILD_POLL_S = 2.0  # how often the repository is scanned while a background build publishes into it
 SERVICE_NAMES = (
     inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -108,10 +112,13 @@ class App:
             unloaded = unloaded_models(settings.worker_scratch)
             repository = {name: entry for name, entry in repository.items() if name not in unloaded}
         models = self.profiler.ensure(repository)
-        # One worker per variant by default: a short batch of a cheap variant then runs beside a
-        # long one instead of waiting for it (the cores are shared either way).
-        workers = settings.compute_workers or max([threads, *(len(m.variants) for m in models.values())])
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxruntime")
+        # Each model's session calls take turns (core.turns), `calls_at_once` at a time: by
+        # default as many as this process's share of the cores holds sessions of `threads`.
+        # The executor has a thread for every batcher that may wait for its turn, so that a
+        # model waiting for one never holds up another's; threads start only as calls need them.
+        share = threads_for(settings.hardware_profile) // (settings.worker_count or 1)
+        calls_at_once = settings.compute_workers or max(1, share // threads)
+        self._executor = ThreadPoolExecutor(max_workers=COMPUTE_THREADS_MAX, thread_name_prefix="onnxruntime")
         # Metrics are always recorded; --metrics only decides whether /metrics is served.
         self.metrics = ServingMetrics(CollectorRegistry())
         self.metrics.watch(lambda: self.live)
@@ -125,7 +132,7 @@ class App:
             shed_late_on=settings.shed_late,
         )  # fmt: skip
         self.factory = HostedModelFactory(
-            self.registry, self.recorder, self._executor, workers, threads, settings.max_queue_size,
+            self.registry, self.recorder, self._executor, calls_at_once, threads, settings.max_queue_size,
             settings.max_queue_bytes, self.hardware_key, router_config, self.load.cpu, lambda: self.load.lag_ms,
             self._readiness_changed, clock,
         )  # fmt: skip

@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     )
     session_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads per session; 0 = usable cores")
     compute_workers: int = Field(
-        default=0, ge=0, description="threads that run sessions; 0 = one per variant of the largest model"
-    )
+        default=0, ge=0,
+        description="session calls of one model that run at once, its variants taking turns for them "
+        "(core.turns); 0: the process's cores / session threads (1 with the default threads)",
+    )  # fmt: skip
     max_queue_size: int = Field(default=256, ge=1, description="requests waiting per variant before UNAVAILABLE")
     max_queue_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024, description="tensor bytes waiting per variant before UNAVAILABLE"
