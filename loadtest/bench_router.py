@@ -22,10 +22,11 @@ each figure as a mean over the runs with its 95 % t-interval.
 
 Policies: a variant name pins it (any of the model's: int8mixed, pruned-int8, …); `router`
 routes; `router-no-<mechanism>` routes with that mechanism off (`--router-off`,
-router/config.py) — the ablation; `router-compute-<N>` routes on a server that runs its
-session calls on N threads (SLIMSERVE_COMPUTE_WORKERS; by default one per variant). Every policy runs on its
-own server (pinned ones share the `router` server), all started at once and pinned to the
-first core with one ONNX Runtime thread (`--hardware-profile edge`); the load generator runs
+router/config.py) — the ablation; `router-compute-<N>` routes on a server that runs N of the
+model's session calls at once (SLIMSERVE_COMPUTE_WORKERS, its variants taking turns; by
+default every variant's batch runs beside the others). Every policy runs on its own
+server (pinned ones share the `router` server), all started at once and pinned to the first
+core with one ONNX Runtime thread (`--hardware-profile edge`); the load generator runs
 on the other cores. At each load level every policy runs in turn on the same arrivals,
 kinds and inputs (common random numbers), so that their differences are the policies'.
 
@@ -63,7 +64,7 @@ from slimserve.server.transport.tls import ClientSecurity
 
 PINNED = ("fp32", "int8", "pruned", "distilled")  # the default pinned policies
 ROUTERS = ("router", *(f"router-no-{m}" for m in MECHANISMS))
-COMPUTE_PREFIX = "router-compute-"  # router-compute-N: the router on N compute threads
+COMPUTE_PREFIX = "router-compute-"  # router-compute-N: the router, N of the model's calls at once
 MAX_TOKENS = 128
 INTERACTIVE_X, BACKGROUND_X = 3.0, 10.0  # SLOs, in fp32's batch-1 p50
 DEADLINE_X = 2.0  # the caller's gRPC deadline, in its SLO
@@ -378,7 +379,7 @@ def decision_cost_us(repository: Path, calls: int = 20_000) -> tuple[float, floa
         running_started_s: float
 
     queues = {name: Queue(3, 8, time.monotonic()) for name in entry.variants}
-    router = build_model_router(entry, key, queues, calls_at_once=1)  # the server's default (core.turns)
+    router = build_model_router(entry, key, queues)  # the server's default: every variant beside the others
     hints = RequestHints(slo_ms=60.0, slo_source="parameter")
     fp32 = queues[entry.config.reference_variant]
     for i in range(2000):

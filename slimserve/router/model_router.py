@@ -105,7 +105,7 @@ class ModelRouter:
         # The server's event-loop lag and its CPU account, shared by every model; alone, its own.
         self.loop_lag_ms: Callable[[], float] = loop_lag_ms or (lambda: 0.0)
         self.cpu = cpu or CpuAccount(config.cpu_target_utilization)
-        self.side_by_side = side_by_side  # every variant has a worker thread of its own
+        self.side_by_side = side_by_side  # the model has a turn for every variant (server.core.turns)
         self.overhead_ms = 0.0
         self.ratios = RatioDistribution(config.ratio_half_life_s, config.ratio_min_samples)
         self._clock = clock

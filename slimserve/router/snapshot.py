@@ -151,7 +151,7 @@ class RouterSnapshot:
     price: float
     saturated: bool  # the traffic fits at no price: the machine is past what it serves in time
     required_rows_s: float | None  # the throughput guard's demand on loose requests; None: off
-    side_by_side: bool  # every variant has a worker thread of its own
+    side_by_side: bool  # the model has a turn for every variant: their batches run at once
     stretch: float = 1.0  # the ratio distribution's quantile reported as `predicted_ms` (1: no data)
     level: int = 0  # the priority level predictions are for (`at_level`); 0: behind the whole queue
     backlog_price_ms2: float | None = None  # the backlog price's divisor (router.price); None: off

@@ -30,7 +30,7 @@ from slimserve.server.transport.status import outcome_of
 
 MAX_QUEUE_SIZE = 64
 MAX_QUEUE_BYTES = 1 << 40
-CALLS_AT_ONCE = 4  # a model's session calls at once (core.turns)
+CALLS_AT_ONCE = 4  # turns (core.turns), which reloads must keep; no fewer than digits' variants
 
 
 class ServingCore:

@@ -553,3 +553,64 @@ def test_batchers_that_share_turns_never_run_their_session_calls_at_once(
     for (_, ended), (began, _) in itertools.pairwise(spans):
         assert began >= ended  # the next call began after the last one ended
     assert turns.waiting == 0
+
+
+def test_a_call_whose_loop_died_while_it_waited_for_its_turn_is_never_run(
+    minilm: ModelEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batcher's loop is cancelled while its call's thread waits for the model's turn: the
+    call is answered UNAVAILABLE (retry) by the restart, and when the turn comes its thread
+    hands it on without running the session; the restarted loop's next call runs."""
+    monkeypatch.setattr(batcher_module, "INLINE_BELOW_MS", 0.0)
+    runs: list[int] = []
+
+    class Counted(VariantSession):
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            runs.append(int(next(iter(inputs.values())).shape[0]))
+            return super().run(inputs)
+
+    turns = Turns(1)
+    held, release = threading.Event(), threading.Event()
+
+    def another_variant_computing() -> None:
+        with turns:
+            held.set()
+            release.wait(60.0)
+
+    holder = threading.Thread(target=another_variant_computing)
+    holder.start()
+    assert held.wait(60.0)
+    clock = FakeClock()
+    sentence = _sentence([101, 2023, 102], 8)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = DynamicBatcher(
+                Counted(minilm.config, minilm.variants["fp32"], threads=1),
+                executor,
+                max_batch_size=1,
+                max_queue_delay_ms=0,
+                max_queue_size=4,
+                clock=clock,
+                turns=turns,
+            )
+            batcher.start()
+            first = asyncio.create_task(batcher.submit(sentence, None))
+            deadline = time.monotonic() + 60.0
+            while turns.waiting == 0:  # its thread has asked for the turn
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0)
+                time.sleep(0.001)
+            task = batcher.loop_task
+            assert task is not None
+            task.cancel()
+            await asyncio.wait({task})
+            with pytest.raises(VariantUnavailableError, match="stopped serving"):
+                await first
+            release.set()
+            assert (await batcher.submit(sentence, None)).outputs
+            await batcher.close()
+
+    run_on(clock, scenario())
+    holder.join(60.0)
+    assert runs == [1]  # the restarted loop's call alone

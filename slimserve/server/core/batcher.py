@@ -18,15 +18,15 @@ A request whose own `timeout` parameter ends first (router.hints) is answered as
 answers it, UNAVAILABLE "Request timeout expired" (RequestTimeoutError), by a timer at that
 moment: a caller whose gRPC deadline passes cancels its call itself, but one that sent a
 `timeout` keeps waiting for the server's word. Cancelled calls leave the queue at once.
-The session runs in a worker thread, once its model's turn comes (`turns`, core.turns: a
-model's variants take turns on the cores rather than share them); its outputs are split back
-by rows. A session call that this batcher measured shorter than INLINE_BELOW_MS for the same
-size of input (the elements of all its input tensors, to the next power of two: rows alone
-would let one rows=1 call of 512 tokens run inline because rows=1 calls of 8 tokens were
-quick) runs on the event loop instead, without a turn: handing it to a thread and back costs
-more CPU than that (~0.1 ms on a 2-core EPYC: the executor's queue, a thread wake-up, the
-loop's self-pipe), and blocking the loop for less than that delays nothing measurably. A call
-that turns slower goes back to the thread. On close, what is
+The session runs in a worker thread, once its model's turn comes if it takes turns (`turns`,
+core.turns: SLIMSERVE_COMPUTE_WORKERS); its outputs are split back by rows. A session call
+that this batcher measured shorter than INLINE_BELOW_MS for the same size of input (the
+elements of all its input tensors, to the next power of two: rows alone would let one rows=1
+call of 512 tokens run inline because rows=1 calls of 8 tokens were quick) runs on the event
+loop instead, without a turn: handing it to a thread and back costs more CPU than that
+(~0.1 ms on a 2-core EPYC: the executor's queue, a thread wake-up, the loop's self-pipe), and
+blocking the loop for less than that delays nothing measurably. A call that turns slower goes
+back to the thread. On close, what is
 queued is still served before the loop ends, so a graceful shutdown loses nothing admitted.
 
 Isolation: when a merged session call fails, its requests are run again one by one, so
@@ -59,7 +59,10 @@ read. Unlike the call's length, it does not grow while other calls share the cor
 routers price CPU by it (`router.latency`, cost correction).
 
 Thread: everything here is owned by the event loop, except `_running_started_s`, which the
-worker thread stores (a single float store) when compute starts.
+worker thread stores (a single float store) when compute starts, and the model's `Turns`,
+which the worker threads share under its own lock (core.turns). A call whose loop was
+cancelled while its thread waited for a turn is marked abandoned, and the thread, once its
+turn comes, hands it on without running (or storing anything).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection
@@ -439,10 +443,14 @@ class DynamicBatcher:
         outputs = self.session.run(inputs)
         return outputs, started, time.perf_counter() - began, time.thread_time() - cpu_began
 
-    def _timed_run_in_turn(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, float]:
+    def _timed_run_in_turn(
+        self, inputs: dict[str, np.ndarray], abandoned: threading.Event
+    ) -> tuple[dict[str, np.ndarray], float, float, float]:
         """In the worker thread: `_timed_run` once the model's turn comes (core.turns); the
-        wait is neither compute time nor running time."""
+        wait is neither compute time nor running time. Nothing runs for an abandoned call."""
         with self._turns or contextlib.nullcontext():
+            if abandoned.is_set():
+                raise asyncio.CancelledError  # nobody awaits it: the loop that asked was cancelled
             return self._timed_run(inputs)
 
     async def _run(self, batch: list[_Pending]) -> None:
@@ -491,8 +499,14 @@ class DynamicBatcher:
             if known_ms is not None and known_ms < INLINE_BELOW_MS:
                 result = self._timed_run(inputs)
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, self._timed_run_in_turn, inputs)
+                abandoned = threading.Event()
+                try:
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._timed_run_in_turn, inputs, abandoned
+                    )
+                except asyncio.CancelledError:
+                    abandoned.set()  # its thread may still be waiting for a turn: it must not run then
+                    raise
         finally:
             self._running_rows = 0
         took_ms = result[2] * 1e3

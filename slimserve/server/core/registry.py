@@ -6,7 +6,8 @@ call resolves its model once and keeps that `HostedModel` to its end, so a reloa
 the entry meanwhile never changes a call half-way. `HostedModelFactory` makes a
 `HostedModel` from a repository entry, with every collaborator passed in at construction.
 
-Thread: the event loop owns every object here (routers, batchers, statistics). Other
+Thread: the event loop owns every object here (routers, batchers, statistics), except a
+model's `Turns`, which the executor's threads share under its own lock (core.turns). Other
 threads — the Prometheus scrape thread — read only the `LiveState` that `live_state()`
 builds on the loop and the app publishes (`observe.live_state`).
 """
@@ -43,7 +44,7 @@ class HostedModel:
     batchers: Mapping[str, DynamicBatcher]
     router: ModelRouter
     stats: Mapping[str, VariantStats]
-    turns: Turns  # its variants' session calls take turns (core.turns); kept across reloads
+    turns: Turns | None  # its variants' session calls take turns (core.turns); kept across reloads
 
     @property
     def name(self) -> str:
@@ -155,7 +156,7 @@ class HostedModelFactory:
         registry: ModelRegistry,
         recorder: CallRecorder,
         executor: Executor,
-        calls_at_once: int,
+        calls_at_once: int | None,
         threads: int,
         max_queue_size: int,
         max_queue_bytes: int,
@@ -169,7 +170,7 @@ class HostedModelFactory:
         self._registry = registry
         self._recorder = recorder
         self._executor = executor
-        self._calls_at_once = calls_at_once  # a model's session calls at once (core.turns)
+        self._calls_at_once = calls_at_once  # a model's session calls at once (core.turns); None: all
         self.threads = threads  # ONNX Runtime threads per session
         self._max_queue_size = max_queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -199,7 +200,7 @@ class HostedModelFactory:
         config = entry.config
         kept = kept or {}
         # A reload keeps the model's turns: its kept batchers and its new ones take turns together.
-        turns = old.turns if old is not None else Turns(self._calls_at_once)
+        turns = old.turns if old is not None else self._new_turns()
         batchers: dict[str, DynamicBatcher] = {}
         for variant in entry.variants:
             if variant in kept:
@@ -213,13 +214,17 @@ class HostedModelFactory:
                 turns=turns,
             )  # fmt: skip
         router = build_model_router(
-            entry, self._hardware_key, batchers, self._router_config, turns.limit,
+            entry, self._hardware_key, batchers, self._router_config, None if turns is None else turns.limit,
             self._cpu, self._loop_lag_ms, self._clock,
         )  # fmt: skip
         if old is not None:
             router.adopt(old.router, kept)
         stats = {v: old.stats[v] if old is not None and v in kept else VariantStats() for v in batchers}
         return HostedModel(entry, MappingProxyType(batchers), router, MappingProxyType(stats), turns)
+
+    def _new_turns(self) -> Turns | None:
+        """A new model's turns; None where its variants run side by side (the default)."""
+        return None if self._calls_at_once is None else Turns(self._calls_at_once)
 
     def _batch_listener(self, model: str, variant: str) -> Callable[[DynamicBatcher, int, float, float], None]:
         """After every session call: correct the router, and record compute and batch size once.

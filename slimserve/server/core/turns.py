@@ -1,14 +1,19 @@
 """Turns: at most N session calls of one model at once, the others waiting in order of asking.
 
 Why: on a core shared by two batches both finish late, while one after the other the first
-finishes early and the second no later. A model whose variants' batches each had a thread of
-their own ran them side by side; taking turns instead is worth +1.7 ± 0.4 points of effective
-accuracy on the router bench (docs/routing.md, "Batches that take turns"). The turn is taken
-in the executor's thread, around the session call, and not on the event loop, because under
-load the loop is the busy part of the process: a batch waiting on the loop for its turn
-starts only when the loop next runs its batcher, and an asyncio lock measured no gain (same
-page). The executor has a thread for every batcher, so a model waiting for its turn never
-holds up another model's calls: each model has its own `Turns`, and models share the cores.
+finishes early and the second no later. With SLIMSERVE_COMPUTE_WORKERS=N a model's variants
+take turns, N batches at a time, instead of each running beside the others (the default). On
+the router bench (minilm, one core) one turn at a time measured −0.4 ± 1.7 points of
+effective accuracy against side by side, and the single compute thread it replaces +0.4 ±
+3.6 the same day (docs/routing.md, "Turns per model"): no gain either way, so it is an
+option, not the default. It is per model, unlike the one executor thread it replaces, which
+put a digits call behind a minilm batch.
+
+The turn is taken in the executor's thread, around the session call, not on the event loop:
+under load the loop is the busy part of the process, and a batch waiting on the loop starts
+only when the loop next runs its batcher. The executor has a thread for every batcher, so a
+model waiting for its turn never holds up another model's calls: each model has its own
+`Turns`, and models share the cores.
 
 First come, first served: a thread that asks while every turn is taken waits on a gate of its
 own, opened by the call that ends next, which hands its turn over without releasing it (so no

@@ -7,8 +7,8 @@ many servers as they like, each on port 0. One clock (monotonic seconds) is pass
 every object for which time is the subject.
 
 Threads: the event loop owns the registry (models, routers, batchers), the data plane and
-the health servicer. ONNX Runtime runs in the executor's worker threads, each model's calls
-taking turns there (core.turns); the Prometheus HTTP server runs in its own thread and reads
+the health servicer. ONNX Runtime runs in the executor's worker threads (where a model's
+calls take turns if asked to: core.turns); the Prometheus HTTP server runs in its own thread and reads
 only `App.live`, the `LiveState` the loop publishes every PUBLISH_PERIOD_S (one reference,
 swapped whole).
 
@@ -73,8 +73,8 @@ if TYPE_CHECKING:
     from slimserve.server.process.background_build import BackgroundBuild
 
 log = logging.getLogger(__name__)
-# Threads that run session calls, at most: one per batcher waiting for its model's turn
-# (core.turns) and one per turn; past this many variants a batch also waits for a thread.
+# Threads that run session calls, at most: one per batcher, running or waiting for its
+# model's turn (core.turns); past this many variants a batch also waits for a thread.
 COMPUTE_THREADS_MAX = 256
 BUILD_POLL_S = 2.0  # how often the repository is scanned while a background build publishes into it
 SERVICE_NAMES = (
@@ -112,12 +112,12 @@ class App:
             unloaded = unloaded_models(settings.worker_scratch)
             repository = {name: entry for name, entry in repository.items() if name not in unloaded}
         models = self.profiler.ensure(repository)
-        # Each model's session calls take turns (core.turns), `calls_at_once` at a time: by
-        # default as many as this process's share of the cores holds sessions of `threads`.
-        # The executor has a thread for every batcher that may wait for its turn, so that a
-        # model waiting for one never holds up another's; threads start only as calls need them.
-        share = threads_for(settings.hardware_profile) // (settings.worker_count or 1)
-        calls_at_once = settings.compute_workers or max(1, share // threads)
+        # By default every variant's batch runs beside the others (a short batch of a cheap
+        # variant does not wait for a long one; the cores are shared either way); with
+        # SLIMSERVE_COMPUTE_WORKERS each model's calls take turns, that many at once
+        # (core.turns). The executor has a thread for every batcher, so that a model waiting
+        # for its turn never holds up another's; threads start only as calls need them.
+        calls_at_once = settings.compute_workers or None
         self._executor = ThreadPoolExecutor(max_workers=COMPUTE_THREADS_MAX, thread_name_prefix="onnxruntime")
         # Metrics are always recorded; --metrics only decides whether /metrics is served.
         self.metrics = ServingMetrics(CollectorRegistry())

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     compute_workers: int = Field(
         default=0, ge=0,
         description="session calls of one model that run at once, its variants taking turns for them "
-        "(core.turns); 0: the process's cores / session threads (1 with the default threads)",
+        "(core.turns); 0: every variant's batch beside the others",
     )  # fmt: skip
     max_queue_size: int = Field(default=256, ge=1, description="requests waiting per variant before UNAVAILABLE")
     max_queue_bytes: int = Field(
