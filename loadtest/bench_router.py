@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import sys
 import time
@@ -53,6 +54,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.bench_router_report import Outcome, Segment, write_reports
+from loadtest.interference import CoreWatch
 from loadtest.messages import digits_request, minilm_request
 from loadtest.serving import cpu_model, one_model_repository, server_process
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE, Trace
@@ -242,14 +244,24 @@ def policy_target(policy: str) -> tuple[str, str]:
 
 
 class Bench:
-    """Servers, stubs and calibration of one model's workloads."""
+    """Servers, stubs and calibration of one model's workloads; `watch` reads what else ran
+    on the servers' core (loadtest.interference)."""
 
-    def __init__(self, stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub], inputs: Inputs) -> None:
-        self.stubs, self.inputs = stubs, inputs
+    def __init__(
+        self,
+        stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub],
+        inputs: Inputs,
+        watch: CoreWatch | None = None,
+    ) -> None:
+        self.stubs, self.inputs, self.watch = stubs, inputs, watch
 
-    async def run_policy(self, policy: str, requests: list[Request]) -> tuple[list[Outcome], float]:
+    async def run_policy(self, policy: str, requests: list[Request]) -> tuple[list[Outcome], float, float]:
+        """The outcomes, the generator's worst slip (ms) and the foreign share of the servers' core."""
         server, variant = policy_target(policy)
-        return await replay(self.stubs[server], requests, variant)
+        if self.watch is not None:
+            self.watch.start()
+        outcomes, slip_ms = await replay(self.stubs[server], requests, variant)
+        return outcomes, slip_ms, math.nan if self.watch is None else self.watch.foreign_share()
 
     async def fp32_p50_ms(self, calls: int = 60) -> float:
         """Batch-1 fp32 round trip at the typical size, one call at a time."""
@@ -302,8 +314,8 @@ async def trace_workload(
         times = window.at_rate(scale * capacity)
         requests = build_requests(bench.inputs, times, window.context_tokens, slo_ms, seed=1000 * run + step)
         for policy in order:
-            outcomes, slip_ms = await bench.run_policy(policy, requests)
-            segment = Segment(name, run, scale, policy, float(times[-1]), outcomes, slip_ms, capacity, slo_ms)
+            outcomes, slip_ms, foreign = await bench.run_policy(policy, requests)
+            segment = Segment(name, run, scale, policy, float(times[-1]), outcomes, slip_ms, capacity, slo_ms, foreign)
             segments.append(segment)
             print(segment.summary(), flush=True)
             await asyncio.sleep(args.pause_seconds)
@@ -330,8 +342,8 @@ async def burst_workload(bench: Bench, policies: tuple[str, ...], args: argparse
     requests = build_requests(bench.inputs, arrivals, tokens, slo_ms, seed=6000 + run)
     segments = []
     for policy in policies if run % 2 else tuple(reversed(policies)):
-        outcomes, slip_ms = await bench.run_policy(policy, requests)
-        segment = Segment("burst", run, 0.0, policy, now, outcomes, slip_ms, capacity, slo_ms)
+        outcomes, slip_ms, foreign = await bench.run_policy(policy, requests)
+        segment = Segment("burst", run, 0.0, policy, now, outcomes, slip_ms, capacity, slo_ms, foreign)
         segments.append(segment)
         print(segment.summary(), flush=True)
         await asyncio.sleep(args.pause_seconds)
@@ -339,21 +351,33 @@ async def burst_workload(bench: Bench, policies: tuple[str, ...], args: argparse
 
 
 @contextmanager
-def servers(repository: Path, model: str, names: tuple[str, ...], out: Path) -> Iterator[dict[str, str]]:
-    """One server per router configuration, all pinned to the first core; their addresses."""
+def servers(
+    repository: Path, model: str, names: tuple[str, ...], out: Path
+) -> Iterator[tuple[dict[str, str], list[int]]]:
+    """One server per router configuration, all pinned to the first core; their addresses
+    and process ids."""
     with ExitStack() as stack:
         repo = stack.enter_context(one_model_repository(repository, model))
-        addresses = {}
+        addresses, pids = {}, []
         for name in names:
             log = out / f"bench_router_{model}_{name}_server.log"
             flags, env = server_options(name)
             server = stack.enter_context(server_process(repo, "--hardware-profile", "edge", *flags, log=log, env=env))
             addresses[name] = server.address
-        yield addresses
+            pids.append(server.process.pid)
+        yield addresses, pids
+
+
+def _watch(cores: list[int], pids: list[int]) -> CoreWatch | None:
+    """What else runs on the servers' core; None with one core, which the generator shares."""
+    return CoreWatch(cores[0], pids) if len(cores) >= 2 else None
 
 
 async def _with_stubs(
-    addresses: dict[str, str], body: Callable[[Bench], Awaitable[list[Segment]]], inputs: Inputs
+    addresses: dict[str, str],
+    body: Callable[[Bench], Awaitable[list[Segment]]],
+    inputs: Inputs,
+    watch: CoreWatch | None,
 ) -> list[Segment]:
     security = ClientSecurity.from_environment()
     async with AsyncExitStack() as stack:
@@ -363,7 +387,7 @@ async def _with_stubs(
             stubs[name] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for name in stubs:  # warm-up: every server's sessions and its router's corrections
             await Bench({"router": stubs[name]}, inputs).capacity_rps("", 2.0)
-        return await body(Bench(stubs, inputs))
+        return await body(Bench(stubs, inputs, watch))
 
 
 def decision_cost_us(repository: Path, calls: int = 20_000) -> tuple[float, float]:
@@ -439,7 +463,7 @@ def main() -> int:
     minilm_workloads = [w for w in args.workloads if w in ("minilm", "burst")]
     if minilm_workloads:
         inputs = MinilmInputs(args.repository)
-        with servers(args.repository, "minilm", router_names, args.out) as addresses:
+        with servers(args.repository, "minilm", router_names, args.out) as (addresses, pids):
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))  # the servers pinned themselves to cores[0]
 
@@ -453,7 +477,7 @@ def main() -> int:
                         done += await burst_workload(bench, burst, args, run)
                 return done
 
-            segments += asyncio.run(_with_stubs(addresses, minilm, inputs))
+            segments += asyncio.run(_with_stubs(addresses, minilm, inputs, _watch(cores, pids)))
             os.sched_setaffinity(0, set(cores))
     if "digits" in args.workloads:
         digits_args = argparse.Namespace(**{**vars(args), "arrivals": args.digits_arrivals})
@@ -463,7 +487,7 @@ def main() -> int:
         left_out = [p for p in args.policies if p not in digits_policies]
         if left_out:
             print(f"digits: not run: {', '.join(left_out)} (variants digits does not serve)", flush=True)
-        with servers(args.repository, "digits", router_names, args.out) as addresses:
+        with servers(args.repository, "digits", router_names, args.out) as (addresses, pids):
             if len(cores) >= 2:
                 os.sched_setaffinity(0, set(cores[1:]))
 
@@ -473,7 +497,7 @@ def main() -> int:
                     done += await trace_workload(bench, "digits", digits_policies, digits_args, run)
                 return done
 
-            segments += asyncio.run(_with_stubs(addresses, digits, DigitsInputs()))
+            segments += asyncio.run(_with_stubs(addresses, digits, DigitsInputs(), _watch(cores, pids)))
             os.sched_setaffinity(0, set(cores))
     header = [
         f"Machine: {cpu_model()}, {len(cores)} cores; servers pinned to core {cores[0]} (edge profile, one ONNX "

@@ -5,18 +5,21 @@ within the SLO / sent), mean quality (correct / answered), effective accuracy (c
 within the SLO / sent) and the share of answers per variant. Across runs: the mean, and
 the run-to-run noise (the mean absolute difference between runs of one policy at one load);
 the router against the best static policy paired run by run (the runs replay the same
-arrivals for every policy), with its 95 % t-interval.
+arrivals for every policy), with its 95 % t-interval. Per segment also the share of the
+servers' core that other programs took (loadtest.interference), and the segments to rerun.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from loadtest.interference import FOREIGN_SHARE_WARN
 from slimserve.simulate.stats import Interval
 
 VARIANTS = ("fp32", "int8", "pruned", "distilled")
@@ -60,6 +63,7 @@ class Segment:
     slip_ms: float  # the generator's worst lateness against its schedule
     fp32_capacity_rps: float
     slo_ms: dict[str, float]
+    foreign_share: float = math.nan  # of the servers' core, taken by other programs (loadtest.interference)
 
     def row(self) -> dict[str, float | str | int]:
         sent = max(len(self.outcomes), 1)
@@ -83,6 +87,7 @@ class Segment:
             "deadline_exceeded": statuses.get("DEADLINE_EXCEEDED", 0),
             "interactive_slo_ms": self.slo_ms["interactive"],
             "background_slo_ms": self.slo_ms["background"],
+            "foreign_core_share": self.foreign_share,
         }
         for kind in ("interactive", "background"):
             latencies = [o.latency_ms for o in answered if o.kind == kind]
@@ -99,6 +104,8 @@ class Segment:
             f"{float(r['offered_rps']):6.1f} rps offered, {float(r['carried_rps']):6.1f} carried, "
             f"SLO {float(r['slo_attainment']):6.1%}, quality {float(r['mean_quality']):6.1%}, "
             f"effective {float(r['effective_accuracy']):6.1%}, failed {r['failed']}, slip {self.slip_ms:.0f} ms"
+            + ("" if math.isnan(self.foreign_share) else f", foreign {self.foreign_share:.0%}")
+            + (" (other programs on the servers' core: rerun it)" if self.foreign_share > FOREIGN_SHARE_WARN else "")
         )
 
     def per_second(self) -> list[tuple[int, float, float, int]]:
@@ -232,6 +239,24 @@ def generator_check(rows: list[dict[str, float | str | int]], workload: str) -> 
     )
 
 
+def interference_check(rows: list[dict[str, float | str | int]], workload: str) -> str:
+    """The segments in which other programs took more than FOREIGN_SHARE_WARN of the
+    servers' core (loadtest.interference): their cells measure the machine, not the policy."""
+    shares = [(r, float(r.get("foreign_core_share", math.nan))) for r in rows if r["workload"] == workload]
+    read = [(r, share) for r, share in shares if not math.isnan(share)]
+    if not read:
+        return "Interference: not measured (one core, or no /proc)."
+    busy = [f"run {r['run']} × {float(r['scale']):g} {r['policy']} ({share:.0%})"
+            for r, share in read if share > FOREIGN_SHARE_WARN]  # fmt: skip
+    worst = max(share for _, share in read)
+    if not busy:
+        return f"Interference: other programs took at most {worst:.1%} of the servers' core in any segment."
+    return (
+        f"Interference: other programs took more than {FOREIGN_SHARE_WARN:.0%} of the servers' core in "
+        f"{len(busy)} of {len(read)} segments, which should be rerun: {', '.join(busy)}."
+    )
+
+
 def ablation_table(rows: list[dict[str, float | str | int]], workload: str) -> list[str]:
     """Effective accuracy of the router with each mechanism off, against all on."""
     cells = _cells(rows, workload)
@@ -307,6 +332,7 @@ def write_reports(segments: list[Segment], out: Path, header: list[str]) -> str:
         lines += [f"## {workload} on the trace", "", *verdict, "",
                   f"Run-to-run noise (mean |run 1 − run 2| of effective accuracy over all cells): "
                   f"{noise_points(rows, workload):.1f} points. {generator_check(rows, workload)}", "",
+                  interference_check(rows, workload), "",
                   *trace_table(rows, workload), ""]  # fmt: skip
         if any(str(r["policy"]).startswith("router-no-") for r in rows if r["workload"] == workload):
             lines += [f"### Ablation ({workload}): effective accuracy with one mechanism off (change, points)",

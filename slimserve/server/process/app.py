@@ -8,9 +8,9 @@ every object for which time is the subject.
 
 Threads: the event loop owns the registry (models, routers, batchers), the data plane and
 the health servicer. ONNX Runtime runs in the executor's worker threads (where a model's
-calls take turns if asked to: core.turns); the Prometheus HTTP server runs in its own thread and reads
-only `App.live`, the `LiveState` the loop publishes every PUBLISH_PERIOD_S (one reference,
-swapped whole).
+calls take turns if asked to: core.turns); the Prometheus HTTP server runs in its own
+thread and reads only `App.live`, the `LiveState` the loop publishes every PUBLISH_PERIOD_S
+(one reference, swapped whole).
 
 Health: SERVING while accepting and at least one model can serve; a model with a failed
 batcher reports ModelReady false and `slimserve_model_ready` 0.
