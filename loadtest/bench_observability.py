@@ -22,6 +22,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.interference import pin_every_thread
 from loadtest.messages import digits_request
 from loadtest.serving import one_model_repository, server_process
 from slimserve.server.transport.tls import ClientSecurity
@@ -66,10 +67,10 @@ def main() -> int:
             for mode in ("on", "off"):
                 os.environ["SLIMSERVE_METRICS"] = "true" if mode == "on" else "false"
                 os.environ["SLIMSERVE_SHADOW_FRACTION"] = "0.05" if mode == "on" else "0"
-                os.sched_setaffinity(0, set(cores))  # the server pins itself to the first core
+                pin_every_thread(set(cores))  # the server pins itself to the first core
                 with server_process(repo, "--hardware-profile", "edge") as server:
                     if len(cores) > 1:
-                        os.sched_setaffinity(0, set(cores[1:]))
+                        pin_every_thread(set(cores[1:]))  # gRPC's threads too, started before
                     rate = asyncio.run(saturate(server.address, request, args.callers, args.seconds))
                 results[mode].append(rate)
                 print(f"metrics + shadow {mode:>3}: {rate:7.1f} requests/s", flush=True)

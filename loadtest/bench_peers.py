@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
+from loadtest.interference import pin_every_thread
 from loadtest.messages import infer_request
 from loadtest.serving import free_port, serve_command
 from slimserve.repository.sessions import make_session
@@ -301,7 +302,7 @@ def measure_server(server: Server, works: list[Workload], seconds: float, cores:
     with tempfile.TemporaryDirectory() as scratch:
         probe = works[0].request(server.variant)
         with started(server, Path(scratch), cores[0], probe) as (address, pid):
-            os.sched_setaffinity(0, {cores[1]})
+            pin_every_thread({cores[1]})  # gRPC's threads too, started by the probe
             for work in works:
                 payload = work.request(server.variant)
                 for callers in CONCURRENCIES:
@@ -331,7 +332,7 @@ def measure_echo(work: Workload, seconds: float, cores: tuple[int, int]) -> list
         rows = []
         payload = work.request("fp32")
         with started(echo, Path(scratch), cores[0], payload) as (address, pid):
-            os.sched_setaffinity(0, {cores[1]})
+            pin_every_thread({cores[1]})
             for callers in CONCURRENCIES:
                 measured, _ = asyncio.run(drive(address, payload, callers, seconds, pid))
                 measured.server, measured.model, measured.equal = echo.name, work.model, "(stored bytes)"

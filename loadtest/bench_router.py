@@ -54,7 +54,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.bench_router_report import Outcome, Segment, write_reports
-from loadtest.interference import CoreWatch
+from loadtest.interference import CoreWatch, pin_every_thread
 from loadtest.messages import digits_request, minilm_request
 from loadtest.serving import cpu_model, one_model_repository, server_process
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE, Trace
@@ -465,7 +465,7 @@ def main() -> int:
         inputs = MinilmInputs(args.repository)
         with servers(args.repository, "minilm", router_names, args.out) as (addresses, pids):
             if len(cores) >= 2:
-                os.sched_setaffinity(0, set(cores[1:]))  # the servers pinned themselves to cores[0]
+                pin_every_thread(set(cores[1:]))  # the servers pinned themselves to cores[0]
 
             async def minilm(bench: Bench) -> list[Segment]:
                 done: list[Segment] = []
@@ -478,7 +478,7 @@ def main() -> int:
                 return done
 
             segments += asyncio.run(_with_stubs(addresses, minilm, inputs, _watch(cores, pids)))
-            os.sched_setaffinity(0, set(cores))
+            pin_every_thread(set(cores))
     if "digits" in args.workloads:
         digits_args = argparse.Namespace(**{**vars(args), "arrivals": args.digits_arrivals})
         digits_variants = set(load_model(args.repository / "digits").variants)
@@ -489,7 +489,7 @@ def main() -> int:
             print(f"digits: not run: {', '.join(left_out)} (variants digits does not serve)", flush=True)
         with servers(args.repository, "digits", router_names, args.out) as (addresses, pids):
             if len(cores) >= 2:
-                os.sched_setaffinity(0, set(cores[1:]))
+                pin_every_thread(set(cores[1:]))
 
             async def digits(bench: Bench) -> list[Segment]:
                 done: list[Segment] = []
@@ -498,7 +498,7 @@ def main() -> int:
                 return done
 
             segments += asyncio.run(_with_stubs(addresses, digits, DigitsInputs(), _watch(cores, pids)))
-            os.sched_setaffinity(0, set(cores))
+            pin_every_thread(set(cores))
     header = [
         f"Machine: {cpu_model()}, {len(cores)} cores; servers pinned to core {cores[0]} (edge profile, one ONNX "
         f"Runtime thread), load generator on the others. Routing decision {fresh_us:.1f} µs (new snapshot), "

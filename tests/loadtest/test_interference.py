@@ -7,13 +7,14 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from loadtest.bench_router_report import interference_check
-from loadtest.interference import CoreWatch, core_busy_s, tree_cpu_s
+from loadtest.interference import CoreWatch, core_busy_s, pin_every_thread, tree_cpu_s
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -91,3 +92,28 @@ def test_the_report_names_the_segments_to_rerun() -> None:
     # A CSV from before the column:
     old: list[dict[str, float | str | int]] = [{"workload": "minilm", "run": 1, "scale": 1.0, "policy": "router"}]
     assert interference_check(old, "minilm") == "Interference: not measured (one core, or no /proc)."
+
+
+def test_every_thread_of_the_process_is_pinned_not_only_the_calling_one() -> None:
+    everywhere = os.sched_getaffinity(0)
+    started, stop = threading.Event(), threading.Event()
+    ids: list[int] = []
+
+    def earlier_thread() -> None:  # as gRPC's, started before the generator pins itself
+        ids.append(threading.get_native_id())
+        started.set()
+        stop.wait(30)
+
+    thread = threading.Thread(target=earlier_thread)
+    thread.start()
+    assert started.wait(30)
+    try:
+        one = {min(everywhere)}
+        pin_every_thread(one)
+        assert os.sched_getaffinity(ids[0]) == one and os.sched_getaffinity(0) == one
+        pin_every_thread(everywhere)
+        assert os.sched_getaffinity(ids[0]) == everywhere == os.sched_getaffinity(0)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+        stop.set()
+        thread.join(30)
