@@ -31,6 +31,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.interference import pin_every_thread
 from loadtest.messages import digits_request
 from loadtest.serving import copy_model, cpu_model, replace_file, rewrite_description, rss_mib, server_process
 from slimserve.server.transport.tls import ClientSecurity
@@ -148,7 +149,7 @@ def main() -> int:
         log = args.out / "bench_reload_server.log"
         with server_process(repo, "--hardware-profile", "edge", log=log) as server:
             if len(cores) >= 2:
-                os.sched_setaffinity(0, set(cores[1:]))  # the server pinned itself to cores[0]
+                pin_every_thread(set(cores[1:]))  # the server pinned itself to cores[0]; gRPC's threads too
             else:
                 print("warning: one core; server and load generator share it", file=sys.stderr)
             report = asyncio.run(run(server.address, server.process.pid, repo / MODEL, args))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import service_pb2_grpc
 
+from loadtest.interference import pin_every_thread
 from loadtest.messages import infer_request
 from loadtest.serving import server_process
 from slimserve.repository.sessions import make_session
@@ -104,7 +105,7 @@ def run_layout(args: argparse.Namespace, cores: list[int], pinned: bool, max_bat
         path = args.repository / args.model / args.variant / "model.onnx"
         local = in_process(path, threads, args.calls, max_batch, args.seconds)
         if pinned:
-            os.sched_setaffinity(0, set(cores[1:]))
+            pin_every_thread(set(cores[1:]))  # gRPC's threads too, started while the server came up
         remote = through_server(server.address, args.model, args.variant, args.calls, args.callers, args.seconds)
     placement = f"server and in-process on core {cores[0]}, client on {cores[1:]}" if pinned else "all cores shared"
     return "\n".join([

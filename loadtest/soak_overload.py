@@ -36,6 +36,7 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.interference import pin_every_thread
 from loadtest.messages import digits_request, minilm_request
 from loadtest.serving import RunningServer, cpu_model, one_model_repository, rss_mib, server_process
 from slimserve.server.transport.tls import ClientSecurity
@@ -258,7 +259,7 @@ def main() -> int:
         args.log = args.out / f"soak_overload_{args.model}_server.log"
         with server_process(repo, "--hardware-profile", "edge", log=args.log) as server:
             if len(cores) >= 2:
-                os.sched_setaffinity(0, set(cores[1:]))  # the server pinned itself to cores[0]
+                pin_every_thread(set(cores[1:]))  # the server pinned itself to cores[0]; gRPC's threads too
             else:
                 print("warning: one core; server and load generator share it", file=sys.stderr)
             report = asyncio.run(soak(server, args))
