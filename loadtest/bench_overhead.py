@@ -54,7 +54,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import t as student_t
 from tritonclient.grpc import service_pb2 as pb
 
-from loadtest.bench_peers import CALLERS_PER_CHANNEL, METHOD, tree_cpu_s
+from loadtest.bench_peers import CALLERS_PER_CHANNEL, METHOD
+from loadtest.interference import tree_cpu_s
 from loadtest.messages import infer_request
 from slimserve.repository.sessions import make_session
 
@@ -244,9 +245,9 @@ async def load(
     await asyncio.sleep(warmup_s)
     # The scrapes cost the server CPU: they stay outside the CPU window, around it.
     rows_0, calls_0 = await asyncio.to_thread(batch_totals, server.metrics_url, *batch_of)
-    began, cpu_0, answered_0 = time.perf_counter(), tree_cpu_s(server.pid), answered
+    began, cpu_0, answered_0 = time.perf_counter(), tree_cpu_s([server.pid]), answered
     await asyncio.sleep(seconds)
-    elapsed, cpu, count = time.perf_counter() - began, tree_cpu_s(server.pid) - cpu_0, answered - answered_0
+    elapsed, cpu, count = time.perf_counter() - began, tree_cpu_s([server.pid]) - cpu_0, answered - answered_0
     rows_1, calls_1 = await asyncio.to_thread(batch_totals, server.metrics_url, *batch_of)
     stop = True
     await asyncio.gather(*tasks)

@@ -37,7 +37,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from loadtest.interference import pin_every_thread
+from loadtest.interference import pin_every_thread, tree_cpu_s
 from loadtest.messages import infer_request
 from loadtest.serving import free_port, serve_command
 from slimserve.repository.sessions import make_session
@@ -51,7 +51,6 @@ CALLERS_PER_CHANNEL = 8  # one HTTP/2 connection carries this many callers
 SEQ_LEN = 32  # minilm tokens per request
 START_TIMEOUT_S = 300.0
 WARMUP_S = 1.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -118,26 +117,6 @@ def ensure_venv(folder: Path, packages: list[str]) -> Path:
     return folder / "bin"
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of `root` and every process below it, from /proc."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)], ticks[int(entry)] = int(fields[1]), int(fields[11]) + int(fields[12])
-    total, frontier = 0, [root]
-    while frontier:
-        pid = frontier.pop()
-        total += ticks.get(pid, 0)
-        frontier.extend(child for child, parent in parents.items() if parent == pid)
-    return total / CLK_TCK
-
-
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1e3
@@ -167,9 +146,9 @@ async def drive(address: str, payload: bytes, callers: int, seconds: float, pid:
 
     tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
     await asyncio.sleep(WARMUP_S)
-    recording, began, cpu_before = True, time.perf_counter(), tree_cpu_s(pid)
+    recording, began, cpu_before = True, time.perf_counter(), tree_cpu_s([pid])
     await asyncio.sleep(seconds)
-    recording, elapsed, cpu_used = False, time.perf_counter() - began, tree_cpu_s(pid) - cpu_before
+    recording, elapsed, cpu_used = False, time.perf_counter() - began, tree_cpu_s([pid]) - cpu_before
     stop = True
     await asyncio.gather(*tasks)
     for channel in channels:

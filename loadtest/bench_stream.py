@@ -33,7 +33,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.bench_overhead import Tree, batch_totals, mean_ci, serving, session_cpu_ms, session_ms_per_request
-from loadtest.bench_peers import tree_cpu_s
+from loadtest.interference import tree_cpu_s
 from slimserve.repository.format import load_model
 from slimserve.server.core.versions import version_numbers
 
@@ -99,10 +99,10 @@ def measure_round(args: argparse.Namespace, round_: int, scratch: Path) -> list[
         for mode in modes:
             for callers in CONCURRENCIES:
                 rows_0, calls_0 = batch_totals(server.metrics_url, args.model, args.variant)
-                done_0, cpu_0 = answered_total(server.metrics_url, args.model), tree_cpu_s(server.pid)
+                done_0, cpu_0 = answered_total(server.metrics_url, args.model), tree_cpu_s([server.pid])
                 per_s = perf_analyzer(server.address, args.model, args.version, mode, callers, args.cores[1],
                                       scratch / "perf.csv")  # fmt: skip
-                cpu, done = tree_cpu_s(server.pid) - cpu_0, answered_total(server.metrics_url, args.model) - done_0
+                cpu, done = tree_cpu_s([server.pid]) - cpu_0, answered_total(server.metrics_url, args.model) - done_0
                 rows_1, calls_1 = batch_totals(server.metrics_url, args.model, args.variant)
                 batch = (rows_1 - rows_0) / (calls_1 - calls_0) if calls_1 > calls_0 else 1.0
                 run = Run(mode, round_, callers, done, cpu, batch, per_s)

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_peers import Server, drive, started, tree_cpu_s, workloads
+from loadtest.bench_peers import Server, drive, started, workloads
+from loadtest.interference import tree_cpu_s
 from loadtest.serving import serve_command
 from slimserve.repository.format import load_model
 
@@ -56,13 +57,13 @@ def _perf_analyzer(address: str, version: str, pid: int, seconds: float) -> Row:
     windows until they agree), requests estimated as its last window's rate × that run."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "pa.csv"
-        before, cpu, began = resource.getrusage(resource.RUSAGE_CHILDREN), tree_cpu_s(pid), time.perf_counter()
+        before, cpu, began = resource.getrusage(resource.RUSAGE_CHILDREN), tree_cpu_s([pid]), time.perf_counter()
         subprocess.run(
             [str(PERF_ANALYZER), "-m", "digits", "-x", version, "-i", "grpc", "-u", address,
              "--concurrency-range", f"{CALLERS}:{CALLERS}", "-p", str(int(seconds * 1000)), "-f", str(report)],
             check=True, capture_output=True,
         )  # fmt: skip
-        server_cpu, elapsed = tree_cpu_s(pid) - cpu, time.perf_counter() - began
+        server_cpu, elapsed = tree_cpu_s([pid]) - cpu, time.perf_counter() - began
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         per_s = float(list(csv.DictReader(report.open()))[-1]["Inferences/Second"])
     client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
