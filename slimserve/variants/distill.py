@@ -24,7 +24,9 @@ Each tells a `ModelProgress`, when given one, that its epochs begin and each one
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +38,8 @@ from slimserve.variants.memory import available_memory_bytes
 from slimserve.variants.models.encoder import SentenceEncoder
 from slimserve.variants.named_outputs import as_named, run_named
 from slimserve.variants.progress import ModelProgress
+
+log = logging.getLogger(__name__)
 
 
 def hinton_loss(
@@ -143,9 +147,10 @@ def fit_classifier(
 # An output whose variance is below this share of its mean square is treated as constant: its
 # error is measured against the mean square instead, so a near-constant output cannot dominate.
 VARIANCE_FLOOR_SHARE = 1e-6
-# The teacher's token states may take at most this share of the memory available when they
-# are computed. The build's peak is over twice the states' size (minilm, 2 threads: 4.3 GiB
-# of states for 40,746 sentences, 9.4 GiB peak; 9.0 GiB for 80,557 sentences reached
+# The teacher's token states are stored only while they take at most this share of the memory
+# available when they are computed; past it they are computed for each batch instead
+# (`teacher_states_for`). The build's peak is over twice the states' size (minilm, 2 threads:
+# 4.3 GiB of states for 40,746 sentences, 9.4 GiB peak; 9.0 GiB for 80,557 sentences reached
 # 22.2 GiB on a 23 GiB machine before the kernel killed it).
 TEACHER_STATES_MEMORY_SHARE = 0.3
 FLOAT16_BYTES = 2
@@ -227,6 +232,16 @@ def fit_outputs(
     return model.eval()
 
 
+class TokenTargets(Protocol):
+    """What `fit_encoder` imitates: the teacher's token states of any rows of its training set."""
+
+    num_layers: int
+
+    def batch(self, rows: np.ndarray, length: int) -> torch.Tensor:
+        """[layers, B, length, hidden] float32, zero past each row's real tokens."""
+        ...
+
+
 class TeacherStates:
     """Every teacher layer's token states for a training set, computed once, kept as float16.
 
@@ -236,7 +251,8 @@ class TeacherStates:
     default minilm recipe). The rows go through the teacher shortest first, so each batch
     is cut to nearly its every row's length: in corpus order a batch of 64 was padded to
     about twice its real tokens. A training set whose states would take more than
-    TEACHER_STATES_MEMORY_SHARE of the available memory is refused before any is computed.
+    TEACHER_STATES_MEMORY_SHARE of the available memory is refused before any is computed
+    (`teacher_states_for` computes such a set's states per batch instead).
     """
 
     def __init__(
@@ -274,21 +290,69 @@ class TeacherStates:
         return torch.from_numpy(out)
 
 
+class LiveTeacherStates:
+    """The teacher's token states computed for each batch when training asks for it.
+
+    Memory beyond one batch: none, so the training text is bounded by time, not memory. Cost:
+    the teacher's forward pass on every batch of every epoch, which is small beside the
+    student's forward and backward pass — minilm's 4-layer student, 15,376 sentences, bf16,
+    2 threads (AMD EPYC): 98 s an epoch against 86 s with stored states, whose one pass over
+    the set took about 30 s of its own.
+    """
+
+    def __init__(self, teacher: SentenceEncoder, inputs: dict[str, np.ndarray], bf16: bool = False) -> None:
+        self._teacher, self._inputs, self._bf16 = teacher.eval(), inputs, bf16
+        self.num_layers = len(teacher.layers)
+
+    def batch(self, rows: np.ndarray, length: int) -> torch.Tensor:
+        ids = torch.from_numpy(self._inputs["input_ids"][rows, :length])
+        mask = torch.from_numpy(self._inputs["attention_mask"][rows, :length])
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
+            states = torch.stack([state.float() for state in self._teacher.hidden_states(ids, mask)])
+        return states * mask[None, :, :, None].to(states.dtype)
+
+
+def teacher_states_for(
+    teacher: SentenceEncoder,
+    inputs: dict[str, np.ndarray],
+    bf16: bool = False,
+    available_bytes: int | None = None,
+) -> TeacherStates | LiveTeacherStates:
+    """Stored states (`TeacherStates`) where they fit in TEACHER_STATES_MEMORY_SHARE of the
+    memory available, else states computed per batch (`LiveTeacherStates`), which is said."""
+    available = available_memory_bytes() if available_bytes is None else available_bytes
+    lengths = inputs["attention_mask"].sum(axis=1)
+    needed = _states_bytes(teacher, lengths)
+    if available is None or needed <= TEACHER_STATES_MEMORY_SHARE * available:
+        return TeacherStates(teacher, inputs, bf16=bf16, available_bytes=available)
+    gib = 2**30
+    log.info(
+        "the teacher's token states for %s training sentences would need %.1f GiB, more than %.0f%% of the "
+        "%.1f GiB available: computing them for each batch instead (about 15%% more time a training epoch)",
+        f"{len(lengths):,}", needed / gib, TEACHER_STATES_MEMORY_SHARE * 100, available / gib,
+    )  # fmt: skip
+    return LiveTeacherStates(teacher, inputs, bf16=bf16)
+
+
 class TrainingTextTooLargeError(RepositoryError):
-    """The teacher's token states for a recipe's training text would not fit in memory."""
+    """The teacher's token states for a training text would not fit in memory."""
+
+
+def _states_bytes(teacher: SentenceEncoder, lengths: np.ndarray) -> int:
+    return int(lengths.sum()) * len(teacher.layers) * teacher.shape.hidden * FLOAT16_BYTES
 
 
 def _check_memory(teacher: SentenceEncoder, lengths: np.ndarray, available_bytes: int | None) -> None:
     """Refuse, before the hour of work, a training set whose states would leave the build
     to be killed by the kernel for memory (TEACHER_STATES_MEMORY_SHARE)."""
-    needed = int(lengths.sum()) * len(teacher.layers) * teacher.shape.hidden * FLOAT16_BYTES
+    needed = _states_bytes(teacher, lengths)
     if available_bytes is not None and needed > TEACHER_STATES_MEMORY_SHARE * available_bytes:
         gib = 2**30
         raise TrainingTextTooLargeError(
             f"the teacher's token states for {len(lengths):,} training sentences ({int(lengths.sum()):,} tokens) "
             f"need {needed / gib:.1f} GiB, more than {TEACHER_STATES_MEMORY_SHARE:.0%} of the "
-            f"{available_bytes / gib:.1f} GiB available: set the recipe's train_sentences lower "
-            "or train on fewer libraries"
+            f"{available_bytes / gib:.1f} GiB available: compute them per batch (teacher_states_for), "
+            "set the recipe's train_sentences lower or train on fewer libraries"
         )
 
 
@@ -299,7 +363,7 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 def fit_encoder(
     model: SentenceEncoder,
-    teacher: TeacherStates,
+    teacher: TokenTargets,
     inputs: dict[str, np.ndarray],
     *,
     epochs: int,

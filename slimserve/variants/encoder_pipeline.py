@@ -13,7 +13,7 @@ from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryEr
 from slimserve.repository.hardware import native_bf16, threads_for
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import documentation_corpus, minilm_tokenizer, split_sentences
-from slimserve.variants.distill import TeacherStates, fit_encoder
+from slimserve.variants.distill import TokenTargets, fit_encoder, teacher_states_for
 from slimserve.variants.evaluate import embed_as_served, encoder_scores
 from slimserve.variants.int8mixed import quantize_int8mixed
 from slimserve.variants.lowrank import factorise
@@ -76,17 +76,18 @@ class _Steps:
                  progress: ModelProgress) -> None:  # fmt: skip
         self.recipe, self.teacher, self.train, self.selection = recipe, teacher, train, selection
         self.profile_item, self.progress = profile_item, progress
-        self._teacher_states: TeacherStates | None = None
+        self._teacher_states: TokenTargets | None = None
         # Resolved once, so that every step of one build trains alike; recorded in each manifest.
         precision = recipe.train_precision
         self.bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
         self.trained_as = {"train_precision": "bf16" if self.bf16 else "fp32", "word_embeddings": "frozen"}
 
     @property
-    def teacher_states(self) -> TeacherStates:
-        """The teacher's token states on the training set, computed once, when first needed."""
+    def teacher_states(self) -> TokenTargets:
+        """The teacher's token states on the training set, when first needed: computed once
+        and stored where they fit in memory, else for each batch (distill.teacher_states_for)."""
         if self._teacher_states is None:
-            self._teacher_states = TeacherStates(self.teacher, self.train, bf16=self.bf16)
+            self._teacher_states = teacher_states_for(self.teacher, self.train, bf16=self.bf16)
         return self._teacher_states
 
     def _cosine_to(self, parent: BuiltVariant) -> Callable[[int | None], Callable[[bytes], float]]:

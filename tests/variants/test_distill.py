@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from slimserve.variants.distill import (
+    LiveTeacherStates,
     TeacherStates,
     TrainingTextTooLargeError,
     embedding_loss,
     fit_encoder,
     hinton_loss,
     layer_map,
+    teacher_states_for,
 )
 from slimserve.variants.models.encoder import load_minilm
 
@@ -92,6 +94,40 @@ def test_training_text_whose_states_would_not_fit_is_refused_before_any_is_compu
     with pytest.raises(TrainingTextTooLargeError, match=r"1,000 training sentences \(12,000 tokens\) need 0\.1 GiB"):
         TeacherStates(teacher, inputs, available_bytes=50 * 2**20)
     assert len(TeacherStates(teacher, _token_rows(rows=4), available_bytes=50 * 2**20).batch(np.arange(4), 12)) == 6
+
+
+def _mixed_lengths(rows: int) -> dict[str, np.ndarray]:
+    inputs = _token_rows(rows=rows)
+    lengths = np.random.default_rng(1).integers(3, 13, rows)
+    inputs["attention_mask"] = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+    return inputs
+
+
+def test_states_computed_per_batch_are_the_stored_ones_and_zero_past_each_rows_tokens() -> None:
+    teacher = load_minilm()
+    inputs = _mixed_lengths(70)
+    rows = np.array([69, 0, 5, 64, 63])  # any rows, in any order, as training batches ask
+    stored = TeacherStates(teacher, inputs).batch(rows, 12).numpy()
+    live = LiveTeacherStates(teacher, inputs).batch(rows, 12).numpy()
+    assert live.shape == stored.shape == (6, 5, 12, 384)
+    np.testing.assert_allclose(live, stored, atol=2e-2)  # stored as float16
+    lengths = inputs["attention_mask"][rows].sum(axis=1)
+    for i, length in enumerate(lengths):
+        assert not live[:, i, length:].any() and live[:, i, :length].any()
+
+
+def test_states_that_would_not_fit_are_computed_per_batch_and_train_the_same_loop() -> None:
+    teacher = load_minilm()
+    small, large = _mixed_lengths(4), _token_rows(rows=1000)  # 1,000 rows: 55 MB of stored states
+    assert isinstance(teacher_states_for(teacher, small, available_bytes=50 * 2**20), TeacherStates)
+    assert isinstance(teacher_states_for(teacher, small, available_bytes=None), TeacherStates)
+    live = teacher_states_for(teacher, large, available_bytes=50 * 2**20)
+    assert isinstance(live, LiveTeacherStates)
+    student = copy.deepcopy(teacher)
+    student.layers = torch.nn.ModuleList([student.layers[0], student.layers[5]])
+    before = {name: p.detach().clone() for name, p in student.named_parameters()}
+    fit_encoder(student, live, {k: v[:16] for k, v in large.items()}, epochs=1, lr=1e-3, batch_size=8)
+    assert [name for name, p in student.named_parameters() if not torch.equal(p, before[name])]
 
 
 def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
