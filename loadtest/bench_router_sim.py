@@ -2,10 +2,11 @@
 the fluid bound, in the trace-driven simulator (slimserve.simulate), with 95 % intervals.
 
 1. **Calibration.** Every minilm cell `make bench-router` measured (`--measured`; by default
-   docs/bench/bench_router_price_split.csv: the default build's variants, the check windows 1,
-   3, 5, 7, 9 of 50, 600 arrivals each, 2026-12-06; `--measured-set 4 --measured-windows --measured-scales
-   0.5 1 1.5 2` for docs/bench/bench_router.csv, one window from arrival 2000; edge profile,
-   each run's own SLOs, fp32 capacity and kind draws) is simulated
+   docs/bench/bench_router_clean_core.csv: the default build's variants, the check windows 1,
+   3, 5, 7, 9 of 50, 600 arrivals each, 2026-12-06, the load generator off the servers' core;
+   `--measured-set 4 --measured-windows --measured-scales 0.5 1 1.5 2` for
+   docs/bench/bench_router.csv, one window from arrival 2000; edge profile, each run's own
+   SLOs, fp32 capacity and kind draws) is simulated
    (`--calibrate-only`: and nothing else); two physical parameters are fitted on
    the pinned cells by grid search — the machine's speed against the one that measured the
    service curves, and the per-call CPU of the event loop — and the router cells (the router
@@ -351,7 +352,7 @@ def main() -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--service-curves", type=Path, default=SERVICE_CURVES)
     # The bench the calibration fits (slimserve.simulate.calibration): five check windows of the default build.
-    parser.add_argument("--measured", type=Path, default=Path("docs/bench/bench_router_price_split.csv"))
+    parser.add_argument("--measured", type=Path, default=Path("docs/bench/bench_router_clean_core.csv"))
     parser.add_argument("--measured-set", choices=sorted(SETS), default="served", help="the variants the bench served")
     parser.add_argument("--measured-windows", type=int, nargs="*", default=[1, 3, 5, 7, 9],
                         help="the bench's --window-indices (of --windows), one per run; none given: its one window "
