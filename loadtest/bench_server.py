@@ -100,7 +100,7 @@ def through_server(
 def run_layout(args: argparse.Namespace, cores: list[int], pinned: bool, max_batch: int) -> str:
     """One server start, in-process and server measured back to back; a Markdown table."""
     threads = 1 if pinned else len(cores)
-    os.sched_setaffinity(0, {cores[0]} if pinned else set(cores))
+    pin_every_thread({cores[0]} if pinned else set(cores))  # threads of the layout before too
     with server_process(args.repository, *(["--hardware-profile", "edge"] if pinned else [])) as server:
         path = args.repository / args.model / args.variant / "model.onnx"
         local = in_process(path, threads, args.calls, max_batch, args.seconds)

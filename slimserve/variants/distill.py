@@ -322,8 +322,8 @@ def teacher_states_for(
     memory available, else states computed per batch (`LiveTeacherStates`), which is said."""
     available = available_memory_bytes() if available_bytes is None else available_bytes
     lengths = inputs["attention_mask"].sum(axis=1)
-    needed = _states_bytes(teacher, lengths)
-    if available is None or needed <= TEACHER_STATES_MEMORY_SHARE * available:
+    needed = _states_over_budget(teacher, lengths, available)
+    if needed is None or available is None:
         return TeacherStates(teacher, inputs, bf16=bf16, available_bytes=available)
     gib = 2**30
     log.info(
@@ -338,15 +338,19 @@ class TrainingTextTooLargeError(RepositoryError):
     """The teacher's token states for a training text would not fit in memory."""
 
 
-def _states_bytes(teacher: SentenceEncoder, lengths: np.ndarray) -> int:
-    return int(lengths.sum()) * len(teacher.layers) * teacher.shape.hidden * FLOAT16_BYTES
+def _states_over_budget(teacher: SentenceEncoder, lengths: np.ndarray, available_bytes: int | None) -> int | None:
+    """The bytes the stored states would take, where that is more than
+    TEACHER_STATES_MEMORY_SHARE of `available_bytes`; None where they fit or memory is unknown."""
+    needed = int(lengths.sum()) * len(teacher.layers) * teacher.shape.hidden * FLOAT16_BYTES
+    over = available_bytes is not None and needed > TEACHER_STATES_MEMORY_SHARE * available_bytes
+    return needed if over else None
 
 
 def _check_memory(teacher: SentenceEncoder, lengths: np.ndarray, available_bytes: int | None) -> None:
     """Refuse, before the hour of work, a training set whose states would leave the build
     to be killed by the kernel for memory (TEACHER_STATES_MEMORY_SHARE)."""
-    needed = _states_bytes(teacher, lengths)
-    if available_bytes is not None and needed > TEACHER_STATES_MEMORY_SHARE * available_bytes:
+    needed = _states_over_budget(teacher, lengths, available_bytes)
+    if needed is not None and available_bytes is not None:
         gib = 2**30
         raise TrainingTextTooLargeError(
             f"the teacher's token states for {len(lengths):,} training sentences ({int(lengths.sum()):,} tokens) "
