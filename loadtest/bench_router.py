@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import math
 import os
 import sys
 import time
@@ -54,7 +53,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.bench_router_report import Outcome, Segment, write_reports
-from loadtest.interference import CoreWatch, pin_every_thread
+from loadtest.interference import NO_READING, CoreReading, CoreWatch, pin_every_thread
 from loadtest.messages import digits_request, minilm_request
 from loadtest.serving import cpu_model, one_model_repository, server_process
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE, Trace
@@ -255,13 +254,13 @@ class Bench:
     ) -> None:
         self.stubs, self.inputs, self.watch = stubs, inputs, watch
 
-    async def run_policy(self, policy: str, requests: list[Request]) -> tuple[list[Outcome], float, float]:
-        """The outcomes, the generator's worst slip (ms) and the foreign share of the servers' core."""
+    async def run_policy(self, policy: str, requests: list[Request]) -> tuple[list[Outcome], float, CoreReading]:
+        """The outcomes, the generator's worst slip (ms) and what the servers' core did meanwhile."""
         server, variant = policy_target(policy)
         if self.watch is not None:
             self.watch.start()
         outcomes, slip_ms = await replay(self.stubs[server], requests, variant)
-        return outcomes, slip_ms, math.nan if self.watch is None else self.watch.foreign_share()
+        return outcomes, slip_ms, NO_READING if self.watch is None else self.watch.reading()
 
     async def fp32_p50_ms(self, calls: int = 60) -> float:
         """Batch-1 fp32 round trip at the typical size, one call at a time."""
@@ -314,8 +313,8 @@ async def trace_workload(
         times = window.at_rate(scale * capacity)
         requests = build_requests(bench.inputs, times, window.context_tokens, slo_ms, seed=1000 * run + step)
         for policy in order:
-            outcomes, slip_ms, foreign = await bench.run_policy(policy, requests)
-            segment = Segment(name, run, scale, policy, float(times[-1]), outcomes, slip_ms, capacity, slo_ms, foreign)
+            outcomes, slip_ms, core = await bench.run_policy(policy, requests)
+            segment = Segment(name, run, scale, policy, float(times[-1]), outcomes, slip_ms, capacity, slo_ms, core)
             segments.append(segment)
             print(segment.summary(), flush=True)
             await asyncio.sleep(args.pause_seconds)
@@ -342,8 +341,8 @@ async def burst_workload(bench: Bench, policies: tuple[str, ...], args: argparse
     requests = build_requests(bench.inputs, arrivals, tokens, slo_ms, seed=6000 + run)
     segments = []
     for policy in policies if run % 2 else tuple(reversed(policies)):
-        outcomes, slip_ms, foreign = await bench.run_policy(policy, requests)
-        segment = Segment("burst", run, 0.0, policy, now, outcomes, slip_ms, capacity, slo_ms, foreign)
+        outcomes, slip_ms, core = await bench.run_policy(policy, requests)
+        segment = Segment("burst", run, 0.0, policy, now, outcomes, slip_ms, capacity, slo_ms, core)
         segments.append(segment)
         print(segment.summary(), flush=True)
         await asyncio.sleep(args.pause_seconds)

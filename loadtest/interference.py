@@ -15,6 +15,10 @@ segment, with nothing else running. The generator pinned itself with
 threads (waiting for the servers to come up) on every core. `pin_every_thread` moves them
 all; with it the share is 0–1 %.
 
+The same reading gives the servers' own CPU seconds over the segment: per answered call, what
+a call costs the server on top of its share of a session call — the event loop's cost, which the
+simulator's calibration (slimserve.simulate.calibration) otherwise has to infer.
+
 Linux only (/proc); elsewhere `CoreWatch` reads nothing and the share is NaN.
 """
 
@@ -25,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -77,8 +82,22 @@ def tree_cpu_s(roots: Sequence[int], proc: Path = PROC) -> float:
     return total
 
 
+@dataclass(frozen=True)
+class CoreReading:
+    """What the servers' core did over an interval: the share of its wall time other programs
+    took, and the CPU seconds the servers themselves spent (on any core; they are pinned to
+    this one). NaN where /proc could not be read."""
+
+    foreign_share: float
+    owners_cpu_s: float
+
+
+NO_READING = CoreReading(math.nan, math.nan)
+
+
 class CoreWatch:
-    """The foreign share of `core` over an interval, given the processes that own it."""
+    """The foreign share of `core` and its owners' CPU time over an interval, given the
+    processes that own it."""
 
     def __init__(
         self, core: int, pids: Sequence[int], proc: Path = PROC, clock: Callable[[], float] = time.monotonic
@@ -95,17 +114,21 @@ class CoreWatch:
         except (OSError, ValueError):
             self._started = None
 
-    def foreign_share(self) -> float:
-        """Share of the wall time since `start` that the core spent on other processes; NaN
-        where it cannot be read."""
+    def reading(self) -> CoreReading:
+        """The core since `start`, from one read of /proc."""
         if self._started is None:
-            return math.nan
+            return NO_READING
         try:
             now, busy_s, owners_s = self._read()
         except (OSError, ValueError):
-            return math.nan
+            return NO_READING
         began, busy0_s, owners0_s = self._started
-        wall_s = now - began
+        wall_s, owners_cpu_s = now - began, owners_s - owners0_s
         if wall_s <= 0:
-            return math.nan
-        return max(0.0, (busy_s - busy0_s) - (owners_s - owners0_s)) / wall_s
+            return NO_READING
+        return CoreReading(max(0.0, (busy_s - busy0_s) - owners_cpu_s) / wall_s, owners_cpu_s)
+
+    def foreign_share(self) -> float:
+        """Share of the wall time since `start` that the core spent on other processes; NaN
+        where it cannot be read."""
+        return self.reading().foreign_share

@@ -49,13 +49,14 @@ def test_the_foreign_share_is_the_cores_busy_time_less_its_owners_over_the_wall_
     _write_proc(tmp_path, 1000 + busy, {10: (1, 50 + owners[10]), 11: (10, 20 + owners[11]),
                                          12: (11, 10 + owners[12]), 20: (1, 400 + 2 * TICKS)})  # fmt: skip
     assert watch.foreign_share() == pytest.approx((busy - sum(owners.values())) / TICKS / 4.0)
+    assert watch.reading().owners_cpu_s == pytest.approx(sum(owners.values()) / TICKS)  # the whole tree, not 20
     assert core_busy_s(1, tmp_path) == (1000 + busy) / TICKS  # idle and iowait not counted
 
 
 def test_an_unreadable_proc_gives_no_share_instead_of_failing_the_bench(tmp_path: Path) -> None:
     watch = CoreWatch(3, [10], proc=tmp_path)  # no /proc/stat here at all
     watch.start()
-    assert math.isnan(watch.foreign_share())
+    assert math.isnan(watch.foreign_share()) and math.isnan(watch.reading().owners_cpu_s)
 
 
 def test_a_busy_process_on_the_core_shows_as_foreign_and_its_owner_does_not() -> None:

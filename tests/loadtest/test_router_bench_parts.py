@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,11 @@ from loadtest.bench_router_report import (
     Segment,
     burst_recovery,
     generator_check,
+    server_cpu_check,
     trace_table,
     verdict_table,
 )
+from loadtest.interference import CoreReading
 from loadtest.trace import Trace
 from slimserve.simulate.stats import t_975
 
@@ -77,7 +80,7 @@ def test_the_verdict_compares_the_router_with_the_best_static_policy() -> None:
         _segment("router", good + late).row(),  # 80 %
     ]
     lines = verdict_table(rows, "minilm")
-    assert "| 1.00 | int8 (60.0 ± inf) | 80.0 ± inf | +20.0 ± inf points | 40.0% / 20.0% (×2.00) |" in lines
+    assert "| 1.00 | int8 (60.0 ± inf) | 80.0 ± inf | +20.0 ± inf points | 40.0% / 20.0% (×0.50) |" in lines
     assert lines[-1] == "| mean of the loads | | | **+20.0 ± inf points** | |"
     # Every segment offered 1 request/s and answered all of it: no headroom shown.
     assert "(×1.00, below 1.2×: the generator may be the limit)" in generator_check(rows, "minilm")
@@ -114,3 +117,24 @@ def test_burst_recovery_is_the_first_second_from_which_the_level_holds() -> None
     assert result["pre_burst"] == 1.0 and result["burst"] == 0.0
     assert result["recovered_after_s"] == 3.0  # from second 33 on, every arrival is in time
     assert result["after_window"] == pytest.approx(17 / 18, abs=0.01)
+
+
+def test_a_segment_reports_the_servers_cpu_per_answered_call() -> None:
+    outcomes = [_outcome(i, 10) for i in range(4)] + [_outcome(4, 0, answered=False)]
+    segment = Segment("minilm", 1, 0.5, "int8", 10.0, outcomes, 0.0, 60.0, {"interactive": 50.0, "background": 500.0},
+                      CoreReading(0.01, 0.06))  # fmt: skip
+    row = segment.row()
+    assert row["server_cpu_ms_per_answer"] == pytest.approx(15.0)  # 60 ms of CPU over the 4 answered
+    assert row["foreign_core_share"] == 0.01
+    assert math.isnan(float(_segment("int8", outcomes).row()["server_cpu_ms_per_answer"]))  # nothing read
+
+
+def test_the_report_gives_the_servers_cpu_per_call_at_the_lightest_load() -> None:
+    rows: list[dict[str, float | str | int]] = [
+        {"workload": "minilm", "run": run, "scale": scale, "policy": "int8", "server_cpu_ms_per_answer": ms}
+        for run, scale, ms in ((1, 0.5, 10.0), (2, 0.5, 12.0), (1, 2.0, 30.0))
+    ]
+    assert server_cpu_check(rows, "minilm") == (
+        f"Servers' CPU per answered call at 0.5× (mean over runs): int8 11.00 ± {t_975(1) * 1.0:.2f} ms."
+    )
+    assert "not measured" in server_cpu_check([{**rows[0], "server_cpu_ms_per_answer": math.nan}], "minilm")
