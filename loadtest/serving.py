@@ -23,6 +23,7 @@ from typing import TypeVar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slimserve.repository.format import MODEL_FILE
+from slimserve.repository.hardware import cpu_description
 from slimserve.server.transport.tls import ClientSecurity
 
 START_TIMEOUT_S = 300.0  # a full-size repository on a slow machine; a crash ends the wait at once
@@ -214,8 +215,5 @@ def rss_mib(pid: int) -> float:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, to print beside every figure."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    """The CPU's model name and the flags that decide int8 speed, to print beside every figure."""
+    return cpu_description()

@@ -28,20 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from slimserve.repository.format import load_model
-from slimserve.repository.hardware import fingerprint
+from slimserve.repository.hardware import cpu_description
 from slimserve.repository.profile import profile_sessions, synthetic_batch
 from slimserve.repository.sessions import make_session
 
 # The bench's inputs (the simulator's physics) and the server's start-up profile (its belief).
 DEFAULT_LENGTHS = {128: [1, 2, 4, 8, 16], 32: [1, 8, 32]}
 SECONDS_PER_BATCH_SIZE = 6.0
-
-
-def cpu_line() -> str:
-    """The CPU's model and the flags that decide int8 and bf16 speed, from the hardware fingerprint."""
-    cpu = fingerprint(1)
-    flags = [flag for flag in ("avx2", "avx512_vnni", "amx_tile") if flag in cpu.isa]
-    return f"{cpu.cpu_model}, {' '.join(flags)}"
 
 
 def main() -> int:
@@ -86,7 +79,7 @@ def main() -> int:
         "128: the bench's inputs (physics); 32: the length the server profiles at start (the router's "
         "starting belief)."
     )
-    args.out.write_text(json.dumps({"note": note, "cpu": cpu_line(), "tokens": tokens}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"note": note, "cpu": cpu_description(), "tokens": tokens}, indent=1) + "\n")
     return 0
 
 
@@ -102,7 +95,7 @@ def add_to(path: Path, reference: str, measured: dict[str, dict[str, dict[str, f
     added = sorted(set(next(iter(measured.values()))) - {reference})
     data["note"] += (
         f" Added {date.today().isoformat()} by tools/measure_service_curves.py --add-to: {', '.join(added)}, timed "
-        f"side by side with {reference} on {cpu_line()} and written as {reference}'s curve here times the ratio "
+        f"side by side with {reference} on {cpu_description()} and written as {reference}'s curve here times the ratio "
         "measured, so that the calibration fitted against this file still holds."
     )
     out.write_text(json.dumps(data, indent=1) + "\n")

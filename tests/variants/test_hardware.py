@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from slimserve.repository.hardware import _cpuinfo, cgroup_cpu_limit, native_bf16, usable_cores
+from slimserve.repository.hardware import (
+    SPEED_FLAGS,
+    _cpuinfo,
+    cgroup_cpu_limit,
+    cpu_description,
+    native_bf16,
+    usable_cores,
+)
 
 
 def test_cgroup_v2_quota_in_cores(tmp_path: Path) -> None:
@@ -50,3 +57,11 @@ def test_without_a_cap_native_bf16_follows_the_cpu_flags() -> None:
     has_bf16 = bool({"avx512_bf16", "amx_bf16"} & _cpuinfo()[1])
     assert native_bf16({}) is has_bf16
     assert native_bf16({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) is has_bf16
+
+
+def test_the_cpu_description_names_the_model_and_every_speed_flag_it_has() -> None:
+    model, flags = _cpuinfo()
+    description = cpu_description()
+    assert description.startswith(f"{model} (")
+    for flag in SPEED_FLAGS:  # named exactly when /proc/cpuinfo lists it
+        assert (f" {flag}" in description or f"({flag}" in description) == (flag in flags)
