@@ -23,7 +23,9 @@ the fluid bound, in the trace-driven simulator (slimserve.simulate), with 95 % i
 
 Physics: `--service-curves` (docs/bench/router_sim_service.json: minilm's edge service
 times at 128 tokens, the bench's length, and 32, the length the server profiles at start
-and the router's starting belief). Writes router_sim.md / .csv under `--out`.
+and the router's starting belief, measured on the AVX-512 VNNI EPYC;
+docs/bench/router_sim_service_avx2.json: the same on an AVX2-only EPYC, where the same speed
+fits with 3.0 ms of loop CPU a call, docs/routing.md). Writes router_sim.md / .csv under `--out`.
 """
 
 from __future__ import annotations
@@ -366,7 +368,8 @@ def main() -> int:
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--windows", type=int, default=50)
-    parser.add_argument("--arrivals", type=int, default=BENCH_ARRIVALS, help="arrivals per window")
+    parser.add_argument("--arrivals", type=int, default=BENCH_ARRIVALS,
+                        help="arrivals per window (for the calibration: the bench's --arrivals)")  # fmt: skip
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--skip-calibration", nargs=2, type=float, metavar=("SPEED", "LOOP_MS"),
@@ -486,10 +489,10 @@ def bench_runs(args: argparse.Namespace, trace: Trace, cells: list[Cell]) -> Ben
     if args.measured_windows:
         if len(args.measured_windows) < len(numbers):
             raise SystemExit(f"--measured-windows names {len(args.measured_windows)} windows for {len(numbers)} runs")
-        starts = trace.window_starts(BENCH_ARRIVALS, args.windows)
-        windows = {run: trace.window(starts[args.measured_windows[run - 1]], BENCH_ARRIVALS) for run in numbers}
+        starts = trace.window_starts(args.arrivals, args.windows)
+        windows = {run: trace.window(starts[args.measured_windows[run - 1]], args.arrivals) for run in numbers}
     else:
-        windows = {run: trace.window(BENCH_START, BENCH_ARRIVALS) for run in numbers}
+        windows = {run: trace.window(BENCH_START, args.arrivals) for run in numbers}
     return BenchRuns(specs, windows, tuple(args.measured_scales))
 
 
@@ -497,13 +500,13 @@ def calibration_lines(params: ServerParams, calibrated: list, runs: BenchRuns, c
                       args: argparse.Namespace) -> list[str]:  # fmt: skip
     fp32 = runs.specs[0]
     where = (f"windows {', '.join(map(str, args.measured_windows))} of {args.windows}" if args.measured_windows
-             else f"600 arrivals from the {BENCH_START}th")  # fmt: skip
+             else f"{args.arrivals} arrivals from the {BENCH_START}th")  # fmt: skip
     capacities = sorted({round(c.capacity_rps, 1) for c, _ in calibrated})
     lines = [
         f"## Calibration against `make bench-router` ({args.measured}: minilm, {len(runs.specs)} variants, "
         f"{where}, edge)",
         "",
-        f"Calibrated: speed **{params.speed:.2f}** × the service curves of docs/bench/router_sim_service.json; "
+        f"Calibrated: speed **{params.speed:.2f}** × the service curves of {args.service_curves}; "
         f"event-loop CPU **{params.overhead_ms:.1f} ms** per call ({params.pre_ms:.2f} before the session call, "
         f"{params.post_ms:.2f} after); fixed: 1 core shared by processor sharing, one thread per session, "
         f"refusal {params.refuse_ms} ms, outside {params.outside_ms} ms. Simulated fp32 round trip "
