@@ -93,8 +93,8 @@ class Segment:
             "interactive_slo_ms": self.slo_ms["interactive"],
             "background_slo_ms": self.slo_ms["background"],
             "foreign_core_share": self.foreign_share,
-            # The servers' CPU over the segment, per call they answered: the session call's share
-            # plus the event loop's cost, which a pinned variant at light load isolates.
+            # The servers' CPU over the segment, per call they answered: the session call's share,
+            # the event loop's cost and the background work spread over the calls.
             "server_cpu_ms_per_answer": 1e3 * self.core.owners_cpu_s / len(answered) if answered else math.nan,
         }
         for kind in ("interactive", "background"):
@@ -269,7 +269,9 @@ def interference_check(rows: list[dict[str, float | str | int]], workload: str) 
 def server_cpu_check(rows: list[dict[str, float | str | int]], workload: str) -> str:
     """The servers' CPU per answered call at the lightest load, by policy (mean over runs, 95 %
     t): with a pinned variant and batches of one, that figure less the variant's session call
-    is the event loop's cost per call, which the simulator's calibration otherwise infers."""
+    is the event loop's cost per call plus the server's background CPU spread over the calls;
+    the CPU per second against the calls per second, load by load, splits the two
+    (docs/routing.md, the AVX2 EPYC)."""
     mine = [
         r
         for r in rows

@@ -17,7 +17,8 @@ all; with it the share is 0–1 %.
 
 The same reading gives the servers' own CPU seconds over the segment: per answered call, what
 a call costs the server on top of its share of a session call — the event loop's cost, which the
-simulator's calibration (slimserve.simulate.calibration) otherwise has to infer.
+simulator's calibration (slimserve.simulate.calibration) otherwise has to infer, and the
+server's background work, which a fit across loads separates from it.
 
 Linux only (/proc); elsewhere `CoreWatch` reads nothing and the share is NaN.
 """
