@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from slimserve.repository.sessions import make_session
@@ -68,5 +69,12 @@ def test_the_dynamic_int8_step_builds_the_fused_graph_as_one_more_candidate() ->
     assert len(fused_labels) == len(DYNAMIC_CANDIDATES) and len(report) == 2 * len(DYNAMIC_CANDIDATES)
     fused_graphs = [g for g in scored if any(node.op_type == "QAttention" for node in ops(g))]
     assert len(fused_graphs) == len(DYNAMIC_CANDIDATES)
-    assert min(report[label]["score"] for label in fused_labels) > 0.99  # int8 of a random net, 3 layers
+    # Fusing attention changes which kernels run, not what int8 computes: each fused candidate
+    # scores as its unfused twin. Some settings lose more than others on some CPUs (signed
+    # full-range weights saturate ONNX Runtime's AVX2 int8 kernels without VNNI: 0.985 on a
+    # random 3-layer net there, 1.000 with VNNI), so the bound is on the best of them.
+    for label in fused_labels:
+        unfused = report[label.removesuffix("/fused-attention")]["score"]
+        assert report[label]["score"] == pytest.approx(unfused, abs=0.005)
+    assert max(report[label]["score"] for label in fused_labels) > 0.99  # int8 of a random net, 3 layers
     assert chosen.label in report
