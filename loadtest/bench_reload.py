@@ -33,7 +33,8 @@ from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.interference import pin_every_thread
 from loadtest.messages import digits_request
-from loadtest.serving import copy_model, cpu_model, replace_file, rewrite_description, rss_mib, server_process
+from loadtest.serving import copy_model, replace_file, rewrite_description, rss_mib, server_process
+from slimserve.repository.hardware import cpu_description
 from slimserve.server.transport.tls import ClientSecurity
 
 MODEL = "digits"
@@ -116,7 +117,7 @@ async def run(address: str, pid: int, model_dir: Path, args: argparse.Namespace)
     await admin_channel.close()
     failed = sum(n for outcome, n in outcomes.items() if outcome != "OK")
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_description(),
         "callers": CALLERS,
         "reloads": args.reloads,
         "variant_swaps": args.variant_swaps,

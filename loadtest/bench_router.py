@@ -55,9 +55,10 @@ from tritonclient.grpc import service_pb2_grpc
 from loadtest.bench_router_report import Outcome, Segment, write_reports
 from loadtest.interference import NO_READING, CoreReading, CoreWatch, pin_every_thread
 from loadtest.messages import digits_request, minilm_request
-from loadtest.serving import cpu_model, one_model_repository, server_process
+from loadtest.serving import one_model_repository, server_process
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE, Trace
 from slimserve.repository.format import load_model
+from slimserve.repository.hardware import cpu_description
 from slimserve.router.build import build_model_router
 from slimserve.router.config import MECHANISMS
 from slimserve.router.hints import RequestHints
@@ -451,7 +452,7 @@ def main() -> int:
             parser.error(f"minilm has no variant {', '.join(unknown)}; it has {', '.join(sorted(known))}")
     args.out.mkdir(parents=True, exist_ok=True)
     fresh_us, cached_us = decision_cost_us(args.repository)
-    print(f"CPU: {cpu_model()}; {ATTRIBUTION}")
+    print(f"CPU: {cpu_description()}; {ATTRIBUTION}")
     print(f"routing decision: {fresh_us:.1f} µs with a new snapshot, {cached_us:.1f} µs on a cached one")
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -499,7 +500,7 @@ def main() -> int:
             segments += asyncio.run(_with_stubs(addresses, digits, DigitsInputs(), _watch(cores, pids)))
             pin_every_thread(set(cores))
     header = [
-        f"Machine: {cpu_model()}, {len(cores)} cores; servers pinned to core {cores[0]} (edge profile, one ONNX "
+        f"Machine: {cpu_description()}, {len(cores)} cores; servers pinned to core {cores[0]} (edge profile, one ONNX "
         f"Runtime thread), load generator on the others. Routing decision {fresh_us:.1f} µs (new snapshot), "
         f"{cached_us:.1f} µs (cached).",
         ATTRIBUTION,

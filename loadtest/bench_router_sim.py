@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.serving import cpu_model
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE
+from slimserve.repository.hardware import cpu_description
 from slimserve.router.config import RouterConfig
 from slimserve.simulate.calibration import (
     CALIBRATED_LOOP_CPU_MS,
@@ -421,7 +421,7 @@ def main() -> int:
         print(text)
         return 0
     trace = Trace.load(args.trace)
-    cpu = f"{cpu_model()}; {args.processes} processes"
+    cpu = f"{cpu_description()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
     specs = {name: load_specs(args.repository, args.service_curves, SETS[name]) for name in args.sets}
     workers = {"cores": float(args.workers), "workers": args.workers, "compute_workers": args.compute_workers}

@@ -40,9 +40,8 @@ import numpy as np
 import tritonclient.grpc as triton
 
 from loadtest.messages import MINILM_INPUTS, triton_inputs
-from loadtest.serving import cpu_model
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
-from slimserve.repository.hardware import fingerprint
+from slimserve.repository.hardware import cpu_description, fingerprint
 
 ADDRESS = "127.0.0.1:8001"
 POLL_S = 0.5
@@ -120,7 +119,7 @@ def measure(clone: Path, timeout_s: float, env: dict[str, str] | None = None) ->
             os.killpg(make.pid, signal.SIGTERM)
             make.wait(timeout=120)
         copier.join(timeout=10)
-    return {"cpu": cpu_model(), "isa": fingerprint(threads=1).isa, "cores": len(os.sched_getaffinity(0)), **marks,
+    return {"cpu": cpu_description(), "isa": fingerprint(threads=1).isa, "cores": len(os.sched_getaffinity(0)), **marks,
             "log": str(log_path)}  # fmt: skip
 
 

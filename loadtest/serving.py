@@ -23,7 +23,6 @@ from typing import TypeVar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slimserve.repository.format import MODEL_FILE
-from slimserve.repository.hardware import cpu_description
 from slimserve.server.transport.tls import ClientSecurity
 
 START_TIMEOUT_S = 300.0  # a full-size repository on a slow machine; a crash ends the wait at once
@@ -212,8 +211,3 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_model() -> str:
-    """The CPU's model name and the flags that decide int8 speed, to print beside every figure."""
-    return cpu_description()

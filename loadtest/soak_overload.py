@@ -38,7 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.interference import pin_every_thread
 from loadtest.messages import digits_request, minilm_request
-from loadtest.serving import RunningServer, cpu_model, one_model_repository, rss_mib, server_process
+from loadtest.serving import RunningServer, one_model_repository, rss_mib, server_process
+from slimserve.repository.hardware import cpu_description
 from slimserve.server.transport.tls import ClientSecurity
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -191,7 +192,7 @@ def _summary(calls: Calls, capacity: float, seconds: float, slo_ms: float) -> di
 
 
 async def soak(server: RunningServer, args: argparse.Namespace) -> dict[str, object]:
-    report: dict[str, object] = {"cpu": cpu_model(), "model": args.model, "slo_ms": args.slo_ms}
+    report: dict[str, object] = {"cpu": cpu_description(), "model": args.model, "slo_ms": args.slo_ms}
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel, not one shared
     security = ClientSecurity.from_environment()
     channels = [security.aio_channel(server.address, options=options) for _ in range(CHANNELS)]
