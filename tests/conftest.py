@@ -29,6 +29,7 @@ from slimserve.variants.recipes import (
 )
 
 QUICK_PROFILE = ProfileSettings(batch_sizes=[1, 4], seconds_per_batch_size=0.1, seq_len=16)
+QUICK_TRAIN_ROWS = 256  # of digits' ~1,400 training rows
 
 
 def tiny_digits_recipe(
@@ -43,6 +44,16 @@ def tiny_digits_recipe(
         prune=ClassifierPrune(keep_fractions=[0.75, 0.5], finetune_epochs=1),
         distill=ClassifierDistill(epochs=3),
         profile=QUICK_PROFILE,
+    )
+
+
+def quick_digits_recipe() -> ClassifierRecipe:
+    """`tiny_digits_recipe` on a fifth of the training rows, one low-rank fine-tuning epoch:
+    for tests of what happens around a build (stages, publication, serving), not of the
+    quality it reaches (CI's slowest tests were these builds)."""
+    recipe = tiny_digits_recipe()
+    return recipe.model_copy(
+        update={"max_train_rows": QUICK_TRAIN_ROWS, "lowrank": recipe.lowrank.model_copy(update={"finetune_epochs": 1})}
     )
 
 

@@ -22,7 +22,7 @@ from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.repository.format import load_model
 from slimserve.repository.hardware import fingerprint, usable_cores
 from slimserve.server.process.background_build import BackgroundBuild
-from tests.conftest import tiny_digits_recipe
+from tests.conftest import quick_digits_recipe
 
 BUILD_TIMEOUT_S = 600
 ALL = {"fp32", "int8", "pruned", "distilled"}
@@ -46,7 +46,7 @@ def _state(address: str, progress: list[slimserve_pb2.BuildingVariant] | None = 
 @pytest.mark.slow
 def test_serves_the_first_stage_while_building_the_rest(tmp_path: Path) -> None:
     recipe = tmp_path / "digits.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_digits_recipe().model_dump(mode="json")))
+    recipe.write_text(yaml.safe_dump(quick_digits_recipe().model_dump(mode="json")))
     repo = tmp_path / "repo"  # does not exist yet: the server makes it
     server = RunningServer(
         repo, tmp_path, "--build-missing", env={"SLIMSERVE_BUILD_RECIPES": json.dumps([str(recipe)])}, wait=False
@@ -98,7 +98,7 @@ def test_with_workers_no_worker_profiles_a_publication_and_one_stores_the_profil
     (both did, at every publication, taking the cores from the niced build); once it is done,
     worker 0 measures once and stores it, and worker 1 loads that."""
     recipe = tmp_path / "digits.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_digits_recipe().model_dump(mode="json")))
+    recipe.write_text(yaml.safe_dump(quick_digits_recipe().model_dump(mode="json")))
     threads = 1 if usable_cores() > 1 else 2  # not the build's thread count (every core)
     env = {"SLIMSERVE_BUILD_RECIPES": json.dumps([str(recipe)]), "SLIMSERVE_SESSION_THREADS": str(threads)}
     repo = tmp_path / "repo"

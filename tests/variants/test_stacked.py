@@ -12,7 +12,7 @@ from slimserve.repository.hardware import fingerprint, threads_for
 from slimserve.variants.build import build_model
 from slimserve.variants.pareto import dominates, tradeoffs
 from slimserve.variants.recipes import EncoderPrune, EncoderPruneStep, EncoderRecipe, ServingSettings
-from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
+from tests.conftest import QUICK_PROFILE, quick_digits_recipe
 
 CHAINS = ["fp32", "int8", "distilled", "distilled-pruned-int8", "pruned-int8", "lowrank-int8"]
 MAX_SERVED = 3  # fewer than the front can hold, so some variants are always left out
@@ -20,7 +20,7 @@ MAX_SERVED = 3  # fewer than the front can hold, so some variants are always lef
 
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory: pytest.TempPathFactory) -> ModelEntry:
-    recipe = tiny_digits_recipe().model_copy(
+    recipe = quick_digits_recipe().model_copy(
         update={
             "variants": CHAINS,
             "serving": ServingSettings(
