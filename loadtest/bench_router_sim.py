@@ -25,7 +25,10 @@ Physics: `--service-curves` (docs/bench/router_sim_service.json: minilm's edge s
 times at 128 tokens, the bench's length, and 32, the length the server profiles at start
 and the router's starting belief, measured on the AVX-512 VNNI EPYC;
 docs/bench/router_sim_service_avx2.json: the same on an AVX2-only EPYC, where the same speed
-fits with 3.0 ms of loop CPU a call, docs/routing.md). Writes router_sim.md / .csv under `--out`.
+fits with 3.0 ms of loop CPU a call; docs/bench/router_sim_service_avx2_rounds.json: that CPU
+again, the median of five sweeps, fit 1.15 / 4.5 ms; docs/routing.md, eighth and ninth parts).
+With `--skip-calibration` on another CPU's curves, name that CPU's bench in `--measured` too:
+the report's calibration table compares with it. Writes router_sim.md / .csv under `--out`.
 """
 
 from __future__ import annotations
