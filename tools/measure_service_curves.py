@@ -11,13 +11,13 @@ server:
 The file keeps the layout `slimserve.simulate.calibration.read_service_curves` reads:
 {"note", "cpu", "tokens": {tokens: {variant: {batch: p50 ms}}}}, and with more than one round
 (`--rounds`, 5 by default) "spread": {tokens: {variant: {batch: (max − min) / median of the
-rounds' p50s}}}. A round is
-the whole sweep; the file keeps the median over rounds of each round's p50. One round is
-not enough on a shared machine: over five rounds on an AVX2-only EPYC one variant's p50 at
-one batch size moved by a median 16 % (7-34 %) between rounds at 128 tokens, and a one-round
-file had put pruned-int8's batch-1 point 13 % above the five rounds' median. With the median
-curves (and the calibration refitted on them) the simulated router stands 2-3 points better
-against the best static variant at 1.5-2× fp32's capacity (docs/routing.md, ninth part).
+rounds' p50s}}}. A round is the whole sweep; the file keeps the median over rounds of each
+round's p50. One round is not enough on a shared machine: over five rounds on an AVX2-only
+EPYC one variant's p50 at one batch size moved by a median 16 % (7-34 %) between rounds at
+128 tokens, and a one-round file had put pruned-int8's batch-1 point 13 % above the five
+rounds' median. With the median curves (and the calibration refitted on them) the simulated
+router stands 2-3 points better against the best static variant at 1.5-2× fp32's capacity
+(docs/routing.md, ninth part).
 
 `--add-to FILE --reference VARIANT` adds variants to an existing file without moving the
 simulator's calibration (fitted against that file's curves, on another day's machine): the
