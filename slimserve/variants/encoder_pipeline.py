@@ -131,10 +131,12 @@ class _Steps:
                            progress=self.progress)  # fmt: skip
 
     def int8mixed(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:
-        """SmoothQuant + dynamic int8, the most sensitive MatMul roles in ONNX Runtime's 8-bit
-        block kernel until the selection cosine is met (variants.int8mixed)."""
+        """SmoothQuant + dynamic int8, the most sensitive MatMul roles precise (ONNX Runtime's
+        8-bit block kernel or float, the faster here) until the selection cosine is met
+        (variants.int8mixed)."""
         calibration = {name: rows[:INT8MIXED_CALIBRATION_SENTENCES] for name, rows in self.train.items()}
-        graph, info = quantize_int8mixed(parent.onnx, self._cosine_to(parent)(None), calibration)
+        graph, info = quantize_int8mixed(parent.onnx, self._cosine_to(parent)(None), calibration,
+                                         timing_item=self.profile_item, threads=threads_for("cloud-cpu"))  # fmt: skip
         return graph_variant(parent, chain.name, "int8mixed", graph, info)
 
     def int4(self, parent: BuiltVariant, chain: Chain) -> BuiltVariant:

@@ -7,7 +7,13 @@ roles are made `blockwise` (variants.mixed_int8) one more at a time, those that 
 most score per weight first (each measured alone once). On minilm (held-out, AMD EPYC,
 AVX-512 VNNI): the feed-forward `down` role alone → retrieval agreement 0.973 at ~1.9× fp32
 and 23 MB (int8: 0.90 at ~2×). Cost: (roles + a few) quantize-and-score rounds on the
-selection rows, under a minute for minilm on two cores; nothing is timed.
+selection rows, under a minute for minilm on two cores.
+
+Which kernel makes a role precise fast depends on the chip: given a `timing_item`, the roles
+chosen are also tried in float (at least as precise), both graphs are timed side by side at
+batch 1, and the faster is kept. On an AVX2-only EPYC, without VNNI, the block kernel was
+the slower: minilm's three precise roles (attention key and out, feed-forward down) in float
+ran 1.05× fp32 against 0.96× in the block kernel (docs/variants.md).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import onnx
 
 from slimserve.variants.matmul_roles import roles
 from slimserve.variants.mixed_int8 import MixedSettings, quantize_mixed
+from slimserve.variants.quantize import batch_one_p50s
 from slimserve.variants.smooth import input_maxima
 
 log = logging.getLogger(__name__)
@@ -33,10 +40,17 @@ MIN_SELECTION_COSINE = 0.999
 
 
 def quantize_int8mixed(
-    parent_onnx: bytes, score: Scorer, calibration: dict[str, np.ndarray], min_score: float = MIN_SELECTION_COSINE
+    parent_onnx: bytes,
+    score: Scorer,
+    calibration: dict[str, np.ndarray],
+    min_score: float = MIN_SELECTION_COSINE,
+    timing_item: dict[str, np.ndarray] | None = None,
+    threads: int = 1,
 ) -> tuple[bytes, dict[str, Any]]:
     """The graph and what was chosen (module docstring); `score` compares a graph with the
-    parent on selection rows, `calibration` (other training rows) gives SmoothQuant its maxima."""
+    parent on selection rows, `calibration` (other training rows) gives SmoothQuant its maxima,
+    `timing_item` (one row; None: nothing is timed) and `threads` time the precise roles'
+    two kernels (variants.quantize.batch_one_p50s)."""
     model = onnx.load_from_string(parent_onnx)
     maxima = input_maxima(model, calibration)
     settings = MixedSettings(alpha=ALPHA, embedding_int8=True)
@@ -57,9 +71,22 @@ def quantize_int8mixed(
             log.info("int8mixed: %s, selection score %.5f", settings.label, final)
             if final >= min_score:
                 break
+    timed: dict[str, dict[str, float]] = {}
+    if timing_item is not None and settings.by_role:
+        floated = replace(settings, by_role=tuple((role, "float") for role, _ in settings.by_role))
+        float_graph = quantize_mixed(model, floated, maxima)
+        measured[floated.label] = score(float_graph)
+        # It qualifies as the block graph does (the target met, or as close to it): then speed decides.
+        if measured[floated.label] >= min(min_score, measured[settings.label]):
+            timed = batch_one_p50s({settings.label: graph, floated.label: float_graph}, timing_item, threads)
+            if sum(timed[floated.label].values()) < sum(timed[settings.label].values()):
+                graph, settings = float_graph, floated
+    precise = {precision for _, precision in settings.by_role}
+    kernel = "float" if precise == {"float"} else "MatMulNBits 8-bit (accuracy level 4)"
     return graph, {
-        "method": "SmoothQuant + dynamic int8, MatMulNBits 8-bit (accuracy level 4) for the roles listed",
+        "method": f"SmoothQuant + dynamic int8, {kernel} for the roles listed",
         "settings": settings.to_dict(),
         "min_selection_score": min_score,
         "selection_scores": {k: round(v, 6) for k, v in measured.items()},
+        "batch1_ms": {label: {k: round(ms, 3) for k, ms in p50s.items()} for label, p50s in timed.items()},
     }

@@ -140,6 +140,24 @@ def _quantize(
     return target.read_bytes()
 
 
+def batch_one_p50s(
+    graphs: dict[str, bytes], timing_item: dict[str, np.ndarray], threads: int
+) -> dict[str, dict[str, float]]:
+    """Each graph's batch-1 p50 on `timing_item`, all timed side by side, at every thread count
+    it will be served with: `threads` (cloud-cpu; key `p50_ms`) and the edge profile's one (also
+    each of `make run`'s one-worker-per-core sessions; `p50_ms_1_thread`), since what is faster
+    can differ (fused attention: 4 % faster on two threads, 9 % slower on one)."""
+    timed: dict[str, dict[str, float]] = {label: {} for label in graphs}
+    for count in sorted({threads, threads_for("edge")}, reverse=True):
+        sessions = {label: make_session(graph, count) for label, graph in graphs.items()}
+        latency = profile_sessions(sessions, lambda _n: timing_item, [1], TIMING_SECONDS)
+        for label in graphs:
+            key = "p50_ms" if count == threads else f"p50_ms_{count}_thread"
+            timed[label][key] = latency[label][1].p50_ms
+            log.info("%s: batch-1 p50 %.3f ms on %d threads", label, timed[label][key], count)
+    return timed
+
+
 def quantize_best(
     fp32_onnx: bytes,
     score: Scorer,
@@ -192,18 +210,10 @@ def quantize_best(
     finalists = [label for label, r in report.items() if r["score"] >= best_score - QUALITY_TIE]
     if len(finalists) == 1:
         return graphs[finalists[0]][0], graphs[finalists[0]][1], report
-    # Timed at every thread count the graph will be served with: `threads` (cloud-cpu) and the
-    # edge profile's one (also each of `make run`'s one-worker-per-core sessions), since what
-    # is faster can differ (fused attention: 4 % faster on two threads, 9 % slower on one).
-    cost_ms = dict.fromkeys(finalists, 0.0)
-    for count in sorted({threads, threads_for("edge")}, reverse=True):
-        sessions = {label: make_session(graphs[label][0], count) for label in finalists}
-        latency = profile_sessions(sessions, lambda _n: timing_item, [1], TIMING_SECONDS)
-        for label in finalists:
-            key = "p50_ms" if count == threads else f"p50_ms_{count}_thread"
-            report[label][key] = latency[label][1].p50_ms
-            cost_ms[label] += latency[label][1].p50_ms
-            log.info("int8 %s: batch-1 p50 %.3f ms on %d threads", label, report[label][key], count)
+    timed = batch_one_p50s({label: graphs[label][0] for label in finalists}, timing_item, threads)
+    cost_ms = {label: sum(p50s.values()) for label, p50s in timed.items()}
+    for label, p50s in timed.items():
+        report[label].update(p50s)
     fastest_ms = min(cost_ms.values())
     # Within SPEED_TIE of the fastest (summed over thread counts) counts as equally fast: then
     # quality decides.

@@ -107,3 +107,35 @@ def test_int8mixed_makes_roles_precise_until_the_score_is_met() -> None:
     assert set(info["settings"]["by_role"].values()) == {"blockwise"}
     assert fidelity(graph) >= target
     assert _op_counts(graph)["MatMulNBits"] == 2 * len(info["settings"]["by_role"])
+
+
+def test_int8mixed_times_both_kernels_for_its_precise_roles_and_keeps_the_faster() -> None:
+    """Given a timing item, the roles made precise are tried in float too; both graphs are
+    timed, and the one kept is the faster of those that meet the score (on an AVX2-only CPU
+    the float one, on the VNNI EPYC the block kernel: which depends on the chip)."""
+    model, rows = tiny_encoder(), token_rows(32)
+    reference = _outputs(model, rows)
+
+    def fidelity(graph: bytes) -> float:
+        return 1.0 - _relative_error(_outputs(graph, rows), reference)
+
+    calibration = token_rows(32, seed=2)
+    maxima = input_maxima(model, calibration)
+    start = fidelity(quantize_mixed(model, MixedSettings(alpha=0.8, embedding_int8=True), maxima))
+    every = fidelity(quantize_mixed(model, MixedSettings(default="blockwise", alpha=0.8, embedding_int8=True), maxima))
+    target = (start + every) / 2
+    item = {name: values[:1] for name, values in rows.items()}
+    graph, info = quantize_int8mixed(
+        model.SerializeToString(), fidelity, calibration, min_score=target, timing_item=item, threads=1
+    )
+    precise = info["settings"]["by_role"]
+    (kept,) = set(precise.values())
+    timed = info["batch1_ms"]
+    assert len(timed) == 2 and all(p50s["p50_ms"] > 0 for p50s in timed.values())  # block and float graphs
+    faster = min(timed, key=lambda label: sum(timed[label].values()))
+    assert faster.endswith("=f]") == (kept == "float")
+    ops = _op_counts(graph)
+    assert ops["MatMulNBits"] == (0 if kept == "float" else 2 * len(precise))
+    assert ops["MatMul"] == (2 * len(precise) if kept == "float" else 0)
+    assert fidelity(graph) >= target
+    assert info["method"].endswith(("float for the roles listed", "(accuracy level 4) for the roles listed"))

@@ -87,7 +87,10 @@ def test_minilm_int4_is_a_quarter_of_int8_size_within_its_quality_budget(tmp_pat
     assert int4.measurements.quality["cosine"] > 0.9
     mixed = entry.candidates["int8mixed"].manifest
     assert mixed.kind == "int8mixed" and mixed.source == "fp32" and mixed.recipe["settings"]["alpha"] == 0.8
-    assert mixed.measurements.size_bytes < fp32.measurements.size_bytes / 3  # int8 weights and embeddings
+    # int8 weights and embeddings; the roles made precise stay 8-bit in the block kernel, or
+    # float where that kernel is the slower (an AVX2-only CPU: variants.int8mixed)
+    kept_float = set(mixed.recipe["settings"]["by_role"].values()) == {"float"}
+    assert mixed.measurements.size_bytes < fp32.measurements.size_bytes / (2 if kept_float else 3)
     assert mixed.measurements.quality["cosine"] > 0.99
 
 
