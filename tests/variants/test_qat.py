@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimserve.repository.hardware import _cpuinfo
+from slimserve.repository.hardware import fingerprint
 from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import Chain
 from slimserve.variants.distill import fit_outputs
@@ -42,7 +42,7 @@ def _cnn() -> nn.Sequential:
 
 
 def _has_vnni() -> bool:
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpuinfo()[1])
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(fingerprint(threads=1).isa))
 
 
 def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
