@@ -66,15 +66,21 @@ def test_serve_without_a_repository_says_so(tmp_path: Path) -> None:
     assert "not a directory" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_explain_prints_every_candidate_and_the_choice(server: RunningServer) -> None:
-    result = _slimserve("explain", "digits", "--address", server.address, "--slo-ms", "1000")
-    assert result.returncode == 0, result.stderr
-    assert "digits: SLO 1000.00 ms (parameter), policy slo" in result.stdout
-    rows = [line for line in result.stdout.splitlines() if line[1:].startswith(("fp32", "int8", "pruned", "distil"))]
-    assert len(rows) == 4 and sum(line.startswith("*") for line in rows) == 1
-    assert "CPU price 0 (room to spare)" in result.stdout  # one request at a time: nothing to price
-    as_json = json.loads(_slimserve("explain", "digits", "--address", server.address, "--json").stdout)
-    assert as_json["slo_source"] == "model_default" and len(as_json["candidates"]) == 4
+def test_explain_prints_every_candidate_and_the_choice(digits_repo: Path, tmp_path: Path) -> None:
+    # A server of its own: the session's carries what earlier tests sent it (their SLOs, its
+    # CPU account), and the price below is that of a server no call has reached.
+    server = RunningServer(digits_repo, tmp_path)
+    try:
+        result = _slimserve("explain", "digits", "--address", server.address, "--slo-ms", "1000")
+        assert result.returncode == 0, result.stderr
+        assert "digits: SLO 1000.00 ms (parameter), policy slo" in result.stdout
+        rows = [line for line in result.stdout.splitlines() if line[1:].startswith(("fp32", "int8", "pruned", "dist"))]
+        assert len(rows) == 4 and sum(line.startswith("*") for line in rows) == 1
+        assert "CPU price 0 (room to spare)" in result.stdout  # Explain looks and sends no call: nothing to price
+        as_json = json.loads(_slimserve("explain", "digits", "--address", server.address, "--json").stdout)
+        assert as_json["slo_source"] == "model_default" and len(as_json["candidates"]) == 4
+    finally:
+        assert server.stop() == 0
 
 
 def test_explain_of_an_unknown_model_exits_1_with_the_status(server: RunningServer) -> None:
