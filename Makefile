@@ -45,13 +45,19 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy slimserve loadtest tools tests
 
+# Tests run in TEST_PROCESSES processes (pytest-xdist), a test file to one process so that its
+# module fixtures start once. Run one at a time, the tests kept one of a 2-core machine's cores
+# idle on average (they wait on servers, subprocesses and sockets as much as they compute).
+TEST_PROCESSES ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile
+
 ## suite: every test, then the time each tier took (unit, integration, slow: tests/conftest.py)
 suite: $(VENV)/.installed-test
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 ## test-unit / test-integration / test-slow: one tier only
 test-unit test-integration test-slow: test-%: $(VENV)/.installed-test
-	$(BIN)/pytest -q -m $*
+	$(PYTEST) -m $*
 
 ## test: set up, lint, type-check, run the test suite (all tiers)
 test: lint typecheck suite

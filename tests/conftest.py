@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
@@ -69,13 +70,45 @@ def tiny_minilm_recipe() -> EncoderRecipe:
     )
 
 
+def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every test process of this run sees: under pytest-xdist (`make test` runs two
+    processes) the workers' common parent, otherwise the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository holding tiny builds of both built-in models."""
-    repo = tmp_path_factory.mktemp("repo")
-    build_model(tiny_digits_recipe(), repo)
-    build_model(tiny_minilm_recipe(), repo)
+    """A repository holding tiny builds of both built-in models, built once per run: the first
+    test process to need it builds it under a lock while the other waits, then both read it.
+    (Built twice at once, on two cores, each build took 2.5 times as long.) No test writes to
+    it: a test that changes files works on a copy (`digits_repo`)."""
+    shared = _run_folder(tmp_path_factory)
+    repo, built = shared / "repo", shared / "repo.built"
+    with open(shared / "repo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        if not built.exists():
+            shutil.rmtree(repo, ignore_errors=True)  # what a process that failed mid-build left
+            repo.mkdir()
+            build_model(tiny_digits_recipe(), repo)
+            build_model(tiny_minilm_recipe(), repo)
+            built.touch()
     return repo
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `quiet` has the machine to itself: it takes the run's
+    lock exclusively, every other test shared, so it starts once the other process's test is
+    over and that process starts no test until it is done. (For tests whose subject is how an
+    idle machine behaves, or signals timed against a process's start.)"""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    quiet = request.node.get_closest_marker("quiet") is not None
+    with open(_run_folder(tmp_path_factory) / "quiet.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -148,12 +181,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     counts = dict.fromkeys(TIERS, 0)
     for reports in terminalreporter.stats.values():
         for report in reports:
-            if getattr(report, "when", None) is None:
-                continue  # not a test phase's report (deselected items sit in the stats too)
+            if getattr(report, "when", None) is None or not hasattr(report, "keywords"):
+                continue  # not a test phase's report (deselected items and collection reports sit there too)
             tier = next((t for t in TIERS if t in report.keywords), None)
             if tier is None:
                 continue
             seconds[tier] += getattr(report, "duration", 0.0)
             counts[tier] += report.when == "call"
     line = ", ".join(f"{tier} {counts[tier]} tests {seconds[tier]:.0f} s" for tier in TIERS)
-    terminalreporter.write_line(f"time by tier: {line} (setup included: the tiny model build counts once)")
+    terminalreporter.write_line(
+        f"time by tier: {line} (summed over the test processes; setup included: the tiny model build counts "
+        "once, and the wait for it in the other process too)"
+    )
