@@ -477,9 +477,14 @@ class Simulation:
         self._compute_next(worker)
 
     def _compute_next(self, worker: _Worker) -> None:
-        """A compute thread is free and a batch is formed: it starts (first formed, first run)."""
+        """A compute thread is free and a batch is formed: it starts (first formed, first run;
+        with `ServerParams.turns_by_deadline`, the batch whose earliest call is due first)."""
         while worker.free_threads and worker.formed:
-            batcher = worker.formed.popleft()
+            if self.params.turns_by_deadline and len(worker.formed) > 1:
+                batcher = min(worker.formed, key=_due_s)
+                worker.formed.remove(batcher)
+            else:
+                batcher = worker.formed.popleft()
             worker.free_threads -= 1
             batcher.running_started_s = self.now_s
             for call in batcher.batch:
@@ -531,6 +536,12 @@ class Simulation:
         if self.now_s + late_ms / 1e3 - worker.last_sample_s >= SAMPLE_PERIOD_S:
             self._sample(worker)
         self._at(self.now_s + late_ms / 1e3 + TICK_S, _TICK, worker)
+
+
+def _due_s(batcher: SimBatcher) -> float:
+    """When the earliest call of a formed batch is due: sent + its SLO (min over a formed batch,
+    at most max_batch_size calls; runs only while batches wait for a thread)."""
+    return min(call.arrival.at_s + call.arrival.slo_ms / 1e3 for call in batcher.batch)
 
 
 def simulate(

@@ -123,6 +123,22 @@ def test_with_one_compute_thread_batches_take_turns_instead_of_sharing_the_core(
         ServerParams(compute_workers=0)
 
 
+def test_turns_by_deadline_give_the_next_thread_to_the_batch_due_first() -> None:
+    # One compute thread. `big` runs from 0; a loose call to `mid` forms a batch at 1 ms, a
+    # tight one to `small` at 2 ms, both waiting for the thread. First formed, first run:
+    # `mid` goes next and `small` misses its SLO; by deadline `small` goes next.
+    specs = [*SPECS, variant("mid", 0.9, 6.0, 40.0)]
+    arrivals = [Arrival(0.0, 600.0), Arrival(0.001, 600.0), Arrival(0.002, 15.0)]
+    order = Mix({"big": 1 / 3, "mid": 1 / 3, "small": 1 / 3}, np.array([0.1, 0.5, 0.9]))
+    one_thread = dataclasses.replace(PARAMS, compute_workers=1)
+    fifo = simulate(specs, one_thread, order, arrivals, 60.0)
+    by_deadline = simulate(specs, dataclasses.replace(one_thread, turns_by_deadline=True), order, arrivals, 60.0)
+    assert fifo.variants == by_deadline.variants == ("big", "mid", "small")
+    assert fifo.latency_ms[2] > fifo.latency_ms[1] and not fifo.in_time[2]  # `small` waited for `mid` too
+    assert by_deadline.latency_ms[2] < by_deadline.latency_ms[1] and by_deadline.in_time.all()
+    assert by_deadline.latency_ms[2] < 15.0 < fifo.latency_ms[2]
+
+
 def test_physics_interpolates_between_measured_lengths() -> None:
     physics = Physics({32: ServiceCurve.of({1: 2.0}), 128: ServiceCurve.of({1: 8.0})})
     assert physics.ms(1, 80) == pytest.approx(5.0)
