@@ -422,6 +422,7 @@ def _serve(args: argparse.Namespace) -> int:
         WorkersConfigError,
         die_with_supervisor,
         serve_workers,
+        tidy_after_supervisor,
         worker_count,
     )
     from slimserve.server.transport.auth import AuthConfigError
@@ -449,7 +450,11 @@ def _serve(args: argparse.Namespace) -> int:
         count = worker_count(settings)
         if count > 1:
             return serve_workers(settings, count, args.port_file)
-        return asyncio.run(serve(settings, args.port_file))
+        try:
+            return asyncio.run(serve(settings, args.port_file))
+        finally:
+            if worker:
+                tidy_after_supervisor(settings.worker_scratch)
     except (TlsConfigError, AuthConfigError, WorkersConfigError, BindError) as exc:
         print(f"slimserve serve: {exc}", file=sys.stderr)
         return 2

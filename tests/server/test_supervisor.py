@@ -4,6 +4,7 @@ supervisors and workers; a worker is held in its start with SIGSTOP, or killed b
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.messages import digits_request
 from loadtest.serving import serve_command, wait_until
+from slimserve.server.process.workers import WORKER_SETTINGS_ENV
 from tests.server.scrape import scrape, value
 
 START_TIMEOUT_S = 300
@@ -25,6 +27,12 @@ EXIT_TIMEOUT_S = 120
 def _workers(supervisor: int) -> list[int]:
     path = Path(f"/proc/{supervisor}/task/{supervisor}/children")
     return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+
+def _worker_settings(pid: int) -> dict[str, object]:
+    """What the supervisor told a worker (its environment's SLIMSERVE_WORKER_SETTINGS)."""
+    variables = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+    return json.loads(variables[WORKER_SETTINGS_ENV.encode()])  # type: ignore[no-any-return]
 
 
 def _start(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
@@ -130,11 +138,14 @@ def test_workers_stop_when_their_supervisor_is_killed(digits_repo: Path, tmp_pat
         wait_until(port_file.exists, START_TIMEOUT_S, lambda: f"the port file:\n{log.read_text()[-3000:]}")
         workers = _workers(supervisor.pid)
         assert len(workers) == 2
+        scratch = Path(str(_worker_settings(workers[0])["worker_scratch"]))
+        assert scratch.is_dir()
         supervisor.kill()
         supervisor.wait()
         wait_until(lambda: not any(_alive(pid) for pid in workers), EXIT_TIMEOUT_S,
                    lambda: f"the workers to stop:\n{log.read_text()[-3000:]}")  # fmt: skip
         assert "signal received; draining" in log.read_text()  # SIGTERM: each drained, as on a stop
+        assert not scratch.exists()  # the workers removed what their supervisor could not
     finally:
         if supervisor.poll() is None:
             supervisor.kill()

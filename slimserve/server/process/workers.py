@@ -368,6 +368,17 @@ def die_with_supervisor() -> None:
         raise WorkersConfigError(f"the supervisor (pid {supervisor}) is gone: this worker stops")
 
 
+def tidy_after_supervisor(scratch: Path | None) -> None:
+    """In a worker that has stopped: remove the workers' scratch folder if the supervisor is
+    gone (SIGKILL or OOM gave it no chance to remove it itself, and a supervisor killed now and
+    then over weeks would leave a folder in the temporary directory each time). The other
+    worker may have removed it first, or read it while it stops: a missing file reads as empty."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor is None or scratch is None or os.getppid() == int(supervisor):
+        return
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def serve_workers(settings: Settings, count: int, port_file: Path | None) -> int:
     """Run `count` workers until SIGTERM; 0 when they all stopped cleanly."""
     supervisor = Supervisor(settings, count, port_file)
