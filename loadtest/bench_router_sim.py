@@ -401,12 +401,6 @@ def main() -> int:
         help="threads running each worker's session calls (SLIMSERVE_COMPUTE_WORKERS; default: one per variant)",
     )
     parser.add_argument(
-        "--turns-by-deadline",
-        action="store_true",
-        help="a what-if of the simulator alone: with --compute-workers, the waiting batch due first takes a "
-        "free thread, not the first formed (ServerParams.turns_by_deadline)",
-    )
-    parser.add_argument(
         "--half",
         choices=["tune", "check"],
         help="ablation: only the even (tune) or odd (check) windows, so that a setting chosen on one half "
@@ -433,8 +427,7 @@ def main() -> int:
     cpu = f"{cpu_description()}; {args.processes} processes"
     print(f"CPU: {cpu}\n{ATTRIBUTION}", flush=True)
     specs = {name: load_specs(args.repository, args.service_curves, SETS[name]) for name in args.sets}
-    workers = {"cores": float(args.workers), "workers": args.workers, "compute_workers": args.compute_workers,
-               "turns_by_deadline": args.turns_by_deadline}  # fmt: skip
+    workers = {"cores": float(args.workers), "workers": args.workers, "compute_workers": args.compute_workers}
     lines = ["# Router simulator (`make bench-router-sim`)", "", f"Machine: {cpu}.", ATTRIBUTION, ""]
     csv_rows: list[dict[str, object]] = []
     with Pool(args.processes) as pool:

@@ -477,11 +477,11 @@ class Simulation:
         self._compute_next(worker)
 
     def _compute_next(self, worker: _Worker) -> None:
-        """A compute thread is free and a batch is formed: it starts (first formed, first run;
-        with `ServerParams.turns_by_deadline`, the batch whose earliest call is due first)."""
+        """A compute thread is free and a batch is formed: the one whose earliest call is due
+        first starts (the server's turns, core.turns; among equals, the first formed)."""
         while worker.free_threads and worker.formed:
-            if self.params.turns_by_deadline and len(worker.formed) > 1:
-                batcher = min(worker.formed, key=_due_s)
+            if len(worker.formed) > 1:
+                batcher = min(worker.formed, key=_due_s)  # min keeps the first of equals
                 worker.formed.remove(batcher)
             else:
                 batcher = worker.formed.popleft()

@@ -79,18 +79,14 @@ class ServerParams:
     each runs at full speed, else every one at cores / threads asked (the Linux scheduler's
     fair share, with no cost for switching). A worker runs its session calls on
     `compute_workers` threads (the server's SLIMSERVE_COMPUTE_WORKERS; None: one per variant, its
-    default): a batch formed while they are all busy waits for one, first come first served,
-    and counts as in flight to the router meanwhile, as the server's batcher does.
-
-    `turns_by_deadline` is a what-if the server does not have yet: the waiting batch whose
-    earliest call is due first (sent + SLO) takes the next free thread, not the first formed
-    (docs/routing.md, tenth part)."""
+    default): a batch formed while they are all busy waits for one and counts as in flight to
+    the router meanwhile, as the server's batcher does; the waiting batch whose earliest call
+    is due first (sent + SLO) takes the next free thread, as the server's turns do (core.turns)."""
 
     cores: float = 1.0
     session_threads: int = 1
     workers: int = 1
     compute_workers: int | None = None
-    turns_by_deadline: bool = False
     # CPU on the event loop per call: before the session call (gRPC read, decode, route,
     # submit) and after it (encode, send); a call refused before decoding costs `refuse_ms`.
     pre_ms: float = 0.8

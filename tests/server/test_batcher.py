@@ -555,6 +555,61 @@ def test_batchers_that_share_turns_never_run_their_session_calls_at_once(
     assert turns.waiting == 0
 
 
+def test_the_batch_due_first_takes_the_next_turn(minilm: ModelEntry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another variant holds the model's one turn; a loose call (SLO ends at 9 s) waits for it
+    on fp32, then a tight one (1 s) on int8: the tight one's batch runs first (core.turns)."""
+    monkeypatch.setattr(batcher_module, "INLINE_BELOW_MS", 0.0)
+    ran: list[str] = []
+
+    class Named(VariantSession):
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            ran.append(self.name)
+            return super().run(inputs)
+
+    turns = Turns(1)
+    held, release = threading.Event(), threading.Event()
+
+    def another_variant_computing() -> None:
+        with turns:
+            held.set()
+            release.wait(60.0)
+
+    holder = threading.Thread(target=another_variant_computing)
+    holder.start()
+    assert held.wait(60.0)
+    clock = FakeClock()
+    sentence = _sentence([101, 2023, 102], 8)
+
+    async def until_waiting(count: int) -> None:
+        deadline = time.monotonic() + 60.0
+        while turns.waiting < count:  # its thread has asked for the turn
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0)
+            time.sleep(0.001)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            fp32, int8 = (
+                DynamicBatcher(Named(minilm.config, minilm.variants[name], threads=1), executor, max_batch_size=1,
+                               max_queue_delay_ms=0, max_queue_size=4, clock=clock, turns=turns)
+                for name in ("fp32", "int8")
+            )  # fmt: skip
+            fp32.start()
+            int8.start()
+            loose = asyncio.create_task(fp32.submit(sentence, None, due_s=9.0))
+            await until_waiting(1)
+            tight = asyncio.create_task(int8.submit(sentence, None, due_s=1.0))
+            await until_waiting(2)
+            release.set()
+            assert (await loose).outputs and (await tight).outputs
+            await fp32.close()
+            await int8.close()
+
+    run_on(clock, scenario())
+    holder.join(60.0)
+    assert ran == ["int8", "fp32"]  # first come first served would have run fp32 first
+
+
 def test_a_call_whose_loop_died_while_it_waited_for_its_turn_is_never_run(
     minilm: ModelEntry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

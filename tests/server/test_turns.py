@@ -1,4 +1,4 @@
-"""`Turns`: a model's session calls at most `limit` at once, first come first served, with
+"""`Turns`: a model's session calls at most `limit` at once, due first then first come, with
 real threads (no clock: the order is the subject, not time)."""
 
 from __future__ import annotations
@@ -50,6 +50,36 @@ def test_waiting_threads_get_their_turns_in_the_order_they_asked() -> None:
     assert turns.waiting == 0
     with turns:  # every turn was handed back: a newcomer gets one at once
         pass
+
+
+def test_the_next_turn_goes_to_the_thread_due_first_and_among_equals_to_the_first_to_ask() -> None:
+    turns = Turns(1)
+    order: list[str] = []
+    release_first = threading.Event()
+
+    def first() -> None:
+        with turns.turn(0.0):
+            order.append("first")
+            release_first.wait(WAIT_S)
+
+    def later(name: str, due_s: float) -> None:
+        with turns.turn(due_s):
+            order.append(name)
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    _until(lambda: order == ["first"], "the first turn")
+    # Asked in this order; due at 9, 3, 5 and 3 s (a loose batch first, then tighter ones).
+    for count, (name, due_s) in enumerate((("loose", 9.0), ("tight", 3.0), ("mid", 5.0), ("tight2", 3.0)), 1):
+        thread = threading.Thread(target=later, args=(name, due_s))
+        thread.start()
+        threads.append(thread)
+        _until(lambda count=count: turns.waiting == count, f"{name} to wait")  # type: ignore[misc]
+    release_first.set()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert order == ["first", "tight", "tight2", "mid", "loose"]
+    assert turns.waiting == 0
 
 
 def test_no_more_than_the_limit_hold_a_turn_at_once_and_a_failure_hands_it_over() -> None:

@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -118,6 +119,7 @@ class _Pending:
     deadline_s: float | None  # the earlier of the gRPC deadline and the `timeout`'s end
     level: int = 0  # index of its priority level's queue (0: the highest)
     by_timeout: bool = False  # deadline_s is the `timeout`'s end, not the gRPC deadline
+    due_s: float = math.inf  # when its SLO ends: its batch's place among those waiting for a turn (core.turns)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)  # answers it when the timeout ends
 
     def expired(self, where: str) -> ServingError:
@@ -283,11 +285,17 @@ class DynamicBatcher:
             await self._task
 
     async def submit(
-        self, request: InferenceRequest, deadline_s: float | None, level: int = 0, timeout_at_s: float | None = None
+        self,
+        request: InferenceRequest,
+        deadline_s: float | None,
+        level: int = 0,
+        timeout_at_s: float | None = None,
+        due_s: float = math.inf,
     ) -> InferenceResult:
         """Queue `request` and wait for its answer. `deadline_s`: the gRPC deadline; `level`:
         its priority level (0: the model's default; router.hints checked it); `timeout_at_s`:
-        when its `timeout` parameter ends (module docstring), all on `clock`."""
+        when its `timeout` parameter ends (module docstring); `due_s`: when its latency SLO ends,
+        which orders its batch among those waiting for a turn (core.turns); all on `clock`."""
         if self._closing:
             raise ShuttingDownError("server is shutting down; retry on another replica")
         if self.failed:
@@ -303,7 +311,7 @@ class DynamicBatcher:
         expires_s = timeout_at_s if by_timeout else deadline_s
         loop = asyncio.get_running_loop()
         index = (level or self._default_level) - 1
-        pending = _Pending(request, loop.create_future(), now, expires_s, index, by_timeout)
+        pending = _Pending(request, loop.create_future(), now, expires_s, index, by_timeout, due_s)
         if expires_s is not None and expires_s <= now:
             raise pending.expired("before the request was queued")
         size = pending.nbytes
@@ -444,11 +452,12 @@ class DynamicBatcher:
         return outputs, started, time.perf_counter() - began, time.thread_time() - cpu_began
 
     def _timed_run_in_turn(
-        self, inputs: dict[str, np.ndarray], abandoned: threading.Event
+        self, inputs: dict[str, np.ndarray], abandoned: threading.Event, due_s: float
     ) -> tuple[dict[str, np.ndarray], float, float, float]:
-        """In the worker thread: `_timed_run` once the model's turn comes (core.turns); the
-        wait is neither compute time nor running time. Nothing runs for an abandoned call."""
-        with self._turns or contextlib.nullcontext():
+        """In the worker thread: `_timed_run` once the model's turn comes (core.turns: the
+        batch due first goes first); the wait is neither compute time nor running time.
+        Nothing runs for an abandoned call."""
+        with self._turns.turn(due_s) if self._turns is not None else contextlib.nullcontext():
             if abandoned.is_set():
                 raise asyncio.CancelledError  # nobody awaits it: the loop that asked was cancelled
             return self._timed_run(inputs)
@@ -467,7 +476,7 @@ class DynamicBatcher:
             names = list(batch[0].request.inputs)
             merged = {name: self._merge(name, [p.request.inputs[name] for p in batch]) for name in names}
         try:
-            outputs, started, took_s, _ = await self._call(merged)
+            outputs, started, took_s, _ = await self._call(merged, min(p.due_s for p in batch))
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].fail(self._execution_error(exc))
@@ -484,13 +493,15 @@ class DynamicBatcher:
         if pending.future.done():
             return
         try:
-            outputs, started, took_s, _ = await self._call(pending.request.inputs)
+            outputs, started, took_s, _ = await self._call(pending.request.inputs, pending.due_s)
         except Exception as exc:
             pending.fail(self._execution_error(exc))
             return
         self._answer([pending], outputs, started, took_s)
 
-    async def _call(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, float]:
+    async def _call(
+        self, inputs: dict[str, np.ndarray], due_s: float = math.inf
+    ) -> tuple[dict[str, np.ndarray], float, float, float]:
         rows = int(next(iter(inputs.values())).shape[0])
         self._running_rows, self._running_started_s = rows, None
         size = _size_class(inputs)
@@ -502,7 +513,7 @@ class DynamicBatcher:
                 abandoned = threading.Event()
                 try:
                     result = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, self._timed_run_in_turn, inputs, abandoned
+                        self._executor, self._timed_run_in_turn, inputs, abandoned, due_s
                     )
                 except asyncio.CancelledError:
                     abandoned.set()  # its thread may still be waiting for a turn: it must not run then

@@ -290,7 +290,8 @@ class DataPlane:
             self._shed_if_predicted_late(decision, hints)
             # The `timeout` counts from the call's arrival, as the remaining deadline does.
             timeout_at_s = None if hints.timeout_ms is None else record.received_s + hints.timeout_ms / 1e3
-            result = await batcher.submit(request, deadline_s, hints.priority, timeout_at_s)
+            due_s = record.received_s + hints.slo_ms / 1e3  # orders its batch in the model's turns
+            result = await batcher.submit(request, deadline_s, hints.priority, timeout_at_s, due_s)
         except BaseException as exc:  # CancelledError too: the router learns how long it waited
             if isinstance(exc, asyncio.CancelledError | DeadlineExceededError | RequestTimeoutError):
                 router.observe_timeout(decision, (self._clock() - record.received_s) * 1e3)
