@@ -1,13 +1,13 @@
-"""Turns: at most N session calls of one model at once, the others waiting in order of asking.
+"""Turns: at most N session calls of one model at once, the others waiting, the batch due first next.
 
 Why: on a core shared by two batches both finish late, while one after the other the first
 finishes early and the second no later. With SLIMSERVE_COMPUTE_WORKERS=N a model's variants
 take turns, N batches at a time, instead of each running beside the others (the default). On
-the router bench (minilm, one core) one turn at a time measured −0.4 ± 1.7 points of
-effective accuracy against side by side, and the single compute thread it replaces +0.4 ±
-3.6 the same day (docs/routing.md, "Turns per model"): no gain either way, so it is an
-option, not the default. It is per model, unlike the one executor thread it replaces, which
-put a digits call behind a minilm batch.
+the router bench (minilm, one core) one turn at a time first come first served measured
+−0.4 ± 1.7 points of effective accuracy against side by side (docs/routing.md, "Turns per
+model"); taken by deadline, below, it gains on one core (and, in the simulator, not with two
+workers), so it is an option, not the default. It is per model, unlike the one executor
+thread it replaces, which put a digits call behind a minilm batch.
 
 The turn is taken in the executor's thread, around the session call, not on the event loop:
 under load the loop is the busy part of the process, and a batch waiting on the loop starts
@@ -18,10 +18,11 @@ model waiting for its turn never holds up another model's calls: each model has 
 Due first, then first come: a thread that asks while every turn is taken waits on a gate of
 its own, opened by the call that ends next, which hands its turn over without releasing it (so
 no newcomer can slip in between) to the waiting batch whose earliest call's SLO ends first;
-among batches due alike (no SLO), the one that asked first. With one turn at a time, the
-simulator measured this order +1.9 points of effective accuracy over the best static variant
-on the mean of 0.5-3x fp32's capacity, against +0.8 first come first served and +0.3 side by
-side (docs/routing.md, tenth part; one worker; not yet measured on the server).
+among batches due alike (no SLO), the one that asked first. With one turn at a time and one
+worker, the simulator measured this order +1.9 points of effective accuracy over the best
+static variant on the mean of 0.5-3x fp32's capacity, against +0.8 first come first served
+and +0.3 side by side; the router bench +1.5 ± 0.9 over side by side at 1-3x (three windows;
+docs/routing.md, tenth part).
 
 Thread: the executor's threads share one `Turns`; its two fields are read and written only
 under its lock. The event loop never takes a turn (a batcher's short calls that run on the
