@@ -16,6 +16,8 @@ from slimserve.router.latency import ServiceCurve
 from slimserve.simulate.ceiling import best_mix, efficient, fluid_bound
 from slimserve.simulate.engine import Arrival, Mix, Pinned, Routed, simulate
 from slimserve.simulate.server import Physics, ServerParams, VariantSpec
+from slimserve.simulate.stats import Interval, t_975
+from slimserve.simulate.trace import Trace
 
 PARAMS = ServerParams(pre_ms=0.5, post_ms=0.25, refuse_ms=0.1, outside_ms=0.3)
 
@@ -133,3 +135,25 @@ def test_with_one_compute_thread_the_batch_due_first_takes_the_next_turn() -> No
     assert result.latency_ms[2] < result.latency_ms[1] and result.in_time.all()
     big_alone = 0.5 + 10.0 + 0.25 + 0.3  # the idle server's latency for `big`
     assert result.latency_ms[2] > big_alone - 2.0  # it waited for `big`'s thread, not for `mid`'s
+
+
+def test_physics_interpolates_between_measured_lengths() -> None:
+    physics = Physics({32: ServiceCurve.of({1: 2.0}), 128: ServiceCurve.of({1: 8.0})})
+    assert physics.ms(1, 80) == pytest.approx(5.0)
+    assert physics.ms(1, 16) == 2.0 and physics.ms(1, 512) == 8.0
+
+
+def test_intervals_use_students_t() -> None:
+    assert t_975(49) == pytest.approx(2.009575, abs=1e-4)
+    assert t_975(9) == pytest.approx(2.262157, abs=1e-3)
+    interval = Interval.of([0.8, 0.9, 1.0])
+    assert interval.mean == pytest.approx(0.9)
+    assert interval.half_width == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=2e-2)
+    assert Interval.paired([1.0, 2.0, 3.0], [0.5, 1.5, 2.5]).half_width == pytest.approx(0.0)
+
+
+def test_trace_windows_spread_over_the_whole_trace() -> None:
+    trace = Trace(np.arange(100.0), np.full(100, 128))
+    assert trace.window_starts(10, 4) == [0, 30, 60, 90]
+    with pytest.raises(ValueError, match="a window needs"):
+        trace.window_starts(200, 2)
