@@ -555,6 +555,36 @@ def test_batchers_that_share_turns_never_run_their_session_calls_at_once(
     assert turns.waiting == 0
 
 
+def _turn_held_elsewhere(turns: Turns) -> Callable[[], None]:
+    """Another variant's call takes the model's one turn and keeps it; the function returned
+    ends that call (its turn goes to the next waiting thread) and joins its thread."""
+    held, release = threading.Event(), threading.Event()
+
+    def another_variant_computing() -> None:
+        with turns:
+            held.set()
+            release.wait(60.0)
+
+    holder = threading.Thread(target=another_variant_computing)
+    holder.start()
+    assert held.wait(60.0)
+
+    def end() -> None:
+        release.set()
+        holder.join(60.0)
+
+    return end
+
+
+async def _until_waiting(turns: Turns, count: int) -> None:
+    """Until `count` threads wait for a turn (their batches' calls asked for it)."""
+    deadline = time.monotonic() + 60.0
+    while turns.waiting < count:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0)
+        time.sleep(0.001)
+
+
 def test_the_batch_due_first_takes_the_next_turn(minilm: ModelEntry, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another variant holds the model's one turn; a loose call (SLO ends at 9 s) waits for it
     on fp32, then a tight one (1 s) on int8: the tight one's batch runs first (core.turns)."""
@@ -567,25 +597,9 @@ def test_the_batch_due_first_takes_the_next_turn(minilm: ModelEntry, monkeypatch
             return super().run(inputs)
 
     turns = Turns(1)
-    held, release = threading.Event(), threading.Event()
-
-    def another_variant_computing() -> None:
-        with turns:
-            held.set()
-            release.wait(60.0)
-
-    holder = threading.Thread(target=another_variant_computing)
-    holder.start()
-    assert held.wait(60.0)
+    release = _turn_held_elsewhere(turns)
     clock = FakeClock()
     sentence = _sentence([101, 2023, 102], 8)
-
-    async def until_waiting(count: int) -> None:
-        deadline = time.monotonic() + 60.0
-        while turns.waiting < count:  # its thread has asked for the turn
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0)
-            time.sleep(0.001)
 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
@@ -597,16 +611,15 @@ def test_the_batch_due_first_takes_the_next_turn(minilm: ModelEntry, monkeypatch
             fp32.start()
             int8.start()
             loose = asyncio.create_task(fp32.submit(sentence, None, due_s=9.0))
-            await until_waiting(1)
+            await _until_waiting(turns, 1)
             tight = asyncio.create_task(int8.submit(sentence, None, due_s=1.0))
-            await until_waiting(2)
-            release.set()
+            await _until_waiting(turns, 2)
+            release()
             assert (await loose).outputs and (await tight).outputs
             await fp32.close()
             await int8.close()
 
     run_on(clock, scenario())
-    holder.join(60.0)
     assert ran == ["int8", "fp32"]  # first come first served would have run fp32 first
 
 
@@ -625,16 +638,7 @@ def test_a_call_whose_loop_died_while_it_waited_for_its_turn_is_never_run(
             return super().run(inputs)
 
     turns = Turns(1)
-    held, release = threading.Event(), threading.Event()
-
-    def another_variant_computing() -> None:
-        with turns:
-            held.set()
-            release.wait(60.0)
-
-    holder = threading.Thread(target=another_variant_computing)
-    holder.start()
-    assert held.wait(60.0)
+    release = _turn_held_elsewhere(turns)
     clock = FakeClock()
     sentence = _sentence([101, 2023, 102], 8)
 
@@ -651,21 +655,16 @@ def test_a_call_whose_loop_died_while_it_waited_for_its_turn_is_never_run(
             )
             batcher.start()
             first = asyncio.create_task(batcher.submit(sentence, None))
-            deadline = time.monotonic() + 60.0
-            while turns.waiting == 0:  # its thread has asked for the turn
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0)
-                time.sleep(0.001)
+            await _until_waiting(turns, 1)
             task = batcher.loop_task
             assert task is not None
             task.cancel()
             await asyncio.wait({task})
             with pytest.raises(VariantUnavailableError, match="stopped serving"):
                 await first
-            release.set()
+            release()
             assert (await batcher.submit(sentence, None)).outputs
             await batcher.close()
 
     run_on(clock, scenario())
-    holder.join(60.0)
     assert runs == [1]  # the restarted loop's call alone

@@ -21,8 +21,10 @@ def _until(condition: object, what: str) -> None:
         time.sleep(0.001)
 
 
-def test_waiting_threads_get_their_turns_in_the_order_they_asked() -> None:
-    turns = Turns(1)
+def _order_of_turns(turns: Turns, askers: list[tuple[str, float | None]]) -> list[str]:
+    """A first thread takes the one turn and keeps it while the `askers` (name, due time;
+    None: `with turns:`, no due time) ask for it one after the other, each waiting before the
+    next asks; then it lets go. The order in which all of them had their turns."""
     order: list[str] = []
     release_first = threading.Event()
 
@@ -31,46 +33,14 @@ def test_waiting_threads_get_their_turns_in_the_order_they_asked() -> None:
             order.append("first")
             release_first.wait(WAIT_S)
 
-    def later(name: str) -> None:
-        with turns:
+    def later(name: str, due_s: float | None) -> None:
+        with turns if due_s is None else turns.turn(due_s):
             order.append(name)
 
     threads = [threading.Thread(target=first)]
     threads[0].start()
     _until(lambda: order == ["first"], "the first turn")
-    for count, name in enumerate(("b", "c", "d", "e"), start=1):
-        thread = threading.Thread(target=later, args=(name,))
-        thread.start()
-        threads.append(thread)
-        _until(lambda count=count: turns.waiting == count, f"{name} to wait")  # type: ignore[misc]
-    release_first.set()
-    for thread in threads:
-        thread.join(WAIT_S)
-    assert order == ["first", "b", "c", "d", "e"]
-    assert turns.waiting == 0
-    with turns:  # every turn was handed back: a newcomer gets one at once
-        pass
-
-
-def test_the_next_turn_goes_to_the_thread_due_first_and_among_equals_to_the_first_to_ask() -> None:
-    turns = Turns(1)
-    order: list[str] = []
-    release_first = threading.Event()
-
-    def first() -> None:
-        with turns.turn(0.0):
-            order.append("first")
-            release_first.wait(WAIT_S)
-
-    def later(name: str, due_s: float) -> None:
-        with turns.turn(due_s):
-            order.append(name)
-
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
-    _until(lambda: order == ["first"], "the first turn")
-    # Asked in this order; due at 9, 3, 5 and 3 s (a loose batch first, then tighter ones).
-    for count, (name, due_s) in enumerate((("loose", 9.0), ("tight", 3.0), ("mid", 5.0), ("tight2", 3.0)), 1):
+    for count, (name, due_s) in enumerate(askers, start=1):
         thread = threading.Thread(target=later, args=(name, due_s))
         thread.start()
         threads.append(thread)
@@ -78,7 +48,24 @@ def test_the_next_turn_goes_to_the_thread_due_first_and_among_equals_to_the_firs
     release_first.set()
     for thread in threads:
         thread.join(WAIT_S)
-    assert order == ["first", "tight", "tight2", "mid", "loose"]
+    return order
+
+
+def test_waiting_threads_get_their_turns_in_the_order_they_asked() -> None:
+    turns = Turns(1)
+    assert _order_of_turns(turns, [("b", None), ("c", None), ("d", None), ("e", None)]) == [
+        "first", "b", "c", "d", "e"
+    ]  # fmt: skip
+    assert turns.waiting == 0
+    with turns:  # every turn was handed back: a newcomer gets one at once
+        pass
+
+
+def test_the_next_turn_goes_to_the_thread_due_first_and_among_equals_to_the_first_to_ask() -> None:
+    turns = Turns(1)
+    # Asked in this order; due at 9, 3, 5 and 3 s (a loose batch first, then tighter ones).
+    askers: list[tuple[str, float | None]] = [("loose", 9.0), ("tight", 3.0), ("mid", 5.0), ("tight2", 3.0)]
+    assert _order_of_turns(turns, askers) == ["first", "tight", "tight2", "mid", "loose"]
     assert turns.waiting == 0
 
 
