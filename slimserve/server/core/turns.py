@@ -24,9 +24,10 @@ static variant on the mean of 0.5-3x fp32's capacity, against +0.8 first come fi
 and +0.3 side by side; the router bench +1.5 ± 0.9 over side by side at 1-3x (three windows;
 docs/routing.md, tenth part).
 
-Thread: the executor's threads share one `Turns`; its two fields are read and written only
-under its lock. The event loop never takes a turn (a batcher's short calls that run on the
-loop do not wait for one: blocking the loop on a worker thread would stall every model).
+Thread: the executor's threads share one `Turns`; its fields (the holders' count, the heap of
+waiting gates, the counter of asks) are read and written only under its lock. The event loop
+never takes a turn (a batcher's short calls that run on the loop do not wait for one:
+blocking the loop on a worker thread would stall every model).
 """
 
 from __future__ import annotations
