@@ -16,7 +16,12 @@ The child's OpenMP threads (torch's) wait passively at their barriers (OMP_WAIT_
 unless the environment sets it): the niced build loses a core to any serving work, and a
 thread spinning for a partner that lost its core burns the build's own share. Measured on a
 busy 2-core AMD EPYC: a MiniLM-sized training step on two threads took 2.8–7× the CPU seconds
-spinning (GOMP's default) as waiting passively, which was as fast as one thread.
+spinning (GOMP's default) as waiting passively, which was as fast as one thread. The price on
+a quiet machine: passive training runs 10–17 % slower than spinning, and a spin long enough to
+win that back (GOMP_SPINCOUNT 100,000) took 2.5 s a training step beside one busy process,
+against 0.2 s on a quiet machine (passive beside it: the whole build 1.6× slower; docs/variants.md,
+"A first `make run` on this CPU"). A user building on an idle machine may set
+OMP_WAIT_POLICY=ACTIVE.
 
 Thread: owned by the event loop (an asyncio subprocess and the task relaying its output).
 The relay task is the only writer of the progress snapshot: it replaces the whole mapping
