@@ -17,7 +17,7 @@ unless the environment sets it): the niced build loses a core to any serving wor
 thread spinning for a partner that lost its core burns the build's own share. Measured on a
 busy 2-core AMD EPYC: a MiniLM-sized training step on two threads took 2.8–7× the CPU seconds
 spinning (GOMP's default) as waiting passively, which was as fast as one thread. The price on
-a quiet machine: passive training runs 10–17 % slower than spinning, and a spin long enough to
+a quiet machine: passive training runs 11–18 % slower than spinning, and a spin long enough to
 win that back (GOMP_SPINCOUNT 100,000) took 2.5 s a training step beside one busy process,
 against 0.2 s on a quiet machine (passive beside it: the whole build 1.6× slower; docs/variants.md,
 "A first `make run` on this CPU"). A user building on an idle machine may set
