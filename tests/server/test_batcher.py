@@ -561,7 +561,7 @@ def _turn_held_elsewhere(turns: Turns) -> Callable[[], None]:
     held, release = threading.Event(), threading.Event()
 
     def another_variant_computing() -> None:
-        with turns:
+        with turns.turn():
             held.set()
             release.wait(60.0)
 

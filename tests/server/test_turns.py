@@ -23,18 +23,18 @@ def _until(condition: object, what: str) -> None:
 
 def _order_of_turns(turns: Turns, askers: list[tuple[str, float | None]]) -> list[str]:
     """A first thread takes the one turn and keeps it while the `askers` (name, due time;
-    None: `with turns:`, no due time) ask for it one after the other, each waiting before the
+    None: `turns.turn()`, no due time) ask for it one after the other, each waiting before the
     next asks; then it lets go. The order in which all of them had their turns."""
     order: list[str] = []
     release_first = threading.Event()
 
     def first() -> None:
-        with turns:
+        with turns.turn():
             order.append("first")
             release_first.wait(WAIT_S)
 
     def later(name: str, due_s: float | None) -> None:
-        with turns if due_s is None else turns.turn(due_s):
+        with turns.turn() if due_s is None else turns.turn(due_s):
             order.append(name)
 
     threads = [threading.Thread(target=first)]
@@ -57,7 +57,7 @@ def test_waiting_threads_get_their_turns_in_the_order_they_asked() -> None:
         "first", "b", "c", "d", "e"
     ]  # fmt: skip
     assert turns.waiting == 0
-    with turns:  # every turn was handed back: a newcomer gets one at once
+    with turns.turn():  # every turn was handed back: a newcomer gets one at once
         pass
 
 
@@ -78,7 +78,7 @@ def test_no_more_than_the_limit_hold_a_turn_at_once_and_a_failure_hands_it_over(
     def work(index: int) -> None:
         nonlocal holding, most
         try:
-            with turns:
+            with turns.turn():
                 with count_lock:
                     holding += 1
                     most = max(most, holding)

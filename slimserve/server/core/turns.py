@@ -38,13 +38,11 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 
 
 class Turns:
     """A limit of `limit` holders at once, for threads; the next turn goes to the waiting
-    thread due first (`turn(due_s)`), then to the one that asked first. `with turns:` asks
-    with no due time."""
+    thread due first (`turn(due_s)`), then to the one that asked first."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -59,20 +57,12 @@ class Turns:
     @contextmanager
     def turn(self, due_s: float = math.inf) -> Iterator[None]:
         """Hold a turn; while every turn is taken, wait behind the threads due before `due_s`
-        (any clock, the same for every caller of this `Turns`)."""
+        (any clock, the same for every caller of this `Turns`; by default no due time)."""
         self._take(due_s)
         try:
             yield
         finally:
             self._give_back()
-
-    def __enter__(self) -> None:
-        self._take(math.inf)
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self._give_back()
 
     def _take(self, due_s: float) -> None:
         with self._lock:
