@@ -5,9 +5,9 @@ finishes early and the second no later. With SLIMSERVE_COMPUTE_WORKERS=N a model
 take turns, N batches at a time, instead of each running beside the others (the default). On
 the router bench (minilm, one core) one turn at a time first come first served measured
 −0.4 ± 1.7 points of effective accuracy against side by side (docs/routing.md, "Turns per
-model"); taken by deadline, below, it gains on one core (and, in the simulator, not with two
-workers), so it is an option, not the default. It is per model, unlike the one executor
-thread it replaces, which put a digits call behind a minilm batch.
+model"); taken by deadline, below, it gains on one core at light load (and, in the simulator,
+not with two or four workers), so it is an option, not the default. It is per model, unlike
+the one executor thread it replaces, which put a digits call behind a minilm batch.
 
 The turn is taken in the executor's thread, around the session call, not on the event loop:
 under load the loop is the busy part of the process, and a batch waiting on the loop starts
@@ -21,8 +21,8 @@ no newcomer can slip in between) to the waiting batch whose earliest call's SLO 
 among batches due alike (no SLO), the one that asked first. With one turn at a time and one
 worker, the simulator measured this order +1.9 points of effective accuracy over the best
 static variant on the mean of 0.5-3x fp32's capacity, against +0.8 first come first served
-and +0.3 side by side; the router bench +1.5 ± 0.9 over side by side at 1-3x (three windows;
-docs/routing.md, tenth part).
+and +0.3 side by side; the router bench +1.0 ± 1.1 over side by side on the mean of 1-3x (five
+windows, inside the interval; +3.0 ± 1.6 at 1x; docs/routing.md, tenth part).
 
 Thread: the executor's threads share one `Turns`; its fields (the holders' count, the heap of
 waiting gates, the counter of asks) are read and written only under its lock. The event loop
