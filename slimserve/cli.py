@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep models already in the repository with every variant their recipe makes")  # fmt: skip
     build.add_argument("--staged", action="store_true",
                        help="publish every model's fp32 and int8 first, then the rest")  # fmt: skip
+    build.add_argument("--share-cores", action="store_true",
+                       help="train on one thread while other processes keep the machine busy, on every core "
+                            "otherwise (what the server's background build does; variants.core_sharing)")  # fmt: skip
     build.add_argument("--json", action="store_true", help="print the result as JSON")
     # The hardware-aware search (variants.search_run): opt-in, on a repository already built.
     build.add_argument("--search", action="store_true",
@@ -211,6 +214,10 @@ def _build(args: argparse.Namespace) -> int:
     from slimserve.variants.recipes import planned_variants
     from slimserve.variants.report import render_json, render_table
 
+    if args.share_cores:
+        from slimserve.variants.core_sharing import share_cores_while_busy
+
+        share_cores_while_busy()
     args.repository.mkdir(parents=True, exist_ok=True)
     entries = {}
     to_build = []
