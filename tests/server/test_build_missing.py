@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.messages import digits_request
 from loadtest.serving import RunningServer, wait_until
+from slimserve.cli import _parser
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.repository.format import load_model
 from slimserve.repository.hardware import fingerprint, usable_cores
@@ -129,11 +130,14 @@ def test_with_workers_no_worker_profiles_a_publication_and_one_stores_the_profil
     assert "%|" not in log
 
 
-def test_the_build_child_waits_passively_unless_told_otherwise(
+def test_the_build_child_shares_the_cores_and_leaves_omp_waiting_to_the_environment(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """torch's OpenMP threads in the niced child must not spin for a partner that lost its core
-    to serving; an OMP_WAIT_POLICY in the server's environment is passed on as it is."""
+    """The niced child trains on one thread while serving is busy (`--share-cores`, which the
+    CLI accepts) instead of waiting passively; an OMP_WAIT_POLICY in the server's environment
+    is passed on as it is, and none is imposed."""
+    argv = BackgroundBuild(tmp_path).command
+    assert argv[1:3] == ["-m", "slimserve.cli"] and _parser().parse_args(argv[3:]).share_cores
     report = "import os; print('built: OMP_WAIT_POLICY=' + os.environ.get('OMP_WAIT_POLICY', 'unset'))"
 
     async def child_policy() -> str:
@@ -146,6 +150,6 @@ def test_the_build_child_waits_passively_unless_told_otherwise(
 
     caplog.set_level("INFO", "slimserve.server.process.background_build")
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert asyncio.run(child_policy()) == "unset"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert asyncio.run(child_policy()) == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert asyncio.run(child_policy()) == "ACTIVE"

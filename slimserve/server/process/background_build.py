@@ -12,16 +12,14 @@ are switched off in the child (TQDM_DISABLE) and never relayed. The progress lin
 parsed into a snapshot per (model, variant) that ListVariants reports for the variants still
 being built. SIGTERM to the server stops the build.
 
-The child's OpenMP threads (torch's) wait passively at their barriers (OMP_WAIT_POLICY=PASSIVE,
-unless the environment sets it): the niced build loses a core to any serving work, and a
-thread spinning for a partner that lost its core burns the build's own share. Measured on a
-busy 2-core AMD EPYC: a MiniLM-sized training step on two threads took 2.8–7× the CPU seconds
-spinning (GOMP's default) as waiting passively, which was as fast as one thread. The price on
-a quiet machine: passive training runs 11–18 % slower than spinning, and a spin long enough to
-win that back (GOMP_SPINCOUNT 100,000) took 2.5 s a training step beside one busy process,
-against 0.2 s on a quiet machine (passive beside it: the whole build 1.6× slower; docs/variants.md,
-"A first `make run` on this CPU"). A user building on an idle machine may set
-OMP_WAIT_POLICY=ACTIVE.
+The child trains with `--share-cores` (variants.core_sharing): on every core while the rest of
+the machine is quiet, on one thread while serving keeps it busy. torch's OpenMP threads spin at
+their barriers; once the niced build loses a core to serving, a thread spinning for a partner
+that lost its core burns the build's own share (a MiniLM-sized step on a busy 2-core AMD EPYC:
+2.8-7x the CPU seconds), and one thread has no partner to wait for. The child used to wait
+passively instead (OMP_WAIT_POLICY=PASSIVE), which cost 7-28 % of its time on a quiet
+machine (docs/variants.md, "A first `make run` on this CPU"); an OMP_WAIT_POLICY in the
+server's environment still reaches the child.
 
 Thread: owned by the event loop (an asyncio subprocess and the task relaying its output).
 The relay task is the only writer of the progress snapshot: it replaces the whole mapping
@@ -54,7 +52,6 @@ BUILD_NICENESS = 10  # the build yields the CPU to serving
 # What is relayed to the server's log (progress bars are not; nor is the int8 selection chatter).
 RELAYED = (f"{PREFIX} model=", "published", "built", "already built", "missing", "error", "Error", "Traceback")
 CHILD_ENV = {"TQDM_DISABLE": "1"}  # bars redraw for a terminal; the child writes into a pipe
-CHILD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}  # a niced build must not spin (module docstring)
 NICE = shutil.which("nice") or "/usr/bin/nice"  # coreutils: on every Debian system and image
 
 
@@ -83,7 +80,7 @@ class BackgroundBuild:
         self.recipe_files = recipe_files or []
         self.command = list(command) if command is not None else [
             sys.executable, "-m", "slimserve.cli", "build", "--repository", str(repository),
-            "--skip-existing", "--staged", *(f"--recipe={path}" for path in self.recipe_files),
+            "--skip-existing", "--staged", "--share-cores", *(f"--recipe={path}" for path in self.recipe_files),
         ]  # fmt: skip
         recipes = [r for path in self.recipe_files for r in load_recipes(path)] or default_recipes()
         self.planned = {recipe.name: planned_variants(recipe) for recipe in recipes}
@@ -125,7 +122,7 @@ class BackgroundBuild:
         # and it serves nothing: it gets no token. It is niced by `nice`, not by a preexec_fn,
         # which runs Python between fork and exec in a process whose other threads (gRPC's,
         # ONNX Runtime's) may hold locks the forked copy can never release.
-        env = CHILD_DEFAULTS | {k: v for k, v in os.environ.items() if not _withheld(k)} | CHILD_ENV
+        env = {k: v for k, v in os.environ.items() if not _withheld(k)} | CHILD_ENV
         self._process = await asyncio.create_subprocess_exec(
             NICE, "-n", str(BUILD_NICENESS), *self.command, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=env,
