@@ -8,7 +8,9 @@ import onnx
 import pytest
 import torch
 
+from slimserve.repository.hardware import usable_cores
 from slimserve.repository.sessions import make_session
+from slimserve.variants import quantize
 from slimserve.variants.fuse_attention import fused_attention
 from slimserve.variants.models.encoder import EncoderShape, SentenceEncoder
 from slimserve.variants.onnx_io import export_onnx
@@ -78,3 +80,30 @@ def test_the_dynamic_int8_step_builds_the_fused_graph_as_one_more_candidate() ->
         assert report[label]["score"] == pytest.approx(unfused, abs=0.005)
     assert max(report[label]["score"] for label in fused_labels) > 0.99  # int8 of a random net, 3 layers
     assert chosen.label in report
+
+
+def test_candidates_quantized_in_worker_processes_are_the_ones_quantized_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 step quantizes dynamic candidates in worker processes, one per core; what it
+    scores, and in what order, is what quantizing one at a time here gives (which of the
+    equally good ones is kept is then timed, so not compared)."""
+    if usable_cores() < 2:
+        pytest.skip("one core: the int8 step quantizes in this process")
+    model, rows = small_encoder()
+    graph = export_onnx(model, {k: v[:2] for k, v in rows.items()}, "embedding", AXES)
+    reference = make_session(graph, threads=1).run(None, rows)[0]
+
+    def run(cores: int) -> tuple[list[bytes], dict[str, float]]:
+        scored: list[bytes] = []
+
+        def cosine(candidate: bytes) -> float:
+            scored.append(candidate)
+            output = make_session(candidate, threads=1).run(None, rows)[0]
+            return float(np.mean(np.sum(output * reference, axis=1)))
+
+        monkeypatch.setattr(quantize, "usable_cores", lambda: cores)
+        _, _, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()}, 1)
+        return scored, {label: r["score"] for label, r in report.items()}
+
+    parallel, serial = run(2), run(1)
+    assert len(parallel[0]) == 2 * len(DYNAMIC_CANDIDATES)
+    assert parallel == serial  # graphs byte for byte in the same order, and the same scores
