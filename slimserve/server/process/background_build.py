@@ -49,8 +49,10 @@ LOG_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) [\w.]+: ")  # the child's 
 CHUNK_BYTES = 64 * 1024
 STOP_TIMEOUT_S = 10.0  # for the build to exit after SIGTERM
 BUILD_NICENESS = 10  # the build yields the CPU to serving
-# What is relayed to the server's log (progress bars are not; nor is the int8 selection chatter).
-RELAYED = (f"{PREFIX} model=", "published", "built", "already built", "missing", "error", "Error", "Traceback")
+# What is relayed to the server's log (progress bars are not; nor is the int8 selection chatter);
+# "training on": variants.core_sharing changing the build's thread count.
+RELAYED = (f"{PREFIX} model=", "published", "built", "already built", "missing", "error", "Error", "Traceback",
+           "training on")  # fmt: skip
 CHILD_ENV = {"TQDM_DISABLE": "1"}  # bars redraw for a terminal; the child writes into a pipe
 NICE = shutil.which("nice") or "/usr/bin/nice"  # coreutils: on every Debian system and image
 
