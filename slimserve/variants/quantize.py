@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import tempfile
 from collections.abc import Callable, Generator
 from concurrent.futures import ProcessPoolExecutor
@@ -123,13 +124,13 @@ def _pre_process(raw: Path, target: Path, symbolic_shapes: bool) -> Path:
 def _quantize(
     source: Path, candidate: QuantCandidate, calibration: dict[str, np.ndarray] | None, work: Path, rows_per_call: int
 ) -> bytes:
-    # A folder of its own: ONNX Runtime's quantizer writes its shape-inferred copy beside the
-    # source (`<name>-inferred.onnx`) and deletes it after, which candidates quantized at the
-    # same time would share.
-    folder = work / candidate.label.replace("/", "_")
-    folder.mkdir()
-    (folder / source.name).symlink_to(source.resolve())
-    source, target = folder / source.name, folder / "model.onnx"
+    # The source under a name of its own: ONNX Runtime's quantizer writes a shape-inferred copy
+    # beside it (`<stem>-inferred.onnx`) and deletes it after, which candidates quantized at
+    # the same time would share. A hard link in the same folder keeps external data beside it.
+    slug = candidate.label.replace("/", "_")
+    own_source = work / f"{source.stem}.{slug}{source.suffix}"
+    os.link(source, own_source)
+    source, target = own_source, work / f"{slug}.onnx"
     weight_type = getattr(QuantType, candidate.weight_type)
     if calibration is None:
         quantize_dynamic(
