@@ -68,8 +68,8 @@ def test_the_load_is_the_others_not_the_builds_own() -> None:
 
 
 def test_a_reading_from_hours_ago_is_not_averaged_over() -> None:
-    """Hours without a training step (evaluation, profiling): the first check after them only
-    takes a new base; the load over the gap says nothing about now."""
+    """Hours without torch work (ONNX Runtime's evaluation and profiling): the first check
+    after them only takes a new base; the load over the gap says nothing about now."""
     machine = Machine()
     sharing, applied = sharing_on(machine)
     machine.run(3 * HOUR_S, others_cores=1.0)  # busy over the gap ...
@@ -108,7 +108,8 @@ def test_read_cpu_counts_this_process_burning_cpu() -> None:
         pass
     after = read_cpu()
     assert after.own_s - before.own_s >= 0.2
-    assert after.machine_busy_s - before.machine_busy_s >= after.own_s - before.own_s - 0.05
+    # The machine's busy time holds this process's; both are sampled in clock ticks (10 ms).
+    assert after.machine_busy_s - before.machine_busy_s >= after.own_s - before.own_s - 0.1
 
 
 def test_the_hook_sets_torchs_threads_before_a_forward_in_training_and_inference() -> None:
