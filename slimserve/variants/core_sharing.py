@@ -6,7 +6,7 @@ they sleep. On a quiet machine that spinning is what makes a training step fast;
 takes a core, a thread spinning for a partner that lost its core burns the build's own share
 (on a busy 2-core AMD EPYC a step took 2.8-7x the CPU seconds). Waiting passively
 (OMP_WAIT_POLICY=PASSIVE, the fix until now) costs 7-28 % of a build's time on a quiet
-machine (17 +- 9 % over six pairs of builds), about what the first build on an AVX2 EPYC
+machine (18 +- 10 % over six pairs of builds), about what the first build on an AVX2 EPYC
 missed its budget by (docs/variants.md).
 
 `CoreSharing` takes the other way out: it keeps the spinning and takes away the barrier.
