@@ -168,11 +168,12 @@ def _quantized(
     (module docstring), started fresh ("spawn": this process runs torch's OpenMP threads, which
     a forked child cannot use) and all submitted at once, so the workers quantize ahead while
     the caller scores what it has."""
-    if calibration is not None or usable_cores() < 2 or len(candidates) < 2:
+    workers = min(usable_cores(), len(candidates))
+    if calibration is not None or workers < 2:
         for candidate in candidates:
             yield _quantize(sources[candidate.fused_attention], candidate, calibration, work, rows_per_call)
         return
-    pool = ProcessPoolExecutor(min(usable_cores(), len(candidates)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = [
             pool.submit(_quantize, sources[candidate.fused_attention], candidate, None, work, rows_per_call)

@@ -18,8 +18,8 @@ their barriers; once the niced build loses a core to serving, a thread spinning 
 that lost its core burns the build's own share (a MiniLM-sized step on a busy 2-core AMD EPYC:
 2.8-7x the CPU seconds), and one thread has no partner to wait for. The child used to wait
 passively instead (OMP_WAIT_POLICY=PASSIVE), which cost 7-28 % of its time on a quiet
-machine (docs/variants.md, "A first `make run` on this CPU"); an OMP_WAIT_POLICY in the
-server's environment still reaches the child.
+machine (docs/variants.md, "Sharing the cores"); an OMP_WAIT_POLICY in the server's
+environment still reaches the child.
 
 Thread: owned by the event loop (an asyncio subprocess and the task relaying its output).
 The relay task is the only writer of the progress snapshot: it replaces the whole mapping
