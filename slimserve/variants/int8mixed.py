@@ -7,7 +7,9 @@ roles are made `blockwise` (variants.mixed_int8) one more at a time, those that 
 most score per weight first (each measured alone once). On minilm (held-out, AMD EPYC,
 AVX-512 VNNI): the feed-forward `down` role alone → retrieval agreement 0.973 at ~1.9× fp32
 and 23 MB (int8: 0.90 at ~2×). Cost: (roles + a few) quantize-and-score rounds on the
-selection rows, under a minute for minilm on two cores.
+selection rows, the base and the roles alone quantized in worker processes while this one scores
+(variants.worker_processes): 43-51 s for minilm on the AVX2-only EPYC's two cores, 56-62 s
+one at a time (docs/variants.md).
 
 Which kernel makes a role precise fast depends on the chip: given a `timing_item`, the roles
 chosen are also tried in float (at least as precise), both graphs are timed side by side at
@@ -19,17 +21,22 @@ ran 1.05× fp32 against 0.96× in the block kernel (docs/variants.md).
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from slimserve.repository.hardware import usable_cores
 from slimserve.variants.matmul_roles import roles
 from slimserve.variants.mixed_int8 import MixedSettings, quantize_mixed
 from slimserve.variants.quantize import batch_one_p50s
 from slimserve.variants.smooth import input_maxima
+from slimserve.variants.worker_processes import results_in_order, worker_count
 
 log = logging.getLogger(__name__)
 Scorer = Callable[[bytes], float]
@@ -37,6 +44,10 @@ ALPHA = 0.8
 # Selection cosine (against the parent) that held-out retrieval agreement ≥ 0.97 needed on
 # minilm: 0.9992 gave 0.971-0.973, 0.9983 gave 0.945.
 MIN_SELECTION_COSINE = 0.999
+
+
+def _quantize_mixed_file(parent: Path, settings: MixedSettings, maxima: dict[str, np.ndarray]) -> bytes:
+    return quantize_mixed(onnx.load(parent), settings, maxima)
 
 
 def quantize_int8mixed(
@@ -52,25 +63,41 @@ def quantize_int8mixed(
     `timing_item` (one row; None: nothing is timed) and `threads` time the precise roles'
     two kernels (variants.quantize.batch_one_p50s)."""
     model = onnx.load_from_string(parent_onnx)
-    maxima = input_maxima(model, calibration)
+    maxima = input_maxima(model, calibration, threads=usable_cores())
     settings = MixedSettings(alpha=ALPHA, embedding_int8=True)
-    graph = quantize_mixed(model, settings, maxima)
-    base = score(graph)
-    measured = {"all dynamic": base}
+    weights = {role: sum(m.count for m in found) for role, found in roles(model).items()}
+    alone = {role: replace(settings, by_role=((role, "blockwise"),)) for role in weights}
+    graphs: dict[str, bytes] = {}
+    measured: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="slimserve-int8mixed-") as tmp:
+        parent = Path(tmp) / "parent.onnx"
+        parent.write_bytes(parent_onnx)
+        # The base graph and each role alone precise are made in worker processes, ahead of
+        # scoring (variants.worker_processes): the base rarely meets the score (minilm: 0.996
+        # for 0.999), and when it does, the role graphs not yet started are cancelled.
+        calls = [(parent, each, maxima) for each in (settings, *alone.values())]
+        with closing(results_in_order(_quantize_mixed_file, calls, worker_count(len(calls)))) as made:
+            graph = next(made)
+            measured["all dynamic"] = base = score(graph)
+            if base < min_score:
+                for role, role_graph in zip(alone, made, strict=True):
+                    graphs[role] = role_graph
+                    measured[f"{role} blockwise"] = score(role_graph)
     if base < min_score:
-        weights = {role: sum(m.count for m in found) for role, found in roles(model).items()}
-        gain = {}
-        for role in weights:
-            alone = score(quantize_mixed(model, replace(settings, by_role=((role, "blockwise"),)), maxima))
-            gain[role], measured[f"{role} blockwise"] = alone - base, alone
+        gain = {role: measured[f"{role} blockwise"] - base for role in weights}
         order = sorted(weights, key=lambda role: gain[role] / weights[role], reverse=True)
         for count in range(1, len(order) + 1):
             settings = replace(settings, by_role=tuple((role, "blockwise") for role in order[:count]))
-            graph = quantize_mixed(model, settings, maxima)
-            measured[settings.label] = final = score(graph)
+            if count == 1:  # the most gainful role alone: made and scored above
+                graph, final = graphs[order[0]], measured[f"{order[0]} blockwise"]
+            else:
+                graph = quantize_mixed(model, settings, maxima)
+                final = score(graph)
+            measured[settings.label] = final
             log.info("int8mixed: %s, selection score %.5f", settings.label, final)
             if final >= min_score:
                 break
+        graphs.clear()
     timed: dict[str, dict[str, float]] = {}
     if timing_item is not None and settings.by_role:
         floated = replace(settings, by_role=tuple((role, "float") for role, _ in settings.by_role))

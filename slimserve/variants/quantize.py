@@ -22,11 +22,9 @@ quantized in this process: a worker's start-up would cost more than it saves.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Generator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,11 +42,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from slimserve.repository.hardware import threads_for, usable_cores
+from slimserve.repository.hardware import threads_for
 from slimserve.repository.profile import profile_sessions
 from slimserve.repository.sessions import make_session
 from slimserve.variants.fuse_attention import fused_attention
 from slimserve.variants.progress import ModelProgress
+from slimserve.variants.worker_processes import results_in_order, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -164,25 +163,11 @@ def _quantized(
     work: Path,
     rows_per_call: int,
 ) -> Generator[bytes, None, None]:
-    """Each candidate's graph, in the order given. Dynamic ones come from worker processes
-    (module docstring), started fresh ("spawn": this process runs torch's OpenMP threads, which
-    a forked child cannot use) and all submitted at once, so the workers quantize ahead while
-    the caller scores what it has."""
-    workers = min(usable_cores(), len(candidates))
-    if calibration is not None or workers < 2:
-        for candidate in candidates:
-            yield _quantize(sources[candidate.fused_attention], candidate, calibration, work, rows_per_call)
-        return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        futures = [
-            pool.submit(_quantize, sources[candidate.fused_attention], candidate, None, work, rows_per_call)
-            for candidate in candidates
-        ]
-        for future in futures:
-            yield future.result()
-    finally:  # the caller stopped early (a scorer raised): quantize nothing more
-        pool.shutdown(wait=True, cancel_futures=True)
+    """Each candidate's graph, in the order given: dynamic ones from worker processes, one per
+    usable core, which quantize ahead while the caller scores what it has (module docstring)."""
+    workers = 1 if calibration is not None else worker_count(len(candidates))
+    calls = [(sources[c.fused_attention], c, calibration, work, rows_per_call) for c in candidates]
+    return results_in_order(_quantize, calls, workers)
 
 
 def batch_one_p50s(

@@ -10,7 +10,7 @@ import torch
 
 from slimserve.repository.hardware import usable_cores
 from slimserve.repository.sessions import make_session
-from slimserve.variants import quantize
+from slimserve.variants import worker_processes
 from slimserve.variants.fuse_attention import fused_attention
 from slimserve.variants.models.encoder import EncoderShape, SentenceEncoder
 from slimserve.variants.onnx_io import export_onnx
@@ -100,7 +100,7 @@ def test_candidates_quantized_in_worker_processes_are_the_ones_quantized_here(mo
             output = make_session(candidate, threads=1).run(None, rows)[0]
             return float(np.mean(np.sum(output * reference, axis=1)))
 
-        monkeypatch.setattr(quantize, "usable_cores", lambda: cores)
+        monkeypatch.setattr(worker_processes, "usable_cores", lambda: cores)
         _, _, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()}, 1)
         return scored, {label: r["score"] for label, r in report.items()}
 

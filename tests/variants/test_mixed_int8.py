@@ -4,11 +4,15 @@ embeddings and a precision per role (variants.matmul_roles, smooth, embedding_in
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 
+from slimserve.repository.hardware import usable_cores
 from slimserve.repository.sessions import make_session, run_batched
+from slimserve.variants import worker_processes
 from slimserve.variants.embedding_int8 import embedding_tables, quantize_embeddings
 from slimserve.variants.int8mixed import quantize_int8mixed
 from slimserve.variants.matmul_roles import role_of, roles
@@ -139,3 +143,35 @@ def test_int8mixed_times_both_kernels_for_its_precise_roles_and_keeps_the_faster
     assert ops["MatMul"] == (2 * len(precise) if kept == "float" else 0)
     assert fidelity(graph) >= target
     assert info["method"].endswith(("float for the roles listed", "(accuracy level 4) for the roles listed"))
+
+
+def test_int8mixed_graphs_made_in_worker_processes_are_the_ones_made_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base graph and each role alone precise are quantized in worker processes, one per
+    core; what is scored, in what order, and what is chosen is what one at a time here gives."""
+    if usable_cores() < 2:
+        pytest.skip("one core: int8mixed quantizes in this process")
+    model, rows = tiny_encoder(), token_rows(32)
+    reference = _outputs(model, rows)
+    start = 1.0 - _relative_error(
+        _outputs(quantize_mixed(model, MixedSettings(alpha=0.8, embedding_int8=True),
+                                input_maxima(model, token_rows(32, seed=2))), rows), reference,
+    )  # fmt: skip
+
+    def run(cores: int) -> tuple[list[bytes], bytes, dict[str, Any]]:
+        scored: list[bytes] = []
+
+        def fidelity(graph: bytes) -> float:
+            scored.append(graph)
+            return 1.0 - _relative_error(_outputs(graph, rows), reference)
+
+        monkeypatch.setattr(worker_processes, "usable_cores", lambda: cores)
+        # Just above the base: at least one role is made precise.
+        graph, info = quantize_int8mixed(
+            model.SerializeToString(), fidelity, token_rows(32, seed=2), min_score=start + 1e-6
+        )
+        return scored, graph, info
+
+    parallel, serial = run(2), run(1)
+    assert len(parallel[0]) >= 1 + len(ROLES)  # the base, each role alone, then the incremental rounds
+    assert parallel == serial  # graphs byte for byte in the same order, the same choice and scores
+    assert parallel[2]["settings"]["by_role"]
