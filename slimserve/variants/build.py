@@ -3,9 +3,10 @@
 The steps: the pipeline trains and compresses (fp32, int8, pruned, distilled and the
 recipe's chains of them); every variant's ONNX graph is evaluated on the held-out set with
 ONNX Runtime (what is served is what is measured); all variants are profiled side by side;
-each one's Huffman-coded size and session memory are measured; the final publication
-decides which are served (recipe `serving.serve`); the model is written into a staging
-folder and renamed into the repository in one step. Each model has one `ModelProgress`
+each one's Huffman-coded size and session memory are measured (a staged build measures each
+graph once: GraphMeasures); the final publication decides which are served (recipe
+`serving.serve`); the model is written into a staging folder and renamed into the repository
+in one step. Each model has one `ModelProgress`
 (variants.progress) that logs its stages, steps, epochs and estimates in one parseable
 line format (the server's background build reports them); tqdm bars are for terminals.
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from slimserve.repository.format import (
@@ -54,6 +57,17 @@ from slimserve.variants.torch_steps import load_entry_point
 log = logging.getLogger(__name__)
 FIRST_STAGE_PROFILE_S = 0.3  # per batch size, for the first stage's brief profile
 ProgressFor = Callable[[str], ModelProgress]  # a model's name → its progress reporter
+
+
+@dataclass(frozen=True)
+class GraphMeasures:
+    """What publishing measures of one graph that no later publication of the same build can
+    change: its held-out outputs, Huffman-coded size and session memory. A staged build keeps
+    them by graph hash, so the final publication does not run again what the first one ran."""
+
+    outputs: np.ndarray
+    coded_bytes: int
+    session_rss_bytes: int
 
 
 def pipeline_stages(recipe: AnyRecipe, progress: ModelProgress) -> Iterator[PipelineResult]:
@@ -104,6 +118,7 @@ def build_staged(
     started = time.monotonic()
     reporters = {recipe.name: progress_for(recipe.name) for recipe in recipes}
     running = {recipe.name: (recipe, pipeline_stages(recipe, reporters[recipe.name])) for recipe in recipes}
+    measured: dict[str, dict[str, GraphMeasures]] = {recipe.name: {} for recipe in recipes}
     entries: dict[str, ModelEntry] = {}
     while running:
         for name, (recipe, stages) in list(running.items()):
@@ -117,7 +132,8 @@ def build_staged(
             settings = recipe.profile if final else recipe.profile.model_copy(
                 update={"seconds_per_batch_size": FIRST_STAGE_PROFILE_S}
             )  # fmt: skip
-            entries[name] = publish(recipe, repo, result, settings, final=final, progress=reporters[name])
+            entries[name] = publish(recipe, repo, result, settings, final=final, progress=reporters[name],
+                                    measured=measured[name])  # fmt: skip
             log.info("%s: published %s after %.0f s%s", name, ", ".join(built), time.monotonic() - started,
                      f"; still building {', '.join(to_come)}" if to_come else "")  # fmt: skip
     return entries
@@ -130,26 +146,38 @@ def publish(
     settings: ProfileSettings,
     final: bool,
     progress: ModelProgress,
+    measured: dict[str, GraphMeasures] | None = None,
 ) -> ModelEntry:
     """Evaluate, profile and measure `result`'s variants, and publish them as the model, in
     one rename. The final publication also decides the served set (recipe `serving.serve`).
     `progress` is told each stage; profiling's estimate is its budget (batch sizes × seconds
-    per batch size; a slow model's minimum repetitions can take longer)."""
+    per batch size; a slow model's minimum repetitions can take longer). `measured` (by graph
+    hash; filled here) holds what an earlier publication of the same build measured: profiles
+    are taken again, since the final publication's settings are the recipe's."""
     reference = result.variants[0]
     names = [v.name for v in result.variants]
     threads = threads_for("cloud-cpu")
+    hashes = {v.name: sha256_of(v.onnx) for v in result.variants}
+    full_batch = synthetic_batch(result.config.inputs, result.config.max_batch_size, settings.seq_len)
+    measured = {} if measured is None else measured
     progress.stage(names, "evaluate")
-    outputs = {v.name: result.run(v.onnx, result.held_out, threads) for v in result.variants}
+    for variant in result.variants:
+        if hashes[variant.name] not in measured:
+            measured[hashes[variant.name]] = GraphMeasures(
+                outputs=result.run(variant.onnx, result.held_out, threads),
+                coded_bytes=coded_bytes(variant.onnx),
+                session_rss_bytes=session_rss_bytes(variant.onnx, full_batch, threads),
+            )
     progress.stage(names, "profile", budget_s=len(settings.batch_sizes) * settings.seconds_per_batch_size)
     profiles = profile_variants({v.name: v.onnx for v in result.variants}, result.config, settings, "cloud-cpu")
-    full_batch = synthetic_batch(result.config.inputs, result.config.max_batch_size, settings.seq_len)
     staged = staging_dir(repo, recipe.name)
     built_at = now()
     manifests: dict[str, VariantManifest] = {}
     progress.stage(names, "measure")
     progress.loop(len(result.variants), unit="graph")
     for variant in tqdm(result.variants, desc=f"{recipe.name}: measure", unit="variant", leave=False):
-        quality, agreement = result.score(outputs[variant.name], outputs[reference.name])
+        measures = measured[hashes[variant.name]]
+        quality, agreement = result.score(measures.outputs, measured[hashes[reference.name]].outputs)
         profile = profiles[variant.name]
         manifests[variant.name] = VariantManifest(
             name=variant.name,
@@ -164,13 +192,13 @@ def publish(
                 quality=quality,
                 agreement=agreement,
                 export_max_abs_diff=variant.export_max_abs_diff,
-                eval_items=len(outputs[variant.name]),
-                coded_bytes=coded_bytes(variant.onnx),
-                session_rss_bytes=session_rss_bytes(variant.onnx, full_batch, threads),
+                eval_items=len(measures.outputs),
+                coded_bytes=measures.coded_bytes,
+                session_rss_bytes=measures.session_rss_bytes,
             ),
             seed_formulas=SeedFormulas.of(reference.params, variant.params, len(reference.onnx), len(variant.onnx)),
             profiles={profile.hardware.key: profile},
-            onnx_sha256=sha256_of(variant.onnx),
+            onnx_sha256=hashes[variant.name],
             built_at=built_at,
         )
         write_variant(staged, manifests[variant.name], variant.onnx)

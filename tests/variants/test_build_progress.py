@@ -1,15 +1,22 @@
-"""A tiny real staged build writes a progress line for every stage, step and epoch."""
+"""A tiny real staged build writes a progress line for every stage, step and epoch, and
+measures each graph once."""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from slimserve.repository.format import Measurements, load_model, sha256_of
+from slimserve.variants import build
 from slimserve.variants.build import build_staged
+from slimserve.variants.pipeline import PipelineResult, Runner
 from slimserve.variants.progress import ModelProgress, ProgressLine
+from slimserve.variants.recipes import AnyRecipe
 from tests.conftest import tiny_digits_recipe
 
 
@@ -51,3 +58,37 @@ def test_a_staged_build_reports_every_stage_with_its_epochs(tmp_path: Path, capl
     # The first stage is published before the second starts.
     order = [(line.variants, line.stage) for line in lines]
     assert order.index((("fp32", "int8"), "published")) < order.index((("pruned",), "prune"))
+
+
+@pytest.mark.slow  # a whole (tiny) build
+def test_a_staged_build_measures_each_graph_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final publication reuses what the first one measured of the same graphs (held-out
+    outputs, coded size, session memory): each graph runs on the held-out set once, and the
+    figures published for fp32 and int8 stay as the first publication had them."""
+    recipe = tiny_digits_recipe(name="blobs", entry_point="tests.variants.user_model:spec")
+    ran: list[str] = []
+    first: dict[str, Measurements] = {}
+    stages = build.pipeline_stages
+
+    def counted(recipe: AnyRecipe, progress: ModelProgress) -> Iterator[PipelineResult]:
+        for number, result in enumerate(stages(recipe, progress)):
+            if number == 1:  # the first publication is on disk
+                first.update({n: v.manifest.measurements for n, v in load_model(tmp_path / "blobs").candidates.items()})
+            run = result.run
+
+            def counting_run(graph: bytes, rows: dict[str, np.ndarray], threads: int, run: Runner = run) -> np.ndarray:
+                ran.append(sha256_of(graph))
+                return run(graph, rows, threads)
+
+            result.run = counting_run
+            yield result
+
+    monkeypatch.setattr(build, "pipeline_stages", counted)
+    entry = build_staged([recipe], tmp_path)["blobs"]
+    assert set(first) == {"fp32", "int8"}
+    assert len(ran) == len(set(ran)) == len(entry.candidates) == 4
+    for name, measurements in first.items():
+        final = entry.candidates[name].manifest.measurements
+        assert (final.quality, final.coded_bytes, final.session_rss_bytes) == (
+            measurements.quality, measurements.coded_bytes, measurements.session_rss_bytes,
+        )  # fmt: skip
