@@ -31,7 +31,6 @@ Mechanism = Literal[
     "traffic_slo",
     "best_effort_quality",
     "shed_idle",
-    "workers_cpu",
 ]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
@@ -60,9 +59,6 @@ class RouterConfig:
     best_effort_quality_on: bool = True
     # Past saturation, shed a request predicted late on an idle variant too while any variant has work.
     shed_idle_on: bool = True
-    # Under several workers, each prices CPU on every worker's utilization, not on its own
-    # share's alone (router.cpu, server.observe.workers_cpu).
-    workers_cpu_on: bool = True
     # Admission at all (settings' shed_late, SLIMSERVE_SHED_LATE): off, the decision never sheds,
     # so Explain and the data plane agree that nothing is refused for a predicted lateness.
     shed_late_on: bool = True

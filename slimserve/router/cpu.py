@@ -61,7 +61,6 @@ class CpuAccount:
         self._compute_ms = 0.0
         self._last: tuple[float, float] | None = None  # (cpu seconds, wall seconds) at the last sample
         self._window: tuple[float, float] | None = None  # where the overhead window started
-        self._last_workers_s: float | None = None  # every worker's CPU seconds at the last sample
 
     def machine_ms(self, core_ms: float) -> float | None:
         """CPU milliseconds over all threads as machine-ms; None before the first sample."""
@@ -74,26 +73,17 @@ class CpuAccount:
     def record_request(self) -> None:
         self._requests += 1
 
-    def sample(self, cpu_s: float, wall_s: float, cores: int, workers_cpu_s: float | None = None) -> None:
+    def sample(self, cpu_s: float, wall_s: float, cores: int) -> None:
         """The process's cumulative CPU seconds at monotonic time `wall_s`, on a machine of
-        `cores` usable cores (of which this process has its share). `workers_cpu_s`, when
-        given, is the cumulative CPU seconds of every worker of the server, this one too
-        (server.observe.workers_cpu): the utilization is then theirs over every core, which a
-        worker in a lull of its own arrivals still sees busy; the overhead stays its own."""
+        `cores` usable cores (of which this process has its share)."""
         cores_here = self.cores = cores * self.share
         if self._last is None:
             self._last = self._window = (cpu_s, wall_s)
-            self._last_workers_s = workers_cpu_s
             return
         last_cpu, last_wall = self._last
         if wall_s <= last_wall:
             return
-        # A reading that went back (a worker died, and its time with it) is a new base.
-        if workers_cpu_s is not None and self._last_workers_s is not None and workers_cpu_s >= self._last_workers_s:
-            used = (workers_cpu_s - self._last_workers_s) / ((wall_s - last_wall) * cores)
-        else:
-            used = (cpu_s - last_cpu) / ((wall_s - last_wall) * cores_here)
-        self._last_workers_s = workers_cpu_s
+        used = (cpu_s - last_cpu) / ((wall_s - last_wall) * cores_here)
         weight = 1.0 - (1.0 - WEIGHT) ** max((wall_s - last_wall) / SAMPLE_PERIOD_S, 1.0)
         self.utilization += weight * (min(used, 1.0) - self.utilization)
         self.sampled = True

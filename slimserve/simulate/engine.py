@@ -520,8 +520,7 @@ class Simulation:
 
     def _sample(self, worker: _Worker) -> None:
         self._advance()
-        every_s = sum(w.cpu_ms for w in self.workers) / 1e3 if self.config.workers_cpu_on else None
-        worker.router.cpu.sample(worker.cpu_ms / 1e3, self.now_s, math.ceil(self.params.cores), every_s)
+        worker.router.cpu.sample(worker.cpu_ms / 1e3, self.now_s, math.ceil(self.params.cores))
         worker.last_sample_s = self.now_s
 
     def _tick(self, worker: _Worker) -> None:

@@ -24,9 +24,9 @@ class CountingCpu(CpuAccount):
         super().__init__()
         self.sampled_s: list[float] = []
 
-    def sample(self, cpu_s: float, wall_s: float, cores: int, workers_cpu_s: float | None = None) -> None:
+    def sample(self, cpu_s: float, wall_s: float, cores: int) -> None:
         self.sampled_s.append(wall_s)
-        super().sample(cpu_s, wall_s, cores, workers_cpu_s)
+        super().sample(cpu_s, wall_s, cores)
 
 
 def test_the_load_monitor_parks_while_idle_and_wakes_at_the_next_arrival() -> None:

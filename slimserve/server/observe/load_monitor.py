@@ -6,8 +6,7 @@ Runtime) both wait. The handler cannot time that wait, but a timer that asks to 
 PERIOD_S and notes how late it woke measures the same delay. The router adds it.
 
 Every SAMPLE_PERIOD_S it reads the process's CPU time into the CPU account (`router.cpu`),
-which the routers price CPU time from; a worker of several reads every worker's too
-(`workers_cpu`, observe.workers_cpu).
+which the routers price CPU time from.
 
 While no request arrives (`observe.activity`) it parks instead of ticking: an idle server
 then spends no CPU on it. Parking and waking each take a CPU sample, so the idle gap enters
@@ -29,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from slimserve.repository.hardware import usable_cores
 from slimserve.router.cpu import SAMPLE_PERIOD_S, CpuAccount
@@ -49,15 +47,8 @@ def decayed_lag_ms(lag_ms: float, gap_s: float) -> float:
 class LoadMonitor:
     """The running mean of the event loop's lateness (ms), and the CPU account it feeds."""
 
-    def __init__(
-        self,
-        cpu: CpuAccount,
-        activity: Activity,
-        clock: Clock = time.monotonic,
-        workers_cpu: Callable[[], float | None] | None = None,
-    ) -> None:
+    def __init__(self, cpu: CpuAccount, activity: Activity, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._workers_cpu = workers_cpu
         self.lag_ms = 0.0
         self.cpu = cpu
         self.activity = activity
@@ -81,7 +72,7 @@ class LoadMonitor:
     async def _watch(self) -> None:
         cores = usable_cores()  # read after any pinning: the edge profile has one
         self._sampled_s = self._clock()
-        self._sample(self._sampled_s, cores)
+        self.cpu.sample(time.process_time(), self._sampled_s, cores)
         while True:
             try:
                 await self._step(cores)
@@ -93,20 +84,16 @@ class LoadMonitor:
         """One tick while requests arrive; or park until the next one and account for the gap."""
         asked = self._clock()
         if self.activity.idle(asked):
-            self._sample(asked, cores)
+            self.cpu.sample(time.process_time(), asked, cores)
             self.parked += 1
             await self.activity.wait_for_arrival()
             self._sampled_s = self._clock()
             self.lag_ms = decayed_lag_ms(self.lag_ms, self._sampled_s - asked)
-            self._sample(self._sampled_s, cores)
+            self.cpu.sample(time.process_time(), self._sampled_s, cores)
             return
         await asyncio.sleep(PERIOD_S)
         now = self._clock()
         self.lag_ms += LAG_WEIGHT * (max((now - asked - PERIOD_S) * 1e3, 0.0) - self.lag_ms)
         if now - self._sampled_s >= SAMPLE_PERIOD_S:
-            self._sample(now, cores)
+            self.cpu.sample(time.process_time(), now, cores)
             self._sampled_s = now
-
-    def _sample(self, now: float, cores: int) -> None:
-        workers_s = self._workers_cpu() if self._workers_cpu is not None else None
-        self.cpu.sample(time.process_time(), now, cores, workers_s)

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +51,6 @@ from slimserve.server.observe.live_state import IDLE_PUBLISH_PERIOD_S, PUBLISH_P
 from slimserve.server.observe.load_monitor import LoadMonitor
 from slimserve.server.observe.metrics import ServingMetrics
 from slimserve.server.observe.recorder import CallRecorder
-from slimserve.server.observe.workers_cpu import workers_cpu_s
 from slimserve.server.process.metrics_http import MetricsAccess, metrics_tls, start_metrics_http
 from slimserve.server.process.peers import (
     PeerPort,
@@ -127,18 +125,12 @@ class App:
         self.recorder = CallRecorder(self.metrics)
         self.recorder.describe(models)
         self.activity = Activity(clock=clock)
+        self.load = LoadMonitor(CpuAccount(settings.cpu_target, settings.cpu_share), self.activity, clock=clock)
         self.registry = ModelRegistry()
         router_config = RouterConfig.without(
             settings.router_off, rpc_allowance_ms=settings.rpc_allowance_ms, cpu_target_utilization=settings.cpu_target,
             shed_late_on=settings.shed_late,
         )  # fmt: skip
-        # A worker of several prices on every worker's CPU (observe.workers_cpu); the supervisor
-        # is its parent, and the workers are the supervisor's children.
-        supervisor = os.getppid()
-        workers_cpu = (lambda: workers_cpu_s(supervisor)) if self._worker and router_config.workers_cpu_on else None
-        self.load = LoadMonitor(
-            CpuAccount(settings.cpu_target, settings.cpu_share), self.activity, clock=clock, workers_cpu=workers_cpu
-        )
         self.factory = HostedModelFactory(
             self.registry, self.recorder, self._executor, calls_at_once, threads, settings.max_queue_size,
             settings.max_queue_bytes, self.hardware_key, router_config, self.load.cpu, lambda: self.load.lag_ms,
