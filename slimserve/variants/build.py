@@ -6,9 +6,9 @@ ONNX Runtime (what is served is what is measured); all variants are profiled sid
 each one's Huffman-coded size and session memory are measured (a staged build measures each
 graph once: GraphMeasures); the final publication decides which are served (recipe
 `serving.serve`); the model is written into a staging folder and renamed into the repository
-in one step. Each model has one `ModelProgress`
-(variants.progress) that logs its stages, steps, epochs and estimates in one parseable
-line format (the server's background build reports them); tqdm bars are for terminals.
+in one step. Each model has one `ModelProgress` (variants.progress) that logs its stages,
+steps, epochs and estimates in one parseable line format (the server's background build
+reports them); tqdm bars are for terminals.
 """
 
 from __future__ import annotations
