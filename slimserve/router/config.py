@@ -31,7 +31,6 @@ Mechanism = Literal[
     "traffic_slo",
     "best_effort_quality",
     "shed_idle",
-    "saturated_pick",
 ]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
@@ -60,9 +59,6 @@ class RouterConfig:
     best_effort_quality_on: bool = True
     # Past saturation, shed a request predicted late on an idle variant too while any variant has work.
     shed_idle_on: bool = True
-    # Past saturation, every call takes the price's own pick (quality less CPU at the price),
-    # not the best expected quality: an idle variant's better odds do not draw calls to it.
-    saturated_pick_on: bool = True
     # Admission at all (settings' shed_late, SLIMSERVE_SHED_LATE): off, the decision never sheds,
     # so Explain and the data plane agree that nothing is refused for a predicted lateness.
     shed_late_on: bool = True

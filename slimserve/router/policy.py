@@ -17,11 +17,7 @@ In order:
    price changed the choice. None likely in time → the best score among all of them (ties:
    the faster), reason `best_effort`: the most expected quality for the CPU it takes, not
    the fastest, which under load is an idle variant slower per row and less accurate than
-   the busy one (RouterConfig.best_effort_quality_on; off: the fastest). Past saturation
-   (no price makes the traffic fit: `snapshot.saturated`), the variant the price itself picks
-   — quality less CPU, the odds aside, reason `cpu_budget` — so that an idle variant's better
-   odds do not draw calls to CPU the machine lacks; admission then refuses what is likely
-   late (RouterConfig.saturated_pick_on).
+   the busy one (RouterConfig.best_effort_quality_on; off: the fastest).
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 4. Admission (`sheds`): a request that states an SLO (not the model's default) is refused,
    reason `shed_predicted_late`, when its variant is less than `admit_p_in_time` likely to
@@ -73,7 +69,6 @@ class Grounds:
     required_rows_s: float | None  # the throughput guard's demand, where it applied
     min_p_in_time: float
     chosen_as: str = ""  # a shed decision: the reason its variant was chosen with
-    saturated: bool = False  # chosen as the saturated price picks (step 3), the odds aside
 
 
 @dataclass
@@ -120,11 +115,6 @@ class Decision:
             return f"quality {c.quality:.4f} < min_quality {hints.min_quality:.4f}"
         if required is not None and c.capacity_rows_s < required:
             return f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required:.0f} needed"
-        if self.grounds.saturated:
-            return (
-                f"quality less CPU at the saturated price {_priced(c, price):.4f} "
-                f"< {_priced(self.chosen, price):.4f} of '{self.chosen.variant}'"
-            )
         if hints.policy == "slo" and c.p_in_time < self.grounds.min_p_in_time:
             return f"P(within SLO {hints.slo_ms:.2f} ms) = {c.p_in_time:.3f}, predicted {c.predicted_ms:.2f} ms"
         if hints.policy == "slo" and BEST_EFFORT not in (self.reason, self.grounds.chosen_as):
@@ -197,24 +187,14 @@ def decide(
         roomy = [c for c in qualifying if c.capacity_rows_s >= required]
         guarded = bool(roomy) and len(roomy) < len(qualifying)
         qualifying = roomy if guarded else qualifying
-    saturated = config.saturated_pick_on and snapshot.saturated and hints.policy == "slo"
-    if saturated:
-        chosen, reason = max(qualifying, key=lambda c: (_priced(c, price), -c.cost_per_row_ms)), CPU_BUDGET
-    else:
-        chosen, reason = _choose(qualifying, hints, price, config)
+    chosen, reason = _choose(qualifying, hints, price, config)
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
     chosen_as = ""
     if sheds(snapshot, hints, chosen, config):  # step 4
         reason, chosen_as = SHED_PREDICTED_LATE, reason
-    grounds = Grounds(hints, price, required if guarded else None, config.min_p_in_time, chosen_as, saturated)
+    grounds = Grounds(hints, price, required if guarded else None, config.min_p_in_time, chosen_as)
     return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
-
-
-def _priced(c: Candidate, price: float) -> float:
-    """Quality less the CPU a row takes at `price`: the price's own pick (router.price.pick),
-    whatever the odds of answering in time."""
-    return c.quality - price * c.cost_per_row_ms
 
 
 def _choose(pool: list[Candidate], hints: RequestHints, price: float, config: RouterConfig) -> tuple[Candidate, str]:

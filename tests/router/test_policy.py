@@ -21,7 +21,6 @@ from slimserve.router.policy import (
     decide,
     pinned,
 )
-from slimserve.router.snapshot import RouterSnapshot
 from tests.router.fakes import ratios_of, snapshot_of
 
 CONFIG = RouterConfig()
@@ -164,7 +163,7 @@ def test_a_call_more_likely_than_admit_p_in_time_to_make_it_is_admitted_behind_w
 def test_a_call_that_states_no_slo_is_never_shed() -> None:
     busy = snapshot_of(THREE, busy={"fp32", "int8", "distilled"}, saturated=True)
     decision = decide(busy, hints(slo_ms=0.1, source="model_default"), 1, CONFIG)
-    assert (decision.reason, decision.shed) == (CPU_BUDGET, False)  # the saturated price's pick, not shed
+    assert (decision.reason, decision.shed) == (BEST_EFFORT, False)
     assert decide(busy, hints(slo_ms=0.1, source="deadline"), 1, CONFIG).shed  # a deadline is stated
 
 
@@ -173,13 +172,11 @@ def test_past_saturation_an_idle_variant_sheds_while_another_has_work() -> None:
     variants = [("int8", 0.99, 4.0, 3_000), ("distilled", 0.70, 2.0, 2_000)]
     hint = hints(slo_ms=3)  # distilled in time at its profile, but its prediction is past it below
     late = ratios_of([1.0, 2.0, 2.0])  # P(distilled) = P(ratio ≤ 1.5) = 1/3; P(int8) = P(ratio ≤ 0.75) = 0
-    # At this price distilled is the saturated price's pick too (0.70 − 0.4 > 0.99 − 0.8).
-    saturated = snapshot_of(variants, price=0.2, ratios=late, busy={"int8"}, saturated=True)
+    saturated = snapshot_of(variants, ratios=late, busy={"int8"}, saturated=True)
     decision = decide(saturated, hint, 1, CONFIG)
     assert (decision.variant, decision.reason) == ("distilled", SHED_PREDICTED_LATE)
-    assert decide(saturated, hint, 1, RouterConfig.without(["shed_idle"])).reason == CPU_BUDGET
-    assert decide(saturated, hint, 1, RouterConfig.without(["shed_idle", "saturated_pick"])).reason == BEST_EFFORT
-    below = snapshot_of(variants, price=0.2, ratios=late, busy={"int8"}, saturated=False)
+    assert decide(saturated, hint, 1, RouterConfig.without(["shed_idle"])).reason == BEST_EFFORT
+    below = snapshot_of(variants, ratios=late, busy={"int8"}, saturated=False)
     assert decide(below, hint, 1, CONFIG).reason == BEST_EFFORT  # below saturation an idle variant serves
 
 
@@ -227,25 +224,3 @@ def test_with_admission_off_the_decision_never_sheds() -> None:
     assert decide(busy, hints(slo_ms=0.1), 1, CONFIG).shed
     off = decide(busy, hints(slo_ms=0.1), 1, replace(CONFIG, shed_late_on=False))
     assert not off.shed and off.reason == BEST_EFFORT
-
-
-def test_past_saturation_the_price_picks_whatever_the_odds() -> None:
-    """Below saturation an idle variant in time beats a cheaper one queued past the SLO; past
-    it, the call goes where the price sends it (quality less CPU), and admission decides on its
-    odds there: an idle variant's better odds do not draw calls to CPU the machine lacks."""
-    variants = [("int8", 0.90, 2.0, 3_000), ("distilled", 0.70, 1.0, 6_000)]
-    views = snapshot_of(variants).variants
-    queued = (views[0], replace(views[1], queued_rows=3))  # distilled predicted 4 ms: late for 3; int8 2 ms
-
-    def at(saturated: bool) -> RouterSnapshot:  # batches taking turns: distilled's queue is its own
-        return replace(snapshot_of(variants, price=0.25, saturated=saturated), variants=queued, side_by_side=False)
-
-    hint = hints(slo_ms=3)
-    assert decide(at(False), hint, 1, CONFIG).variant == "int8"  # 0.90 − 0.5 in time; distilled late
-    decision = decide(at(True), hint, 1, replace(CONFIG, shed_late_on=False))
-    assert (decision.variant, decision.reason) == ("distilled", CPU_BUDGET)  # 0.70 − 0.25 > 0.90 − 0.5
-    why = {v.candidate.variant: v.why for v in decision.verdicts}
-    assert why["int8"] == "quality less CPU at the saturated price 0.4000 < 0.4500 of 'distilled'"
-    shed = decide(at(True), hint, 1, CONFIG)  # admission: distilled is queued past the SLO
-    assert (shed.variant, shed.shed, shed.grounds and shed.grounds.chosen_as) == ("distilled", True, CPU_BUDGET)
-    assert decide(at(True), hint, 1, RouterConfig.without(["saturated_pick"])).variant == "int8"
