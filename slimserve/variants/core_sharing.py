@@ -23,9 +23,9 @@ computes: `share_cores_while_busy()` installs it as a global hook before every m
 which covers inference as well as training (checked only before optimizer steps, the teacher's
 token states beside one busy process took 176 s spinning on two threads against 53 s waiting
 passively). ONNX Runtime's threads in the build (int8 timing, evaluation, profiling) are its
-own and not affected. The int8 step's quantizing worker processes (variants.quantize) count
-as the rest of the machine: while they run the build trains on one thread, but it runs no
-torch then. Only what a build process runs: the server never imports this module.
+own and not affected. The int8 and int8mixed steps' quantizing worker processes
+(variants.worker_processes) count as the rest of the machine: while they run the build trains
+on one thread, but it runs no torch then. Only what a build process runs: the server never imports this module.
 """
 
 from __future__ import annotations
