@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryEr
 from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import Split
-from slimserve.variants.distill import fit_classifier
+from slimserve.variants.distill import classifier_logits, fit_classifier
 from slimserve.variants.evaluate import classifier_scores
 from slimserve.variants.onnx_io import check_export, export_onnx
 from slimserve.variants.pipeline import (
@@ -103,13 +105,16 @@ def _int8(
     return int8_variant(parent, chain, _fidelity_to(parent, recipe, train), calibration, train.take(1).inputs, progress)
 
 
-def _finetune(recipe: ClassifierRecipe, teacher: nn.Module, train: Split, progress: ModelProgress) -> Finetune:
-    """Fine-tuning after pruning or factorising: distillation from `teacher` with the Hinton loss."""
+def _finetune(
+    recipe: ClassifierRecipe, teacher_logits: Callable[[], np.ndarray], train: Split, progress: ModelProgress
+) -> Finetune:
+    """Fine-tuning after pruning or factorising: distillation from the teacher's logits on
+    `train` with the Hinton loss."""
     assert train.labels is not None
     labels = train.labels
 
     def finetune(network: nn.Module, epochs: int, lr: float, desc: str) -> nn.Module:
-        return fit_classifier(network, train.inputs, labels, epochs=epochs, lr=lr, teacher=teacher,
+        return fit_classifier(network, train.inputs, labels, epochs=epochs, lr=lr, teacher_logits=teacher_logits(),
                               desc=f"{recipe.name}: {desc}", progress=progress)  # fmt: skip
 
     return finetune
@@ -158,7 +163,9 @@ def classifier_stages(
     )
     networks: dict[str, nn.Module] = {REFERENCE: teacher}
     example = tuple(torch.from_numpy(v) for v in train.take(2).inputs.values())
-    finetune = _finetune(recipe, teacher, train, progress)
+    # Computed when a chain first distils (a recipe of fp32 and int8 alone never does), then kept.
+    teacher_logits = functools.cache(lambda: classifier_logits(teacher, train.inputs))
+    finetune = _finetune(recipe, teacher_logits, train, progress)
 
     def make(chain: Chain) -> BuiltVariant:
         parent = chain.parent.name
@@ -181,7 +188,7 @@ def classifier_stages(
                 train.labels,
                 epochs=recipe.distill.epochs,
                 lr=recipe.distill.lr,
-                teacher=teacher,
+                teacher_logits=teacher_logits(),
                 temperature=recipe.distill.temperature,
                 alpha=recipe.distill.alpha,
                 desc=f"{recipe.name}: distil student",

@@ -12,6 +12,7 @@ from slimserve.variants.build import build_model
 from slimserve.variants.onnx_io import export_onnx
 from slimserve.variants.recipes import ClassifierLowrank, OnnxRecipe
 from tests.conftest import QUICK_PROFILE, tiny_digits_recipe
+from tests.variants import user_model
 from tests.variants.user_model import spec
 
 
@@ -23,6 +24,18 @@ def test_torch_entry_point_builds_all_four_variants(tmp_path: Path) -> None:
     assert entry.config.outputs[0].shape == [-1, 3]
     assert entry.variants["fp32"].manifest.measurements.quality["accuracy"] > 0.9
     assert entry.variants["pruned"].manifest.measurements.params < entry.variants["fp32"].manifest.measurements.params
+
+
+def test_the_teacher_runs_once_over_the_training_rows_for_every_distillation(tmp_path: Path) -> None:
+    # Pruning's fine-tunings (2 steps) and the student's distillation (3 epochs) at 8 batches an
+    # epoch: running the teacher at every step took 40 passes over 64 rows.
+    user_model.TEACHER_EVAL_ROWS.clear()
+    recipe = tiny_digits_recipe(name="blobs", entry_point="tests.variants.user_model:counted_spec")
+    entry = build_model(recipe, tmp_path)
+    assert set(entry.variants) == {"fp32", "int8", "pruned", "distilled"}
+    passes_over_data = [rows for rows in user_model.TEACHER_EVAL_ROWS if rows > 2]  # not the export's 2-row trace
+    assert passes_over_data == [64, 256, 256]  # fp32's export check on 64 held-out rows; the 512 training rows once
+    assert entry.variants["distilled"].manifest.measurements.quality["accuracy"] > 0.9
 
 
 def test_entry_point_returning_the_wrong_type_is_reported(tmp_path: Path) -> None:

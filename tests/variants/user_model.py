@@ -29,6 +29,23 @@ def spec() -> ClassifierSpec:
     )
 
 
+# The rows of each eval-mode forward pass of `counted_spec`'s teacher, in order.
+TEACHER_EVAL_ROWS: list[int] = []
+
+
+def counted_spec() -> ClassifierSpec:
+    """`spec`, its teacher recording how many rows each of its eval-mode forward passes ran."""
+    made = spec()
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        # A pruned copy of the teacher carries the hook too (deepcopy); only the teacher counts.
+        if module is made.teacher and not module.training:
+            TEACHER_EVAL_ROWS.append(len(inputs[0]))
+
+    made.teacher.register_forward_pre_hook(record)
+    return made
+
+
 def not_a_spec() -> str:
     return "oops"
 
