@@ -162,7 +162,8 @@ def classifier_logits(teacher: nn.Module, inputs: dict[str, np.ndarray], batch_s
 
     Run once instead of at every step of every fine-tuning: for the built-in digits CNN the
     teacher's forward pass was three quarters of a distillation step (the student's 660 steps:
-    73 s, 17 s without it; every digits fine-tuning 124 s, 36 s; 2-core AMD EPYC, AVX2)."""
+    53-73 s, 15-17 s without it; every digits fine-tuning 97-126 s, 34-38 s; three builds each
+    on a 2-core AMD EPYC with AVX2, docs/variants.md)."""
     teacher.eval()
     count = len(next(iter(inputs.values())))
     with torch.no_grad():
