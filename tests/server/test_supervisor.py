@@ -35,6 +35,19 @@ def _worker_settings(pid: int) -> dict[str, object]:
     return json.loads(variables[WORKER_SETTINGS_ENV.encode()])  # type: ignore[no-any-return]
 
 
+def _worker(supervisor: int, index: int) -> list[int]:
+    """The supervisor's child that its settings name worker `index` (none yet: []). Its
+    children by position could include a short-lived process that is no worker."""
+    found = []
+    for pid in _workers(supervisor):
+        try:
+            if _worker_settings(pid).get("worker_index") == index:
+                found.append(pid)
+        except (OSError, KeyError, ValueError):  # gone, or not one the supervisor started as a worker
+            continue
+    return found
+
+
 def _start(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     port_file, log = tmp_path / "port", tmp_path / "server.log"
     process = subprocess.Popen(
@@ -44,12 +57,14 @@ def _start(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], P
     return process, port_file, log
 
 
-@pytest.mark.quiet  # beside another test, worker 1 was gone before its SIGCONT once (cause not found)
+# Beside another test, "worker 1" was gone before its SIGCONT once, when it was the supervisor's
+# second child by position: found by its settings now (whether that was the cause is not known).
+@pytest.mark.quiet
 def test_sigterm_while_a_worker_starts_stops_everything_cleanly(digits_repo: Path, tmp_path: Path) -> None:
     supervisor, port_file, log = _start(digits_repo, tmp_path)
     try:
         # Worker 1 is started once worker 0 serves: hold it in its start.
-        second = wait_until(lambda: _workers(supervisor.pid)[1:], START_TIMEOUT_S, "worker 1")[0]
+        second = wait_until(lambda: _worker(supervisor.pid, 1), START_TIMEOUT_S, "worker 1")[0]
         os.kill(second, signal.SIGSTOP)
         supervisor.send_signal(signal.SIGTERM)
         acted = "stopped while the workers were starting"
