@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +14,7 @@ from slimserve.repository.format import ModelConfig, QualityMetric, RepositoryEr
 from slimserve.repository.sessions import make_session, run_batched
 from slimserve.variants.chains import REFERENCE, Chain
 from slimserve.variants.data import Split
-from slimserve.variants.distill import classifier_logits, fit_classifier
+from slimserve.variants.distill import LogitTargets, classifier_targets, fit_classifier
 from slimserve.variants.evaluate import classifier_scores
 from slimserve.variants.onnx_io import check_export, export_onnx
 from slimserve.variants.pipeline import (
@@ -106,7 +105,7 @@ def _int8(
 
 
 def _finetune(
-    recipe: ClassifierRecipe, teacher_logits: Callable[[], np.ndarray], train: Split, progress: ModelProgress
+    recipe: ClassifierRecipe, teacher: Callable[[], LogitTargets], train: Split, progress: ModelProgress
 ) -> Finetune:
     """Fine-tuning after pruning or factorising: distillation from the teacher's logits on
     `train` with the Hinton loss."""
@@ -114,7 +113,7 @@ def _finetune(
     labels = train.labels
 
     def finetune(network: nn.Module, epochs: int, lr: float, desc: str) -> nn.Module:
-        return fit_classifier(network, train.inputs, labels, epochs=epochs, lr=lr, teacher_logits=teacher_logits(),
+        return fit_classifier(network, train.inputs, labels, epochs=epochs, lr=lr, teacher=teacher(),
                               desc=f"{recipe.name}: {desc}", progress=progress)  # fmt: skip
 
     return finetune
@@ -164,8 +163,8 @@ def classifier_stages(
     networks: dict[str, nn.Module] = {REFERENCE: teacher}
     example = tuple(torch.from_numpy(v) for v in train.take(2).inputs.values())
     # Computed when a chain first distils (a recipe of fp32 and int8 alone never does), then kept.
-    teacher_logits = functools.cache(lambda: classifier_logits(teacher, train.inputs))
-    finetune = _finetune(recipe, teacher_logits, train, progress)
+    targets = functools.cache(lambda: classifier_targets(teacher, train.inputs))
+    finetune = _finetune(recipe, targets, train, progress)
 
     def make(chain: Chain) -> BuiltVariant:
         parent = chain.parent.name
@@ -188,7 +187,7 @@ def classifier_stages(
                 train.labels,
                 epochs=recipe.distill.epochs,
                 lr=recipe.distill.lr,
-                teacher_logits=teacher_logits(),
+                teacher=targets(),
                 temperature=recipe.distill.temperature,
                 alpha=recipe.distill.alpha,
                 desc=f"{recipe.name}: distil student",

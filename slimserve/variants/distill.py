@@ -18,8 +18,8 @@ The loops (`fit_classifier`, `fit_outputs`, `fit_encoder`) are used for three jo
 a classifier from labels (the teacher), distilling a student, and fine-tuning a pruned model
 between pruning steps (the pruned model is distilled from the unpruned teacher, which
 recovers more than labels alone). The teacher is run once over the training rows, not at
-every step: its outputs in eval mode do not change while a student learns (`classifier_logits`
-and `teacher_outputs`; the encoder's token states, `TeacherStates`).
+every step: its outputs in eval mode do not change while a student learns (`StoredLogits`,
+`teacher_outputs`, the encoder's `TeacherStates`), unless they would not fit in memory.
 Each tells a `ModelProgress`, when given one, that its epochs begin and each one's end
 (the lines a log and the server's ListVariants show); the tqdm bar is for a terminal.
 """
@@ -109,15 +109,15 @@ def fit_classifier(
     epochs: int,
     lr: float,
     batch_size: int = 64,
-    teacher_logits: np.ndarray | None = None,
+    teacher: LogitTargets | None = None,
     temperature: float = 4.0,
     alpha: float = 0.7,
     seed: int = 0,
     desc: str = "train",
     progress: ModelProgress | None = None,
 ) -> nn.Module:
-    """Train from labels (`teacher_logits` None) or distil with the Hinton loss from the
-    teacher's logits for every row of `inputs` (`classifier_logits`)."""
+    """Train from labels (`teacher` None) or distil with the Hinton loss from the teacher's
+    logits (`classifier_targets`)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -133,11 +133,10 @@ def fit_classifier(
                 x = _as_tensors(inputs, rows)
                 y = torch.from_numpy(labels[rows])
                 logits = model(*x)
-                if teacher_logits is None:
+                if teacher is None:
                     loss = nn.functional.cross_entropy(logits, y)
                 else:
-                    target = torch.from_numpy(teacher_logits[rows])
-                    loss = hinton_loss(logits, target, y, temperature, alpha)
+                    loss = hinton_loss(logits, teacher.batch(rows, x), y, temperature, alpha)
                 _step(optimizer, schedule, loss, bar)
             if progress is not None:
                 progress.tick()
@@ -154,22 +153,68 @@ VARIANCE_FLOOR_SHARE = 1e-6
 # 22.2 GiB on a 23 GiB machine before the kernel killed it).
 TEACHER_STATES_MEMORY_SHARE = 0.3
 FLOAT16_BYTES = 2
+FLOAT32_BYTES = 4
 TINY = 1e-12
 
 
-def classifier_logits(teacher: nn.Module, inputs: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
-    """The teacher's logits for every row, in eval mode: the soft targets of every distillation.
+class LogitTargets(Protocol):
+    """What `fit_classifier` distils from: the teacher's logits for any rows of its training set."""
 
-    Run once instead of at every step of every fine-tuning: for the built-in digits CNN the
-    teacher's forward pass was three quarters of a distillation step (the student's 660 steps:
-    53-73 s, 15-17 s without it; every digits fine-tuning 97-126 s, 34-38 s; three builds each
-    on a 2-core AMD EPYC with AVX2, docs/variants.md)."""
-    teacher.eval()
+    def batch(self, rows: np.ndarray, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The logits of training rows `rows`, whose inputs are `inputs`."""
+        ...
+
+
+class StoredLogits:
+    """The teacher's logits for every training row, computed once in eval mode: the soft
+    targets of every distillation (the student's, and pruning's and QAT's fine-tunings).
+
+    Run once instead of at every step: for the built-in digits CNN the teacher's forward
+    pass was three quarters of a distillation step (the student's 660 steps: 53-73 s, 15-17 s
+    without it; every digits fine-tuning 97-126 s, 34-38 s; three builds each on a 2-core AMD
+    EPYC with AVX2, docs/variants.md). Memory: rows × outputs × 4 bytes."""
+
+    def __init__(self, teacher: nn.Module, inputs: dict[str, np.ndarray], batch_size: int = 256) -> None:
+        teacher.eval()
+        count = len(next(iter(inputs.values())))
+        with torch.no_grad():
+            parts = [teacher(*_as_tensors(inputs, np.arange(start, min(start + batch_size, count)))).numpy()
+                     for start in range(0, count, batch_size)]  # fmt: skip
+        self.logits = np.concatenate(parts)
+
+    def batch(self, rows: np.ndarray, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.from_numpy(self.logits[rows])
+
+
+class LiveLogits:
+    """The teacher's logits computed for each batch, where stored ones would not fit in memory."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self._teacher = teacher.eval()
+
+    def batch(self, rows: np.ndarray, inputs: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return self._teacher(*inputs)  # type: ignore[no-any-return]
+
+
+def classifier_targets(
+    teacher: nn.Module, inputs: dict[str, np.ndarray], available_bytes: int | None = None
+) -> StoredLogits | LiveLogits:
+    """Stored logits where they fit in TEACHER_STATES_MEMORY_SHARE of the memory available
+    (always, for a model of a few classes), else logits computed per batch, which is said."""
+    available = available_memory_bytes() if available_bytes is None else available_bytes
     count = len(next(iter(inputs.values())))
     with torch.no_grad():
-        parts = [teacher(*_as_tensors(inputs, np.arange(start, min(start + batch_size, count)))).numpy()
-                 for start in range(0, count, batch_size)]  # fmt: skip
-    return np.concatenate(parts)
+        outputs = teacher.eval()(*_as_tensors(inputs, np.arange(1))).numel()
+    needed = count * outputs * FLOAT32_BYTES
+    if available is None or needed <= TEACHER_STATES_MEMORY_SHARE * available:
+        return StoredLogits(teacher, inputs)
+    log.info(
+        "the teacher's logits for %s training rows would need %.1f GiB, more than %.0f%% of the %.1f GiB "
+        "available: computing them for each batch instead",
+        f"{count:,}", needed / 2**30, TEACHER_STATES_MEMORY_SHARE * 100, available / 2**30,
+    )  # fmt: skip
+    return LiveLogits(teacher)
 
 
 def teacher_outputs(

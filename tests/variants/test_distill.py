@@ -10,10 +10,14 @@ import pytest
 import torch
 
 from slimserve.variants.distill import (
+    LiveLogits,
     LiveTeacherStates,
+    StoredLogits,
     TeacherStates,
     TrainingTextTooLargeError,
+    classifier_targets,
     embedding_loss,
+    fit_classifier,
     fit_encoder,
     hinton_loss,
     layer_map,
@@ -128,6 +132,43 @@ def test_states_that_would_not_fit_are_computed_per_batch_and_train_the_same_loo
     before = {name: p.detach().clone() for name, p in student.named_parameters()}
     fit_encoder(student, live, {k: v[:16] for k, v in large.items()}, epochs=1, lr=1e-3, batch_size=8)
     assert [name for name, p in student.named_parameters() if not torch.equal(p, before[name])]
+
+
+def _classifier(width: int = 16, classes: int = 5) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, width), torch.nn.BatchNorm1d(width), torch.nn.ReLU(), torch.nn.Linear(width, classes)]
+    return torch.nn.Sequential(*layers)
+
+
+def test_stored_logits_are_the_teachers_in_eval_mode_for_any_rows() -> None:
+    teacher = _classifier()
+    # Trained a little, so that BatchNorm's running statistics differ from a batch's own.
+    trained_on = {"x": np.random.default_rng(0).normal(loc=1.0, size=(64, 8)).astype(np.float32)}
+    fit_classifier(teacher, trained_on, np.arange(64) % 5, epochs=1, lr=1e-2)
+    inputs = {"x": np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)}
+    rows = np.array([299, 0, 17, 256, 255])  # across the 256-row passes, in any order
+    batch = [torch.from_numpy(inputs["x"][rows])]
+    stored = StoredLogits(teacher, inputs, batch_size=256).batch(rows, batch)
+    live = LiveLogits(teacher).batch(rows, batch)
+    with torch.no_grad():
+        expected = teacher.eval()(batch[0])
+    assert stored.shape == (5, 5)
+    torch.testing.assert_close(stored, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(live, expected)
+    assert not teacher.training
+
+
+def test_logits_that_would_not_fit_are_computed_per_batch_and_distil_the_same_loop() -> None:
+    teacher = _classifier(classes=1000)
+    inputs = {"x": np.random.default_rng(2).normal(size=(1000, 8)).astype(np.float32)}  # 4 MB of logits
+    assert isinstance(classifier_targets(teacher, inputs, available_bytes=20 * 2**20), StoredLogits)
+    assert isinstance(classifier_targets(teacher, inputs, available_bytes=None), StoredLogits)
+    live = classifier_targets(teacher, inputs, available_bytes=10 * 2**20)
+    assert isinstance(live, LiveLogits)
+    student = torch.nn.Linear(8, 1000)
+    before = student.weight.detach().clone()
+    fit_classifier(student, inputs, np.arange(1000), epochs=1, lr=1e-2, teacher=live)
+    assert not torch.equal(student.weight, before)
 
 
 def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
