@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,12 @@ def _docstrings(sources: Iterable[Path]) -> list[str]:
     texts = []
     for source in sources:
         try:
-            tree = ast.parse(source.read_text(encoding="utf-8"))
+            # Another package's invalid escape sequences ('\(' in a plain string) are its own:
+            # reading its docstrings is no reason to warn (DeprecationWarning, SyntaxWarning on 3.12).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(source.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError):
             continue
         for node in ast.walk(tree):

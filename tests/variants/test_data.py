@@ -3,11 +3,28 @@ held-out set the default corpus's."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from slimserve.variants.data import documentation_corpus, documentation_sentences, library_sources, split_sentences
+from slimserve.variants.data import (
+    _docstrings,
+    documentation_corpus,
+    documentation_sentences,
+    library_sources,
+    split_sentences,
+)
 from slimserve.variants.recipes import EncoderRecipe
+
+
+def test_a_source_with_an_invalid_escape_sequence_is_read_without_a_warning(tmp_path: Path) -> None:
+    source = tmp_path / "theirs.py"
+    source.write_text('"""Matches \\( and \\) literally."""\nPATTERN = "\\(\\d+\\)"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be raised here, and the file skipped
+        assert _docstrings([source]) == ["Matches \\( and \\) literally."]
 
 
 @pytest.mark.slow  # parses every module of the standard library (~20 s)
