@@ -19,7 +19,9 @@ a classifier from labels (the teacher), distilling a student, and fine-tuning a 
 between pruning steps (the pruned model is distilled from the unpruned teacher, which
 recovers more than labels alone). The teacher is run once over the training rows, not at
 every step: its outputs in eval mode do not change while a student learns (`StoredLogits`,
-`teacher_outputs`, the encoder's `TeacherStates`), unless they would not fit in memory.
+`teacher_outputs`, the encoder's `TeacherStates`). Where they would not fit in memory, a
+classifier's logits and the encoder's states are computed per batch instead, and a generic
+network's outputs are refused before the work, naming the training rows that fit.
 Each tells a `ModelProgress`, when given one, that its epochs begin and each one's end
 (the lines a log and the server's ListVariants show); the tqdm bar is for a terminal.
 """
@@ -217,11 +219,32 @@ def classifier_targets(
     return LiveLogits(teacher)
 
 
+class TrainingRowsTooLargeError(RepositoryError):
+    """The teacher's outputs for a model's training rows would not fit in memory."""
+
+
 def teacher_outputs(
-    teacher: nn.Module, inputs: dict[str, np.ndarray], names: Sequence[str], batch_size: int = 256
+    teacher: nn.Module,
+    inputs: dict[str, np.ndarray],
+    names: Sequence[str],
+    batch_size: int = 256,
+    available_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """The teacher's outputs for every row, computed once: the targets of every fine-tuning."""
+    """The teacher's outputs for every row, computed once: the targets of every fine-tuning.
+    Outputs that would take more than TEACHER_STATES_MEMORY_SHARE of the memory available
+    (a network with per-token outputs, on many rows) are refused before any is computed,
+    naming the `max_train_rows` that fits: the build would otherwise be killed for memory."""
     count = len(next(iter(inputs.values())))
+    available = available_memory_bytes() if available_bytes is None else available_bytes
+    first = run_named(teacher, {k: v[:1] for k, v in inputs.items()}, names)
+    row_bytes = sum(output.nbytes for output in first.values())
+    if available is not None and count * row_bytes > TEACHER_STATES_MEMORY_SHARE * available:
+        gib = 2**30
+        raise TrainingRowsTooLargeError(
+            f"the teacher's outputs for {count:,} training rows need {count * row_bytes / gib:.1f} GiB, more than "
+            f"{TEACHER_STATES_MEMORY_SHARE:.0%} of the {available / gib:.1f} GiB available: set the recipe's "
+            f"max_train_rows to {int(TEACHER_STATES_MEMORY_SHARE * available // row_bytes):,} or fewer"
+        )
     parts = [run_named(teacher, {k: v[start : start + batch_size] for k, v in inputs.items()}, names)
              for start in range(0, count, batch_size)]  # fmt: skip
     return {name: np.concatenate([part[name] for part in parts]) for name in names}

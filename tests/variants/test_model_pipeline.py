@@ -24,7 +24,12 @@ from slimserve.repository.fidelity import fidelity
 from slimserve.repository.format import ModelEntry, RepositoryError, load_repository
 from slimserve.repository.sessions import make_session
 from slimserve.variants.build import build_model
-from slimserve.variants.distill import output_matching_loss, output_variances
+from slimserve.variants.distill import (
+    TrainingRowsTooLargeError,
+    output_matching_loss,
+    output_variances,
+    teacher_outputs,
+)
 from slimserve.variants.model_pipeline import _check_shapes
 from slimserve.variants.models import examples
 from slimserve.variants.named_outputs import EXPORT_RELATIVE_TOLERANCE, check_named, export_named, head_layers
@@ -112,6 +117,15 @@ def test_a_dict_of_outputs_exports_each_named_with_a_batch_axis() -> None:
     assert outputs["score"].shape == (5, 1) and outputs["code"].shape == (5, 4)
     # the heads are found through what follows them (tanh, a product, a normalisation)
     assert head_layers(model, tuple(torch.from_numpy(v[:2]) for v in rows.values())) == {"score", "code"}
+
+
+def test_teacher_outputs_that_would_not_fit_are_refused_before_any_is_computed() -> None:
+    model = _TwoHeads()
+    rows = {"x": np.ones((1000, 3), np.float32), "scale": np.ones((1000, 1), np.float32)}  # 20 KB of outputs
+    outputs = teacher_outputs(model, rows, ["score", "code"], available_bytes=2**20)
+    assert outputs["score"].shape == (1000, 1) and outputs["code"].shape == (1000, 4)
+    with pytest.raises(TrainingRowsTooLargeError, match="set the recipe's max_train_rows to 614 or fewer"):
+        teacher_outputs(model, rows, ["score", "code"], available_bytes=40_960)  # 30 %: 12,288 bytes, 20 a row
 
 
 def test_a_variant_whose_output_changed_width_is_refused_by_name() -> None:
