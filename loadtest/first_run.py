@@ -10,11 +10,12 @@ there, and from the start of `make run` measures, with `tritonclient`:
   stay unserved candidates, so the count served can be more than four, never less).
 Then it stops `make run` with SIGTERM. The first run installs the virtual environment from
 the package index, as a new user's does. Uses ports 8001 and 8002: nothing else may hold them.
-`first_run.log` in the clone has `make run`'s output, each line after the seconds since it
-started. The health check's channel retries every 0.5 s at most: with gRPC's default
-reconnect backoff (1 s, growing 1.6× a try, ± 20 % jitter) a channel made at the start tries
-again near 27, 43, 70 and 113 s, and every "up" figure measured before fits those tries
-(60–74 s, 112–113 s) rather than the server's start.
+`make run`'s output, each line after the seconds since it started, is kept beside the JSON
+(`--out` with `.log` for `.json`): the clone is removed at the end. The health check's
+channel retries every 0.5 s at most: with gRPC's default reconnect backoff (1 s, growing 1.6×
+a try, ± 20 % jitter) a channel made at the start tries again near 27, 43, 70 and 113 s, and
+every "up" figure measured before fits those tries (60–74 s, 112–113 s) rather than the
+server's start.
 
 `--cap-isa avx2` runs `make run` with torch, oneDNN and MKL held to AVX2 kernels
 (`AVX2_ONLY_ENV`): on a CPU with AVX-512 BF16 it takes the path of a CPU without it (the
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,8 +121,7 @@ def measure(clone: Path, timeout_s: float, env: dict[str, str] | None = None) ->
             os.killpg(make.pid, signal.SIGTERM)
             make.wait(timeout=120)
         copier.join(timeout=10)
-    return {"cpu": cpu_description(), "isa": fingerprint(threads=1).isa, "cores": len(os.sched_getaffinity(0)), **marks,
-            "log": str(log_path)}  # fmt: skip
+    return {"cpu": cpu_description(), "isa": fingerprint(threads=1).isa, "cores": len(os.sched_getaffinity(0)), **marks}
 
 
 def main() -> int:
@@ -140,7 +141,11 @@ def main() -> int:
             line for line in (clone / "first_run.log").read_text(errors="replace").splitlines()
             if "published" in line or "loaded" in line or "serving" in line
         ][-12:]  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        log_copy = args.out.with_suffix(".log")
+        shutil.copyfile(clone / "first_run.log", log_copy)
+        report["log"] = log_copy.name  # beside the JSON, named relative to it: the clone is removed
+
     text = json.dumps(report, indent=2)
     args.out.write_text(text + "\n")
     print(text)
