@@ -156,7 +156,15 @@ VARIANCE_FLOOR_SHARE = 1e-6
 TEACHER_STATES_MEMORY_SHARE = 0.3
 FLOAT16_BYTES = 2
 FLOAT32_BYTES = 4
+GIB_BYTES = 2**30
 TINY = 1e-12
+
+
+def _over_memory_share(needed_bytes: int, available_bytes: int | None) -> bool:
+    """Whether teacher targets of `needed_bytes` would take more than TEACHER_STATES_MEMORY_SHARE
+    of `available_bytes` (the one rule for stored logits, outputs and token states; never
+    where memory is unknown)."""
+    return available_bytes is not None and needed_bytes > TEACHER_STATES_MEMORY_SHARE * available_bytes
 
 
 class LogitTargets(Protocol):
@@ -209,12 +217,12 @@ def classifier_targets(
     with torch.no_grad():
         outputs = teacher.eval()(*_as_tensors(inputs, np.arange(1))).numel()
     needed = count * outputs * FLOAT32_BYTES
-    if available is None or needed <= TEACHER_STATES_MEMORY_SHARE * available:
+    if available is None or not _over_memory_share(needed, available):
         return StoredLogits(teacher, inputs)
     log.info(
         "the teacher's logits for %s training rows would need %.1f GiB, more than %.0f%% of the %.1f GiB "
         "available: computing them for each batch instead",
-        f"{count:,}", needed / 2**30, TEACHER_STATES_MEMORY_SHARE * 100, available / 2**30,
+        f"{count:,}", needed / GIB_BYTES, TEACHER_STATES_MEMORY_SHARE * 100, available / GIB_BYTES,
     )  # fmt: skip
     return LiveLogits(teacher)
 
@@ -238,12 +246,11 @@ def teacher_outputs(
     available = available_memory_bytes() if available_bytes is None else available_bytes
     first = run_named(teacher, {k: v[:1] for k, v in inputs.items()}, names)
     row_bytes = sum(output.nbytes for output in first.values())
-    if available is not None and count * row_bytes > TEACHER_STATES_MEMORY_SHARE * available:
-        gib = 2**30
+    if available is not None and _over_memory_share(count * row_bytes, available):
         raise TrainingRowsTooLargeError(
-            f"the teacher's outputs for {count:,} training rows need {count * row_bytes / gib:.1f} GiB, more than "
-            f"{TEACHER_STATES_MEMORY_SHARE:.0%} of the {available / gib:.1f} GiB available: set the recipe's "
-            f"max_train_rows to {int(TEACHER_STATES_MEMORY_SHARE * available // row_bytes):,} or fewer"
+            f"the teacher's outputs for {count:,} training rows need {count * row_bytes / GIB_BYTES:.1f} GiB, "
+            f"more than {TEACHER_STATES_MEMORY_SHARE:.0%} of the {available / GIB_BYTES:.1f} GiB available: "
+            f"set the recipe's max_train_rows to {int(TEACHER_STATES_MEMORY_SHARE * available // row_bytes):,} or fewer"
         )
     parts = [run_named(teacher, {k: v[start : start + batch_size] for k, v in inputs.items()}, names)
              for start in range(0, count, batch_size)]  # fmt: skip
@@ -408,11 +415,10 @@ def teacher_states_for(
     needed = _states_over_budget(teacher, lengths, available)
     if needed is None or available is None:
         return TeacherStates(teacher, inputs, bf16=bf16, available_bytes=available)
-    gib = 2**30
     log.info(
         "the teacher's token states for %s training sentences would need %.1f GiB, more than %.0f%% of the "
         "%.1f GiB available: computing them for each batch instead (about 15%% more time a training epoch)",
-        f"{len(lengths):,}", needed / gib, TEACHER_STATES_MEMORY_SHARE * 100, available / gib,
+        f"{len(lengths):,}", needed / GIB_BYTES, TEACHER_STATES_MEMORY_SHARE * 100, available / GIB_BYTES,
     )  # fmt: skip
     return LiveTeacherStates(teacher, inputs, bf16=bf16)
 
@@ -425,8 +431,7 @@ def _states_over_budget(teacher: SentenceEncoder, lengths: np.ndarray, available
     """The bytes the stored states would take, where that is more than
     TEACHER_STATES_MEMORY_SHARE of `available_bytes`; None where they fit or memory is unknown."""
     needed = int(lengths.sum()) * len(teacher.layers) * teacher.shape.hidden * FLOAT16_BYTES
-    over = available_bytes is not None and needed > TEACHER_STATES_MEMORY_SHARE * available_bytes
-    return needed if over else None
+    return needed if _over_memory_share(needed, available_bytes) else None
 
 
 def _check_memory(teacher: SentenceEncoder, lengths: np.ndarray, available_bytes: int | None) -> None:
@@ -434,11 +439,10 @@ def _check_memory(teacher: SentenceEncoder, lengths: np.ndarray, available_bytes
     to be killed by the kernel for memory (TEACHER_STATES_MEMORY_SHARE)."""
     needed = _states_over_budget(teacher, lengths, available_bytes)
     if needed is not None and available_bytes is not None:
-        gib = 2**30
         raise TrainingTextTooLargeError(
             f"the teacher's token states for {len(lengths):,} training sentences ({int(lengths.sum()):,} tokens) "
-            f"need {needed / gib:.1f} GiB, more than {TEACHER_STATES_MEMORY_SHARE:.0%} of the "
-            f"{available_bytes / gib:.1f} GiB available: compute them per batch (teacher_states_for), "
+            f"need {needed / GIB_BYTES:.1f} GiB, more than {TEACHER_STATES_MEMORY_SHARE:.0%} of the "
+            f"{available_bytes / GIB_BYTES:.1f} GiB available: compute them per batch (teacher_states_for), "
             "set the recipe's train_sentences lower or train on fewer libraries"
         )
 
