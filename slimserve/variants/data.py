@@ -71,21 +71,21 @@ def _docstrings(sources: Iterable[Path]) -> list[str]:
     import ast
 
     texts = []
-    for source in sources:
-        try:
-            # Another package's invalid escape sequences ('\(' in a plain string) are its own:
-            # reading its docstrings is no reason to warn (DeprecationWarning, SyntaxWarning on 3.12).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", SyntaxWarning)
+    # Another package's invalid escape sequences ('\(' in a plain string) are its own: reading
+    # its docstrings is no reason to warn (DeprecationWarning, SyntaxWarning on 3.12).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        for source in sources:
+            try:
                 tree = ast.parse(source.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
-                docstring = ast.get_docstring(node)
-                if docstring:
-                    texts.append(docstring)
+            except (SyntaxError, UnicodeDecodeError, OSError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+                    docstring = ast.get_docstring(node)
+                    if docstring:
+                        texts.append(docstring)
     return texts
 
 
