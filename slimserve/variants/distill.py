@@ -29,6 +29,7 @@ Each tells a `ModelProgress`, when given one, that its epochs begin and each one
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -457,7 +458,7 @@ def fit_encoder(
     teacher: TokenTargets,
     inputs: dict[str, np.ndarray],
     *,
-    epochs: int,
+    epochs: float,
     lr: float,
     batch_size: int = 32,
     seed: int = 0,
@@ -474,6 +475,8 @@ def fit_encoder(
     sequence, so the short sentences that dominate the corpus do not pay for padding.
     `bf16`: the forward pass under torch's bfloat16 autocast (weights, optimizer and loss stay
     fp32), where the CPU computes bf16 natively (`repository.hardware.native_bf16`).
+    `epochs` may be fractional: 0.5 trains on half the batches of an epoch (a random half: the
+    batches come in random order), and the learning-rate schedule spans just those steps.
 
     The word-embedding table stays as it is (the teacher's): it is half of MiniLM's weights
     (11.7M of 22.6M), a few thousand sentences touch a few thousand of its 30,522 rows, and
@@ -486,16 +489,17 @@ def fit_encoder(
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.01)
     mask_all = inputs["attention_mask"]
     count = len(mask_all)
-    steps = max(1, epochs * -(-count // batch_size))
+    steps = max(1, math.ceil(epochs * -(-count // batch_size)))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     targets_of = layer_map(len(model.layers), teacher.num_layers)
     lengths = mask_all.sum(axis=1)
     model.train()
     if progress is not None:
-        progress.loop(epochs)
+        progress.loop(math.ceil(epochs))
+    done = 0
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
-        for _ in range(epochs):
-            for rows in _length_buckets(lengths, batch_size, rng):
+        for _ in range(math.ceil(epochs)):
+            for rows in _length_buckets(lengths, batch_size, rng)[: steps - done]:
                 length = int(mask_all[rows].sum(axis=1).max())
                 ids = torch.from_numpy(inputs["input_ids"][rows, :length])
                 mask = torch.from_numpy(mask_all[rows, :length])
@@ -514,6 +518,7 @@ def fit_encoder(
                 pooled, target = model.pool(states[-1], mask), model.pool(targets[-1], mask)
                 loss = token_term / len(states) + embedding_loss(pooled, target)
                 _step(optimizer, schedule, loss, bar)
+                done += 1
             if progress is not None:
                 progress.tick()
     return model.eval()

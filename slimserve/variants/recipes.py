@@ -211,20 +211,24 @@ class ModelRecipe(_Strict):
 
 
 class EncoderPruneStep(_Strict):
-    """Prune every layer down to `heads` heads and `ffn` neurons, then fine-tune `epochs`."""
+    """Prune every layer down to `heads` heads and `ffn` neurons, then fine-tune `epochs`
+    (fractional: 0.5 is half the batches of an epoch)."""
 
     heads: int = Field(ge=1)
     ffn: int = Field(ge=1)
-    epochs: int = Field(default=1, ge=0)
+    epochs: float = Field(default=1, ge=0)
 
 
 class EncoderPrune(_Strict):
     """Iterative head + FFN-neuron pruning with distillation fine-tuning between steps."""
 
+    # Half an epoch after each intermediate step recovers as much as a whole one: the final
+    # network scored the same (retrieval agreement 0.791 against 0.789, cosine 0.949 against
+    # 0.951) and the build is ~60 s shorter (docs/variants.md, "Half epochs between pruning steps").
     steps: list[EncoderPruneStep] = Field(
         default=[
-            EncoderPruneStep(heads=10, ffn=1152, epochs=1),
-            EncoderPruneStep(heads=9, ffn=960, epochs=1),
+            EncoderPruneStep(heads=10, ffn=1152, epochs=0.5),
+            EncoderPruneStep(heads=9, ffn=960, epochs=0.5),
             EncoderPruneStep(heads=8, ffn=768, epochs=3),
         ],
         min_length=1,

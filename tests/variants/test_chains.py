@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from slimserve.repository.format import RepositoryError
 from slimserve.variants.chains import Chain, build_plan, parse_chain
 from slimserve.variants.recipes import ClassifierPrune, ClassifierRecipe, EncoderRecipe, ServingSettings, load_recipes
 
@@ -91,3 +92,17 @@ def test_a_recipe_names_only_installed_libraries_to_train_on() -> None:
     for name in ("no_such_library_here", "sys", "os.path"):  # missing, built in, a module rather than a package
         with pytest.raises(ValidationError, match=r"are not top-level packages installed here"):
             EncoderRecipe(train_on_libraries=[name])
+
+
+def test_a_pruning_step_fine_tunes_for_a_fraction_of_an_epoch_and_never_a_negative_one(tmp_path: Path) -> None:
+    path = tmp_path / "recipes.yaml"
+    path.write_text(
+        "- kind: minilm\n  prune:\n    steps:\n      - {heads: 10, ffn: 1152, epochs: 0.25}\n"
+        "      - {heads: 8, ffn: 768, epochs: 2}\n"
+    )
+    (recipe,) = load_recipes(path)
+    assert isinstance(recipe, EncoderRecipe)
+    assert [step.epochs for step in recipe.prune.steps] == [0.25, 2]
+    path.write_text("- kind: minilm\n  prune:\n    steps:\n      - {heads: 10, ffn: 1152, epochs: -0.5}\n")
+    with pytest.raises(RepositoryError, match=r"prune\.steps\.0\.epochs': Input should be greater than or equal to 0"):
+        load_recipes(path)

@@ -182,3 +182,31 @@ def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
     assert all(p.dtype == torch.float32 for p in student.parameters())
     moved = [name for name, p in student.named_parameters() if not torch.equal(p, before[name])]
     assert len(moved) > len(before) // 2
+
+
+class _CountedStates:
+    """The teacher's stored states, recording the rows of every batch asked of them."""
+
+    def __init__(self, states: TeacherStates) -> None:
+        self.states, self.num_layers = states, states.num_layers
+        self.rows: list[list[int]] = []
+
+    def batch(self, rows: np.ndarray, length: int) -> torch.Tensor:
+        self.rows.append(sorted(rows.tolist()))
+        return self.states.batch(rows, length)
+
+
+@pytest.mark.parametrize(("epochs", "batches"), [(0.5, 2), (1, 4), (1.5, 6), (2, 8)])
+def test_a_fractional_epoch_trains_on_that_share_of_the_batches(epochs: float, batches: int) -> None:
+    teacher = load_minilm()
+    inputs = _token_rows(rows=32)
+    counted = _CountedStates(TeacherStates(teacher, inputs))
+    student = copy.deepcopy(teacher)
+    student.layers = torch.nn.ModuleList([student.layers[0]])
+    fit_encoder(student, counted, inputs, epochs=epochs, lr=1e-3, batch_size=8)
+    assert len(counted.rows) == batches
+    # Whole epochs see every row once each; a part of one, distinct rows of a random half.
+    seen = [row for batch in counted.rows for row in batch]
+    whole = math.floor(epochs)
+    assert sorted(seen[: whole * 32]) == sorted(list(range(32)) * whole)
+    assert len(set(seen[whole * 32 :])) == len(seen) - whole * 32
