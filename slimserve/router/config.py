@@ -31,7 +31,6 @@ Mechanism = Literal[
     "traffic_slo",
     "best_effort_quality",
     "shed_idle",
-    "plan",
 ]
 MECHANISMS: tuple[Mechanism, ...] = get_args(Mechanism)
 
@@ -63,9 +62,6 @@ class RouterConfig:
     # Admission at all (settings' shed_late, SLIMSERVE_SHED_LATE): off, the decision never sheds,
     # so Explain and the data plane agree that nothing is refused for a predicted lateness.
     shed_late_on: bool = True
-    # The plan (router.price.plan): no routed call takes a variant dearer than the most accurate
-    # one that could carry the last `rate_window_s` of traffic alone within `plan_utilization`.
-    plan_on: bool = True
 
     # Policy.
     min_p_in_time: float = 0.5  # least P(within SLO) for a variant to be chosen in time
@@ -90,11 +86,6 @@ class RouterConfig:
     # (2000 ms² whatever the SLO until 2026-12-06, chosen among 300-10,000 on the simulator's
     # tune windows: docs/routing.md, "The backlog as a price".)
     backlog_price_slo2: float = 0.2
-    # The plan's bound on the share of the cores one variant may need for the recent traffic.
-    # Above 1 because the per-call choice still sends bursts to cheaper variants. Chosen among
-    # 0.8-1.5 on the simulator's tune windows with both CPUs' physics (docs/routing.md, "The
-    # plan"): 1.0 gained most on the AVX2 EPYC's and lost 1.4 points at 2× on the VNNI EPYC's.
-    plan_utilization: float = 1.1
 
     # Estimation.
     correction_weight: float = 0.1  # weight of one batch in the running service-time correction
@@ -104,7 +95,7 @@ class RouterConfig:
     overhead_weight: float = 0.05  # weight of one request in the running per-request overhead
     traffic_slo_weight: float = 0.01  # weight of one request in the traffic's SLO (a running harmonic mean)
     traffic_slo_range: float = 10.0  # a request's SLO counts in it within this factor of the default either way
-    rate_window_s: float = 2.0  # arrival, completion and per-variant rates; the plan's traffic
+    rate_window_s: float = 2.0  # arrival, completion and per-variant rates
     size_window_s: float = 1.0  # arrivals per request size, for the price
     reprice_s: float = 0.01  # the price is recomputed at most this often (it takes ~0.1 ms)
     snapshot_max_age_s: float = 0.005  # a snapshot older than this is taken again, queues unchanged or not
@@ -118,8 +109,6 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.cpu_target_utilization <= 1.0:
             raise ValueError(f"CPU target utilization must be in (0, 1], got {self.cpu_target_utilization}")
-        if self.plan_utilization <= 0.0:
-            raise ValueError(f"plan_utilization must be positive, got {self.plan_utilization}")
         if self.backlog_price_slo2 <= 0.0:
             raise ValueError(f"backlog_price_slo2 must be positive, got {self.backlog_price_slo2}")
         if self.traffic_slo_range < 1.0:

@@ -1,7 +1,7 @@
 """The router of one model: what it learns and measures, the snapshot it takes, and `route`.
 
 Mechanics live here (clock, queues, rates, the online correction, the latency ratios, the
-CPU account, price and plan, the throughput guard). Each decision is `router.policy.decide` over
+CPU account and price, the throughput guard). Each decision is `router.policy.decide` over
 an immutable `RouterSnapshot`; the snapshot is taken again when it is older than
 `snapshot_max_age_s`, when any queue has changed since or when the router has learned
 something (a batch or a request finished), so that a burst never routes on a picture that
@@ -22,7 +22,7 @@ from slimserve.router.hints import RequestHints
 from slimserve.router.latency import CorrectionPool, LatencyModel, LevelledQueueView, QueueView
 from slimserve.router.load import Clock, RateMeter
 from slimserve.router.policy import Decision, decide, pinned
-from slimserve.router.price import Budget, Offer, Price, cpu_price, plan
+from slimserve.router.price import Budget, Offer, Price, cpu_price
 from slimserve.router.ratios import RatioDistribution
 from slimserve.router.snapshot import RouterSnapshot, VariantView
 
@@ -114,9 +114,6 @@ class ModelRouter:
         self._completions = RateMeter(window, clock)
         self._shares = {name: RateMeter(window, clock) for name in self.variants}
         self._sizes: dict[int, RateMeter] = {}  # requests per second, per request size
-        self._plan_sizes: dict[int, RateMeter] = {}  # the same over `rate_window_s`, for the plan
-        self._plan: str | None = None
-        self._planned_at_s = float("-inf")
         self._compute = RateMeter(window, clock)  # machine-ms per second of this model's session calls
         self._guard_active = False
         self._price = Price(0.0)
@@ -143,11 +140,10 @@ class ModelRouter:
             self._pool.carry(old._pool)
         self.overhead_ms, self.ratios = old.overhead_ms, old.ratios
         self._inverse_slo_per_ms = old._inverse_slo_per_ms
-        self._arrivals, self._completions, self._sizes, self._plan_sizes, self._compute = (
+        self._arrivals, self._completions, self._sizes, self._compute = (
             old._arrivals,
             old._completions,
             old._sizes,
-            old._plan_sizes,
             old._compute,
         )
         self._price, self._priced_at_s = old._price, old._priced_at_s
@@ -204,7 +200,6 @@ class ModelRouter:
             loop_backlog_ms=lag_ms if self.config.loop_backlog_on else 0.0,
             price_below=price.below_ms,
             share_below=price.share_below if self.config.price_split_on else 0.0,
-            plan=self._planned(now, views),
         )
 
     def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:
@@ -287,9 +282,7 @@ class ModelRouter:
         size = rows if rows <= 8 else 1 << (rows - 1).bit_length()  # a few sizes, not one per row count
         if size not in self._sizes:
             self._sizes[size] = RateMeter(self.config.size_window_s, self._clock)
-            self._plan_sizes[size] = RateMeter(self.config.rate_window_s, self._clock)
         self._sizes[size].add()
-        self._plan_sizes[size].add()
 
     # -- learning -----------------------------------------------------------------------
 
@@ -363,40 +356,17 @@ class ModelRouter:
         if now - self._priced_at_s < self.config.reprice_s:
             return self._price
         self._priced_at_s = now
+        overhead = self.cpu.overhead_ms
+        own_ms_s = self._compute.rows_per_second() + overhead * self._completions.per_second()
         budget = Budget(
             target_utilization=self.cpu.target,
-            rest_ms_per_s=self._rest_ms_per_s(),
+            rest_ms_per_s=max(self.cpu.utilization * 1e3 - own_ms_s, 0.0),
             max_wait_ms=self.config.price_wait_share * self.traffic_slo_ms,
         )
+        offers = [Offer(v.name, v.quality, _cost(v, overhead)) for v in views]
         rates = {rows: meter.recent_per_second() for rows, meter in self._sizes.items()}
-        self._price = cpu_price(self._offers(views), rates, budget)
+        self._price = cpu_price(offers, rates, budget)
         return self._price
-
-    def _planned(self, now: float, views: tuple[VariantView, ...]) -> str | None:
-        """The plan's variant (`router.price.plan`): the most accurate one that could carry the
-        last `rate_window_s` of this model's traffic alone within `plan_utilization` of what
-        the rest of the process leaves; recomputed at most every `reprice_s`."""
-        if not self.config.plan_on or not self.cpu.sampled:
-            return None
-        if now - self._planned_at_s < self.config.reprice_s:
-            return self._plan
-        self._planned_at_s = now
-        rates = {rows: meter.per_second() for rows, meter in self._plan_sizes.items()}
-        limit_ms_per_s = self.config.plan_utilization * 1e3 - self._rest_ms_per_s()
-        chosen = plan(self._offers(views), rates, limit_ms_per_s)
-        self._plan = chosen.variant if chosen is not None else None
-        return self._plan
-
-    def _offers(self, views: tuple[VariantView, ...]) -> list[Offer]:
-        """The variants as the price and the plan see them: quality and the CPU a call costs."""
-        overhead = self.cpu.overhead_ms
-        return [Offer(v.name, v.quality, _cost(v, overhead)) for v in views]
-
-    def _rest_ms_per_s(self) -> float:
-        """Machine-ms per second the rest of the process uses (other models, background work):
-        the CPU account's utilization less this model's session calls and their overhead."""
-        own_ms_s = self._compute.rows_per_second() + self.cpu.overhead_ms * self._completions.per_second()
-        return max(self.cpu.utilization * 1e3 - own_ms_s, 0.0)
 
     def _below_breakpoint(self, snapshot: RouterSnapshot, draw: bool) -> bool:
         """Whether the next call is priced below a split price's breakpoint: a share

@@ -12,14 +12,12 @@ In order:
 1. Variants below `min_quality` are rejected; if none is left → QualityUnreachableError.
 2. Throughput guard: while the model's throughput SLO is at risk (`required_rows_s`), a
    loose request (SLO at least the model's default) goes only to variants with that
-   capacity, if there are any. The plan (`slo` requests): none dearer per row than the
-   plan's variant (`RouterSnapshot.plan`, router.price.plan), or than the cheapest variant
-   left where the plan's is below `min_quality`.
+   capacity, if there are any.
 3. `slo`: the best score as above (ties: the more accurate); reason `cpu_budget` when the
-   price or the plan changed the choice. None likely in time → the best score among all of
-   them (ties: the faster), reason `best_effort`: the most expected quality for the CPU it
-   takes, not the fastest, which under load is an idle variant slower per row and less
-   accurate than the busy one (RouterConfig.best_effort_quality_on; off: the fastest).
+   price changed the choice. None likely in time → the best score among all of them (ties:
+   the faster), reason `best_effort`: the most expected quality for the CPU it takes, not
+   the fastest, which under load is an idle variant slower per row and less accurate than
+   the busy one (RouterConfig.best_effort_quality_on; off: the fastest).
    `fastest`: the lowest predicted latency. `most_accurate`: the highest quality, SLO ignored.
 4. Admission (`sheds`): a request that states an SLO (not the model's default) is refused,
    reason `shed_predicted_late`, when its variant is less than `admit_p_in_time` likely to
@@ -71,8 +69,6 @@ class Grounds:
     required_rows_s: float | None  # the throughput guard's demand, where it applied
     min_p_in_time: float
     chosen_as: str = ""  # a shed decision: the reason its variant was chosen with
-    plan: str | None = None  # the plan's variant, where its bound left some out
-    plan_limit_ms: float = float("inf")  # machine-ms a row: the dearest a candidate could be
 
 
 @dataclass
@@ -117,11 +113,6 @@ class Decision:
         hints, price, required = self.grounds.hints, self.grounds.price, self.grounds.required_rows_s
         if c.quality < hints.min_quality:
             return f"quality {c.quality:.4f} < min_quality {hints.min_quality:.4f}"
-        if c.cost_per_row_ms > self.grounds.plan_limit_ms:
-            return (
-                f"dearer than the plan's '{self.grounds.plan}': {c.cost_per_row_ms:.2f} machine-ms a row "
-                f"> {self.grounds.plan_limit_ms:.2f}"
-            )
         if required is not None and c.capacity_rows_s < required:
             return f"throughput SLO: capacity {c.capacity_rows_s:.0f} rows/s < {required:.0f} needed"
         if hints.policy == "slo" and c.p_in_time < self.grounds.min_p_in_time:
@@ -196,27 +187,13 @@ def decide(
         roomy = [c for c in qualifying if c.capacity_rows_s >= required]
         guarded = bool(roomy) and len(roomy) < len(qualifying)
         qualifying = roomy if guarded else qualifying
-    # Step 2, the plan: none dearer than its variant.
-    limit, left_out = float("inf"), []
-    if snapshot.plan is not None and hints.policy == "slo":
-        planned = next((c.cost_per_row_ms for c in qualifying if c.variant == snapshot.plan), 0.0)
-        limit = max(planned, min(c.cost_per_row_ms for c in qualifying))
-        left_out = [c for c in qualifying if c.cost_per_row_ms > limit]
-        if left_out:
-            qualifying = [c for c in qualifying if c.cost_per_row_ms <= limit]
     chosen, reason = _choose(qualifying, hints, price, config)
-    if reason == WITHIN_SLO and any(
-        c.p_in_time >= config.min_p_in_time and c.expected_quality > chosen.expected_quality for c in left_out
-    ):
-        reason = CPU_BUDGET  # the plan gave up expected quality, as the price does
     if guarded and reason in (WITHIN_SLO, MOST_ACCURATE, CPU_BUDGET):
         reason = THROUGHPUT_SLO
     chosen_as = ""
     if sheds(snapshot, hints, chosen, config):  # step 4
         reason, chosen_as = SHED_PREDICTED_LATE, reason
     grounds = Grounds(hints, price, required if guarded else None, config.min_p_in_time, chosen_as)
-    if left_out:
-        grounds.plan, grounds.plan_limit_ms = snapshot.plan, limit
     return Decision(chosen.variant, reason, chosen.predicted_ms, chosen.device, chosen, tuple(pool), grounds)
 
 

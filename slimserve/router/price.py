@@ -41,14 +41,7 @@ queue Q standing for the price, which keeps the time-average quality within O(1/
 best the machine can sustain with a queue of O(V). It needs no rates, reacts within a
 request to a burst and falls back to nothing as the queue drains.
 
-The price follows the last second, lull or burst. The plan (`plan`) looks at a longer view
-of the traffic (`RouterConfig.rate_window_s`) and bounds what any call may take: no variant
-dearer than the most accurate one that could carry that traffic alone. Without it, at 2×
-fp32's capacity on the AVX2-only EPYC's physics, the simulated router sent a fifth of its
-calls to int8 in lulls, whose CPU the calls after them lacked, and answered 2.3 points under
-pinned pruned-int8 (docs/routing.md, "The plan").
-
-Pure: rates, costs and budget in; the price and the plan out.
+Pure: rates, costs and budget in; the price out (and whether it is past saturation).
 """
 
 from __future__ import annotations
@@ -192,16 +185,3 @@ def backlog_price(backlog_ms: float, price_ms2: float) -> float:
     """The price of one machine-millisecond when `backlog_ms` of work is queued or in flight
     (module docstring): quality per machine-ms per row, growing with the backlog."""
     return max(backlog_ms, 0.0) / price_ms2
-
-
-def plan(offers: Sequence[Offer], rates: Mapping[int, float], limit_ms_per_s: float) -> Offer | None:
-    """The plan (module docstring): the most accurate variant that could carry the arriving
-    requests (`rates`: rows → requests/s) alone within `limit_ms_per_s` machine-ms per second
-    (ties: the cheaper); where none could, the cheapest. None while nothing arrives."""
-    if not offers or not any(rate > 0 for rate in rates.values()):
-        return None
-    needs = [(sum(rate * o.cost_ms(rows) for rows, rate in rates.items() if rate > 0), o) for o in offers]
-    fitting = [(need, o) for need, o in needs if need <= limit_ms_per_s]
-    if not fitting:
-        return min(needs, key=lambda pair: pair[0])[1]
-    return max(fitting, key=lambda pair: (pair[1].quality, -pair[0]))[1]

@@ -161,8 +161,6 @@ class RouterSnapshot:
     # the router draws which calls (`ModelRouter.route`). Each is the higher of it and the backlog's.
     price_below: float = 0.0
     share_below: float = 0.0
-    # The plan (router.price.plan): no routed call takes a variant dearer than this one; None: no bound.
-    plan: str | None = None
     # Latency that does not scale with the work: a request that took 3 ms instead of 0.3 is
     # not "10× slower" but met the fixed costs every request meets (router.ratios).
     floor_ms: float = field(init=False)

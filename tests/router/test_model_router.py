@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 
@@ -557,37 +556,3 @@ def test_a_shed_request_counts_as_arrived_but_not_as_sent_to_its_variant() -> No
     pinned_late = router.pinned("fp32", 1, hints=SLO)
     assert (pinned_late.variant, pinned_late.reason) == ("fp32", SHED_PREDICTED_LATE)
     assert router.pinned("fp32", 1).reason == PINNED  # no hints: nothing to admit by
-
-
-@pytest.mark.parametrize("gap_s", [3600.0, 7 * 86400.0])
-def test_the_plan_follows_the_recent_traffic_and_lapses_over_a_gap(gap_s: float) -> None:
-    """2,000 one-row calls a second would need 2 cores of fp32 (1 ms each) and 0.8 of int8
-    (0.4 ms): the plan is int8 and no call takes fp32, though every variant is in time. At
-    1,000 a second fp32 fits within plan_utilization (1.1): the plan is fp32 again. After a
-    silence of an hour or a week there is no traffic to plan for, and nothing is bounded."""
-    clock = FakeClock()
-    # No price: the plan alone bounds the choice.
-    config = RouterConfig(rpc_allowance_ms=0.0, price_on=False, backlog_price_on=False)
-    router, _ = make_router(clock, config=config)
-    router.cpu.sample(cpu_s=0.0, wall_s=clock.now_s, cores=1)
-    router.cpu.sample(cpu_s=0.0, wall_s=clock.now_s + 0.1, cores=1)  # idle otherwise: nothing else uses the core
-
-    def send(per_second: float, seconds: float) -> Counter[str]:
-        chosen: Counter[str] = Counter()
-        for _ in range(int(per_second * seconds)):
-            chosen[router.route(SLO, 1).variant] += 1
-            clock.advance(1.0 / per_second)
-        return chosen
-
-    send(2000.0, 2.0)  # the rate window fills
-    assert router.snapshot().plan == "int8"
-    assert send(2000.0, 1.0) == Counter({"int8": 2000})
-    assert "dearer than the plan's 'int8'" in router.explain(SLO, 1).verdicts[0].why
-    unplanned, _ = make_router(clock, config=replace(config, plan_on=False))
-    assert unplanned.route(SLO, 1).variant == "fp32"
-    send(1000.0, 3.0)
-    assert router.snapshot().plan == "fp32" and router.route(SLO, 1).variant == "fp32"
-    send(2000.0, 2.0)
-    clock.advance(gap_s)
-    assert router.snapshot().plan is None
-    assert router.route(SLO, 1).variant == "fp32"

@@ -91,27 +91,6 @@ def test_a_cpu_price_moves_requests_to_variants_that_buy_more_quality_per_millis
     assert decide(snapshot_of(costly, price=1.0), hints(slo_ms=10, min_quality=0.999), 1, CONFIG).variant == "fp32"
 
 
-def test_the_plan_bounds_what_a_call_may_cost_and_explain_names_it() -> None:
-    costly = [("fp32", 1.000, 0.6, 1_000), ("int8", 0.998, 0.25, 3_000), ("distilled", 0.995, 0.1, 9_000)]
-    planned = replace(snapshot_of(costly), plan="int8")
-    decision = decide(planned, hints(slo_ms=10), 1, CONFIG)
-    assert (decision.variant, decision.reason) == ("int8", CPU_BUDGET)  # fp32 was in time and better
-    assert decision.verdicts[0].why == "dearer than the plan's 'int8': 0.60 machine-ms a row > 0.25"
-    # Cheaper variants stay open: a call that int8 would answer late falls back to distilled.
-    assert decide(planned, hints(slo_ms=0.2), 1, CONFIG).variant == "distilled"
-    # The plan never overrides min_quality: the cheapest variant that reaches it is the bound.
-    assert decide(planned, hints(slo_ms=10, min_quality=0.999), 1, CONFIG).variant == "fp32"
-    # Nor a caller who asks for the most accurate variant or names one.
-    assert decide(planned, hints(policy="most_accurate"), 1, CONFIG).variant == "fp32"
-    assert pinned(planned, "fp32", 1).variant == "fp32"
-    # A plan that leaves nothing out is not a reason.
-    top = decide(replace(snapshot_of(costly), plan="fp32"), hints(slo_ms=10), 1, CONFIG)
-    assert (top.variant, top.reason) == ("fp32", WITHIN_SLO)
-    # Where the bound cost nothing (fp32 late anyway), the reason is the usual one.
-    late = decide(planned, hints(slo_ms=0.5), 1, CONFIG)
-    assert (late.variant, late.reason) == ("int8", WITHIN_SLO)
-
-
 def test_a_price_that_only_breaks_a_tie_in_quality_is_not_the_reason() -> None:
     """pruned and pruned-int8 answer alike: the cheaper wins at any price, and it is still the
     most accurate in time (an idle server's loop jitter alone prices CPU a little)."""

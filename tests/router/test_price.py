@@ -15,7 +15,6 @@ from slimserve.router.price import (
     fits,
     mean_wait_ms,
     pick,
-    plan,
     quality_per_ms,
     split_share,
 )
@@ -116,20 +115,3 @@ def test_past_saturation_the_price_keeps_the_variant_with_the_most_quality_per_m
     assert not fits(demand(offers, flooded, price), Budget(0.6))
     assert pick(offers, 1, price).variant == "int8"  # 0.91 / 2 ms beats 0.70 / 1.9 ms and 1.0 / 3 ms
     assert quality_per_ms(offers, flooded, price) == pytest.approx(0.91 / 2.0)
-
-
-def test_the_plan_is_the_most_accurate_variant_that_could_carry_the_traffic_alone() -> None:
-    # At RATES fp32 needs 740 machine-ms/s, int8 100 × 1.25 + 100 × 3 = 425, distilled 227.
-    assert plan(OFFERS, RATES, 1000.0) == OFFERS[0]
-    assert plan(OFFERS, RATES, 739.0) == OFFERS[1]
-    assert plan(OFFERS, RATES, 300.0) == OFFERS[2]
-    assert plan(OFFERS, RATES, 100.0) == OFFERS[2]  # none could: the cheapest
-    # A variant no more accurate and dearer is never the plan; of two alike, the cheaper is.
-    same = [*OFFERS[1:], offer("pruned", 0.998, 0.3), offer("slow", 0.990, 0.2)]
-    assert plan(same, RATES, 1000.0) == OFFERS[1]
-
-
-def test_no_traffic_or_no_offers_plan_nothing() -> None:
-    assert plan(OFFERS, {}, 1000.0) is None
-    assert plan(OFFERS, {1: 0.0}, 1000.0) is None
-    assert plan([], RATES, 1000.0) is None
