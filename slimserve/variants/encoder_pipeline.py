@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -172,7 +171,7 @@ class _Steps:
                 )
                 for i in range(0, min(256, len(train["input_ids"])), 32)
             ]
-            self.progress.expect(sum(math.ceil(step.epochs) for step in recipe.prune.steps))
+            self.progress.expect(sum(step.epochs for step in recipe.prune.steps))
             for number, step in enumerate(recipe.prune.steps, start=1):
                 self.progress.step(number, len(recipe.prune.steps))
                 prune_encoder(network, calibration, step.heads, step.ffn)

@@ -121,8 +121,10 @@ class ModelProgress:
     The estimate (`remaining_s`) is the mean time of the units the stage has counted so far
     (the time from a loop's start or its previous unit to each unit's end) times the units
     it has left: `expect` gives a stage's total across its steps, otherwise the loops seen
-    so far count. A stage with a time budget (`stage(..., budget_s=)`, profiling) estimates
-    budget minus elapsed. Times come from `clock`, so a test can jump hours.
+    so far count. A unit may be partial (half an epoch of fine-tuning: `loop(..., units=)`,
+    `tick(share)`): it counts as the share of a unit it is, in time and in what is left.
+    A stage with a time budget (`stage(..., budget_s=)`, profiling) estimates budget minus
+    elapsed. Times come from `clock`, so a test can jump hours.
     """
 
     def __init__(
@@ -144,8 +146,9 @@ class ModelProgress:
         self._stage_started_s = self._clock()
         self._step = self._steps = 0
         self._unit, self._loop_done, self._loop_total = "", 0, 0
-        self._expected: int | None = None  # units in the whole stage, when known ahead
-        self._units_done = 0  # counted in this stage, every loop
+        self._expected: float | None = None  # units in the whole stage, when known ahead
+        self._units_done = 0.0  # counted in this stage, every loop (a partial unit as its share)
+        self._loop_units, self._loop_units_done = 0.0, 0.0  # the running loop's, in units
         self._unit_s = 0.0  # time spent on them
         self._mark_s = self._stage_started_s  # where the unit now running began
 
@@ -154,7 +157,7 @@ class ModelProgress:
         self._start_stage((variants,) if isinstance(variants, str) else tuple(variants), stage, budget_s)
         self._write()
 
-    def expect(self, units: int) -> None:
+    def expect(self, units: float) -> None:
         """The stage will count `units` in all (every step's epochs), for the estimate."""
         self._expected = units
 
@@ -162,20 +165,25 @@ class ModelProgress:
         """Step `step` of `steps` of the stage begins (a change: written at once)."""
         self._step, self._steps = step, steps
         self._unit, self._loop_done, self._loop_total = "", 0, 0
+        self._loop_units = self._loop_units_done = 0.0
         self._write()
 
-    def loop(self, total: int, unit: str = "epoch") -> None:
-        """A loop of `total` units begins (a change: written at once)."""
+    def loop(self, total: int, unit: str = "epoch", units: float | None = None) -> None:
+        """A loop of `total` units begins (a change: written at once); `units`: what they come
+        to where the last is partial (1.5 epochs: `loop(2, units=1.5)`)."""
         self._unit, self._loop_done, self._loop_total = unit, 0, total
+        self._loop_units, self._loop_units_done = (float(total) if units is None else units), 0.0
         self._mark_s = self._clock()
         self._write()
 
-    def tick(self) -> None:
-        """One unit of the running loop is done."""
+    def tick(self, share: float = 1.0) -> None:
+        """One unit of the running loop is done; `share`: the part of a unit it was (the last
+        of a loop whose `units` are fractional)."""
         now = self._clock()
         self._unit_s += now - self._mark_s
         self._mark_s = now
-        self._units_done += 1
+        self._units_done += share
+        self._loop_units_done += share
         self._loop_done += 1
         if self._last_line_s is None or now - self._last_line_s >= self._interval_s:
             self._write()
@@ -202,7 +210,7 @@ class ModelProgress:
         if not self._units_done:
             return None  # nothing measured yet
         # Units of earlier loops (done) plus this loop's total, unless the stage said more.
-        expected = self._expected or self._units_done - self._loop_done + self._loop_total
+        expected = self._expected or self._units_done - self._loop_units_done + self._loop_units
         return self._unit_s / self._units_done * max(0, expected - self._units_done)
 
     def _write(self) -> None:

@@ -24,6 +24,8 @@ from slimserve.variants.distill import (
     teacher_states_for,
 )
 from slimserve.variants.models.encoder import load_minilm
+from slimserve.variants.progress import ModelProgress
+from tests.fake_clock import FakeClock
 
 
 def test_hinton_loss_matches_hand_computed_value() -> None:
@@ -185,14 +187,17 @@ def test_bf16_fine_tuning_keeps_fp32_weights_and_learns() -> None:
 
 
 class _CountedStates:
-    """The teacher's stored states, recording the rows of every batch asked of them."""
+    """The teacher's stored states, recording the rows of every batch asked of them; each
+    batch moves `clock` on by a second (a batch's time, for the progress estimate)."""
 
-    def __init__(self, states: TeacherStates) -> None:
-        self.states, self.num_layers = states, states.num_layers
+    def __init__(self, states: TeacherStates, clock: FakeClock | None = None) -> None:
+        self.states, self.num_layers, self.clock = states, states.num_layers, clock
         self.rows: list[list[int]] = []
 
     def batch(self, rows: np.ndarray, length: int) -> torch.Tensor:
         self.rows.append(sorted(rows.tolist()))
+        if self.clock is not None:
+            self.clock.advance(1.0)
         return self.states.batch(rows, length)
 
 
@@ -200,11 +205,17 @@ class _CountedStates:
 def test_a_fractional_epoch_trains_on_that_share_of_the_batches(epochs: float, batches: int) -> None:
     teacher = load_minilm()
     inputs = _token_rows(rows=32)
-    counted = _CountedStates(TeacherStates(teacher, inputs))
+    clock = FakeClock()
+    counted = _CountedStates(TeacherStates(teacher, inputs), clock)
     student = copy.deepcopy(teacher)
     student.layers = torch.nn.ModuleList([student.layers[0]])
-    fit_encoder(student, counted, inputs, epochs=epochs, lr=1e-3, batch_size=8)
+    progress = ModelProgress("minilm", clock)
+    progress.stage("pruned", "prune")
+    progress.expect(epochs + 1)  # as if a whole epoch followed
+    fit_encoder(student, counted, inputs, epochs=epochs, lr=1e-3, batch_size=8, progress=progress)
     assert len(counted.rows) == batches
+    # A part epoch counts as that part of one: an epoch of 4 batches, a second each, is left.
+    assert progress.line().remaining_s == pytest.approx(4.0)
     # Whole epochs see every row once each; a part of one, distinct rows of a random half.
     seen = [row for batch in counted.rows for row in batch]
     whole = math.floor(epochs)

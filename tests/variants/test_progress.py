@@ -131,6 +131,34 @@ def test_a_stage_in_steps_counts_every_steps_epochs_and_not_the_pruning_between(
     assert line.remaining_s == pytest.approx((20.0 + 3.0) / 5 * 7)
 
 
+def test_a_part_epoch_counts_as_its_share_in_time_and_in_what_is_left(
+    progress: ModelProgress, clock: FakeClock
+) -> None:
+    """Half an epoch of fine-tuning after each of two pruning steps, then three (minilm's
+    default schedule): an epoch takes 10 s throughout, and the estimate says so."""
+    progress.stage("pruned", "prune")
+    progress.expect(0.5 + 0.5 + 3)
+    for step in (1, 2):
+        progress.step(step, 3)
+        clock.advance(100.0)  # the pruning itself
+        progress.loop(1, units=0.5)
+        clock.advance(5.0)
+        progress.tick(0.5)
+        assert progress.line().remaining_s == pytest.approx(10.0 * (4 - 0.5 * step))
+    progress.step(3, 3)
+    progress.loop(3)
+    clock.advance(10.0)
+    progress.tick()
+    line = progress.line()
+    assert (line.done, line.total, line.remaining_s) == (1, 3, pytest.approx(20.0))
+    # Without `expect`, the running loop's own units: 1.5 epochs, one done, half of one left.
+    progress.stage("distilled", "distill")
+    progress.loop(2, units=1.5)
+    clock.advance(10.0)
+    progress.tick()
+    assert progress.line().remaining_s == pytest.approx(5.0)
+
+
 def test_without_expect_the_loops_seen_so_far_count(progress: ModelProgress, clock: FakeClock) -> None:
     progress.stage("int8", "int8")
     progress.loop(4, unit="candidate")
