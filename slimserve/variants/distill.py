@@ -498,7 +498,7 @@ def fit_encoder(
         progress.loop(math.ceil(epochs), units=epochs)
     done = 0
     with tqdm(total=steps, desc=desc, unit="step", leave=False) as bar:
-        for epoch in range(math.ceil(epochs)):
+        for _ in range(math.ceil(epochs)):
             for rows in _length_buckets(lengths, batch_size, rng)[: steps - done]:
                 length = int(mask_all[rows].sum(axis=1).max())
                 ids = torch.from_numpy(inputs["input_ids"][rows, :length])
@@ -520,7 +520,7 @@ def fit_encoder(
                 _step(optimizer, schedule, loss, bar)
                 done += 1
             if progress is not None:
-                progress.tick(min(1.0, epochs - epoch))
+                progress.tick()
     return model.eval()
 
 

@@ -121,8 +121,8 @@ class ModelProgress:
     The estimate (`remaining_s`) is the mean time of the units the stage has counted so far
     (the time from a loop's start or its previous unit to each unit's end) times the units
     it has left: `expect` gives a stage's total across its steps, otherwise the loops seen
-    so far count. A unit may be partial (half an epoch of fine-tuning: `loop(..., units=)`,
-    `tick(share)`): it counts as the share of a unit it is, in time and in what is left.
+    so far count. A loop's last unit may be partial (half an epoch of fine-tuning:
+    `loop(..., units=)`): it counts as the share of a unit it is, in time and in what is left.
     A stage with a time budget (`stage(..., budget_s=)`, profiling) estimates budget minus
     elapsed. Times come from `clock`, so a test can jump hours.
     """
@@ -176,12 +176,14 @@ class ModelProgress:
         self._mark_s = self._clock()
         self._write()
 
-    def tick(self, share: float = 1.0) -> None:
-        """One unit of the running loop is done; `share`: the part of a unit it was (the last
-        of a loop whose `units` are fractional)."""
+    def tick(self) -> None:
+        """One unit of the running loop is done (the last one, the part of a unit the loop's
+        `units` leave for it)."""
         now = self._clock()
         self._unit_s += now - self._mark_s
         self._mark_s = now
+        last = self._loop_done + 1 == self._loop_total
+        share = self._loop_units - (self._loop_total - 1) if last else 1.0
         self._units_done += share
         self._loop_units_done += share
         self._loop_done += 1

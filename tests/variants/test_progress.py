@@ -143,7 +143,7 @@ def test_a_part_epoch_counts_as_its_share_in_time_and_in_what_is_left(
         clock.advance(100.0)  # the pruning itself
         progress.loop(1, units=0.5)
         clock.advance(5.0)
-        progress.tick(0.5)
+        progress.tick()
         assert progress.line().remaining_s == pytest.approx(10.0 * (4 - 0.5 * step))
     progress.step(3, 3)
     progress.loop(3)
