@@ -16,6 +16,7 @@ import pytest
 from loadtest.serving import rewrite_description, serve_command
 from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, sha256_of
 from slimserve.server.core.model_control import ModelControl, RepositoryPoller
+from slimserve.server.core.registry import HostedModel
 from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
 from tests.server.in_process import ServingCore, zero_digits
 
@@ -168,6 +169,53 @@ def test_the_poller_follows_the_folder(digits_repo: Path, repository: Path) -> N
             shutil.move(digits_repo / "minilm", digits_repo / ".minilm-away")  # no model at all: unmounted?
             assert await poller.poll_once() == [] and await poller.poll_once() == []
             assert list(host.registry.models) == ["minilm"]  # kept, and said so in the log
+            await host.registry.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_load_whose_files_change_as_it_reads_them_is_loaded_again_by_the_next_scan(
+    digits_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI once saw the poller never load a variant moved back: a load began as the folder
+    still held it, read the folder once it was gone, and recorded the first state as loaded;
+    the folder moved back then matched that record and looked unchanged."""
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(digits_repo, executor)
+            poller = RepositoryPoller(control, period_s=3600)  # driven by hand: one scan per call
+            prepare = control._prepare
+
+            def moved_away_as_read(folder: Path, old: HostedModel | None) -> object:
+                shutil.move(folder / "distilled", folder / ".away")  # after the load took the signature
+                return prepare(folder, old)
+
+            monkeypatch.setattr(control, "_prepare", moved_away_as_read)
+            await control.load("digits")
+            monkeypatch.setattr(control, "_prepare", prepare)
+            assert "distilled" not in host.registry.models["digits"].batchers
+            shutil.move(digits_repo / "digits" / ".away", digits_repo / "digits" / "distilled")
+            (done,) = await poller.poll_once()
+            assert "added distilled" in done and "distilled" in host.registry.models["digits"].batchers
+            assert await poller.poll_once() == []  # and now recorded: not loaded again
+            await host.registry.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_unloaded_by_call_stays_unloaded_until_its_files_change(digits_repo: Path) -> None:
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(digits_repo, executor)
+            poller = RepositoryPoller(control, period_s=3600)
+            assert await control.unload("digits") == "unloaded digits"
+            assert await poller.poll_once() == [] and await poller.poll_once() == []
+            assert "digits" not in host.registry.models
+            model_file = digits_repo / "digits" / MODEL_FILE
+            model_file.write_text(model_file.read_text() + "\n")  # a new version published
+            (done,) = await poller.poll_once()
+            assert done.startswith("loaded digits") and "digits" in host.registry.models
             await host.registry.close()
 
     asyncio.run(scenario())

@@ -1,7 +1,8 @@
 """`--workers 2` acts as one server (issue 23, M4 and M5; process.peers): ModelStatistics
 counts every worker's calls and Feedback scores an answer whichever worker gets it;
 RepositoryModelLoad and RepositoryModelUnload reach every worker, and a worker restarted
-after an unload agrees with the others.
+after an unload agrees with the others; no worker's repository poller loads back what a call
+unloaded.
 
 ModelReady is asked over FRESH_CONNECTIONS new connections: the kernel spreads connections
 over the workers, so all of them landing on one worker has probability 2⁻¹¹. Before, an
@@ -21,13 +22,14 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.messages import digits_request
-from loadtest.serving import RunningServer, wait_until
+from loadtest.serving import RunningServer, copy_model, rewrite_description, wait_until
 from slimserve.protos import slimserve_pb2, slimserve_pb2_grpc
 from slimserve.server.observe.feedback import ticket_holder
 
 FRESH_CONNECTIONS = 12
 RESTART_TIMEOUT_S = 300.0
 CALL_TIMEOUT_S = 30.0
+POLL_S = 0.2
 
 
 def _fresh_channel(address: str) -> grpc.Channel:
@@ -80,7 +82,11 @@ def _statistics_and_feedback_on_fresh_connections(address: str) -> None:
 def test_workers_act_as_one_server_and_a_restarted_one_agrees(repository: Path, tmp_path: Path) -> None:
     # Two session threads each, as the tiny build profiled: the workers measure no profile at
     # start (minilm's takes each worker ~10 s), which is not what this test is about.
-    running = RunningServer(repository, tmp_path, "--workers", "2", env={"SLIMSERVE_SESSION_THREADS": "2"})
+    repo = tmp_path / "repo"
+    for model in ("digits", "minilm"):
+        copy_model(repository, model, repo)
+    running = RunningServer(repo, tmp_path, "--workers", "2", "--repository-poll-s", str(POLL_S),
+                            env={"SLIMSERVE_SESSION_THREADS": "2"})  # fmt: skip
     try:
         _statistics_and_feedback_on_fresh_connections(running.address)
         client = triton.InferenceServerClient(running.address)
@@ -96,6 +102,16 @@ def test_workers_act_as_one_server_and_a_restarted_one_agrees(repository: Path, 
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: victim not in _workers(running.process.pid) and log.read_text().count(" serving (pid ") >= 3,
                    RESTART_TIMEOUT_S, lambda: f"the restarted worker to serve:\n{running.log_tail()}")  # fmt: skip
+        assert _ready_on_fresh_connections(running.address, "minilm") == [False] * FRESH_CONNECTIONS
+
+        # Every worker's poller passes minilm at each scan, its files unchanged since the call
+        # unloaded it: none loads it back, the restarted one included. Two changes of digits,
+        # each reloaded by both workers: the scans that reloaded the first were over by then.
+        for change in ("once", "twice"):
+            reloads = log.read_text().count("reloaded digits in")
+            rewrite_description(repo / "digits", f"changed {change}")
+            wait_until(lambda: log.read_text().count("reloaded digits in") >= reloads + 2,  # noqa: B023 - awaited here
+                       RESTART_TIMEOUT_S, lambda: f"both pollers to reload digits:\n{running.log_tail()}")  # fmt: skip
         assert _ready_on_fresh_connections(running.address, "minilm") == [False] * FRESH_CONNECTIONS
 
         client.load_model("minilm")  # the restarted worker is reached at its new peer port

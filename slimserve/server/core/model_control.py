@@ -22,8 +22,10 @@ pollers see the files change and do the same, without measuring.
 `RepositoryPoller` does the same for a folder that changes: every `--repository-poll-s`
 it compares each model folder's files (names, sizes, modification times) with what it last
 loaded, and loads, reloads or unloads to match. A version that failed is not retried until
-its files change again; a folder must be missing from two scans in a row before its model
-is unloaded (the builder swaps a folder by two renames, with a moment between them).
+its files change again, nor is a model unloaded by a call reloaded until then; a folder must
+be missing from two scans in a row before its model is unloaded (the builder swaps a folder
+by two renames, with a moment between them). A load records the files it read only if they
+did not change while it read them; otherwise the next scan loads again.
 
 Thread: owned by the event loop; the blocking parts run in the default executor. One
 change at a time (an asyncio lock), so a load and an unload of the same model never race.
@@ -73,6 +75,14 @@ def folder_signature(folder: Path) -> Signature:
     return tuple(files)
 
 
+def _signature_or_none(folder: Path) -> Signature | None:
+    """`folder_signature`, or None when the folder cannot be read now (being replaced)."""
+    try:
+        return folder_signature(folder)
+    except OSError:
+        return None
+
+
 def release_freed_memory() -> None:
     """Return the C heap's free pages to the system (glibc's malloc_trim; ctypes releases
     the GIL for it): while a model is reloaded its old and new sessions coexist, and glibc
@@ -103,7 +113,7 @@ class ModelControl:
         self._warmup_calls = warmup_calls
         self._on_change = on_change
         self._lock = asyncio.Lock()
-        self.signatures: dict[str, Signature] = {}  # of the files each hosted model was loaded from
+        self.signatures: dict[str, Signature] = {}  # of the files each model was loaded from, or unloaded by call with
         self.reasons: dict[str, str] = {}  # why the last load of a model failed (RepositoryIndex)
         for name in registry:
             with contextlib.suppress(OSError):
@@ -131,13 +141,13 @@ class ModelControl:
                 raise NotFoundError(f"no model '{name}' in the repository {self.repository} (no {name}/{MODEL_FILE})")
             started = time.monotonic()
             old = self._registry.models.get(name)
-            signature = folder_signature(folder)
             loop = asyncio.get_running_loop()
+            signature = await loop.run_in_executor(None, _signature_or_none, folder)
             try:
                 entry, sessions, kept = await loop.run_in_executor(None, self._prepare, folder, old)
             except ModelLoadError as exc:
                 self.reasons[name] = str(exc)
-                self.signatures[name] = signature  # not retried by the poller until the files change
+                await self._remember_read(name, signature)  # not retried by the poller until the files change
                 log.error("%s", exc)
                 raise
             hosted = self._factory.build(entry, sessions, kept, old)
@@ -146,7 +156,7 @@ class ModelControl:
                     batcher.start()
             self._recorder.describe({name: entry})
             self._registry.put(hosted)  # the switch: every call from now on gets the new version
-            self.signatures[name] = signature
+            await self._remember_read(name, signature)
             self.reasons.pop(name, None)
             summary = self._summary(name, old, hosted, kept, time.monotonic() - started)
             retired = [b for v, b in (old.batchers.items() if old else ()) if v not in kept]
@@ -156,14 +166,17 @@ class ModelControl:
             self._changed()
             return summary
 
-    async def unload_here(self, name: str) -> str:
+    async def unload_here(self, name: str, *, hold: bool = True) -> str:
         """Stop serving `name` in this process: new calls get NOT_FOUND, admitted ones finish,
-        then it is released."""
+        then it is released. With `hold` (a call's unload) the poller leaves it unloaded until
+        its files change; the poller's own unload (its folder gone) does not hold."""
         async with self._lock:
             hosted = self._registry.remove(name)
             if hosted is None:
                 raise NotFoundError(f"model '{name}' is not loaded; loaded: {sorted(self._registry)}")
             self.signatures.pop(name, None)
+            if hold:
+                self.hold_unloaded(name)
             variants = ", ".join(hosted.batchers)
             retired = list(hosted.batchers.values())
             del hosted
@@ -171,6 +184,26 @@ class ModelControl:
             log.info("unloaded %s (%s)", name, variants)
             self._changed()
             return f"unloaded {name}"
+
+    def hold_unloaded(self, name: str) -> None:
+        """Let the poller take `name`'s files as they are now for loaded, so that it loads the
+        model only once they change (a model unloaded by a call, here or by another worker)."""
+        folder = self.repository / name
+        signature = _signature_or_none(folder) if (folder / MODEL_FILE).is_file() else None
+        if signature is not None:
+            self.signatures[name] = signature
+
+    async def _remember_read(self, name: str, before: Signature | None) -> None:
+        """Record the files a load read (`before`: their signature as it began), so that the
+        poller loads the model again only when they change. Files that changed while the load
+        read them leave what it read unknown: then nothing is recorded and the next scan loads
+        again (else a change undone later, a folder moved away and back, would look like no
+        change at all)."""
+        after = await asyncio.get_running_loop().run_in_executor(None, _signature_or_none, self.repository / name)
+        if before is not None and before == after:
+            self.signatures[name] = before
+        else:
+            self.signatures.pop(name, None)
 
     def _prepare(
         self, folder: Path, old: HostedModel | None
@@ -324,7 +357,7 @@ class RepositoryPoller:
         gone = {name for name in control.hosted if name not in present}
         for name in gone & self._missing:
             with contextlib.suppress(NotFoundError):
-                done.append(await control.unload_here(name))
+                done.append(await control.unload_here(name, hold=False))
         self._missing = gone
         return done
 

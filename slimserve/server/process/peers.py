@@ -35,7 +35,6 @@ Thread: the event loop owns all of it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -56,7 +55,7 @@ from slimserve.server.errors import (
     ServingError,
 )
 from slimserve.server.observe.feedback import Answer, ticket_holder
-from slimserve.server.process.worker_state import read_peers, remember_unloaded
+from slimserve.server.process.worker_state import read_peers, remember_unloaded, unloaded_models
 from slimserve.server.transport.auth import bearer_token
 from slimserve.server.transport.model_statistics import model_statistics
 from slimserve.server.transport.status import status_for
@@ -104,6 +103,8 @@ class WorkerModelControl(ModelControl):
         super().__init__(*args, **kwargs)
         self._peers = peers
         self._scratch = scratch
+        for name in unloaded_models(scratch):  # a restarted worker's poller agrees with the others
+            self.hold_unloaded(name)
 
     async def load(self, name: str) -> str:
         summary = await self.load_here(name)
@@ -262,8 +263,10 @@ class PeerPort:
         if change == "load":
             await self._control.load_here(name)
         else:
-            with contextlib.suppress(NotFoundError):  # not hosted here: as good as unloaded
+            try:
                 await self._control.unload_here(name)
+            except NotFoundError:  # not hosted here: as good as unloaded, and held so (its poller)
+                self._control.hold_unloaded(name)
         return b""
 
     async def _feedback(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
