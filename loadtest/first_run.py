@@ -130,7 +130,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/bench/first_run.json"))
     parser.add_argument("--timeout-s", type=float, default=3600)
     parser.add_argument("--cap-isa", choices=["avx2"], help="hold torch, oneDNN and MKL to AVX2 (module docstring)")
+    parser.add_argument("--keep-repository", type=Path, metavar="DIR",
+                        help="move the model repository the run built to DIR (which must not exist) before "
+                             "the clone is removed: this machine's build, to serve or bench afterwards")  # fmt: skip
     args = parser.parse_args()
+    if args.keep_repository is not None and args.keep_repository.exists():
+        parser.error(f"--keep-repository {args.keep_repository} exists: name a new folder")
     with tempfile.TemporaryDirectory(prefix="slimserve-first-run-") as tmp:
         clone = Path(tmp) / "slimserve"
         subprocess.run(["git", "clone", "--quiet", str(args.source.resolve()), str(clone)], check=True)
@@ -145,6 +150,8 @@ def main() -> int:
         log_copy = args.out.with_suffix(".log")
         shutil.copyfile(clone / "first_run.log", log_copy)
         report["log"] = log_copy.name  # beside the JSON, named relative to it: the clone is removed
+        if args.keep_repository is not None and (clone / "model_repository").is_dir():
+            shutil.move(clone / "model_repository", args.keep_repository)
 
     text = json.dumps(report, indent=2)
     args.out.write_text(text + "\n")
