@@ -186,8 +186,9 @@ class ModelControl:
             return f"unloaded {name}"
 
     def hold_unloaded(self, name: str) -> None:
-        """Let the poller take `name`'s files as they are now for loaded, so that it loads the
-        model only once they change (a model unloaded by a call, here or by another worker)."""
+        """Record `name`'s files as they are now, as if loaded from them, so that the poller
+        loads the model again only once they change (a model unloaded by a call, here or on
+        another worker)."""
         folder = self.repository / name
         signature = _signature_or_none(folder) if (folder / MODEL_FILE).is_file() else None
         if signature is not None:
