@@ -148,7 +148,7 @@ class ModelProgress:
         self._unit, self._loop_done, self._loop_total = "", 0, 0
         self._expected: float | None = None  # units in the whole stage, when known ahead
         self._units_done = 0.0  # counted in this stage, every loop (a partial unit as its share)
-        self._loop_units, self._loop_units_done = 0.0, 0.0  # the running loop's, in units
+        self._loop_units = 0.0  # what the running loop's `total` come to (its last may be partial)
         self._unit_s = 0.0  # time spent on them
         self._mark_s = self._stage_started_s  # where the unit now running began
 
@@ -165,14 +165,14 @@ class ModelProgress:
         """Step `step` of `steps` of the stage begins (a change: written at once)."""
         self._step, self._steps = step, steps
         self._unit, self._loop_done, self._loop_total = "", 0, 0
-        self._loop_units = self._loop_units_done = 0.0
+        self._loop_units = 0.0
         self._write()
 
     def loop(self, total: int, unit: str = "epoch", units: float | None = None) -> None:
         """A loop of `total` units begins (a change: written at once); `units`: what they come
         to where the last is partial (1.5 epochs: `loop(2, units=1.5)`)."""
         self._unit, self._loop_done, self._loop_total = unit, 0, total
-        self._loop_units, self._loop_units_done = (float(total) if units is None else units), 0.0
+        self._loop_units = float(total) if units is None else units
         self._mark_s = self._clock()
         self._write()
 
@@ -185,7 +185,6 @@ class ModelProgress:
         last = self._loop_done + 1 == self._loop_total
         share = self._loop_units - (self._loop_total - 1) if last else 1.0
         self._units_done += share
-        self._loop_units_done += share
         self._loop_done += 1
         if self._last_line_s is None or now - self._last_line_s >= self._interval_s:
             self._write()
@@ -212,7 +211,8 @@ class ModelProgress:
         if not self._units_done:
             return None  # nothing measured yet
         # Units of earlier loops (done) plus this loop's total, unless the stage said more.
-        expected = self._expected or self._units_done - self._loop_units_done + self._loop_units
+        loop_units_done = self._loop_units if self._loop_done == self._loop_total else float(self._loop_done)
+        expected = self._expected or self._units_done - loop_units_done + self._loop_units
         return self._unit_s / self._units_done * max(0, expected - self._units_done)
 
     def _write(self) -> None:
