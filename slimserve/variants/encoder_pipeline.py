@@ -116,7 +116,6 @@ class _Steps:
             self._cosine_to(parent)(None),
             calibration=None,
             timing_item=self.profile_item,
-            threads=threads_for("cloud-cpu"),
             progress=self.progress,
             long_item=self.long_item,
         )

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from slimserve.repository.hardware import usable_cores
+from slimserve.repository.hardware import threads_for, usable_cores
 from slimserve.variants.matmul_roles import roles
 from slimserve.variants.mixed_int8 import MixedSettings, quantize_mixed
 from slimserve.variants.quantize import batch_one_p50s
@@ -105,7 +105,11 @@ def quantize_int8mixed(
         measured[floated.label] = score(float_graph)
         # It qualifies as the block graph does (the target met, or as close to it): then speed decides.
         if measured[floated.label] >= min(min_score, measured[settings.label]):
-            timed = batch_one_p50s({settings.label: graph, floated.label: float_graph}, timing_item, threads)
+            one = threads_for("edge")
+            timings = {"p50_ms": (timing_item, threads)} | (
+                {"p50_ms_1_thread": (timing_item, one)} if threads != one else {}
+            )
+            timed = batch_one_p50s({settings.label: graph, floated.label: float_graph}, timings)
             if sum(timed[floated.label].values()) < sum(timed[settings.label].values()):
                 graph, settings = float_graph, floated
     precise = {precision for _, precision in settings.by_role}

@@ -101,7 +101,6 @@ def _int8(
     score: Score,
     calibration: dict[str, np.ndarray],
     timing_item: dict[str, np.ndarray],
-    threads: int,
     progress: ModelProgress,
     fixed_batch: int | None,
 ) -> tuple[bytes, dict[str, Any]] | str:
@@ -115,7 +114,7 @@ def _int8(
     if opset < QDQ_OPSET:  # QDQ per channel and int32 biases need opset 13
         graph = onnx.version_converter.convert_version(model, QDQ_OPSET).SerializeToString()
     int8, chosen, scores = quantize_best(
-        graph, score, calibration if method == "static" else None, timing_item, threads, progress=progress,
+        graph, score, calibration if method == "static" else None, timing_item, progress=progress,
         calibration_rows_per_call=fixed_batch or CALIBRATION_ROWS_PER_CALL,
     )  # fmt: skip
     return int8, {"method": method, "settings": chosen.label, "selection_scores": scores}
@@ -168,7 +167,7 @@ def make_candidates(
         progress.stage(kind, kind)
         try:
             if kind == "int8":
-                made = _int8(graph, model, recipe, score, calibration, timing_item, threads, progress, fixed_batch)
+                made = _int8(graph, model, recipe, score, calibration, timing_item, progress, fixed_batch)
             elif kind == "fp16":
                 made = _fp16(model)
             else:

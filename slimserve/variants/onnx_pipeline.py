@@ -222,7 +222,6 @@ def _scored_by_first_output(
         selection_score,
         calibration if method == "static" else None,
         timing_item={k: v[:1] for k, v in held_out.items()},
-        threads=threads_for("cloud-cpu"),
         progress=progress,
     )
     progress.stage("int8", "made")

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimserve.repository.hardware import threads_for
 from slimserve.variants.chains import Chain
 from slimserve.variants.fake_quant import FakeQuantized, QuantScheme, fold_batch_norms
 from slimserve.variants.pipeline import BuiltVariant, graph_variant
@@ -88,16 +87,15 @@ def qat_variant(
     network, info = qat_network(parent_network, scheme, calibration, settings.epochs, settings.lr, finetune,
                                 chain.name)  # fmt: skip
     graph = export(network)
-    threads, candidates = threads_for("cloud-cpu"), (candidate_of(scheme),)
+    candidates = (candidate_of(scheme),)
     method: dict[str, Any] = {"method": "static QDQ" if scheme.static else "dynamic"}
     try:
-        quantized, chosen, scores = quantize_best(graph, score, calibration, timing_item, threads, candidates,
-                                                  progress)  # fmt: skip
+        quantized, chosen, scores = quantize_best(graph, score, calibration, timing_item, candidates, progress)
     except Exception as exc:  # ORT's static quantizer raises many types (shape inference, calibration)
         if not (scheme.static and dynamic_if_static_fails):
             raise
         log.warning("%s: static int8 failed (%s); quantizing dynamically", chain.name, exc)
-        quantized, chosen, scores = quantize_best(graph, score, None, timing_item, threads, candidates, progress)
+        quantized, chosen, scores = quantize_best(graph, score, None, timing_item, candidates, progress)
         method = {"method": "dynamic", "static_failed": str(exc)[:200]}
     recipe = settings.model_dump() | info | method | {"settings": chosen.label, "selection_scores": scores}
     return graph_variant(parent_variant, chain.name, "qat", quantized, recipe)

@@ -170,27 +170,22 @@ def _quantized(
     return results_in_order(_quantize, calls, workers)
 
 
-def batch_one_p50s(
-    graphs: dict[str, bytes],
-    timing_item: dict[str, np.ndarray],
-    threads: int,
-    long_item: dict[str, np.ndarray] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Each graph's batch-1 p50 on `timing_item`, all timed side by side, at every thread count
-    it will be served with: `threads` (cloud-cpu; key `p50_ms`) and the edge profile's one (also
-    each of `make run`'s one-worker-per-core sessions; `p50_ms_1_thread`), since what is faster
-    can differ (fused attention: 4 % faster on two threads, 9 % slower on one). `long_item`, when
-    given, is also timed on that one thread (`p50_ms_1_thread_long`): what is faster can differ
-    with the input's length too (fused attention falls further behind on longer inputs)."""
+Timings = dict[str, tuple[dict[str, np.ndarray], int]]  # report key → (batch-1 item, threads)
+
+
+def batch_one_p50s(graphs: dict[str, bytes], timings: Timings) -> dict[str, dict[str, float]]:
+    """Each graph's batch-1 p50 for each of `timings` (key → an item and a thread count), all
+    graphs timed side by side, one configuration after another: what is faster can differ
+    with the thread count and the input's length (fused attention: 6 % faster on two threads
+    at 32 tokens, 8 % slower on one, 13 % slower on one at 128)."""
     timed: dict[str, dict[str, float]] = {label: {} for label in graphs}
-    one = threads_for("edge")
-    for count in sorted({threads, one}, reverse=True):
+    for count in sorted({threads for _, threads in timings.values()}, reverse=True):
         sessions = {label: make_session(graph, count) for label, graph in graphs.items()}
-        items = {"": timing_item} | ({"_long": long_item} if count == one and long_item is not None else {})
-        for suffix, item in items.items():
+        for key, (item, threads) in timings.items():
+            if threads != count:
+                continue
             latency = profile_sessions(sessions, _always(item), [1], TIMING_SECONDS)
             for label in graphs:
-                key = ("p50_ms" if count == threads else f"p50_ms_{count}_thread") + suffix
                 timed[label][key] = latency[label][1].p50_ms
                 log.info("%s: batch-1 p50 %.3f ms (%s)", label, timed[label][key], key)
     return timed
@@ -217,7 +212,6 @@ def quantize_best(
     score: Scorer,
     calibration: dict[str, np.ndarray] | None,
     timing_item: dict[str, np.ndarray],
-    threads: int,
     candidates: tuple[QuantCandidate, ...] | None = None,
     progress: ModelProgress | None = None,
     calibration_rows_per_call: int = CALIBRATION_ROWS_PER_CALL,
@@ -227,13 +221,14 @@ def quantize_best(
 
     `calibration` given → static QDQ; None → dynamic. `score` compares a graph's outputs
     with fp32's on the selection slice (higher is better). Candidates within
-    QUALITY_TIE of the best score are timed side by side at batch 1 on `timing_item`, on
-    `threads` threads and on one, and on `long_item` (when given) on one; the best-scoring of
-    those within SPEED_TIE of the fastest (p50s summed: `fastest_of_equal_quality`) wins.
+    QUALITY_TIE of the best score are timed side by side at batch 1 on one thread, as the
+    server runs each session by default (`make run`: one worker per core, one thread each;
+    the edge profile too), on `timing_item` and on `long_item` when given; the best-scoring
+    of those within SPEED_TIE of the fastest (p50s summed: `fastest_of_equal_quality`) wins.
     Which settings are fast depends on the chip (VNNI, AMX), the thread count and the input's
     length, so this is measured, not assumed. Returns (graph, settings, {label: {score,
-    p50_ms, p50_ms_1_thread[, p50_ms_1_thread_long] (finalists only)}}); `progress`, when
-    given, counts the candidates. Calibration feeds `calibration_rows_per_call` rows a call
+    p50_ms_1_thread[, p50_ms_1_thread_long] (finalists only)}}); `progress`, when given,
+    counts the candidates. Calibration feeds `calibration_rows_per_call` rows a call
     (a graph with a fixed first dimension takes exactly that many).
     """
     chosen = candidates or (DYNAMIC_CANDIDATES if calibration is None else STATIC_CANDIDATES)
@@ -264,7 +259,11 @@ def quantize_best(
     finalists = [label for label, r in report.items() if r["score"] >= best_score - QUALITY_TIE]
     if len(finalists) == 1:
         return graphs[finalists[0]][0], graphs[finalists[0]][1], report
-    timed = batch_one_p50s({label: graphs[label][0] for label in finalists}, timing_item, threads, long_item)
+    one = threads_for("edge")
+    timings = {"p50_ms_1_thread": (timing_item, one)}
+    if long_item is not None:
+        timings["p50_ms_1_thread_long"] = (long_item, one)
+    timed = batch_one_p50s({label: graphs[label][0] for label in finalists}, timings)
     for label, p50s in timed.items():
         report[label].update(p50s)
     best = fastest_of_equal_quality({label: report[label] for label in finalists})

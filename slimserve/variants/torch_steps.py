@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from slimserve.repository.format import RepositoryError
-from slimserve.repository.hardware import threads_for
 from slimserve.variants.chains import Chain
 from slimserve.variants.lowrank import factorise
 from slimserve.variants.pipeline import BuiltVariant, count_weighted_layers, graph_variant
@@ -125,15 +124,13 @@ def int8_variant(
     quantized dynamically instead, and the recipe entry says so."""
     rows = len(next(iter(calibration.values())))
     method: dict[str, Any] = {"method": "static QDQ", "calibration_rows": rows}
-    threads = threads_for("cloud-cpu")
     try:
-        graph, chosen, scores = quantize_best(parent.onnx, score, calibration, timing_item, threads,
-                                              progress=progress)  # fmt: skip
+        graph, chosen, scores = quantize_best(parent.onnx, score, calibration, timing_item, progress=progress)
     except Exception as exc:  # ORT's static quantizer raises many types (shape inference, calibration)
         if not dynamic_if_static_fails:
             raise
         log.warning("%s: static int8 failed (%s); quantizing dynamically", chain.name, exc)
-        graph, chosen, scores = quantize_best(parent.onnx, score, None, timing_item, threads, progress=progress)
+        graph, chosen, scores = quantize_best(parent.onnx, score, None, timing_item, progress=progress)
         method = {"method": "dynamic", "static_failed": str(exc)[:200]}
     return graph_variant(parent, chain.name, "int8", graph,
                          method | {"settings": chosen.label, "selection_scores": scores})  # fmt: skip

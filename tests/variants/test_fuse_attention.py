@@ -67,7 +67,7 @@ def test_the_dynamic_int8_step_builds_the_fused_graph_as_one_more_candidate() ->
         return float(np.mean(np.sum(output * reference, axis=1)))  # both are unit vectors
 
     long_item = {k: np.tile(v[:1], (1, 2)) for k, v in rows.items()}  # 24 tokens; the position table has 32
-    _, chosen, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()}, 1, long_item=long_item)
+    _, chosen, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()}, long_item=long_item)
     fused_labels = [label for label in report if label.endswith("/fused-attention")]
     assert len(fused_labels) == len(DYNAMIC_CANDIDATES) and len(report) == 2 * len(DYNAMIC_CANDIDATES)
     fused_graphs = [g for g in scored if any(node.op_type == "QAttention" for node in ops(g))]
@@ -81,31 +81,32 @@ def test_the_dynamic_int8_step_builds_the_fused_graph_as_one_more_candidate() ->
         assert report[label]["score"] == pytest.approx(unfused, abs=0.005)
     assert max(report[label]["score"] for label in fused_labels) > 0.99  # int8 of a random net, 3 layers
     assert chosen.label in report
-    timed = [r for r in report.values() if "p50_ms" in r]
-    assert timed and all(r["p50_ms_long"] > 0 for r in timed)  # one thread here: no second thread count
+    # Finalists are timed on one thread (how the server runs a session by default), at both lengths.
+    timed = [r for r in report.values() if len(r) > 1]
+    assert timed and all(set(r) == {"score", "p50_ms_1_thread", "p50_ms_1_thread_long"} for r in timed)
 
 
-# pruned-int8's fused and unfused graphs on the AVX-512 EPYC, quiet rounds (docs/variants.md,
-# "Attention fused before dynamic int8"): fused is 6 % faster on two threads at 32 tokens,
-# 8 % slower on one, 13 % slower on one at 128.
-UNFUSED = {"score": 0.995992, "p50_ms": 2.92, "p50_ms_1_thread": 2.72}
-FUSED = {"score": 0.995997, "p50_ms": 2.74, "p50_ms_1_thread": 2.94}
+# pruned-int8's fused and unfused graphs as a build on the AVX-512 EPYC timed them on one thread
+# (2026-12-07): level at 32 tokens, fused 11 % slower at 128.
+UNFUSED = {"score": 0.995992, "p50_ms_1_thread": 3.17}
+FUSED = {"score": 0.995997, "p50_ms_1_thread": 3.14}
 
 
 def test_at_the_profile_length_alone_fused_and_unfused_tie_and_the_score_keeps_fused() -> None:
     assert fastest_of_equal_quality({"unfused": UNFUSED, "fused": FUSED}) == "fused"
 
 
-def test_a_long_input_on_one_thread_weighs_in_and_keeps_the_unfused_graph() -> None:
-    report = {"unfused": UNFUSED | {"p50_ms_1_thread_long": 8.52}, "fused": FUSED | {"p50_ms_1_thread_long": 9.64}}
+def test_a_long_input_weighs_in_and_keeps_the_unfused_graph() -> None:
+    report = {"unfused": UNFUSED | {"p50_ms_1_thread_long": 10.14}, "fused": FUSED | {"p50_ms_1_thread_long": 11.24}}
     assert fastest_of_equal_quality(report) == "unfused"
 
 
 def test_within_the_speed_tie_the_better_score_wins_and_beyond_it_the_faster_graph() -> None:
-    slower = {"score": 0.999, "p50_ms": 1.0 * (1 + SPEED_TIE) - 1e-6}
-    assert fastest_of_equal_quality({"fast": {"score": 0.998, "p50_ms": 1.0}, "slower": slower}) == "slower"
-    slower["p50_ms"] = 1.0 * (1 + SPEED_TIE) + 1e-3
-    assert fastest_of_equal_quality({"fast": {"score": 0.998, "p50_ms": 1.0}, "slower": slower}) == "fast"
+    fast = {"score": 0.998, "p50_ms_1_thread": 1.0}
+    slower = {"score": 0.999, "p50_ms_1_thread": 1.0 * (1 + SPEED_TIE) - 1e-6}
+    assert fastest_of_equal_quality({"fast": fast, "slower": slower}) == "slower"
+    slower["p50_ms_1_thread"] = 1.0 * (1 + SPEED_TIE) + 1e-3
+    assert fastest_of_equal_quality({"fast": fast, "slower": slower}) == "fast"
 
 
 def test_candidates_quantized_in_worker_processes_are_the_ones_quantized_here(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +128,7 @@ def test_candidates_quantized_in_worker_processes_are_the_ones_quantized_here(mo
             return float(np.mean(np.sum(output * reference, axis=1)))
 
         monkeypatch.setattr(worker_processes, "usable_cores", lambda: cores)
-        _, _, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()}, 1)
+        _, _, report = quantize_best(graph, cosine, None, {k: v[:1] for k, v in rows.items()})
         return scored, {label: r["score"] for label, r in report.items()}
 
     parallel, serial = run(2), run(1)

@@ -67,7 +67,7 @@ def test_the_simulation_computes_what_onnx_runtime_int8_computes() -> None:
         simulated = network(torch.from_numpy(held_out["x"])).numpy()
     graph = export_onnx(fake.bake(), held_out, "logits", AXES)
     float_out = run_batched(make_session(graph, 1), held_out)
-    int8_graph, _, _ = quantize_best(graph, lambda _g: 0.0, calibration, held_out, 1, (candidate_of(scheme),))
+    int8_graph, _, _ = quantize_best(graph, lambda _g: 0.0, calibration, held_out, (candidate_of(scheme),))
     int8_out = run_batched(make_session(int8_graph, 1), held_out)
     # With VNNI the bound is a quarter. Without it the simulation stays apart from ONNX Runtime by
     # more (0.26 of the float network's distance with 7-bit weights on the AVX2-only EPYC, 0.65
