@@ -39,10 +39,10 @@ EXPORT_TOLERANCE = 1e-4
 INT8MIXED_CALIBRATION_SENTENCES = 256  # training sentences that give SmoothQuant its activation maxima
 # Ranking 36 MatMuls by their loss at 4 bits needs fewer sentences than the final check.
 INT4_RANKING_SENTENCES = 100
-# The int8 step also times its finalists on one thread at this many times the profile's length
-# (128 tokens by default, the router bench's inputs): fused attention is ~8 % slower than
-# unfused on one thread at 32 tokens and ~12 % at 128 on the AVX-512 EPYC, and one thread is
-# what `make run`'s workers and the edge profile serve with (docs/variants.md).
+# The int8 step times its finalists (on one thread, as `make run`'s workers and the edge profile
+# serve) at the profile's length and at this many times it (128 tokens by default, the router
+# bench's inputs): fused attention's cost against unfused grows with the length (on the AVX-512
+# EPYC ~8 % slower at 32 tokens, ~12 % at 128; docs/variants.md).
 LONG_TIMING_FACTOR = 4
 _AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
 

@@ -105,10 +105,9 @@ def quantize_int8mixed(
         measured[floated.label] = score(float_graph)
         # It qualifies as the block graph does (the target met, or as close to it): then speed decides.
         if measured[floated.label] >= min(min_score, measured[settings.label]):
-            one = threads_for("edge")
-            timings = {"p50_ms": (timing_item, threads)} | (
-                {"p50_ms_1_thread": (timing_item, one)} if threads != one else {}
-            )
+            timings = {"p50_ms": (timing_item, threads)}
+            if threads != threads_for("edge"):
+                timings["p50_ms_1_thread"] = (timing_item, threads_for("edge"))
             timed = batch_one_p50s({settings.label: graph, floated.label: float_graph}, timings)
             if sum(timed[floated.label].values()) < sum(timed[settings.label].values()):
                 graph, settings = float_graph, floated
