@@ -40,10 +40,13 @@ _ISA_FLAGS = (
 SPEED_FLAGS = ("avx2", "avx512_vnni", "amx_tile")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    """The CPU's model name and flags from `path`; without a model name there (ARM lists none),
+    the machine's architecture. Not `platform.processor()`: it runs `uname -p` in a child
+    process, which a threaded server should not fork for."""
+    model, flags = "", set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 key = key.strip()
@@ -55,7 +58,7 @@ def _cpuinfo() -> tuple[str, set[str]]:
                     break
     except OSError:
         pass
-    return model, flags
+    return model or platform.machine(), flags
 
 
 def cpu_description() -> str:

@@ -4,6 +4,7 @@ whether torch may train in bf16."""
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,15 @@ def test_the_cpu_description_names_the_model_and_every_speed_flag_it_has() -> No
     assert description.startswith(f"{model} (")
     for flag in SPEED_FLAGS:  # named exactly when /proc/cpuinfo lists it
         assert (f" {flag}" in description or f"({flag}" in description) == (flag in flags)
+
+
+def test_cpuinfo_reads_the_model_and_flags_and_without_a_model_name_falls_back_to_the_architecture(
+    tmp_path: Path,
+) -> None:
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\n")
+    assert _cpuinfo(x86) == ("AMD EPYC", {"fpu", "avx2", "avx512_vnni"})
+    arm = tmp_path / "arm"  # aarch64 lists Features and no model name
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\n")
+    assert _cpuinfo(arm) == (platform.machine(), {"fp", "asimd", "sve"})
+    assert _cpuinfo(tmp_path / "absent") == (platform.machine(), set())
