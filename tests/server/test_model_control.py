@@ -15,7 +15,7 @@ import pytest
 
 from loadtest.serving import rewrite_description, serve_command
 from slimserve.repository.format import MANIFEST_FILE, MODEL_FILE, sha256_of
-from slimserve.server.core.model_control import ModelControl, RepositoryPoller
+from slimserve.server.core.model_control import ModelControl, RepositoryPoller, held_signature
 from slimserve.server.core.registry import HostedModel
 from slimserve.server.errors import InvalidInputError, ModelLoadError, NotFoundError
 from tests.server.in_process import ServingCore, zero_digits
@@ -216,6 +216,36 @@ def test_a_model_unloaded_by_call_stays_unloaded_until_its_files_change(digits_r
             model_file.write_text(model_file.read_text() + "\n")  # a new version published
             (done,) = await poller.poll_once()
             assert done.startswith("loaded digits") and "digits" in host.registry.models
+            await host.registry.close()
+
+    asyncio.run(scenario())
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A real thread pool that notes what it was given to run: what ran off the event loop."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.ran: list[object] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.ran.append(fn)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_an_unload_by_call_reads_the_folder_it_holds_in_a_thread(digits_repo: Path) -> None:
+    """A model folder may be large or on a slow volume: the walk that holds it unloaded runs in
+    the loop's executor, as the poller's scans do, not on the event loop."""
+
+    async def scenario() -> None:
+        threads = RecordingExecutor()
+        asyncio.get_running_loop().set_default_executor(threads)
+        with ThreadPoolExecutor(4) as executor:
+            host, control = await _host_and_control(digits_repo, executor)
+            threads.ran.clear()
+            assert await control.unload("digits") == "unloaded digits"
+            assert held_signature in threads.ran
+            assert control.signatures["digits"] == held_signature(digits_repo / "digits")
             await host.registry.close()
 
     asyncio.run(scenario())

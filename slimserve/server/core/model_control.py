@@ -83,6 +83,12 @@ def _signature_or_none(folder: Path) -> Signature | None:
         return None
 
 
+def held_signature(folder: Path) -> Signature | None:
+    """The signature a model unloaded by call is held by (`ModelControl.hold_unloaded`): its
+    files as they are now, None where the folder holds no model or cannot be read now."""
+    return _signature_or_none(folder) if (folder / MODEL_FILE).is_file() else None
+
+
 def release_freed_memory() -> None:
     """Return the C heap's free pages to the system (glibc's malloc_trim; ctypes releases
     the GIL for it): while a model is reloaded its old and new sessions coexist, and glibc
@@ -171,12 +177,14 @@ class ModelControl:
         then it is released. With `hold` (a call's unload) the poller leaves it unloaded until
         its files change; the poller's own unload (its folder gone) does not hold."""
         async with self._lock:
+            # Read before anything changes: the poller compares signatures between its scans
+            # without the lock, and must never see the model gone and not yet held.
+            held = await self._read_held_signature(name) if hold and name in self._registry.models else None
             hosted = self._registry.remove(name)
             if hosted is None:
                 raise NotFoundError(f"model '{name}' is not loaded; loaded: {sorted(self._registry)}")
             self.signatures.pop(name, None)
-            if hold:
-                self.hold_unloaded(name)
+            self.hold(name, held)
             variants = ", ".join(hosted.batchers)
             retired = list(hosted.batchers.values())
             del hosted
@@ -185,12 +193,17 @@ class ModelControl:
             self._changed()
             return f"unloaded {name}"
 
-    def hold_unloaded(self, name: str) -> None:
+    async def hold_unloaded(self, name: str) -> None:
         """Record `name`'s files as they are now, as if loaded from them, so that the poller
         loads the model again only once they change (a model unloaded by a call, here or on
-        another worker)."""
-        folder = self.repository / name
-        signature = _signature_or_none(folder) if (folder / MODEL_FILE).is_file() else None
+        another worker). The folder is read in a thread, as every walk of the repository is."""
+        self.hold(name, await self._read_held_signature(name))
+
+    async def _read_held_signature(self, name: str) -> Signature | None:
+        return await asyncio.get_running_loop().run_in_executor(None, held_signature, self.repository / name)
+
+    def hold(self, name: str, signature: Signature | None) -> None:
+        """Hold `name` unloaded by `signature` (`held_signature`; None: nothing to hold)."""
         if signature is not None:
             self.signatures[name] = signature
 

@@ -46,7 +46,7 @@ import grpc
 
 from slimserve.protos import inference_pb2 as pb
 from slimserve.server.core.data_plane import DataPlane
-from slimserve.server.core.model_control import ModelControl
+from slimserve.server.core.model_control import ModelControl, held_signature
 from slimserve.server.errors import (
     InvalidInputError,
     ModelLoadError,
@@ -104,7 +104,7 @@ class WorkerModelControl(ModelControl):
         self._peers = peers
         self._scratch = scratch
         for name in unloaded_models(scratch):  # a restarted worker's poller agrees with the others
-            self.hold_unloaded(name)
+            self.hold(name, held_signature(self.repository / name))  # before serving: read here
 
     async def load(self, name: str) -> str:
         summary = await self.load_here(name)
@@ -266,7 +266,7 @@ class PeerPort:
             try:
                 await self._control.unload_here(name)
             except NotFoundError:  # not hosted here: as good as unloaded, and held so (its poller)
-                self._control.hold_unloaded(name)
+                await self._control.hold_unloaded(name)
         return b""
 
     async def _feedback(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
