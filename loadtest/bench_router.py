@@ -53,15 +53,14 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from loadtest.bench_router_report import Outcome, Segment, write_reports
+from loadtest.decision_cost import decision_cost_us
 from loadtest.interference import NO_READING, CoreReading, CoreWatch, pin_every_thread
 from loadtest.messages import digits_request, minilm_request
 from loadtest.serving import one_model_repository, server_process
 from loadtest.trace import ATTRIBUTION, DEFAULT_TRACE, Trace
 from slimserve.repository.format import load_model
 from slimserve.repository.hardware import cpu_description
-from slimserve.router.build import build_model_router
 from slimserve.router.config import MECHANISMS
-from slimserve.router.hints import RequestHints
 from slimserve.server.transport.tls import ClientSecurity
 
 PINNED = ("fp32", "int8", "pruned", "distilled")  # the default pinned policies
@@ -390,37 +389,6 @@ async def _with_stubs(
         return await body(Bench(stubs, inputs, watch))
 
 
-def decision_cost_us(repository: Path, calls: int = 20_000) -> tuple[float, float]:
-    """Mean cost of one `route` call on minilm's real profiles and a busy-looking queue:
-    (a new snapshot every call, as under load when every call changes a queue; a cached one)."""
-    entry = load_model(repository / "minilm")
-    key = next(iter(entry.variants[entry.config.reference_variant].manifest.profiles))
-
-    @dataclass
-    class Queue:
-        queued_rows: int
-        running_rows: int
-        running_started_s: float
-
-    queues = {name: Queue(3, 8, time.monotonic()) for name in entry.variants}
-    router = build_model_router(entry, key, queues)  # the server's default: every variant beside the others
-    hints = RequestHints(slo_ms=60.0, slo_source="parameter")
-    fp32 = queues[entry.config.reference_variant]
-    for i in range(2000):
-        router.route(hints, 1)
-        router.observe_request(router.route(hints, 1), 30.0 + i % 7, 10.0, 15.0)
-    started = time.perf_counter()
-    for i in range(calls):
-        fp32.queued_rows = i & 7  # a queue changed: the router takes a new snapshot
-        router.route(hints, 1)
-    fresh = (time.perf_counter() - started) / calls * 1e6
-    started = time.perf_counter()
-    for _ in range(calls):
-        router.explain(hints, 1)
-    cached = (time.perf_counter() - started) / calls * 1e6
-    return fresh, cached
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -451,9 +419,9 @@ def main() -> int:
         if unknown:
             parser.error(f"minilm has no variant {', '.join(unknown)}; it has {', '.join(sorted(known))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    fresh_us, cached_us = decision_cost_us(args.repository)
+    decision = decision_cost_us(args.repository)
     print(f"CPU: {cpu_description()}; {ATTRIBUTION}")
-    print(f"routing decision: {fresh_us:.1f} µs with a new snapshot, {cached_us:.1f} µs on a cached one")
+    print(f"routing decision: {decision.text()}")
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         print("warning: one core; servers and load generator share it", file=sys.stderr)
@@ -501,8 +469,7 @@ def main() -> int:
             pin_every_thread(set(cores))
     header = [
         f"Machine: {cpu_description()}, {len(cores)} cores; servers pinned to core {cores[0]} (edge profile, one ONNX "
-        f"Runtime thread), load generator on the others. Routing decision {fresh_us:.1f} µs (new snapshot), "
-        f"{cached_us:.1f} µs (cached).",
+        f"Runtime thread), load generator on the others. Routing decision: {decision.text()}.",
         ATTRIBUTION,
     ]
     print(write_reports(segments, args.out, header))

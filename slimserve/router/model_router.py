@@ -175,10 +175,13 @@ class ModelRouter:
         ratios = self.ratios.snapshot(now) if self.config.ratios_on else None
         oldest_kept_s = now - self.config.snapshot_max_age_s
         kept_views = []
+        overhead_ms_per_row: float | None = None  # read once, for the views made again
         for (name, variant), mark in zip(self.variants.items(), marks, strict=True):
             kept = self._views.get(name)
             if kept is None or kept[0] != mark or kept[1] <= oldest_kept_s:
-                kept = self._views[name] = (mark, now, self._view(name, variant, now))
+                if overhead_ms_per_row is None:
+                    overhead_ms_per_row = self._overhead_ms_per_row()
+                kept = self._views[name] = (mark, now, self._view(name, variant, now, overhead_ms_per_row))
             kept_views.append(kept[2])
         views = tuple(kept_views)
         price = self._current_price(now, views)
@@ -202,7 +205,7 @@ class ModelRouter:
             share_below=price.share_below if self.config.price_split_on else 0.0,
         )
 
-    def _view(self, name: str, variant: VariantRoute, now: float) -> VariantView:
+    def _view(self, name: str, variant: VariantRoute, now: float, overhead_ms_per_row: float) -> VariantView:
         return VariantView(
             name=name,
             device=variant.device,
@@ -213,7 +216,7 @@ class ModelRouter:
             in_flight_ms=variant.latency.in_flight_ms(variant.queue, now),
             queued_rows=variant.queue.queued_rows,
             arriving_rows_s=self._shares[name].rows_per_second(),
-            capacity_rows_s=variant.latency.capacity_rows_s(self._overhead_ms_per_row()),
+            capacity_rows_s=variant.latency.capacity_rows_s(overhead_ms_per_row),
             rows_by_level=self._levelled[name].rows_by_level if name in self._levelled else (),
             running_rows=variant.queue.running_rows,
             cost_correction=variant.latency.cost_correction,

@@ -46,12 +46,12 @@ Pure: rates, costs and budget in; the price out (and whether it is past saturati
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 # A price just past a breakpoint, so that the cheaper variant wins there.
 PAST_BREAKPOINT = 1.0 + 1e-6
-SPLIT_BISECTIONS = 20  # a split price's share to within 1e-6
 
 
 @dataclass(frozen=True)
@@ -80,20 +80,70 @@ class Demand:
     square_ms2_per_s: float
 
 
+class Menu:
+    """Every offer's cost for every request size now arriving, computed once per pricing:
+    the price walks the breakpoints and weighs each size's choice at every step it tries, and
+    reading `Offer.cost_ms` (a latency curve and its corrections) each time was most of the
+    router's CPU per call under load (docs/routing.md, "The price from a table")."""
+
+    __slots__ = ("offers", "qualities", "sizes")
+
+    def __init__(self, offers: Sequence[Offer], rates: Mapping[int, float]) -> None:
+        self.offers = list(offers)
+        self.qualities = [o.quality for o in self.offers]
+        # (rows, requests/s, each offer's machine-ms for one request of that size)
+        self.sizes = [(rows, rate, [o.cost_ms(rows) for o in self.offers]) for rows, rate in rates.items() if rate > 0]
+
+    def choice(self, costs: Sequence[float], rows: int, price: float) -> int:
+        """The offer a request of `rows` rows gets at `price`, by index (ties: the cheaper,
+        then the first)."""
+        best, best_score, best_cost = 0, -math.inf, math.inf
+        for i, (quality, cost) in enumerate(zip(self.qualities, costs, strict=True)):
+            score = quality - price * cost / rows
+            if score > best_score or (score == best_score and cost < best_cost):
+                best, best_score, best_cost = i, score, cost
+        return best
+
+    def demand(self, price: float) -> Demand:
+        """What the arriving requests need at `price`."""
+        ms, square = 0.0, 0.0
+        for rows, rate, costs in self.sizes:
+            cost = costs[self.choice(costs, rows, price)]
+            ms += rate * cost
+            square += rate * cost * cost
+        return Demand(ms, square)
+
+    def breakpoints(self) -> list[float]:
+        """Prices at which a request of an arriving size could switch from one offer to a
+        cheaper one."""
+        points = []
+        for rows, _, costs in self.sizes:
+            for quality_a, cost_a in zip(self.qualities, costs, strict=True):
+                for quality_b, cost_b in zip(self.qualities, costs, strict=True):
+                    saved_ms = (cost_a - cost_b) / rows
+                    if quality_a > quality_b and saved_ms > 0:
+                        points.append((quality_a - quality_b) / saved_ms)
+        return points
+
+    def quality_per_ms(self, price: float) -> float:
+        """Quality answered per machine-millisecond by the choices made at `price`."""
+        quality, cost = 0.0, 0.0
+        for rows, rate, costs in self.sizes:
+            chosen = self.choice(costs, rows, price)
+            quality += rate * rows * self.qualities[chosen]
+            cost += rate * costs[chosen]
+        return quality / cost if cost > 0 else 0.0
+
+
 def pick(offers: Sequence[Offer], rows: int, price: float) -> Offer:
     """The variant a request of `rows` rows gets at `price`, in time or not (ties: cheaper)."""
-    return max(offers, key=lambda o: (o.quality - price * o.cost_ms(rows) / rows, -o.cost_ms(rows)))
+    menu = Menu(offers, {rows: 1.0})
+    return menu.offers[menu.choice(menu.sizes[0][2], rows, price)]
 
 
 def demand(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> Demand:
     """What the arriving requests (`rates`: rows → requests/s) need at `price`."""
-    ms, square = 0.0, 0.0
-    for rows, rate in rates.items():
-        if rate > 0:
-            cost = pick(offers, rows, price).cost_ms(rows)
-            ms += rate * cost
-            square += rate * cost * cost
-    return Demand(ms, square)
+    return Menu(offers, rates).demand(price)
 
 
 def utilization(need: Demand, budget: Budget) -> float:
@@ -112,13 +162,7 @@ def fits(need: Demand, budget: Budget) -> bool:
 
 def breakpoints(offers: Sequence[Offer], rows: int) -> list[float]:
     """Prices at which a request of `rows` rows could switch from one variant to a cheaper one."""
-    points = []
-    for a in offers:
-        for b in offers:
-            saved_ms = (a.cost_ms(rows) - b.cost_ms(rows)) / rows
-            if a.quality > b.quality and saved_ms > 0:
-                points.append((a.quality - b.quality) / saved_ms)
-    return points
+    return Menu(offers, {rows: 1.0}).breakpoints()
 
 
 @dataclass(frozen=True)
@@ -139,46 +183,60 @@ class Price:
 
 def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budget) -> Price:
     """The smallest price at which the arriving requests fit `budget` (0: they fit as they
-    are); if none does, the one with the most quality per machine-millisecond, saturated."""
+    are); if none does, the one with the most quality per machine-millisecond, saturated.
+
+    Demand only falls as the price rises (module docstring), so once the traffic fits it
+    fits at every higher price: the first breakpoint that fits is found by bisection."""
     if not offers:
         return Price(0.0)
-    below, over = 0.0, demand(offers, rates, 0.0)
-    if fits(over, budget):
+    menu = Menu(offers, rates)
+    at_zero = menu.demand(0.0)
+    if fits(at_zero, budget):
         return Price(0.0)
-    sizes = [rows for rows, rate in rates.items() if rate > 0]
-    prices = sorted({p * PAST_BREAKPOINT for rows in sizes for p in breakpoints(offers, rows)})
-    for price in prices:
-        need = demand(offers, rates, price)
-        if fits(need, budget):
-            return Price(price, below_ms=below, share_below=split_share(over, need, budget))
-        below, over = price, need
-    return Price(max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price)), saturated=True)
+    prices = sorted({p * PAST_BREAKPOINT for p in menu.breakpoints()})
+    needs = {-1: at_zero}  # by index in `prices` (-1: no price)
+
+    def need(k: int) -> Demand:
+        if k not in needs:
+            needs[k] = menu.demand(prices[k])
+        return needs[k]
+
+    lo, hi = 0, len(prices)  # prices[:lo] do not fit; prices[hi:] do
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(need(mid), budget):
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(prices):
+        below = prices[lo - 1] if lo > 0 else 0.0
+        return Price(prices[lo], below_ms=below, share_below=split_share(need(lo - 1), need(lo), budget))
+    return Price(max([0.0, *prices], key=menu.quality_per_ms), saturated=True)
 
 
 def split_share(over: Demand, within: Demand, budget: Budget) -> float:
     """The largest share f of the calls that may take the choices of `over` (a demand that
     does not fit) while the rest take those of `within` (one that does), the traffic still
-    fitting. Both utilization and the M/G/1 wait grow with f, so bisection finds it."""
-    lo, hi = 0.0, 1.0
-    for _ in range(SPLIT_BISECTIONS):
-        share = (lo + hi) / 2
-        mixed = Demand(
-            share * over.ms_per_s + (1 - share) * within.ms_per_s,
-            share * over.square_ms2_per_s + (1 - share) * within.square_ms2_per_s,
-        )
-        lo, hi = (share, hi) if fits(mixed, budget) else (lo, share)
-    return lo
+    fitting. Both bounds are linear in f: utilization is, and the M/G/1 wait's bound is once
+    multiplied out (λ·E[S²](f) ≤ 2W·(1 − ρ(f))), so f is the least of two ratios (it was
+    found by 20 bisections, a third of the price's CPU)."""
+    share = 1.0
+    extra_ms_per_s = over.ms_per_s - within.ms_per_s
+    if extra_ms_per_s > 0:
+        room_ms_per_s = budget.target_utilization * 1e3 - budget.rest_ms_per_s - within.ms_per_s
+        share = min(share, room_ms_per_s / extra_ms_per_s)
+    if math.isfinite(budget.max_wait_ms):
+        wait_x2 = 2.0 * budget.max_wait_ms
+        slope = (over.square_ms2_per_s - within.square_ms2_per_s + wait_x2 * extra_ms_per_s) / 1e3
+        if slope > 0:
+            room = wait_x2 * (1.0 - utilization(within, budget)) - within.square_ms2_per_s / 1e3
+            share = min(share, room / slope)
+    return min(max(share, 0.0), 1.0)
 
 
 def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> float:
     """Quality answered per machine-millisecond by the choices made at `price`."""
-    quality, cost = 0.0, 0.0
-    for rows, rate in rates.items():
-        if rate > 0:
-            chosen = pick(offers, rows, price)
-            quality += rate * rows * chosen.quality
-            cost += rate * chosen.cost_ms(rows)
-    return quality / cost if cost > 0 else 0.0
+    return Menu(offers, rates).quality_per_ms(price)
 
 
 def backlog_price(backlog_ms: float, price_ms2: float) -> float:

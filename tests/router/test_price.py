@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from slimserve.router.price import (
+    PAST_BREAKPOINT,
     Budget,
     Demand,
     Offer,
@@ -115,3 +117,73 @@ def test_past_saturation_the_price_keeps_the_variant_with_the_most_quality_per_m
     assert not fits(demand(offers, flooded, price), Budget(0.6))
     assert pick(offers, 1, price).variant == "int8"  # 0.91 / 2 ms beats 0.70 / 1.9 ms and 1.0 / 3 ms
     assert quality_per_ms(offers, flooded, price) == pytest.approx(0.91 / 2.0)
+
+
+def _price_by_walking(offers: list[Offer], rates: dict[int, float], budget: Budget) -> Price:
+    """The price as its definition reads: every breakpoint in turn, from the cheapest."""
+    below, over = 0.0, demand(offers, rates, 0.0)
+    if fits(over, budget):
+        return Price(0.0)
+    prices = sorted(
+        {p * PAST_BREAKPOINT for rows, rate in rates.items() if rate > 0 for p in breakpoints(offers, rows)}
+    )
+    for price in prices:
+        need = demand(offers, rates, price)
+        if fits(need, budget):
+            return Price(price, below_ms=below, share_below=split_share(over, need, budget))
+        below, over = price, need
+    return Price(max([0.0, *prices], key=lambda price: quality_per_ms(offers, rates, price)), saturated=True)
+
+
+def test_the_bisected_price_is_the_first_breakpoint_that_fits() -> None:
+    """cpu_price bisects the breakpoints, since demand only falls as the price rises: on
+    random menus, traffic and budgets it finds what walking every breakpoint finds."""
+    rng = np.random.default_rng(7)
+    kinds = {"fits at 0": 0, "priced": 0, "saturated": 0}
+    for _ in range(400):
+        offers = [
+            offer(f"v{i}", float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.05, 3.0)))
+            for i in range(int(rng.integers(1, 8)))
+        ]
+        rates = {int(rows): float(rng.uniform(0.0, 60.0)) for rows in rng.choice([1, 2, 4, 8, 16], size=3)}
+        budget = Budget(float(rng.uniform(0.2, 1.0)), float(rng.uniform(0.0, 100.0)), float(rng.uniform(0.5, 50.0)))
+        walked = _price_by_walking(offers, rates, budget)
+        assert cpu_price(offers, rates, budget) == walked
+        kinds["saturated" if walked.saturated else "priced" if walked.per_ms else "fits at 0"] += 1
+    assert min(kinds.values()) >= 40, kinds  # every branch was exercised
+
+
+def _share_by_bisection(over: Demand, within: Demand, budget: Budget) -> float:
+    """split_share as its definition reads: the largest share that still fits, to 2⁻³⁰."""
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        share = (lo + hi) / 2
+        mixed = Demand(
+            share * over.ms_per_s + (1 - share) * within.ms_per_s,
+            share * over.square_ms2_per_s + (1 - share) * within.square_ms2_per_s,
+        )
+        lo, hi = (share, hi) if fits(mixed, budget) else (lo, share)
+    return lo
+
+
+def test_the_split_share_in_closed_form_is_the_largest_share_that_fits() -> None:
+    rng = np.random.default_rng(11)
+    bound = {"utilization": 0, "wait": 0, "none": 0}
+    for _ in range(500):
+        within = Demand(float(rng.uniform(50.0, 600.0)), float(rng.uniform(10.0, 4000.0)))
+        over = Demand(
+            within.ms_per_s + float(rng.uniform(1.0, 600.0)), within.square_ms2_per_s * float(rng.uniform(1.0, 6.0))
+        )
+        budget = Budget(
+            float(rng.uniform(0.5, 1.0)),
+            float(rng.uniform(0.0, 200.0)),
+            float(rng.choice([rng.uniform(0.5, 20.0), np.inf])),
+        )
+        if not fits(within, budget):
+            continue
+        share = split_share(over, within, budget)
+        assert share == pytest.approx(_share_by_bisection(over, within, budget), abs=1e-8)
+        loose = Budget(budget.target_utilization, budget.rest_ms_per_s)
+        binds = "none" if share == 1.0 else "utilization" if split_share(over, within, loose) == share else "wait"
+        bound[binds] += 1
+    assert min(bound.values()) >= 20, bound  # each bound, and neither, decided some
