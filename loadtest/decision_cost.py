@@ -8,6 +8,8 @@ Three cases, CPU time per call (`time.process_time`: these machines are shared):
   call answered and the CPU sampled as the server's load monitor does, on a machine that the
   traffic does not fit at price 0: every view is made again and the price recomputed. Only
   `route` is timed (a CPU-clock read costs about a microsecond of it), not what it learns after.
+  Twice: with the process at BUSY_SHARE of its core, where some price makes the traffic fit,
+  and at SATURATED_SHARE, where none does (the saturated price's search).
 - **cached**: `explain` on an unchanged snapshot, the decision alone.
 """
 
@@ -25,7 +27,8 @@ from slimserve.router.cpu import SAMPLE_PERIOD_S
 from slimserve.router.hints import RequestHints
 
 CALL_GAP_S = 0.02  # under load: 50 calls/s, each past the price's `reprice_s`
-BUSY_SHARE = 0.8  # under load: the process's CPU use as sampled, more than the budget allows
+BUSY_SHARE = 0.8  # under load: the process's CPU use as sampled, more than price 0 fits
+SATURATED_SHARE = 0.95  # ... and more than any price fits (the budget is 0.9 of the core)
 
 
 @dataclass
@@ -41,20 +44,24 @@ class DecisionCost:
 
     new_snapshot_us: float
     under_load_us: float
+    saturated_us: float
     cached_us: float
 
     def text(self) -> str:
         return (
             f"{self.new_snapshot_us:.1f} µs with a new snapshot, {self.under_load_us:.1f} µs under load (a new price "
-            f"and every view), {self.cached_us:.1f} µs on a cached one"
+            f"and every view; {self.saturated_us:.1f} µs saturated), {self.cached_us:.1f} µs on a cached one"
         )
 
 
 class RouterUnderLoad:
     """A router on a fake clock fed one call every CALL_GAP_S, each answered, its CPU account
-    sampled every SAMPLE_PERIOD_S at BUSY_SHARE of the core (the "under load" case)."""
+    sampled every SAMPLE_PERIOD_S at `busy_share` of the core (the "under load" case)."""
 
-    def __init__(self, entry: ModelEntry, hardware_key: str, hints: RequestHints) -> None:
+    def __init__(
+        self, entry: ModelEntry, hardware_key: str, hints: RequestHints, busy_share: float = BUSY_SHARE
+    ) -> None:
+        self.busy_share = busy_share
         self.now_s = 0.0
         self.queues = {name: _Queue(3, 8, 0.0) for name in entry.variants}
         self.router = build_model_router(entry, hardware_key, self.queues, clock=lambda: self.now_s)
@@ -66,7 +73,7 @@ class RouterUnderLoad:
         """Call `i`; the CPU seconds `route` took (what it learns after is not counted)."""
         self.now_s += CALL_GAP_S
         if self.now_s - self._sampled_s >= SAMPLE_PERIOD_S:
-            self.router.cpu.sample(self.now_s * BUSY_SHARE, self.now_s, 1)
+            self.router.cpu.sample(self.now_s * self.busy_share, self.now_s, 1)
             self._sampled_s = self.now_s
         self.queues[self._reference].queued_rows = i & 7
         started = time.process_time()
@@ -101,11 +108,13 @@ def decision_cost_us(repository: Path, calls: int = 20_000, variants: list[str] 
         router.explain(hints, 1)
     cached = (time.process_time() - started) / calls * 1e6
 
-    loaded = RouterUnderLoad(entry, key, hints)
-    for i in range(2000):
-        loaded.call(i)
-    under_load = sum(loaded.call(i) for i in range(calls)) / calls * 1e6
-    return DecisionCost(fresh, under_load, cached)
+    under_load = []
+    for share in (BUSY_SHARE, SATURATED_SHARE):
+        loaded = RouterUnderLoad(entry, key, hints, share)
+        for i in range(2000):
+            loaded.call(i)
+        under_load.append(sum(loaded.call(i) for i in range(calls)) / calls * 1e6)
+    return DecisionCost(fresh, under_load[0], under_load[1], cached)
 
 
 def main() -> int:

@@ -125,6 +125,30 @@ class Menu:
                         points.append((quality_a - quality_b) / saved_ms)
         return points
 
+    def switches(self) -> list[float]:
+        """The breakpoints at which some size's choice does change as the price rises (a
+        subset of `breakpoints`, computed alike): from the choice at price 0, the cheaper
+        offer whose breakpoint with it comes first (ties: the cheapest), and on from that one
+        — the upper hull of the size's (cost, quality) points. Between two switches the
+        choices are those of the first, so the rest of `breakpoints` change nothing."""
+        points = []
+        for rows, _, costs in self.sizes:
+            current = self.choice(costs, rows, 0.0)
+            while True:
+                quality_a, cost_a = self.qualities[current], costs[current]
+                step: tuple[float, float, int] | None = None  # (breakpoint, cost, offer)
+                for b, (quality_b, cost_b) in enumerate(zip(self.qualities, costs, strict=True)):
+                    saved_ms = (cost_a - cost_b) / rows
+                    if quality_a > quality_b and saved_ms > 0:
+                        candidate = ((quality_a - quality_b) / saved_ms, cost_b, b)
+                        if step is None or candidate[:2] < step[:2]:
+                            step = candidate
+                if step is None:
+                    break
+                points.append(step[0])
+                current = step[2]
+        return points
+
     def quality_per_ms(self, price: float) -> float:
         """Quality answered per machine-millisecond by the choices made at `price`."""
         quality, cost = 0.0, 0.0
@@ -211,7 +235,10 @@ def cpu_price(offers: Sequence[Offer], rates: Mapping[int, float], budget: Budge
     if lo < len(prices):
         below = prices[lo - 1] if lo > 0 else 0.0
         return Price(prices[lo], below_ms=below, share_below=split_share(need(lo - 1), need(lo), budget))
-    return Price(max([0.0, *prices], key=menu.quality_per_ms), saturated=True)
+    # Past saturation: the price answering most quality per machine-ms, the first such in
+    # `prices` — which is where the choices last changed, one of the switches (or 0).
+    switches = sorted({p * PAST_BREAKPOINT for p in menu.switches()})
+    return Price(max([0.0, *switches], key=menu.quality_per_ms), saturated=True)
 
 
 def split_share(over: Demand, within: Demand, budget: Budget) -> float:
