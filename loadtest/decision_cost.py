@@ -33,6 +33,8 @@ SATURATED_SHARE = 0.95  # ... and more than any price fits (the budget is 0.9 of
 
 @dataclass
 class _Queue:
+    """A variant's queue as the router reads it (`QueueView`): rows queued and in flight."""
+
     queued_rows: int
     running_rows: int
     running_started_s: float
