@@ -84,7 +84,8 @@ class Menu:
     """Every offer's cost for every request size now arriving, computed once per pricing:
     the price walks the breakpoints and weighs each size's choice at every step it tries, and
     reading `Offer.cost_ms` (a latency curve and its corrections) each time was most of the
-    router's CPU per call under load (docs/routing.md, "The price from a table")."""
+    router's CPU per call under load (docs/routing.md, "The ceiling on the unfused build, and
+    the decision under load")."""
 
     __slots__ = ("offers", "qualities", "sizes")
 
@@ -159,17 +160,6 @@ class Menu:
         return quality / cost if cost > 0 else 0.0
 
 
-def pick(offers: Sequence[Offer], rows: int, price: float) -> Offer:
-    """The variant a request of `rows` rows gets at `price`, in time or not (ties: cheaper)."""
-    menu = Menu(offers, {rows: 1.0})
-    return menu.offers[menu.choice(menu.sizes[0][2], rows, price)]
-
-
-def demand(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> Demand:
-    """What the arriving requests (`rates`: rows → requests/s) need at `price`."""
-    return Menu(offers, rates).demand(price)
-
-
 def utilization(need: Demand, budget: Budget) -> float:
     return (need.ms_per_s + budget.rest_ms_per_s) / 1e3
 
@@ -182,11 +172,6 @@ def mean_wait_ms(need: Demand, budget: Budget) -> float:
 
 def fits(need: Demand, budget: Budget) -> bool:
     return utilization(need, budget) <= budget.target_utilization and mean_wait_ms(need, budget) <= budget.max_wait_ms
-
-
-def breakpoints(offers: Sequence[Offer], rows: int) -> list[float]:
-    """Prices at which a request of `rows` rows could switch from one variant to a cheaper one."""
-    return Menu(offers, {rows: 1.0}).breakpoints()
 
 
 @dataclass(frozen=True)
@@ -259,11 +244,6 @@ def split_share(over: Demand, within: Demand, budget: Budget) -> float:
             room = wait_x2 * (1.0 - utilization(within, budget)) - within.square_ms2_per_s / 1e3
             share = min(share, room / slope)
     return min(max(share, 0.0), 1.0)
-
-
-def quality_per_ms(offers: Sequence[Offer], rates: Mapping[int, float], price: float) -> float:
-    """Quality answered per machine-millisecond by the choices made at `price`."""
-    return Menu(offers, rates).quality_per_ms(price)
 
 
 def backlog_price(backlog_ms: float, price_ms2: float) -> float:

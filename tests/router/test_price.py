@@ -9,15 +9,12 @@ from slimserve.router.price import (
     PAST_BREAKPOINT,
     Budget,
     Demand,
+    Menu,
     Offer,
     Price,
-    breakpoints,
     cpu_price,
-    demand,
     fits,
     mean_wait_ms,
-    pick,
-    quality_per_ms,
     split_share,
 )
 
@@ -26,6 +23,24 @@ OVERHEAD_MS = 1.0
 
 def offer(variant: str, quality: float, ms_per_row: float) -> Offer:
     return Offer(variant, quality, lambda rows: OVERHEAD_MS + ms_per_row * rows)
+
+
+# The menu's readings, one question at a time (cpu_price asks them of one Menu).
+def pick(offers: list[Offer], rows: int, price: float) -> Offer:
+    menu = Menu(offers, {rows: 1.0})
+    return menu.offers[menu.choice(menu.sizes[0][2], rows, price)]
+
+
+def demand(offers: list[Offer], rates: dict[int, float], price: float) -> Demand:
+    return Menu(offers, rates).demand(price)
+
+
+def breakpoints(offers: list[Offer], rows: int) -> list[float]:
+    return Menu(offers, {rows: 1.0}).breakpoints()
+
+
+def quality_per_ms(offers: list[Offer], rates: dict[int, float], price: float) -> float:
+    return Menu(offers, rates).quality_per_ms(price)
 
 
 OFFERS = [offer("fp32", 1.000, 0.6), offer("int8", 0.998, 0.25), offer("distilled", 0.995, 0.03)]
